@@ -1,0 +1,261 @@
+"""The CompressionJob resource: compress one model through a list of steps under an accuracy budget."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from slimserve.api.common import (
+    API_VERSION,
+    ARTIFACT_URI_PATTERN,
+    DNS_LABEL_PATTERN,
+    MODEL_URI_PATTERN,
+    Condition,
+    LocalObjectReference,
+    ResourceKind,
+    ResourceRequirements,
+    SpecModel,
+    StatusModel,
+)
+from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS, Step
+
+ModelFormat = Literal["auto", "transformers", "torch-export", "slimserve"]
+Metric = Literal["auto", "accuracy", "cosine"]
+DEFAULT_NODE_POOL = "cpu"
+
+
+class ModelSource(SpecModel):
+    """Where the model to compress is read from."""
+
+    uri: str = Field(
+        pattern=MODEL_URI_PATTERN,
+        max_length=2048,
+        description=(
+            "builtin://digits-cnn or builtin://minilm-l6 (demo models shipped with SlimServe), "
+            "file:///path, pvc://CLAIM/path (mounted by the operator) or s3://bucket/key."
+        ),
+    )
+    format: ModelFormat = Field(
+        default="auto",
+        description=(
+            "transformers: a Hugging Face directory (config.json + safetensors); torch-export: a .pt2 program; "
+            "slimserve: an artifact written by an earlier CompressionJob; auto: decided from the files."
+        ),
+    )
+
+
+class DatasetSource(SpecModel):
+    """Task data for evaluation, calibration and fine-tuning."""
+
+    uri: str = Field(
+        pattern=MODEL_URI_PATTERN,
+        max_length=2048,
+        description=(
+            "builtin://digits or builtin://sentences, or file/pvc/s3 URI of a .npz (arrays x and y) "
+            "or a .txt file (one sentence a line, for embedding models)."
+        ),
+    )
+
+
+class EvaluationSpec(SpecModel):
+    """How the compressed model is compared with the original, and how much worse it may be."""
+
+    dataset: DatasetSource | None = Field(
+        default=None, description="Held-out data; optional for builtin models, which bring their own."
+    )
+    metric: Metric = Field(
+        default="auto",
+        description="accuracy (classifiers) or cosine (mean cosine similarity of embeddings to the original's); auto picks by model.",
+    )
+    max_drop: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="The accuracy budget: largest allowed drop of the metric, as a fraction, e.g. 0.01 (one point).",
+    )
+    threads: int = Field(default=2, ge=1, le=256, description="CPU threads for latency and throughput measurements.")
+
+
+class OutputSpec(SpecModel):
+    """Where the compressed artifact is written."""
+
+    uri: str = Field(
+        pattern=ARTIFACT_URI_PATTERN,
+        max_length=2048,
+        description="file:///path, pvc://CLAIM/path or s3://bucket/prefix of the artifact directory.",
+    )
+
+
+class S3Spec(SpecModel):
+    """Access to an S3-compatible object store for s3:// URIs."""
+
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        max_length=2048,
+        description="Endpoint URL of an S3-compatible store, e.g. http://minio.storage:9000. Empty means AWS.",
+    )
+    region: str | None = Field(default=None, max_length=64, description="Region, e.g. eu-west-1.")
+    credentials_secret: LocalObjectReference | None = Field(
+        default=None,
+        description="Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, passed to the pod as environment.",
+    )
+
+
+_CJ_RULES = [
+    {
+        "rule": "!self.steps.exists(s, has(s.quantize)) || has(self.steps[size(self.steps) - 1].quantize)",
+        "message": "spec.steps: quantize must be the last step (nothing can be pruned or distilled after it)",
+        "fieldPath": ".steps",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "self.steps.filter(s, has(s.quantize)).size() <= 1",
+        "message": "spec.steps: at most one quantize step",
+        "fieldPath": ".steps",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": (
+            "!self.steps.exists(s, has(s.quantize) && s.quantize.method in "
+            + str(list(GPU_ONLY_QUANTIZE_METHODS))
+            + ") || self.nodePool != '"
+            + DEFAULT_NODE_POOL
+            + "'"
+        ),
+        "message": "spec.nodePool: int4-weight-only quantization needs a GPU node pool, not 'cpu'",
+        "fieldPath": ".nodePool",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "self.output.uri != self.model.uri",
+        "message": "spec.output.uri: must differ from spec.model.uri (the original is never overwritten)",
+        "fieldPath": ".output.uri",
+        "reason": "FieldValueInvalid",
+    },
+]
+
+
+class CompressionJobSpec(SpecModel):
+    """Desired compression: the model, the steps in order, the accuracy budget and where the result goes."""
+
+    model_config = {"json_schema_extra": {"x-kubernetes-validations": _CJ_RULES}}
+
+    model: ModelSource = Field(description="The model to compress.")
+    steps: list[Step] = Field(
+        min_length=1,
+        max_length=16,
+        description="Compression steps, run in order; quantize, if present, comes last.",
+    )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, json_schema_extra={"default": {}}, description="Evaluation against the original and the accuracy budget."
+    )
+    output: OutputSpec = Field(description="Where the compressed artifact is written.")
+    node_pool: str = Field(
+        default=DEFAULT_NODE_POOL,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="Node pool of the compression pod, as named in the operator's configuration, e.g. cpu or gpu.",
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of the compression pod.")
+    s3: S3Spec | None = Field(default=None, description="Object-store access for s3:// URIs.")
+    active_deadline_seconds: int = Field(
+        default=3600, ge=60, le=604800, description="The Job's deadline in seconds, e.g. 1800."
+    )
+    backoff_limit: int = Field(default=0, ge=0, le=10, description="Retries of a failed compression pod, e.g. 2.")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "CompressionJobSpec":
+        # Mirrors _CJ_RULES (CEL) for manifests validated without an API server (`slimserve run`).
+        kinds = [step.config.step_kind for step in self.steps]
+        if "quantize" in kinds and kinds[-1] != "quantize":
+            raise ValueError(_CJ_RULES[0]["message"])
+        if kinds.count("quantize") > 1:
+            raise ValueError(_CJ_RULES[1]["message"])
+        gpu_only = any(s.quantize and s.quantize.method in GPU_ONLY_QUANTIZE_METHODS for s in self.steps)
+        if gpu_only and self.node_pool == DEFAULT_NODE_POOL:
+            raise ValueError(_CJ_RULES[2]["message"])
+        if self.output.uri == self.model.uri:
+            raise ValueError(_CJ_RULES[3]["message"])
+        return self
+
+
+# ---- status -------------------------------------------------------------------------------------------
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Invalid"]
+
+
+class ModelMetrics(StatusModel):
+    """Measurements of one model, all taken with the same threads and inputs."""
+
+    size_bytes: int = Field(description="Size of the serialized weights in bytes.")
+    parameters: int = Field(description="Number of parameters (after pruning or distillation).")
+    latency_p50_ms: float = Field(description="Median latency at batch 1, milliseconds.")
+    throughput: float = Field(description="Samples per second at batch 32.")
+    metric: float = Field(description="Task metric (accuracy or cosine similarity), 0..1.")
+    metric_name: str = Field(default="", description="Which metric: accuracy or cosine.")
+
+
+class StepResult(StatusModel):
+    step: str = Field(description="Step kind and method, e.g. prune/structured.")
+    metrics: ModelMetrics = Field(description="The model after this step.")
+    note: str = Field(default="", description="What the step did, e.g. the prune amount kept by the budget search.")
+
+
+class CompressionMetrics(StatusModel):
+    baseline: ModelMetrics = Field(description="The original model.")
+    compressed: ModelMetrics = Field(description="The compressed model.")
+    size_ratio: float = Field(description="Baseline size over compressed size (2.0 means half the size).")
+    speedup: float = Field(description="Compressed throughput over baseline throughput.")
+    accuracy_delta: float = Field(description="Compressed metric minus baseline metric (negative is a drop).")
+    steps: list[StepResult] = Field(default_factory=list, description="Metrics after each step.")
+
+
+class ArtifactRef(StatusModel):
+    uri: str = Field(description="Where the artifact was written.")
+    digest: str = Field(description="sha256 of the artifact's manifest, e.g. sha256:ab12...")
+    size_bytes: int = Field(description="Total size of the artifact's files in bytes.")
+    format: str = Field(default="slimserve/v1", description="Artifact format and version.")
+
+
+class Progress(StatusModel):
+    step: str = Field(default="", description="The step running now, e.g. quantize/int8-dynamic.")
+    step_index: int = Field(default=0, description="0-based index of that step.")
+    steps_total: int = Field(default=0, description="Number of steps, evaluation included.")
+    fraction: float = Field(default=0.0, description="Overall progress, 0..1.")
+    message: str = Field(default="", description="Latest progress message.")
+
+
+class CompressionJobStatus(StatusModel):
+    observed_generation: int | None = Field(default=None, description="The generation this status describes.")
+    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, Failed or Invalid.")
+    conditions: list[Condition] = Field(default_factory=list, description="Succeeded summarises the job; also Started.")
+    progress: Progress | None = Field(default=None, description="Live progress while running.")
+    start_time: datetime | None = Field(default=None, description="When the compression pod started.")
+    completion_time: datetime | None = Field(default=None, description="When the job finished.")
+    job_name: str | None = Field(default=None, description="The batch/v1 Job running this generation.")
+    artifact: ArtifactRef | None = Field(default=None, description="The artifact, once written.")
+    metrics: CompressionMetrics | None = Field(default=None, description="Baseline vs compressed, per step.")
+
+
+class CompressionJob(SpecModel, ResourceKind):
+    """A whole CompressionJob manifest."""
+
+    kind: ClassVar[str] = "CompressionJob"
+    plural: ClassVar[str] = "compressionjobs"
+    singular: ClassVar[str] = "compressionjob"
+    short_names: ClassVar[list[str]] = ["cj"]
+    description: ClassVar[str] = (
+        "CompressionJob compresses one model (prune, distill, quantize), evaluates it against the original "
+        "under an accuracy budget, and writes a checksummed artifact that a ModelService can serve."
+    )
+
+    model_config = {"extra": "ignore"}
+
+    api_version: Literal["slimserve.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind_: Literal["CompressionJob"] = Field(default="CompressionJob", alias="kind")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: CompressionJobSpec
+    status: CompressionJobStatus | None = None

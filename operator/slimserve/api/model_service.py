@@ -1,0 +1,169 @@
+"""The ModelService resource: an autoscaled Open Inference Protocol service of one model."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from slimserve.api.common import (
+    API_VERSION,
+    DNS_LABEL_PATTERN,
+    MODEL_URI_PATTERN,
+    Condition,
+    LocalObjectReference,
+    ResourceKind,
+    ResourceRequirements,
+    SpecModel,
+    StatusModel,
+)
+from slimserve.api.compression_job import DEFAULT_NODE_POOL, S3Spec
+
+
+class ModelReference(SpecModel):
+    """The model to serve: an artifact URI, or the artifact of a CompressionJob in the same namespace."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.uri) != has(self.compressionJobRef)",
+                    "message": "spec.model: set exactly one of uri and compressionJobRef",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    uri: str | None = Field(
+        default=None,
+        pattern=MODEL_URI_PATTERN,
+        max_length=2048,
+        description="A SlimServe artifact (file://, pvc://CLAIM/path, s3://) or a builtin:// demo model.",
+    )
+    compression_job_ref: LocalObjectReference | None = Field(
+        default=None, description="Serve the artifact of this CompressionJob once it has succeeded."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ModelReference":
+        if (self.uri is None) == (self.compression_job_ref is None):
+            raise ValueError("spec.model: set exactly one of uri and compressionJobRef")
+        return self
+
+
+class AutoscalingSpec(SpecModel):
+    """Replica range and the signal that scales within it."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "spec.autoscaling.minReplicas must not exceed maxReplicas",
+                    "fieldPath": ".minReplicas",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "self.minReplicas > 0 || self.metric == 'concurrency'",
+                    "message": "spec.autoscaling.minReplicas: scale to zero needs metric concurrency (KEDA)",
+                    "fieldPath": ".minReplicas",
+                    "reason": "FieldValueInvalid",
+                },
+            ]
+        }
+    }
+
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas, e.g. 1 (0 with metric concurrency).")
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas, e.g. 8.")
+    metric: Literal["cpu", "concurrency"] = Field(
+        default="cpu",
+        description="cpu: HorizontalPodAutoscaler on CPU utilisation; concurrency: KEDA on in-flight requests per replica.",
+    )
+    target: int = Field(
+        default=70,
+        ge=1,
+        le=10000,
+        description="Target per replica: CPU utilisation percent (cpu), or in-flight requests (concurrency), e.g. 70.",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> "AutoscalingSpec":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("spec.autoscaling.minReplicas must not exceed maxReplicas")
+        if self.min_replicas == 0 and self.metric != "concurrency":
+            raise ValueError("spec.autoscaling.minReplicas: scale to zero needs metric concurrency (KEDA)")
+        return self
+
+
+class BatchingSpec(SpecModel):
+    """Dynamic batching: requests arriving close together run as one batch."""
+
+    enabled: bool = Field(default=True, description="Batch concurrent requests together.")
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="Largest batch, e.g. 32.")
+    max_latency_ms: float = Field(
+        default=5.0, ge=0.0, le=1000.0, description="Longest a request waits for a batch to fill, milliseconds, e.g. 5."
+    )
+
+
+class ProtocolsSpec(SpecModel):
+    """Which endpoints the server exposes besides Open Inference Protocol REST and gRPC."""
+
+    grpc_web: bool = Field(default=False, description="Answer gRPC-Web (for browsers) on the HTTP port.")
+    playground: bool = Field(default=False, description="Serve a small model playground page at /.")
+
+
+class ModelServiceSpec(SpecModel):
+    """Desired inference service."""
+
+    model: ModelReference = Field(description="The model to serve.")
+    model_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="Model name in the inference protocol's paths; defaults to the ModelService's name.",
+    )
+    node_pool: str = Field(
+        default=DEFAULT_NODE_POOL,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="Node pool of the server pods, as named in the operator's configuration, e.g. cpu or gpu.",
+    )
+    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set, e.g. 2.")
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of each server pod.")
+    autoscaling: AutoscalingSpec | None = Field(default=None, description="Autoscaling; unset means fixed replicas.")
+    batching: BatchingSpec = Field(default_factory=BatchingSpec, json_schema_extra={"default": {}}, description="Dynamic batching of requests.")
+    protocols: ProtocolsSpec = Field(default_factory=ProtocolsSpec, json_schema_extra={"default": {}}, description="Extra endpoints.")
+    s3: S3Spec | None = Field(default=None, description="Object-store access for an s3:// model URI.")
+
+
+class ModelServiceStatus(StatusModel):
+    observed_generation: int | None = Field(default=None, description="The generation this status describes.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready summarises the service; also ModelAvailable.")
+    url: str | None = Field(default=None, description="In-cluster REST URL, e.g. http://NAME.NAMESPACE.svc.cluster.local:8080.")
+    grpc_address: str | None = Field(default=None, description="In-cluster gRPC address, host:port.")
+    replicas: int | None = Field(default=None, description="Pods of the current Deployment.")
+    ready_replicas: int | None = Field(default=None, description="Ready pods.")
+    model_uri: str | None = Field(default=None, description="The artifact being served.")
+    model_digest: str | None = Field(default=None, description="Digest of the artifact being served.")
+
+
+class ModelService(SpecModel, ResourceKind):
+    """A whole ModelService manifest."""
+
+    kind: ClassVar[str] = "ModelService"
+    plural: ClassVar[str] = "modelservices"
+    singular: ClassVar[str] = "modelservice"
+    short_names: ClassVar[list[str]] = ["msvc"]
+    description: ClassVar[str] = (
+        "ModelService serves one model over the Open Inference Protocol (REST and gRPC) from an autoscaled "
+        "Deployment on a CPU or GPU node pool."
+    )
+
+    model_config = {"extra": "ignore"}
+
+    api_version: Literal["slimserve.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind_: Literal["ModelService"] = Field(default="ModelService", alias="kind")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelServiceSpec
+    status: ModelServiceStatus | None = None

@@ -1,0 +1,173 @@
+"""Compression step configs: typed, versioned, and round-tripping to the CRD's JSON.
+
+Each config class names its step (`step_kind`) and carries a `config_version`; the compression engine
+registers one transform per config class (see `slimserve.compression.registry`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from slimserve.api.common import SpecModel
+
+QuantizeMethod = Literal["int8-dynamic", "int8-static", "int8-weight-only", "int4-weight-only"]
+# Methods that need a GPU node pool (their CPU kernels are missing or slower than float).
+GPU_ONLY_QUANTIZE_METHODS: tuple[str, ...] = ("int4-weight-only",)
+
+
+class StepConfigBase(SpecModel):
+    step_kind: ClassVar[str]
+    config_version: ClassVar[int] = 1
+
+
+class PruneConfig(StepConfigBase):
+    """Remove a fraction of channels, attention heads or MLP neurons."""
+
+    step_kind: ClassVar[str] = "prune"
+
+    method: Literal["structured", "unstructured"] = Field(
+        default="structured",
+        description=(
+            "structured removes whole channels, heads and neurons so the model really gets smaller and faster; "
+            "unstructured zeroes single weights by global magnitude (smaller only once compressed)."
+        ),
+    )
+    amount: float = Field(
+        gt=0.0,
+        lt=1.0,
+        description="Fraction to remove, strictly between 0 and 1, e.g. 0.5 removes half of the prunable channels.",
+    )
+    importance: Literal["magnitude", "taylor"] = Field(
+        default="magnitude",
+        description="How a channel's importance is scored: L2 magnitude of its weights, or first-order Taylor on task data.",
+    )
+    finetune_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Epochs of recovery fine-tuning on the task data after pruning, e.g. 5. 0 skips it.",
+    )
+    keep_layers: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Module names never pruned, e.g. [\"classifier\"]. The output layer is always kept.",
+    )
+
+
+class QuantizeConfig(StepConfigBase):
+    """Store weights (and compute) in low-precision integers."""
+
+    step_kind: ClassVar[str] = "quantize"
+
+    method: QuantizeMethod = Field(
+        description=(
+            "int8-dynamic: int8 weights, activations quantized per batch (Linear, attention). "
+            "int8-static: int8 weights and activations calibrated ahead of time (CNNs). "
+            "int8-weight-only: int8 weights, float compute. "
+            "int4-weight-only: int4 weights, needs a GPU node pool."
+        )
+    )
+    calibration_samples: int = Field(
+        default=128,
+        ge=1,
+        le=10000,
+        description="Samples of the task data used to calibrate activation ranges (int8-static), e.g. 256.",
+    )
+    keep_float: list[str] | None = Field(
+        default=None,
+        max_length=256,
+        description="Module names left in float, e.g. [\"classifier\"]. The accuracy-budget search adds to this list.",
+    )
+
+
+class StudentSpec(SpecModel):
+    """The smaller model a teacher is distilled into: the teacher's architecture, narrower and/or shallower."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.widthMultiplier) || has(self.numLayers)",
+                    "message": "student: set widthMultiplier and/or numLayers",
+                    "reason": "FieldValueRequired",
+                }
+            ]
+        }
+    }
+
+    width_multiplier: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of the teacher's channels / hidden width the student keeps, e.g. 0.25.",
+    )
+    num_layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Number of layers (transformer blocks, conv blocks) the student keeps, e.g. 3.",
+    )
+
+    @model_validator(mode="after")
+    def _names_a_student(self) -> "StudentSpec":
+        if self.width_multiplier is None and self.num_layers is None:
+            raise ValueError("student: set widthMultiplier and/or numLayers")
+        return self
+
+
+class DistillConfig(StepConfigBase):
+    """Train a smaller student to mimic the teacher (Hinton knowledge distillation)."""
+
+    step_kind: ClassVar[str] = "distill"
+
+    student: StudentSpec = Field(description="The student's shape relative to the teacher.")
+    epochs: int = Field(default=3, ge=1, le=1000, description="Training epochs, e.g. 10.")
+    temperature: float = Field(default=2.0, gt=0.0, le=100.0, description="Softmax temperature of the KD loss, e.g. 4.0.")
+    alpha: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the distillation loss against the hard-label loss, e.g. 0.7.",
+    )
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Optimizer learning rate, e.g. 0.001.")
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Training batch size, e.g. 64.")
+
+
+StepConfig = PruneConfig | QuantizeConfig | DistillConfig
+
+
+class Step(SpecModel):
+    """One compression step: exactly one of prune, quantize, distill."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.prune), has(self.quantize), has(self.distill)].filter(x, x).size() == 1",
+                    "message": "a step sets exactly one of prune, quantize, distill",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    prune: PruneConfig | None = Field(default=None, description="Structured or unstructured pruning.")
+    quantize: QuantizeConfig | None = Field(default=None, description="Integer quantization.")
+    distill: DistillConfig | None = Field(default=None, description="Knowledge distillation into a smaller student.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Step":
+        set_ = [name for name in ("prune", "quantize", "distill") if getattr(self, name) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"a step sets exactly one of prune, quantize, distill (got {set_ or 'none'})")
+        return self
+
+    @property
+    def config(self) -> StepConfig:
+        return self.prune or self.quantize or self.distill  # type: ignore[return-value]
+
+    @classmethod
+    def of(cls, config: StepConfig) -> "Step":
+        return cls(**{config.step_kind: config})

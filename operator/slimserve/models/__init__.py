@@ -1,0 +1,1 @@
+"""Model families SlimServe knows how to build, compress, save and serve."""
