@@ -1,17 +1,27 @@
-"""Entry point of the `slimserve` command."""
+"""Entry point of the `slimserve` command.
+
+Each subcommand lives in its own module of this package, exposing `register(subparsers)`, which adds
+its parser and sets `handler` (a function taking the parsed args and returning an exit code).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from slimserve import __version__
 
+# Subcommand modules, in the order `slimserve --help` lists them.
+SUBCOMMANDS: tuple[str, ...] = ()
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimserve", description="Compress and serve PyTorch models.")
+    parser = argparse.ArgumentParser(prog="slimserve", description="Compress PyTorch models and serve them.")
     parser.add_argument("--version", action="version", version=f"slimserve {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"slimserve.cli.{name}").register(subparsers)
     return parser
 
 
