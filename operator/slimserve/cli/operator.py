@@ -1,0 +1,46 @@
+"""`slimserve operator`: run the Kopf operator against the cluster in KUBECONFIG or in-cluster credentials."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the operator (CompressionJob and ModelService controllers)",
+        description="Run the SlimServe operator. Environment: SLIMSERVE_OPERATOR_CONFIG (config file), "
+        "SLIMSERVE_WATCH_NAMESPACES (comma-separated), KUBECONFIG outside a cluster.",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument("--config", default=None, help="operator configuration file (node pools, images)")
+    parser.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="liveness endpoint URL, e.g. http://0.0.0.0:8080/healthz ('' disables it)",
+    )
+    parser.add_argument(
+        "--peering",
+        default=os.environ.get("SLIMSERVE_PEERING") or None,
+        help="Kopf peering name, so that replicas never act at once (needs Kopf's peering CRDs); default standalone",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from slimserve.controller import app  # kopf and the kubernetes client load only when needed
+
+    namespaces = args.namespace or [n for n in os.environ.get("SLIMSERVE_WATCH_NAMESPACES", "").split(",") if n]
+    app.run(
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness or None,
+        peering=args.peering,
+        config_path=args.config,
+    )
+    return 0

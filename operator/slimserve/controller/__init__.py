@@ -1,0 +1,1 @@
+"""The Kopf operator: one handler module per resource, manifests from pure builder functions."""

@@ -1,0 +1,83 @@
+"""Assembles the operator: settings, shared state (the memo) and the handler modules."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubernetes import client, config as kube_config
+
+from slimserve.api import GROUP
+from slimserve.controller.config import OperatorConfig, load_config
+
+# One module per resource; importing a module registers its handlers.
+HANDLER_MODULES: tuple[str, ...] = ()
+
+
+@dataclass
+class OperatorMemo:
+    """What every handler shares, passed as Kopf's `memo`."""
+
+    config: OperatorConfig
+    api: client.ApiClient
+
+
+def load_api_client() -> client.ApiClient:
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    return client.ApiClient()
+
+
+def configure_settings(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
+    # Our status schemas are structural, so Kopf keeps its bookkeeping in annotations, not in status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{GROUP}")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=f"kopf.{GROUP}", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    settings.execution.max_workers = 16
+    if peering:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+    else:
+        settings.peering.standalone = True
+
+
+def import_handlers() -> None:
+    for name in HANDLER_MODULES:
+        importlib.import_module(f"slimserve.controller.{name}")
+
+
+def run(
+    *,
+    namespaces: list[str],
+    liveness_endpoint: str | None,
+    peering: str | None,
+    config_path: str | None = None,
+) -> None:
+    """Run the operator until it is stopped (SIGINT/SIGTERM)."""
+    import_handlers()
+    memo = OperatorMemo(config=load_config(config_path), api=load_api_client())
+
+    @kopf.on.startup()
+    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_settings(settings, peering=peering)
+
+    kopf.configure(verbose=False)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness_endpoint,
+        memo=memo,
+        standalone=peering is None,
+        peering_name=peering,
+    )

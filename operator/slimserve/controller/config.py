@@ -1,0 +1,94 @@
+"""Operator configuration: images, node pools and cluster facts, from a YAML file the Helm chart mounts.
+
+The file is read once at start (`SLIMSERVE_OPERATOR_CONFIG`, default below); every handler gets the same
+`OperatorConfig`. Node pools are configuration, not code: the chart's `nodePools` value becomes `nodePools` here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+CONFIG_ENV = "SLIMSERVE_OPERATOR_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/slimserve/operator.yaml")
+
+
+class _ConfigModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Image(_ConfigModel):
+    repository: str
+    tag: str
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    @property
+    def reference(self) -> str:
+        separator = "@" if self.tag.startswith("sha256:") else ":"
+        return f"{self.repository}{separator}{self.tag}"
+
+
+class Images(_ConfigModel):
+    compressor: Image = Image(repository="ghcr.io/slimserve/compressor", tag="0.1.0")
+    server: Image = Image(repository="ghcr.io/slimserve/server", tag="0.1.0")
+    # GPU pools run the CUDA builds of the same images.
+    compressor_gpu: Image = Image(repository="ghcr.io/slimserve/compressor", tag="0.1.0-cuda")
+    server_gpu: Image = Image(repository="ghcr.io/slimserve/server", tag="0.1.0-cuda")
+
+
+class NodePool(_ConfigModel):
+    """Where a pool's pods go and what they may ask for."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    # Extended resource a pod of this pool requests (e.g. nvidia.com/gpu); None for CPU pools.
+    gpu_resource_name: str | None = None
+    gpus_per_pod: int = Field(default=1, ge=1)
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.gpu_resource_name is not None
+
+
+def _default_pools() -> dict[str, NodePool]:
+    return {
+        "cpu": NodePool(node_selector={"slimserve.io/pool": "cpu"}),
+        "gpu": NodePool(
+            node_selector={"slimserve.io/pool": "gpu"},
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            gpu_resource_name="nvidia.com/gpu",
+        ),
+    }
+
+
+class OperatorConfig(_ConfigModel):
+    images: Images = Field(default_factory=Images)
+    node_pools: dict[str, NodePool] = Field(default_factory=_default_pools)
+    # ServiceAccount of compression pods: allowed to patch compressionjobs/status and nothing else.
+    compressor_service_account: str = "slimserve-compressor"
+    # Where the compression and server pods mount a PVC named in a pvc:// URI.
+    pvc_mount_root: str = "/mnt/pvc"
+    cluster_domain: str = "cluster.local"
+    image_pull_secrets: list[str] = Field(default_factory=list)
+
+    def node_pool(self, name: str) -> NodePool:
+        """The pool, or a KeyError whose message lists the known pools."""
+        try:
+            return self.node_pools[name]
+        except KeyError:
+            known = ", ".join(sorted(self.node_pools)) or "none"
+            raise KeyError(f"unknown node pool {name!r} (known: {known})") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> OperatorConfig:
+    """Read the configuration file; defaults when it does not exist (local runs, tests)."""
+    path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    if not path.exists():
+        return OperatorConfig()
+    data = yaml.safe_load(path.read_text()) or {}
+    return OperatorConfig.model_validate(data)
