@@ -1,0 +1,141 @@
+"""Fixtures for the controller tests: CRDs installed on the real control plane, and the operator as a process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+
+# The node pools of the test cluster's kwok nodes (see tests/cluster/kwok/nodes.yaml).
+TEST_OPERATOR_CONFIG = {
+    "images": {
+        "compressor": {"repository": "registry.test/slimserve/compressor", "tag": "test", "pullPolicy": "IfNotPresent"},
+        "server": {"repository": "registry.test/slimserve/server", "tag": "test", "pullPolicy": "IfNotPresent"},
+        "compressorGpu": {"repository": "registry.test/slimserve/compressor", "tag": "test-cuda"},
+        "serverGpu": {"repository": "registry.test/slimserve/server", "tag": "test-cuda"},
+    },
+    "nodePools": {
+        "cpu": {"nodeSelector": {"slimserve.io/pool": "cpu"}},
+        "gpu": {
+            "nodeSelector": {"slimserve.io/pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "gpuResourceName": "nvidia.com/gpu",
+        },
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane) -> None:
+    """Both CRDs installed and established."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(CRDS))
+    for path in sorted(CRDS.glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+
+
+class OperatorProcess:
+    """`slimserve operator` as a real process against the test cluster; restartable."""
+
+    def __init__(self, control_plane, workdir: Path, *, kubeconfig: Path | None = None, extra_args: tuple = ()):
+        self.control_plane = control_plane
+        self.workdir = workdir
+        self.kubeconfig = kubeconfig or control_plane.kubeconfig
+        self.extra_args = extra_args
+        self.config_path = workdir / "operator.yaml"
+        self.config_path.write_text(yaml.safe_dump(TEST_OPERATOR_CONFIG))
+        self.log_path = workdir / "operator.log"
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> "OperatorProcess":
+        self.port = _free_port()
+        env = {
+            **self.control_plane.env(),
+            "KUBECONFIG": str(self.kubeconfig),
+            "SLIMSERVE_OPERATOR_CONFIG": str(self.config_path),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "slimserve.cli.main", "operator", "--liveness",
+             f"http://127.0.0.1:{self.port}/healthz", *self.extra_args],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._wait_live()
+        return self
+
+    def _wait_live(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"operator not live after {timeout}s:\n{self.logs()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> "OperatorProcess":
+        self.stop()
+        return self.start()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane, crds, tmp_path_factory) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching all namespaces with admin credentials."""
+    proc = OperatorProcess(control_plane, tmp_path_factory.mktemp("operator")).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if os.environ.get("SLIMSERVE_SHOW_OPERATOR_LOG"):
+            sys.stderr.write(proc.logs())
+
+
+@pytest.fixture
+def operator_factory(control_plane, crds, tmp_path):
+    """Start extra operators (another ServiceAccount, namespaced mode); all are stopped after the test."""
+    started: list[OperatorProcess] = []
+
+    def start(**kwargs) -> OperatorProcess:
+        proc = OperatorProcess(control_plane, tmp_path / f"operator-{len(started)}", **kwargs)
+        proc.workdir.mkdir(parents=True, exist_ok=True)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
