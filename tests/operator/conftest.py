@@ -57,6 +57,7 @@ class OperatorProcess:
     def __init__(self, control_plane, workdir: Path, *, kubeconfig: Path | None = None, extra_args: tuple = ()):
         self.control_plane = control_plane
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = kubeconfig or control_plane.kubeconfig
         self.extra_args = extra_args
         self.config_path = workdir / "operator.yaml"
@@ -132,7 +133,6 @@ def operator_factory(control_plane, crds, tmp_path):
 
     def start(**kwargs) -> OperatorProcess:
         proc = OperatorProcess(control_plane, tmp_path / f"operator-{len(started)}", **kwargs)
-        proc.workdir.mkdir(parents=True, exist_ok=True)
         started.append(proc)
         return proc.start()
 
