@@ -1,0 +1,220 @@
+"""Dynamic batching: requests that arrive close together run as one model call.
+
+Policy (per model, one batch in the model at a time):
+- while the model is busy, arriving requests queue; when it frees, everything queued runs together, up
+  to `max_batch_size` rows. A request is never split, and its rows stay contiguous;
+- a request that finds the model idle runs at once, unless other requests are already on their way in
+  (accepted, still being decoded): then the batch waits for them, at most `max_latency_s` after its
+  oldest request queued. So a lone client pays no batching delay, and a crowd still gets full batches;
+- requests whose non-batch dimensions differ are not merged (they cannot be concatenated);
+- if a merged batch fails, its requests are re-run one by one, so only the faulty one gets the error.
+
+The model runs on one worker thread, never on the event loop, so the loop keeps parsing the next
+requests (torch releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from slimserve.serving.metrics import ServerMetrics
+
+Arrays = dict[str, np.ndarray]
+Predict = Callable[[Arrays], Arrays]
+
+
+class BatchShapeError(RuntimeError):
+    """The model returned outputs whose batch dimension does not match its inputs."""
+
+
+def timed_predict(predict: Predict, metrics: ServerMetrics, inputs: Arrays, rows: int) -> Arrays:
+    """One model call (on the model's thread): timed, and checked to return one output row per input row."""
+    start = time.perf_counter()
+    try:
+        outputs = predict(inputs)
+    finally:
+        metrics.forward_seconds.observe(time.perf_counter() - start)
+    for name, array in outputs.items():
+        if array.shape[:1] != (rows,):
+            raise BatchShapeError(f"model output {name!r} has {array.shape[:1]} rows for a batch of {rows}")
+    return outputs
+
+
+@dataclass
+class _Pending:
+    inputs: Arrays
+    rows: int
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+    def fits_with(self, other: "_Pending") -> bool:
+        return all(array.shape[1:] == other.inputs[name].shape[1:] for name, array in self.inputs.items())
+
+
+class Batcher:
+    """Queues validated requests of one model and runs them in batches; `submit` returns a request's rows."""
+
+    def __init__(
+        self,
+        predict: Predict,
+        executor: ThreadPoolExecutor,
+        metrics: ServerMetrics,
+        max_batch_size: int = 32,
+        max_latency_s: float = 0.005,
+    ) -> None:
+        self._predict = predict
+        self._executor = executor
+        self._metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_latency_s = max_latency_s
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._arriving = 0
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    # Requests announce themselves before decoding, so a forming batch knows whether to wait for them.
+    def announce(self) -> None:
+        self._arriving += 1
+
+    def withdraw(self) -> None:
+        self._arriving -= 1
+        if self._arriving == 0:
+            self._wakeup.set()  # a batch waiting for latecomers need not wait longer
+
+    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
+        """Run one validated request (after `announce`); consumes the announcement."""
+        self._arriving -= 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="slimserve-batcher")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(inputs, rows, future))
+        self._metrics.queue_depth.set(len(self._queue))
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the loop."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take()
+            rows = sum(p.rows for p in batch)
+            if rows < self.max_batch_size and self.max_latency_s > 0:
+                batch, rows = await self._wait_for_latecomers(batch, rows)
+            self._metrics.queue_depth.set(len(self._queue))
+            await self._execute(batch, rows)
+
+    def _take(self, batch: list[_Pending] | None = None, rows: int = 0) -> list[_Pending]:
+        batch = batch if batch is not None else []
+        while self._queue:
+            head = self._queue[0]
+            if rows + head.rows > self.max_batch_size or (batch and not head.fits_with(batch[0])):
+                break
+            batch.append(self._queue.popleft())
+            rows += head.rows
+        return batch
+
+    async def _wait_for_latecomers(self, batch: list[_Pending], rows: int) -> tuple[list[_Pending], int]:
+        deadline = batch[0].queued_at + self.max_latency_s
+        while rows < self.max_batch_size and self._arriving > 0 and not self._stopping:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+            before = len(batch)
+            batch = self._take(batch, rows)
+            rows += sum(p.rows for p in batch[before:])
+            if self._queue and len(batch) == before:
+                break  # the head cannot join this batch: run what we have
+        return batch, rows
+
+    async def _execute(self, batch: list[_Pending], rows: int) -> None:
+        loop = asyncio.get_running_loop()
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+        self._metrics.batch_size.observe(rows)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._timed_run, inputs, rows)
+        except Exception as error:  # noqa: BLE001 - isolated below, reported per request
+            if len(batch) == 1:
+                _resolve(batch[0].future, error=error)
+            else:
+                await self._execute_one_by_one(batch)
+            return
+        start = 0
+        for pending in batch:
+            end = start + pending.rows
+            _resolve(pending.future, result={name: array[start:end] for name, array in outputs.items()})
+            start = end
+
+    async def _execute_one_by_one(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for pending in batch:
+            self._metrics.batch_size.observe(pending.rows)
+            try:
+                result = await loop.run_in_executor(self._executor, self._timed_run, pending.inputs, pending.rows)
+            except Exception as error:  # noqa: BLE001 - belongs to this request only
+                _resolve(pending.future, error=error)
+            else:
+                _resolve(pending.future, result=result)
+
+    def _timed_run(self, inputs: Arrays, rows: int) -> Arrays:
+        return timed_predict(self._predict, self._metrics, inputs, rows)
+
+
+class DirectRunner:
+    """Batching off: each request is its own model call, in arrival order on the model's thread."""
+
+    def __init__(self, predict: Predict, executor: ThreadPoolExecutor, metrics: ServerMetrics) -> None:
+        self._predict = predict
+        self._executor = executor
+        self._metrics = metrics
+
+    def announce(self) -> None:
+        pass
+
+    def withdraw(self) -> None:
+        pass
+
+    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
+        self._metrics.batch_size.observe(rows)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs, rows)
+
+    def _timed_run(self, inputs: Arrays, rows: int) -> Arrays:
+        return timed_predict(self._predict, self._metrics, inputs, rows)
+
+    async def close(self) -> None:
+        pass
+
+
+def _resolve(future: asyncio.Future, result: Arrays | None = None, error: BaseException | None = None) -> None:
+    if future.done():  # the client went away and its handler was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,117 @@
+"""The protocol-independent data plane: health, metadata and inference over one served model.
+
+REST and gRPC endpoints translate their wire format to `InferRequest` and back; all validation,
+batching and error decisions happen here (errors are `slimserve.serving.errors` types).
+"""
+
+from __future__ import annotations
+
+import time
+
+from slimserve import __version__
+from slimserve.serving.batching import BatchShapeError, Batcher, DirectRunner
+from slimserve.serving.errors import InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
+from slimserve.serving.metrics import ServerMetrics
+from slimserve.serving.model import ServedModel
+from slimserve.serving.protocol import InferRequest, InferResponse, OutputTensor
+from slimserve.serving.tensors import as_datatype
+from slimserve.serving.validation import validate
+
+SERVER_NAME = "slimserve"
+# Extensions beyond the core protocol: the REST binary tensor data extension (Triton's name for it).
+EXTENSIONS = ("binary_tensor_data",)
+
+
+class DataPlane:
+    def __init__(
+        self, model: ServedModel, runner: Batcher | DirectRunner, metrics: ServerMetrics, max_batch_size: int
+    ) -> None:
+        self.model = model
+        self.runner = runner
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.shutting_down = False
+
+    # --- health -------------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.model.ready and not self.shutting_down
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self._resolve(name, version, need_ready=False)
+        return self.model.ready and not self.shutting_down
+
+    # --- metadata -----------------------------------------------------------------------------
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        self._resolve(name, version, need_ready=True)
+        return self.model.metadata()
+
+    def _resolve(self, name: str, version: str, need_ready: bool) -> None:
+        if not self.model.loaded:
+            if need_ready:
+                raise ModelNotReady(f"model {name!r} is not ready yet (loading)")
+            if name == self.model.name:
+                return
+            raise ModelNotFound(f"model {name!r} is not served here")
+        if name != self.model.name:
+            raise ModelNotFound(f"model {name!r} is not served here; this server serves {self.model.name!r}")
+        if version and version != self.model.info.version:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; the served version is {self.model.info.version!r}"
+            )
+
+    # --- inference ----------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, batch, run and package one request. Raises ServingError subclasses."""
+        self._resolve(request.model_name, request.model_version, need_ready=True)
+        if not self.model.ready:
+            raise ModelNotReady(f"model {request.model_name!r} is not ready yet (warming up)")
+        self.runner.announce()
+        try:
+            checked = validate(request, self.model.info, self.max_batch_size)
+        except BaseException:
+            self.runner.withdraw()
+            raise
+        try:
+            results = await self.runner.submit(checked.inputs, checked.rows)
+        except ValueError as error:  # the servable refused the input: the request's fault
+            raise InvalidInput(str(error)) from error
+        except BatchShapeError as error:
+            raise InferenceFailed(str(error)) from error
+        except Exception as error:
+            raise InferenceFailed(f"model {self.model.name!r} failed: {type(error).__name__}: {error}") from error
+        specs = {spec.name: spec for spec in self.model.info.outputs}
+        outputs = []
+        for wanted in checked.outputs:
+            if wanted.name not in results:
+                raise InferenceFailed(f"model {self.model.name!r} did not return its output {wanted.name!r}")
+            spec = specs[wanted.name]
+            array = as_datatype(results[wanted.name], spec.datatype)
+            outputs.append(OutputTensor(wanted.name, spec.datatype, tuple(array.shape), array, wanted.binary))
+        return InferResponse(
+            model_name=self.model.name, model_version=self.model.info.version, outputs=outputs, id=request.id
+        )
+
+
+class RequestTimer:
+    """Counts an inference request as in flight and observes its latency; use as a context manager."""
+
+    __slots__ = ("_metrics", "_protocol", "_start")
+
+    def __init__(self, metrics: ServerMetrics, protocol: str) -> None:
+        self._metrics = metrics
+        self._protocol = protocol
+
+    def __enter__(self) -> "RequestTimer":
+        self._start = time.perf_counter()
+        self._metrics.inflight.inc()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._metrics.inflight.dec()
+        self._metrics.request_seconds.labels(self._protocol).observe(time.perf_counter() - self._start)

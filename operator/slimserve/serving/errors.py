@@ -1,0 +1,88 @@
+"""Domain errors of the server and, in one table, the HTTP and gRPC status each maps to.
+
+The data plane raises these; the REST and gRPC endpoints only look up `http_status` / `grpc_status`.
+Messages are meant for the client: they name the field or tensor at fault.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base of the errors a client can cause or see; `str(err)` is the message sent back."""
+
+
+class InvalidInput(ServingError):
+    """The request is malformed or does not fit the model's signature."""
+
+
+class ModelNotFound(ServingError):
+    """No model (or version) of that name is served here."""
+
+
+class ModelNotReady(ServingError):
+    """The model exists but is still loading."""
+
+
+class ServerNotReady(ServingError):
+    """The server is starting or shutting down."""
+
+
+class PayloadTooLarge(ServingError):
+    """The request body is above the configured limit."""
+
+
+class UnsupportedMediaType(ServingError):
+    """The body is in an encoding the server does not read (e.g. a Content-Encoding)."""
+
+
+class RouteNotFound(ServingError):
+    """No endpoint at this path (REST only)."""
+
+
+class MethodNotAllowed(ServingError):
+    """The path exists but not for this HTTP method."""
+
+
+class InferenceFailed(ServingError):
+    """The model raised on input that passed validation: a server-side fault."""
+
+
+# The one place protocol status codes are decided.
+_STATUS: dict[type[ServingError], tuple[int, grpc.StatusCode]] = {
+    InvalidInput: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    ModelNotFound: (404, grpc.StatusCode.NOT_FOUND),
+    ModelNotReady: (503, grpc.StatusCode.UNAVAILABLE),
+    ServerNotReady: (503, grpc.StatusCode.UNAVAILABLE),
+    PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
+    RouteNotFound: (404, grpc.StatusCode.UNIMPLEMENTED),
+    MethodNotAllowed: (405, grpc.StatusCode.UNIMPLEMENTED),
+    InferenceFailed: (500, grpc.StatusCode.INTERNAL),
+}
+_UNEXPECTED = (500, grpc.StatusCode.INTERNAL)
+
+
+def _status(error: BaseException) -> tuple[int, grpc.StatusCode]:
+    for cls in type(error).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return _UNEXPECTED
+
+
+def http_status(error: BaseException) -> int:
+    """HTTP status for an error; 500 for anything that is not a ServingError."""
+    return _status(error)[0]
+
+
+def grpc_status(error: BaseException) -> grpc.StatusCode:
+    """gRPC status for an error; INTERNAL for anything that is not a ServingError."""
+    return _status(error)[1]
+
+
+def client_message(error: BaseException) -> str:
+    """What the client is told: the message of a ServingError, a generic line for anything else."""
+    if isinstance(error, ServingError):
+        return str(error)
+    return f"internal server error ({type(error).__name__})"

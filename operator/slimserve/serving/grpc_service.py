@@ -1,0 +1,182 @@
+"""The gRPC endpoint: service `inference.GRPCInferenceService` on a `grpc.aio` server.
+
+Runs on the same asyncio loop as the REST app, so both protocols share one data plane and one batch
+queue. Handlers are registered with a generic handler under the standard service name, using messages
+from our own proto package (see the note in open_inference_v2.proto on why not package `inference`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+import numpy as np
+
+from slimserve.serving.dataplane import DataPlane, RequestTimer
+from slimserve.serving.errors import InvalidInput, client_message, grpc_status
+from slimserve.serving.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
+from slimserve.serving.proto import open_inference_v2_pb2 as pb
+from slimserve.serving.tensors import encode_raw
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+# Typed `InferTensorContents` field of each datatype (FP16/BF16 have none: raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_to_dict(parameters) -> dict:
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, choice) if choice else None
+    return values
+
+
+def request_from_proto(message: pb.ModelInferRequest) -> InferRequest:
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
+    inputs = []
+    for index, tensor in enumerate(message.inputs):
+        what = f"input '{tensor.name}'"
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"{what}: contents must be empty when raw_input_contents is used")
+            payload = raw[index]
+        else:
+            payload = _typed_contents(tensor, what)
+        inputs.append(
+            InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), payload, parameters_to_dict(tensor.parameters))
+        )
+    outputs = None
+    if message.outputs:
+        outputs = [RequestedOutput(o.name, parameters=parameters_to_dict(o.parameters)) for o in message.outputs]
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        inputs=inputs,
+        outputs=outputs,
+        id=message.id or None,
+        parameters=parameters_to_dict(message.parameters),
+    )
+
+
+def _typed_contents(tensor, what: str) -> list:
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInput(f"{what}: datatype {tensor.datatype!r} has no typed contents; send raw_input_contents")
+    contents = tensor.contents
+    for other in set(CONTENTS_FIELD.values()) - {field}:
+        if len(getattr(contents, other)):
+            raise InvalidInput(f"{what}: a {tensor.datatype} tensor carries its data in {field}, not {other}")
+    return list(getattr(contents, field))
+
+
+def response_to_proto(response: InferResponse, raw: bool) -> pb.ModelInferResponse:
+    """Raw output contents when the request came raw (as tritonclient expects), typed contents otherwise."""
+    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
+    if response.id:
+        message.id = response.id
+    for output in response.outputs:
+        tensor = message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        if raw or output.datatype not in CONTENTS_FIELD:
+            message.raw_output_contents.append(encode_raw(output.data, output.datatype))
+        else:
+            _fill_typed(tensor.contents, output.data, output.datatype)
+    return message
+
+
+def _fill_typed(contents, data: np.ndarray, datatype: str) -> None:
+    flat = data.reshape(-1)
+    values = list(flat) if datatype == "BYTES" else flat.tolist()
+    getattr(contents, CONTENTS_FIELD[datatype]).extend(values)
+
+
+class InferenceServicer:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        metadata = self.dataplane.model_metadata(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
+        )
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        with RequestTimer(self.dataplane.metrics, "grpc"):
+            response = await self.dataplane.infer(request_from_proto(request))
+            return response_to_proto(response, raw=bool(request.raw_input_contents))
+
+
+_METHODS = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+
+
+def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: DataPlane) -> Callable[..., Awaitable]:
+    """Maps domain errors to gRPC status codes and counts every call."""
+    metrics = dataplane.metrics
+
+    async def call(request, context: grpc.aio.ServicerContext):
+        try:
+            response = await handler(request, context)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status
+            code = grpc_status(error)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("gRPC %s failed", method)
+            metrics.count("grpc", method, code.name)
+            await context.abort(code, client_message(error))
+        metrics.count("grpc", method, "OK")
+        return response
+
+    return call
+
+
+def method_handlers(dataplane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
+    """Method name -> handler of `inference.GRPCInferenceService` (also for mounting, e.g. gRPC-Web)."""
+    servicer = InferenceServicer(dataplane)
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            _with_status(name, getattr(servicer, name), dataplane),
+            request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (request_type, response_type) in _METHODS.items()
+    }
+
+
+def add_inference_service(server: grpc.aio.Server, dataplane: DataPlane) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(dataplane)),))

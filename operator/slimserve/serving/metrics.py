@@ -1,0 +1,50 @@
+"""Prometheus metrics of one server, in a registry of its own (several servers can live in one process).
+
+Names (the operator and dashboards depend on them):
+- slimserve_requests_total{protocol, endpoint, code}: every API call; code is the HTTP status (rest)
+  or the gRPC status name (grpc)
+- slimserve_request_duration_seconds{protocol}: inference latency, arrival to response
+- slimserve_inflight_requests: inference requests inside the server now (the autoscaling signal)
+- slimserve_queue_depth: requests waiting for the model in the batch queue
+- slimserve_batch_size: rows per model call
+- slimserve_model_forward_seconds: duration of each model call
+- slimserve_model_ready: 1 once the model is loaded and warmed up
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+INFLIGHT_METRIC = "slimserve_inflight_requests"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "slimserve_requests", "API calls by protocol, endpoint and status code.",
+            ("protocol", "endpoint", "code"), registry=r,
+        )
+        self.request_seconds = Histogram(
+            "slimserve_request_duration_seconds", "Inference latency from arrival to response.",
+            ("protocol",), buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(INFLIGHT_METRIC, "Inference requests being served now.", registry=r)
+        self.queue_depth = Gauge("slimserve_queue_depth", "Requests waiting in the batch queue.", registry=r)
+        self.batch_size = Histogram("slimserve_batch_size", "Rows per model call.", buckets=_BATCH_BUCKETS, registry=r)
+        self.forward_seconds = Histogram(
+            "slimserve_model_forward_seconds", "Duration of one model call.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.model_ready = Gauge("slimserve_model_ready", "1 when the model is loaded and warmed up.", registry=r)
+
+    def count(self, protocol: str, endpoint: str, code: str) -> None:
+        self.requests.labels(protocol, endpoint, code).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,100 @@
+"""The served model: loads a Servable from its URI, warms it up, reports readiness, runs predict."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from slimserve.models.servable import ModelInfo, Servable, TensorSpec
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str], Servable]
+
+
+def _default_loader(uri: str) -> Servable:
+    from slimserve.models import load_servable  # verifies the artifact's digests, refuses a mismatch
+
+    return load_servable(uri)
+
+
+class ServedModel:
+    """One model under the name clients use; `ready` only after load and warm-up succeeded."""
+
+    def __init__(self, uri: str, name: str | None = None, loader: Loader = _default_loader) -> None:
+        self.uri = uri
+        self._requested_name = name
+        self._loader = loader
+        self._servable: Servable | None = None
+        self.ready = False
+
+    @classmethod
+    def from_servable(cls, servable: Servable, name: str | None = None) -> "ServedModel":
+        model = cls(uri=f"object://{servable.info.name}", name=name, loader=lambda _uri: servable)
+        return model
+
+    @property
+    def name(self) -> str:
+        if self._requested_name:
+            return self._requested_name
+        return self._servable.info.name if self._servable is not None else ""
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._servable is None:
+            raise RuntimeError("model not loaded")
+        return self._servable.info
+
+    @property
+    def loaded(self) -> bool:
+        return self._servable is not None
+
+    def load(self, warmup_batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Load (blocking; call from a worker thread) and warm up at the given batch sizes."""
+        start = time.perf_counter()
+        self._servable = self._loader(self.uri)
+        loaded = time.perf_counter()
+        for rows in warmup_batch_sizes:
+            self._servable.predict(example_inputs(self._servable.info.inputs, rows))
+        log.info(
+            "model %s (%s, version %s) loaded in %.2fs, warmed up in %.2fs",
+            self.name, self.uri, self._servable.info.version, loaded - start, time.perf_counter() - loaded,
+        )
+        self.ready = True
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._servable is not None
+        return self._servable.predict(inputs)
+
+    def metadata(self) -> dict:
+        info = self.info
+        return {
+            "name": self.name,
+            "versions": [info.version],
+            "platform": info.platform,
+            "inputs": [_tensor_metadata(spec) for spec in info.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in info.outputs],
+        }
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def example_inputs(specs: tuple[TensorSpec, ...], rows: int) -> dict[str, np.ndarray]:
+    """Valid inputs of `rows` rows for a signature: zeros, or a short text for BYTES (warm-up only)."""
+    from slimserve.serving.tensors import NUMPY_DTYPES
+
+    examples = {}
+    for spec in specs:
+        shape = (rows, *(1 if dim == -1 else dim for dim in spec.shape[1:]))
+        if spec.datatype == "BYTES":
+            array = np.empty(shape, dtype=object)
+            array.fill(b"warm up the model")
+        else:
+            array = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+        examples[spec.name] = array
+    return examples

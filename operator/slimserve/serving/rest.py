@@ -1,0 +1,247 @@
+"""The REST endpoint of the Open Inference Protocol: a lean ASGI app, built by `build_app`.
+
+Why not Starlette or FastAPI: on a tiny model the HTTP layer is most of the cost, and a Starlette
+router + Request/Response objects measured ~20 us more per request than this one (25 us vs 5 us in
+process, same routes), i.e. several percent of throughput on two cores. The app stays open to more
+routes: `app.add_route(method, "/path/{param}", endpoint)` or `app.mount(prefix, any_asgi_app)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimserve.serving.dataplane import DataPlane, RequestTimer
+from slimserve.serving.errors import (
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    UnsupportedMediaType,
+    InvalidInput,
+    client_message,
+    http_status,
+)
+from slimserve.serving.metrics import ServerMetrics
+from slimserve.serving.rest_codec import HEADER_LENGTH, JSON_CONTENT_TYPE, dumps, parse_infer_request, render_infer_response
+
+log = logging.getLogger(__name__)
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class HttpRequest:
+    scope: dict
+    receive: Callable
+    params: dict[str, str]
+    max_body_bytes: int
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    async def body(self) -> bytes:
+        """The whole body, refused past `max_body_bytes` (declared or actual, after decompression)."""
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body of {declared} bytes is above the limit of {self.max_body_bytes}")
+        chunks, total = [], 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionAbortedError("client disconnected")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body is above the limit of {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self._decompress(body)
+
+    def _decompress(self, body: bytes) -> bytes:
+        encoding = (self.header(b"content-encoding") or "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        wbits = {"gzip": 31, "deflate": 15}.get(encoding)
+        if wbits is None:
+            raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)")
+        inflater = zlib.decompressobj(wbits)
+        try:
+            data = inflater.decompress(body, self.max_body_bytes + 1)
+        except zlib.error as error:
+            raise InvalidInput(f"request body is not valid {encoding}: {error}") from None
+        if len(data) > self.max_body_bytes or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request body is above the limit of {self.max_body_bytes} bytes")
+        return data
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    body: bytes
+    content_type: str = JSON_CONTENT_TYPE
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+Endpoint = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+@dataclass
+class _Route:
+    method: str
+    pattern: re.Pattern
+    endpoint: Endpoint
+    name: str
+
+
+def _compile(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)
+    regex = "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts))
+    return re.compile(f"^{regex}$")
+
+
+class RestApp:
+    """ASGI app: OIP routes plus whatever is added; errors become `{"error": ...}` with their status."""
+
+    def __init__(self, metrics: ServerMetrics, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self._routes: list[_Route] = []
+        self._mounts: list[tuple[str, ASGIApp]] = []
+
+    def add_route(self, method: str, template: str, endpoint: Endpoint, name: str | None = None) -> None:
+        """Route `method` + `template` (with `{param}` segments) to `endpoint`; `name` labels its metrics."""
+        self._routes.append(_Route(method.upper(), _compile(template), endpoint, name or endpoint.__name__))
+
+    def mount(self, prefix: str, app: ASGIApp) -> None:
+        """Send every request whose path starts with `prefix` (and no route matched) to another ASGI app."""
+        self._mounts.append((prefix, app))
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        route, params, allowed = None, {}, False
+        for candidate in self._routes:
+            match = candidate.pattern.match(path)
+            if match:
+                allowed = True
+                if candidate.method == method or (method == "HEAD" and candidate.method == "GET"):
+                    route, params = candidate, match.groupdict()
+                    break
+        if route is None:
+            for prefix, app in self._mounts:
+                if path.startswith(prefix):
+                    await app(scope, receive, send)
+                    return
+            error = MethodNotAllowed(f"{method} is not allowed on {path}") if allowed else RouteNotFound(f"no endpoint at {path}")
+            await _send(send, _error_response(error))
+            return
+        request = HttpRequest(scope, receive, params, self.max_body_bytes)
+        try:
+            response = await route.endpoint(request)
+        except ConnectionAbortedError:
+            return
+        except Exception as error:  # noqa: BLE001 - every failure becomes an error response
+            if http_status(error) >= 500:
+                log.exception("%s %s failed", method, path)
+            response = _error_response(error)
+        self.metrics.count("rest", route.name, str(response.status))
+        await _send(send, response)
+
+
+def _error_response(error: BaseException) -> HttpResponse:
+    return HttpResponse(http_status(error), dumps({"error": client_message(error)}))
+
+
+async def _send(send: Callable, response: HttpResponse) -> None:
+    headers = [
+        (b"content-type", response.content_type.encode()),
+        (b"content-length", str(len(response.body)).encode()),
+        *response.headers,
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def _lifespan(receive: Callable, send: Callable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _json(status: int, document: Any) -> HttpResponse:
+    return HttpResponse(status, dumps(document))
+
+
+def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RestApp:
+    """The REST app of the Open Inference Protocol (+ /metrics) over `dataplane`; add routes to it freely."""
+    metrics = dataplane.metrics
+    app = RestApp(metrics, max_body_bytes)
+
+    async def server_live(request: HttpRequest) -> HttpResponse:
+        live = dataplane.live()
+        return _json(200 if live else 400, {"live": live})
+
+    async def server_ready(request: HttpRequest) -> HttpResponse:
+        ready = dataplane.ready()
+        return _json(200 if ready else 400, {"ready": ready})
+
+    async def server_metadata(request: HttpRequest) -> HttpResponse:
+        return _json(200, dataplane.server_metadata())
+
+    async def model_metadata(request: HttpRequest) -> HttpResponse:
+        return _json(200, dataplane.model_metadata(request.params["name"], request.params.get("version", "")))
+
+    async def model_ready(request: HttpRequest) -> HttpResponse:
+        name = request.params["name"]
+        ready = dataplane.model_ready(name, request.params.get("version", ""))
+        return _json(200 if ready else 400, {"name": name, "ready": ready})
+
+    async def infer(request: HttpRequest) -> HttpResponse:
+        with RequestTimer(metrics, "rest"):
+            body = await request.body()
+            length = request.header(HEADER_LENGTH.encode())
+            if length is not None and not length.strip().isdigit():
+                raise InvalidInput(f"Inference-Header-Content-Length {length!r} is not a number")
+            parsed = parse_infer_request(
+                body, int(length) if length is not None else None,
+                request.params["name"], request.params.get("version", ""),
+            )
+            response = await dataplane.infer(parsed)
+            payload, content_type, header_length = render_infer_response(response)
+        headers = [] if header_length is None else [(HEADER_LENGTH.encode(), str(header_length).encode())]
+        return HttpResponse(200, payload, content_type, headers)
+
+    async def prometheus(request: HttpRequest) -> HttpResponse:
+        body, content_type = metrics.exposition()
+        return HttpResponse(200, body, content_type)
+
+    # Inference first: routes are tried in order and it is the hot path.
+    app.add_route("POST", "/v2/models/{name}/infer", infer)
+    app.add_route("POST", "/v2/models/{name}/versions/{version}/infer", infer)
+    app.add_route("GET", "/v2/health/live", server_live)
+    app.add_route("GET", "/v2/health/ready", server_ready)
+    app.add_route("GET", "/v2", server_metadata)
+    app.add_route("GET", "/v2/models/{name}", model_metadata)
+    app.add_route("GET", "/v2/models/{name}/versions/{version}", model_metadata)
+    app.add_route("GET", "/v2/models/{name}/ready", model_ready)
+    app.add_route("GET", "/v2/models/{name}/versions/{version}/ready", model_ready)
+    app.add_route("GET", "/metrics", prometheus)
+    return app

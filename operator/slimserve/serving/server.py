@@ -1,0 +1,150 @@
+"""One server process: REST (uvicorn) and gRPC (grpc.aio) on one asyncio loop, one model, graceful exit.
+
+Life cycle:
+1. listen on both ports at once, live but not ready (so a liveness probe passes during a long load);
+2. load the artifact (digests verified by the loader) and warm it up on a worker thread; then ready.
+   A load failure exits with status 1 and the reason in the log;
+3. on SIGTERM or SIGINT: report not ready; keep serving for `shutdown_delay_s` (lets Kubernetes take
+   the pod out of its endpoints first); stop accepting; let in-flight requests finish (at most
+   `drain_timeout_s`); exit 0.
+
+Worst-case time from SIGTERM to exit: shutdown_delay_s + drain_timeout_s + ~1 s, so set the pod's
+terminationGracePeriodSeconds above that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import uvicorn
+
+from slimserve.serving.batching import Batcher, DirectRunner
+from slimserve.serving.config import ServerConfig
+from slimserve.serving.dataplane import DataPlane
+from slimserve.serving.grpc_service import add_inference_service
+from slimserve.serving.metrics import ServerMetrics
+from slimserve.serving.model import ServedModel
+from slimserve.serving.rest import build_app
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: this module owns SIGTERM and the exit status."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def build_dataplane(config: ServerConfig, model: ServedModel, executor: ThreadPoolExecutor) -> DataPlane:
+    metrics = ServerMetrics()
+    if config.batching:
+        runner = Batcher(model.predict, executor, metrics, config.max_batch_size, config.max_latency_ms / 1000)
+    else:
+        runner = DirectRunner(model.predict, executor, metrics)
+    return DataPlane(model, runner, metrics, config.max_batch_size)
+
+
+async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit status."""
+    model = model or ServedModel(config.artifact, config.model_name)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-model")
+    dataplane = build_dataplane(config, model, executor)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    http = _Uvicorn(
+        uvicorn.Config(
+            build_app(dataplane, config.max_body_bytes), host=config.host, port=config.http_port,
+            lifespan="off", access_log=False, log_config=None, http="httptools",
+            timeout_graceful_shutdown=config.drain_timeout_s,
+        )
+    )
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    http_socket = _listen(config.host, config.http_port)
+    add_inference_service(grpc_server, dataplane)
+    grpc_server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}")
+    await grpc_server.start()
+    http_task = loop.create_task(http.serve(sockets=[http_socket]), name="slimserve-http")
+    metrics_server = _start_metrics_port(config, dataplane)
+    log.info("listening: REST on %s:%d, gRPC on %s:%d", config.host, config.http_port, config.host, config.grpc_port)
+
+    load = loop.run_in_executor(executor, model.load, _warmup_sizes(config))
+    stopped = loop.create_task(stop.wait())
+    await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if load.done() and load.exception() is not None:
+        log.error("could not load %s: %s", config.artifact, load.exception())
+        status = 1
+    elif load.done():
+        dataplane.metrics.model_ready.set(1)
+        log.info("ready: model %r", model.name)
+        await stopped
+    log.info("shutting down: not ready; draining in-flight requests (at most %.1fs)", config.drain_timeout_s)
+    dataplane.shutting_down = True
+    dataplane.metrics.model_ready.set(0)
+    if status == 0 and config.shutdown_delay_s > 0:
+        await asyncio.sleep(config.shutdown_delay_s)
+    http.should_exit = True
+    await asyncio.gather(grpc_server.stop(config.drain_timeout_s), http_task)
+    await dataplane.runner.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    executor.shutdown(wait=False, cancel_futures=True)
+    log.info("stopped")
+    return status
+
+
+def _warmup_sizes(config: ServerConfig) -> tuple[int, ...]:
+    sizes = {1, config.max_batch_size} if config.batching else {1}
+    return tuple(sorted(size for size in sizes | set(config.warmup_batch_sizes) if size <= config.max_batch_size))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the HTTP socket here, so a busy port fails loudly before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _start_metrics_port(config: ServerConfig, dataplane: DataPlane):
+    if config.metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(config.metrics_port, addr=config.host, registry=dataplane.metrics.registry)
+    return server
+
+
+def run(config: ServerConfig) -> int:
+    """Blocking entry point (the CLI's): uvloop when available."""
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(config))
