@@ -14,9 +14,10 @@ from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "slimserve-operator"
 
-# (group/version, kind) -> plural, for the kinds the operator writes.
+# (group/version, kind) -> plural, for the kinds the operator reads or writes.
 _PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Pod"): "pods",
     ("v1", "Service"): "services",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("apps/v1", "Deployment"): "deployments",
@@ -58,6 +59,14 @@ def read(api: client.ApiClient, api_version: str, kind: str, namespace: str, nam
         if exc.status == 404:
             return None
         raise
+
+
+def list_objects(
+    api: client.ApiClient, api_version: str, kind: str, namespace: str, *, label_selector: str
+) -> list[dict[str, Any]]:
+    """The objects in `namespace` whose labels match `label_selector` (one page: callers select a handful)."""
+    found = _call(api, "GET", object_path(api_version, kind, namespace), query=[("labelSelector", label_selector)])
+    return found.get("items") or []
 
 
 def delete(

@@ -1,0 +1,317 @@
+"""Manifests of a CompressionJob: the batch/v1 Job that runs `slimserve compress`, and the pod's API access.
+
+Each generation of a CompressionJob gets its own Job (`<name>-g<generation>`), so a spec change never
+mutates a running Job (a Job's pod template is immutable anyway) and an old pod is told apart from a new
+one by its generation.
+
+The spec reaches the pod as the environment variable SLIMSERVE_JOB_SPEC (JSON), not as a ConfigMap: the
+Job's pod template is immutable, so the variable is a snapshot of exactly the generation the Job runs; a
+ConfigMap could be edited under a running pod, would be one more object to create, own and clean up, and
+one more permission. A spec is a few KiB at most (the CRD bounds every list), far below any limit.
+
+The pod reports progress and results by patching its own CompressionJob's status, as a ServiceAccount made
+for that CompressionJob alone: its Role allows `get` and `patch` on `compressionjobs/status` of that one
+name and nothing else (see `slimserve.compression.status_sink`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from slimserve.api import GROUP, CompressionJob, CompressionJobSpec
+from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS
+from slimserve.controller.builders import (
+    bounded_name,
+    hardened_container_security_context,
+    hardened_pod_security_context,
+    pool_placement,
+)
+from slimserve.controller.config import OperatorConfig
+from slimserve.controller.labels import merge_labels, standard_labels
+
+COMPONENT = "compressor"
+CONTAINER_NAME = "compressor"
+GENERATION_LABEL = f"{GROUP}/generation"
+# A JSON object of annotations for the compression pod (sidecar opt-outs, autoscaler hints...).
+POD_ANNOTATIONS_ANNOTATION = f"{GROUP}/pod-annotations"
+
+# The contract with the pod (read by `slimserve compress` and its status sink).
+ENV_JOB_SPEC = "SLIMSERVE_JOB_SPEC"
+ENV_STATUS_TARGET = "SLIMSERVE_STATUS_TARGET"
+ENV_JOB_GENERATION = "SLIMSERVE_JOB_GENERATION"
+ENV_PVC_ROOT = "SLIMSERVE_PVC_ROOT"
+ENV_CACHE = "SLIMSERVE_CACHE"
+
+SCRATCH_DIR = "/tmp"
+CACHE_DIR = "/var/cache/slimserve"
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+_CLAIM_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class InvalidSpec(ValueError):
+    """A spec the API server accepted that this operator cannot run; the message names the field."""
+
+
+# ---- validation ---------------------------------------------------------------------------------------
+
+
+def parse_spec(raw: dict[str, Any]) -> CompressionJobSpec:
+    """The spec as the model, or InvalidSpec naming each bad field (the CRD catches most of these first)."""
+    try:
+        return CompressionJobSpec.from_json(raw)
+    except ValidationError as exc:
+        problems = [
+            f"spec.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in exc.errors()
+        ]
+        raise InvalidSpec("; ".join(problems)) from None
+
+
+def parse_pod_annotations(annotations: dict[str, str] | None) -> dict[str, str]:
+    """The pod annotations a CompressionJob asks for in its `slimserve.io/pod-annotations` annotation."""
+    text = (annotations or {}).get(POD_ANNOTATIONS_ANNOTATION)
+    if not text:
+        return {}
+    where = f"metadata.annotations[{POD_ANNOTATIONS_ANNOTATION}]"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpec(f"{where}: not JSON: {exc.msg}") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidSpec(f'{where}: expected a JSON object of strings, e.g. {{"sidecar.istio.io/inject": "false"}}')
+    return value
+
+
+def check_runnable(spec: CompressionJobSpec, config: OperatorConfig) -> None:
+    """Raise InvalidSpec listing every semantic problem the CRD's schema cannot see."""
+    problems: list[str] = []
+    pool = config.node_pools.get(spec.node_pool)
+    if pool is None:
+        known = ", ".join(sorted(config.node_pools)) or "none"
+        problems.append(f"spec.nodePool: unknown node pool {spec.node_pool!r} (known: {known})")
+    elif not pool.has_gpu:
+        for index, step in enumerate(spec.steps):
+            if step.quantize and step.quantize.method in GPU_ONLY_QUANTIZE_METHODS:
+                problems.append(
+                    f"spec.steps[{index}].quantize.method: {step.quantize.method} needs a GPU node pool; "
+                    f"pool {spec.node_pool!r} has no GPU"
+                )
+    for field, uri in _storage_uris(spec):
+        problems.extend(_uri_problems(field, uri))
+    if spec.output.uri.startswith("file://"):
+        problems.append(
+            "spec.output.uri: file:// is inside the compression pod and lost when it ends; use pvc:// or s3://"
+        )
+    if problems:
+        raise InvalidSpec("; ".join(problems))
+
+
+def _storage_uris(spec: CompressionJobSpec) -> list[tuple[str, str]]:
+    uris = [("spec.model.uri", spec.model.uri), ("spec.output.uri", spec.output.uri)]
+    if spec.evaluation.dataset is not None:
+        uris.append(("spec.evaluation.dataset.uri", spec.evaluation.dataset.uri))
+    return uris
+
+
+def _uri_problems(field: str, uri: str) -> list[str]:
+    scheme, _, rest = uri.partition("://")
+    head, _, path = rest.partition("/")
+    if scheme == "pvc":
+        if not head:
+            return [f"{field}: {uri!r} names no claim; expected pvc://CLAIM/path"]
+        if len(head) > 253 or not _CLAIM_PATTERN.match(head):
+            return [f"{field}: {head!r} is not a PersistentVolumeClaim name (lowercase DNS subdomain)"]
+        if ".." in path.split("/"):
+            return [f"{field}: {uri!r} must not contain '..'"]
+    if scheme == "s3" and not head:
+        return [f"{field}: {uri!r} names no bucket; expected s3://BUCKET/key"]
+    return []
+
+
+# ---- names and labels ---------------------------------------------------------------------------------
+
+
+def job_name(name: str, generation: int) -> str:
+    # 63, not 253: the Job controller copies the name into its pods' job-name label.
+    return bounded_name(name, f"-g{generation}")
+
+
+def service_account_name(name: str) -> str:
+    return bounded_name(name, "-compressor")
+
+
+def compression_labels(name: str) -> dict[str, str]:
+    return standard_labels(instance=bounded_name(name), component=COMPONENT)
+
+
+def status_target(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels}
+
+
+# ---- the pod's access to its own status ---------------------------------------------------------------
+
+
+def build_access(*, name: str, namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding that let the pod read and patch its own CompressionJob's status."""
+    account = service_account_name(name)
+    labels = compression_labels(name)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _metadata(account, namespace, labels),
+            # The pod opts in itself; nothing else using this account gets a token by accident.
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(account, namespace, labels),
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{CompressionJob.plural}/status"],
+                    "resourceNames": [name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(account, namespace, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
+
+
+# ---- the Job ------------------------------------------------------------------------------------------
+
+
+def build_job(
+    *,
+    name: str,
+    namespace: str,
+    generation: int,
+    spec: CompressionJobSpec,
+    config: OperatorConfig,
+    pod_annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs one generation of the CompressionJob `namespace/name`."""
+    pool = config.node_pool(spec.node_pool)
+    image = config.images.compressor_gpu if pool.has_gpu else config.images.compressor
+    labels = merge_labels(compression_labels(name), {GENERATION_LABEL: str(generation)})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name(name),
+        "automountServiceAccountToken": True,  # the pod patches its CompressionJob's status
+        "enableServiceLinks": False,
+        "securityContext": hardened_pod_security_context(),
+        "containers": [
+            {
+                "name": CONTAINER_NAME,
+                "image": image.reference,
+                "imagePullPolicy": image.pull_policy,
+                "command": ["slimserve"],
+                "args": ["compress"],
+                "env": _env(name=name, namespace=namespace, generation=generation, spec=spec, config=config),
+                "resources": _resources(spec, pool.gpu_resource_name, pool.gpus_per_pod),
+                "volumeMounts": [
+                    {"name": "scratch", "mountPath": SCRATCH_DIR},
+                    {"name": "cache", "mountPath": CACHE_DIR},
+                    *_claim_mounts(spec, config.pvc_mount_root),
+                ],
+                "securityContext": hardened_container_security_context(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {}},
+            *_claim_volumes(spec),
+        ],
+        **pool_placement(pool, config),
+    }
+    template_metadata = {
+        "labels": labels,
+        "annotations": {**(pod_annotations or {}), "kubectl.kubernetes.io/default-container": CONTAINER_NAME},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job_name(name, generation), namespace, labels),
+        "spec": {
+            "backoffLimit": spec.backoff_limit,
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            # No ttlSecondsAfterFinished: the finished Job and its pod's termination message stay readable.
+            "template": {"metadata": template_metadata, "spec": pod_spec},
+        },
+    }
+
+
+def _env(
+    *, name: str, namespace: str, generation: int, spec: CompressionJobSpec, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": ENV_JOB_SPEC, "value": json.dumps(spec.to_json(), sort_keys=True, separators=(",", ":"))},
+        {"name": ENV_STATUS_TARGET, "value": status_target(namespace, name)},
+        {"name": ENV_JOB_GENERATION, "value": str(generation)},
+        {"name": ENV_PVC_ROOT, "value": config.pvc_mount_root},
+        {"name": ENV_CACHE, "value": CACHE_DIR},
+        # The root filesystem is read-only: anything that writes under $HOME (matplotlib, torch) uses scratch.
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    secret = spec.s3.credentials_secret if spec.s3 else None
+    if secret is not None:
+        # Named keys, not envFrom: nothing else the Secret holds reaches the pod.
+        env.extend(
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}} for key in S3_SECRET_KEYS
+        )
+    return env
+
+
+def _resources(spec: CompressionJobSpec, gpu_resource: str | None, gpus: int) -> dict[str, Any]:
+    resources = spec.resources.to_json() if spec.resources else {}
+    if gpu_resource:
+        limits = resources.setdefault("limits", {})
+        limits.setdefault(gpu_resource, gpus)
+    return resources
+
+
+def pvc_claims(spec: CompressionJobSpec) -> dict[str, bool]:
+    """Claims named by pvc:// URIs -> mounted read-only? Only the output's claim is writable."""
+    claims: dict[str, bool] = {}
+    for field, uri in _storage_uris(spec):
+        if not uri.startswith("pvc://"):
+            continue
+        claim = uri.removeprefix("pvc://").partition("/")[0]
+        writable = field == "spec.output.uri"
+        claims[claim] = claims.get(claim, True) and not writable
+    return dict(sorted(claims.items()))
+
+
+def _claim_volumes(spec: CompressionJobSpec) -> list[dict[str, Any]]:
+    # Volumes are numbered, not named after claims: claim names may hold dots and run to 253 characters.
+    return [
+        {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+        for index, (claim, read_only) in enumerate(pvc_claims(spec).items())
+    ]
+
+
+def _claim_mounts(spec: CompressionJobSpec, root: str) -> list[dict[str, Any]]:
+    return [
+        {"name": f"pvc-{index}", "mountPath": f"{root.rstrip('/')}/{claim}", "readOnly": read_only}
+        for index, (claim, read_only) in enumerate(pvc_claims(spec).items())
+    ]
+

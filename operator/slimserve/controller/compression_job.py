@@ -1,0 +1,192 @@
+"""CompressionJob controller: one batch/v1 Job per generation, followed until it ends.
+
+`reconcile_compression_job` (create, spec change, operator resume): validate → retire the previous
+generation's Job → status Pending (the previous run's fields reset) → build → adopt → apply the pod's
+ServiceAccount/Role/RoleBinding → create the Job when it does not exist yet. A generation that has finished
+is never re-run: only a spec change (a new generation) starts a new Job.
+
+`follow_compression_job` (every event of a Job this operator made, including the initial listing after a
+restart): derive the CompressionJob's phase and conditions from the Job and write them with optimistic
+concurrency (the compression pod writes progress, artifact and metrics into the same status).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from slimserve.api import GROUP, VERSION, CompressionJob
+from slimserve.controller import kube
+from slimserve.controller.app import OperatorMemo
+from slimserve.controller.builders.compression_job import (
+    COMPONENT,
+    GENERATION_LABEL,
+    InvalidSpec,
+    build_access,
+    build_job,
+    check_runnable,
+    job_name,
+    parse_pod_annotations,
+    parse_spec,
+)
+from slimserve.controller.compression_job_status import (
+    invalid_status,
+    is_finished,
+    pending_status,
+    status_from_job,
+    transition_events,
+)
+from slimserve.controller.labels import MANAGED_BY
+from slimserve.controller.status_update import Derive, update_status
+
+PLURAL = CompressionJob.plural
+JOB_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def reconcile_compression_job(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    name: str,
+    namespace: str,
+    memo: OperatorMemo,
+    **_: Any,
+) -> None:
+    generation = int(meta["generation"])
+    previous_job = status.get("jobName")
+    try:
+        parsed = parse_spec(dict(spec))
+        check_runnable(parsed, memo.config)
+        pod_annotations = parse_pod_annotations(dict(meta.get("annotations") or {}))
+    except InvalidSpec as exc:
+        message = str(exc)
+        _reconcile_invalid(memo.api, namespace, name, generation, previous_job, message)
+        raise kopf.PermanentError(f"invalid spec: {message}") from None
+    if is_finished(status, generation):
+        return  # this generation ran to its end; only a spec change starts another Job
+
+    desired = job_name(name, generation)
+    access = build_access(name=name, namespace=namespace)
+    job = build_job(
+        name=name,
+        namespace=namespace,
+        generation=generation,
+        spec=parsed,
+        config=memo.config,
+        pod_annotations=pod_annotations,
+    )
+    kopf.adopt([*access, job], owner=body)
+    try:
+        _retire_job(memo.api, namespace, previous_job, keep=desired)
+        # Status before the Job: the Job's events are applied only once the status speaks of this generation.
+        current, _ = _write_status(
+            memo.api, namespace, name, lambda cj: _for_generation(cj, generation, pending_status, job_name=desired)
+        )
+        if current["metadata"].get("generation") != generation:
+            return  # the spec changed again meanwhile; the newer generation's reconcile takes over
+        for manifest in access:
+            kube.apply(memo.api, manifest)
+        existing = kube.read(memo.api, "batch/v1", "Job", namespace, desired)
+        if existing is None:
+            kube.apply(memo.api, job)
+        elif not _owned_by(existing, meta["uid"]):
+            raise kopf.TemporaryError(
+                f"Job {desired} belongs to an earlier CompressionJob of this name; waiting for its deletion", delay=5
+            )
+    except ApiException as exc:
+        kube.raise_for_api_error(exc, f"CompressionJob {namespace}/{name}")
+
+
+def _reconcile_invalid(api, namespace: str, name: str, generation: int, previous_job: str | None, message: str) -> None:
+    """No Job for a spec that cannot run (a running one of an earlier generation is stopped); say why in status."""
+    try:
+        _retire_job(api, namespace, previous_job, keep=None)
+        _write_status(api, namespace, name, lambda cj: _for_generation(cj, generation, invalid_status, message=message))
+    except ApiException as exc:
+        kube.raise_for_api_error(exc, f"CompressionJob {namespace}/{name}")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
+def follow_compression_job(
+    body: kopf.Body,
+    type: str | None,
+    name: str,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: OperatorMemo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    owner = _compression_job_owner(body)
+    if owner is None or GENERATION_LABEL not in labels:
+        return
+    generation = int(labels[GENERATION_LABEL])
+    job = dict(body)
+    failed_pod = functools.cache(lambda: _latest_failed_pod(memo.api, namespace, name))
+
+    def derive(compression_job: dict[str, Any]) -> dict[str, Any] | None:
+        meta = compression_job["metadata"]
+        if meta.get("uid") != owner["uid"] or meta.get("deletionTimestamp"):
+            return None
+        return status_from_job(
+            compression_job, job, generation=generation, failed_pod=failed_pod, deleted=type == "DELETED"
+        )
+
+    try:
+        _write_status(memo.api, namespace, owner["name"], derive)
+    except ApiException as exc:
+        if exc.status != 404:  # 404: the CompressionJob is gone and its Jobs with it
+            # Kopf never retries event handlers; the Job's next event, or the listing after a restart, repairs it.
+            logger.error(f"could not update CompressionJob {namespace}/{owner['name']}: {exc.status} {exc.reason}")
+
+
+def _for_generation(compression_job: dict[str, Any], generation: int, derive, **kwargs: Any) -> dict[str, Any] | None:
+    """Derive a status only while the object is still at `generation` (else a newer reconcile is coming)."""
+    if compression_job["metadata"].get("generation") != generation:
+        return None
+    return derive(compression_job.get("status"), generation=generation, **kwargs)
+
+
+def _write_status(api, namespace: str, name: str, derive: Derive) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Write the derived status (conflicts recomputed at once) and post an Event per condition transition."""
+    current, patch = update_status(api, PLURAL, namespace, name, derive)
+    if patch and "conditions" in patch:
+        before = (current.get("status") or {}).get("conditions")
+        for event in transition_events(before, patch["conditions"]):
+            kopf.event(current, **event)
+    return current, patch
+
+
+def _retire_job(api, namespace: str, job: str | None, *, keep: str | None) -> None:
+    """Delete the previous generation's Job; its pods follow through garbage collection."""
+    if not job or job == keep:
+        return
+    kube.delete(api, "batch/v1", "Job", namespace, job, propagation="Background")
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _compression_job_owner(job: kopf.Body) -> dict[str, Any] | None:
+    for ref in job.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == CompressionJob.kind and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return ref
+    return None
+
+
+def _latest_failed_pod(api, namespace: str, job: str) -> dict[str, Any] | None:
+    """The Job's most recently started failed pod: its container's reason and termination message."""
+    try:
+        pods = kube.list_objects(api, "v1", "Pod", namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
+    except ApiException:
+        return None  # the failure is still reported, only without the pod's details
+    failed = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Failed"]
+    return max(failed, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", default=None)
