@@ -1,0 +1,121 @@
+"""A real `slimserve serve` process on free loopback ports, and small HTTP helpers for the tests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`slimserve serve` as a subprocess; `start()` returns once /v2/health/ready answers 200."""
+
+    def __init__(self, artifact: str, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.artifact = artifact
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.args = args
+        self.env = env or {}
+        self.log_path = log_dir / f"serve-{self.http_port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{HOST}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 120.0) -> "ServerProcess":
+        command = [
+            sys.executable, "-m", "slimserve.cli.main", "serve", "--artifact", self.artifact, "--host", HOST,
+            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), "--torch-threads", "1",
+            *self.args,
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if request(self.http_url, "GET", "/v2/health/ready", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"server not ready after {timeout_s}s:\n{self.log()}")
+
+    def terminate(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.terminate()
+        try:
+            return self.wait(60)
+        finally:
+            self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def request(
+    address: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
+    host, port = address.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def post_json(address: str, path: str, document: object, timeout: float = 30) -> tuple[int, dict]:
+    status, _headers, body = request(
+        address, "POST", path, json.dumps(document).encode(), {"Content-Type": "application/json"}, timeout
+    )
+    return status, json.loads(body)
+
+
+def metric_samples(address: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} of one scrape."""
+    status, _headers, body = request(address, "GET", "/metrics")
+    assert status == 200
+    samples = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples

@@ -1,0 +1,164 @@
+"""The batch queue in process: merging, limits, per-request results and fault isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from slimserve.serving.batching import Batcher, DirectRunner
+from slimserve.serving.metrics import ServerMetrics
+
+
+class RecordingModel:
+    """y = 2x + row index within the call: rows must come back to the request that sent them, in order."""
+
+    def __init__(self, poison: float | None = None) -> None:
+        self.calls: list[int] = []
+        self.poison = poison
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.calls.append(x.shape[0])
+        if self.poison is not None and (x == self.poison).any():
+            raise ValueError("x: poisoned value")
+        return {"y": x * 2, "rows": np.full((x.shape[0], 1), x.shape[0])}
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def _submit_all(batcher, requests: list[np.ndarray], announce_first: bool = True):
+    if announce_first:
+        for _ in requests:
+            batcher.announce()
+
+    async def one(x):
+        await asyncio.sleep(0)
+        return await batcher.submit({"x": x}, x.shape[0])
+
+    return await asyncio.gather(*(one(x) for x in requests), return_exceptions=True)
+
+
+@pytest.fixture
+def executor():
+    pool = ThreadPoolExecutor(max_workers=1)
+    yield pool
+    pool.shutdown()
+
+
+def test_concurrent_requests_merge_without_exceeding_the_limit_and_keep_their_rows(executor):
+    model = RecordingModel()
+    metrics = ServerMetrics()
+    requests = [np.full((rows, 3), float(i), dtype=np.float32) for i, rows in enumerate([1, 3, 2, 5, 1, 4, 2, 2, 3, 1])]
+
+    async def scenario():
+        batcher = Batcher(model, executor, metrics, max_batch_size=8, max_latency_s=0.05)
+        results = await _submit_all(batcher, requests)
+        await batcher.close()
+        return results
+
+    results = run(scenario())
+    for x, result in zip(requests, results):
+        np.testing.assert_array_equal(result["y"], x * 2)
+    assert max(model.calls) <= 8
+    assert sum(model.calls) == sum(x.shape[0] for x in requests)
+    assert len(model.calls) < len(requests)  # some requests shared a model call
+    assert metrics.batch_size._sum.get() == sum(model.calls)
+
+
+def test_a_request_larger_than_the_rest_of_a_batch_waits_for_the_next_one_whole(executor):
+    model = RecordingModel()
+    requests = [np.ones((5, 2), np.float32), np.ones((5, 2), np.float32) * 2]
+
+    async def scenario():
+        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
+        return await _submit_all(batcher, requests)
+
+    results = run(scenario())
+    assert model.calls == [5, 5]  # never split to fill a batch
+    np.testing.assert_array_equal(results[1]["y"], requests[1] * 2)
+
+
+def test_a_failing_request_does_not_fail_its_batch_mates(executor):
+    model = RecordingModel(poison=-1.0)
+    requests = [np.zeros((1, 2), np.float32), np.full((2, 2), -1.0, np.float32), np.ones((1, 2), np.float32)]
+
+    async def scenario():
+        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
+        return await _submit_all(batcher, requests)
+
+    good_a, bad, good_b = run(scenario())
+    assert isinstance(bad, ValueError) and "poisoned" in str(bad)
+    np.testing.assert_array_equal(good_a["y"], requests[0] * 2)
+    np.testing.assert_array_equal(good_b["y"], requests[2] * 2)
+
+
+def test_requests_of_different_inner_shapes_are_not_merged(executor):
+    model = RecordingModel()
+    requests = [np.ones((1, 2), np.float32), np.ones((1, 3), np.float32), np.ones((1, 2), np.float32)]
+
+    async def scenario():
+        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
+        return await _submit_all(batcher, requests)
+
+    results = run(scenario())
+    assert [r["y"].shape for r in results] == [(1, 2), (1, 3), (1, 2)]
+    assert len(model.calls) >= 2
+
+
+def test_a_batch_waits_for_an_announced_request_within_the_latency_window(executor):
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=2.0)
+        batcher.announce()
+        batcher.announce()
+        first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
+        await asyncio.sleep(0.05)  # the second request is still "being decoded"
+        second = await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
+        return await first, second
+
+    first, second = run(scenario())
+    assert model.calls == [2]
+    assert first["rows"][0, 0] == 2 and second["rows"][0, 0] == 2
+
+
+def test_a_lone_request_does_not_wait_for_the_latency_window(executor):
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
+        batcher.announce()
+        # Nobody else is arriving: it must run now, far inside the 30 s window.
+        return await asyncio.wait_for(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1), timeout=10)
+
+    assert run(scenario())["y"].shape == (1, 2)
+    assert model.calls == [1]
+
+
+def test_a_withdrawn_announcement_releases_a_waiting_batch(executor):
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
+        batcher.announce()
+        batcher.announce()
+        pending = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
+        await asyncio.sleep(0.05)
+        batcher.withdraw()  # the other request failed validation
+        return await asyncio.wait_for(pending, timeout=10)
+
+    assert run(scenario())["y"].shape == (1, 2)
+
+
+def test_model_returning_the_wrong_row_count_is_an_error(executor):
+    async def scenario():
+        runner = DirectRunner(lambda inputs: {"y": np.zeros((1, 1))}, executor, ServerMetrics())
+        return await runner.submit({"x": np.zeros((3, 1))}, 3)
+
+    with pytest.raises(RuntimeError, match="rows for a batch of 3"):
+        run(scenario())
