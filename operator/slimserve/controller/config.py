@@ -74,6 +74,8 @@ class OperatorConfig(_ConfigModel):
     # Where the compression and server pods mount a PVC named in a pvc:// URI.
     pvc_mount_root: str = "/mnt/pvc"
     cluster_domain: str = "cluster.local"
+    # Prometheus that scrapes the server pods; KEDA's concurrency trigger queries it.
+    prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
     image_pull_secrets: list[str] = Field(default_factory=list)
 
     def node_pool(self, name: str) -> NodePool:

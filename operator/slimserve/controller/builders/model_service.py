@@ -1,0 +1,486 @@
+"""Manifests of a ModelService's children: Deployment, Service, HorizontalPodAutoscaler or KEDA ScaledObject,
+PodDisruptionBudget.
+
+Pure functions of the spec, the model being served and the operator's configuration. Every child has the
+ModelService's (bounded) name, its labels from `labels.py` and a controller ownerReference, so the garbage
+collector removes it with its owner. `desired_children` decides which children exist; the handler applies
+those and deletes the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimserve.api import API_VERSION
+from slimserve.api.model_service import AutoscalingSpec, ModelService, ModelServiceSpec
+from slimserve.controller.builders import (
+    bounded_name,
+    hardened_container_security_context,
+    hardened_pod_security_context,
+    pool_placement,
+)
+from slimserve.controller.config import NodePool, OperatorConfig
+from slimserve.controller.labels import selector_labels, standard_labels
+
+COMPONENT = "server"
+CONTAINER_NAME = "server"
+HTTP_PORT = 8080  # REST, /metrics and the health endpoints
+GRPC_PORT = 9000
+METRICS_PATH = "/metrics"
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+INFLIGHT_METRIC = "slimserve_inflight_requests"
+
+# After SIGTERM the server reports not-ready but keeps serving while endpoints stop routing to it, then
+# drains in-flight requests; the grace period covers both with room to exit.
+SHUTDOWN_DELAY_SECONDS = 5
+DRAIN_SECONDS = 20
+TERMINATION_GRACE_SECONDS = SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 10
+# Model loading (an s3 download, a large checkpoint) may take minutes: the startup probe allows 10.
+STARTUP_PROBE_PERIOD_SECONDS = 5
+STARTUP_PROBE_FAILURES = 120
+
+DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+TMP_MOUNT = "/tmp"
+CACHE_MOUNT = "/var/cache/slimserve"
+CACHE_SIZE_LIMIT = "10Gi"  # downloaded s3 artifacts live here
+
+DIGEST_ANNOTATION = "slimserve.io/model-digest"
+PROMETHEUS_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(HTTP_PORT),
+    "prometheus.io/path": METRICS_PATH,
+}
+
+# Environment of `slimserve serve` (`slimserve serve --help` lists them).
+ENV_ARTIFACT = "SLIMSERVE_ARTIFACT"
+ENV_MODEL_NAME = "SLIMSERVE_MODEL_NAME"
+ENV_HOST = "SLIMSERVE_HOST"
+ENV_HTTP_PORT = "SLIMSERVE_HTTP_PORT"
+ENV_GRPC_PORT = "SLIMSERVE_GRPC_PORT"
+ENV_BATCHING = "SLIMSERVE_BATCHING"
+ENV_MAX_BATCH_SIZE = "SLIMSERVE_MAX_BATCH_SIZE"
+ENV_MAX_LATENCY_MS = "SLIMSERVE_MAX_LATENCY_MS"
+ENV_GRPC_WEB = "SLIMSERVE_GRPC_WEB"
+ENV_PLAYGROUND = "SLIMSERVE_PLAYGROUND"
+ENV_DRAIN_TIMEOUT = "SLIMSERVE_DRAIN_TIMEOUT_S"
+ENV_SHUTDOWN_DELAY = "SLIMSERVE_SHUTDOWN_DELAY_S"
+ENV_PVC_ROOT = "SLIMSERVE_PVC_ROOT"
+ENV_CACHE = "SLIMSERVE_CACHE"
+
+_DNS_1035_START = re.compile(r"^[a-z]")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelService the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "Owner":
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+    @property
+    def child_name(self) -> str:
+        """Name of the Deployment, HPA, PDB and ScaledObject (63 characters at most, like label values)."""
+        return bounded_name(self.name)
+
+    @property
+    def service_name(self) -> str:
+        """A DNS-1035 label: lowercase letters, digits and '-', starting with a letter."""
+        base = self.name.replace(".", "-")
+        return bounded_name(base if _DNS_1035_START.match(base) else f"msvc-{base}")
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": ModelService.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The artifact the pods load; `digest` is known when it comes from a CompressionJob."""
+
+    uri: str
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass
+class Children:
+    """What reconciliation applies, and the optional children that must not exist."""
+
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[ChildRef] = field(default_factory=list)
+
+
+def labels_of(owner: Owner) -> dict[str, str]:
+    return standard_labels(instance=owner.child_name, component=COMPONENT)
+
+
+def selector_of(owner: Owner) -> dict[str, str]:
+    return selector_labels(instance=owner.child_name, component=COMPONENT)
+
+
+def _metadata(owner: Owner, name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels_of(owner),
+        "ownerReferences": [owner.reference()],
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def model_name(owner: Owner, spec: ModelServiceSpec) -> str:
+    return spec.model_name or owner.name
+
+
+def service_url(owner: Owner, cluster_domain: str) -> str:
+    return f"http://{service_host(owner, cluster_domain)}:{HTTP_PORT}"
+
+
+def grpc_address(owner: Owner, cluster_domain: str) -> str:
+    return f"{service_host(owner, cluster_domain)}:{GRPC_PORT}"
+
+
+def service_host(owner: Owner, cluster_domain: str) -> str:
+    return f"{owner.service_name}.{owner.namespace}.svc.{cluster_domain}"
+
+
+# ---- autoscaling decisions ----------------------------------------------------------------------------
+
+
+def uses_hpa(spec: ModelServiceSpec) -> bool:
+    return spec.autoscaling is not None and spec.autoscaling.metric == "cpu"
+
+
+def uses_keda(spec: ModelServiceSpec, keda_installed: bool) -> bool:
+    return spec.autoscaling is not None and spec.autoscaling.metric == "concurrency" and keda_installed
+
+
+def deployment_replicas(spec: ModelServiceSpec, keda_installed: bool) -> int | None:
+    """Replicas the operator states, or None when an autoscaler owns the field."""
+    if spec.autoscaling is None:
+        return spec.replicas
+    if uses_hpa(spec) or uses_keda(spec, keda_installed):
+        return None
+    return max(spec.autoscaling.min_replicas, 1)  # concurrency without KEDA: run the floor, at least one
+
+
+def needs_disruption_budget(spec: ModelServiceSpec) -> bool:
+    """A PDB only when there can be more than one replica (with one it would block every node drain)."""
+    if spec.autoscaling is not None:
+        return spec.autoscaling.max_replicas > 1
+    return spec.replicas > 1
+
+
+# ---- pod ----------------------------------------------------------------------------------------------
+
+
+def pvc_claim(uri: str) -> str | None:
+    """CLAIM of `pvc://CLAIM/path`, else None."""
+    scheme, sep, rest = uri.partition("://")
+    if scheme != "pvc" or not sep:
+        return None
+    return rest.partition("/")[0] or None
+
+
+def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any]:
+    """The spec's resources, the default CPU and memory where unset, and the pool's GPUs as a limit."""
+    given = spec.resources.to_json() if spec.resources else {}
+    requests = {**DEFAULT_RESOURCES["requests"], **given.get("requests", {})}
+    limits = {**DEFAULT_RESOURCES["limits"], **given.get("limits", {})}
+    if pool.has_gpu:
+        gpus = limits.get(pool.gpu_resource_name, requests.get(pool.gpu_resource_name, pool.gpus_per_pod))
+        limits[pool.gpu_resource_name] = gpus
+        requests[pool.gpu_resource_name] = gpus  # extended resources: request equals limit
+    return {"requests": requests, "limits": limits}
+
+
+def server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, config: OperatorConfig) -> list[dict[str, Any]]:
+    batching = spec.batching
+    env = [
+        {"name": ENV_ARTIFACT, "value": model.uri},
+        {"name": ENV_MODEL_NAME, "value": model_name(owner, spec)},
+        {"name": ENV_HOST, "value": "0.0.0.0"},
+        {"name": ENV_HTTP_PORT, "value": str(HTTP_PORT)},
+        {"name": ENV_GRPC_PORT, "value": str(GRPC_PORT)},
+        {"name": ENV_BATCHING, "value": "true" if batching.enabled else "false"},
+        {"name": ENV_MAX_BATCH_SIZE, "value": str(batching.max_batch_size)},
+        {"name": ENV_MAX_LATENCY_MS, "value": f"{batching.max_latency_ms:g}"},
+        {"name": ENV_GRPC_WEB, "value": "true" if spec.protocols.grpc_web else "false"},
+        {"name": ENV_PLAYGROUND, "value": "true" if spec.protocols.playground else "false"},
+        {"name": ENV_SHUTDOWN_DELAY, "value": str(SHUTDOWN_DELAY_SECONDS)},
+        {"name": ENV_DRAIN_TIMEOUT, "value": str(DRAIN_SECONDS)},
+        {"name": ENV_PVC_ROOT, "value": config.pvc_mount_root},
+        {"name": ENV_CACHE, "value": CACHE_MOUNT},
+        {"name": "HOME", "value": TMP_MOUNT},
+    ]
+    return env + s3_env(spec)
+
+
+def s3_env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    s3 = spec.s3
+    if s3 is None:
+        return []
+    env: list[dict[str, Any]] = []
+    if s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+    if s3.region:
+        env.append({"name": "AWS_REGION", "value": s3.region})
+    if s3.credentials_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = {"name": s3.credentials_secret.name, "key": key}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def _http_probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def server_container(
+    owner: Owner, spec: ModelServiceSpec, model: ServedModel, pool: NodePool, config: OperatorConfig
+) -> dict[str, Any]:
+    image = config.images.server_gpu if pool.has_gpu else config.images.server
+    mounts = [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT}]
+    claim = pvc_claim(model.uri)
+    if claim:
+        mounts.append({"name": "model-pvc", "mountPath": f"{config.pvc_mount_root.rstrip('/')}/{claim}", "readOnly": True})
+    return {
+        "name": CONTAINER_NAME,
+        "image": image.reference,
+        "imagePullPolicy": image.pull_policy,
+        "command": ["slimserve", "serve"],
+        "env": server_env(owner, spec, model, config),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
+        "resources": container_resources(spec, pool),
+        "startupProbe": _http_probe(READY_PATH, period=STARTUP_PROBE_PERIOD_SECONDS, failures=STARTUP_PROBE_FAILURES),
+        "livenessProbe": _http_probe(LIVE_PATH, period=10, failures=3),
+        "readinessProbe": _http_probe(READY_PATH, period=5, failures=2),
+        "volumeMounts": mounts,
+        "securityContext": hardened_container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def pod_volumes(model: ServedModel) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE_LIMIT}},
+    ]
+    claim = pvc_claim(model.uri)
+    if claim:
+        volumes.append({"name": "model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    return volumes
+
+
+def pod_template(
+    owner: Owner, spec: ModelServiceSpec, model: ServedModel, pool: NodePool, config: OperatorConfig
+) -> dict[str, Any]:
+    annotations = dict(PROMETHEUS_ANNOTATIONS)
+    if model.digest:
+        annotations[DIGEST_ANNOTATION] = model.digest  # a new artifact changes the template: a rollout
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,  # hundreds of Services in a namespace would flood the environment
+        "securityContext": hardened_pod_security_context(),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_of(owner)},
+                "matchLabelKeys": ["pod-template-hash"],  # spread each rollout's pods, not old and new together
+            }
+        ],
+        "containers": [server_container(owner, spec, model, pool, config)],
+        "volumes": pod_volumes(model),
+        **pool_placement(pool, config),
+    }
+    return {"metadata": {"labels": labels_of(owner), "annotations": annotations}, "spec": pod_spec}
+
+
+# ---- children -----------------------------------------------------------------------------------------
+
+
+def build_deployment(
+    owner: Owner,
+    spec: ModelServiceSpec,
+    model: ServedModel,
+    pool: NodePool,
+    config: OperatorConfig,
+    *,
+    replicas: int | None,
+) -> dict[str, Any]:
+    """The server Deployment; `replicas` None leaves the field to the autoscaler (HPA or KEDA)."""
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_of(owner)},
+        "revisionHistoryLimit": 3,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": pod_template(owner, spec, model, pool, config),
+    }
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, owner.child_name),
+        "spec": deployment_spec,
+    }
+
+
+def build_service(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, owner.service_name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_of(owner),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+            ],
+        },
+    }
+
+
+def _scale_target(owner: Owner) -> dict[str, str]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.child_name}
+
+
+def build_hpa(owner: Owner, autoscaling: AutoscalingSpec) -> dict[str, Any]:
+    """autoscaling/v2 on average CPU utilisation (percent of the CPU request)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner, owner.child_name),
+        "spec": {
+            "scaleTargetRef": _scale_target(owner),
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": autoscaling.target}},
+                }
+            ],
+        },
+    }
+
+
+def inflight_query(owner: Owner) -> str:
+    """In-flight requests summed over this Deployment's pods (Prometheus regexes match whole values)."""
+    pods = f"{re.escape(owner.child_name)}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}"
+    return f'sum({INFLIGHT_METRIC}{{namespace="{owner.namespace}",pod=~"{pods}"}})'
+
+
+def build_scaled_object(owner: Owner, autoscaling: AutoscalingSpec, prometheus_address: str) -> dict[str, Any]:
+    """KEDA ScaledObject: in-flight requests per replica from Prometheus; minReplicas 0 scales to zero."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _metadata(owner, owner.child_name),
+        "spec": {
+            "scaleTargetRef": _scale_target(owner),
+            "minReplicaCount": autoscaling.min_replicas,
+            "maxReplicaCount": autoscaling.max_replicas,
+            "pollingInterval": 15,
+            "cooldownPeriod": 300,
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "metricType": "AverageValue",
+                    "metadata": {
+                        "serverAddress": prometheus_address,
+                        "query": inflight_query(owner),
+                        "threshold": str(autoscaling.target),
+                        "activationThreshold": "0",
+                    },
+                }
+            ],
+        },
+    }
+
+
+def build_pdb(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, owner.child_name),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_of(owner)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",  # a crash-looping pod must not block node drains
+        },
+    }
+
+
+HPA_REF = ("autoscaling/v2", "HorizontalPodAutoscaler")
+SCALED_OBJECT_REF = ("keda.sh/v1alpha1", "ScaledObject")
+PDB_REF = ("policy/v1", "PodDisruptionBudget")
+
+
+def desired_children(
+    owner: Owner,
+    spec: ModelServiceSpec,
+    model: ServedModel,
+    pool: NodePool,
+    config: OperatorConfig,
+    *,
+    keda_installed: bool,
+) -> Children:
+    """Everything the ModelService should own now; optional kinds it should not own go to `delete`.
+
+    A ScaledObject is only deleted while KEDA's API exists (without it there can be none).
+    """
+    children = Children()
+    children.apply.append(
+        build_deployment(owner, spec, model, pool, config, replicas=deployment_replicas(spec, keda_installed))
+    )
+    children.apply.append(build_service(owner))
+    name = owner.child_name
+    if uses_hpa(spec):
+        children.apply.append(build_hpa(owner, spec.autoscaling))
+    else:
+        children.delete.append(ChildRef(*HPA_REF, name))
+    if uses_keda(spec, keda_installed):
+        children.apply.append(build_scaled_object(owner, spec.autoscaling, config.prometheus_address))
+    elif keda_installed:
+        children.delete.append(ChildRef(*SCALED_OBJECT_REF, name))
+    if needs_disruption_budget(spec):
+        children.apply.append(build_pdb(owner))
+    else:
+        children.delete.append(ChildRef(*PDB_REF, name))
+    return children
+

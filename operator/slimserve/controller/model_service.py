@@ -1,0 +1,206 @@
+"""Kopf handlers of ModelService: thin entry points into `model_service_reconcile`.
+
+- The ModelService's own create/update/resume handlers run the full pass (Kopf retries them).
+- Watches of what a service depends on queue it for another pass: its children (drift: an edited or deleted
+  child is restored; Deployment progress updates the status), its CompressionJob, KEDA's CRD.
+- Kopf indices say which services depend on which CompressionJob or on KEDA, and which optional children
+  (HPA, PDB, ScaledObject) exist, so stale ones are deleted without listing anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from slimserve.api import GROUP, VERSION
+from slimserve.api.model_service import ModelService
+from slimserve.controller.builders.model_service import COMPONENT, HPA_REF, PDB_REF, SCALED_OBJECT_REF
+from slimserve.controller.labels import MANAGED_BY
+from slimserve.controller.model_service_reconcile import (
+    COMPRESSION_JOBS,
+    KEDA_GROUP,
+    KEDA_PLURAL,
+    KEDA_VERSION,
+    WAITING_RETRY_SECONDS,
+    Runtime,
+    child_id,
+    fingerprint,
+    reconcile,
+    sync,
+)
+from slimserve.controller.model_service_status import resolve_compression_job
+from slimserve.controller.workqueue import WorkQueue
+
+PLURAL = ModelService.plural
+KEDA_CRD = f"{KEDA_PLURAL}.{KEDA_GROUP}"
+CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}
+
+RUNTIME = Runtime()
+QUEUE: WorkQueue[tuple[str, str]] = WorkQueue(lambda key: sync(RUNTIME, key), workers=4, name="model-services")
+
+
+def _queue_full_pass(key: tuple[str, str]) -> None:
+    RUNTIME.want_full_pass(key)
+    QUEUE.add(key)
+
+
+def controller_owner(meta: dict[str, Any]) -> str | None:
+    """Name of the ModelService that controls this object, if one does."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == ModelService.kind and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return ref.get("name")
+    return None
+
+
+# ---- lifecycle ----------------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def start_model_service_controller(
+    memo: Any,
+    model_service_hpas: kopf.Index,
+    model_service_pdbs: kopf.Index,
+    model_service_scaled_objects: kopf.Index,
+    **_: Any,
+) -> None:
+    RUNTIME.config, RUNTIME.api = memo.config, memo.api
+    RUNTIME.owned = {
+        HPA_REF[1]: model_service_hpas,
+        PDB_REF[1]: model_service_pdbs,
+        SCALED_OBJECT_REF[1]: model_service_scaled_objects,
+    }
+    QUEUE.start()
+
+
+@kopf.on.cleanup()
+def stop_model_service_controller(**_: Any) -> None:
+    QUEUE.stop()
+    RUNTIME.events.stop()
+
+
+# ---- the ModelService itself --------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile_model_service(body: kopf.Body, **_: Any) -> None:
+    snapshot = reconcile(RUNTIME, body)
+    resolution = snapshot.inputs.resolution
+    if resolution.model is None:
+        # The CompressionJob's watch normally brings the service back; this retry is the safety net.
+        raise kopf.TemporaryError(resolution.verdict.message, delay=WAITING_RETRY_SECONDS)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def forget_deleted_model_service(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    if type == "DELETED":
+        RUNTIME.forget((namespace, name))
+        QUEUE.forget((namespace, name))
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def model_service_dependencies(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple, Any]:
+    """("job", namespace, job) -> service names; ("keda",) -> (namespace, name) of services that need KEDA."""
+    keys: dict[tuple, Any] = {}
+    job = (spec.get("model") or {}).get("compressionJobRef")
+    if job and job.get("name"):
+        keys[("job", namespace, job["name"])] = name
+    if (spec.get("autoscaling") or {}).get("metric") == "concurrency":
+        keys[("keda",)] = (namespace, name)
+    return keys
+
+
+# ---- what a service depends on ------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, COMPRESSION_JOBS)
+def follow_compression_job(
+    type: str | None, event: dict[str, Any], namespace: str, name: str, model_service_dependencies: kopf.Index, **_: Any
+) -> None:
+    """A job finished, failed, re-ran or vanished: services whose model that changes are reconciled."""
+    services = model_service_dependencies.get(("job", namespace, name))
+    if not services:
+        return
+    resolution = resolve_compression_job(name, None if type == "DELETED" else event["object"])
+    for service in services:
+        snapshot = RUNTIME.snapshots.get((namespace, service))
+        if snapshot is None or snapshot.inputs.resolution != resolution:
+            _queue_full_pass((namespace, service))
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=lambda name, **_: name == KEDA_CRD)
+def follow_keda_api(type: str | None, status: kopf.Status, model_service_dependencies: kopf.Index, **_: Any) -> None:
+    established = any(
+        c.get("type") == "Established" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    RUNTIME.keda.observe(type != "DELETED" and established)
+    for key in model_service_dependencies.get(("keda",), []):
+        _queue_full_pass(key)
+
+
+# ---- children -----------------------------------------------------------------------------------------
+
+
+def observe_child(api_version: str, kind: str, type: str | None, obj: dict[str, Any]) -> None:
+    """Restore a child deleted or edited by hand; feed Deployment progress to the status."""
+    meta = obj.get("metadata") or {}
+    owner = controller_owner(meta)
+    if owner is None:
+        return
+    key = (meta["namespace"], owner)
+    if type == "DELETED":
+        _queue_full_pass(key)
+        return
+    known = RUNTIME.fingerprints.get(child_id(api_version, kind, meta["namespace"], meta["name"]))
+    if known is not None and known != fingerprint(obj):
+        _queue_full_pass(key)
+    elif kind == "Deployment":
+        RUNTIME.note_deployment(key, obj)
+        QUEUE.add(key)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+def follow_deployment(type: str | None, event: dict[str, Any], **_: Any) -> None:
+    observe_child("apps/v1", "Deployment", type, event["object"])
+
+
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
+def follow_service(type: str | None, event: dict[str, Any], **_: Any) -> None:
+    observe_child("v1", "Service", type, event["object"])
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+def follow_hpa(type: str | None, event: dict[str, Any], **_: Any) -> None:
+    observe_child(*HPA_REF, type, event["object"])
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+def follow_pdb(type: str | None, event: dict[str, Any], **_: Any) -> None:
+    observe_child(*PDB_REF, type, event["object"])
+
+
+@kopf.on.event(KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, labels=CHILD_LABELS)
+def follow_scaled_object(type: str | None, event: dict[str, Any], **_: Any) -> None:
+    observe_child(*SCALED_OBJECT_REF, type, event["object"])
+
+
+def _owned(meta: kopf.Meta, namespace: str, name: str) -> dict[tuple[str, str], str] | None:
+    owner = controller_owner(dict(meta))
+    return {(namespace, owner): name} if owner else None
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+def model_service_hpas(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
+    return _owned(meta, namespace, name)
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+def model_service_pdbs(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
+    return _owned(meta, namespace, name)
+
+
+@kopf.index(KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, labels=CHILD_LABELS)
+def model_service_scaled_objects(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
+    return _owned(meta, namespace, name)

@@ -1,0 +1,226 @@
+"""A ModelService's status, computed from what the operator observed: pure functions, no API calls.
+
+Three conditions: `ModelAvailable` (there is an artifact to serve), `AutoscalingReady` (only with
+`spec.autoscaling`) and `Ready`, which summarises the service: model available and the Deployment rolled out
+for its current generation with every updated replica available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from slimserve.controller.builders.model_service import (
+    Owner,
+    ServedModel,
+    grpc_address,
+    service_url,
+)
+from slimserve.controller.conditions import FALSE, TRUE, find_condition, set_condition
+
+READY = "Ready"
+MODEL_AVAILABLE = "ModelAvailable"
+AUTOSCALING_READY = "AutoscalingReady"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One condition's status, reason and message."""
+
+    status: str
+    reason: str
+    message: str = ""
+
+    @property
+    def true(self) -> bool:
+        return self.status == TRUE
+
+
+@dataclass(frozen=True)
+class ModelResolution:
+    """What the pods should serve now (None while waiting), and the ModelAvailable condition saying why."""
+
+    model: ServedModel | None
+    verdict: Verdict
+
+
+def resolve_uri(uri: str) -> ModelResolution:
+    return ModelResolution(ServedModel(uri), Verdict(TRUE, "UriSpecified", f"serving {uri}"))
+
+
+def resolve_compression_job(job_name: str, job: dict[str, Any] | None) -> ModelResolution:
+    """The artifact of a CompressionJob once it has succeeded; otherwise why there is none yet.
+
+    A missing or failed job is not permanent: the job may be created, fixed or re-run, and its watch
+    reconciles the service again.
+    """
+    if job is None:
+        return ModelResolution(
+            None,
+            Verdict(FALSE, "CompressionJobNotFound", f"CompressionJob {job_name!r} does not exist in this namespace"),
+        )
+    status = job.get("status") or {}
+    succeeded = find_condition(status.get("conditions"), "Succeeded") or {}
+    artifact = status.get("artifact") or {}
+    if succeeded.get("status") == TRUE and artifact.get("uri") and artifact.get("digest"):
+        model = ServedModel(artifact["uri"], artifact["digest"])
+        return ModelResolution(
+            model,
+            Verdict(TRUE, "CompressionSucceeded", f"serving {model.uri} ({model.digest}) from CompressionJob {job_name!r}"),
+        )
+    if succeeded.get("status") == FALSE or status.get("phase") in ("Failed", "Invalid"):
+        detail = succeeded.get("message") or status.get("phase") or "failed"
+        return ModelResolution(
+            None, Verdict(FALSE, "CompressionFailed", f"CompressionJob {job_name!r} failed: {detail}")
+        )
+    phase = status.get("phase") or "Pending"
+    return ModelResolution(
+        None,
+        Verdict(FALSE, "WaitingForCompression", f"waiting for CompressionJob {job_name!r} to succeed (phase {phase})"),
+    )
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How far the Deployment is, in the terms of `kubectl rollout status`."""
+
+    verdict: Verdict
+    replicas: int
+    ready_replicas: int
+
+
+def evaluate_rollout(deployment: dict[str, Any] | None) -> Rollout:
+    if deployment is None:
+        return Rollout(Verdict(FALSE, "DeploymentMissing", "the server Deployment does not exist yet"), 0, 0)
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    desired = deployment.get("spec", {}).get("replicas", 1)
+    status = deployment.get("status") or {}
+    replicas = status.get("replicas", 0)
+    ready = status.get("readyReplicas", 0)
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+
+    def progressing(message: str) -> Rollout:
+        return Rollout(Verdict(FALSE, "RollingOut", message), replicas, ready)
+
+    if status.get("observedGeneration", 0) < generation:
+        return progressing(f"waiting for the Deployment controller to observe generation {generation}")
+    progress = find_condition(status.get("conditions"), "Progressing") or {}
+    if progress.get("reason") == "ProgressDeadlineExceeded":
+        return Rollout(
+            Verdict(FALSE, "ProgressDeadlineExceeded", progress.get("message") or "the rollout stopped progressing"),
+            replicas,
+            ready,
+        )
+    if updated < desired:
+        return progressing(f"{updated} of {desired} replicas updated")
+    if replicas > updated:
+        return progressing(f"{replicas - updated} old replicas pending termination")
+    if available < updated:
+        return progressing(f"{available} of {updated} updated replicas available")
+    if desired == 0:
+        return Rollout(Verdict(TRUE, "ScaledToZero", "no replicas; the autoscaler starts one on demand"), 0, 0)
+    return Rollout(Verdict(TRUE, "Available", f"{available} of {desired} replicas available"), replicas, ready)
+
+
+def autoscaling_verdict(metric: str | None, *, keda_installed: bool) -> Verdict | None:
+    """AutoscalingReady for the spec's metric; None without autoscaling (the condition is removed)."""
+    if metric is None:
+        return None
+    if metric == "cpu":
+        return Verdict(TRUE, "HorizontalPodAutoscaler", "a HorizontalPodAutoscaler scales on CPU utilisation")
+    if keda_installed:
+        return Verdict(TRUE, "ScaledObject", "a KEDA ScaledObject scales on in-flight requests")
+    return Verdict(
+        FALSE,
+        "KedaNotInstalled",
+        "metric concurrency needs KEDA, but the API keda.sh/v1alpha1 ScaledObject is not installed; running "
+        "max(minReplicas, 1) fixed replicas. Install KEDA, or use metric: cpu",
+    )
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    """Everything the status depends on except the Deployment's progress (which changes on its own)."""
+
+    generation: int
+    resolution: ModelResolution
+    autoscaling: Verdict | None
+    url: str | None
+    grpc_address: str | None
+
+
+def inputs_for(
+    owner: Owner,
+    generation: int,
+    resolution: ModelResolution,
+    autoscaling: Verdict | None,
+    cluster_domain: str,
+) -> StatusInputs:
+    served = resolution.model is not None
+    return StatusInputs(
+        generation=generation,
+        resolution=resolution,
+        autoscaling=autoscaling,
+        url=service_url(owner, cluster_domain) if served else None,
+        grpc_address=grpc_address(owner, cluster_domain) if served else None,
+    )
+
+
+def _with(conditions: list[dict[str, Any]], type_: str, verdict: Verdict, generation: int) -> list[dict[str, Any]]:
+    return set_condition(conditions, type_, verdict.status, verdict.reason, verdict.message, generation=generation)
+
+
+def ready_verdict(resolution: ModelResolution, rollout: Rollout | None) -> Verdict:
+    if not resolution.verdict.true:
+        return resolution.verdict
+    if rollout is None:
+        return Verdict(FALSE, "DeploymentMissing", "the server Deployment does not exist yet")
+    return rollout.verdict
+
+
+def compose_status(previous: dict[str, Any] | None, inputs: StatusInputs, rollout: Rollout | None) -> dict[str, Any]:
+    """The whole status; conditions keep their lastTransitionTime while their status holds.
+
+    While no model is available the service fields keep their previous values: the pods of an earlier
+    artifact (if any) go on serving it until a new one is ready.
+    """
+    previous = previous or {}
+    generation = inputs.generation
+    conditions = _with(previous.get("conditions") or [], MODEL_AVAILABLE, inputs.resolution.verdict, generation)
+    if inputs.autoscaling is None:
+        conditions = [c for c in conditions if c.get("type") != AUTOSCALING_READY]
+    else:
+        conditions = _with(conditions, AUTOSCALING_READY, inputs.autoscaling, generation)
+    conditions = _with(conditions, READY, ready_verdict(inputs.resolution, rollout), generation)
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": sorted(conditions, key=lambda c: c["type"]),
+    }
+    model = inputs.resolution.model
+    if model is None:
+        for key in ("url", "grpcAddress", "modelUri", "modelDigest", "replicas", "readyReplicas"):
+            status[key] = previous.get(key)
+    else:
+        status.update(
+            url=inputs.url,
+            grpcAddress=inputs.grpc_address,
+            modelUri=model.uri,
+            modelDigest=model.digest,
+            replicas=rollout.replicas if rollout else 0,
+            readyReplicas=rollout.ready_replicas if rollout else 0,
+        )
+    return status
+
+
+def invalid_status(previous: dict[str, Any] | None, generation: int, reason: str, message: str) -> dict[str, Any]:
+    """Status of a spec the operator cannot act on (the CRD's schema could not catch it)."""
+    previous = previous or {}
+    conditions = set_condition(previous.get("conditions"), READY, FALSE, reason, message, generation=generation)
+    return {**previous, "observedGeneration": generation, "conditions": sorted(conditions, key=lambda c: c["type"])}
+
+
+def status_differs(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """Whether writing `desired` changes anything (None-valued keys mean absent)."""
+    current = current or {}
+    return any(current.get(key) != value for key, value in desired.items())
