@@ -1,0 +1,167 @@
+"""Model families: how to build a skeleton from a recipe, read a recipe back, and serve the model.
+
+A family is what an artifact's manifest names (`family`); the recipe is its architecture config after
+pruning or distillation. Everything family-specific that loading and serving need lives here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimserve.models import digits
+from slimserve.models.servable import ModelInfo, Servable, TensorSpec
+from slimserve.models.servables import ClassifierServable, EmbeddingServable, Forward
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ModelFamily(ABC):
+    name: str
+    metric: str  # "accuracy" (classifiers) or "cosine" (embedding models)
+
+    @abstractmethod
+    def build(self, recipe: dict[str, Any]) -> nn.Module:
+        """A freshly initialised fp32 skeleton of this shape, in eval mode."""
+
+    @abstractmethod
+    def recipe_of(self, model: nn.Module) -> dict[str, Any]:
+        """The recipe of a (pruned, distilled) model, read from its modules' actual shapes."""
+
+    @abstractmethod
+    def signature(self, recipe: dict[str, Any]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """Open Inference Protocol inputs and outputs."""
+
+    @abstractmethod
+    def servable(self, forward: Forward, info: ModelInfo, assets: Path | None) -> Servable:
+        """Wrap a forward callable; `assets` is the directory holding extra files (e.g. the tokenizer)."""
+
+    def asset_files(self, assets: Path | None) -> dict[str, bytes]:
+        """Extra files an artifact of this family carries (read from `assets`)."""
+        return {}
+
+    @abstractmethod
+    def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+        """A representative batch of model inputs (for tracing, compiling and warming up)."""
+
+    def info(self, recipe: dict[str, Any], *, name: str, version: str, digest: str = "") -> ModelInfo:
+        inputs, outputs = self.signature(recipe)
+        return ModelInfo(name=name, version=version, digest=digest, inputs=inputs, outputs=outputs)
+
+
+class DigitsFamily(ModelFamily):
+    metric = "accuracy"
+
+    def __init__(self, name: str, builder, reader):
+        self.name = name
+        self._builder = builder
+        self._reader = reader
+
+    def build(self, recipe: dict[str, Any]) -> nn.Module:
+        try:
+            return self._builder(recipe).eval()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{self.name} recipe {recipe}: {exc}") from None
+
+    def recipe_of(self, model: nn.Module) -> dict[str, Any]:
+        return self._reader(model)
+
+    def signature(self, recipe: dict[str, Any]):
+        classes = int(recipe.get("num_classes", digits.NUM_CLASSES))
+        return (
+            (TensorSpec("input", "FP32", (-1, digits.NUM_FEATURES)),),
+            (TensorSpec("logits", "FP32", (-1, classes)), TensorSpec("label", "INT64", (-1,))),
+        )
+
+    def servable(self, forward: Forward, info: ModelInfo, assets: Path | None) -> Servable:
+        return ClassifierServable(forward, info)
+
+    def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+        rows = digits.digits_data().x_test
+        return (torch.from_numpy(rows[:batch_size].repeat(-(-batch_size // len(rows)), axis=0)[:batch_size]),)
+
+
+class MiniLMFamily(ModelFamily):
+    """BERT-style sentence encoders (MiniLM-L6 and Hugging Face BERT directories) in `slimserve.models.minilm`."""
+
+    name = "minilm"
+    metric = "cosine"
+
+    def build(self, recipe: dict[str, Any]) -> nn.Module:
+        from slimserve.models.minilm import MiniLMConfig, build_minilm
+
+        return build_minilm(MiniLMConfig.from_json(recipe))
+
+    def recipe_of(self, model: nn.Module) -> dict[str, Any]:
+        from slimserve.models.minilm import MiniLMConfig
+
+        layers = model.layers
+        config = MiniLMConfig(
+            vocab_size=model.embeddings.word_embeddings.num_embeddings,
+            hidden_size=model.embeddings.word_embeddings.embedding_dim,
+            num_layers=len(layers),
+            head_dim=model.config.head_dim,
+            num_heads=[layer.attention.num_heads for layer in layers],
+            intermediate_sizes=[layer.ffn.intermediate.out_features for layer in layers],
+            max_positions=model.embeddings.position_embeddings.num_embeddings,
+            type_vocab_size=model.embeddings.token_type_embeddings.num_embeddings,
+            layer_norm_eps=model.config.layer_norm_eps,
+        )
+        model.config = config  # keep the module's own record in step with its pruned shapes
+        return asdict(config)
+
+    def signature(self, recipe: dict[str, Any]):
+        return (
+            (TensorSpec("text", "BYTES", (-1,)),),
+            (TensorSpec("embedding", "FP32", (-1, int(recipe.get("hidden_size", 384)))),),
+        )
+
+    def servable(self, forward: Forward, info: ModelInfo, assets: Path | None) -> Servable:
+        from slimserve.models.minilm import load_tokenizer
+
+        return EmbeddingServable(forward, info, load_tokenizer(assets))
+
+    def asset_files(self, assets: Path | None) -> dict[str, bytes]:
+        from slimserve.models.minilm import minilm_files_dir
+
+        return {TOKENIZER_FILE: ((assets or minilm_files_dir()) / TOKENIZER_FILE).read_bytes()}
+
+    def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+        from slimserve.data import builtin_sentences
+        from slimserve.models.minilm import load_tokenizer, tokenize
+
+        sentences = builtin_sentences("train")
+        return tokenize(load_tokenizer(assets), [sentences[i % len(sentences)] for i in range(batch_size)])
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family
+    for family in (
+        DigitsFamily("digits-cnn", digits.build_cnn, digits.cnn_recipe),
+        DigitsFamily("digits-mlp", digits.build_mlp, digits.mlp_recipe),
+        MiniLMFamily(),
+    )
+}
+
+
+def family_named(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
+
+
+def eager_forward(model: nn.Module) -> Forward:
+    """The module itself, in eval mode, run without autograd."""
+    model.eval()
+
+    def forward(*inputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    return forward

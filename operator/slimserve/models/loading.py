@@ -1,0 +1,161 @@
+"""Loading models: the builtin demos, user models (Hugging Face BERT directories), and SlimServe artifacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from slimserve.artifacts import Artifact, SlimServeError
+from slimserve.artifacts.storage import resolve_uri
+from slimserve.models import digits
+from slimserve.models.families import FAMILIES, TOKENIZER_FILE, ModelFamily, family_named
+
+if TYPE_CHECKING:
+    from slimserve.api.compression_job import S3Spec
+
+BUILTIN_SCHEME = "builtin://"
+BUILTIN_MODELS = ("digits-cnn", "digits-mlp", "minilm-l6")
+
+
+class ModelLoadError(SlimServeError):
+    reason = "InvalidModel"
+
+
+@dataclass
+class LoadedModel:
+    """An fp32 model with what is needed to compress, save and serve it."""
+
+    family: ModelFamily
+    model: nn.Module
+    name: str  # the name servers report, e.g. digits-cnn
+    source: str  # the URI it came from
+    assets: Path | None = None  # directory of extra files (tokenizer.json) copied into artifacts
+    quantization: dict[str, Any] | None = field(default=None)  # set when rebuilt from a quantized artifact
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        return self.family.recipe_of(self.model)
+
+
+def load_builtin(uri: str) -> LoadedModel:
+    name = uri.removeprefix(BUILTIN_SCHEME)
+    if name == "digits-cnn":
+        model = digits.trained_builtin(name, digits.DEFAULT_CNN_RECIPE, digits.build_cnn)
+    elif name == "digits-mlp":
+        model = digits.trained_builtin(name, digits.DEFAULT_MLP_RECIPE, digits.build_mlp)
+    elif name == "minilm-l6":
+        from slimserve.models.minilm import load_minilm, minilm_files_dir
+
+        model, _ = load_minilm()
+        return LoadedModel(FAMILIES["minilm"], model, name, uri, assets=minilm_files_dir())
+    else:
+        raise ModelLoadError(f"model.uri: unknown builtin model {uri!r}; known: {', '.join(BUILTIN_SCHEME + n for n in BUILTIN_MODELS)}")
+    return LoadedModel(FAMILIES[name], model.eval(), name, uri)
+
+
+def load_model(uri: str, model_format: str = "auto", s3: "S3Spec | None" = None) -> LoadedModel:
+    """The fp32 model a CompressionJob starts from; clear errors name `model.uri` / `model.format`."""
+    if uri.startswith(BUILTIN_SCHEME):
+        return load_builtin(uri)
+    path = resolve_uri(uri, s3)
+    detected = _detect_format(path) if model_format == "auto" else model_format
+    if detected == "slimserve":
+        from slimserve.artifacts import load_artifact
+
+        loaded = rebuild_artifact(load_artifact(path))
+        if loaded.quantization is not None:
+            raise ModelLoadError(f"model.uri: {uri} is already quantized; compress its fp32 source instead")
+        loaded.source = uri
+        return loaded
+    if detected == "transformers":
+        return load_transformers_directory(path, uri)
+    if detected == "torch-export":
+        raise ModelLoadError(
+            f"model.format: torch-export programs ({uri}) are not supported by the compression engine yet; "
+            "use a Hugging Face directory or a SlimServe artifact"
+        )
+    raise ModelLoadError(
+        f"model.uri: cannot tell the format of {uri}; expected a SlimServe artifact (manifest.json), "
+        "a Hugging Face directory (config.json + model.safetensors) or a .pt2 file, or set model.format"
+    )
+
+
+def rebuild_artifact(artifact: Artifact) -> LoadedModel:
+    """The model of a verified artifact: fp32 weights loaded, or quantized modules restored (not yet optimized)."""
+    manifest = artifact.manifest
+    try:
+        family = family_named(manifest.family)
+        skeleton = family.build(manifest.recipe)
+    except ValueError as exc:
+        raise ModelLoadError(f"artifact {artifact.path}: {exc}") from None
+    tensors = artifact.tensors()
+    if manifest.quantization is not None:
+        from slimserve.compression.quantize import restore_quantization
+
+        model = restore_quantization(skeleton, manifest.quantization, tensors)
+    else:
+        _load_state(skeleton, tensors, f"artifact {artifact.path}")
+        model = skeleton
+    assets = artifact.path if TOKENIZER_FILE in manifest.files else None
+    name = manifest.source.removeprefix(BUILTIN_SCHEME) if manifest.source.startswith(BUILTIN_SCHEME) else manifest.family
+    return LoadedModel(family, model.eval(), name, str(artifact.path), assets=assets, quantization=manifest.quantization)
+
+
+def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
+    """A Hugging Face BERT-style encoder directory: config.json, model.safetensors, tokenizer.json."""
+    from slimserve.models.minilm import _config_from_hf, _hf_key, build_minilm
+
+    config_path, weights_path = path / "config.json", path / "model.safetensors"
+    for required in (config_path, weights_path, path / TOKENIZER_FILE):
+        if not required.is_file():
+            raise ModelLoadError(f"model.uri: {uri} has no {required.name} (a transformers directory needs config.json, model.safetensors, tokenizer.json)")
+    try:
+        hf = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"model.uri: {uri}/config.json is not valid JSON: {exc}") from None
+    if hf.get("model_type") not in ("bert",) and "Bert" not in " ".join(hf.get("architectures", [])):
+        raise ModelLoadError(f"model.uri: {uri} is a {hf.get('model_type')!r} model; only BERT-style encoders are supported")
+    try:
+        model = build_minilm(_config_from_hf(config_path))
+        weights = _read_safetensors(weights_path, uri)
+        # BertFor* checkpoints prefix the encoder with "bert."; BertModel ones do not.
+        weights = {k.removeprefix("bert."): v for k, v in weights.items()}
+        state = {name: weights[_hf_key(name)] for name in model.state_dict()}
+    except KeyError as exc:
+        raise ModelLoadError(f"model.uri: {uri}/model.safetensors lacks tensor {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"model.uri: {uri}/config.json: {exc}") from None
+    _load_state(model, state, f"model.uri: {uri}")
+    return LoadedModel(FAMILIES["minilm"], model.eval(), path.name or "bert", uri, assets=path)
+
+
+def _read_safetensors(path: Path, uri: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"model.uri: {uri}: {path.name} is corrupt or truncated: {exc}") from None
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{where}: weights do not match the architecture: {' '.join(str(exc).split())[:400]}") from None
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return "slimserve"
+        if (path / "config.json").is_file():
+            return "transformers"
+    elif path.suffix == ".pt2":
+        return "torch-export"
+    return "unknown"
