@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from slimserve.serving.web.options import add_web_arguments, web_options
+
 ENV_PREFIX = "SLIMSERVE_"
 
 
@@ -109,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
         "--no-batching", dest="batching", action="store_false", default=batching_default,
         help=f"run each request on its own [env {ENV_PREFIX}BATCHING=false]",
     )
+    add_web_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
 
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             grpc_port=args.grpc_port, metrics_port=args.metrics_port, batching=args.batching,
             max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
             max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout_s,
-            shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads,
+            shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, web=web_options(args),
         )
     except ValueError as error:
         print(f"slimserve serve: {error}", file=sys.stderr)

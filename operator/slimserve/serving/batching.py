@@ -34,6 +34,14 @@ class BatchShapeError(RuntimeError):
     """The model returned outputs whose batch dimension does not match its inputs."""
 
 
+class BatchOutputs(dict):
+    """One request's output rows (name -> array), and `batch_size`: the rows of the model call that made them."""
+
+    def __init__(self, outputs: Arrays, batch_size: int) -> None:
+        super().__init__(outputs)
+        self.batch_size = batch_size
+
+
 def timed_predict(predict: Predict, metrics: ServerMetrics, inputs: Arrays, rows: int) -> Arrays:
     """One model call (on the model's thread): timed, and checked to return one output row per input row."""
     start = time.perf_counter()
@@ -168,7 +176,7 @@ class Batcher:
         start = 0
         for pending in batch:
             end = start + pending.rows
-            _resolve(pending.future, result={name: array[start:end] for name, array in outputs.items()})
+            _resolve(pending.future, result=BatchOutputs({name: array[start:end] for name, array in outputs.items()}, rows))
             start = end
 
     async def _execute_one_by_one(self, batch: list[_Pending]) -> None:
@@ -180,7 +188,7 @@ class Batcher:
             except Exception as error:  # noqa: BLE001 - belongs to this request only
                 _resolve(pending.future, error=error)
             else:
-                _resolve(pending.future, result=result)
+                _resolve(pending.future, result=BatchOutputs(result, pending.rows))
 
     def _timed_run(self, inputs: Arrays, rows: int) -> Arrays:
         return timed_predict(self._predict, self._metrics, inputs, rows)
@@ -202,7 +210,8 @@ class DirectRunner:
 
     async def submit(self, inputs: Arrays, rows: int) -> Arrays:
         self._metrics.batch_size.observe(rows)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs, rows)
+        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs, rows)
+        return BatchOutputs(outputs, rows)
 
     def _timed_run(self, inputs: Arrays, rows: int) -> Arrays:
         return timed_predict(self._predict, self._metrics, inputs, rows)

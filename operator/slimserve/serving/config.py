@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slimserve.serving.rest import DEFAULT_MAX_BODY_BYTES
+from slimserve.serving.web.options import WebOptions
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class ServerConfig:
     shutdown_delay_s: float = 0.0  # keep serving (reporting not ready) this long after SIGTERM
     torch_threads: int = 0  # 0: follow the container's CPU limit
     warmup_batch_sizes: tuple[int, ...] = (1,)
+    web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
 
     def __post_init__(self) -> None:
         checks = {

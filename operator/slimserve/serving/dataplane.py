@@ -18,6 +18,8 @@ from slimserve.serving.tensors import as_datatype
 from slimserve.serving.validation import validate
 
 SERVER_NAME = "slimserve"
+# Response parameter: the rows of the model call a request ran in (its own rows plus any it was batched with).
+BATCH_SIZE_PARAMETER = "batch_size"
 # Extensions beyond the core protocol: the REST binary tensor data extension (Triton's name for it).
 EXTENSIONS = ("binary_tensor_data",)
 
@@ -94,7 +96,8 @@ class DataPlane:
             array = as_datatype(results[wanted.name], spec.datatype)
             outputs.append(OutputTensor(wanted.name, spec.datatype, tuple(array.shape), array, wanted.binary))
         return InferResponse(
-            model_name=self.model.name, model_version=self.model.info.version, outputs=outputs, id=request.id
+            model_name=self.model.name, model_version=self.model.info.version, outputs=outputs, id=request.id,
+            parameters={BATCH_SIZE_PARAMETER: results.batch_size},
         )
 
 

@@ -89,6 +89,8 @@ def response_to_proto(response: InferResponse, raw: bool) -> pb.ModelInferRespon
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
     if response.id:
         message.id = response.id
+    for key, value in response.parameters.items():
+        _set_parameter(message.parameters[key], value)
     for output in response.outputs:
         tensor = message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         if raw or output.datatype not in CONTENTS_FIELD:
@@ -96,6 +98,17 @@ def response_to_proto(response: InferResponse, raw: bool) -> pb.ModelInferRespon
         else:
             _fill_typed(tensor.contents, output.data, output.datatype)
     return message
+
+
+def _set_parameter(parameter: pb.InferParameter, value: bool | int | float | str) -> None:
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
 
 
 def _fill_typed(contents, data: np.ndarray, datatype: str) -> None:
@@ -131,7 +144,7 @@ class InferenceServicer:
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        with RequestTimer(self.dataplane.metrics, "grpc"):
+        with RequestTimer(self.dataplane.metrics, _protocol(context)):
             response = await self.dataplane.infer(request_from_proto(request))
             return response_to_proto(response, raw=bool(request.raw_input_contents))
 
@@ -157,12 +170,17 @@ def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: Data
             code = grpc_status(error)
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("gRPC %s failed", method)
-            metrics.count("grpc", method, code.name)
+            metrics.count(_protocol(context), method, code.name)
             await context.abort(code, client_message(error))
-        metrics.count("grpc", method, "OK")
+        metrics.count(_protocol(context), method, "OK")
         return response
 
     return call
+
+
+def _protocol(context) -> str:
+    """Metrics label: "grpc", or what a mounted transport's context says it is (gRPC-Web: "grpc-web")."""
+    return getattr(context, "protocol", "grpc")
 
 
 def method_handlers(dataplane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:

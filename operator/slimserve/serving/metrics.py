@@ -2,7 +2,7 @@
 
 Names (the operator and dashboards depend on them):
 - slimserve_requests_total{protocol, endpoint, code}: every API call; code is the HTTP status (rest)
-  or the gRPC status name (grpc)
+  or the gRPC status name (grpc, grpc-web)
 - slimserve_request_duration_seconds{protocol}: inference latency, arrival to response
 - slimserve_inflight_requests: inference requests inside the server now (the autoscaling signal)
 - slimserve_queue_depth: requests waiting for the model in the batch queue

@@ -31,6 +31,7 @@ from slimserve.serving.grpc_service import add_inference_service
 from slimserve.serving.metrics import ServerMetrics
 from slimserve.serving.model import ServedModel
 from slimserve.serving.rest import build_app
+from slimserve.serving.web.app import wrap_http_app
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
 
     http = _Uvicorn(
         uvicorn.Config(
-            build_app(dataplane, config.max_body_bytes), host=config.host, port=config.http_port,
+            wrap_http_app(build_app(dataplane, config.max_body_bytes), dataplane, config.web, config.max_body_bytes),
+            host=config.host, port=config.http_port,
             lifespan="off", access_log=False, log_config=None, http="httptools",
             timeout_graceful_shutdown=config.drain_timeout_s,
         )
