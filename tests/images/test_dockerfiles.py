@@ -1,0 +1,235 @@
+"""The Dockerfiles (no container engine here): hadolint-clean, hardened final stage, and an entrypoint that
+really runs: the ENTRYPOINT of each Dockerfile is parsed and run as a process from the project's venv."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+BIN = Path(sys.executable).parent
+REQUIREMENTS = IMAGES / "requirements.py"
+# The image -> the `slimserve` subcommand its entrypoint runs.
+SUBCOMMANDS = {"operator": "operator", "compressor": "compress", "server": "serve"}
+NON_ROOT = "65532"
+OCI_LABELS = ("title", "description", "version", "revision", "created", "source", "licenses")
+# The operator image installs only these of the project's dependencies (see images/operator/Dockerfile).
+OPERATOR_REQUIREMENTS = ("pydantic", "pyyaml", "kopf", "kubernetes")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments)
+
+    def all(self, instruction: str) -> list[str]:
+        return [args for ins, args in self.instructions if ins == instruction]
+
+
+def parse_dockerfile(path: Path) -> list[Stage]:
+    """The stages of a Dockerfile, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, args = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=words[0], name=name))
+        elif stages:
+            stages[-1].instructions.append((instruction, " ".join(args.split())))
+    return stages
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"not exec form: {args}"
+    return value
+
+
+@pytest.fixture(params=sorted(SUBCOMMANDS), ids=str)
+def image(request) -> str:
+    return request.param
+
+
+def final_stage(image: str) -> Stage:
+    return parse_dockerfile(IMAGES / image / "Dockerfile")[-1]
+
+
+def test_hadolint_is_clean():
+    dockerfiles = sorted(str(p) for p in IMAGES.glob("*/Dockerfile*") if not p.name.endswith(".dockerignore"))
+    assert len(dockerfiles) == len(SUBCOMMANDS)
+    out = subprocess.run([str(BIN / "hadolint"), *dockerfiles], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_finds_problems():
+    """The lint is not vacuous: a Dockerfile with the usual mistakes fails it."""
+    bad = "FROM python:latest\nRUN pip install torch\nRUN cd /tmp && apt-get install -y gcc\n"
+    out = subprocess.run([str(BIN / "hadolint"), "-"], input=bad, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    for rule in ("DL3007", "DL3013", "DL3003", "DL3008"):
+        assert rule in out.stdout
+
+
+def test_multi_stage_with_a_slim_final_stage(image):
+    stages = parse_dockerfile(IMAGES / image / "Dockerfile")
+    assert len(stages) >= 2, "a builder stage and a final stage"
+    assert stages[0].name == "builder"
+    final = stages[-1]
+    base_default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (IMAGES / image / "Dockerfile").read_text(), re.M)
+    assert final.base == "${PYTHON_IMAGE}" and base_default and base_default.group(1).startswith("python:3.11-slim")
+    # Only the built virtual environment comes over from the builder: no compiler, no pip cache, no sources.
+    copies = final.all("COPY")
+    assert copies == ["--from=builder /opt/slimserve /opt/slimserve"]
+    for run in final.all("RUN"):
+        assert not re.search(r"\b(apt-get|apk|pip|gcc|make)\b", run), run
+
+
+def test_pip_leaves_no_cache(image):
+    for stage in parse_dockerfile(IMAGES / image / "Dockerfile"):
+        for run in stage.all("RUN"):
+            for command in re.split(r"&&|;", run):
+                if re.search(r"\bpip install\b", command):
+                    assert "--no-cache-dir" in command, command
+
+
+def test_runs_as_a_numeric_non_root_user(image):
+    users = final_stage(image).all("USER")
+    assert users and users[-1] == f"{NON_ROOT}:{NON_ROOT}"
+
+
+def test_oci_labels(image):
+    labels = " ".join(final_stage(image).all("LABEL"))
+    for name in OCI_LABELS:
+        assert f"org.opencontainers.image.{name}=" in labels, name
+    assert f'org.opencontainers.image.title="slimserve-{image}"' in labels
+
+
+def test_health_check(image):
+    checks = final_stage(image).all("HEALTHCHECK")
+    assert len(checks) == 1
+    if image == "compressor":
+        assert checks[0] == "NONE"  # a batch pod: nothing serves a health endpoint
+    else:
+        assert "CMD [" in checks[0] and "/health" in checks[0]
+
+
+def test_entrypoint_is_the_slimserve_subcommand(image):
+    entrypoints = final_stage(image).all("ENTRYPOINT")
+    assert len(entrypoints) == 1
+    assert exec_form(entrypoints[0]) == ["slimserve", SUBCOMMANDS[image]]
+    assert not final_stage(image).all("CMD")
+
+
+def test_entrypoint_runs(image):
+    """Exactly the image's ENTRYPOINT (and CMD, if any), run from the venv with --help."""
+    final = final_stage(image)
+    argv = exec_form(final.all("ENTRYPOINT")[0]) + [a for cmd in final.all("CMD") for a in exec_form(cmd)]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"usage: slimserve {SUBCOMMANDS[image]}" in out.stdout
+
+
+def _modules_of(distributions: set[str]) -> set[str]:
+    """Top-level modules that only these distributions provide."""
+    canonical = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    return {
+        module
+        for module, dists in importlib.metadata.packages_distributions().items()
+        if dists and all(canonical(d) in distributions for d in dists)
+    }
+
+
+def test_operator_entrypoint_needs_no_torch():
+    """The operator image installs only its own dependencies: `slimserve operator` must not import the rest."""
+    everything = subprocess.run([sys.executable, str(REQUIREMENTS)], check=True, capture_output=True, text=True)
+    names = {re.match(r"[A-Za-z0-9._-]+", line).group(0).lower() for line in everything.stdout.split()}
+    others = {re.sub(r"[-_.]+", "-", n) for n in names} - set(OPERATOR_REQUIREMENTS)
+    blocked = sorted(_modules_of(others))
+    assert "torch" in blocked and "grpc" in blocked
+    code = (
+        "import sys\n"
+        f"sys.modules.update(dict.fromkeys({blocked!r}))\n"  # None in sys.modules: importing raises ImportError
+        "from slimserve.cli.main import main\n"
+        "sys.exit(main(['operator', '--help']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage: slimserve operator" in out.stdout
+    dockerfile = (IMAGES / "operator" / "Dockerfile").read_text()
+    assert f"requirements.py {' '.join(OPERATOR_REQUIREMENTS)} >" in dockerfile
+
+
+def test_requirements_follow_pyproject():
+    run = lambda *args: subprocess.run([sys.executable, str(REQUIREMENTS), *args], capture_output=True, text=True)  # noqa: E731
+    torch = run("torch")
+    assert torch.returncode == 0 and re.fullmatch(r"torch==[\d.]+\n", torch.stdout)
+    rest = run("--except", "torch").stdout.split()
+    assert rest and not any(line.startswith("torch==") for line in rest)
+    assert "torchao" in " ".join(rest)
+    unknown = run("kopf", "no-such-package")
+    assert unknown.returncode == 2 and "no-such-package" in unknown.stderr
+
+
+def test_dockerignore_keeps_the_context_small(image):
+    ignore = (IMAGES / image / "Dockerfile.dockerignore").read_text().split()
+    assert ignore[ignore.index("*") :][:1] == ["*"]  # ignore everything, then allow what the Dockerfile copies
+    for copied in ("!pyproject.toml", "!README.md", "!operator/", "!images/requirements.py"):
+        assert copied in ignore
+
+
+def test_make_images_builds_every_image_with_the_engine(tmp_path):
+    """`make images` with a stand-in engine that records its arguments: five builds, tags from variables."""
+    log = tmp_path / "calls"
+    engine = tmp_path / "engine"
+    engine.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n')
+    engine.chmod(engine.stat().st_mode | stat.S_IEXEC)
+    out = subprocess.run(
+        ["make", "-s", "images", f"CONTAINER_ENGINE={engine}", "IMAGE_REGISTRY=registry.test/ml", "IMAGE_TAG=9.8.7"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    built = {}
+    for argv in calls:
+        assert argv[0] == "build" and argv[-1] == "."
+        dockerfile = argv[argv.index("-f") + 1]
+        assert (REPO / dockerfile).is_file()
+        cuda = any(a.startswith("TORCH_INDEX_URL=") for a in argv)
+        built[argv[argv.index("-t") + 1]] = (dockerfile, cuda)
+        assert "VERSION=9.8.7" in argv
+    assert built == {
+        "registry.test/ml/operator:9.8.7": ("images/operator/Dockerfile", False),
+        "registry.test/ml/compressor:9.8.7": ("images/compressor/Dockerfile", False),
+        "registry.test/ml/server:9.8.7": ("images/server/Dockerfile", False),
+        "registry.test/ml/compressor:9.8.7-cuda": ("images/compressor/Dockerfile", True),
+        "registry.test/ml/server:9.8.7-cuda": ("images/server/Dockerfile", True),
+    }
+
+
+def test_chart_pulls_the_images_make_builds():
+    values = yaml.safe_load((REPO / "charts" / "slimserve" / "values.yaml").read_text())["images"]
+    makefile = (REPO / "Makefile").read_text()
+    registry = re.search(r"^IMAGE_REGISTRY \?= (\S+)$", makefile, re.M).group(1)
+    for key, image in [("operator", "operator"), ("compressor", "compressor"), ("compressorGpu", "compressor"),
+                       ("server", "server"), ("serverGpu", "server")]:
+        assert values[key]["repository"] == f"{registry}/{image}"
