@@ -14,7 +14,7 @@ from slimserve.api import GROUP
 from slimserve.controller.config import OperatorConfig, load_config
 
 # One module per resource; importing a module registers its handlers.
-HANDLER_MODULES: tuple[str, ...] = ("compression_job",)
+HANDLER_MODULES: tuple[str, ...] = ("compression_job", "model_service")
 
 
 @dataclass
