@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from slimserve.api.common import (
     API_VERSION,
@@ -106,11 +106,23 @@ class BatchingSpec(SpecModel):
     )
 
 
+# A browser Origin (scheme://host[:port], no path), or * for any.
+CORS_ORIGIN_PATTERN = r"^(\*|https?://[A-Za-z0-9.\-\[\]:]+)$"
+CorsOrigin = Annotated[str, StringConstraints(pattern=CORS_ORIGIN_PATTERN, max_length=253)]
+
+
 class ProtocolsSpec(SpecModel):
     """Which endpoints the server exposes besides Open Inference Protocol REST and gRPC."""
 
     grpc_web: bool = Field(default=False, description="Answer gRPC-Web (for browsers) on the HTTP port.")
-    playground: bool = Field(default=False, description="Serve a small model playground page at /.")
+    playground: bool = Field(default=False, description="Serve a small model playground page at / (turns gRPC-Web on).")
+    cors_origins: list[CorsOrigin] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"default": []},
+        description="Origins whose pages may call the service from a browser (REST and gRPC-Web), "
+        "e.g. [\"https://app.example.com\"], or [\"*\"] for any; empty keeps CORS closed.",
+    )
 
 
 class ModelServiceSpec(SpecModel):

@@ -65,6 +65,7 @@ ENV_MAX_BATCH_SIZE = "SLIMSERVE_MAX_BATCH_SIZE"
 ENV_MAX_LATENCY_MS = "SLIMSERVE_MAX_LATENCY_MS"
 ENV_GRPC_WEB = "SLIMSERVE_GRPC_WEB"
 ENV_PLAYGROUND = "SLIMSERVE_PLAYGROUND"
+ENV_CORS_ORIGINS = "SLIMSERVE_CORS_ORIGINS"
 ENV_DRAIN_TIMEOUT = "SLIMSERVE_DRAIN_TIMEOUT_S"
 ENV_SHUTDOWN_DELAY = "SLIMSERVE_SHUTDOWN_DELAY_S"
 ENV_PVC_ROOT = "SLIMSERVE_PVC_ROOT"
@@ -230,6 +231,7 @@ def server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, config:
         {"name": ENV_MAX_LATENCY_MS, "value": f"{batching.max_latency_ms:g}"},
         {"name": ENV_GRPC_WEB, "value": "true" if spec.protocols.grpc_web else "false"},
         {"name": ENV_PLAYGROUND, "value": "true" if spec.protocols.playground else "false"},
+        {"name": ENV_CORS_ORIGINS, "value": ",".join(spec.protocols.cors_origins)},  # empty: CORS closed
         {"name": ENV_SHUTDOWN_DELAY, "value": str(SHUTDOWN_DELAY_SECONDS)},
         {"name": ENV_DRAIN_TIMEOUT, "value": str(DRAIN_SECONDS)},
         {"name": ENV_PVC_ROOT, "value": config.pvc_mount_root},

@@ -80,9 +80,16 @@ function probabilities(values, outputName) {
   return exps.map((e) => e / total);
 }
 
-function showDigit(output) {
-  const probs = probabilities(Array.from(rows(output)[0]), output.name);
-  const best = probs.indexOf(Math.max(...probs));
+// Three decimals, or scientific notation for the tiny probabilities of classes far from the answer.
+const formatProbability = (p) => (p >= 0.001 || p === 0 ? p.toFixed(3) : p.toExponential(1));
+
+// The scores are the FP32 output (logits or probabilities); the label is the model's own INT64 output when
+// it has one, else the most probable class.
+function showDigit(outputs) {
+  const scores = outputs.find((o) => o.datatype === "FP32");
+  const label = outputs.find((o) => o.datatype === "INT64");
+  const probs = probabilities(Array.from(rows(scores)[0]), scores.name);
+  const best = label ? label.data[0] : probs.indexOf(Math.max(...probs));
   $("predicted-label").textContent = String(best);
   const list = $("probabilities");
   list.replaceChildren(...probs.map((p, label) => {
@@ -93,7 +100,7 @@ function showDigit(output) {
     bar.className = "bar";
     bar.style.width = `${(100 * p).toFixed(1)}%`;
     const text = document.createElement("span");
-    text.textContent = p.toFixed(3);
+    text.textContent = formatProbability(p);
     item.append(bar, text);
     return item;
   }));
@@ -110,7 +117,7 @@ function digitRequest() {
 async function predict(times = 1) {
   const started = performance.now();
   const responses = await Promise.all(Array.from({ length: times }, () => client.modelInfer(digitRequest())));
-  showDigit(responses[0].outputs[0]);
+  showDigit(responses[0].outputs);
   showCall(started, responses);
 }
 

@@ -1,6 +1,6 @@
 """Which browser-facing extras a server turns on, from `slimserve serve` flags or SLIMSERVE_* variables.
 
-Light on purpose (standard library only): the CLI imports it while building its parser.
+Light on purpose: the CLI imports it while building its parser (the API models load only to check origins).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ ENV_PLAYGROUND = "SLIMSERVE_PLAYGROUND"
 ENV_CORS_ORIGINS = "SLIMSERVE_CORS_ORIGINS"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-# scheme://host[:port], no path: what a browser sends as Origin.
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 @dataclass(frozen=True)
@@ -57,14 +55,19 @@ def web_options(args: argparse.Namespace | None = None, environ: Mapping[str, st
 
 
 def parse_origins(value: str | list[str] | tuple[str, ...], field: str = "--cors-origin") -> tuple[str, ...]:
-    """Origins from a comma-separated string or a list of them; raises ValueError naming `field` and the entry."""
+    """Origins from a comma-separated string or a list of them; raises ValueError naming `field` and the entry.
+
+    Accepts what a ModelService's spec.protocols.corsOrigins accepts (one pattern for both).
+    """
+    from slimserve.api.model_service import CORS_ORIGIN_PATTERN
+
     items = value.split(",") if isinstance(value, str) else [part for entry in value for part in entry.split(",")]
     origins: list[str] = []
     for raw in items:
         origin = raw.strip()
         if not origin:
             continue
-        if origin != "*" and not _ORIGIN.match(origin):
+        if not re.match(CORS_ORIGIN_PATTERN, origin):
             hint = " (an origin has no path: drop the trailing '/')" if origin.endswith("/") else ""
             raise ValueError(f"{field}: {origin!r} is not an origin such as https://app.example.com or *{hint}")
         if origin not in origins:
