@@ -1,0 +1,1 @@
+"""The local Kubernetes control plane of the test suite (see controlplane.py)."""
