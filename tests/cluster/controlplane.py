@@ -64,6 +64,10 @@ class ClusterError(RuntimeError):
     pass
 
 
+class _PortTaken(ClusterError):
+    pass
+
+
 class CommandError(subprocess.CalledProcessError):
     """A failed kubectl/helm call; unlike its base class it shows the output."""
 
@@ -373,18 +377,24 @@ class ControlPlane:
         if missing:
             raise ClusterError(f"missing binaries in {bin_dir}: {missing}; run tests/cluster/build.sh")
         _sweep_stale_workdirs()
-        workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
-        (workdir / "owner.pid").write_text(str(os.getpid()))
-        plane = cls(bin_dir, workdir)
         _install_exit_handlers()
-        with _live_lock:
-            _live.add(plane)
-        try:
-            plane._start(timeout)
-        except BaseException:
-            plane.stop()
-            raise
-        return plane
+        for attempt in range(3):
+            workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            (workdir / "owner.pid").write_text(str(os.getpid()))
+            plane = cls(bin_dir, workdir)
+            with _live_lock:
+                _live.add(plane)
+            try:
+                plane._start(timeout)
+                return plane
+            except _PortTaken:
+                plane.stop()  # another process took a port between choosing and binding it
+                if attempt == 2:
+                    raise
+            except BaseException:
+                plane.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> _Process:
         proc = _Process(name, [str(self.bin_dir / name), *args], self.workdir / "logs" / f"{name}.log", env)
@@ -493,6 +503,8 @@ class ControlPlane:
             dead = [p for p in self.processes if p.popen.poll() is not None]
             if dead:
                 p = dead[0]
+                if "address already in use" in p.tail(50):
+                    raise _PortTaken(f"{p.name}: a chosen port was taken:\n{p.tail()}")
                 raise ClusterError(f"{p.name} exited with {p.popen.returncode} while waiting for {what}:\n{p.tail()}")
             try:
                 if check():
