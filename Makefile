@@ -7,7 +7,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test cluster-build dev-cluster
+.PHONY: venv demo test cluster-build dev-cluster web-deps
 
 venv: $(VENV_STAMP)
 
@@ -24,13 +24,18 @@ demo: venv
 	$(VENV)/bin/slimserve run -f examples/quickstart.yaml
 
 # Everything: unit tests, the compression engine, the server, and the operator on a real control plane.
-test: venv cluster-build
+test: venv cluster-build web-deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # The binaries of the local test cluster (kube-apiserver, etcd, kwok, helm, ...), built from
 # their pinned Go modules into ${SLIMSERVE_CACHE:-~/.cache/slimserve}; a no-op once built.
 cluster-build:
 	tests/cluster/build.sh
+
+# What the browser tests (tests/web) need: the Node test project's packages, cached by lockfile hash in
+# ${SLIMSERVE_CACHE:-~/.cache/slimserve}, and Debian's Chromium; a no-op once installed.
+web-deps:
+	tests/web/install.sh
 
 # Run the test cluster by hand; prints `export KUBECONFIG=...`, stops on Ctrl-C.
 dev-cluster: cluster-build

@@ -2,9 +2,11 @@
 // which never downloads a browser), submits one input, and prints what the page shows as one JSON line.
 //
 // Usage: node playground_check.js '<json>' where the JSON holds
-//   {url, screenshot, digit: LABEL}              pick the sample digit LABEL and predict, or
+//   {url, screenshot, digit: LABEL}              pick the sample digit LABEL and predict,
+//   {url, screenshot, stroke: [[x, y], ...]}     draw a stroke (grid cells, 0..7) on the empty grid, or
 //   {url, screenshot, texts: [A, B]}             embed two texts
-// Prints {server, model, mode, shown: {...}, latency, batchSize, status, consoleErrors}.
+// Prints {server, model, mode, shown: {...}, latency, batchSize, status, consoleErrors}; for a stroke, shown
+// also holds the grid's values as the page sent them.
 "use strict";
 
 const fs = require("fs");
@@ -18,6 +20,16 @@ const ARGS = [
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ];
 const TIMEOUT_MS = 60000;
+
+// Press at the first cell's centre, move through the others, release: the page predicts on release.
+async function drawStroke(page, cells) {
+  const box = await page.locator("#digit-canvas").boundingBox();
+  const centre = ([x, y]) => [box.x + ((x + 0.5) * box.width) / 8, box.y + ((y + 0.5) * box.height) / 8];
+  await page.mouse.move(...centre(cells[0]));
+  await page.mouse.down();
+  for (const cell of cells.slice(1)) await page.mouse.move(...centre(cell), { steps: 4 });
+  await page.mouse.up();
+}
 
 async function main() {
   const spec = JSON.parse(process.argv[2]);
@@ -50,11 +62,13 @@ async function main() {
       shown = { cosine: await text("#cosine"), embeddingA: await text("#embedding-a"), embeddingB: await text("#embedding-b") };
     } else {
       mode = "digits";
-      await page.click(`#samples button[data-label='${spec.digit}']`);
+      if (spec.stroke) await drawStroke(page, spec.stroke);
+      else await page.click(`#samples button[data-label='${spec.digit}']`);
       await waitForAnswer();
       shown = {
         label: await text("#predicted-label"),
         probabilities: await page.locator("#probabilities li span").allTextContents(),
+        pixels: (await page.locator("#digit-canvas").getAttribute("data-pixels")).split(",").map(Number),
       };
     }
     const result = {

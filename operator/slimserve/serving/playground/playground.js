@@ -56,6 +56,13 @@ function drawGrid(canvas, values) {
   }
 }
 
+// Draws the grid being edited and publishes its values (data-pixels), what the next Predict sends.
+function showPixels() {
+  const canvas = $("digit-canvas");
+  drawGrid(canvas, pixels);
+  canvas.dataset.pixels = Array.from(pixels).join(",");
+}
+
 function paint(event) {
   const canvas = $("digit-canvas");
   const box = canvas.getBoundingClientRect();
@@ -68,7 +75,7 @@ function paint(event) {
     const r = row + dr, c = col + dc;
     if (r >= 0 && c >= 0 && r < GRID && c < GRID) pixels[r * GRID + c] = Math.min(MAX_PIXEL, pixels[r * GRID + c] + 4);
   }
-  drawGrid(canvas, pixels);
+  showPixels();
 }
 
 // The model's output as probabilities: as is when it says it holds them, else the softmax of its logits.
@@ -124,12 +131,12 @@ async function predict(times = 1) {
 function setUpDigits(samples) {
   $("digits-panel").hidden = false;
   const canvas = $("digit-canvas");
-  drawGrid(canvas, pixels);
+  showPixels();
   let drawing = false;
   canvas.addEventListener("pointerdown", (e) => { drawing = true; canvas.setPointerCapture(e.pointerId); paint(e); });
   canvas.addEventListener("pointermove", (e) => { if (drawing) paint(e); });
   canvas.addEventListener("pointerup", () => { drawing = false; call(() => predict()); });
-  $("clear").addEventListener("click", () => { pixels.fill(0); drawGrid(canvas, pixels); });
+  $("clear").addEventListener("click", () => { pixels.fill(0); showPixels(); });
   $("predict").addEventListener("click", () => call(() => predict()));
   $("burst").addEventListener("click", () => call(() => predict(BURST)));
   for (const sample of samples) {
@@ -143,7 +150,7 @@ function setUpDigits(samples) {
     button.append(thumb);
     button.addEventListener("click", () => {
       pixels.set(sample.pixels);
-      drawGrid(canvas, pixels);
+      showPixels();
       call(() => predict());
     });
     $("samples").append(button);
