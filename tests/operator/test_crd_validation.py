@@ -64,7 +64,7 @@ def test_kubectl_explain_reads_like_docs(control_plane, crds):
 
 def test_short_names_category_and_printer_columns(control_plane, crds, namespace):
     control_plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples/quickstart.yaml"))
-    cj = control_plane.kubectl("get", "cj", "-n", namespace).stdout
+    cj = control_plane.kubectl("get", "cjob", "-n", namespace).stdout
     for column in ("PHASE", "SUCCEEDED", "SIZE-RATIO", "SPEEDUP", "ACC-DELTA", "AGE"):
         assert column in cj.splitlines()[0]
     msvc = control_plane.kubectl("get", "msvc", "-n", namespace).stdout

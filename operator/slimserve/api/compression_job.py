@@ -246,7 +246,8 @@ class CompressionJob(SpecModel, ResourceKind):
     kind: ClassVar[str] = "CompressionJob"
     plural: ClassVar[str] = "compressionjobs"
     singular: ClassVar[str] = "compressionjob"
-    short_names: ClassVar[list[str]] = ["cj"]
+    # `cj` alone is shadowed by batch CronJob in kubectl, so `cjob` comes first.
+    short_names: ClassVar[list[str]] = ["cjob", "cj"]
     description: ClassVar[str] = (
         "CompressionJob compresses one model (prune, distill, quantize), evaluates it against the original "
         "under an accuracy budget, and writes a checksummed artifact that a ModelService can serve."
