@@ -46,3 +46,35 @@ def cnn_server(server_logs):
 @pytest.fixture(scope="session")
 def minilm_server(server_logs):
     yield from _serve(server_logs, "builtin://minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def cnn_artifact(tmp_path_factory) -> str:
+    """A real SlimServe artifact (safetensors + manifest with digests) of the digits CNN."""
+    from slimserve.artifacts import save_artifact
+    from slimserve.models.loading import load_builtin
+
+    loaded = load_builtin("builtin://digits-cnn")
+    uri = f"file://{tmp_path_factory.mktemp('artifacts') / 'digits-cnn-slim'}"
+    save_artifact(uri, family=loaded.family.name, recipe=loaded.recipe, tensors=loaded.model.state_dict(), source=loaded.source)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def artifact_server(server_logs, cnn_artifact):
+    yield from _serve(server_logs, cnn_artifact)
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """`load_servable` in this process, cached: the expected outputs of what the servers serve."""
+    from slimserve.models import load_servable
+
+    cache = {}
+
+    def get(uri: str):
+        if uri not in cache:
+            cache[uri] = load_servable(uri)
+        return cache[uri]
+
+    return get

@@ -119,3 +119,30 @@ def metric_samples(address: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             samples[key] = float(value)
     return samples
+
+
+def send_together(address: str, requests: list[tuple[str, bytes]], timeout: float = 60) -> list[tuple[int, bytes]]:
+    """POST several requests on separate connections in one burst (all written before any is read).
+
+    Written back to back from one thread, they reach the server within a millisecond or so, which is
+    what concurrent clients look like to its batch queue; returns (status, body) per request, in order.
+    """
+    host, port = address.split(":")
+    sockets = [socket.create_connection((host, int(port)), timeout=timeout) for _ in requests]
+    try:
+        for sock, (path, body) in zip(sockets, requests):
+            head = (f"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            sock.sendall(head + body)
+        return [_read_response(sock) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

@@ -141,4 +141,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"slimserve serve: {error}", file=sys.stderr)
         return 2
     configure_torch_threads(config.torch_threads)
-    return run_server(config)
+    status = run_server(config)
+    # Drained and stopped: nothing is left to clean up, and the interpreter's teardown of torch alone
+    # takes seconds on a busy node, time that counts against the pod's termination grace period.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
