@@ -22,7 +22,6 @@ from slimserve.controller.model_service_reconcile import (
     KEDA_GROUP,
     KEDA_PLURAL,
     KEDA_VERSION,
-    WAITING_RETRY_SECONDS,
     Runtime,
     child_id,
     fingerprint,
@@ -86,11 +85,9 @@ def stop_model_service_controller(**_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def reconcile_model_service(body: kopf.Body, **_: Any) -> None:
-    snapshot = reconcile(RUNTIME, body)
-    resolution = snapshot.inputs.resolution
-    if resolution.model is None:
-        # The CompressionJob's watch normally brings the service back; this retry is the safety net.
-        raise kopf.TemporaryError(resolution.verdict.message, delay=WAITING_RETRY_SECONDS)
+    # Waiting for a CompressionJob is not a retry: its watch brings the service back when the job changes, and
+    # a handler parked in a delayed retry would hold back spec changes until the delay ran out.
+    reconcile(RUNTIME, body)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

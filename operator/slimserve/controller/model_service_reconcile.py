@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name) of a ModelService
 COMPRESSION_JOBS = "compressionjobs"
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
-# While waiting for a CompressionJob, the handler checks again this often (its watch usually comes first).
-WAITING_RETRY_SECONDS = 60
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
