@@ -1,0 +1,54 @@
+"""What `slimserve run` does for a manifest file: which jobs to run and which model to serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimserve.api.compression_job import CompressionJob
+from slimserve.api.manifests import load_manifests
+from slimserve.api.model_service import ModelService
+
+
+class PlanError(ValueError):
+    """The file's resources do not make a runnable whole (one line, naming the resource)."""
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    jobs: list[CompressionJob]  # run in file order
+    service: ModelService | None
+    serve_uri: str | None  # the artifact (or builtin model) the service serves
+
+    @property
+    def model_name(self) -> str | None:
+        if self.service is None:
+            return None
+        return self.service.spec.model_name or self.service.metadata["name"]
+
+
+def plan_from_file(path: str | Path) -> LocalPlan:
+    """Read the manifests (ManifestError for invalid ones) and pair the service with its job."""
+    resources = load_manifests(path)
+    jobs = [r for r in resources if isinstance(r, CompressionJob)]
+    services = [r for r in resources if isinstance(r, ModelService)]
+    if len(services) > 1:
+        names = ", ".join(s.metadata["name"] for s in services)
+        raise PlanError(f"{path}: one ModelService can be served locally, found {len(services)} ({names})")
+    service = services[0] if services else None
+    serve_uri = None
+    if service is not None:
+        ref = service.spec.model.compression_job_ref
+        if ref is None:
+            serve_uri = service.spec.model.uri
+        else:
+            job = next((j for j in jobs if j.metadata["name"] == ref.name), None)
+            if job is None:
+                raise PlanError(
+                    f"ModelService {service.metadata['name']}: spec.model.compressionJobRef names "
+                    f"CompressionJob {ref.name!r}, which is not in {path}"
+                )
+            serve_uri = job.spec.output.uri
+    if not jobs and service is None:
+        raise PlanError(f"{path}: no CompressionJob or ModelService to run")
+    return LocalPlan(jobs=jobs, service=service, serve_uri=serve_uri)

@@ -1,0 +1,100 @@
+"""`slimserve run`: the quick start end to end as a user runs it, and the mistakes a user can make."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "examples/quickstart.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def slimserve_run(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "slimserve.cli.main", "run", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    error_lines = [line for line in output.splitlines() if line.startswith("slimserve run:")]
+    assert len(error_lines) == 1, output
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+
+
+@pytest.mark.slow
+def test_quickstart_compresses_serves_and_answers(tmp_path: Path):
+    workdir = tmp_path / "work"
+    result = slimserve_run(
+        "-f", str(QUICKSTART), "--once", "--workdir", str(workdir),
+        "--http-port", str(free_port()), "--grpc-port", str(free_port()), cwd=tmp_path,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    # The metrics table: baseline against compressed, with the ratios.
+    assert "baseline (fp32)" in out and "compressed vs baseline" in out
+    assert re.search(r"\d+\.\d\dx smaller", out)
+    # The self-check went through both protocols and classified the held-out digit it names.
+    label = int(re.search(r"sent a held-out 8x8 digit \(label (\d)\)", out).group(1))
+    rest = int(re.search(r"REST answer: logits: predicted digit (\d)", out).group(1))
+    over_grpc = int(re.search(r"gRPC answer: logits: predicted digit (\d)", out).group(1))
+    assert rest == over_grpc == label
+    # The report and the picture sit in the artifact, at the local path pvc://models maps to.
+    artifact = workdir / "pvc/models/digits-slim"
+    report = json.loads((artifact / "report.json").read_text())
+    assert report and (artifact / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (artifact / "manifest.json").exists()
+
+
+def test_missing_file_is_one_line(tmp_path: Path):
+    result = slimserve_run("-f", "nope.yaml", "--once", cwd=tmp_path)
+    assert_one_line_error(result, "nope.yaml", "file not found")
+
+
+def test_invalid_manifest_names_the_field(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("amount: 0.5", "amount: 1.5"))
+    result = slimserve_run("-f", str(bad), "--once", cwd=tmp_path)
+    assert_one_line_error(result, "spec.steps[0].prune.amount")
+
+
+def test_unknown_model_source_is_one_line(tmp_path: Path):
+    bad = tmp_path / "unknown.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("builtin://digits-cnn", "builtin://no-such-model"))
+    result = slimserve_run("-f", str(bad), "--once", "--workdir", str(tmp_path / "w"),
+                           "--http-port", str(free_port()), "--grpc-port", str(free_port()), cwd=tmp_path)
+    assert_one_line_error(result, "no-such-model")
+
+
+def test_port_in_use_is_one_line_and_fails_before_compressing(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = slimserve_run("-f", str(QUICKSTART), "--once", "--workdir", str(tmp_path / "w"),
+                               "--http-port", str(port), "--grpc-port", str(free_port()), cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, f"port {port}", "--http-port")
+    assert "CompressionJob" not in result.stdout
+
+
+def test_service_referring_to_a_missing_job(tmp_path: Path):
+    bad = tmp_path / "orphan.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("name: digits-slim\n  batching", "name: other-job\n  batching"))
+    result = slimserve_run("-f", str(bad), "--once", cwd=tmp_path)
+    assert_one_line_error(result, "other-job")
