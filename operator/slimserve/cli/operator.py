@@ -30,6 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("SLIMSERVE_PEERING") or None,
         help="Kopf peering name, so that replicas never act at once (needs Kopf's peering CRDs); default standalone",
     )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=os.environ.get("SLIMSERVE_LOG_LEVEL") or "info",
+        help="log level (default info, or SLIMSERVE_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port at /metrics, e.g. 9090; default off",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -42,5 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness or None,
         peering=args.peering,
         config_path=args.config,
+        log_level=args.log_level,
+        metrics_port=args.metrics_port,
     )
     return 0

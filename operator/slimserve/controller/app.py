@@ -63,16 +63,23 @@ def run(
     liveness_endpoint: str | None,
     peering: str | None,
     config_path: str | None = None,
+    log_level: str = "info",
+    metrics_port: int | None = None,
 ) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM)."""
     import_handlers()
     memo = OperatorMemo(config=load_config(config_path), api=load_api_client())
+    if metrics_port:
+        from slimserve.controller.metrics import serve_metrics
+
+        serve_metrics(metrics_port, namespaced=bool(namespaces))
 
     @kopf.on.startup()
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, peering=peering)
 
-    kopf.configure(verbose=False)
+    kopf.configure(debug=log_level == "debug", quiet=log_level in ("warning", "error"))
+    logging.getLogger().setLevel(log_level.upper())
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
