@@ -37,7 +37,7 @@ async def _echo_async(request: pb.ModelMetadataRequest, context) -> pb.ModelMeta
 
 def _echo_sync(request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
     time.sleep(0.01)  # runs on a worker thread, not the event loop
-    return pb.ModelMetadataResponse(name=request.name.upper())
+    return pb.ModelMetadataResponse(name=request.name.upper(), platform=str(context.time_remaining()))
 
 
 def _handler(function, **streaming):
@@ -92,9 +92,11 @@ def test_async_servicer_answers_with_a_message_and_ok_trailers():
     assert trailers["grpc-status"] == "0"
 
 
-def test_sync_servicer_runs_off_the_event_loop():
+def test_sync_servicer_runs_off_the_event_loop_and_sees_its_deadline():
     _, code, _, response, _ = call("Sync", "digits")
-    assert (code, response.name) == (OK, "DIGITS")
+    assert (code, response.name, response.platform) == (OK, "DIGITS", "None")
+    _, code, _, response, _ = call("Sync", "digits", {"grpc-timeout": "5S"})
+    assert code == OK and 0 < float(response.platform) < 5
 
 
 def test_invocation_metadata_carries_call_headers_but_not_transport_ones():

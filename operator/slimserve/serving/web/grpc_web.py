@@ -19,6 +19,7 @@ import asyncio
 import base64
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,8 @@ class WebServicerContext:
     protocol = "grpc-web"  # lets a servicer tell gRPC-Web calls apart (e.g. in metric labels)
 
     def __init__(self, metadata: tuple[tuple[str, str | bytes], ...], peer: str, deadline: float | None) -> None:
+        """`deadline`: time.monotonic() by which the call must end, None for none (a sync servicer's thread
+        has no event loop to ask)."""
         self._metadata = metadata
         self._peer = peer
         self._deadline = deadline
@@ -118,7 +121,7 @@ class WebServicerContext:
     def time_remaining(self) -> float | None:
         if self._deadline is None:
             return None
-        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+        return max(0.0, self._deadline - time.monotonic())
 
     def cancelled(self) -> bool:
         return False
@@ -185,7 +188,7 @@ class GrpcWebMiddleware:
         try:
             deadline = None
             if "grpc-timeout" in headers:
-                deadline = asyncio.get_running_loop().time() + parse_timeout(headers["grpc-timeout"])
+                deadline = time.monotonic() + parse_timeout(headers["grpc-timeout"])
             body = await _read_body(receive, self._body_limit(fmt))
             message = single_message(fmt.decode(body))
         except FramingError as error:
@@ -203,8 +206,7 @@ class GrpcWebMiddleware:
             return
         context = WebServicerContext(_metadata(headers), _peer(scope), deadline)
         try:
-            timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
-            response = await asyncio.wait_for(_invoke(method.unary_unary, request, context), timeout)
+            response = await asyncio.wait_for(_invoke(method.unary_unary, request, context), context.time_remaining())
         except GrpcWebAbort:
             await _respond_status(send, fmt, context.code(), context.details(), metadata=context.trailing_metadata)
             return

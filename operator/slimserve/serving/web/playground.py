@@ -7,6 +7,7 @@ read once at start-up from the package, so nothing on disk is served by path and
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from functools import lru_cache
@@ -89,7 +90,8 @@ class PlaygroundMiddleware:
             if metadata is None:
                 await _respond(send, scope, 503, b'{"error": "the model is still loading"}', "application/json")
             else:
-                document = playground_config(metadata["name"], metadata["inputs"])
+                # The first call loads the sample digits (scikit-learn): off the event loop.
+                document = await asyncio.to_thread(playground_config, metadata["name"], metadata["inputs"])
                 await _respond(send, scope, 200, json.dumps(document).encode(), "application/json")
         elif name in self.assets:
             body, content_type = self.assets[name]
