@@ -283,6 +283,12 @@ def test_concurrency_autoscaling_needs_keda_and_follows_its_api(control_plane, o
     cp.kubectl("delete", "-n", namespace, "scaledobjects.keda.sh", "bursty")
     wait_for("the ScaledObject restored", lambda: exists(cp, namespace, "scaledobjects.keda.sh", "bursty"))
 
+    # KEDA uninstalled: back to the floor of replicas, owned by the operator.
+    cp.kubectl("delete", "crd", KEDA_CRD_NAME, "--wait=true", timeout=120)
+    wait_condition(cp, namespace, "bursty", "AutoscalingReady", "False", "KedaNotInstalled")
+    wait_for("replicas owned again", lambda: field_manager_owns_replicas(deployment_of(cp, namespace, "bursty")))
+    wait_ready(cp, namespace, "bursty")
+
 
 # ---- drift, garbage collection, restarts --------------------------------------------------------------
 

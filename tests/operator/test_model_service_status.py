@@ -21,6 +21,7 @@ from slimserve.controller.model_service_status import (
     resolve_uri,
     status_differs,
 )
+from slimserve.controller.model_service_reconcile import Runtime, Snapshot, keda_mismatches
 from slimserve.controller.workqueue import WorkQueue
 
 OWNER = Owner("digits", "team-a", "uid-1")
@@ -199,6 +200,16 @@ def test_events_announce_transitions_only():
     assert transition_events(after, after) == []
     missing = compose_status(after, inputs(resolve_compression_job("slim", None)), None)
     assert ("Warning", "CompressionJobNotFound") in [(e.type, e.reason) for e in transition_events(after, missing)]
+
+
+def test_services_whose_keda_assumption_went_stale_are_found():
+    runtime = Runtime()
+    for name, installed in (("with", True), ("without", False)):
+        verdict = autoscaling_verdict("concurrency", keda_installed=installed)
+        runtime.snapshots[("ns", name)] = Snapshot(OWNER, inputs(resolve_uri("file:///m"), autoscaling=verdict), {}, {})
+    keys = [("ns", "with"), ("ns", "without"), ("ns", "unseen")]
+    assert keda_mismatches(runtime, keys, installed=True) == [("ns", "without")]
+    assert keda_mismatches(runtime, keys, installed=False) == [("ns", "with")]
 
 
 # ---- work queue ---------------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 - The ModelService's own create/update/resume handlers run the full pass (Kopf retries them).
 - Watches of what a service depends on queue it for another pass: its children (drift: an edited or deleted
-  child is restored; Deployment progress updates the status), its CompressionJob, KEDA's CRD.
+  child is restored; Deployment progress updates the status) and its CompressionJob; a thread notices KEDA's
+  API coming or going (API discovery, while any service scales on concurrency).
 - Kopf indices say which services depend on which CompressionJob or on KEDA, and which optional children
   (HPA, PDB, ScaledObject) exist, so stale ones are deleted without listing anything.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import kopf
@@ -25,6 +27,7 @@ from slimserve.controller.model_service_reconcile import (
     Runtime,
     child_id,
     fingerprint,
+    follow_keda_api,
     reconcile,
     sync,
 )
@@ -32,11 +35,12 @@ from slimserve.controller.model_service_status import resolve_compression_job
 from slimserve.controller.workqueue import WorkQueue
 
 PLURAL = ModelService.plural
-KEDA_CRD = f"{KEDA_PLURAL}.{KEDA_GROUP}"
+KEDA_CHECK_SECONDS = 10.0
 CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}
 
 RUNTIME = Runtime()
 QUEUE: WorkQueue[tuple[str, str]] = WorkQueue(lambda key: sync(RUNTIME, key), workers=4, name="model-services")
+_STOP = threading.Event()
 
 
 def _queue_full_pass(key: tuple[str, str]) -> None:
@@ -61,6 +65,7 @@ def start_model_service_controller(
     model_service_hpas: kopf.Index,
     model_service_pdbs: kopf.Index,
     model_service_scaled_objects: kopf.Index,
+    model_service_dependencies: kopf.Index,
     **_: Any,
 ) -> None:
     RUNTIME.config, RUNTIME.api = memo.config, memo.api
@@ -70,10 +75,19 @@ def start_model_service_controller(
         SCALED_OBJECT_REF[1]: model_service_scaled_objects,
     }
     QUEUE.start()
+    _STOP.clear()
+    threading.Thread(
+        target=follow_keda_api,
+        args=(RUNTIME, lambda: list(model_service_dependencies.get(("keda",), [])), _queue_full_pass, _STOP,
+              KEDA_CHECK_SECONDS),
+        name="model-services-keda",
+        daemon=True,
+    ).start()
 
 
 @kopf.on.cleanup()
 def stop_model_service_controller(**_: Any) -> None:
+    _STOP.set()
     QUEUE.stop()
     RUNTIME.events.stop()
 
@@ -125,16 +139,6 @@ def follow_compression_job(
         snapshot = RUNTIME.snapshots.get((namespace, service))
         if snapshot is None or snapshot.inputs.resolution != resolution:
             _queue_full_pass((namespace, service))
-
-
-@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=lambda name, **_: name == KEDA_CRD)
-def follow_keda_api(type: str | None, status: kopf.Status, model_service_dependencies: kopf.Index, **_: Any) -> None:
-    established = any(
-        c.get("type") == "Established" and c.get("status") == "True" for c in status.get("conditions") or []
-    )
-    RUNTIME.keda.observe(type != "DELETED" and established)
-    for key in model_service_dependencies.get(("keda",), []):
-        _queue_full_pass(key)
 
 
 # ---- children -----------------------------------------------------------------------------------------

@@ -88,28 +88,20 @@ class Snapshot:
 
 
 class KedaDiscovery:
-    """Whether KEDA's ScaledObject API is served.
+    """Whether KEDA's ScaledObject API is served, by API discovery (no rights needed), cached for `ttl` seconds."""
 
-    The watch of its CRD says so (`observe`); until that has spoken (or without the right to watch CRDs) API
-    discovery answers, cached for `ttl` seconds.
-    """
-
-    def __init__(self, ttl: float = 30.0) -> None:
+    def __init__(self, ttl: float = 10.0) -> None:
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._observed: bool | None = None
         self._known: tuple[float, bool] | None = None
-
-    def observe(self, installed: bool) -> None:
-        with self._lock:
-            self._observed = installed
 
     def installed(self, api: client.ApiClient) -> bool:
         with self._lock:
-            if self._observed is not None:
-                return self._observed
             if self._known and time.monotonic() - self._known[0] < self._ttl:
                 return self._known[1]
+        return self.refresh(api)
+
+    def refresh(self, api: client.ApiClient) -> bool:
         try:
             resources = client.CustomObjectsApi(api).get_api_resources(KEDA_GROUP, KEDA_VERSION)
             found = any(r.name == KEDA_PLURAL for r in resources.resources or [])
@@ -360,6 +352,38 @@ def refresh_status(runtime: Runtime, api: client.ApiClient, key: Key, deployment
         updated = dataclasses.replace(snapshot, status=status)
         _publish(runtime, api, snapshot.status, updated)
         runtime.snapshots[key] = updated
+
+
+def keda_mismatches(runtime: Runtime, keys: list[Key], installed: bool) -> list[Key]:
+    """Services whose last pass assumed the opposite about KEDA's API (those without one have a pass coming)."""
+    stale = []
+    for key in keys:
+        snapshot = runtime.snapshots.get(key)
+        verdict = snapshot.inputs.autoscaling if snapshot else None
+        if verdict is not None and (verdict.reason == "ScaledObject") != installed:
+            stale.append(key)
+    return stale
+
+
+def follow_keda_api(
+    runtime: Runtime, dependents: Callable[[], list[Key]], requeue: Callable[[Key], None], stop: threading.Event,
+    interval: float,
+) -> None:
+    """While any service scales on concurrency, check every `interval` seconds whether KEDA's API came or went.
+
+    Discovery instead of a watch of CRDs: it needs no cluster-wide rights, so it works for a namespaced operator.
+    """
+    while not stop.wait(interval):
+        keys = dependents()
+        if not keys:
+            continue
+        try:
+            installed = runtime.keda.refresh(runtime.api)
+        except Exception as exc:  # the API server may be briefly away; the next round retries
+            log.info("checking for KEDA's API failed: %s", exc)
+            continue
+        for key in keda_mismatches(runtime, keys, installed):
+            requeue(key)
 
 
 def sync(runtime: Runtime, key: Key) -> None:
