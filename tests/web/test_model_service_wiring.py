@@ -11,7 +11,7 @@ from slimserve.api.model_service import ModelServiceSpec
 from slimserve.cli import serve as serve_cli
 from slimserve.controller.builders import model_service as builder
 from slimserve.controller.config import OperatorConfig
-from slimserve.serving.web.options import WebOptions, web_options
+from slimserve.serving.web.options import WebOptions, add_web_arguments, web_options
 
 from tests.operator.conftest import TEST_OPERATOR_CONFIG
 
@@ -60,6 +60,17 @@ def test_spec_protocols_become_the_servers_web_options(protocols, expected):
     options = options_the_server_reads(server_env(protocols))
     assert options == expected
     assert options.serves_grpc_web == (protocols.get("grpcWeb", False) or protocols.get("playground", False))
+
+
+@pytest.mark.parametrize("protocols", [{}, {"grpcWeb": True}, {"playground": True, "corsOrigins": ["https://a.test", "*"]}])
+def test_slimserve_run_passes_the_same_options_as_flags(protocols):
+    """`slimserve run` starts the server with flags, the operator with env: both must give the same options."""
+    spec = ModelServiceSpec.from_json({"model": {"uri": MODEL.uri}, "protocols": protocols})
+    parser = argparse.ArgumentParser()
+    add_web_arguments(parser)
+    from_flags = web_options(parser.parse_args(WebOptions.of(spec.protocols).flags()), environ={})
+    assert from_flags == options_the_server_reads(server_env(protocols))
+    assert from_flags.cors_origins == tuple(protocols.get("corsOrigins", ()))
 
 
 @pytest.mark.parametrize("origin", ["https://app.example.com/", "app.example.com", "ftp://files.example.com", ""])

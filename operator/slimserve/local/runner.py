@@ -21,6 +21,7 @@ from slimserve.local.plan import LocalPlan
 from slimserve.local.selfcheck import SelfCheck, self_check
 from slimserve.local.server_process import ServerProcess, ensure_port_free
 from slimserve.local.summary import metrics_table
+from slimserve.serving.web.options import WebOptions
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def _serve(plan: LocalPlan, options: RunOptions, console: Console) -> int:
         grpc_port=options.grpc_port,
         batching=service.spec.batching or BatchingSpec(),
         log_path=options.workdir / "server.log",
+        web=WebOptions.of(service.spec.protocols),
     )
     server.start()
     try:
@@ -106,6 +108,8 @@ def _print_endpoints(console: Console, server: ServerProcess, model: str, check:
     console.print(f"REST  {server.http}/v2/models/{model}/infer")
     console.print(f"gRPC  {server.grpc_address}  (inference.GRPCInferenceService/ModelInfer)")
     console.print(f"metrics {server.http}/metrics   server log {server.log_path}")
+    if server.web.playground:
+        console.print(f"playground {server.http}/  (gRPC-Web on the REST port)")
     console.print(f"self-check: sent {check.request}")
     console.print(f"  REST answer: {check.rest_answer}")
     console.print(f"  gRPC answer: {check.grpc_answer}")

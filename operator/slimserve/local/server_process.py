@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from slimserve.api.model_service import BatchingSpec
+from slimserve.serving.web.options import WebOptions
 
 
 class ServerError(RuntimeError):
@@ -31,16 +32,18 @@ def ensure_port_free(host: str, port: int, flag: str) -> None:
 
 class ServerProcess:
     def __init__(self, *, artifact: str, model_name: str, host: str, http_port: int, grpc_port: int,
-                 batching: BatchingSpec, log_path: Path):
+                 batching: BatchingSpec, log_path: Path, web: WebOptions = WebOptions()):
         self.http = f"http://{host}:{http_port}"
         self.grpc_address = f"{host}:{grpc_port}"
         self.log_path = log_path
+        self.web = web
         self.argv = [
             sys.executable, "-m", "slimserve.cli.main", "serve",
             "--artifact", artifact, "--model-name", model_name, "--host", host,
             "--http-port", str(http_port), "--grpc-port", str(grpc_port),
             "--max-batch-size", str(batching.max_batch_size), "--max-latency-ms", str(batching.max_latency_ms),
             *([] if batching.enabled else ["--no-batching"]),
+            *web.flags(),
         ]
         self.process: subprocess.Popen | None = None
 

@@ -28,6 +28,16 @@ class WebOptions:
     def serves_grpc_web(self) -> bool:
         return self.grpc_web or self.playground
 
+    @classmethod
+    def of(cls, protocols) -> "WebOptions":
+        """The options a ModelService's `spec.protocols` (a ProtocolsSpec) asks for."""
+        return cls(protocols.grpc_web, protocols.playground, tuple(protocols.cors_origins))
+
+    def flags(self) -> list[str]:
+        """The `slimserve serve` flags that give these options."""
+        flags = (["--grpc-web"] if self.grpc_web else []) + (["--playground"] if self.playground else [])
+        return flags + [arg for origin in self.cors_origins for arg in ("--cors-origin", origin)]
+
 
 def add_web_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags `web_options` reads; one left unset falls back to its environment variable."""
