@@ -158,6 +158,7 @@ def _write_directory(
     source: str,
 ) -> tuple[str, int]:
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)  # servers may run as another user than the compression pod
     stored, encoding = pack_sparse({name: t.detach().contiguous() for name, t in tensors.items()})
     # safetensors refuses tensors sharing storage: give each its own copy.
     save_file({name: t.clone() for name, t in stored.items()}, str(directory / WEIGHTS_NAME))
@@ -214,6 +215,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
+        path.chmod(0o644)
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     fd = os.open(directory, os.O_RDONLY)

@@ -1,0 +1,88 @@
+"""The accuracy budget: apply a step, and when it drops the metric more than `evaluation.maxDrop`, retry
+with gentler configs (the step kind's relaxations) and keep the first, i.e. most compressed, that fits.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+
+from slimserve.api.steps import DistillConfig, PruneConfig, QuantizeConfig, StepConfig
+from slimserve.compression.errors import BudgetExceeded
+from slimserve.compression.measure import time_call
+from slimserve.compression.registry import relaxations_for, transform_for
+from slimserve.compression.state import Candidate, ModelState, StepContext
+
+# Metrics are rounded to 6 places in reports: a drop equal to the budget fits.
+_TOLERANCE = 1e-6
+
+
+def step_label(config: StepConfig) -> str:
+    """`kind/method`, e.g. prune/structured, quantize/int8-dynamic, distill/kd."""
+    if isinstance(config, (PruneConfig, QuantizeConfig)):
+        return f"{config.step_kind}/{config.method}"
+    return f"{config.step_kind}/kd"
+
+
+def describe(config: StepConfig) -> str:
+    if isinstance(config, PruneConfig):
+        return f"amount {config.amount:g}"
+    if isinstance(config, QuantizeConfig):
+        kept = config.keep_float or []
+        return f"{config.method}, {len(kept)} layer(s) float" + (f" ({', '.join(kept[:4])}{'...' if len(kept) > 4 else ''})" if kept else "")
+    if isinstance(config, DistillConfig):
+        student = config.student
+        return f"student width {student.width_multiplier or 1:g}, layers {student.num_layers or 'all'}"
+    return type(config).__name__
+
+
+def within_budget(context: StepContext, metric: float) -> bool:
+    return context.baseline_metric - metric <= context.max_drop + _TOLERANCE
+
+
+def run_within_budget(state: ModelState, config: StepConfig, context: StepContext) -> tuple[ModelState, StepConfig]:
+    """(new state, the config that produced it); BudgetExceeded lists every candidate when none fits."""
+    transform = transform_for(config)
+    label = step_label(config)
+    tried: list[Candidate] = []
+    for attempt, candidate_config in enumerate(_candidates(state, config, context)):
+        # Candidate k gets the slice [1 - 2^-k, 1 - 2^-(k+1)] of the step (scaled to leave room to measure).
+        context.reporter.span(0.9 * (1 - 0.5**attempt), 0.9 * (1 - 0.5 ** (attempt + 1)))
+        context.reporter.update(0.0, f"{label}: trying {describe(candidate_config)}")
+        candidate_state = transform(state, candidate_config, context)
+        metric = context.task.score(candidate_state.eager())
+        candidate = Candidate(
+            step=label, label=describe(candidate_config), metric=metric, size_bytes=candidate_state.size_bytes(),
+            parameters=candidate_state.parameters, latency_ms=_quick_latency_ms(candidate_state, context),
+        )
+        tried.append(candidate)
+        context.candidates.append(candidate)
+        if within_budget(context, metric):
+            candidate.accepted = True
+            context.reporter.span(0.0, 1.0)
+            return candidate_state, candidate_config
+    raise BudgetExceeded(
+        f"{context.where}: no candidate keeps {context.task.metric_name} within evaluation.maxDrop {context.max_drop:g} "
+        f"of the baseline {context.baseline_metric:.4f}; tried: "
+        + "; ".join(f"{c.label} -> {c.metric:.4f} (drop {context.baseline_metric - c.metric:.4f})" for c in tried)
+    )
+
+
+def _candidates(state: ModelState, config: StepConfig, context: StepContext) -> Iterator[StepConfig]:
+    yield config
+    relaxations = relaxations_for(config)
+    if relaxations is not None:
+        yield from relaxations(state, config, context)
+
+
+def _quick_latency_ms(state: ModelState, context: StepContext) -> float:
+    """Batch-1 latency of the candidate as it runs in eager mode (the final model is measured fully later)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(context.threads)
+    try:
+        times = time_call(state.eager(), context.task.sample_inputs(1), warmup=2, runs=15, budget_s=1.0)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times) * 1000.0

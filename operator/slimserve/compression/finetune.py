@@ -1,0 +1,59 @@
+"""The training loop shared by recovery fine-tuning (after pruning) and distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from slimserve.compression.tasks import Task
+
+# Step sizes for recovery fine-tuning: small for pretrained transformers, larger for small CNNs / MLPs.
+RECOVERY_LEARNING_RATE = {"accuracy": 3e-3, "cosine": 5e-5}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the pruned weights again (after an optimizer step moved them)."""
+    with torch.no_grad():
+        parameters = dict(model.named_parameters())
+        for name, mask in masks.items():
+            parameters[name].mul_(mask)
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    teacher_outputs: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+    masks: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> nn.Module:
+    """Adam over the training split; the loss is the task's (labels and/or the teacher's outputs)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    model.train()
+    try:
+        for epoch in range(epochs):
+            total, count = 0.0, 0
+            for batch in task.batches("train", batch_size, generator):
+                teacher = teacher_outputs[batch.index] if teacher_outputs is not None else None
+                loss = task.loss(model(*batch.inputs), batch, teacher, temperature, alpha)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if masks:
+                    apply_masks(model, masks)
+                total += float(loss.detach()) * len(batch.index)
+                count += len(batch.index)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, total / max(count, 1))
+    finally:
+        model.eval()
+    return model

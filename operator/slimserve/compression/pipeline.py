@@ -1,0 +1,107 @@
+"""A compression run: load, measure the baseline, run the steps under the budget, write the artifact."""
+
+from __future__ import annotations
+
+import torch
+
+from slimserve.api.compression_job import CompressionJobSpec, CompressionMetrics, ModelMetrics, StepResult
+from slimserve.artifacts import SlimServeError, save_artifact
+from slimserve.compression.budget import describe, run_within_budget, step_label, within_budget
+from slimserve.compression.errors import BudgetExceeded
+from slimserve.compression.measure import measure
+from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
+from slimserve.compression.report import report_json, report_png
+from slimserve.compression.state import Candidate, ModelState, StepContext
+from slimserve.compression.tasks import build_task
+from slimserve.models.loading import load_model
+
+SEED = 0
+
+
+def compress(spec: CompressionJobSpec, sinks: list[ProgressSink], *, output_uri: str | None = None) -> CompressionOutcome:
+    """Run the job; sinks get progress, then the result, or the error (which is raised again)."""
+    reporter = Reporter(sinks, steps_total=len(spec.steps) + 2)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.evaluation.threads)
+    try:
+        outcome = _run(spec, reporter, output_uri or spec.output.uri)
+    except SlimServeError as exc:
+        reporter.error(exc.reason, str(exc))
+        raise
+    except Exception as exc:  # a bug, still reported so the job's status says why it failed
+        reporter.error("InternalError", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        torch.set_num_threads(previous_threads)
+    reporter.result(outcome)
+    return outcome
+
+
+def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str) -> CompressionOutcome:
+    threads = spec.evaluation.threads
+    torch.manual_seed(SEED)
+    reporter.begin(0, "load", f"loading {spec.model.uri}")
+    loaded = load_model(spec.model.uri, spec.model.format, spec.s3)
+    original = ModelState.of_float(loaded.model, loaded.family, loaded.assets)
+    task = build_task(loaded, spec.evaluation, spec.s3)
+    reporter.update(0.5, "measuring the original model")
+    baseline = measure(original.eager(), task, size_bytes=original.size_bytes(), parameters=original.parameters, threads=threads)
+    context = StepContext(task, reporter, threads, spec.evaluation.max_drop, baseline.metric, original, seed=SEED)
+    context.candidates.append(_as_candidate("baseline", "fp32", baseline))
+
+    state, results = original, []
+    for index, step in enumerate(spec.steps):
+        config = step.config
+        context.where = f"spec.steps[{index}].{config.step_kind}"
+        label = step_label(config)
+        reporter.begin(index + 1, label)
+        state, used = run_within_budget(state, config, context)
+        reporter.update(0.9, f"{label}: measuring {describe(used)}")
+        metrics = measure(state.served(), task, size_bytes=state.size_bytes(), parameters=state.parameters, threads=threads)
+        if not within_budget(context, metrics.metric):
+            raise BudgetExceeded(
+                f"{context.where}: the optimized model scores {metrics.metric:.4f}, more than evaluation.maxDrop "
+                f"{context.max_drop:g} below the baseline {baseline.metric:.4f}"
+            )
+        note = describe(used) + (f" (budget search; asked: {describe(config)})" if used != config else "")
+        results.append(StepResult(step=label, metrics=metrics, note=note))
+
+    reporter.begin(len(spec.steps) + 1, "write", f"writing the artifact to {output_uri}")
+    compressed = results[-1].metrics
+    summary = CompressionMetrics(
+        baseline=baseline,
+        compressed=compressed,
+        size_ratio=round(baseline.size_bytes / compressed.size_bytes, 4),
+        speedup=round(compressed.throughput / baseline.throughput, 4),
+        accuracy_delta=round(compressed.metric - baseline.metric, 6),
+        steps=results,
+    )
+    tensors, quantization = state.tensors()
+    inputs, outputs = state.family.signature(state.recipe)
+    extra_files = {
+        **state.family.asset_files(state.assets),
+        "report.json": report_json(summary, context.candidates, max_drop=context.max_drop, source=spec.model.uri),
+        "report.png": report_png(summary, context.candidates, max_drop=context.max_drop),
+    }
+    artifact = save_artifact(
+        output_uri,
+        family=state.family.name,
+        recipe=state.recipe,
+        tensors=tensors,
+        quantization=quantization,
+        signature={"inputs": [_spec_json(s) for s in inputs], "outputs": [_spec_json(s) for s in outputs]},
+        metrics=summary.to_json(),
+        extra_files=extra_files,
+        source=spec.model.uri,
+        s3=spec.s3,
+    )
+    reporter.update(1.0, f"artifact written: {artifact.digest}")
+    return CompressionOutcome(artifact=artifact, metrics=summary)
+
+
+def _as_candidate(step: str, label: str, metrics: ModelMetrics) -> Candidate:
+    return Candidate(step, label, metrics.metric, metrics.size_bytes, metrics.parameters, metrics.latency_p50_ms, True)
+
+
+def _spec_json(spec) -> dict:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

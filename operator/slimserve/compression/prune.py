@@ -1,0 +1,131 @@
+"""The prune step: structured (channels, heads, neurons physically removed) or unstructured (global magnitude).
+
+Structured pruning of the CNN / MLP uses Torch-Pruning's dependency graph, which also shrinks every layer
+that consumes a pruned channel; the transformer encoder is pruned head by head and neuron by neuron (see
+`transformer_surgery`). Unstructured pruning zeroes the smallest weights across all layers; it does not make
+the model faster, but the artifact stores mostly-zero tensors packed (see `slimserve.artifacts.sparse`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from slimserve.api.steps import PruneConfig
+from slimserve.compression import transformer_surgery
+from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.finetune import RECOVERY_LEARNING_RATE, apply_masks, train
+from slimserve.compression.registry import register_relaxations, register_transform
+from slimserve.compression.state import ModelState, StepContext
+
+RECOVERY_BATCH = {"accuracy": 64, "cosine": 32}
+IMPORTANCE_BATCHES = 4  # batches of task data whose gradients score channels for taylor importance
+_GENTLER = (0.75, 0.5, 0.25)  # the budget search retries at these fractions of the asked amount
+
+
+@register_transform(PruneConfig)
+def prune(state: ModelState, config: PruneConfig, context: StepContext) -> ModelState:
+    model = state.float_copy()
+    keep = list(config.keep_layers or [])
+    _check_module_names(model, keep, f"{context.where}.keepLayers")
+    masks: dict[str, torch.Tensor] = {}
+    if config.method == "structured":
+        if state.family.name == "minilm":
+            _prune_encoder(model, config, keep, context)
+        else:
+            _prune_channels(model, config, keep, context)
+    else:
+        masks = magnitude_masks(model, config.amount, keep, state.masks)
+        apply_masks(model, masks)
+    if config.finetune_epochs:
+        metric = context.task.metric_name
+        # Classifiers recover on their labels; embedding models on the original model's embeddings.
+        teacher = context.teacher_outputs(context.original) if metric == "cosine" else None
+        train(
+            model, context.task, epochs=config.finetune_epochs, learning_rate=RECOVERY_LEARNING_RATE[metric],
+            batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, masks=masks, seed=context.seed,
+            on_epoch=lambda epoch, loss: context.reporter.update(
+                0.2 + 0.7 * epoch / config.finetune_epochs, f"recovery fine-tune epoch {epoch}/{config.finetune_epochs}, loss {loss:.4f}"
+            ),
+        )
+    return ModelState.of_float(model, state.family, state.assets, masks)
+
+
+@register_relaxations(PruneConfig)
+def smaller_amounts(state: ModelState, config: PruneConfig, context: StepContext) -> Iterator[PruneConfig]:
+    for fraction in _GENTLER:
+        yield config.model_copy(update={"amount": round(config.amount * fraction, 4)})
+
+
+def _prune_channels(model: nn.Module, config: PruneConfig, keep: list[str], context: StepContext) -> None:
+    import torch_pruning as tp
+
+    example = context.task.sample_inputs(8)[0]
+    ignored = [module for name, module in model.named_modules() if name and (_kept(name, keep) or module is model.classifier)]
+    if config.importance == "taylor":
+        importance = tp.importance.GroupTaylorImportance()
+    else:
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs=example, importance=importance, pruning_ratio=config.amount, ignored_layers=ignored
+    )
+    if config.importance == "taylor":
+        _accumulate_gradients(model, context)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+
+
+def _prune_encoder(model: nn.Module, config: PruneConfig, keep: list[str], context: StepContext) -> None:
+    if config.importance == "taylor":
+        _accumulate_gradients(model, context, teacher=context.teacher_outputs(context.original))
+        scores = transformer_surgery.taylor_scores(model)
+    else:
+        scores = transformer_surgery.magnitude_scores(model)
+    model.zero_grad(set_to_none=True)
+    transformer_surgery.prune_encoder(model, config.amount, scores, lambda name: _kept(name, keep))
+
+
+def _accumulate_gradients(model: nn.Module, context: StepContext, teacher: torch.Tensor | None = None) -> None:
+    """Gradients of the task loss over a few training batches (for taylor importance)."""
+    model.zero_grad(set_to_none=True)
+    for count, batch in enumerate(context.task.batches("train", 32)):
+        if count == IMPORTANCE_BATCHES:
+            break
+        target = teacher[batch.index] if teacher is not None else None
+        context.task.loss(model(*batch.inputs), batch, target, 1.0, 0.0).backward()
+
+
+def magnitude_masks(model: nn.Module, amount: float, keep: list[str], previous: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Masks zeroing the `amount` fraction of smallest-magnitude weights over all prunable layers together."""
+    output_layer = getattr(model, "classifier", None)
+    weights = {
+        f"{name}.weight": module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and module is not output_layer and not _kept(name, keep)
+    }
+    if not weights:
+        raise InvalidSpec("prune: no prunable layer left (all are kept or the output layer)")
+    magnitudes = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
+    count = int(amount * magnitudes.numel())
+    if count == 0:
+        return {name: torch.ones_like(w) for name, w in weights.items()}
+    threshold = torch.kthvalue(magnitudes, count).values
+    masks = {name: (w.detach().abs() > threshold).to(w.dtype) for name, w in weights.items()}
+    for name, mask in previous.items():  # weights pruned by an earlier step stay pruned
+        if name in masks:
+            masks[name] *= mask
+    return masks
+
+
+def _kept(name: str, keep: list[str]) -> bool:
+    return any(name == k or name.startswith(k + ".") for k in keep)
+
+
+def _check_module_names(model: nn.Module, names: list[str], field: str) -> None:
+    known = {name for name, _ in model.named_modules() if name}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        examples = ", ".join(sorted(known, key=len)[:8])
+        raise InvalidSpec(f"{field}: no module named {unknown[0]!r} in this model (modules include {examples})")

@@ -1,0 +1,75 @@
+"""The quantize step: wires `slimserve.compression.quantize` (the quantization engine) into the pipeline.
+
+Its budget search keeps the most sensitive layers in float, as Intel Neural Compressor and NNCF do: each
+quantizable layer is quantized alone and the damage to the model's outputs measured; then the most
+damaging 1, 2, 4, ... layers stay float until the metric fits the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from slimserve.api.steps import QuantizeConfig
+from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.registry import register_relaxations, register_transform
+from slimserve.compression.state import ModelState, StepContext
+
+SENSITIVITY_SAMPLES = 64  # held-out samples each layer's damage is measured on
+MAX_FLOAT_CANDIDATES = 6
+
+
+@register_transform(QuantizeConfig)
+def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) -> ModelState:
+    from slimserve.compression.quantize import apply_quantization
+
+    model = state.float_copy()
+    known = {name for name, _ in model.named_modules() if name}
+    unknown = [name for name in config.keep_float or [] if name not in known]
+    if unknown:
+        raise InvalidSpec(f"{context.where}.keepFloat: no module named {unknown[0]!r} in this model")
+    calibration = context.task.calibration(config.calibration_samples) if config.method == "int8-static" else None
+    try:
+        quantized = apply_quantization(
+            model, config, example_inputs=state.family.example_inputs(state.assets), calibration=calibration
+        )
+    except (ValueError, NotImplementedError) as exc:
+        raise InvalidSpec(f"{context.where}.method: {config.method}: {exc}") from exc
+    return state.quantized(quantized, config)
+
+
+@register_relaxations(QuantizeConfig)
+def sensitive_layers_in_float(state: ModelState, config: QuantizeConfig, context: StepContext) -> Iterator[QuantizeConfig]:
+    from slimserve.compression.quantize import quantizable_layers
+
+    already = list(config.keep_float or [])
+    layers = [name for name in quantizable_layers(state.model) if name not in already]
+    if len(layers) < 2:
+        return
+    ranked = rank_by_sensitivity(state, config, context, layers)
+    count = 1
+    for _ in range(MAX_FLOAT_CANDIDATES):
+        if count >= len(layers):
+            return
+        yield config.model_copy(update={"keep_float": already + ranked[:count]})
+        count *= 2
+
+
+def rank_by_sensitivity(state: ModelState, config: QuantizeConfig, context: StepContext, layers: list[str]) -> list[str]:
+    """Layers, most sensitive first: each is quantized alone and its outputs compared with the float model's."""
+    reference = context.task.outputs(state.eager(), "eval", SENSITIVITY_SAMPLES)
+    damage: dict[str, float] = {}
+    for index, layer in enumerate(layers):
+        others = [name for name in layers if name != layer]
+        alone = config.model_copy(update={"keep_float": list(config.keep_float or []) + others})
+        outputs = context.task.outputs(quantize(state, alone, context).eager(), "eval", SENSITIVITY_SAMPLES)
+        damage[layer] = output_distance(outputs, reference)
+        context.reporter.update(0.3 + 0.4 * (index + 1) / len(layers), f"sensitivity of {layer}: {damage[layer]:.2e}")
+    return sorted(layers, key=damage.__getitem__, reverse=True)
+
+
+def output_distance(outputs: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean (1 - cosine similarity) of each sample's outputs to the reference's."""
+    return float((1.0 - F.cosine_similarity(outputs.flatten(1), reference.flatten(1), dim=1)).mean())

@@ -1,0 +1,115 @@
+"""The model as it moves through the steps, and the context every step runs in."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from slimserve.compression.measure import count_parameters, serialized_size
+from slimserve.compression.progress import Reporter
+from slimserve.compression.tasks import Forward, Task
+from slimserve.models.families import ModelFamily, eager_forward
+
+if TYPE_CHECKING:
+    from slimserve.api.steps import QuantizeConfig
+
+
+@dataclass
+class ModelState:
+    """A model after some steps. Steps never mutate a state: they return a new one (the search retries)."""
+
+    model: nn.Module
+    family: ModelFamily
+    recipe: dict[str, Any]  # architecture of the fp32 structure (read before quantization replaces modules)
+    parameters: int
+    assets: Path | None = None
+    quantization: "QuantizeConfig | None" = None
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # unstructured-pruning masks by parameter name
+    _optimized: Forward | None = field(default=None, repr=False)
+
+    @classmethod
+    def of_float(cls, model: nn.Module, family: ModelFamily, assets: Path | None, masks=None) -> "ModelState":
+        model.eval()
+        return cls(model, family, family.recipe_of(model), count_parameters(model), assets, masks=dict(masks or {}))
+
+    def float_copy(self) -> nn.Module:
+        if self.quantization is not None:
+            raise ValueError("the model is already quantized; quantize must be the last step")
+        return copy.deepcopy(self.model)
+
+    def quantized(self, model: nn.Module, config: "QuantizeConfig") -> "ModelState":
+        return replace(self, model=model.eval(), quantization=config, _optimized=None)
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+        """What the artifact stores: (tensors, quantization recipe or None)."""
+        if self.quantization is None:
+            return {k: v.detach() for k, v in self.model.state_dict().items()}, None
+        from slimserve.compression.quantize import quantization_state
+
+        tensors, recipe = quantization_state(self.model)
+        return tensors, recipe
+
+    def size_bytes(self) -> int:
+        return serialized_size(self.tensors()[0])
+
+    def eager(self) -> Forward:
+        return eager_forward(self.model)
+
+    def served(self) -> Forward:
+        """The forward the server will run: optimized once for quantized models, eager for float ones."""
+        if self.quantization is None:
+            return self.eager()
+        if self._optimized is None:
+            from slimserve.compression.quantize import optimize_for_inference
+
+            self._optimized = optimize_for_inference(self.model, self.family.example_inputs(self.assets))
+        return self._optimized
+
+
+@dataclass
+class Candidate:
+    """One model tried for a step (the report plots all of them)."""
+
+    step: str
+    label: str
+    metric: float
+    size_bytes: int
+    parameters: int
+    latency_ms: float
+    accepted: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "label": self.label, "metric": round(self.metric, 6), "sizeBytes": self.size_bytes,
+            "parameters": self.parameters, "latencyP50Ms": round(self.latency_ms, 4), "accepted": self.accepted,
+        }
+
+
+@dataclass
+class StepContext:
+    """What a step needs besides the model: data, budget, the original model's outputs, progress."""
+
+    task: Task
+    reporter: Reporter
+    threads: int
+    max_drop: float
+    baseline_metric: float
+    original: ModelState
+    where: str = "spec.steps"  # the spec path of the step running now, for error messages
+    seed: int = 0
+    candidates: list[Candidate] = field(default_factory=list)
+    _teacher_cache: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+
+    def teacher_outputs(self, state: ModelState) -> torch.Tensor:
+        """Outputs of `state`'s model on the training split (cached per model), the targets of distillation."""
+        for model, outputs in self._teacher_cache:
+            if model is state.model:
+                return outputs
+        outputs = self.task.outputs(state.eager(), "train")
+        self._teacher_cache.append((state.model, outputs))
+        return outputs

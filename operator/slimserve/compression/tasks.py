@@ -1,0 +1,218 @@
+"""Task data and metrics: what a model is trained, calibrated and judged on.
+
+A classifier is judged by accuracy on held-out labelled rows; an embedding model by the mean cosine
+similarity of its embeddings to the original model's on held-out sentences.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slimserve.artifacts.storage import resolve_uri
+from slimserve.compression.errors import InvalidSpec
+
+if TYPE_CHECKING:
+    from slimserve.api.compression_job import EvaluationSpec, S3Spec
+    from slimserve.models.loading import LoadedModel
+
+Forward = Callable[..., torch.Tensor]
+EVAL_BATCH = 64
+SPLIT_SEED = 1234
+
+
+@dataclass
+class Batch:
+    inputs: tuple[torch.Tensor, ...]
+    index: torch.Tensor  # positions in the split, to look up precomputed teacher outputs
+    labels: torch.Tensor | None = None
+
+
+class Task(ABC):
+    metric_name: str
+
+    @abstractmethod
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Batches of the 'train' or 'eval' split; shuffled when a generator is given."""
+
+    @abstractmethod
+    def split_size(self, split: str) -> int: ...
+
+    @abstractmethod
+    def score(self, forward: Forward, limit: int | None = None) -> float:
+        """The task metric (0..1, higher is better) on the held-out split (its first `limit` samples)."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, batch: Batch, teacher: torch.Tensor | None, temperature: float, alpha: float) -> torch.Tensor:
+        """Training loss: against labels and/or the teacher's outputs for the same samples."""
+
+    def outputs(self, forward: Forward, split: str, limit: int | None = None) -> torch.Tensor:
+        """Model outputs over a split, in order (no autograd)."""
+        chunks, seen = [], 0
+        with torch.inference_mode():
+            for batch in self.batches(split, EVAL_BATCH):
+                chunks.append(forward(*batch.inputs).float())
+                seen += len(batch.index)
+                if limit is not None and seen >= limit:
+                    break
+        out = torch.cat(chunks)
+        return out[:limit] if limit is not None else out
+
+    def calibration(self, samples: int, batch_size: int = 32) -> list[tuple[torch.Tensor, ...]]:
+        """Input batches of the training split for calibrating activation ranges."""
+        result, seen = [], 0
+        for batch in self.batches("train", batch_size):
+            result.append(batch.inputs)
+            seen += len(batch.index)
+            if seen >= samples:
+                break
+        return result
+
+    def sample_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The first `batch_size` held-out samples as one batch (for latency and throughput)."""
+        return next(iter(self.batches("eval", batch_size))).inputs
+
+
+class ClassificationTask(Task):
+    metric_name = "accuracy"
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray):
+        self._x = {"train": torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+                   "eval": torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32))}
+        self._y = {"train": torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+                   "eval": torch.from_numpy(np.asarray(y_eval, dtype=np.int64))}
+
+    def split_size(self, split: str) -> int:
+        return len(self._y[split])
+
+    def batches(self, split, batch_size, generator=None):
+        count = self.split_size(split)
+        order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
+        for start in range(0, count, batch_size):
+            index = order[start : start + batch_size]
+            yield Batch((self._x[split][index],), index, self._y[split][index])
+
+    def score(self, forward, limit=None):
+        logits = self.outputs(forward, "eval", limit)
+        labels = self._y["eval"][: len(logits)]
+        return float((logits.argmax(dim=1) == labels).float().mean())
+
+    def loss(self, output, batch, teacher, temperature, alpha):
+        hard = F.cross_entropy(output, batch.labels)
+        if teacher is None or alpha == 0.0:
+            return hard
+        # Hinton et al.: soft targets at temperature T, scaled by T^2 to keep gradient magnitudes comparable.
+        soft = F.kl_div(
+            F.log_softmax(output / temperature, dim=1), F.softmax(teacher / temperature, dim=1), reduction="batchmean"
+        ) * temperature**2
+        return alpha * soft + (1.0 - alpha) * hard
+
+
+class EmbeddingTask(Task):
+    """Sentences, tokenized per batch; the reference is the original model's embeddings of the held-out split."""
+
+    metric_name = "cosine"
+
+    def __init__(self, tokenizer, train: list[str], evaluation: list[str], original: Forward):
+        from slimserve.models.minilm import tokenize
+
+        self._tokenize = tokenize
+        self._tokenizer = tokenizer
+        self._texts = {"train": list(train), "eval": list(evaluation)}
+        self.reference = self.outputs(original, "eval")
+
+    def split_size(self, split: str) -> int:
+        return len(self._texts[split])
+
+    def batches(self, split, batch_size, generator=None):
+        texts = self._texts[split]
+        order = torch.randperm(len(texts), generator=generator) if generator is not None else torch.arange(len(texts))
+        for start in range(0, len(texts), batch_size):
+            index = order[start : start + batch_size]
+            yield Batch(self._tokenize(self._tokenizer, [texts[i] for i in index.tolist()]), index)
+
+    def score(self, forward, limit=None):
+        embeddings = self.outputs(forward, "eval", limit)
+        return float(F.cosine_similarity(embeddings, self.reference[: len(embeddings)], dim=1).mean())
+
+    def loss(self, output, batch, teacher, temperature, alpha):
+        if teacher is None:
+            raise ValueError("embedding models train against the teacher's embeddings")
+        return (1.0 - F.cosine_similarity(output, teacher, dim=1)).mean()
+
+
+def build_task(loaded: "LoadedModel", evaluation: "EvaluationSpec", s3: "S3Spec | None" = None) -> Task:
+    """The task of a model: its family's metric and the spec's dataset (or the builtin one)."""
+    from slimserve.models.families import eager_forward
+
+    metric = loaded.family.metric
+    if evaluation.metric not in ("auto", metric):
+        raise InvalidSpec(
+            f"evaluation.metric: {loaded.family.name} models are measured by {metric}, not {evaluation.metric}"
+        )
+    uri = evaluation.dataset.uri if evaluation.dataset else None
+    if metric == "accuracy":
+        return ClassificationTask(*_labelled_rows(uri, loaded.family.name, s3))
+    train, held_out = _sentences(uri, s3)
+    from slimserve.models.minilm import load_tokenizer
+
+    return EmbeddingTask(load_tokenizer(loaded.assets), train, held_out, eager_forward(loaded.model))
+
+
+def _labelled_rows(uri: str | None, family: str, s3) -> tuple[np.ndarray, ...]:
+    if uri is None or uri == "builtin://digits":
+        if uri is None and not family.startswith("digits-"):
+            raise InvalidSpec("evaluation.dataset: required for this model (no builtin dataset)", reason="MissingDataset")
+        from slimserve.models.digits import digits_data
+
+        data = digits_data()
+        return data.x_train, data.y_train, data.x_test, data.y_test
+    path = _dataset_path(uri, s3, ".npz")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if {"x_train", "y_train", "x_test", "y_test"} <= set(arrays.files):
+                return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
+            x, y = arrays["x"], arrays["y"]
+    except KeyError as exc:
+        raise InvalidSpec(f"evaluation.dataset.uri: {uri} lacks array {exc.args[0]}; expected x and y", reason="InvalidDataset") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidSpec(f"evaluation.dataset.uri: {uri} is not a readable .npz: {exc}", reason="InvalidDataset") from None
+    if len(x) != len(y) or len(x) < 10:
+        raise InvalidSpec(f"evaluation.dataset.uri: {uri}: x and y need the same length, at least 10 rows", reason="InvalidDataset")
+    held_out = np.random.default_rng(SPLIT_SEED).permutation(len(x)) < max(1, len(x) // 5)
+    return x[~held_out], y[~held_out], x[held_out], y[held_out]
+
+
+def _sentences(uri: str | None, s3) -> tuple[list[str], list[str]]:
+    from slimserve.data import builtin_sentences
+
+    if uri is None or uri == "builtin://sentences":
+        return list(builtin_sentences("train")), list(builtin_sentences("eval"))
+    path = _dataset_path(uri, s3, ".txt")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSpec(f"evaluation.dataset.uri: {uri} is not a UTF-8 text file: {exc}", reason="InvalidDataset") from None
+    if len(lines) < 10:
+        raise InvalidSpec(f"evaluation.dataset.uri: {uri} has {len(lines)} sentences, need at least 10", reason="InvalidDataset")
+    # Every fifth sentence is held out; the rest calibrates and trains.
+    return [s for i, s in enumerate(lines) if i % 5], lines[::5]
+
+
+def _dataset_path(uri: str, s3, suffix: str) -> Path:
+    if uri.startswith("builtin://"):
+        raise InvalidSpec(f"evaluation.dataset.uri: unknown builtin dataset {uri!r}; known: builtin://digits, builtin://sentences")
+    try:
+        path = resolve_uri(uri, s3)
+    except Exception as exc:
+        raise InvalidSpec(f"evaluation.dataset.uri: {exc}", reason="MissingDataset") from None
+    if path.is_dir() or path.suffix != suffix:
+        raise InvalidSpec(f"evaluation.dataset.uri: {uri}: expected a {suffix} file for this model", reason="InvalidDataset")
+    return path
