@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import re
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -82,6 +84,29 @@ def test_batch_size_parameter_counts_the_rows_of_the_model_call(digits_web_serve
     assert answer.status == 0, answer.message
     assert response.parameters["batch_size"].int64_param == 3
     assert list(response.outputs[1].contents.int64_contents) == [0, 1, 2]
+
+
+def _batch_histogram(server) -> tuple[float, float]:
+    """(model calls, rows) so far, from the server's slimserve_batch_size histogram."""
+    text = request(server.http_url, "GET", "/metrics")[2].decode()
+    values = [float(re.search(rf"^slimserve_batch_size_{part} (\S+)$", text, re.M).group(1)) for part in ("count", "sum")]
+    return values[0], values[1]
+
+
+def test_concurrent_grpc_web_calls_report_the_batches_the_server_ran(digits_web_server, digit_samples):
+    """Each request's batch_size is the size of a real model call: the requests of a batch of b each report b,
+    so summing 1/b over the requests counts the model calls the server's metrics saw."""
+    calls_before, rows_before = _batch_histogram(digits_web_server)
+    message = digits_request("digits-mlp", [digit_samples[0]["pixels"]])
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: unary(digits_web_server.http_url, "ModelInfer", message, pb.ModelInferResponse),
+                                range(48)))
+    sizes = [response.parameters["batch_size"].int64_param for _, response in answers]
+    calls_after, rows_after = _batch_histogram(digits_web_server)
+    assert all(answer.status == 0 for answer, _ in answers)
+    assert rows_after - rows_before == 48
+    assert sum(1 / size for size in sizes) == pytest.approx(calls_after - calls_before)
+    print(f"batch sizes seen: {sorted(set(sizes))}")
 
 
 # ---------------------------------------------------------------------------------------------- bad frames
