@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from slimserve.serving.batching import Batcher, DirectRunner
+from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.metrics import ServerMetrics
 
 
@@ -56,7 +58,7 @@ def test_concurrent_requests_merge_without_exceeding_the_limit_and_keep_their_ro
     requests = [np.full((rows, 3), float(i), dtype=np.float32) for i, rows in enumerate([1, 3, 2, 5, 1, 4, 2, 2, 3, 1])]
 
     async def scenario():
-        batcher = Batcher(model, executor, metrics, max_batch_size=8, max_latency_s=0.05)
+        batcher = Batcher(ModelCaller(model, executor, metrics), metrics, max_batch_size=8, max_latency_s=0.05)
         results = await _submit_all(batcher, requests)
         await batcher.close()
         return results
@@ -75,7 +77,7 @@ def test_a_request_larger_than_the_rest_of_a_batch_waits_for_the_next_one_whole(
     requests = [np.ones((5, 2), np.float32), np.ones((5, 2), np.float32) * 2]
 
     async def scenario():
-        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
+        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
         return await _submit_all(batcher, requests)
 
     results = run(scenario())
@@ -88,7 +90,7 @@ def test_a_failing_request_does_not_fail_its_batch_mates(executor):
     requests = [np.zeros((1, 2), np.float32), np.full((2, 2), -1.0, np.float32), np.ones((1, 2), np.float32)]
 
     async def scenario():
-        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
+        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
         return await _submit_all(batcher, requests)
 
     good_a, bad, good_b = run(scenario())
@@ -102,7 +104,7 @@ def test_requests_of_different_inner_shapes_are_not_merged(executor):
     requests = [np.ones((1, 2), np.float32), np.ones((1, 3), np.float32), np.ones((1, 2), np.float32)]
 
     async def scenario():
-        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
+        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
         return await _submit_all(batcher, requests)
 
     results = run(scenario())
@@ -114,7 +116,7 @@ def test_a_batch_waits_for_an_announced_request_within_the_latency_window(execut
     model = RecordingModel()
 
     async def scenario():
-        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=2.0)
+        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=2.0)
         batcher.announce()
         batcher.announce()
         first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
@@ -131,7 +133,7 @@ def test_a_lone_request_does_not_wait_for_the_latency_window(executor):
     model = RecordingModel()
 
     async def scenario():
-        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
+        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
         batcher.announce()
         # Nobody else is arriving: it must run now, far inside the 30 s window.
         return await asyncio.wait_for(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1), timeout=10)
@@ -144,7 +146,7 @@ def test_a_withdrawn_announcement_releases_a_waiting_batch(executor):
     model = RecordingModel()
 
     async def scenario():
-        batcher = Batcher(model, executor, ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
+        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
         batcher.announce()
         batcher.announce()
         pending = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
@@ -157,8 +159,35 @@ def test_a_withdrawn_announcement_releases_a_waiting_batch(executor):
 
 def test_model_returning_the_wrong_row_count_is_an_error(executor):
     async def scenario():
-        runner = DirectRunner(lambda inputs: {"y": np.zeros((1, 1))}, executor, ServerMetrics())
+        metrics = ServerMetrics()
+        runner = DirectRunner(ModelCaller(lambda inputs: {"y": np.zeros((1, 1))}, executor, metrics), metrics)
         return await runner.submit({"x": np.zeros((3, 1))}, 3)
 
     with pytest.raises(RuntimeError, match="rows for a batch of 3"):
         run(scenario())
+
+
+def test_fast_models_run_inline_and_slow_ones_on_the_model_thread(executor):
+    def recorder(pause_s: float):
+        threads = []
+
+        def predict(inputs):
+            threads.append(threading.current_thread())
+            if pause_s:
+                time.sleep(pause_s)
+            return {"y": inputs["x"]}
+
+        return predict, threads
+
+    async def calls(predict, count):
+        caller = ModelCaller(predict, executor, ServerMetrics())
+        for _ in range(count):
+            await caller({"x": np.zeros((1, 1))}, 1)
+
+    fast, fast_threads = recorder(0.0)
+    run(calls(fast, 20))
+    assert fast_threads[0] is not threading.main_thread()  # not yet measured: the model thread
+    assert threading.main_thread() in fast_threads  # measured fast: inline on the loop
+    slow, slow_threads = recorder(0.005)
+    run(calls(slow, 5))
+    assert threading.main_thread() not in slow_threads

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import uvicorn
 
-from slimserve.serving.batching import Batcher, DirectRunner
+from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.config import ServerConfig
 from slimserve.serving.dataplane import DataPlane
 from slimserve.serving.grpc_service import add_inference_service
@@ -46,10 +46,11 @@ class _Uvicorn(uvicorn.Server):
 
 def build_dataplane(config: ServerConfig, model: ServedModel, executor: ThreadPoolExecutor) -> DataPlane:
     metrics = ServerMetrics()
+    call = ModelCaller(model.predict, executor, metrics)
     if config.batching:
-        runner = Batcher(model.predict, executor, metrics, config.max_batch_size, config.max_latency_ms / 1000)
+        runner = Batcher(call, metrics, config.max_batch_size, config.max_latency_ms / 1000)
     else:
-        runner = DirectRunner(model.predict, executor, metrics)
+        runner = DirectRunner(call, metrics)
     return DataPlane(model, runner, metrics, config.max_batch_size)
 
 

@@ -1,0 +1,436 @@
+"""Serving benchmark: SlimServe against KServe's Python model server, side by side in one run.
+
+For each model (the tiny digits MLP, the digits CNN, MiniLM-L6), each protocol (REST, gRPC) and each
+concurrency (1, 8, 32) it measures throughput, p50 and p99 of:
+- SlimServe with dynamic batching, and with `--no-batching`;
+- KServe's model server (PyPI `kserve`, one worker) wrapping the same `load_servable` model;
+- the bare model forward in process at the same batch size (rows/s), for the server/bare ratio.
+Same weights, same torch threads, same client for every server: tritonclient (HTTP with binary tensors,
+and gRPC), in a separate load-generator process. Every request loop is bounded in count and time.
+
+KServe is installed, the first time, into its own venv (its pins differ from ours):
+~/.cache/slimserve/bench-venv-kserve-<version>, which sees this venv's packages (torch, slimserve) only
+after its own. Servers listen on 127.0.0.1 only.
+
+    .venv/bin/python benchmarks/serving.py                      # everything (~6-8 min on 2 cores)
+    .venv/bin/python benchmarks/serving.py --models digits-mlp --duration-s 2 --skip-kserve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HOST = "127.0.0.1"
+KSERVE_VERSION = "0.21.0"
+MODELS = {
+    "digits-mlp": "builtin://digits-mlp",
+    "digits-cnn": "builtin://digits-cnn",
+    "minilm-l6": "builtin://minilm-l6",
+}
+SENTENCE = "the quick brown fox jumps over the lazy dog while the server batches requests"
+
+
+# --- requests -------------------------------------------------------------------------------------
+def example_input(model: str) -> tuple[str, str, np.ndarray, str]:
+    """(input name, datatype, one-row array, output name) of a model."""
+    if model == "minilm-l6":
+        return "text", "BYTES", np.array([SENTENCE.encode()], dtype=object), "embedding"
+    rng = np.random.default_rng(0)
+    return "input", "FP32", rng.random((1, 64), dtype=np.float32) * 16, "logits"
+
+
+# --- load generator (runs in its own process) -----------------------------------------------------
+def loadgen(protocol: str, url: str, model: str, concurrency: int, duration_s: float, max_requests: int) -> dict:
+    name, datatype, array, output = example_input(model)
+    warmup_s = min(1.0, duration_s / 3)
+    if protocol == "rest":
+        latencies, errors, elapsed = _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests)
+    else:
+        latencies, errors, elapsed = _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests)
+    result = {"requests": len(latencies), "errors": errors, "seconds": elapsed}
+    if latencies:
+        ms = np.array(latencies) * 1000
+        result.update(rps=len(latencies) / elapsed, p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)))
+    return result
+
+
+def _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests):
+    import gevent
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120)
+    tensor = httpclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=True)
+    outputs = [httpclient.InferRequestedOutput(output, binary_data=True)]
+    latencies: list[float] = []
+    errors = [0]
+
+    def worker(until: float, record: bool) -> None:
+        while time.perf_counter() < until and len(latencies) < max_requests:
+            start = time.perf_counter()
+            try:
+                client.infer(model, [tensor], outputs=outputs).as_numpy(output)
+            except Exception:  # noqa: BLE001 - counted and reported
+                errors[0] += 1
+                continue
+            if record:
+                latencies.append(time.perf_counter() - start)
+
+    for record, seconds in ((False, warmup_s), (True, duration_s)):
+        start = time.perf_counter()
+        gevent.joinall([gevent.spawn(worker, start + seconds, record) for _ in range(concurrency)])
+    elapsed = time.perf_counter() - start
+    client.close()
+    return latencies, errors[0], elapsed
+
+
+def _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests):
+    import asyncio
+
+    import tritonclient.grpc.aio as grpcclient
+
+    async def run():
+        client = grpcclient.InferenceServerClient(url)
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        outputs = [grpcclient.InferRequestedOutput(output)]
+        latencies: list[float] = []
+        errors = 0
+
+        async def worker(until: float, record: bool) -> None:
+            nonlocal errors
+            while time.perf_counter() < until and len(latencies) < max_requests:
+                start = time.perf_counter()
+                try:
+                    (await client.infer(model, [tensor], outputs=outputs)).as_numpy(output)
+                except Exception:  # noqa: BLE001 - counted and reported
+                    errors += 1
+                    continue
+                if record:
+                    latencies.append(time.perf_counter() - start)
+
+        for record, seconds in ((False, warmup_s), (True, duration_s)):
+            start = time.perf_counter()
+            await asyncio.gather(*(worker(start + seconds, record) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        await client.close()
+        return latencies, errors, elapsed
+
+    return asyncio.run(run())
+
+
+# --- the KServe reference server (runs in the KServe venv) ----------------------------------------
+def kserve_server(uri: str, model_name: str, http_port: int, grpc_port: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from kserve import Model, ModelServer
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    from slimserve.models import load_servable
+
+    class ServableModel(Model):
+        """The plainest KServe v2 model: decode inputs, call the same predict, encode outputs."""
+
+        def __init__(self) -> None:
+            super().__init__(model_name)
+            self.servable = load_servable(uri)
+            self.ready = True
+
+        def predict(self, payload: InferRequest, headers=None) -> InferResponse:
+            inputs = {}
+            for tensor in payload.inputs:
+                array = tensor.as_numpy()
+                if tensor.datatype == "BYTES":
+                    array = np.array([v.encode() if isinstance(v, str) else v for v in array.reshape(-1)], dtype=object)
+                inputs[tensor.name] = array
+            results = self.servable.predict(inputs)
+            outputs = []
+            for spec in self.servable.info.outputs:
+                output = InferOutput(name=spec.name, shape=list(results[spec.name].shape), datatype=spec.datatype)
+                output.set_data_from_numpy(results[spec.name], binary_data=True)  # raw; REST re-encodes if asked JSON
+                outputs.append(output)
+            # KServe encodes outputs as the request asked (binary or JSON, selected outputs), like SlimServe.
+            return InferResponse(
+                response_id=payload.id, model_name=self.name, infer_outputs=outputs,
+                use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs,
+            )
+
+    ModelServer(http_port=http_port, grpc_port=grpc_port, workers=1, enable_docs_url=False).start([ServableModel()])
+
+
+def kserve_venv(version: str = KSERVE_VERSION) -> Path:
+    """The KServe venv, created on first use; it sees this venv's site-packages after its own."""
+    venv = Path.home() / ".cache" / "slimserve" / f"bench-venv-kserve-{version}"
+    python = venv / "bin" / "python"
+    if python.exists() and (venv / ".complete").exists():
+        return python
+    partial = venv.with_name(venv.name + ".partial")
+    print(f"installing kserve=={version} into {venv} (first run only)...", flush=True)
+    if not (partial / "bin" / "python").exists():
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(partial)], check=True)
+    subprocess.run([str(partial / "bin" / "pip"), "install", "-q", f"kserve=={version}"], check=True, timeout=1800)
+    ours = sysconfig.get_paths()["purelib"]
+    theirs = subprocess.run(
+        [str(partial / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    # addsitedir (not a bare path) so our editable install's finder is processed too; appended = lower priority.
+    Path(theirs, "zz_slimserve_venv.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    (partial / ".complete").write_text(version)
+    if venv.exists():
+        raise SystemExit(f"{venv} exists but is incomplete: remove it and rerun")
+    partial.rename(venv)
+    # venv scripts hard-code their folder; python itself does not, so only `bin/python` is used.
+    return venv / "bin" / "python"
+
+
+# --- servers --------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    label: str
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    model: str
+    log: Path
+
+    def url(self, protocol: str) -> str:
+        return f"{HOST}:{self.http_port if protocol == 'rest' else self.grpc_port}"
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.label} exited {self.process.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/v2/models/{self.model}/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.label} not ready after {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_python: Path | None) -> Server:
+    http_port, grpc_port = free_port(), free_port()
+    log = log_dir / f"{kind}-{model}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    if kind == "kserve":
+        command = [str(kserve_python), __file__, "--role", "kserve", "--model", model,
+                   "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", str(threads)]
+    else:
+        command = [sys.executable, "-m", "slimserve.cli.main", "serve", "--artifact", MODELS[model], "--model-name", model,
+                   "--host", HOST, "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+                   "--torch-threads", str(threads), "--log-level", "WARNING"]
+        if kind == "slimserve-nobatch":
+            command.append("--no-batching")
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = Server(kind, process, http_port, grpc_port, model, log)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--role", "loadgen", "--protocol", protocol, "--url", server.url(protocol),
+               "--model", server.model, "--concurrency", str(concurrency), "--duration-s", str(args.duration_s),
+               "--max-requests", str(args.max_requests)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration_s * 4 + 120)
+    if done.returncode != 0:
+        return {"requests": 0, "errors": -1, "failure": done.stderr[-500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median throughput (its own p50/p99 with it); errors summed over rounds."""
+    measured = sorted((r for r in rounds if r.get("rps")), key=lambda r: r["rps"])
+    errors = sum(abs(r.get("errors", 0)) for r in rounds)
+    if not measured:
+        return {"requests": 0, "errors": errors}
+    return {**measured[len(measured) // 2], "errors": errors, "rounds": len(rounds)}
+
+
+# --- bare forward ---------------------------------------------------------------------------------
+def bare_forward(model: str, batch_sizes: list[int], threads: int, seconds: float) -> dict[int, float]:
+    """Rows per second of `predict` alone, in this process, per batch size."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from slimserve.models import load_servable
+
+    servable = load_servable(MODELS[model])
+    name, _datatype, row, _output = example_input(model)
+    rates = {}
+    for batch in batch_sizes:
+        inputs = {name: np.repeat(row, batch, axis=0)}
+        for _ in range(3):
+            servable.predict(inputs)
+        times = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline and len(times) < 20000:
+            start = time.perf_counter()
+            servable.predict(inputs)
+            times.append(time.perf_counter() - start)
+        rates[batch] = batch / statistics.median(times)
+    return rates
+
+
+# --- report ---------------------------------------------------------------------------------------
+def report(results: list[dict], bare: dict[str, dict[int, float]]) -> str:
+    by_key = {(r["server"], r["model"], r["protocol"], r["concurrency"]): r for r in results}
+    lines = [
+        "| model | protocol | conc | server | req/s | p50 ms | p99 ms | / bare forward | / kserve | batching on/off |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        key = (r["model"], r["protocol"], r["concurrency"])
+        rps = r.get("rps", 0.0)
+        bare_rate = bare.get(r["model"], {}).get(r["concurrency"])
+        kserve = by_key.get(("kserve", *key), {}).get("rps")
+        nobatch = by_key.get(("slimserve-nobatch", *key), {}).get("rps")
+        lines.append(
+            f"| {r['model']} | {r['protocol']} | {r['concurrency']} | {r['server']} | {rps:.0f} | "
+            f"{r.get('p50_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
+            f"{_ratio(rps, bare_rate)} | {_ratio(rps, kserve) if r['server'] != 'kserve' else ''} | "
+            f"{_ratio(rps, nobatch) if r['server'] == 'slimserve' else ''} |"
+            + (f" errors {r['errors']}" if r.get("errors") else "")
+        )
+    return "\n".join(lines)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]:
+    by_key = {(r["server"], r["model"], r["protocol"], r["concurrency"]): r for r in results}
+
+    def get(server, model, protocol, conc, field="rps"):
+        return by_key.get((server, model, protocol, conc), {}).get(field)
+
+    lines = []
+    ours, ref = get("slimserve", "digits-mlp", "rest", 32), get("kserve", "digits-mlp", "rest", 32)
+    if ours and ref:
+        lines.append(f"tiny MLP, REST, c32: SlimServe / KServe throughput = {ours / ref:.2f}x (target >= 1.3x)")
+    p50 = get("slimserve", "digits-mlp", "rest", 1, "p50_ms")
+    if p50 is not None:
+        lines.append(f"tiny MLP, REST, c1: SlimServe p50 = {p50:.2f} ms (target <= 1.0 ms)"
+                     + (f"; KServe p50 = {get('kserve', 'digits-mlp', 'rest', 1, 'p50_ms'):.2f} ms" if get('kserve', 'digits-mlp', 'rest', 1, 'p50_ms') else ""))
+    for protocol in ("rest", "grpc"):
+        rps, rate = get("slimserve", "minilm-l6", protocol, 32), bare.get("minilm-l6", {}).get(32)
+        if rps and rate:
+            lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.8)")
+    return lines
+
+
+# --- main -----------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", choices=("bench", "loadgen", "kserve"), default="bench")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--protocols", default="rest,grpc")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--servers", default="slimserve,slimserve-nobatch,kserve")
+    parser.add_argument("--skip-kserve", action="store_true")
+    parser.add_argument("--duration-s", type=float, default=2.0, help="measured seconds per cell and round (after warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per cell; the median one is reported")
+    parser.add_argument("--max-requests", type=int, default=20000, help="most measured requests per cell")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every server and the bare forward")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    # role arguments
+    parser.add_argument("--protocol"), parser.add_argument("--url"), parser.add_argument("--model")
+    parser.add_argument("--http-port", type=int), parser.add_argument("--grpc-port", type=int)
+    args = parser.parse_args()
+
+    if args.role == "loadgen":
+        print(json.dumps(loadgen(args.protocol, args.url, args.model, int(args.concurrency), args.duration_s, args.max_requests)))
+        return 0
+    if args.role == "kserve":
+        kserve_server(MODELS[args.model], args.model, args.http_port, args.grpc_port, args.threads)
+        return 0
+
+    models = args.models.split(",")
+    protocols = args.protocols.split(",")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    servers = [s for s in args.servers.split(",") if not (args.skip_kserve and s == "kserve")]
+    kserve_python = kserve_venv() if "kserve" in servers else None
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "slimserve-bench-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    bare = {}
+    for model in models:
+        bare[model] = bare_forward(model, concurrencies, args.threads, seconds=1.0)
+        print(f"bare forward {model}: " + ", ".join(f"batch {b}: {r:.0f} rows/s" for b, r in bare[model].items()), flush=True)
+
+    results = []
+    for model in models:
+        # All servers of a model run at once and take turns cell by cell (order rotating each round), so
+        # a burst of load from elsewhere on the machine hits them alike; a cell's figure is its median round.
+        running = {kind: start_server(kind, model, args.threads, log_dir, kserve_python) for kind in servers}
+        try:
+            for protocol in protocols:
+                for concurrency in concurrencies:
+                    rounds: dict[str, list[dict]] = {kind: [] for kind in servers}
+                    for round_index in range(args.rounds):
+                        order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
+                        for kind in order:
+                            rounds[kind].append(run_loadgen(running[kind], protocol, concurrency, args))
+                    for kind in servers:
+                        cell = median_round(rounds[kind])
+                        cell.update(server=kind, model=model, protocol=protocol, concurrency=concurrency)
+                        results.append(cell)
+                        print(f"{kind:18} {model:11} {protocol:5} c{concurrency:<3} "
+                              f"{cell.get('rps', 0):8.0f} req/s  p50 {cell.get('p50_ms', float('nan')):7.2f} ms  "
+                              f"p99 {cell.get('p99_ms', float('nan')):7.2f} ms  errors {cell.get('errors')}", flush=True)
+        finally:
+            for server in running.values():
+                server.stop()
+
+    print()
+    print(report(results, bare))
+    print()
+    for line in targets(results, bare):
+        print(line)
+    if args.out:
+        args.out.write_text(json.dumps({"results": results, "bare": bare}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
