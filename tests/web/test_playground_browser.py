@@ -75,11 +75,14 @@ def test_digit_picked_in_the_browser_shows_the_rest_answer(chromium, digits_web_
 
 def test_digit_drawn_with_the_mouse_shows_the_rest_answer(chromium, digits_web_server):
     stroke = [[4, row] for row in range(1, 7)]  # a vertical bar: a one
-    shown = open_playground(digits_web_server, "digits-drawn", stroke=stroke)
+    shown = open_playground(digits_web_server, "digits-drawn", stroke=stroke, burst=True)
     pixels = shown["shown"]["pixels"]
     assert all(pixels[row * 8 + 4] == 16 for row in range(1, 7))  # the stroke's cells are fully inked
     assert pixels[0] == 0 and pixels[63] == 0
     assert_page_shows_rest_answer(digits_web_server, shown, pixels)
+    # Eight requests at once: each answer names the batch it ran in, between 1 and all eight.
+    assert len(shown["burstBatchSizes"]) == 8
+    assert all(1 <= int(size) <= 8 for size in shown["burstBatchSizes"])
 
 
 def test_two_texts_embedded_in_the_browser_show_the_rest_cosine_and_values(chromium, minilm_web_server):

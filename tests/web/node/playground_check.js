@@ -5,8 +5,9 @@
 //   {url, screenshot, digit: LABEL}              pick the sample digit LABEL and predict,
 //   {url, screenshot, stroke: [[x, y], ...]}     draw a stroke (grid cells, 0..7) on the empty grid, or
 //   {url, screenshot, texts: [A, B]}             embed two texts
-// Prints {server, model, mode, shown: {...}, latency, batchSize, status, consoleErrors}; for a stroke, shown
-// also holds the grid's values as the page sent them.
+// With `burst: true` it then also presses "×8 at once". Prints {server, model, mode, shown: {...}, latency,
+// batchSize, status, consoleErrors}; for digits, shown also holds the grid's values as the page sent them,
+// and after a burst, burstBatchSizes holds the batch size of each of its eight answers.
 "use strict";
 
 const fs = require("fs");
@@ -71,15 +72,22 @@ async function main() {
         pixels: (await page.locator("#digit-canvas").getAttribute("data-pixels")).split(",").map(Number),
       };
     }
+    const answer = { latency: await text("#latency"), batchSize: await text("#batch-size"), status: await text("#status") };
+    let burstBatchSizes = null;
+    if (spec.burst) {
+      await page.evaluate(() => { document.getElementById("status").textContent = "sending"; });
+      await page.click("#burst");
+      await waitForAnswer();
+      burstBatchSizes = (await text("#batch-size")).split(", ");
+    }
     const result = {
       server: await text("#server-info"),
       model: await text("#model-name"),
       signature: await page.locator("#signature tbody tr").allTextContents(),
       mode,
       shown,
-      latency: await text("#latency"),
-      batchSize: await text("#batch-size"),
-      status: await text("#status"),
+      ...answer,
+      burstBatchSizes,
       consoleErrors,
     };
     await page.screenshot({ path: spec.screenshot, fullPage: true });
