@@ -6,22 +6,16 @@ skip when run by hand, and fail under CI (CI=true), where a missing install step
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.serving.serving_helpers import ServerProcess, request
+from tests.serving.serving_helpers import ServerProcess
+from tests.web.web_helpers import ALLOWED_ORIGIN, NODE_PROJECT, rest_json
 
-WEB_TESTS = Path(__file__).resolve().parent
-NODE_PROJECT = WEB_TESTS / "node"
-ARTIFACTS = WEB_TESTS / "artifacts"  # screenshots, kept after the run (gitignored)
 CHROMIUM = Path("/usr/bin/chromium")
-ALLOWED_ORIGIN = "http://app.allowed.test:3000"
-NODE_TIMEOUT_S = 120
 
 
 def _require(ready: bool, what: str) -> None:
@@ -45,15 +39,6 @@ def chromium(node_project) -> Path:
     _require(os.access(CHROMIUM, os.X_OK), str(CHROMIUM))
     _require((node_project / "node_modules" / "playwright-core").is_dir(), "playwright-core")
     return CHROMIUM
-
-
-def run_node(script: str, spec: dict, timeout_s: float = NODE_TIMEOUT_S) -> dict:
-    """Run a script of the Node test project with its JSON argument; its one-line JSON output, parsed."""
-    done = subprocess.run(
-        ["node", script, json.dumps(spec)], cwd=NODE_PROJECT, capture_output=True, text=True, timeout=timeout_s
-    )
-    assert done.returncode == 0, f"node {script} failed ({done.returncode}):\n{done.stderr}\n{done.stdout}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
@@ -85,12 +70,6 @@ def minilm_web_server(web_logs):
 def plain_server(web_logs):
     """digits-mlp with no browser extras: the default."""
     yield from _serve(web_logs, "builtin://digits-mlp")
-
-
-def rest_json(server: ServerProcess, method: str, path: str, document: dict | None = None) -> tuple[int, dict]:
-    body = None if document is None else json.dumps(document).encode()
-    status, _headers, payload = request(server.http_url, method, path, body, {"content-type": "application/json"})
-    return status, json.loads(payload)
 
 
 @pytest.fixture(scope="session")

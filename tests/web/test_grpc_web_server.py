@@ -13,10 +13,9 @@ import pytest
 
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 from tests.serving.serving_helpers import request
-from tests.web.conftest import ALLOWED_ORIGIN, rest_json, run_node
+from tests.web.web_helpers import ALLOWED_ORIGIN, PROTO, rest_json, run_node
 from tests.web.grpc_web_helpers import BINARY, TEXT, call, frame, unary
 
-PROTO = "operator/slimserve/serving/proto/open_inference_v2.proto"
 INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED = 3, 5, 12
 
 
@@ -34,11 +33,8 @@ def rest_infer(server, model: str, inputs: list[dict]) -> dict:
 
 
 def node_call(server, model: str, fmt: str, inputs: list[dict]) -> dict:
-    from tests.web.conftest import NODE_PROJECT
-
-    proto = str(NODE_PROJECT.parents[2] / PROTO)
     return run_node("grpc_web_call.js", {
-        "url": f"http://{server.http_url}", "proto": proto, "model": model, "format": fmt, "inputs": inputs,
+        "url": f"http://{server.http_url}", "proto": str(PROTO), "model": model, "format": fmt, "inputs": inputs,
     })
 
 

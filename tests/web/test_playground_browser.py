@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.web.conftest import ARTIFACTS, rest_json, run_node
+from tests.web.web_helpers import ARTIFACTS, rest_json, run_node
 
 LATENCY = re.compile(r"^\d+\.\d ms$")
 
