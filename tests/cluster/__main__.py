@@ -13,6 +13,8 @@ from .controlplane import ControlPlane
 
 
 def main() -> int:
+    # Ctrl-C stops the cluster, also when started from a shell that ignores SIGINT (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     plane = ControlPlane.start()
     try:
         print(f"# control plane up in {plane.started_in:.1f}s at {plane.server}; logs in {plane.workdir / 'logs'}")
