@@ -12,15 +12,6 @@ from tests.helm.chart import CHART, render, template, values_file
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def chart_crds(control_plane) -> None:
-    """The chart's CRDs (SlimServe's and Kopf's) installed and established."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/compressionjobs.slimserve.io", "crd/modelservices.slimserve.io",
-                          "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")
-
-
 def server_dry_run(control_plane, manifest: str):
     return control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest, check=False)
 

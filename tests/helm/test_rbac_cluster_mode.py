@@ -1,0 +1,70 @@
+"""Least privilege, proven in cluster mode: the operator, with a token of the chart's ServiceAccount and so only
+the ClusterRole's rights, drives a CompressionJob and a ModelService to their children and status, its log
+shows no refused call, and everything outside its rules is refused (403)."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import pytest
+
+from tests.gitops import kstatus
+from tests.gitops.argocd import SCRIPTS, run_health_check
+from tests.helm.rbac import (
+    assert_compression_job_runs, assert_forbidden, assert_model_service_ready, can_i, compression_job, model_service, release_fixture,
+)
+from tests.operator.cluster_helpers import apply, get
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster_mode(control_plane, chart_crds, tmp_path_factory):
+    yield from release_fixture(control_plane, tmp_path_factory.mktemp("rbac-cluster"), "rbac", {})
+
+
+def test_operator_works_with_the_charts_rights(control_plane, cluster_mode, namespace):
+    apply(control_plane, namespace, compression_job("digits-slim"), model_service("digits"))
+    assert_compression_job_runs(control_plane, cluster_mode, namespace, "digits-slim")
+    served = assert_model_service_ready(control_plane, cluster_mode, namespace, "digits")
+    running = get(control_plane, namespace, "compressionjob", "digits-slim")
+
+    # The GitOps health checks read the live objects as the fixtures say they would.
+    assert run_health_check(SCRIPTS["resource.customizations.health.slimserve.io_ModelService"].read_text(),
+                            served)["status"] == "Healthy"
+    assert run_health_check(SCRIPTS["resource.customizations.health.slimserve.io_CompressionJob"].read_text(),
+                            running)["status"] == "Progressing"
+    if kstatus.go_available():
+        assert kstatus.compute([served])[0]["status"] == "Current"
+
+    # Nothing the controllers did was refused: the chart's rules cover every call they make.
+    assert cluster_mode.forbidden_lines() == []
+
+
+def test_operator_is_refused_everything_else(control_plane, cluster_mode, namespace):
+    kubeconfig = cluster_mode.kubeconfig
+    assert can_i(control_plane, kubeconfig, "create", "jobs.batch", "-n", namespace)  # the identity is live
+    assert can_i(control_plane, kubeconfig, "patch", "compressionjobs.slimserve.io", "--subresource=status",
+                 "-n", namespace)
+    for request in (("get", "secrets", "-n", namespace), ("list", "secrets", "-A"), ("delete", "nodes"),
+                    ("create", "clusterrolebindings"), ("update", "configmaps", "-n", namespace),
+                    ("delete", "compressionjobs.slimserve.io", "-n", namespace), ("get", "pods", "-n", namespace),
+                    ("escalate", "roles.rbac.authorization.k8s.io", "-n", namespace),
+                    ("bind", "clusterroles.rbac.authorization.k8s.io")):
+        assert not can_i(control_plane, kubeconfig, *request), request
+    assert_forbidden(control_plane, kubeconfig, "get", "secrets", "-n", namespace)
+    assert_forbidden(control_plane, kubeconfig, "delete", "node", "kwok-cpu-0", "--dry-run=server")
+    assert_forbidden(control_plane, kubeconfig, "create", "clusterrolebinding", "grab", "--clusterrole=cluster-admin",
+                     f"--serviceaccount={cluster_mode.namespace}:rbac-slimserve")
+
+
+def test_operator_metrics_count_handler_runs(control_plane, cluster_mode, namespace):
+    """The metrics endpoint the chart's Service points at serves the handler outcomes."""
+    apply(control_plane, namespace, model_service("metrics-probe"))
+    assert_model_service_ready(control_plane, cluster_mode, namespace, "metrics-probe")
+    port = next(a.split("=", 1)[1] for a in cluster_mode.operator.extra_args if a.startswith("--metrics-port="))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'slimserve_operator_info{mode="cluster",version="0.1.0"} 1.0' in text
+    assert re.search(r'slimserve_operator_handler_runs_total\{handler="reconcile_model_service",'
+                     r'outcome="succeeded"\} [1-9]', text)
