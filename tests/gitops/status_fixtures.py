@@ -138,7 +138,8 @@ def model_service_fixtures() -> list[Fixture]:
     waiting = _ms_status(ms_status.resolve_compression_job("digits-slim", running_job), None)
     missing_job = _ms_status(ms_status.resolve_compression_job("digits-slim", None), None)
     job_failed = _ms_status(ms_status.resolve_compression_job("digits-slim", failed_job), None)
-    invalid = ms_status.invalid_status(None, 1, "InvalidSpec", "spec.nodePool: unknown node pool 'tpu'")
+    invalid = ms_status.invalid_status(None, 1, "InvalidSpec", "spec.model.uri: not a SlimServe artifact")
+    unknown_pool = ms_status.invalid_status(None, 1, "UnknownNodePool", "spec.nodePool: unknown node pool 'tpu'")
     ms = functools.partial(_object, "ModelService")
     return [
         Fixture("new", ms("new", None), "Progressing", None, "Waiting for the operator"),
@@ -152,6 +153,8 @@ def model_service_fixtures() -> list[Fixture]:
                 "CompressionJobNotFound"),
         Fixture("compression-failed", ms("compression-failed", job_failed), "Degraded", "Failed", "CompressionFailed"),
         Fixture("deadline-exceeded", ms("deadline-exceeded", stuck), "Degraded", "Failed", "ProgressDeadlineExceeded"),
-        Fixture("invalid", ms("invalid", invalid), "Degraded", "Failed", "unknown node pool 'tpu'"),
+        Fixture("invalid", ms("invalid", invalid), "Degraded", "Failed", "InvalidSpec"),
+        Fixture("unknown-node-pool", ms("unknown-node-pool", unknown_pool), "Degraded", "Failed",
+                "unknown node pool 'tpu'"),
         Fixture("stale-ready", ms("stale-ready", ready, generation=2), "Progressing", "InProgress", "generation 2"),
     ]

@@ -28,6 +28,7 @@ KNOWN_GAPS = {
     "ModelService/compression-failed": _NO_STALLED,
     "ModelService/deadline-exceeded": _NO_STALLED,
     "ModelService/invalid": _NO_STALLED,
+    "ModelService/unknown-node-pool": _NO_STALLED,
 }
 
 
