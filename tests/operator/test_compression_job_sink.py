@@ -121,13 +121,14 @@ def test_target_must_be_namespace_slash_name(target):
         parse_target(target)
 
 
-def test_from_environment(fake_api):
-    assert KubernetesStatusSink.from_environment({}) is None
-    sink = KubernetesStatusSink.from_environment(
-        {"SLIMSERVE_STATUS_TARGET": "team-a/digits", "SLIMSERVE_JOB_GENERATION": "7"}, api=object()
-    )
+def test_for_target_takes_the_generation_from_the_environment(fake_api):
+    sink = KubernetesStatusSink.for_target("team-a/digits", {"SLIMSERVE_JOB_GENERATION": "7"}, api=object())
     assert (sink.namespace, sink.name, sink.generation) == ("team-a", "digits", 7)
     with pytest.raises(ValueError, match="SLIMSERVE_JOB_GENERATION"):
-        KubernetesStatusSink.from_environment(
-            {"SLIMSERVE_STATUS_TARGET": "team-a/digits", "SLIMSERVE_JOB_GENERATION": "x"}, api=object()
-        )
+        KubernetesStatusSink.for_target("team-a/digits", {"SLIMSERVE_JOB_GENERATION": "x"}, api=object())
+
+
+def test_without_a_generation_the_first_write_adopts_the_current_one(fake_api):
+    sink = KubernetesStatusSink.for_target("team-a/digits", {}, api=object(), min_interval_seconds=0)
+    sink.progress({"fraction": 0.1})
+    assert sink.generation == 3 and len(fake_api.patches) == 1

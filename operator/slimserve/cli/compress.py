@@ -17,6 +17,7 @@ from pathlib import Path
 ENV_SPEC = "SLIMSERVE_JOB_SPEC"
 ENV_TERMINATION_LOG = "SLIMSERVE_TERMINATION_LOG"
 ENV_DEBUG = "SLIMSERVE_DEBUG"
+ENV_STATUS_TARGET = "SLIMSERVE_STATUS_TARGET"  # set by the operator on the compression pod
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -40,7 +41,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--progress", choices=("auto", "json", "rich"), default="auto",
         help="json: JSON lines on stdout; rich: a progress bar; auto: rich on a terminal, json otherwise",
     )
+    parser.add_argument(
+        "--status-target", metavar="NAMESPACE/NAME", type=_status_target, default=os.environ.get(ENV_STATUS_TARGET),
+        help=f"also report progress and the result into this CompressionJob's status (default: ${ENV_STATUS_TARGET})",
+    )
     parser.set_defaults(handler=run)
+
+
+def _status_target(value: str) -> str:
+    from slimserve.compression.status_sink import parse_target
+
+    try:
+        parse_target(value, option=None)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def build_sinks(args: argparse.Namespace) -> list:
@@ -50,7 +65,12 @@ def build_sinks(args: argparse.Namespace) -> list:
     mode = args.progress
     if mode == "auto":
         mode = "rich" if sys.stdout.isatty() else "json"
-    return [RichProgressSink() if mode == "rich" else JsonLinesSink(sys.stdout)]
+    sinks = [RichProgressSink() if mode == "rich" else JsonLinesSink(sys.stdout)]
+    if args.status_target:
+        from slimserve.compression.status_sink import KubernetesStatusSink
+
+        sinks.append(KubernetesStatusSink.for_target(args.status_target))
+    return sinks
 
 
 def run(args: argparse.Namespace) -> int:

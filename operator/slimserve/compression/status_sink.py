@@ -33,8 +33,8 @@ from pydantic import BaseModel
 
 from slimserve.api import CompressionJob
 from slimserve.api.compression_job import ArtifactRef, CompressionMetrics, Progress
-from slimserve.controller.builders.compression_job import ENV_JOB_GENERATION, ENV_STATUS_TARGET
-from slimserve.controller.status_update import TRANSIENT_STATUSES, read_status, update_status
+from slimserve.controller.builders.compression_job import ENV_JOB_GENERATION
+from slimserve.controller.status_update import TRANSIENT_STATUSES, update_status
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,17 @@ _TARGET_PATTERN = re.compile(rf"^(?P<namespace>{_NAME})/(?P<name>{_NAME})$")
 
 
 class StatusSinkError(RuntimeError):
-    """The result could not be written to the CompressionJob's status."""
+    """The result could not be written to the CompressionJob's status (the run fails: nobody would see it)."""
+
+    reason = "StatusNotWritten"
 
 
-def parse_target(target: str, *, option: str = "--status-target") -> tuple[str, str]:
-    """(namespace, name) of `NAMESPACE/NAME`, or a ValueError naming `option`."""
+def parse_target(target: str, *, option: str | None = "--status-target") -> tuple[str, str]:
+    """(namespace, name) of `NAMESPACE/NAME`, or a ValueError naming `option` (argparse names it itself)."""
     match = _TARGET_PATTERN.match(target or "")
     if not match:
-        raise ValueError(f"{option}: expected NAMESPACE/NAME of a CompressionJob, got {target!r}")
+        prefix = f"{option}: " if option else ""
+        raise ValueError(f"{prefix}expected NAMESPACE/NAME of a CompressionJob, got {target!r}")
     return match["namespace"], match["name"]
 
 
@@ -79,13 +82,13 @@ class KubernetesStatusSink:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.namespace, self.name = parse_target(target)
-        self.api = api or api_client()
+        self._api = api  # connected on the first write: a sink that cannot reach the API still lets the run start
         self.min_interval_seconds = min_interval_seconds
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.clock = clock
-        # Without a generation (a run started by hand), the one current now is the one this run reports for.
-        self.generation = generation if generation is not None else self._current_generation()
+        # Without a generation (a run started by hand), the one current at the first write is this run's.
+        self.generation = generation
         self.stale = False  # set once the CompressionJob has moved on to a newer generation
         self.writes = 0
         self._lock = threading.Lock()
@@ -95,15 +98,18 @@ class KubernetesStatusSink:
         self._timer: threading.Timer | None = None
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> "KubernetesStatusSink | None":
-        """The sink the operator asks for through the pod's environment, or None outside a CompressionJob."""
-        target = environ.get(ENV_STATUS_TARGET)
-        if not target:
-            return None
+    def for_target(cls, target: str, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> "KubernetesStatusSink":
+        """The sink of `slimserve compress --status-target`; the generation comes from the pod's environment."""
         generation = environ.get(ENV_JOB_GENERATION)
         if generation is not None and not generation.isdigit():
             raise ValueError(f"{ENV_JOB_GENERATION}: expected a generation number, got {generation!r}")
         return cls(target, int(generation) if generation is not None else None, **kwargs)
+
+    @property
+    def api(self) -> client.ApiClient:
+        if self._api is None:
+            self._api = api_client()
+        return self._api
 
     # ---- the progress-sink protocol ---------------------------------------------------------------------
 
@@ -172,6 +178,8 @@ class KubernetesStatusSink:
     def _derive(self, fields: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
         def derive(compression_job: dict[str, Any]) -> dict[str, Any] | None:
             current = compression_job["metadata"].get("generation")
+            if self.generation is None:
+                self.generation = current
             if current != self.generation:
                 self.stale = True
                 logger.warning(
@@ -198,17 +206,15 @@ class KubernetesStatusSink:
                 retry_on=TRANSIENT_STATUSES,
                 backoff_seconds=self.backoff_seconds,
             )
-        except ApiException as exc:
-            what = f"status of CompressionJob {self.namespace}/{self.name}: {exc.status} {exc.reason}"
+        except Exception as exc:  # API refusals, no credentials, no network: all mean "not written"
+            detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
+            what = f"status of CompressionJob {self.namespace}/{self.name}: {detail}"
             if required:
                 raise StatusSinkError(f"could not write the result to the {what}") from exc
             logger.warning("could not write progress to the %s", what)
             return
         if written is not None:
             self.writes += 1
-
-    def _current_generation(self) -> int:
-        return read_status(self.api, CompressionJob.plural, self.namespace, self.name)["metadata"]["generation"]
 
 
 def _part(result: Any, name: str) -> Any:
