@@ -62,8 +62,10 @@ export GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0
 
 mkdir -p "$bin"
 # One build at a time per cache entry; a waiting build re-checks what is missing.
-exec 9>"$out/.build.lock"
-flock 9
+if command -v flock >/dev/null; then
+  exec 9>"$out/.build.lock"
+  flock 9
+fi
 
 jobs="${SLIMSERVE_BUILD_JOBS:-2}"
 stage="$(mktemp -d "$out/.stage.XXXXXX")"
