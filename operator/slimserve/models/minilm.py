@@ -75,11 +75,12 @@ class MiniLMEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
-        positions = self.position_embeddings.weight[:seq_len]
-        # Sentence embeddings use a single segment: token type 0 everywhere.
-        segment = self.token_type_embeddings.weight[0]
-        return self.norm(self.word_embeddings(input_ids) + positions + segment)
+        # Tables are looked up through their modules (never `.weight`), so quantized embeddings drop in.
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        segment = torch.zeros(1, dtype=torch.long, device=input_ids.device)  # one segment: token type 0
+        return self.norm(
+            self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(segment)
+        )
 
 
 class MiniLMAttention(nn.Module):
