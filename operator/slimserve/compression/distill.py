@@ -58,6 +58,8 @@ def teacher_depth(state: ModelState) -> int:
 
 
 def build_student(state: ModelState, teacher: nn.Module, spec: StudentSpec, field: str) -> nn.Module:
+    if state.family.name == "torch-export":
+        raise InvalidSpec(f"{field}: a torch-export program has no architecture to derive a student from")
     depth = teacher_depth(state)
     if spec.num_layers is not None and spec.num_layers > depth:
         raise InvalidSpec(f"{field}.numLayers: {spec.num_layers} is more than the teacher's {depth} layers (a student must be smaller)")

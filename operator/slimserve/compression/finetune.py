@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from slimserve.compression.tasks import Task
+from slimserve.models.families import set_training
 
 # Step sizes for recovery fine-tuning: small for pretrained transformers, larger for small CNNs / MLPs.
 RECOVERY_LEARNING_RATE = {"accuracy": 3e-3, "cosine": 5e-5}
@@ -38,7 +39,7 @@ def train(
     """Adam over the training split; the loss is the task's (labels and/or the teacher's outputs)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    model.train()
+    set_training(model, True)
     try:
         for epoch in range(epochs):
             total, count = 0.0, 0
@@ -55,5 +56,5 @@ def train(
             if on_epoch is not None:
                 on_epoch(epoch + 1, total / max(count, 1))
     finally:
-        model.eval()
+        set_training(model, False)
     return model

@@ -32,6 +32,11 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
     _check_module_names(model, keep, f"{context.where}.keepLayers")
     masks: dict[str, torch.Tensor] = {}
     if config.method == "structured":
+        if state.family.name == "torch-export":
+            raise InvalidSpec(
+                f"{context.where}.method: structured pruning needs the model's architecture; a torch-export program "
+                "can only be pruned unstructured"
+            )
         if state.family.name == "minilm":
             _prune_encoder(model, config, keep, context)
         else:
@@ -99,12 +104,7 @@ def _accumulate_gradients(model: nn.Module, context: StepContext, teacher: torch
 
 def magnitude_masks(model: nn.Module, amount: float, keep: list[str], previous: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Masks zeroing the `amount` fraction of smallest-magnitude weights over all prunable layers together."""
-    output_layer = getattr(model, "classifier", None)
-    weights = {
-        f"{name}.weight": module.weight
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and module is not output_layer and not _kept(name, keep)
-    }
+    weights = _prunable_weights(model, keep)
     if not weights:
         raise InvalidSpec("prune: no prunable layer left (all are kept or the output layer)")
     magnitudes = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
@@ -117,6 +117,21 @@ def magnitude_masks(model: nn.Module, amount: float, keep: list[str], previous: 
         if name in masks:
             masks[name] *= mask
     return masks
+
+
+def _prunable_weights(model: nn.Module, keep: list[str]) -> dict[str, torch.Tensor]:
+    """Weights of Linear / Conv layers, the output layer excepted; for a program (no layer modules left),
+    every weight matrix or kernel but the last."""
+    output_layer = getattr(model, "classifier", None)
+    layers = {
+        f"{name}.weight": module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and module is not output_layer and not _kept(name, keep)
+    }
+    if layers or any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules()):
+        return layers
+    matrices = [(n, p) for n, p in model.named_parameters() if n.endswith("weight") and p.ndim >= 2]
+    return {name: p for name, p in matrices[:-1] if not _kept(name.rsplit(".", 1)[0], keep)}
 
 
 def _kept(name: str, keep: list[str]) -> bool:

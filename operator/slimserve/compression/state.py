@@ -13,7 +13,7 @@ from torch import nn
 from slimserve.compression.measure import count_parameters, serialized_size
 from slimserve.compression.progress import Reporter
 from slimserve.compression.tasks import Forward, Task
-from slimserve.models.families import ModelFamily, eager_forward
+from slimserve.models.families import ModelFamily, eager_forward, set_training
 
 if TYPE_CHECKING:
     from slimserve.api.steps import QuantizeConfig
@@ -34,7 +34,7 @@ class ModelState:
 
     @classmethod
     def of_float(cls, model: nn.Module, family: ModelFamily, assets: Path | None, masks=None) -> "ModelState":
-        model.eval()
+        set_training(model, False)
         return cls(model, family, family.recipe_of(model), count_parameters(model), assets, masks=dict(masks or {}))
 
     def float_copy(self) -> nn.Module:
@@ -43,7 +43,7 @@ class ModelState:
         return copy.deepcopy(self.model)
 
     def quantized(self, model: nn.Module, config: "QuantizeConfig") -> "ModelState":
-        return replace(self, model=model.eval(), quantization=config, _optimized=None)
+        return replace(self, model=set_training(model, False), quantization=config, _optimized=None)
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
         """What the artifact stores: (tensors, quantization recipe or None)."""

@@ -26,8 +26,8 @@ class ModelFamily(ABC):
     metric: str  # "accuracy" (classifiers) or "cosine" (embedding models)
 
     @abstractmethod
-    def build(self, recipe: dict[str, Any]) -> nn.Module:
-        """A freshly initialised fp32 skeleton of this shape, in eval mode."""
+    def build(self, recipe: dict[str, Any], assets: Path | None = None) -> nn.Module:
+        """A freshly initialised fp32 skeleton of this shape, in eval mode (`assets`: the artifact's files)."""
 
     @abstractmethod
     def recipe_of(self, model: nn.Module) -> dict[str, Any]:
@@ -62,7 +62,7 @@ class DigitsFamily(ModelFamily):
         self._builder = builder
         self._reader = reader
 
-    def build(self, recipe: dict[str, Any]) -> nn.Module:
+    def build(self, recipe: dict[str, Any], assets: Path | None = None) -> nn.Module:
         try:
             return self._builder(recipe).eval()
         except (KeyError, TypeError, ValueError) as exc:
@@ -92,7 +92,7 @@ class MiniLMFamily(ModelFamily):
     name = "minilm"
     metric = "cosine"
 
-    def build(self, recipe: dict[str, Any]) -> nn.Module:
+    def build(self, recipe: dict[str, Any], assets: Path | None = None) -> nn.Module:
         from slimserve.models.minilm import MiniLMConfig, build_minilm
 
         return build_minilm(MiniLMConfig.from_json(recipe))
@@ -139,12 +139,54 @@ class MiniLMFamily(ModelFamily):
         return tokenize(load_tokenizer(assets), [sentences[i % len(sentences)] for i in range(batch_size)])
 
 
+class ExportedProgramFamily(ModelFamily):
+    """A user's `torch.export` classifier (`.pt2`): one FP32 [-1, F] input, [-1, C] logits.
+
+    The program is the architecture: artifacts carry it as `program.pt2` and load their weights into it.
+    """
+
+    name = "torch-export"
+    metric = "accuracy"
+
+    def build(self, recipe: dict[str, Any], assets: Path | None = None) -> nn.Module:
+        from slimserve.models.exported import load_program_module
+
+        if assets is None:
+            raise ValueError("torch-export models are rebuilt from their program.pt2, which is missing")
+        return load_program_module(assets / PROGRAM_FILE)
+
+    def recipe_of(self, model: nn.Module) -> dict[str, Any]:
+        from slimserve.models.exported import classifier_shape
+
+        features, classes = classifier_shape(model)
+        return {"num_features": features, "num_classes": classes, "program": PROGRAM_FILE}
+
+    def signature(self, recipe: dict[str, Any]):
+        return (
+            (TensorSpec("input", "FP32", (-1, int(recipe["num_features"]))),),
+            (TensorSpec("logits", "FP32", (-1, int(recipe["num_classes"]))), TensorSpec("label", "INT64", (-1,))),
+        )
+
+    def servable(self, forward: Forward, info: ModelInfo, assets: Path | None) -> Servable:
+        return ClassifierServable(forward, info)
+
+    def asset_files(self, assets: Path | None) -> dict[str, bytes]:
+        return {PROGRAM_FILE: (assets / PROGRAM_FILE).read_bytes()} if assets else {}
+
+    def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+        features = int(self.recipe_of(self.build({}, assets))["num_features"])
+        return (torch.rand(batch_size, features),)
+
+
+PROGRAM_FILE = "program.pt2"
+
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
         DigitsFamily("digits-cnn", digits.build_cnn, digits.cnn_recipe),
         DigitsFamily("digits-mlp", digits.build_mlp, digits.mlp_recipe),
         MiniLMFamily(),
+        ExportedProgramFamily(),
     )
 }
 
@@ -156,9 +198,18 @@ def family_named(name: str) -> ModelFamily:
         raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
 
 
+def set_training(model: nn.Module, training: bool) -> nn.Module:
+    """`model.train(training)`; exported programs fixed their mode when exported and refuse to switch."""
+    try:
+        model.train(training)
+    except NotImplementedError:
+        pass
+    return model
+
+
 def eager_forward(model: nn.Module) -> Forward:
     """The module itself, in eval mode, run without autograd."""
-    model.eval()
+    set_training(model, False)
 
     def forward(*inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

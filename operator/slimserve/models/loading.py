@@ -15,7 +15,7 @@ from torch import nn
 from slimserve.artifacts import Artifact, SlimServeError
 from slimserve.artifacts.storage import resolve_uri
 from slimserve.models import digits
-from slimserve.models.families import FAMILIES, TOKENIZER_FILE, ModelFamily, family_named
+from slimserve.models.families import FAMILIES, TOKENIZER_FILE, ModelFamily, family_named, set_training
 
 if TYPE_CHECKING:
     from slimserve.api.compression_job import S3Spec
@@ -77,10 +77,7 @@ def load_model(uri: str, model_format: str = "auto", s3: "S3Spec | None" = None)
     if detected == "transformers":
         return load_transformers_directory(path, uri)
     if detected == "torch-export":
-        raise ModelLoadError(
-            f"model.format: torch-export programs ({uri}) are not supported by the compression engine yet; "
-            "use a Hugging Face directory or a SlimServe artifact"
-        )
+        return load_program(path, uri)
     raise ModelLoadError(
         f"model.uri: cannot tell the format of {uri}; expected a SlimServe artifact (manifest.json), "
         "a Hugging Face directory (config.json + model.safetensors) or a .pt2 file, or set model.format"
@@ -92,7 +89,7 @@ def rebuild_artifact(artifact: Artifact) -> LoadedModel:
     manifest = artifact.manifest
     try:
         family = family_named(manifest.family)
-        skeleton = family.build(manifest.recipe)
+        skeleton = family.build(manifest.recipe, artifact.path)
     except ValueError as exc:
         raise ModelLoadError(f"artifact {artifact.path}: {exc}") from None
     tensors = artifact.tensors()
@@ -103,9 +100,8 @@ def rebuild_artifact(artifact: Artifact) -> LoadedModel:
     else:
         _load_state(skeleton, tensors, f"artifact {artifact.path}")
         model = skeleton
-    assets = artifact.path if TOKENIZER_FILE in manifest.files else None
     name = manifest.source.removeprefix(BUILTIN_SCHEME) if manifest.source.startswith(BUILTIN_SCHEME) else manifest.family
-    return LoadedModel(family, model.eval(), name, str(artifact.path), assets=assets, quantization=manifest.quantization)
+    return LoadedModel(family, set_training(model, False), name, str(artifact.path), assets=artifact.path, quantization=manifest.quantization)
 
 
 def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
@@ -134,6 +130,22 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
         raise ModelLoadError(f"model.uri: {uri}/config.json: {exc}") from None
     _load_state(model, state, f"model.uri: {uri}")
     return LoadedModel(FAMILIES["minilm"], model.eval(), path.name or "bert", uri, assets=path)
+
+
+def load_program(path: Path, uri: str) -> LoadedModel:
+    """A `torch.export` classifier program (.pt2), loaded without pickle."""
+    from slimserve.models.exported import ProgramError, load_program_module, program_assets
+    from slimserve.models.families import PROGRAM_FILE
+
+    if not path.is_file():
+        raise ModelLoadError(f"model.uri: {uri}: expected a .pt2 file")
+    try:
+        assets = program_assets(path)
+        module = load_program_module(assets / PROGRAM_FILE)
+        FAMILIES["torch-export"].recipe_of(module)  # checks the signature: one FP32 [B, F] input, [B, C] out
+    except ProgramError as exc:
+        raise ModelLoadError(f"model.uri: {uri}: {exc}") from None
+    return LoadedModel(FAMILIES["torch-export"], set_training(module, False), path.stem, uri, assets=assets)
 
 
 def _read_safetensors(path: Path, uri: str) -> dict[str, torch.Tensor]:
