@@ -8,6 +8,7 @@ from slimserve.controller.compression_job_status import (
     failure_reason,
     invalid_status,
     is_finished,
+    may_change_status,
     pending_status,
     status_from_job,
     transition_events,
@@ -203,3 +204,12 @@ def test_events_follow_succeeded_transitions_and_the_start():
         ("Warning", "JobFailed")
     ]
     assert transition_events(running, running) == []
+
+
+def test_only_a_started_finished_or_deleted_job_may_change_the_status():
+    assert not may_change_status(job(active=1, startTime="2030-01-01T00:00:00Z"))
+    assert may_change_status(job(active=1), deleted=True)
+    assert may_change_status(job(ready=1))
+    assert may_change_status(job(failed=1))
+    assert may_change_status(job(conditions=[COMPLETE]))
+    assert may_change_status(job(conditions=[{"type": "Failed", "status": "True"}]))

@@ -35,6 +35,7 @@ from slimserve.controller.builders.compression_job import (
 from slimserve.controller.compression_job_status import (
     invalid_status,
     is_finished,
+    may_change_status,
     pending_status,
     status_from_job,
     transition_events,
@@ -125,7 +126,7 @@ def follow_compression_job(
     **_: Any,
 ) -> None:
     owner = _compression_job_owner(body)
-    if owner is None or GENERATION_LABEL not in labels:
+    if owner is None or GENERATION_LABEL not in labels or not may_change_status(body, deleted=type == "DELETED"):
         return
     generation = int(labels[GENERATION_LABEL])
     job = dict(body)

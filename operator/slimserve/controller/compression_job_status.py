@@ -125,6 +125,13 @@ def status_from_job(
     return _changes(status, patch)
 
 
+def may_change_status(job: dict[str, Any], *, deleted: bool = False) -> bool:
+    """False for a Job whose pod has not started yet: its status implies nothing new (saves a read per event)."""
+    job_status = job.get("status") or {}
+    finished = _job_condition(job_status, "Complete") or _job_condition(job_status, "Failed")
+    return deleted or bool(finished) or _has_started(job_status)
+
+
 def failure_reason(failed_condition: dict[str, Any], pod: dict[str, Any] | None) -> tuple[str, str]:
     """(reason, message) of a failed Job: the compressor's own reason when it gave one, the pod's details."""
     job_reason = failed_condition.get("reason") or ""
