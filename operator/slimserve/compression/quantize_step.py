@@ -23,9 +23,11 @@ MAX_FLOAT_CANDIDATES = 6
 
 @register_transform(QuantizeConfig)
 def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) -> ModelState:
-    from slimserve.compression.quantize import apply_quantization
+    from slimserve.compression.quantize import apply_quantization, quantizable_layers
 
     model = state.float_copy()
+    if not quantizable_layers(model):
+        raise InvalidSpec(f"{context.where}: this {state.family.name} model has no layer the quantizer supports")
     known = {name for name, _ in model.named_modules() if name}
     unknown = [name for name in config.keep_float or [] if name not in known]
     if unknown:
