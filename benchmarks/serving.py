@@ -12,7 +12,7 @@ KServe is installed, the first time, into its own venv (its pins differ from our
 ~/.cache/slimserve/bench-venv-kserve-<version>, which sees this venv's packages (torch, slimserve) only
 after its own. Servers listen on 127.0.0.1 only.
 
-    .venv/bin/python benchmarks/serving.py                      # everything (~6-8 min on 2 cores)
+    .venv/bin/python benchmarks/serving.py                      # everything (~12 min on 2 cores)
     .venv/bin/python benchmarks/serving.py --models digits-mlp --duration-s 2 --skip-kserve
 """
 
@@ -56,7 +56,7 @@ def example_input(model: str) -> tuple[str, str, np.ndarray, str]:
 # --- load generator (runs in its own process) -----------------------------------------------------
 def loadgen(protocol: str, url: str, model: str, concurrency: int, duration_s: float, max_requests: int) -> dict:
     name, datatype, array, output = example_input(model)
-    warmup_s = min(1.0, duration_s / 3)
+    warmup_s = min(0.5, duration_s / 3)
     if protocol == "rest":
         latencies, errors, elapsed = _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests)
     else:
@@ -287,28 +287,38 @@ def median_round(rounds: list[dict]) -> dict:
 
 
 # --- bare forward ---------------------------------------------------------------------------------
-def bare_forward(model: str, batch_sizes: list[int], threads: int, seconds: float) -> dict[int, float]:
-    """Rows per second of `predict` alone, in this process, per batch size."""
-    import torch
+class BareForward:
+    """`predict` alone, in this process, at a given batch size: rows per second, measured when asked.
 
-    torch.set_num_threads(threads)
-    from slimserve.models import load_servable
+    It is measured inside every round of every cell (the servers idle meanwhile), so it sees the same
+    machine load as the servers it is compared with; the figure used is the median over the rounds.
+    """
 
-    servable = load_servable(MODELS[model])
-    name, _datatype, row, _output = example_input(model)
-    rates = {}
-    for batch in batch_sizes:
-        inputs = {name: np.repeat(row, batch, axis=0)}
-        for _ in range(3):
-            servable.predict(inputs)
+    def __init__(self, model: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        from slimserve.models import load_servable
+
+        self.servable = load_servable(MODELS[model])
+        self.name, _datatype, self.row, _output = example_input(model)
+        self.rates: dict[int, list[float]] = {}
+
+    def measure(self, batch: int, seconds: float) -> float:
+        inputs = {self.name: np.repeat(self.row, batch, axis=0)}
+        self.servable.predict(inputs)
         times = []
         deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline and len(times) < 20000:
+        while (time.perf_counter() < deadline or len(times) < 3) and len(times) < 20000:
             start = time.perf_counter()
-            servable.predict(inputs)
+            self.servable.predict(inputs)
             times.append(time.perf_counter() - start)
-        rates[batch] = batch / statistics.median(times)
-    return rates
+        rate = batch / statistics.median(times)
+        self.rates.setdefault(batch, []).append(rate)
+        return rate
+
+    def median_rates(self) -> dict[int, float]:
+        return {batch: statistics.median(rates) for batch, rates in self.rates.items()}
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -368,8 +378,8 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--servers", default="slimserve,slimserve-nobatch,kserve")
     parser.add_argument("--skip-kserve", action="store_true")
-    parser.add_argument("--duration-s", type=float, default=2.0, help="measured seconds per cell and round (after warm-up)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per cell; the median one is reported")
+    parser.add_argument("--duration-s", type=float, default=1.5, help="measured seconds per cell and round (after warm-up)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per cell; the median one is reported")
     parser.add_argument("--max-requests", type=int, default=20000, help="most measured requests per cell")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every server and the bare forward")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -394,12 +404,9 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
 
     bare = {}
-    for model in models:
-        bare[model] = bare_forward(model, concurrencies, args.threads, seconds=1.0)
-        print(f"bare forward {model}: " + ", ".join(f"batch {b}: {r:.0f} rows/s" for b, r in bare[model].items()), flush=True)
-
     results = []
     for model in models:
+        forward = BareForward(model, args.threads)
         # All servers of a model run at once and take turns cell by cell (order rotating each round), so
         # a burst of load from elsewhere on the machine hits them alike; a cell's figure is its median round.
         running = {kind: start_server(kind, model, args.threads, log_dir, kserve_python) for kind in servers}
@@ -411,6 +418,7 @@ def main() -> int:
                         order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
                         for kind in order:
                             rounds[kind].append(run_loadgen(running[kind], protocol, concurrency, args))
+                        forward.measure(concurrency, seconds=min(1.0, args.duration_s))
                     for kind in servers:
                         cell = median_round(rounds[kind])
                         cell.update(server=kind, model=model, protocol=protocol, concurrency=concurrency)
@@ -421,6 +429,8 @@ def main() -> int:
         finally:
             for server in running.values():
                 server.stop()
+        bare[model] = forward.median_rates()
+        print(f"bare forward {model}: " + ", ".join(f"batch {b}: {r:.0f} rows/s" for b, r in bare[model].items()), flush=True)
 
     print()
     print(report(results, bare))

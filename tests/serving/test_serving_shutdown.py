@@ -11,7 +11,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from serving_helpers import HOST, ServerProcess, metric_samples, post_json, request, send_together
+from serving_helpers import HOST, ServerProcess, free_port, metric_samples, post_json, request, send_together
 
 LONG_TEXT = " ".join(["serving models under load needs a graceful shutdown"] * 30)
 
@@ -57,8 +57,13 @@ def _refused(port: int) -> bool:
 
 
 def test_during_the_shutdown_delay_it_reports_not_ready_but_still_serves(server_logs):
-    server = ServerProcess("builtin://digits-mlp", server_logs, "--shutdown-delay-s", "3").start()
+    metrics_port = free_port()
+    server = ServerProcess(
+        "builtin://digits-mlp", server_logs, "--shutdown-delay-s", "3", "--metrics-port", str(metrics_port)
+    ).start()
     try:
+        status, _headers, body = request(f"{HOST}:{metrics_port}", "GET", "/metrics")  # the separate metrics port
+        assert status == 200 and b"slimserve_inflight_requests 0.0" in body
         server.terminate()
         wait_until(lambda: request(server.http_url, "GET", "/v2/health/ready")[0] == 400)
         status, _headers, body = request(server.http_url, "GET", "/v2/health/ready")
