@@ -395,6 +395,8 @@ def main() -> int:
         kserve_server(MODELS[args.model], args.model, args.http_port, args.grpc_port, args.threads)
         return 0
 
+    # A plain `kill` still stops the servers this run started (through the `finally` blocks below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     models = args.models.split(",")
     protocols = args.protocols.split(",")
     concurrencies = [int(c) for c in args.concurrency.split(",")]

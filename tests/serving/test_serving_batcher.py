@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
+from slimserve.serving.batching import Arrival, Batcher, DirectRunner, ModelCaller
 from slimserve.serving.metrics import ServerMetrics
 
 
@@ -142,19 +142,21 @@ def test_a_lone_request_does_not_wait_for_the_latency_window(executor):
     assert model.calls == [1]
 
 
-def test_a_withdrawn_announcement_releases_a_waiting_batch(executor):
+def test_an_arrival_that_fails_before_submitting_releases_a_waiting_batch(executor):
     model = RecordingModel()
 
     async def scenario():
         batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
-        batcher.announce()
-        batcher.announce()
-        pending = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
-        await asyncio.sleep(0.05)
-        batcher.withdraw()  # the other request failed validation
-        return await asyncio.wait_for(pending, timeout=10)
+        with Arrival(batcher) as first:
+            late = Arrival(batcher).__enter__()  # a second request is still being received...
+            pending = asyncio.ensure_future(first.submit({"x": np.ones((1, 2), np.float32)}, 1))
+            await asyncio.sleep(0.05)
+            assert not pending.done()  # ...so the batch waits for it
+            late.__exit__(ValueError, ValueError("bad body"), None)  # it fails validation instead
+            return await asyncio.wait_for(pending, timeout=10)
 
     assert run(scenario())["y"].shape == (1, 2)
+    assert model.calls == [1]
 
 
 def test_model_returning_the_wrong_row_count_is_an_error(executor):

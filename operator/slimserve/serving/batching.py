@@ -4,8 +4,9 @@ Policy (per model, one batch in the model at a time):
 - while the model is busy, arriving requests queue; when it frees, everything queued runs together, up
   to `max_batch_size` rows. A request is never split, and its rows stay contiguous;
 - a request that finds the model idle runs at once, unless other requests are already on their way in
-  (accepted, still being decoded): then the batch waits for them, at most `max_latency_s` after its
-  oldest request queued. So a lone client pays no batching delay, and a crowd still gets full batches;
+  (an `Arrival`: accepted, body still being received or decoded): then the batch waits for them, at most
+  `max_latency_s` after its oldest request queued. So a lone client pays no batching delay, and a crowd
+  still gets full batches;
 - requests whose non-batch dimensions differ are not merged (they cannot be concatenated);
 - if a merged batch fails, its requests are re-run one by one, so only the faulty one gets the error.
 
@@ -74,6 +75,32 @@ class ModelCaller:
         return outputs
 
 
+class Arrival:
+    """One request on its way to the queue (its body still being received or decoded): a forming batch may
+    wait for it. Enter when the request starts arriving; `submit` hands it over; leaving without
+    submitting (a bad request) withdraws it, so no batch waits for it any longer."""
+
+    __slots__ = ("_runner", "_pending")
+
+    def __init__(self, runner: "Batcher | DirectRunner") -> None:
+        self._runner = runner
+        self._pending = False
+
+    def __enter__(self) -> "Arrival":
+        self._runner.announce()
+        self._pending = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pending:
+            self._pending = False
+            self._runner.withdraw()
+
+    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
+        self._pending = False  # the runner's submit consumes the announcement
+        return await self._runner.submit(inputs, rows)
+
+
 @dataclass
 class _Pending:
     inputs: Arrays
@@ -111,7 +138,7 @@ class Batcher:
             self._wakeup.set()  # a batch waiting for latecomers need not wait longer
 
     async def submit(self, inputs: Arrays, rows: int) -> Arrays:
-        """Run one validated request (after `announce`); consumes the announcement."""
+        """Run one validated request (announced first, see `Arrival`); consumes the announcement."""
         self._arriving -= 1
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="slimserve-batcher")

@@ -215,7 +215,7 @@ def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         return _json(200 if ready else 400, {"name": name, "ready": ready})
 
     async def infer(request: HttpRequest) -> HttpResponse:
-        with RequestTimer(metrics, "rest"):
+        with RequestTimer(metrics, "rest"), dataplane.arrival() as arrival:
             body = await request.body()
             length = request.header(HEADER_LENGTH.encode())
             if length is not None and not length.strip().isdigit():
@@ -224,7 +224,7 @@ def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
                 body, int(length) if length is not None else None,
                 request.params["name"], request.params.get("version", ""),
             )
-            response = await dataplane.infer(parsed)
+            response = await dataplane.infer(parsed, arrival)
             payload, content_type, header_length = render_infer_response(response)
         headers = [] if header_length is None else [(HEADER_LENGTH.encode(), str(header_length).encode())]
         return HttpResponse(200, payload, content_type, headers)
