@@ -1,0 +1,68 @@
+"""`Int8DynamicLinear`: int8 weights per output channel, int8 activations per token, int32 accumulation.
+
+Why our own module rather than torchao's `Int8DynamicActivationInt8WeightConfig` or PT2E:
+- the artifact must be pickle-free: this module's state is three plain tensors (int8 weight, float32
+  scales, float32 bias), saved as safetensors and reloaded into a fresh module;
+- measured on the 2-core AVX512-VNNI CPUs we serve on (benchmarks/compression_minilm.py), torchao's
+  compiled CPU path does its int8 matmul in float (`safe_int_mm`), and oneDNN's `qlinear_pointwise` with a
+  signed-int8 input falls back to a reference kernel thousands of times slower; `torch._int_mm` runs
+  oneDNN's VNNI int8 GEMM and, under torch.compile, the per-token quantization fuses into the kernel that
+  produces the activation (LayerNorm, GELU) and the rescale into the one that consumes the product.
+- per-token activation scales (not one scale per tensor, as eager `quantize_dynamic` and oneDNN use) keep
+  the outliers of one token from crushing the others: this is what keeps MiniLM's cosine above 0.995.
+
+The rescale multiplies by one combined scale (`x_scale * w_scale`), not by the two in turn: inductor's
+x86 "smooth quant" pattern (registered when torchao's X86InductorQuantizer is imported, e.g. for
+int8-static) matches the two-multiply form and rewrites it to that slow signed-int8 oneDNN call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimserve.compression.quantize.base import QuantizedModule, spec_bool, spec_int
+from slimserve.compression.quantize.kernels import int8_matmul, int8_per_token, symmetric_int8_per_row
+
+
+class Int8DynamicLinear(QuantizedModule):
+    kind = "int8-dynamic-linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> "Int8DynamicLinear":
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        module.weight_int8, module.weight_scale = symmetric_int8_per_row(linear.weight)
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().float().clone()
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leading = x.shape[:-1]
+        x_int8, x_scale = int8_per_token(x.reshape(-1, self.in_features).float())
+        out = int8_matmul(x_int8, self.weight_int8).float() * (x_scale * self.weight_scale)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*leading, self.out_features).to(x.dtype)
+
+    def spec(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    @classmethod
+    def empty(cls, spec: dict[str, Any], where: str = "module") -> "Int8DynamicLinear":
+        return cls(spec_int(spec, "in_features", where), spec_int(spec, "out_features", where), spec_bool(spec, "bias", where))
+
+    def float_shape_matches(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (self.in_features, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

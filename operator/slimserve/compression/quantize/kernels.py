@@ -1,0 +1,44 @@
+"""Integer quantization math shared by the quantized modules: symmetric int8 scales, per-token activations.
+
+All functions are plain torch ops so that torch.compile (inductor) fuses the activation quantization into
+the kernel that produced the activation, and the int32 -> float rescale into the kernel that consumes it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INT8_MAX = 127
+# Scales never go below this, so an all-zero row (a pruned channel, a padded token) quantizes to zeros.
+MIN_SCALE = 1e-8
+
+
+def symmetric_int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize each row of `weight` (output channel / embedding row) to int8 in [-127, 127].
+
+    Returns `(int8 values shaped like weight, float32 scale per row)`: `weight ~= values * scale[:, None...]`.
+    """
+    flat = weight.detach().float().reshape(weight.shape[0], -1)
+    scale = (flat.abs().amax(dim=1) / INT8_MAX).clamp(min=MIN_SCALE)
+    values = torch.round(flat / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return values.reshape(weight.shape), scale
+
+
+def dequantize_per_row(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of `symmetric_int8_per_row` (scale broadcast over every dimension but the first)."""
+    return values.to(dtype) * scale.to(dtype).reshape(-1, *([1] * (values.dim() - 1)))
+
+
+def int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric quantization of a 2-D activation, one scale per row (token): `(int8 [M, K], scale [M, 1])`."""
+    scale = (x.abs().amax(dim=1, keepdim=True) / INT8_MAX).clamp(min=MIN_SCALE)
+    return torch.round(x / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
+
+
+def int8_matmul(x_int8: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
+    """`x_int8 [M, K] @ weight_int8[N, K].T` accumulated exactly in int32.
+
+    `torch._int_mm` runs oneDNN's int8 GEMM on x86 (AVX512-VNNI / AMX), and inductor keeps it as an
+    extern kernel, fusing its neighbours around it.
+    """
+    return torch._int_mm(x_int8, weight_int8.t())

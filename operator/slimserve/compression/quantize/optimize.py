@@ -1,0 +1,101 @@
+"""Compile a (quantized) model once for serving: inductor with freezing, any batch and sequence size.
+
+Freezing turns the weights into constants, so inductor folds what depends only on them and fuses each
+int8 activation quantization into the kernel producing the activation. Freezing is an inductor config read
+when a graph compiles (`torch.compile(options=...)` does not reach it), so every call runs under
+`config.patch(freezing=True)`: a recompile, if one happens, is frozen too.
+
+Shapes:
+- by default one graph serves every size: dimension 0 of every input is marked dynamic, and every
+  dimension of integer inputs (token ids, attention masks); float inputs such as images keep their other
+  dimensions static. Dynamo specializes sizes of 1, so a batch of one is padded to two.
+- models with int8-static modules compile per batch bucket (powers of two; the batch is padded up to its
+  bucket): oneDNN's prepacked int8 conv has no symbolic-shape (fake) kernel in this torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+import torch._inductor.config as inductor_config
+from torch import nn
+
+from slimserve.compression.quantize.int8_static import _Int8Static
+
+log = logging.getLogger(__name__)
+
+
+class OptimizedForward:
+    """`forward(*inputs)` of a compiled model, run without autograd; `compile_seconds` is the warm-up cost."""
+
+    def __init__(self, model: nn.Module, compiled: Callable, *, bucketed: bool):
+        self.model = model
+        self.bucketed = bucketed
+        self.compile_seconds = 0.0
+        self._compiled = compiled
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch = _batch_size(inputs)
+        target = _bucket(batch) if self.bucketed else max(batch, 2)
+        if target != batch:
+            inputs = tuple(_pad_batch(t, target) for t in inputs)
+        with torch.inference_mode(), inductor_config.patch(freezing=True):
+            out = self._compiled(*inputs)
+        return out[:batch] if target != batch else out
+
+    def warm_up(self, inputs: tuple) -> None:
+        start = time.perf_counter()
+        self(*inputs)
+        half = max(2, _batch_size(inputs) // 2)
+        self(*(t[:half] if _batched(t) else t for t in inputs))  # a second batch size
+        self.compile_seconds = time.perf_counter() - start
+
+
+def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> OptimizedForward:
+    model.eval()
+    bucketed = any(isinstance(m, _Int8Static) for m in model.modules())
+    if bucketed:
+        # Registers torchao's x86 inductor passes that lower quantize/dequantize + conv/linear to oneDNN int8.
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+    inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    if _batch_size(inputs) < 2:
+        raise ValueError("example_inputs: need a batch of at least 2 rows")
+    if not bucketed:
+        for tensor in inputs:
+            for dim in _dynamic_dims(tensor) if isinstance(tensor, torch.Tensor) else ():
+                torch._dynamo.mark_dynamic(tensor, dim)
+    forward = OptimizedForward(model, torch.compile(model, dynamic=False if bucketed else None), bucketed=bucketed)
+    forward.warm_up(inputs)
+    log.info("compiled %s for inference in %.1f s", type(model).__name__, forward.compile_seconds)
+    return forward
+
+
+def _batched(tensor: object) -> bool:
+    return isinstance(tensor, torch.Tensor) and tensor.dim() > 0
+
+
+def _batch_size(inputs: tuple) -> int:
+    sizes = {t.shape[0] for t in inputs if _batched(t)}
+    if len(sizes) != 1:
+        raise ValueError(f"inputs: expected tensors sharing one batch size (dimension 0), got sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _bucket(batch: int) -> int:
+    return max(2, 1 << (batch - 1).bit_length())
+
+
+def _pad_batch(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    """Repeat the last row up to `size` rows (rows are independent at inference; the extra ones are dropped)."""
+    if not _batched(tensor):
+        return tensor
+    extra = tensor[-1:].expand(size - tensor.shape[0], *tensor.shape[1:])
+    return torch.cat((tensor, extra))
+
+
+def _dynamic_dims(tensor: torch.Tensor) -> list[int]:
+    dims = range(tensor.dim()) if not tensor.dtype.is_floating_point else range(min(1, tensor.dim()))
+    return [dim for dim in dims if tensor.shape[dim] > 1]
