@@ -29,9 +29,10 @@ def _run(args: argparse.Namespace) -> int:
     from slimserve.api.manifests import ManifestError
     from slimserve.artifacts import SlimServeError
     from slimserve.local.plan import PlanError, plan_from_file
-    from slimserve.local.runner import RunOptions, run_plan, stdout_console
+    from slimserve.local.runner import RunOptions, quiet_library_warnings, run_plan, stdout_console
     from slimserve.local.server_process import ServerError
 
+    quiet_library_warnings()
     console = stdout_console()
     options = RunOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                          workdir=args.workdir, once=args.once)

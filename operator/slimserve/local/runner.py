@@ -116,4 +116,15 @@ def _print_endpoints(console: Console, server: ServerProcess, model: str, check:
 
 
 def stdout_console() -> Console:
-    return Console(file=sys.stdout, highlight=False)
+    # Logs and pipes get a wide table instead of rich's 80-column default.
+    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 132)
+
+
+def quiet_library_warnings() -> None:
+    """Compiler and deprecation chatter of torch's stack is noise for someone running the demo."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("torch").setLevel(logging.ERROR)
