@@ -195,6 +195,7 @@ def test_invalid_status_and_differences():
 def test_events_announce_transitions_only():
     before = compose_status(None, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment(available=0)))
     after = compose_status(before, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    assert [(e.type, e.reason) for e in transition_events(None, before)] == [("Normal", "UriSpecified")]  # not "rolling out"
     events = transition_events(before, after)
     assert [(e.type, e.reason) for e in events] == [("Normal", "Available")]
     assert transition_events(after, after) == []

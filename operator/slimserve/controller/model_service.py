@@ -6,10 +6,13 @@
   API coming or going (API discovery, while any service scales on concurrency).
 - Kopf indices say which services depend on which CompressionJob or on KEDA, and which optional children
   (HPA, PDB, ScaledObject) exist, so stale ones are deleted without listing anything.
+
+The watch handlers only look at the event and queue work, so they are coroutines: no thread per event.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -33,6 +36,8 @@ from slimserve.controller.model_service_reconcile import (
 )
 from slimserve.controller.model_service_status import resolve_compression_job
 from slimserve.controller.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
 
 PLURAL = ModelService.plural
 KEDA_CHECK_SECONDS = 10.0
@@ -105,14 +110,14 @@ def reconcile_model_service(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def forget_deleted_model_service(type: str | None, namespace: str, name: str, **_: Any) -> None:
+async def forget_deleted_model_service(type: str | None, namespace: str, name: str, **_: Any) -> None:
     if type == "DELETED":
         RUNTIME.forget((namespace, name))
         QUEUE.forget((namespace, name))
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def model_service_dependencies(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple, Any]:
+async def model_service_dependencies(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple, Any]:
     """("job", namespace, job) -> service names; ("keda",) -> (namespace, name) of services that need KEDA."""
     keys: dict[tuple, Any] = {}
     job = (spec.get("model") or {}).get("compressionJobRef")
@@ -127,7 +132,7 @@ def model_service_dependencies(namespace: str, name: str, spec: kopf.Spec, **_: 
 
 
 @kopf.on.event(GROUP, VERSION, COMPRESSION_JOBS)
-def follow_compression_job(
+async def follow_compression_job(
     type: str | None, event: dict[str, Any], namespace: str, name: str, model_service_dependencies: kopf.Index, **_: Any
 ) -> None:
     """A job finished, failed, re-ran or vanished: services whose model that changes are reconciled."""
@@ -152,10 +157,12 @@ def observe_child(api_version: str, kind: str, type: str | None, obj: dict[str, 
         return
     key = (meta["namespace"], owner)
     if type == "DELETED":
+        log.info("%s %s/%s was deleted; reconciling its ModelService", kind, meta["namespace"], meta["name"])
         _queue_full_pass(key)
         return
     known = RUNTIME.fingerprints.get(child_id(api_version, kind, meta["namespace"], meta["name"]))
     if known is not None and known != fingerprint(obj):
+        log.info("%s %s/%s was changed by someone else; restoring it", kind, meta["namespace"], meta["name"])
         _queue_full_pass(key)
     elif kind == "Deployment":
         RUNTIME.note_deployment(key, obj)
@@ -163,27 +170,27 @@ def observe_child(api_version: str, kind: str, type: str | None, obj: dict[str, 
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-def follow_deployment(type: str | None, event: dict[str, Any], **_: Any) -> None:
+async def follow_deployment(type: str | None, event: dict[str, Any], **_: Any) -> None:
     observe_child("apps/v1", "Deployment", type, event["object"])
 
 
 @kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
-def follow_service(type: str | None, event: dict[str, Any], **_: Any) -> None:
+async def follow_service(type: str | None, event: dict[str, Any], **_: Any) -> None:
     observe_child("v1", "Service", type, event["object"])
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
-def follow_hpa(type: str | None, event: dict[str, Any], **_: Any) -> None:
+async def follow_hpa(type: str | None, event: dict[str, Any], **_: Any) -> None:
     observe_child(*HPA_REF, type, event["object"])
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-def follow_pdb(type: str | None, event: dict[str, Any], **_: Any) -> None:
+async def follow_pdb(type: str | None, event: dict[str, Any], **_: Any) -> None:
     observe_child(*PDB_REF, type, event["object"])
 
 
 @kopf.on.event(KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, labels=CHILD_LABELS)
-def follow_scaled_object(type: str | None, event: dict[str, Any], **_: Any) -> None:
+async def follow_scaled_object(type: str | None, event: dict[str, Any], **_: Any) -> None:
     observe_child(*SCALED_OBJECT_REF, type, event["object"])
 
 
@@ -193,15 +200,15 @@ def _owned(meta: kopf.Meta, namespace: str, name: str) -> dict[tuple[str, str], 
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
-def model_service_hpas(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
+async def model_service_hpas(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
     return _owned(meta, namespace, name)
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-def model_service_pdbs(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
+async def model_service_pdbs(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
     return _owned(meta, namespace, name)
 
 
 @kopf.index(KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, labels=CHILD_LABELS)
-def model_service_scaled_objects(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
+async def model_service_scaled_objects(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
     return _owned(meta, namespace, name)

@@ -46,7 +46,11 @@ class Transition:
 
 
 def transition_events(before: dict[str, Any] | None, after: dict[str, Any]) -> list[Transition]:
-    """One Event per announced condition whose status or reason changed."""
+    """One Event per announced condition whose status or reason changed.
+
+    A condition's first value is announced only when it is good news or a warning: a new service's
+    "not ready yet, rolling out" says nothing a moment's patience would not (and costs an API call per service).
+    """
     previous = (before or {}).get("conditions") or []
     current = after.get("conditions") or []
     events = []
@@ -55,6 +59,9 @@ def transition_events(before: dict[str, Any] | None, after: dict[str, Any]) -> l
             continue
         condition = find_condition(current, type_)
         reason = condition.get("reason") or type_
+        first = find_condition(previous, type_) is None
+        if first and condition.get("status") != TRUE and reason not in WARNING_REASONS:
+            continue
         kind = "Warning" if reason in WARNING_REASONS else "Normal"
         verb = "is" if condition.get("status") == TRUE else "is not"
         message = f"{type_} {verb} true: {condition.get('message') or reason}"

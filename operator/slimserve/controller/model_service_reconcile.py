@@ -85,6 +85,7 @@ class Snapshot:
     status: dict[str, Any]
     body_ref: dict[str, Any]  # apiVersion/kind/metadata for Events
     deployment_generation: int = 0  # of the Deployment as last applied: older watch events are stale
+    desired: tuple = ()  # what the children were built from: (uid, generation, model, KEDA installed)
 
 
 class KedaDiscovery:
@@ -113,6 +114,10 @@ class KedaDiscovery:
             self._known = (time.monotonic(), found)
         return found
 
+    def forget(self) -> None:
+        with self._lock:
+            self._known = None
+
 
 # Optional children whose existence the operator learns from Kopf indices: (namespace, owner name) -> names.
 OwnedIndex = Mapping[tuple[str, str], Any]
@@ -131,12 +136,13 @@ class Runtime:
     fingerprints: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
     latest_deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     full_pass_wanted: set[Key] = field(default_factory=set)
-    _locks: dict[Key, threading.Lock] = field(default_factory=dict)
+    _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
-    def lock(self, key: Key) -> threading.Lock:
+    def lock(self, key: Key) -> threading.RLock:
+        """Serialises the passes of one service (re-entrant: a queued pass holds it around the full pass)."""
         with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+            return self._locks.setdefault(key, threading.RLock())
 
     def want_full_pass(self, key: Key) -> None:
         with self._guard:
@@ -275,8 +281,13 @@ def resolve_model(api: client.ApiClient, namespace: str, spec: ModelServiceSpec)
     return resolve_compression_job(job_name, read_compression_job(api, namespace, job_name))
 
 
-def reconcile(runtime: Runtime, body: Mapping[str, Any]) -> Snapshot:
-    """The full pass. Raises kopf.PermanentError for a spec it cannot act on (after saying so in status)."""
+def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False) -> Snapshot:
+    """The full pass. Raises kopf.PermanentError for a spec it cannot act on (after saying so in status).
+
+    Unless `force`d (something changed that the inputs do not show: a child was edited or deleted), a pass
+    whose inputs equal the last one's applies nothing: Kopf may call the handler twice for one change when
+    the watch lags behind its own bookkeeping patch.
+    """
     api, config = runtime.api, runtime.config
     owner = Owner.from_body(body)
     generation = body["metadata"].get("generation", 0)
@@ -298,6 +309,9 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any]) -> Snapshot:
         keda = runtime.keda.installed(api) if metric == "concurrency" else False
         inputs = inputs_for(owner, generation, resolution, autoscaling_verdict(metric, keda_installed=keda),
                             config.cluster_domain)
+        desired = (owner.uid, generation, resolution.model, keda)
+        if not force and known is not None and known.desired == desired and known.inputs == inputs:
+            return known
         rollout: Rollout | None = None
         deployment_generation = known.deployment_generation if known else 0
         if resolution.model is not None:
@@ -305,7 +319,7 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any]) -> Snapshot:
             deployment_generation = deployment.get("metadata", {}).get("generation", 0)
             rollout = evaluate_rollout(deployment)
         status = compose_status(previous, inputs, rollout)
-        snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation)
+        snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation, desired)
         _publish(runtime, api, previous, snapshot)
         runtime.snapshots[key] = snapshot
         return snapshot
@@ -325,7 +339,7 @@ def _apply_children(
     deployment: dict[str, Any] = {}
     for manifest in children.apply:
         meta = manifest["metadata"]
-        live = _api_call(f"applying {manifest['kind']} {meta['name']}", lambda m=manifest: kube.apply(api, m))
+        live = _apply_child(runtime, api, manifest)
         runtime.fingerprints[child_id(manifest["apiVersion"], manifest["kind"], owner.namespace, meta["name"])] = (
             fingerprint(live)
         )
@@ -339,6 +353,18 @@ def _apply_children(
             )
             runtime.fingerprints.pop(child_id(ref.api_version, ref.kind, owner.namespace, ref.name), None)
     return deployment
+
+
+def _apply_child(runtime: Runtime, api: client.ApiClient, manifest: dict[str, Any]) -> dict[str, Any]:
+    what = f"applying {manifest['kind']} {manifest['metadata']['name']}"
+    try:
+        return kube.apply(api, manifest)
+    except ApiException as exc:
+        if exc.status == 404 and manifest["apiVersion"] == f"{KEDA_GROUP}/{KEDA_VERSION}":
+            runtime.keda.forget()  # KEDA was uninstalled since discovery last looked: look again, soon
+            raise kopf.TemporaryError(f"{what}: KEDA's API is gone", delay=1) from exc
+        kube.raise_for_api_error(exc, what)
+        raise
 
 
 def refresh_status(runtime: Runtime, api: client.ApiClient, key: Key, deployment: dict[str, Any]) -> None:
@@ -387,20 +413,24 @@ def follow_keda_api(
 
 
 def sync(runtime: Runtime, key: Key) -> None:
-    """Work-queue entry: the full pass when asked for (or nothing is known yet), else the status-only pass."""
-    api = runtime.api
-    full, deployment = runtime.take_requests(key)
-    try:
-        if full or key not in runtime.snapshots:
-            body = read_model_service(api, *key)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                runtime.forget(key)
-                return
-            reconcile(runtime, body)
-        elif deployment is not None:
-            refresh_status(runtime, api, key, deployment)
-    except kopf.PermanentError:
-        raise
-    except Exception:
-        runtime.want_full_pass(key)  # the retry must not lose what was asked for
-        raise
+    """Work-queue entry: the full pass when asked for, else the status-only pass.
+
+    Deployment progress of a service this process has not had a pass for yet is left alone: its own handler's
+    pass (creation, or resume after a restart) is under way and reads the Deployment when it applies it.
+    """
+    with runtime.lock(key):
+        full, deployment = runtime.take_requests(key)
+        try:
+            if full:
+                body = read_model_service(runtime.api, *key)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    runtime.forget(key)
+                    return
+                reconcile(runtime, body, force=True)
+            elif deployment is not None and key in runtime.snapshots:
+                refresh_status(runtime, runtime.api, key, deployment)
+        except kopf.PermanentError:
+            raise
+        except Exception:
+            runtime.want_full_pass(key)  # the retry must not lose what was asked for
+            raise
