@@ -91,7 +91,8 @@ def s3_client(s3: "S3Spec | None" = None):
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    # A session of its own: boto3's default session caches the credentials it resolved first.
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=s3.endpoint if s3 and s3.endpoint else os.environ.get("AWS_ENDPOINT_URL") or None,
         region_name=(s3.region if s3 and s3.region else None) or os.environ.get("AWS_REGION") or "us-east-1",
