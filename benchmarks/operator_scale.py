@@ -121,7 +121,7 @@ def count_ready(custom: client.CustomObjectsApi, namespace: str) -> int:
     return ready
 
 
-def wait_until(what: str, check, deadline: float, interval: float = 0.5) -> float:
+def wait_until(what: str, check, deadline: float, interval: float = 1.0) -> float:
     start = time.monotonic()
     while not check():
         if time.monotonic() > deadline:

@@ -195,10 +195,11 @@ def test_invalid_status_and_differences():
 def test_events_announce_transitions_only():
     before = compose_status(None, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment(available=0)))
     after = compose_status(before, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
-    assert [(e.type, e.reason) for e in transition_events(None, before)] == [("Normal", "UriSpecified")]  # not "rolling out"
+    assert transition_events(None, before) == []  # a new service finding its model and rolling out: no news yet
     events = transition_events(before, after)
     assert [(e.type, e.reason) for e in events] == [("Normal", "Available")]
     assert transition_events(after, after) == []
+    assert [e.reason for e in transition_events(None, after)] == ["Available"]
     missing = compose_status(after, inputs(resolve_compression_job("slim", None)), None)
     assert ("Warning", "CompressionJobNotFound") in [(e.type, e.reason) for e in transition_events(after, missing)]
 
@@ -288,3 +289,50 @@ def test_queue_honours_temporary_error_delay_and_drops_permanent_errors():
     time.sleep(0.05)
     assert len(seen["t"]) == 2 and seen["t"][1] - seen["t"][0] >= 0.29
     assert len(seen["p"]) == 1
+
+
+# ---- specs the operator cannot act on ------------------------------------------------------------------
+
+
+@pytest.fixture
+def written(monkeypatch):
+    """The statuses reconcile writes, without an API server (only the rejecting paths are exercised)."""
+    from slimserve.controller import model_service_reconcile
+
+    statuses: list[dict] = []
+    monkeypatch.setattr(model_service_reconcile, "write_status", lambda api, owner, status: statuses.append(status) or True)
+    return statuses
+
+
+def rejected(body: dict) -> tuple[str, dict]:
+    from slimserve.controller.config import OperatorConfig
+    from slimserve.controller.model_service_reconcile import Runtime, reconcile
+
+    runtime = Runtime(config=OperatorConfig())
+    runtime.events.post = lambda *args: None  # no API server to post to
+    with pytest.raises(kopf.PermanentError) as raised:
+        reconcile(runtime, body)
+    return str(raised.value), runtime.snapshots
+
+
+def body(spec: dict, generation: int = 2) -> dict:
+    return {"apiVersion": "slimserve.io/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": "digits", "namespace": "team-a", "uid": "uid-1", "generation": generation},
+            "spec": spec}
+
+
+def test_spec_the_schema_let_through_is_rejected_naming_the_field(written):
+    message, snapshots = rejected(body({"model": {"uri": "builtin://digits-mlp"}, "replicas": -1}))
+    assert "spec.replicas" in message
+    ready = find_condition(written[-1]["conditions"], "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "InvalidSpec", 2)
+    assert "spec.replicas" in ready["message"]
+    assert written[-1]["observedGeneration"] == 2
+    assert snapshots == {}
+
+
+def test_unknown_node_pool_is_rejected_listing_the_known_ones(written):
+    message, _ = rejected(body({"model": {"uri": "builtin://digits-mlp"}, "nodePool": "tpu"}))
+    ready = find_condition(written[-1]["conditions"], "Ready")
+    assert ready["reason"] == "UnknownNodePool"
+    assert "'tpu'" in ready["message"] and "cpu, gpu" in ready["message"] and "spec.nodePool" in message

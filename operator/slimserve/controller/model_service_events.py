@@ -48,8 +48,9 @@ class Transition:
 def transition_events(before: dict[str, Any] | None, after: dict[str, Any]) -> list[Transition]:
     """One Event per announced condition whose status or reason changed.
 
-    A condition's first value is announced only when it is good news or a warning: a new service's
-    "not ready yet, rolling out" says nothing a moment's patience would not (and costs an API call per service).
+    A condition's first value is announced only when it is Ready=True or a warning: a new service's "model
+    found, rolling out" says nothing its "Ready" a moment later does not, and each Event is a write to etcd
+    (hundreds of services are created at once).
     """
     previous = (before or {}).get("conditions") or []
     current = after.get("conditions") or []
@@ -60,7 +61,7 @@ def transition_events(before: dict[str, Any] | None, after: dict[str, Any]) -> l
         condition = find_condition(current, type_)
         reason = condition.get("reason") or type_
         first = find_condition(previous, type_) is None
-        if first and condition.get("status") != TRUE and reason not in WARNING_REASONS:
+        if first and not (type_ == "Ready" and condition.get("status") == TRUE) and reason not in WARNING_REASONS:
             continue
         kind = "Warning" if reason in WARNING_REASONS else "Normal"
         verb = "is" if condition.get("status") == TRUE else "is not"
