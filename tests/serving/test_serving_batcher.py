@@ -22,6 +22,7 @@ class RecordingModel:
         self.poison = poison
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.001)  # a model worth batching (see the last tests for the fast ones)
         x = inputs["x"]
         self.calls.append(x.shape[0])
         if self.poison is not None and (x == self.poison).any():
@@ -193,3 +194,62 @@ def test_fast_models_run_inline_and_slow_ones_on_the_model_thread(executor):
     slow, slow_threads = recorder(0.005)
     run(calls(slow, 5))
     assert threading.main_thread() not in slow_threads
+
+
+def test_after_a_crowd_a_slow_model_waits_for_the_crowd_to_come_back(executor):
+    slow = RecordingModel()
+
+    def predict(inputs):
+        time.sleep(0.02)  # slow enough to run on the model thread
+        return slow(inputs)
+
+    async def scenario():
+        metrics = ServerMetrics()
+        batcher = Batcher(ModelCaller(predict, executor, metrics), metrics, max_batch_size=8, max_latency_s=2.0)
+        crowd = [np.ones((1, 2), np.float32)] * 4
+        await _submit_all(batcher, crowd)  # four clients at once: one call of 4
+        first = asyncio.ensure_future(_submit_all(batcher, crowd[:1]))
+        await asyncio.sleep(0.1)  # the other three clients come back a little later
+        rest = await _submit_all(batcher, crowd[1:])
+        return await first, rest
+
+    run(scenario())
+    assert slow.calls == [4, 4]  # the returning crowd ran together, not as 1 + 3
+
+
+def test_a_lone_client_after_a_crowd_waits_at_most_the_latency_window(executor):
+    slow = RecordingModel()
+
+    def predict(inputs):
+        time.sleep(0.02)
+        return slow(inputs)
+
+    async def scenario():
+        metrics = ServerMetrics()
+        batcher = Batcher(ModelCaller(predict, executor, metrics), metrics, max_batch_size=8, max_latency_s=0.1)
+        await _submit_all(batcher, [np.ones((1, 2), np.float32)] * 4)
+        for _ in range(3):  # one client left: after one bounded wait, no more waiting
+            await asyncio.wait_for(_submit_all(batcher, [np.ones((1, 2), np.float32)]), timeout=10)
+
+    run(scenario())
+    assert slow.calls == [4, 1, 1, 1]
+
+
+def test_a_trivially_fast_model_is_not_batched(executor):
+    calls = []
+
+    def tiny(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"]}
+
+    async def scenario():
+        metrics = ServerMetrics()
+        batcher = Batcher(ModelCaller(tiny, executor, metrics), metrics, max_batch_size=8, max_latency_s=1.0)
+        for _ in range(5):  # measured: single-row calls take microseconds
+            await _submit_all(batcher, [np.ones((1, 2), np.float32)])
+        calls.clear()
+        return await _submit_all(batcher, [np.ones((1, 2), np.float32)] * 6)
+
+    results = run(scenario())
+    assert calls == [1] * 6  # each ran as it came, none waited for the others
+    assert all(r.batch_size == 1 for r in results)
