@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from slimserve.api.model_service import ModelServiceSpec
 from slimserve.controller import kube

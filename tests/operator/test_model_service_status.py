@@ -21,7 +21,8 @@ from slimserve.controller.model_service_status import (
     resolve_uri,
     status_differs,
 )
-from slimserve.controller.model_service_reconcile import Runtime, Snapshot, keda_mismatches
+from slimserve.controller.model_service_reconcile import keda_mismatches
+from slimserve.controller.model_service_state import Runtime, Snapshot
 from slimserve.controller.workqueue import WorkQueue
 
 OWNER = Owner("digits", "team-a", "uid-1")
@@ -306,7 +307,7 @@ def written(monkeypatch):
 
 def rejected(body: dict) -> tuple[str, dict]:
     from slimserve.controller.config import OperatorConfig
-    from slimserve.controller.model_service_reconcile import Runtime, reconcile
+    from slimserve.controller.model_service_reconcile import reconcile
 
     runtime = Runtime(config=OperatorConfig())
     runtime.events.post = lambda *args: None  # no API server to post to

@@ -22,18 +22,8 @@ from slimserve.api import GROUP, VERSION
 from slimserve.api.model_service import ModelService
 from slimserve.controller.builders.model_service import COMPONENT, HPA_REF, PDB_REF, SCALED_OBJECT_REF
 from slimserve.controller.labels import MANAGED_BY
-from slimserve.controller.model_service_reconcile import (
-    COMPRESSION_JOBS,
-    KEDA_GROUP,
-    KEDA_PLURAL,
-    KEDA_VERSION,
-    Runtime,
-    child_id,
-    fingerprint,
-    follow_keda_api,
-    reconcile,
-    sync,
-)
+from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, follow_keda_api, reconcile, sync
+from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Runtime, fingerprint
 from slimserve.controller.model_service_status import resolve_compression_job
 from slimserve.controller.workqueue import WorkQueue
 
@@ -160,7 +150,7 @@ def observe_child(api_version: str, kind: str, type: str | None, obj: dict[str, 
         log.info("%s %s/%s was deleted; reconciling its ModelService", kind, meta["namespace"], meta["name"])
         _queue_full_pass(key)
         return
-    known = RUNTIME.fingerprints.get(child_id(api_version, kind, meta["namespace"], meta["name"]))
+    known = RUNTIME.child_fingerprint(key, (api_version, kind, meta["name"]))
     if known is not None and known != fingerprint(obj):
         log.info("%s %s/%s was changed by someone else; restoring it", kind, meta["namespace"], meta["name"])
         _queue_full_pass(key)

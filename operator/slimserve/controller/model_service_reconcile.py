@@ -8,20 +8,13 @@ no-op). Two paths share it:
   KEDA's API appeared or went;
 - the status-only pass (`refresh_status`), when the Deployment's status moved: the status is recomputed from
   what the last full pass saw plus the Deployment from the watch, so a rollout costs one status write.
-
-The operator keeps a little memory per service (`Snapshot`: what it wrote; the fingerprints of the children it
-applied). It is a cache: after a restart the resume handlers rebuild it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import kopf
@@ -32,17 +25,20 @@ from pydantic import ValidationError
 from slimserve.api import GROUP, VERSION
 from slimserve.api.model_service import ModelService, ModelServiceSpec
 from slimserve.controller import kube
-from slimserve.controller.builders.model_service import (
-    ChildRef,
-    Owner,
-    desired_children,
+from slimserve.controller.builders.model_service import Owner, desired_children
+from slimserve.controller.config import NodePool
+from slimserve.controller.model_service_events import transition_events
+from slimserve.controller.model_service_state import (
+    KEDA_GROUP,
+    KEDA_VERSION,
+    Key,
+    Runtime,
+    Snapshot,
+    key_of,
 )
-from slimserve.controller.config import NodePool, OperatorConfig
-from slimserve.controller.model_service_events import EventRecorder, transition_events
 from slimserve.controller.model_service_status import (
     ModelResolution,
     Rollout,
-    StatusInputs,
     autoscaling_verdict,
     compose_status,
     evaluate_rollout,
@@ -55,149 +51,20 @@ from slimserve.controller.model_service_status import (
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name) of a ModelService
 COMPRESSION_JOBS = "compressionjobs"
-KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
-
-
-def key_of(body: Mapping[str, Any]) -> Key:
-    meta = body["metadata"]
-    return meta["namespace"], meta["name"]
-
-
-def fingerprint(body: Mapping[str, Any]) -> str:
-    """What a hand edit of a child changes and its controllers leave alone: spec, labels, owners."""
-    meta = body.get("metadata") or {}
-    essence = {"spec": body.get("spec"), "labels": meta.get("labels"), "owners": meta.get("ownerReferences")}
-    return hashlib.sha256(json.dumps(essence, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def child_id(api_version: str, kind: str, namespace: str, name: str) -> tuple[str, str, str, str]:
-    return api_version, kind, namespace, name
-
-
-@dataclass
-class Snapshot:
-    """What the last full pass decided and wrote for one ModelService."""
-
-    owner: Owner
-    inputs: StatusInputs
-    status: dict[str, Any]
-    body_ref: dict[str, Any]  # apiVersion/kind/metadata for Events
-    deployment_generation: int = 0  # of the Deployment as last applied: older watch events are stale
-    desired: tuple = ()  # what the children were built from: (uid, generation, model, KEDA installed)
-
-
-class KedaDiscovery:
-    """Whether KEDA's ScaledObject API is served, by API discovery (no rights needed), cached for `ttl` seconds."""
-
-    def __init__(self, ttl: float = 10.0) -> None:
-        self._ttl = ttl
-        self._lock = threading.Lock()
-        self._known: tuple[float, bool] | None = None
-
-    def installed(self, api: client.ApiClient) -> bool:
-        with self._lock:
-            if self._known and time.monotonic() - self._known[0] < self._ttl:
-                return self._known[1]
-        return self.refresh(api)
-
-    def refresh(self, api: client.ApiClient) -> bool:
-        try:
-            resources = client.CustomObjectsApi(api).get_api_resources(KEDA_GROUP, KEDA_VERSION)
-            found = any(r.name == KEDA_PLURAL for r in resources.resources or [])
-        except ApiException as exc:
-            if exc.status != 404:
-                kube.raise_for_api_error(exc, "discovering KEDA's API")
-            found = False
-        with self._lock:
-            self._known = (time.monotonic(), found)
-        return found
-
-    def forget(self) -> None:
-        with self._lock:
-            self._known = None
-
-
-# Optional children whose existence the operator learns from Kopf indices: (namespace, owner name) -> names.
-OwnedIndex = Mapping[tuple[str, str], Any]
-
-
-@dataclass
-class Runtime:
-    """The controller's process-wide state, shared by Kopf's handler threads and the work queue."""
-
-    config: OperatorConfig | None = None
-    api: client.ApiClient | None = None
-    owned: dict[str, OwnedIndex] = field(default_factory=dict)  # kind -> Kopf index of that kind
-    keda: KedaDiscovery = field(default_factory=KedaDiscovery)
-    events: EventRecorder = field(default_factory=EventRecorder)
-    snapshots: dict[Key, Snapshot] = field(default_factory=dict)
-    fingerprints: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
-    latest_deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    full_pass_wanted: set[Key] = field(default_factory=set)
-    _locks: dict[Key, threading.RLock] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
-
-    def lock(self, key: Key) -> threading.RLock:
-        """Serialises the passes of one service (re-entrant: a queued pass holds it around the full pass)."""
-        with self._guard:
-            return self._locks.setdefault(key, threading.RLock())
-
-    def want_full_pass(self, key: Key) -> None:
-        with self._guard:
-            self.full_pass_wanted.add(key)
-
-    def take_requests(self, key: Key) -> tuple[bool, dict[str, Any] | None]:
-        with self._guard:
-            full = key in self.full_pass_wanted
-            self.full_pass_wanted.discard(key)
-            return full, self.latest_deployments.pop(key, None)
-
-    def note_deployment(self, key: Key, deployment: dict[str, Any]) -> None:
-        with self._guard:
-            self.latest_deployments[key] = deployment
-
-    def forget(self, key: Key) -> None:
-        namespace, _ = key
-        with self._guard:
-            self.snapshots.pop(key, None)
-            self.full_pass_wanted.discard(key)
-            self.latest_deployments.pop(key, None)
-            self._locks.pop(key, None)
-            snapshot_children = [k for k in self.fingerprints if k[2] == namespace and k[3] == key[1]]
-            for child in snapshot_children:
-                self.fingerprints.pop(child, None)
-
-    def exists(self, ref: ChildRef, owner: Owner) -> bool:
-        index = self.owned.get(ref.kind)
-        return bool(index is not None and index.get((owner.namespace, owner.name)))
 
 
 # ---- API calls ----------------------------------------------------------------------------------------
 
 
-def read_model_service(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+def read_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A slimserve.io object, or None when it does not exist."""
     try:
-        return client.CustomObjectsApi(api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, ModelService.plural, name
-        )
+        return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     except ApiException as exc:
         if exc.status == 404:
             return None
-        kube.raise_for_api_error(exc, f"reading ModelService {namespace}/{name}")
-        raise
-
-
-def read_compression_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return client.CustomObjectsApi(api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, COMPRESSION_JOBS, name
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        kube.raise_for_api_error(exc, f"reading CompressionJob {namespace}/{name}")
+        kube.raise_for_api_error(exc, f"reading {plural} {namespace}/{name}")
         raise
 
 
@@ -221,14 +88,6 @@ def write_status(api: client.ApiClient, owner: Owner, status: dict[str, Any]) ->
         raise
 
 
-def _api_call(what: str, call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except ApiException as exc:
-        kube.raise_for_api_error(exc, what)
-        raise
-
-
 # ---- the passes ---------------------------------------------------------------------------------------
 
 
@@ -241,23 +100,19 @@ def body_ref(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _publish(runtime: Runtime, api: client.ApiClient, snapshot_before: dict[str, Any] | None, snapshot: Snapshot) -> None:
-    """Write the status when it changed and post an Event per condition transition."""
-    if status_differs(snapshot_before, snapshot.status):
-        if not write_status(api, snapshot.owner, snapshot.status):
-            return
-        for event in transition_events(snapshot_before, snapshot.status):
-            runtime.events.post(api, snapshot.body_ref, event)
+def publish(
+    runtime: Runtime, api: client.ApiClient, owner: Owner, ref: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    """Write the status when it changed, and post an Event per condition transition."""
+    if status_differs(before, after) and write_status(api, owner, after):
+        for event in transition_events(before, after):
+            runtime.events.post(api, ref, event)
 
 
 def _reject(runtime: Runtime, api: client.ApiClient, body: Mapping[str, Any], reason: str, message: str) -> None:
-    owner = Owner.from_body(body)
-    previous = body.get("status") or {}
+    previous = dict(body.get("status") or {})
     status = invalid_status(previous, body["metadata"].get("generation", 0), reason, message)
-    if status_differs(previous, status):
-        if write_status(api, owner, status):
-            for event in transition_events(previous, status):
-                runtime.events.post(api, body_ref(body), event)
+    publish(runtime, api, Owner.from_body(body), body_ref(body), previous, status)
     raise kopf.PermanentError(message)
 
 
@@ -278,7 +133,7 @@ def resolve_model(api: client.ApiClient, namespace: str, spec: ModelServiceSpec)
     if spec.model.uri:
         return resolve_uri(spec.model.uri)
     job_name = spec.model.compression_job_ref.name
-    return resolve_compression_job(job_name, read_compression_job(api, namespace, job_name))
+    return resolve_compression_job(job_name, read_custom(api, COMPRESSION_JOBS, namespace, job_name))
 
 
 def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False) -> Snapshot:
@@ -320,7 +175,7 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
             rollout = evaluate_rollout(deployment)
         status = compose_status(previous, inputs, rollout)
         snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation, desired)
-        _publish(runtime, api, previous, snapshot)
+        publish(runtime, api, owner, snapshot.body_ref, previous, status)
         runtime.snapshots[key] = snapshot
         return snapshot
 
@@ -336,22 +191,21 @@ def _apply_children(
 ) -> dict[str, Any]:
     """Apply every desired child, delete the optional ones no longer wanted; the live Deployment."""
     children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda)
+    key = (owner.namespace, owner.name)
     deployment: dict[str, Any] = {}
     for manifest in children.apply:
-        meta = manifest["metadata"]
         live = _apply_child(runtime, api, manifest)
-        runtime.fingerprints[child_id(manifest["apiVersion"], manifest["kind"], owner.namespace, meta["name"])] = (
-            fingerprint(live)
-        )
+        runtime.remember_child(key, (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]), live)
         if manifest["kind"] == "Deployment":
             deployment = live
     for ref in children.delete:
-        if runtime.exists(ref, owner):
-            _api_call(
-                f"deleting {ref.kind} {ref.name}",
-                lambda r=ref: kube.delete(api, r.api_version, r.kind, owner.namespace, r.name),
-            )
-            runtime.fingerprints.pop(child_id(ref.api_version, ref.kind, owner.namespace, ref.name), None)
+        if not runtime.exists(ref, owner):
+            continue
+        try:
+            kube.delete(api, ref.api_version, ref.kind, owner.namespace, ref.name)
+        except ApiException as exc:
+            kube.raise_for_api_error(exc, f"deleting {ref.kind} {ref.name}")
+        runtime.remember_child(key, (ref.api_version, ref.kind, ref.name), None)
     return deployment
 
 
@@ -375,9 +229,8 @@ def refresh_status(runtime: Runtime, api: client.ApiClient, key: Key, deployment
             return
         rollout = evaluate_rollout(deployment) if snapshot.inputs.resolution.model is not None else None
         status = compose_status(snapshot.status, snapshot.inputs, rollout)
-        updated = dataclasses.replace(snapshot, status=status)
-        _publish(runtime, api, snapshot.status, updated)
-        runtime.snapshots[key] = updated
+        publish(runtime, api, snapshot.owner, snapshot.body_ref, snapshot.status, status)
+        runtime.snapshots[key] = dataclasses.replace(snapshot, status=status)
 
 
 def keda_mismatches(runtime: Runtime, keys: list[Key], installed: bool) -> list[Key]:
@@ -422,7 +275,7 @@ def sync(runtime: Runtime, key: Key) -> None:
         full, deployment = runtime.take_requests(key)
         try:
             if full:
-                body = read_model_service(runtime.api, *key)
+                body = read_custom(runtime.api, ModelService.plural, *key)
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     runtime.forget(key)
                     return

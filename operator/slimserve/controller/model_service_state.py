@@ -1,0 +1,149 @@
+"""What the ModelService controller remembers between passes, shared by Kopf's threads and the work queue.
+
+A cache, never the truth: after a restart the resume handlers rebuild it from the cluster. Per service it holds
+the last status written (`Snapshot`), the fingerprints of the children it applied (to tell a hand edit from
+the children's own controllers at work), the latest Deployment seen and whether a full pass was asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from slimserve.controller import kube
+from slimserve.controller.builders.model_service import ChildRef, Owner
+from slimserve.controller.config import OperatorConfig
+from slimserve.controller.model_service_events import EventRecorder
+from slimserve.controller.model_service_status import StatusInputs
+
+Key = tuple[str, str]  # (namespace, name) of a ModelService
+ChildId = tuple[str, str, str]  # (apiVersion, kind, name) of a child in its service's namespace
+KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
+
+
+def key_of(body: Mapping[str, Any]) -> Key:
+    meta = body["metadata"]
+    return meta["namespace"], meta["name"]
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    """What a hand edit of a child changes and its controllers leave alone: spec, labels, owners."""
+    meta = body.get("metadata") or {}
+    essence = {"spec": body.get("spec"), "labels": meta.get("labels"), "owners": meta.get("ownerReferences")}
+    return hashlib.sha256(json.dumps(essence, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the last full pass decided and wrote for one ModelService."""
+
+    owner: Owner
+    inputs: StatusInputs
+    status: dict[str, Any]
+    body_ref: dict[str, Any]  # apiVersion/kind/metadata, for Events
+    deployment_generation: int = 0  # of the Deployment as last applied: older watch events are stale
+    desired: tuple = ()  # what the children were built from: (uid, generation, model, KEDA installed)
+
+
+class KedaDiscovery:
+    """Whether KEDA's ScaledObject API is served, by API discovery (no rights needed), cached for `ttl` seconds."""
+
+    def __init__(self, ttl: float = 10.0) -> None:
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._known: tuple[float, bool] | None = None
+
+    def installed(self, api: client.ApiClient) -> bool:
+        with self._lock:
+            if self._known and time.monotonic() - self._known[0] < self._ttl:
+                return self._known[1]
+        return self.refresh(api)
+
+    def refresh(self, api: client.ApiClient) -> bool:
+        try:
+            resources = client.CustomObjectsApi(api).get_api_resources(KEDA_GROUP, KEDA_VERSION)
+            found = any(r.name == KEDA_PLURAL for r in resources.resources or [])
+        except ApiException as exc:
+            if exc.status != 404:
+                kube.raise_for_api_error(exc, "discovering KEDA's API")
+            found = False
+        with self._lock:
+            self._known = (time.monotonic(), found)
+        return found
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known = None
+
+
+# A Kopf index of optional children by their service: (namespace, service name) -> child names.
+OwnedIndex = Mapping[tuple[str, str], Any]
+
+
+@dataclass
+class Runtime:
+    """The controller's process-wide state."""
+
+    config: OperatorConfig | None = None
+    api: client.ApiClient | None = None
+    owned: dict[str, OwnedIndex] = field(default_factory=dict)  # kind -> Kopf index of that kind
+    keda: KedaDiscovery = field(default_factory=KedaDiscovery)
+    events: EventRecorder = field(default_factory=EventRecorder)
+    snapshots: dict[Key, Snapshot] = field(default_factory=dict)
+    fingerprints: dict[Key, dict[ChildId, str]] = field(default_factory=dict)
+    latest_deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    full_pass_wanted: set[Key] = field(default_factory=set)
+    _locks: dict[Key, threading.RLock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, key: Key) -> threading.RLock:
+        """Serialises the passes of one service (re-entrant: a queued pass holds it around the full pass)."""
+        with self._guard:
+            return self._locks.setdefault(key, threading.RLock())
+
+    def want_full_pass(self, key: Key) -> None:
+        with self._guard:
+            self.full_pass_wanted.add(key)
+
+    def note_deployment(self, key: Key, deployment: dict[str, Any]) -> None:
+        with self._guard:
+            self.latest_deployments[key] = deployment
+
+    def take_requests(self, key: Key) -> tuple[bool, dict[str, Any] | None]:
+        """(full pass wanted, latest Deployment seen), both cleared."""
+        with self._guard:
+            full = key in self.full_pass_wanted
+            self.full_pass_wanted.discard(key)
+            return full, self.latest_deployments.pop(key, None)
+
+    def remember_child(self, key: Key, child: ChildId, live: Mapping[str, Any] | None) -> None:
+        """The child as last applied (None: deleted by the operator)."""
+        with self._guard:
+            children = self.fingerprints.setdefault(key, {})
+            if live is None:
+                children.pop(child, None)
+            else:
+                children[child] = fingerprint(live)
+
+    def child_fingerprint(self, key: Key, child: ChildId) -> str | None:
+        with self._guard:
+            return self.fingerprints.get(key, {}).get(child)
+
+    def exists(self, ref: ChildRef, owner: Owner) -> bool:
+        index = self.owned.get(ref.kind)
+        return bool(index is not None and index.get((owner.namespace, owner.name)))
+
+    def forget(self, key: Key) -> None:
+        with self._guard:
+            self.snapshots.pop(key, None)
+            self.fingerprints.pop(key, None)
+            self.full_pass_wanted.discard(key)
+            self.latest_deployments.pop(key, None)
+            self._locks.pop(key, None)
