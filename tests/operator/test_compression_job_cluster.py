@@ -21,6 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes import config as kube_config
 
+from slimserve.artifacts.cache import cache_root
 from slimserve.compression.status_sink import KubernetesStatusSink
 from slimserve.controller import status_update
 from slimserve.controller.builders.compression_job import POD_ANNOTATIONS_ANNOTATION
@@ -32,6 +33,9 @@ pytestmark = pytest.mark.cluster
 CPU_NODES = {"kwok-cpu-0", "kwok-cpu-1", "kwok-cpu-2"}
 GPU_NODES = {"kwok-gpu-0", "kwok-gpu-1"}
 FAST_DIGITS_STEPS = [{"prune": {"amount": 0.5, "finetuneEpochs": 1}}, {"quantize": {"method": "int8-static"}}]
+# The real compressor's run: the reporting path is under test, not the quantizer (compiling the quantized model
+# for its measurements alone takes ~20 s of CPU), so pruning with one recovery epoch only.
+E2E_STEPS = [{"prune": {"amount": 0.5, "finetuneEpochs": 1}}]
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -402,6 +406,9 @@ def run_pod_locally(pod: dict, kubeconfig: Path, root: Path) -> subprocess.Popen
 
     env = {item["name"]: local(item["value"]) for item in container["env"] if "value" in item}
     env.update(
+        # The demo model's trained weights come from this machine's cache: a fresh pod trains them once first
+        # (half a minute of CPU here), which is not what this test is about.
+        SLIMSERVE_CACHE=str(cache_root()),
         KUBECONFIG=str(kubeconfig),
         PATH=os.environ["PATH"],
         OMP_NUM_THREADS="2",
@@ -417,7 +424,7 @@ def test_real_compressor_reports_through_the_api_and_the_job_succeeds(control_pl
     cp = control_plane
     bound_claim(cp, namespace, "artifacts")
     manifest = compression_job(
-        "digits-slim", outcome="run", output="pvc://artifacts/digits-slim", evaluation={"maxDrop": 0.05}
+        "digits-slim", outcome="run", output="pvc://artifacts/digits-slim", steps=E2E_STEPS, evaluation={"maxDrop": 0.05}
     )
     running(cp, namespace, manifest)
     (pod,) = pods_of_job(cp, namespace, "digits-slim-g1")
@@ -450,7 +457,7 @@ def test_real_compressor_reports_through_the_api_and_the_job_succeeds(control_pl
     assert status["artifact"]["digest"] == manifest_digest
     metrics = status["metrics"]
     assert metrics["sizeRatio"] > 1 and metrics["accuracyDelta"] >= -0.05
-    assert [step["step"] for step in metrics["steps"]][:2] == ["prune/structured", "quantize/int8-static"]
+    assert [step["step"] for step in metrics["steps"]] == ["prune/structured"]
     result = json.loads(stdout.strip().splitlines()[-1])  # the JSON-lines sink saw the same result
     assert result["event"] == "result" and result["artifact"]["digest"] == manifest_digest
 
