@@ -40,8 +40,12 @@ def within_budget(context: StepContext, metric: float) -> bool:
     return context.baseline_metric - metric <= context.max_drop + _TOLERANCE
 
 
-def run_within_budget(state: ModelState, config: StepConfig, context: StepContext) -> tuple[ModelState, StepConfig]:
-    """(new state, the config that produced it); BudgetExceeded lists every candidate when none fits."""
+def run_within_budget(state: ModelState, config: StepConfig, context: StepContext) -> tuple[ModelState, StepConfig, float]:
+    """(new state, the config that produced it, its metric); BudgetExceeded lists every candidate when none fits.
+
+    Candidates are scored as they will be served (a quantized one optimized for inference), so the budget
+    is judged on the numbers the server will produce.
+    """
     transform = transform_for(config)
     label = step_label(config)
     tried: list[Candidate] = []
@@ -50,7 +54,7 @@ def run_within_budget(state: ModelState, config: StepConfig, context: StepContex
         context.reporter.span(0.9 * (1 - 0.5**attempt), 0.9 * (1 - 0.5 ** (attempt + 1)))
         context.reporter.update(0.0, f"{label}: trying {describe(candidate_config)}")
         candidate_state = transform(state, candidate_config, context)
-        metric = context.task.score(candidate_state.eager())
+        metric = context.task.score(candidate_state.served())
         candidate = Candidate(
             step=label, label=describe(candidate_config), metric=metric, size_bytes=candidate_state.size_bytes(),
             parameters=candidate_state.parameters, latency_ms=_quick_latency_ms(candidate_state, context),
@@ -60,7 +64,7 @@ def run_within_budget(state: ModelState, config: StepConfig, context: StepContex
         if within_budget(context, metric):
             candidate.accepted = True
             context.reporter.span(0.0, 1.0)
-            return candidate_state, candidate_config
+            return candidate_state, candidate_config, metric
     raise BudgetExceeded(
         f"{context.where}: no candidate keeps {context.task.metric_name} within evaluation.maxDrop {context.max_drop:g} "
         f"of the baseline {context.baseline_metric:.4f}; tried: "
@@ -76,13 +80,13 @@ def _candidates(state: ModelState, config: StepConfig, context: StepContext) -> 
 
 
 def _quick_latency_ms(state: ModelState, context: StepContext) -> float:
-    """Batch-1 latency of the candidate as it runs in eager mode (the final model is measured fully later)."""
+    """A short batch-1 latency measurement of the candidate as served (the kept one is measured fully later)."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(context.threads)
     try:
-        times = time_call(state.eager(), context.task.sample_inputs(1), warmup=2, runs=15, budget_s=1.0)
+        times = time_call(state.served(), context.task.sample_inputs(1), warmup=2, runs=15, budget_s=1.0)
     finally:
         torch.set_num_threads(previous)
     return statistics.median(times) * 1000.0

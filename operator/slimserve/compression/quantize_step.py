@@ -26,7 +26,7 @@ def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) ->
     from slimserve.compression.quantize import apply_quantization, quantizable_layers
 
     model = state.float_copy()
-    if not quantizable_layers(model):
+    if not quantizable_layers(model, config.method):
         raise InvalidSpec(f"{context.where}: this {state.family.name} model has no layer the quantizer supports")
     known = {name for name, _ in model.named_modules() if name}
     unknown = [name for name in config.keep_float or [] if name not in known]
@@ -47,7 +47,7 @@ def sensitive_layers_in_float(state: ModelState, config: QuantizeConfig, context
     from slimserve.compression.quantize import quantizable_layers
 
     already = list(config.keep_float or [])
-    layers = [name for name in quantizable_layers(state.model) if name not in already]
+    layers = [name for name in quantizable_layers(state.model, config.method) if name not in already]
     if len(layers) < 2:
         return
     ranked = rank_by_sensitivity(state, config, context, layers)

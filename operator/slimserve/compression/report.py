@@ -16,7 +16,7 @@ def report_json(metrics: CompressionMetrics, candidates: list[Candidate], *, max
         "maxDrop": max_drop,
         "metrics": metrics.to_json(),
         "candidates": [c.as_json() for c in candidates],
-        "notes": "candidate latencies are eager batch-1 measurements; metrics.compressed is the model as served",
+        "notes": "candidates are scored as served; their latencies are short batch-1 measurements",
     }
     return json.dumps(payload, indent=2).encode()
 
