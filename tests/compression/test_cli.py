@@ -97,6 +97,12 @@ def test_quantize_before_prune_is_an_invalid_order(tmp_path, monkeypatch, capsys
     _assert_one_line_failure(code, events, err, tmp_path, "spec.steps: quantize must be the last step")
 
 
+def test_invalid_output_override_names_the_option(tmp_path, monkeypatch, capsys):
+    spec = {**FAST_SPEC, "output": {"uri": f"file://{tmp_path}/out"}}
+    code, events, err = _run_cli(tmp_path, monkeypatch, capsys, spec, "--output", "ftp://elsewhere/x")
+    _assert_one_line_failure(code, events, err, tmp_path, "--output: String should match pattern")
+
+
 def test_spec_from_the_environment_and_missing_spec(tmp_path, monkeypatch, capsys):
     code, events, err = _run_cli(tmp_path, monkeypatch, capsys, None)
     _assert_one_line_failure(code, events, err, tmp_path, "--spec FILE or the environment variable SLIMSERVE_JOB_SPEC")

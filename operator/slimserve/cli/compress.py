@@ -110,7 +110,7 @@ def load_spec(path: str | None, output_uri: str | None = None):
     import yaml
     from pydantic import ValidationError
 
-    from slimserve.api.compression_job import CompressionJob, CompressionJobSpec, OutputSpec
+    from slimserve.api.compression_job import CompressionJob, CompressionJobSpec
 
     if path:
         try:
@@ -138,7 +138,7 @@ def load_spec(path: str | None, output_uri: str | None = None):
         else:
             spec = CompressionJobSpec.model_validate(data)
         if output_uri:
-            spec = CompressionJobSpec.model_validate({**spec.to_json(), "output": OutputSpec(uri=output_uri).to_json()})
+            spec = CompressionJobSpec.model_validate({**spec.to_json(), "output": {"uri": output_uri}})
     except ValidationError as exc:
         raise SpecError("\n".join(_field_errors(exc, "" if is_manifest else "spec", output_uri))) from None
     return spec
