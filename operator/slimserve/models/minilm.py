@@ -99,9 +99,21 @@ class MiniLMAttention(nn.Module):
         batch, seq_len, _ = x.shape
         return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def fuse_for_inference(self) -> None:
+        """Compute query, key and value with one GEMM (see slimserve.compression.quantize.fuse)."""
+        from slimserve.compression.quantize.fuse import concat_output_channels
+
+        self.fused_qkv = concat_output_channels([self.query, self.key, self.value])
+
+    def _projections(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fused = getattr(self, "fused_qkv", None)
+        if fused is not None:
+            return fused(hidden).chunk(3, dim=-1)
+        return self.query(hidden), self.key(hidden), self.value(hidden)
+
     def forward(self, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = hidden.shape
-        q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
+        q, k, v = (self._heads(t) for t in self._projections(hidden))
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         context = context.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
         return self.norm(hidden + self.output(context))

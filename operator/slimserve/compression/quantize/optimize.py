@@ -15,6 +15,7 @@ Shapes:
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+from slimserve.compression.quantize.fuse import apply_inference_fusions
 from slimserve.compression.quantize.int8_static import _Int8Static
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,9 @@ class OptimizedForward:
 
 
 def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> OptimizedForward:
-    model.eval()
+    """Compile `model` for serving and warm it up; `model` itself is left as it was (fusions apply to a copy)."""
+    model = copy.deepcopy(model).eval()
+    apply_inference_fusions(model)
     bucketed = any(isinstance(m, _Int8Static) for m in model.modules())
     if bucketed:
         # Registers torchao's x86 inductor passes that lower quantize/dequantize + conv/linear to oneDNN int8.
