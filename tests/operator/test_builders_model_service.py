@@ -287,3 +287,12 @@ def test_builders_do_not_mutate_their_inputs():
 @pytest.mark.parametrize("uri, claim", [("pvc://models/a/b", "models"), ("file:///models/a", None), ("s3://b/k", None)])
 def test_pvc_claim(uri, claim):
     assert b.pvc_claim(uri) == claim
+
+
+def test_controller_owner_is_read_back_from_a_child():
+    manifest = by_kind(children(spec()))["Deployment"]
+    assert b.controller_owner(manifest["metadata"]) == "digits"
+    foreign = {"ownerReferences": [{**OWNER.reference(), "kind": "CompressionJob"}]}
+    assert b.controller_owner(foreign) is None
+    assert b.CHILD_SELECTOR == "app.kubernetes.io/managed-by=slimserve-operator,app.kubernetes.io/component=server"
+    assert all(manifest["metadata"]["labels"][k] == v for k, v in b.CHILD_LABELS.items())

@@ -240,6 +240,21 @@ def test_cpu_autoscaling_creates_an_hpa_that_owns_replicas(control_plane, operat
              lambda: not condition(status_of(cp, namespace, "elastic"), "AutoscalingReady"))
 
 
+def test_turning_autoscaling_on_keeps_the_running_replicas(control_plane, operator, namespace):
+    cp = control_plane
+    apply(cp, namespace, model_service("growing", replicas=3))
+    wait_ready(cp, namespace, "growing")
+    generation = deployment_of(cp, namespace, "growing")["metadata"]["generation"]
+    cp.kubectl("patch", "-n", namespace, "msvc", "growing", "--type=merge",
+               "-p", json.dumps({"spec": {"autoscaling": {"metric": "cpu", "minReplicas": 2, "maxReplicas": 6}}}))
+    wait_for("the HPA", lambda: exists(cp, namespace, "hpa", "growing"))
+    wait_for("replicas handed over", lambda: not field_manager_owns_replicas(deployment_of(cp, namespace, "growing")))
+    deployment = deployment_of(cp, namespace, "growing")
+    assert deployment["spec"]["replicas"] == 3  # not reset to 1 when the operator stopped stating them
+    assert deployment["metadata"]["generation"] == generation
+    assert len(pods_of(cp, namespace, "growing")) == 3
+
+
 @pytest.fixture
 def keda_crd(control_plane):
     """Installs KEDA's real ScaledObject CRD on request; always removed afterwards (it is cluster-wide)."""

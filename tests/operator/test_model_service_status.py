@@ -21,7 +21,7 @@ from slimserve.controller.model_service_status import (
     resolve_uri,
     status_differs,
 )
-from slimserve.controller.model_service_reconcile import keda_mismatches
+from slimserve.controller.model_service_reconcile import keda_mismatches, missing_scaled_objects
 from slimserve.controller.model_service_state import Runtime, Snapshot
 from slimserve.controller.workqueue import WorkQueue
 
@@ -213,6 +213,22 @@ def test_services_whose_keda_assumption_went_stale_are_found():
     keys = [("ns", "with"), ("ns", "without"), ("ns", "unseen")]
     assert keda_mismatches(runtime, keys, installed=True) == [("ns", "without")]
     assert keda_mismatches(runtime, keys, installed=False) == [("ns", "with")]
+    assert missing_scaled_objects(runtime, keys, present=set()) == [("ns", "with")]
+    assert missing_scaled_objects(runtime, keys, present={("ns", "with")}) == []
+
+
+def test_an_optional_child_exists_if_kopf_saw_it_or_the_operator_applied_it():
+    from slimserve.controller.builders.model_service import SCALED_OBJECT_REF, ChildRef
+
+    runtime = Runtime(owned={"ScaledObject": {}})
+    ref = ChildRef(*SCALED_OBJECT_REF, "digits")
+    assert not runtime.exists(ref, OWNER)
+    runtime.remember_child(("team-a", "digits"), (*SCALED_OBJECT_REF, "digits"), {"spec": {}})
+    assert runtime.exists(ref, OWNER)
+    runtime.remember_child(("team-a", "digits"), (*SCALED_OBJECT_REF, "digits"), None)
+    assert not runtime.exists(ref, OWNER)
+    runtime.owned["ScaledObject"] = {("team-a", "digits"): ["digits"]}
+    assert runtime.exists(ref, OWNER)
 
 
 # ---- work queue ---------------------------------------------------------------------------------------

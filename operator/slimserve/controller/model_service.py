@@ -20,8 +20,13 @@ import kopf
 
 from slimserve.api import GROUP, VERSION
 from slimserve.api.model_service import ModelService
-from slimserve.controller.builders.model_service import COMPONENT, HPA_REF, PDB_REF, SCALED_OBJECT_REF
-from slimserve.controller.labels import MANAGED_BY
+from slimserve.controller.builders.model_service import (
+    CHILD_LABELS,
+    HPA_REF,
+    PDB_REF,
+    SCALED_OBJECT_REF,
+    controller_owner,
+)
 from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, follow_keda_api, reconcile, sync
 from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Runtime, fingerprint
 from slimserve.controller.model_service_status import resolve_compression_job
@@ -31,7 +36,6 @@ log = logging.getLogger(__name__)
 
 PLURAL = ModelService.plural
 KEDA_CHECK_SECONDS = 10.0
-CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}
 
 RUNTIME = Runtime()
 QUEUE: WorkQueue[tuple[str, str]] = WorkQueue(lambda key: sync(RUNTIME, key), workers=4, name="model-services")
@@ -41,14 +45,6 @@ _STOP = threading.Event()
 def _queue_full_pass(key: tuple[str, str]) -> None:
     RUNTIME.want_full_pass(key)
     QUEUE.add(key)
-
-
-def controller_owner(meta: dict[str, Any]) -> str | None:
-    """Name of the ModelService that controls this object, if one does."""
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == ModelService.kind and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return ref.get("name")
-    return None
 
 
 # ---- lifecycle ----------------------------------------------------------------------------------------

@@ -25,11 +25,18 @@ from pydantic import ValidationError
 from slimserve.api import GROUP, VERSION
 from slimserve.api.model_service import ModelService, ModelServiceSpec
 from slimserve.controller import kube
-from slimserve.controller.builders.model_service import Owner, desired_children
+from slimserve.controller.builders.model_service import (
+    CHILD_SELECTOR,
+    Owner,
+    controller_owner,
+    deployment_replicas,
+    desired_children,
+)
 from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_state import (
     KEDA_GROUP,
+    KEDA_PLURAL,
     KEDA_VERSION,
     Key,
     Runtime,
@@ -52,6 +59,8 @@ from slimserve.controller.model_service_status import (
 log = logging.getLogger(__name__)
 
 COMPRESSION_JOBS = "compressionjobs"
+# Holds the Deployment's replicas for a moment while an autoscaler takes them over (see hand_over_replicas).
+HANDOVER_MANAGER = "slimserve-operator-handover"
 
 
 # ---- API calls ----------------------------------------------------------------------------------------
@@ -169,12 +178,16 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
             return known
         rollout: Rollout | None = None
         deployment_generation = known.deployment_generation if known else 0
+        replicas = known.stated_replicas if known else None
         if resolution.model is not None:
+            replicas = deployment_replicas(spec, keda)
+            if replicas is None and known is not None and known.stated_replicas is not None:
+                hand_over_replicas(api, owner, known.stated_replicas, spec)
             deployment = _apply_children(runtime, api, owner, spec, pool, resolution, keda)
             deployment_generation = deployment.get("metadata", {}).get("generation", 0)
             rollout = evaluate_rollout(deployment)
         status = compose_status(previous, inputs, rollout)
-        snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation, desired)
+        snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation, desired, replicas)
         publish(runtime, api, owner, snapshot.body_ref, previous, status)
         runtime.snapshots[key] = snapshot
         return snapshot
@@ -207,6 +220,31 @@ def _apply_children(
             kube.raise_for_api_error(exc, f"deleting {ref.kind} {ref.name}")
         runtime.remember_child(key, (ref.api_version, ref.kind, ref.name), None)
     return deployment
+
+
+def hand_over_replicas(api: client.ApiClient, owner: Owner, stated: int, spec: ModelServiceSpec) -> None:
+    """Keep the replicas an autoscaler is about to own instead of letting them fall to the default of one.
+
+    Server-side apply resets a field its only manager stops stating. Applying the count under a second
+    manager first keeps it owned, so the Deployment keeps its pods until the HPA or KEDA scales it.
+    """
+    bounds = spec.autoscaling
+    replicas = min(max(stated, bounds.min_replicas, 1), bounds.max_replicas) if bounds else stated
+    partial = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": owner.child_name, "namespace": owner.namespace},
+        "spec": {"replicas": replicas},
+    }
+    try:
+        client.AppsV1Api(api).patch_namespaced_deployment(
+            owner.child_name, owner.namespace, partial, field_manager=HANDOVER_MANAGER, force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    except ApiException as exc:
+        # No Deployment (it was deleted): nothing to keep, and a partial one cannot be created (422).
+        if exc.status not in (404, 422):
+            kube.raise_for_api_error(exc, f"handing the replicas of Deployment {owner.child_name} to the autoscaler")
 
 
 def _apply_child(runtime: Runtime, api: client.ApiClient, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -244,24 +282,55 @@ def keda_mismatches(runtime: Runtime, keys: list[Key], installed: bool) -> list[
     return stale
 
 
+def missing_scaled_objects(runtime: Runtime, keys: list[Key], present: set[Key]) -> list[Key]:
+    """Services whose last pass made a ScaledObject that is not there any more."""
+    missing = []
+    for key in keys:
+        snapshot = runtime.snapshots.get(key)
+        verdict = snapshot.inputs.autoscaling if snapshot else None
+        if verdict is not None and verdict.reason == "ScaledObject" and key not in present:
+            missing.append(key)
+    return missing
+
+
+def scaled_object_owners(api: client.ApiClient, namespaces: set[str]) -> set[Key]:
+    """(namespace, ModelService) of every ScaledObject the operator made in these namespaces."""
+    owners: set[Key] = set()
+    for namespace in sorted(namespaces):
+        listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, label_selector=CHILD_SELECTOR
+        )
+        for item in listed.get("items") or []:
+            owner = controller_owner(item.get("metadata") or {})
+            if owner:
+                owners.add((namespace, owner))
+    return owners
+
+
 def follow_keda_api(
     runtime: Runtime, dependents: Callable[[], list[Key]], requeue: Callable[[Key], None], stop: threading.Event,
     interval: float,
 ) -> None:
-    """While any service scales on concurrency, check every `interval` seconds whether KEDA's API came or went.
+    """While any service scales on concurrency, check every `interval` seconds that its autoscaler is right.
 
-    Discovery instead of a watch of CRDs: it needs no cluster-wide rights, so it works for a namespaced operator.
+    KEDA's API may come or go (discovery, not a watch of CRDs: no cluster-wide rights needed, so it works for
+    a namespaced operator), and a ScaledObject deleted by hand must come back even when Kopf is not watching
+    ScaledObjects (see `Runtime.exists`): one list per namespace tells.
     """
     while not stop.wait(interval):
-        keys = dependents()
-        if not keys:
-            continue
         try:
+            keys = dependents()
+            if not keys:
+                continue
             installed = runtime.keda.refresh(runtime.api)
-        except Exception as exc:  # the API server may be briefly away; the next round retries
-            log.info("checking for KEDA's API failed: %s", exc)
+            stale = keda_mismatches(runtime, keys, installed)
+            if installed:
+                present = scaled_object_owners(runtime.api, {namespace for namespace, _ in keys})
+                stale += missing_scaled_objects(runtime, keys, present)
+        except Exception as exc:  # the API server may be briefly away (or the index changing): next round
+            log.info("checking the KEDA autoscalers failed: %s", exc)
             continue
-        for key in keda_mismatches(runtime, keys, installed):
+        for key in dict.fromkeys(stale):
             requeue(key)
 
 

@@ -50,6 +50,7 @@ class Snapshot:
     body_ref: dict[str, Any]  # apiVersion/kind/metadata, for Events
     deployment_generation: int = 0  # of the Deployment as last applied: older watch events are stale
     desired: tuple = ()  # what the children were built from: (uid, generation, model, KEDA installed)
+    stated_replicas: int | None = None  # the Deployment's replicas as last applied; None: an autoscaler's
 
 
 class KedaDiscovery:
@@ -137,8 +138,15 @@ class Runtime:
             return self.fingerprints.get(key, {}).get(child)
 
     def exists(self, ref: ChildRef, owner: Owner) -> bool:
+        """Whether the optional child may exist: Kopf's index of its kind saw it, or this process applied it.
+
+        Both, because Kopf starts watching a kind whose CRD appears later (KEDA installed after the operator
+        started) only if API discovery already lists it when the CRD's events arrive; it may not.
+        """
+        key = (owner.namespace, owner.name)
         index = self.owned.get(ref.kind)
-        return bool(index is not None and index.get((owner.namespace, owner.name)))
+        seen = index is not None and bool(index.get(key))
+        return seen or self.child_fingerprint(key, (ref.api_version, ref.kind, ref.name)) is not None
 
     def forget(self, key: Key) -> None:
         with self._guard:

@@ -22,7 +22,7 @@ from slimserve.controller.builders import (
     pool_placement,
 )
 from slimserve.controller.config import NodePool, OperatorConfig
-from slimserve.controller.labels import selector_labels, standard_labels
+from slimserve.controller.labels import MANAGED_BY, selector_labels, standard_labels
 
 COMPONENT = "server"
 CONTAINER_NAME = "server"
@@ -130,6 +130,19 @@ class Children:
 
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[ChildRef] = field(default_factory=list)
+
+
+# What every child carries whatever its service: for watches and lists of all of them.
+CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}
+CHILD_SELECTOR = ",".join(f"{key}={value}" for key, value in CHILD_LABELS.items())
+
+
+def controller_owner(meta: dict[str, Any]) -> str | None:
+    """Name of the ModelService that controls an object with this metadata, if one does."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == ModelService.kind and ref.get("apiVersion") == API_VERSION:
+            return ref.get("name")
+    return None
 
 
 def labels_of(owner: Owner) -> dict[str, str]:
