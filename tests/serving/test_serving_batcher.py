@@ -14,6 +14,13 @@ from slimserve.serving.batching import Arrival, Batcher, DirectRunner, ModelCall
 from slimserve.serving.metrics import ServerMetrics
 
 
+def compute(seconds: float) -> None:
+    """Busy for `seconds` of CPU, like a model (the server judges models by the CPU time of their calls)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 class RecordingModel:
     """y = 2x + row index within the call: rows must come back to the request that sent them, in order."""
 
@@ -22,7 +29,7 @@ class RecordingModel:
         self.poison = poison
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        time.sleep(0.001)  # a model worth batching (see the last tests for the fast ones)
+        compute(0.001)  # a model worth batching, run on the model thread (see the last tests for fast ones)
         x = inputs["x"]
         self.calls.append(x.shape[0])
         if self.poison is not None and (x == self.poison).any():
@@ -177,7 +184,7 @@ def test_fast_models_run_inline_and_slow_ones_on_the_model_thread(executor):
         def predict(inputs):
             threads.append(threading.current_thread())
             if pause_s:
-                time.sleep(pause_s)
+                compute(pause_s)
             return {"y": inputs["x"]}
 
         return predict, threads
@@ -200,7 +207,7 @@ def test_after_a_crowd_a_slow_model_waits_for_the_crowd_to_come_back(executor):
     slow = RecordingModel()
 
     def predict(inputs):
-        time.sleep(0.02)  # slow enough to run on the model thread
+        compute(0.02)  # slow enough to run on the model thread
         return slow(inputs)
 
     async def scenario():
@@ -221,7 +228,7 @@ def test_a_lone_client_after_a_crowd_waits_at_most_the_latency_window(executor):
     slow = RecordingModel()
 
     def predict(inputs):
-        time.sleep(0.02)
+        compute(0.02)
         return slow(inputs)
 
     async def scenario():

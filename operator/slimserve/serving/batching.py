@@ -53,8 +53,30 @@ class BatchOutputs(dict):
         self.batch_size = batch_size
 
 
+class _RecentDurations:
+    """Median of the last few call durations: one call stretched by the OS scheduler moves nothing."""
+
+    def __init__(self, size: int = 16) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def median(self) -> float | None:
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        return ordered[len(ordered) // 2]
+
+
 class ModelCaller:
-    """Makes the model calls: timed, checked for one output row per input row, inline or on the model thread."""
+    """Makes the model calls: timed, checked for one output row per input row, inline or on the model thread.
+
+    Where to run a call is decided on the CPU time calls take (`time.thread_time`), not their wall time:
+    wall time includes preemption by other processes and, on the model thread, waits for the GIL that a
+    busy event loop holds up to the interpreter's 5 ms switch interval - a fast model measured by wall
+    time under load would look slow, move to the thread, and there look slower still.
+    """
 
     INLINE_BELOW_S = 0.0005  # typical call shorter than this: run it on the event loop
     NO_BATCHING_BELOW_S = 0.00005  # typical single-row call shorter than this: batching cannot pay off
@@ -63,16 +85,38 @@ class ModelCaller:
         self._predict = predict
         self._executor = executor
         self._metrics = metrics
-        self._typical_s: float | None = None  # moving average of call durations; None until measured
-        self._typical_single_s: float | None = None  # the same, of single-row calls
+        self._calls = _RecentDurations()
+        self._single_row_calls = _RecentDurations()
+        self._quiet_single_row_s: float | None = None  # measured by `calibrate`, before any traffic
+
+    def calibrate(self, inputs: Arrays, repeats: int = 10) -> float:
+        """Time single-row calls before serving (on the model thread, no traffic yet); returns the median.
+
+        Whether a model is too fast to batch is decided on this quiet figure, once: under load even CPU
+        time per call grows (a 25 us call measured 70-100 us on a busy 2-core node), which would flip the
+        decision back and forth with the load of the moment.
+        """
+        for _ in range(repeats):
+            start = time.thread_time()
+            self._predict(inputs)
+            self._record(time.thread_time() - start, rows=1)
+        self._quiet_single_row_s = self._single_row_calls.median()
+        return self._quiet_single_row_s
+
+    def _record(self, cpu_seconds: float, rows: int) -> None:
+        self._calls.add(cpu_seconds)
+        if rows == 1:
+            self._single_row_calls.add(cpu_seconds)
 
     @property
     def runs_inline(self) -> bool:
-        return self._typical_s is not None and self._typical_s < self.INLINE_BELOW_S
+        typical = self._calls.median()
+        return typical is not None and typical < self.INLINE_BELOW_S
 
     @property
     def too_fast_to_batch(self) -> bool:
-        return self.runs_inline and self._typical_single_s is not None and self._typical_single_s < self.NO_BATCHING_BELOW_S
+        single = self._quiet_single_row_s if self._quiet_single_row_s is not None else self._single_row_calls.median()
+        return self.runs_inline and single is not None and single < self.NO_BATCHING_BELOW_S
 
     async def __call__(self, inputs: Arrays, rows: int) -> Arrays:
         if self.runs_inline:
@@ -80,23 +124,16 @@ class ModelCaller:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs, rows)
 
     def _timed(self, inputs: Arrays, rows: int) -> Arrays:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         try:
             outputs = self._predict(inputs)
         finally:
-            elapsed = time.perf_counter() - start
-            self._metrics.forward_seconds.observe(elapsed)
-            self._typical_s = _moving_average(self._typical_s, elapsed)
-            if rows == 1:
-                self._typical_single_s = _moving_average(self._typical_single_s, elapsed)
+            self._record(time.thread_time() - cpu_start, rows)
+            self._metrics.forward_seconds.observe(time.perf_counter() - start)
         for name, array in outputs.items():
             if array.shape[:1] != (rows,):
                 raise BatchShapeError(f"model output {name!r} has {array.shape[:1]} rows for a batch of {rows}")
         return outputs
-
-
-def _moving_average(average: float | None, sample: float) -> float:
-    return sample if average is None else 0.8 * average + 0.2 * sample
 
 
 class Arrival:

@@ -52,8 +52,9 @@ class ServedModel:
     def loaded(self) -> bool:
         return self._servable is not None
 
-    def load(self, warmup_batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Load (blocking; call from a worker thread) and warm up at the given batch sizes."""
+    def load(self, warmup_batch_sizes: tuple[int, ...] = (1,), mark_ready: bool = True) -> None:
+        """Load (blocking; call from a worker thread) and warm up at the given batch sizes; then ready,
+        unless `mark_ready` is False (the caller has more to do first and sets `ready` itself)."""
         start = time.perf_counter()
         self._servable = self._loader(self.uri)
         loaded = time.perf_counter()
@@ -63,7 +64,7 @@ class ServedModel:
             "model %s (%s, version %s) loaded in %.2fs, warmed up in %.2fs",
             self.name, self.uri, self._servable.info.version, loaded - start, time.perf_counter() - loaded,
         )
-        self.ready = True
+        self.ready = mark_ready
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._servable is not None

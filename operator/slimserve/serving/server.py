@@ -29,7 +29,7 @@ from slimserve.serving.config import ServerConfig
 from slimserve.serving.dataplane import DataPlane
 from slimserve.serving.grpc_service import add_inference_service
 from slimserve.serving.metrics import ServerMetrics
-from slimserve.serving.model import ServedModel
+from slimserve.serving.model import ServedModel, example_inputs
 from slimserve.serving.rest import build_app
 from slimserve.serving.web.app import wrap_http_app
 
@@ -44,9 +44,7 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def build_dataplane(config: ServerConfig, model: ServedModel, executor: ThreadPoolExecutor) -> DataPlane:
-    metrics = ServerMetrics()
-    call = ModelCaller(model.predict, executor, metrics)
+def build_dataplane(config: ServerConfig, model: ServedModel, call: ModelCaller, metrics: ServerMetrics) -> DataPlane:
     if config.batching:
         runner = Batcher(call, metrics, config.max_batch_size, config.max_latency_ms / 1000)
     else:
@@ -58,7 +56,9 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     model = model or ServedModel(config.artifact, config.model_name)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-model")
-    dataplane = build_dataplane(config, model, executor)
+    metrics = ServerMetrics()
+    call = ModelCaller(model.predict, executor, metrics)
+    dataplane = build_dataplane(config, model, call, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,7 +87,12 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     metrics_server = _start_metrics_port(config, dataplane)
     log.info("listening: REST on %s:%d, gRPC on %s:%d", config.host, config.http_port, config.host, config.grpc_port)
 
-    load = loop.run_in_executor(executor, model.load, _warmup_sizes(config))
+    def prepare() -> None:  # on the model thread
+        model.load(_warmup_sizes(config), mark_ready=False)
+        log.info("model call of one row: %.3f ms", 1000 * call.calibrate(example_inputs(model.info.inputs, 1)))
+        model.ready = True
+
+    load = loop.run_in_executor(executor, prepare)
     stopped = loop.create_task(stop.wait())
     await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
     status = 0
