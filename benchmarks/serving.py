@@ -309,7 +309,7 @@ class BareForward:
         self.servable.predict(inputs)
         times = []
         deadline = time.perf_counter() + seconds
-        while (time.perf_counter() < deadline or len(times) < 3) and len(times) < 20000:
+        while (time.perf_counter() < deadline or len(times) < 5) and len(times) < 20000:
             start = time.perf_counter()
             self.servable.predict(inputs)
             times.append(time.perf_counter() - start)
