@@ -292,10 +292,27 @@ def test_deleting_the_compression_job_removes_its_job_pods_and_access(control_pl
     running(cp, namespace, compression_job("gone", outcome="run"))
     assert pods_of_job(cp, namespace, "gone-g1")
     cp.kubectl("delete", "-n", namespace, "compressionjob/gone", "--wait=true", "--timeout=60s")
-    wait_for("the Job gone", lambda: not exists(cp, namespace, "job", "gone-g1"))
+    # The garbage collector learns of a new CRD at its next discovery sync (every 30 s): early in a session, waits.
+    wait_for("the Job gone", lambda: not exists(cp, namespace, "job", "gone-g1"), timeout=90)
     wait_for("its pods gone", lambda: pods_of_job(cp, namespace, "gone-g1") == [])
     for kind in ("serviceaccount", "role", "rolebinding"):
         wait_for(f"the {kind} gone", lambda kind=kind: not exists(cp, namespace, kind, "gone-compressor"))
+
+
+def test_made_again_under_the_same_name_it_runs_its_own_job_not_the_old_one(control_plane, operator, namespace):
+    cp = control_plane
+    running(cp, namespace, compression_job("again", outcome="run"))
+    old_job = get(cp, namespace, "job", "again-g1")["metadata"]["uid"]
+    cp.kubectl("delete", "-n", namespace, "compressionjob/again", "--wait=false")
+    apply(cp, namespace, compression_job("again", outcome="run"))
+    new_owner = get(cp, namespace, "compressionjob", "again")["metadata"]["uid"]
+    wait_phase(cp, namespace, "again", "Running")
+    job = get(cp, namespace, "job", "again-g1")
+    assert job["metadata"]["uid"] != old_job
+    for kind in ("job", "serviceaccount", "role", "rolebinding"):
+        name = "again-g1" if kind == "job" else "again-compressor"
+        owners = [ref["uid"] for ref in get(cp, namespace, kind, name)["metadata"]["ownerReferences"]]
+        assert owners == [new_owner], f"{kind} {name}: {owners}"
 
 
 # ---- the pod's access and its status sink -------------------------------------------------------------

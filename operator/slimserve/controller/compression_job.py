@@ -92,15 +92,17 @@ def reconcile_compression_job(
         )
         if current["metadata"].get("generation") != generation:
             return  # the spec changed again meanwhile; the newer generation's reconcile takes over
-        for manifest in access:
-            kube.apply(memo.api, manifest)
+        # A CompressionJob deleted and made again under the same name leaves objects of the same names behind
+        # until the garbage collector removes them: wait for that rather than adopt them.
         existing = kube.read(memo.api, "batch/v1", "Job", namespace, desired)
+        if existing is not None and _foreign_owners(existing, meta["uid"]):
+            raise _wait_for_collection(existing)
+        for manifest in access:
+            applied = kube.apply(memo.api, manifest)
+            if _foreign_owners(applied, meta["uid"]):
+                raise _wait_for_collection(applied)
         if existing is None:
             kube.apply(memo.api, job)
-        elif not _owned_by(existing, meta["uid"]):
-            raise kopf.TemporaryError(
-                f"Job {desired} belongs to an earlier CompressionJob of this name; waiting for its deletion", delay=5
-            )
     except ApiException as exc:
         kube.raise_for_api_error(exc, f"CompressionJob {namespace}/{name}")
 
@@ -172,8 +174,14 @@ def _retire_job(api, namespace: str, job: str | None, *, keep: str | None) -> No
     kube.delete(api, "batch/v1", "Job", namespace, job, propagation="Background")
 
 
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+def _foreign_owners(obj: dict[str, Any], uid: str) -> bool:
+    """Does `obj` still name an owner other than the CompressionJob `uid` (an earlier one of the same name)?"""
+    return any(ref.get("uid") != uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _wait_for_collection(obj: dict[str, Any]) -> kopf.TemporaryError:
+    what = f"{obj['kind']} {obj['metadata']['name']}"
+    return kopf.TemporaryError(f"{what} belongs to an earlier CompressionJob of this name; waiting for it to go", delay=3)
 
 
 def _compression_job_owner(job: kopf.Body) -> dict[str, Any] | None:
