@@ -15,6 +15,12 @@ from slimserve.controller.conditions import FALSE, TRUE, UNKNOWN, condition_chan
 
 STARTED = "Started"
 SUCCEEDED = "Succeeded"
+# kstatus (Flux, kpt) knows nothing of Succeeded: it reads Reconciling=True as in progress and Stalled=True as
+# failed for good. Both are derived from the phase, in `_with_kstatus_conditions`.
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+IN_PROGRESS_PHASES = ("Pending", "Running")
+STALLED_PHASES = ("Failed", "Invalid")
 FINAL_PHASES = ("Succeeded", "Failed")
 # Fields of one run: cleared when a new generation starts.
 _RUN_FIELDS = ("progress", "artifact", "metrics", "startTime", "completionTime")
@@ -43,6 +49,7 @@ def pending_status(status: dict[str, Any] | None, *, generation: int, job_name: 
     conditions = set_condition(
         conditions, SUCCEEDED, UNKNOWN, "Pending", f"waiting for Job {job_name}", generation=generation
     )
+    conditions = _with_kstatus_conditions(conditions, "Pending", generation)
     return {
         "observedGeneration": generation,
         "phase": "Pending",
@@ -57,6 +64,7 @@ def invalid_status(status: dict[str, Any] | None, *, generation: int, message: s
     status = status or {}
     conditions = set_condition(status.get("conditions"), STARTED, FALSE, "InvalidSpec", message, generation=generation)
     conditions = set_condition(conditions, SUCCEEDED, FALSE, "InvalidSpec", message, generation=generation)
+    conditions = _with_kstatus_conditions(conditions, "Invalid", generation)
     patch = {
         "observedGeneration": generation,
         "phase": "Invalid",
@@ -121,7 +129,7 @@ def status_from_job(
             conditions, SUCCEEDED, UNKNOWN, "Running", "the compression pod is running", generation=generation
         )
         patch["phase"] = "Running"
-    patch["conditions"] = conditions
+    patch["conditions"] = _with_kstatus_conditions(conditions, patch.get("phase", status.get("phase")), generation)
     return _changes(status, patch)
 
 
@@ -171,6 +179,21 @@ def transition_events(before: list[dict[str, Any]] | None, after: list[dict[str,
             }
         )
     return events
+
+
+def _with_kstatus_conditions(conditions: list[dict[str, Any]], phase: str | None, generation: int) -> list[dict[str, Any]]:
+    """Reconciling and Stalled follow the phase; their reason and message repeat Succeeded's."""
+    succeeded = find_condition(conditions, SUCCEEDED) or {}
+    reason, message = succeeded.get("reason") or "Pending", succeeded.get("message", "")
+    in_progress, stalled = phase in IN_PROGRESS_PHASES, phase in STALLED_PHASES
+    conditions = set_condition(
+        conditions, RECONCILING, TRUE if in_progress else FALSE, reason if in_progress else "Finished",
+        message if in_progress else "", generation=generation,
+    )
+    return set_condition(
+        conditions, STALLED, TRUE if stalled else FALSE, reason if stalled else "NotStalled",
+        message if stalled else "", generation=generation,
+    )
 
 
 def _has_started(job_status: dict[str, Any]) -> bool:
