@@ -256,3 +256,26 @@ def test_optimized_forward_matches_eager_for_any_batch(method, digits, trained_s
             # same int8 arithmetic; float rescale and accumulation order may differ slightly
             np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-2, rtol=1e-3)
             assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+
+
+def test_inference_fusions_compute_the_same_outputs():
+    from slimserve.compression.quantize.fuse import concat_output_channels
+    from slimserve.compression.quantize.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 7, 32)
+    projections = [Int8DynamicLinear.from_float(nn.Linear(32, n)) for n in (16, 16, 24)]
+    fused = concat_output_channels(projections)
+    assert torch.equal(fused(x), torch.cat([p(x) for p in projections], dim=-1))  # int32 sums are exact
+    floats = [nn.Linear(32, 8), nn.Linear(32, 8)]
+    torch.testing.assert_close(concat_output_channels(floats)(x), torch.cat([m(x) for m in floats], dim=-1))
+    assert concat_output_channels([nn.Linear(32, 8), nn.Linear(16, 8)]) is None
+
+    output = Int8DynamicLinear.from_float(nn.Linear(32, 10))
+    pre_activation = torch.randn(4, 5, 32) * 3
+    exact_scale = output(nn.functional.gelu(pre_activation))
+    bounded_scale = GeluInt8Linear(output)(pre_activation)
+    # a slightly coarser int8 grid for GELU's output, not a different function
+    assert nn.functional.cosine_similarity(bounded_scale.flatten(1), exact_scale.flatten(1)).min() > 0.999
+    float_reference = nn.functional.linear(nn.functional.gelu(pre_activation), output.weight_int8.float() * output.weight_scale[:, None], output.bias)
+    assert nn.functional.cosine_similarity(bounded_scale.flatten(1), float_reference.flatten(1)).min() > 0.999

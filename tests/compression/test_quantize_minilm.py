@@ -86,14 +86,15 @@ def test_keep_float_leaves_named_layers_in_float(minilm_int8):
 
 @pytest.mark.slow
 def test_optimized_int8_serves_any_batch_and_length(minilm_int8):
-    _, quantized, tokenizer = minilm_int8
+    model, quantized, tokenizer = minilm_int8
     forward = optimize_for_inference(quantized, tokenize(tokenizer, SENTENCES))
     assert all("fused_qkv" not in name for name, _ in quantized.named_modules())  # fusion happened on a copy
     for texts in (SENTENCES[:1], SENTENCES[:3], SENTENCES * 5, ["word " * 200, "hi"]):
         ids, mask = tokenize(tokenizer, texts)
         with torch.inference_mode():
-            expected = quantized(ids, mask)
+            eager_int8, fp32 = quantized(ids, mask), model(ids, mask)
         got = forward(ids, mask)
-        assert got.shape == expected.shape
-        cosines = torch.nn.functional.cosine_similarity(got, expected)
-        assert cosines.min() > 0.9999, (len(texts), ids.shape, cosines.min())
+        assert got.shape == fp32.shape
+        # Same int8 scheme; inductor's float op order can flip a rounding, so not bit-identical to eager.
+        assert torch.nn.functional.cosine_similarity(got, eager_int8).min() > 0.999, (len(texts), ids.shape)
+        assert torch.nn.functional.cosine_similarity(got, fp32).min() > 0.98, (len(texts), ids.shape)

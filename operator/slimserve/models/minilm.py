@@ -126,8 +126,17 @@ class MiniLMFeedForward(nn.Module):
         self.output = nn.Linear(intermediate_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
+    def fuse_for_inference(self) -> None:
+        """GELU + int8 quantization of its output in one pass (see slimserve.compression.quantize.int8_dynamic)."""
+        from slimserve.compression.quantize.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
+
+        self.gelu_output = GeluInt8Linear(self.output) if type(self.output) is Int8DynamicLinear else None
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.norm(hidden + self.output(F.gelu(self.intermediate(hidden))))
+        pre_activation = self.intermediate(hidden)
+        gelu_output = getattr(self, "gelu_output", None)
+        out = gelu_output(pre_activation) if gelu_output is not None else self.output(F.gelu(pre_activation))
+        return self.norm(hidden + out)
 
 
 class MiniLMLayer(nn.Module):

@@ -93,7 +93,8 @@ def _builder(
         )
     if not calibration:
         raise ValueError("calibration: int8-static needs calibration batches (tuples of model inputs)")
-    observed = [name for name in names if not isinstance(dict(model.named_modules())[name], nn.Embedding)]
+    modules = dict(model.named_modules())
+    observed = [name for name in names if not isinstance(modules[name], nn.Embedding)]
     ranges = calibrate(model, observed, calibration, config.calibration_samples)
 
     def static(name: str, module: nn.Module) -> nn.Module:

@@ -29,6 +29,8 @@ from slimserve.compression.quantize.int8_static import _Int8Static
 
 log = logging.getLogger(__name__)
 
+RECOMPILE_LIMIT = 64
+
 
 class OptimizedForward:
     """`forward(*inputs)` of a compiled model, run without autograd; `compile_seconds` is the warm-up cost."""
@@ -60,6 +62,9 @@ def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> Optimized
     """Compile `model` for serving and warm it up; `model` itself is left as it was (fusions apply to a copy)."""
     model = copy.deepcopy(model).eval()
     apply_inference_fusions(model)
+    # Each optimized model (and, bucketed, each batch bucket) is one more entry on the same forward code
+    # object; past the limit dynamo would silently run it eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     bucketed = any(isinstance(m, _Int8Static) for m in model.modules())
     if bucketed:
         # Registers torchao's x86 inductor passes that lower quantize/dequantize + conv/linear to oneDNN int8.
