@@ -62,7 +62,10 @@ def cnn_artifact(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def artifact_server(server_logs, cnn_artifact):
-    yield from _serve(server_logs, cnn_artifact)
+    from slimserve.artifacts import load_artifact
+
+    # Pinned to its digest, as the operator pins the artifact of a CompressionJob.
+    yield from _serve(server_logs, cnn_artifact, "--artifact-digest", load_artifact(cnn_artifact).digest)
 
 
 @pytest.fixture(scope="session")

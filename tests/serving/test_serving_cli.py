@@ -18,6 +18,7 @@ def parse(argv: list[str], environ: dict[str, str]) -> argparse.Namespace:
 def test_environment_variables_set_every_option():
     args = parse([], {
         "SLIMSERVE_ARTIFACT": "builtin://digits-mlp", "SLIMSERVE_MODEL_NAME": "digits",
+        "SLIMSERVE_ARTIFACT_DIGEST": "sha256:abc",
         "SLIMSERVE_HTTP_PORT": "8081", "SLIMSERVE_GRPC_PORT": "9001", "SLIMSERVE_METRICS_PORT": "9090",
         "SLIMSERVE_MAX_BATCH_SIZE": "16", "SLIMSERVE_MAX_LATENCY_MS": "2.5", "SLIMSERVE_BATCHING": "false",
         "SLIMSERVE_MAX_BODY_BYTES": "1048576", "SLIMSERVE_DRAIN_TIMEOUT_S": "7", "SLIMSERVE_SHUTDOWN_DELAY_S": "3",
@@ -25,7 +26,7 @@ def test_environment_variables_set_every_option():
     assert (args.artifact, args.model_name, args.http_port, args.grpc_port, args.metrics_port) == (
         "builtin://digits-mlp", "digits", 8081, 9001, 9090)
     assert (args.max_batch_size, args.max_latency_ms, args.batching, args.max_body_bytes) == (16, 2.5, False, 1048576)
-    assert (args.drain_timeout_s, args.shutdown_delay_s) == (7.0, 3.0)
+    assert (args.drain_timeout_s, args.shutdown_delay_s, args.artifact_digest) == (7.0, 3.0, "sha256:abc")
 
 
 def test_flags_win_over_environment_and_defaults_apply():

@@ -114,6 +114,20 @@ def test_a_saved_artifact_is_served_under_its_own_version(artifact_server, cnn_a
     )
 
 
+def serve_and_fail(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "slimserve.cli.main", "serve", *args, "--host", HOST,
+         "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--torch-threads", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_an_artifact_with_another_digest_than_pinned_is_refused(cnn_artifact):
+    done = serve_and_fail("--artifact", cnn_artifact, "--artifact-digest", "sha256:" + "0" * 64)
+    assert done.returncode == 1
+    assert "digest mismatch" in done.stderr
+
+
 def test_a_tampered_artifact_is_refused_at_start(tmp_path, cnn_artifact):
     tampered = tmp_path / "tampered"
     shutil.copytree(Path(cnn_artifact.removeprefix("file://")), tampered)
@@ -121,10 +135,6 @@ def test_a_tampered_artifact_is_refused_at_start(tmp_path, cnn_artifact):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    done = subprocess.run(
-        [sys.executable, "-m", "slimserve.cli.main", "serve", "--artifact", f"file://{tampered}", "--host", HOST,
-         "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--torch-threads", "1"],
-        capture_output=True, text=True, timeout=120,
-    )
+    done = serve_and_fail("--artifact", f"file://{tampered}")
     assert done.returncode == 1
     assert "could not load" in done.stderr and weights.name in done.stderr

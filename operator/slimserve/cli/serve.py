@@ -50,6 +50,7 @@ class Option:
 
 OPTIONS = (
     Option("--artifact", "ARTIFACT", str, None, "model URI: file://, pvc://, s3:// artifact or builtin://NAME (required)"),
+    Option("--artifact-digest", "ARTIFACT_DIGEST", str, None, "refuse the artifact unless its digest is this sha256:..."),
     Option("--model-name", "MODEL_NAME", str, None, "name in the protocol's paths (default: the model's own name)"),
     Option("--host", "HOST", str, "0.0.0.0", "address to listen on"),
     Option("--http-port", "HTTP_PORT", port, 8080, "REST port (also /metrics)"),
@@ -131,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = ServerConfig(
-            artifact=args.artifact, model_name=args.model_name, host=args.host, http_port=args.http_port,
+            artifact=args.artifact, artifact_digest=args.artifact_digest, model_name=args.model_name,
+            host=args.host, http_port=args.http_port,
             grpc_port=args.grpc_port, metrics_port=args.metrics_port, batching=args.batching,
             max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
             max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout_s,

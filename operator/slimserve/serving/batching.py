@@ -13,12 +13,12 @@ Policy (per model, one batch in the model at a time):
 - if a merged batch fails, its requests are re-run one by one, so only the faulty one gets the error.
 
 Where the model runs (`ModelCaller`): on one worker thread, so the loop keeps parsing the next requests
-while torch computes (it releases the GIL) - except for models measured to answer in under half a
-millisecond, which run inline on the loop: for them the hand-off to a thread and back costs more than
+while torch computes (it releases the GIL) - except for models whose recent calls took under half a
+millisecond of CPU (median), which run inline on the loop: for them the hand-off to a thread and back costs more than
 the call itself (measured ~0.1-0.3 ms of loop time per hop on a busy 2-core node). Such models never
 wait for a batch to fill: requests queued while the loop was busy still run together, and waiting would
 only hold back responses the clients are ready to act on. And a model whose single-row call takes under
-50 us is not batched at all: batching can save a request at most that, less than its own HTTP handling,
+50 us (measured at start-up, before traffic) is not batched at all: batching can save a request at most that, less than its own HTTP handling,
 while answering a whole burst at once makes clients and server take turns instead of overlapping
 (measured on the 64-128-10 MLP, REST, 32 clients: 2085 req/s batched, 3873 not; the digits CNN, 85 us
 per row alone and 25 us in a batch of 32, gains 1.4x from batching under the same load).

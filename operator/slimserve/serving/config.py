@@ -11,6 +11,7 @@ from slimserve.serving.web.options import WebOptions
 @dataclass(frozen=True)
 class ServerConfig:
     artifact: str
+    artifact_digest: str | None = None  # "sha256:...": refuse an artifact whose manifest digest differs
     model_name: str | None = None  # name in the protocol's paths; defaults to the model's own name
     host: str = "0.0.0.0"
     http_port: int = 8080

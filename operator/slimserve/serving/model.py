@@ -15,19 +15,24 @@ log = logging.getLogger(__name__)
 Loader = Callable[[str], Servable]
 
 
-def _default_loader(uri: str) -> Servable:
-    from slimserve.models import load_servable  # verifies the artifact's digests, refuses a mismatch
+def artifact_loader(expected_digest: str | None = None) -> Loader:
+    """`load_servable`, which verifies every file's sha256; `expected_digest` also pins the manifest's."""
 
-    return load_servable(uri)
+    def load(uri: str) -> Servable:
+        from slimserve.models import load_servable
+
+        return load_servable(uri, expected_digest=expected_digest)
+
+    return load
 
 
 class ServedModel:
     """One model under the name clients use; `ready` only after load and warm-up succeeded."""
 
-    def __init__(self, uri: str, name: str | None = None, loader: Loader = _default_loader) -> None:
+    def __init__(self, uri: str, name: str | None = None, loader: Loader | None = None) -> None:
         self.uri = uri
         self._requested_name = name
-        self._loader = loader
+        self._loader = loader or artifact_loader()
         self._servable: Servable | None = None
         self.ready = False
 
