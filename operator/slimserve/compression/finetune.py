@@ -11,7 +11,7 @@ from slimserve.compression.tasks import Task
 from slimserve.models.families import set_training
 
 # Step sizes for recovery fine-tuning: small for pretrained transformers, larger for small CNNs / MLPs.
-RECOVERY_LEARNING_RATE = {"accuracy": 3e-3, "cosine": 5e-5}
+RECOVERY_LEARNING_RATE = {"accuracy": 3e-3, "cosine": 2e-4}
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:

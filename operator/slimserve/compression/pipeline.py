@@ -44,7 +44,10 @@ def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str) -> Compr
     original = ModelState.of_float(loaded.model, loaded.family, loaded.assets)
     task = build_task(loaded, spec.evaluation, spec.s3)
     reporter.update(0.5, "measuring the original model")
-    baseline = measure(original.eager(), task, size_bytes=original.size_bytes(), parameters=original.parameters, threads=threads)
+    baseline = measure(
+        original.eager(), task, size_bytes=original.size_bytes(), parameters=original.parameters, threads=threads,
+        metric=task.original_score(original.eager()),
+    )
     context = StepContext(task, reporter, threads, spec.evaluation.max_drop, baseline.metric, original, seed=SEED)
     context.candidates.append(_as_candidate("baseline", "fp32", baseline))
 

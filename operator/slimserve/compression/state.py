@@ -31,6 +31,7 @@ class ModelState:
     quantization: "QuantizeConfig | None" = None
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # unstructured-pruning masks by parameter name
     _optimized: Forward | None = field(default=None, repr=False)
+    _size_bytes: int | None = field(default=None, repr=False)
 
     @classmethod
     def of_float(cls, model: nn.Module, family: ModelFamily, assets: Path | None, masks=None) -> "ModelState":
@@ -43,7 +44,7 @@ class ModelState:
         return copy.deepcopy(self.model)
 
     def quantized(self, model: nn.Module, config: "QuantizeConfig") -> "ModelState":
-        return replace(self, model=set_training(model, False), quantization=config, _optimized=None)
+        return replace(self, model=set_training(model, False), quantization=config, _optimized=None, _size_bytes=None)
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
         """What the artifact stores: (tensors, quantization recipe or None)."""
@@ -55,7 +56,9 @@ class ModelState:
         return tensors, recipe
 
     def size_bytes(self) -> int:
-        return serialized_size(self.tensors()[0])
+        if self._size_bytes is None:  # a state's model never changes: serialize it once
+            self._size_bytes = serialized_size(self.tensors()[0])
+        return self._size_bytes
 
     def eager(self) -> Forward:
         return eager_forward(self.model)

@@ -53,6 +53,10 @@ class Task(ABC):
     def loss(self, output: torch.Tensor, batch: Batch, teacher: torch.Tensor | None, temperature: float, alpha: float) -> torch.Tensor:
         """Training loss: against labels and/or the teacher's outputs for the same samples."""
 
+    def original_score(self, forward: Forward) -> float:
+        """The metric of the original model (what the budget is measured from)."""
+        return self.score(forward)
+
     def outputs(self, forward: Forward, split: str, limit: int | None = None) -> torch.Tensor:
         """Model outputs over a split, in order (no autograd)."""
         chunks, seen = [], 0
@@ -141,6 +145,9 @@ class EmbeddingTask(Task):
     def score(self, forward, limit=None):
         embeddings = self.outputs(forward, "eval", limit)
         return float(F.cosine_similarity(embeddings, self.reference[: len(embeddings)], dim=1).mean())
+
+    def original_score(self, forward):
+        return 1.0  # the reference embeddings are the original model's own
 
     def loss(self, output, batch, teacher, temperature, alpha):
         if teacher is None:
