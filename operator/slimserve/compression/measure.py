@@ -11,7 +11,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from slimserve.api.compression_job import ModelMetrics
 from slimserve.artifacts.sparse import pack_sparse
-from slimserve.compression.tasks import Task
+from slimserve.compression.tasks import Task, as_inference
 
 Forward = Callable[..., torch.Tensor]
 THROUGHPUT_BATCH = 32
@@ -25,6 +25,7 @@ def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
 
 def time_call(forward: Forward, inputs: tuple[torch.Tensor, ...], *, warmup: int, runs: int, budget_s: float) -> list[float]:
     """Wall times in seconds of `runs` calls after `warmup` ones; stops early after `budget_s` (at least 3 runs)."""
+    inputs = as_inference(inputs)
     with torch.inference_mode():
         for _ in range(warmup):
             forward(*inputs)

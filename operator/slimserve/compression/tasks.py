@@ -28,6 +28,13 @@ EVAL_BATCH = 64
 SPLIT_SEED = 1234
 
 
+def as_inference(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Copies made under inference mode, like the tensors a server builds: a compiled model sees the same
+    kind of tensor it will serve (other kinds fail its guards and recompile it)."""
+    with torch.inference_mode():
+        return tuple(t.clone() for t in inputs)
+
+
 @dataclass
 class Batch:
     inputs: tuple[torch.Tensor, ...]
@@ -62,7 +69,7 @@ class Task(ABC):
         chunks, seen = [], 0
         with torch.inference_mode():
             for batch in self.batches(split, EVAL_BATCH):
-                chunks.append(forward(*batch.inputs).float())
+                chunks.append(forward(*as_inference(batch.inputs)).float())
                 seen += len(batch.index)
                 if limit is not None and seen >= limit:
                     break
