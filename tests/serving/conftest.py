@@ -81,3 +81,30 @@ def reference_model():
         return cache[uri]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def int8_artifact(tmp_path_factory) -> str:
+    """An int8 artifact made by `slimserve compress` (dynamic quantization of the digits CNN)."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("compress")
+    uri = f"file://{work / 'digits-int8'}"
+    spec = work / "job.yaml"
+    spec.write_text(
+        "model: {uri: 'builtin://digits-cnn'}\n"
+        "steps: [{quantize: {method: int8-dynamic}}]\n"
+        "evaluation: {metric: accuracy, maxDrop: 0.05}\n"
+        f"output: {{uri: '{uri}'}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "slimserve.cli.main", "compress", "--spec", str(spec), "--progress", "json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return uri
+
+
+@pytest.fixture(scope="session")
+def int8_server(server_logs, int8_artifact):
+    yield from _serve(server_logs, int8_artifact, "--model-name", "digits-int8")

@@ -114,6 +114,19 @@ def test_a_saved_artifact_is_served_under_its_own_version(artifact_server, cnn_a
     )
 
 
+@pytest.mark.slow
+def test_an_int8_artifact_from_slimserve_compress_serves_like_it_loads(int8_server, int8_artifact, reference_model):
+    expected = reference_model(int8_artifact).predict({"input": DIGITS})
+    assert httpclient.InferenceServerClient(int8_server.http_url).get_model_metadata("digits-int8")["versions"] == [
+        reference_model(int8_artifact).info.version
+    ]
+    rest = http_infer(int8_server, "digits-int8", "input", "FP32", DIGITS, outputs=["logits", "label"])
+    rpc = grpc_infer(int8_server, "digits-int8", "input", "FP32", DIGITS)
+    for result in (rest, rpc):
+        np.testing.assert_allclose(result.as_numpy("logits"), expected["logits"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(result.as_numpy("label"), expected["label"])
+
+
 def serve_and_fail(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "slimserve.cli.main", "serve", *args, "--host", HOST,
