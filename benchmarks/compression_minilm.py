@@ -28,6 +28,11 @@ import os
 # to 2-4x under load with the default spin). Read by libgomp when torch is imported, so set before that;
 # an explicit OMP_WAIT_POLICY in the environment wins. Servers want the same setting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Compile times are reported cold (a fresh inductor cache, as in a new server pod), unless a cache is given.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import tempfile as _tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _tempfile.mkdtemp(prefix="inductor-cold-")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402

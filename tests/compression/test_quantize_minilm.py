@@ -95,6 +95,8 @@ def test_optimized_int8_serves_any_batch_and_length(minilm_int8):
             eager_int8, fp32 = quantized(ids, mask), model(ids, mask)
         got = forward(ids, mask)
         assert got.shape == fp32.shape
-        # Same int8 scheme; inductor's float op order can flip a rounding, so not bit-identical to eager.
-        assert torch.nn.functional.cosine_similarity(got, eager_int8).min() > 0.999, (len(texts), ids.shape)
-        assert torch.nn.functional.cosine_similarity(got, fp32).min() > 0.98, (len(texts), ids.shape)
+        # Inference fusions quantize GELU's output on a slightly coarser grid, and inductor's float op order
+        # can flip a rounding: not bit-identical to eager int8, but as close to fp32.
+        cosine = torch.nn.functional.cosine_similarity
+        assert cosine(got, fp32).min() >= min(cosine(eager_int8, fp32).min() - 0.005, 0.99), (len(texts), ids.shape)
+        assert cosine(got, fp32).mean() >= 0.99, (len(texts), ids.shape)

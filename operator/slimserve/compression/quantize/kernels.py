@@ -6,7 +6,10 @@ the kernel that produced the activation, and the int32 -> float rescale into the
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
+from torchao.utils import _cpu_is_amx_tile_supported, _cpu_is_vnni_supported
 
 INT8_MAX = 127
 # Scales never go below this, so an all-zero row (a pruned channel, a padded token) quantizes to zeros.
@@ -35,10 +38,22 @@ def int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
 
 
+@lru_cache(maxsize=1)
+def prefers_unsigned_activations() -> bool:
+    """Whether int8 GEMMs should take uint8 activations: on AVX512-VNNI CPUs without AMX, VNNI's dot
+    product multiplies unsigned by signed bytes natively, and a signed-by-signed GEMM pays for a conversion."""
+    return _cpu_is_vnni_supported() and not _cpu_is_amx_tile_supported()
+
+
 def int8_matmul(x_int8: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
     """`x_int8 [M, K] @ weight_int8[N, K].T` accumulated exactly in int32.
 
-    `torch._int_mm` runs oneDNN's int8 GEMM on x86 (AVX512-VNNI / AMX), and inductor keeps it as an
-    extern kernel, fusing its neighbours around it.
+    `torch._int_mm` runs oneDNN's int8 GEMM on x86, and inductor keeps it as an extern kernel, fusing its
+    neighbours around it. On VNNI-without-AMX CPUs the activations are shifted to uint8 (+128, fused into
+    the quantizing kernel) and the shift removed afterwards: 128 * each weight row's sum, a constant that
+    freezing folds.
     """
-    return torch._int_mm(x_int8, weight_int8.t())
+    if x_int8.device.type != "cpu" or not prefers_unsigned_activations():
+        return torch._int_mm(x_int8, weight_int8.t())
+    x_uint8 = (x_int8.to(torch.int32) + 128).to(torch.uint8)
+    return torch._int_mm(x_uint8, weight_int8.t()) - 128 * weight_int8.sum(dim=1, dtype=torch.int32)
