@@ -75,7 +75,13 @@ def test_resources_from_the_spec_win_and_unset_ones_get_defaults():
     manifest = deployment(spec(nodePool="gpu", resources={"limits": {"cpu": "4", "nvidia.com/gpu": 2}}))
     resources = container(manifest)["resources"]
     assert resources["limits"] == {"cpu": "4", "memory": "2Gi", "nvidia.com/gpu": 2}
-    assert resources["requests"] == {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": 2}
+    assert resources["requests"] == {"memory": "1Gi", "nvidia.com/gpu": 2}  # cpu: Kubernetes takes the limit
+
+
+def test_a_request_without_a_limit_is_never_above_a_default_limit():
+    resources = container(deployment(spec(resources={"requests": {"memory": "8Gi", "cpu": "500m"}})))["resources"]
+    assert resources["requests"] == {"memory": "8Gi", "cpu": "500m"}
+    assert resources["limits"] == {"memory": "8Gi", "cpu": "500m"}
 
 
 def test_server_is_configured_through_its_environment():

@@ -21,7 +21,7 @@ from slimserve.controller.model_service_status import (
     resolve_uri,
     status_differs,
 )
-from slimserve.controller.model_service_reconcile import keda_mismatches, missing_scaled_objects
+from slimserve.controller.model_service_keda import keda_mismatches, sweep_scaled_objects
 from slimserve.controller.model_service_state import Runtime, Snapshot
 from slimserve.controller.workqueue import WorkQueue
 
@@ -205,30 +205,61 @@ def test_events_announce_transitions_only():
     assert ("Warning", "CompressionJobNotFound") in [(e.type, e.reason) for e in transition_events(after, missing)]
 
 
-def test_services_whose_keda_assumption_went_stale_are_found():
+def keda_runtime() -> Runtime:
+    """Services "with" (ScaledObject made), "without" (KEDA missing), "cpu" (an HPA), "fixed" (no autoscaling)."""
     runtime = Runtime()
-    for name, installed in (("with", True), ("without", False)):
-        verdict = autoscaling_verdict("concurrency", keda_installed=installed)
+    verdicts = {
+        "with": autoscaling_verdict("concurrency", keda_installed=True),
+        "without": autoscaling_verdict("concurrency", keda_installed=False),
+        "cpu": autoscaling_verdict("cpu", keda_installed=True),
+        "fixed": None,
+    }
+    for name, verdict in verdicts.items():
         runtime.snapshots[("ns", name)] = Snapshot(OWNER, inputs(resolve_uri("file:///m"), autoscaling=verdict), {}, {})
-    keys = [("ns", "with"), ("ns", "without"), ("ns", "unseen")]
-    assert keda_mismatches(runtime, keys, installed=True) == [("ns", "without")]
-    assert keda_mismatches(runtime, keys, installed=False) == [("ns", "with")]
-    assert missing_scaled_objects(runtime, keys, present=set()) == [("ns", "with")]
-    assert missing_scaled_objects(runtime, keys, present={("ns", "with")}) == []
+    return runtime
 
 
-def test_an_optional_child_exists_if_kopf_saw_it_or_the_operator_applied_it():
-    from slimserve.controller.builders.model_service import SCALED_OBJECT_REF, ChildRef
+def scaled_object(owner: str, spec: dict | None = None) -> dict:
+    reference = {**Owner(owner, "ns", "u").reference()}
+    return {"metadata": {"name": owner, "namespace": "ns", "ownerReferences": [reference]}, "spec": spec or {}}
 
-    runtime = Runtime(owned={"ScaledObject": {}})
-    ref = ChildRef(*SCALED_OBJECT_REF, "digits")
-    assert not runtime.exists(ref, OWNER)
-    runtime.remember_child(("team-a", "digits"), (*SCALED_OBJECT_REF, "digits"), {"spec": {}})
-    assert runtime.exists(ref, OWNER)
-    runtime.remember_child(("team-a", "digits"), (*SCALED_OBJECT_REF, "digits"), None)
-    assert not runtime.exists(ref, OWNER)
-    runtime.owned["ScaledObject"] = {("team-a", "digits"): ["digits"]}
-    assert runtime.exists(ref, OWNER)
+
+def test_services_whose_keda_assumption_went_stale_are_found():
+    runtime = keda_runtime()
+    assert keda_mismatches(runtime, installed=True) == [("ns", "without")]
+    assert keda_mismatches(runtime, installed=False) == [("ns", "with")]
+
+
+def test_scaled_objects_missing_left_over_or_edited_are_found():
+    from slimserve.controller.builders.model_service import SCALED_OBJECT_REF
+
+    runtime = keda_runtime()
+    assert sweep_scaled_objects(runtime, []) == [("ns", "with")]  # deleted by hand
+    assert runtime.scaled_objects == set()
+    made = scaled_object("with", {"minReplicaCount": 0})
+    runtime.remember_child(("ns", "with"), (*SCALED_OBJECT_REF, "with"), made)
+    assert sweep_scaled_objects(runtime, [made]) == []
+    assert runtime.scaled_objects == {("ns", "with")}
+    edited = scaled_object("with", {"minReplicaCount": 3})
+    assert sweep_scaled_objects(runtime, [edited]) == [("ns", "with")]
+    leftovers = [scaled_object("cpu"), scaled_object("fixed"), scaled_object("unknown-yet")]
+    assert sweep_scaled_objects(runtime, [made, *leftovers]) == [("ns", "cpu"), ("ns", "fixed")]
+
+
+def test_an_optional_child_exists_if_seen_or_applied():
+    from slimserve.controller.builders.model_service import PDB_REF, SCALED_OBJECT_REF, ChildRef
+
+    runtime = Runtime(owned={"PodDisruptionBudget": {}})
+    pdb, scaled = ChildRef(*PDB_REF, "digits"), ChildRef(*SCALED_OBJECT_REF, "digits")
+    assert not runtime.exists(pdb, OWNER) and not runtime.exists(scaled, OWNER)
+    runtime.remember_child(("team-a", "digits"), (*PDB_REF, "digits"), {"spec": {}})
+    assert runtime.exists(pdb, OWNER)
+    runtime.remember_child(("team-a", "digits"), (*PDB_REF, "digits"), None)
+    assert not runtime.exists(pdb, OWNER)
+    runtime.owned["PodDisruptionBudget"] = {("team-a", "digits"): ["digits"]}
+    assert runtime.exists(pdb, OWNER)
+    runtime.set_scaled_objects({("team-a", "digits")})
+    assert runtime.exists(scaled, OWNER)
 
 
 # ---- work queue ---------------------------------------------------------------------------------------
@@ -353,3 +384,20 @@ def test_unknown_node_pool_is_rejected_listing_the_known_ones(written):
     ready = find_condition(written[-1]["conditions"], "Ready")
     assert ready["reason"] == "UnknownNodePool"
     assert "'tpu'" in ready["message"] and "cpu, gpu" in ready["message"] and "spec.nodePool" in message
+
+
+def test_a_write_refused_for_a_terminating_namespace_is_told_apart():
+    from kubernetes.client.exceptions import ApiException
+
+    from slimserve.controller.kube import namespace_terminating
+
+    def refused(status: int, body: str) -> ApiException:
+        exc = ApiException(status=status, reason="Forbidden")
+        exc.body = body
+        return exc
+
+    terminating = '{"details":{"causes":[{"reason":"NamespaceTerminating","field":"metadata.namespace"}]}}'
+    assert namespace_terminating(refused(403, terminating))
+    assert not namespace_terminating(refused(403, '{"message":"deployments.apps is forbidden: User cannot create"}'))
+    assert not namespace_terminating(refused(409, terminating))
+    assert not namespace_terminating(refused(403, "not json"))

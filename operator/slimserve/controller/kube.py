@@ -6,6 +6,7 @@ wants every time; fields it no longer sets are removed, fields others own (HPA-m
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kopf
@@ -108,6 +109,17 @@ def _call(
     response = api.call_api(*request)
     response.read()
     return api.response_deserialize(response, {"2XX": "object"}).data
+
+
+def namespace_terminating(exc: ApiException) -> bool:
+    """Whether the API refused a write because the namespace is being deleted (nothing more to do there)."""
+    if exc.status != 403:
+        return False
+    try:
+        causes = (json.loads(exc.body or "{}").get("details") or {}).get("causes") or []
+    except (TypeError, ValueError):
+        return False
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
 
 
 def raise_for_api_error(exc: ApiException, what: str) -> None:

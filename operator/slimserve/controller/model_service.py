@@ -2,10 +2,10 @@
 
 - The ModelService's own create/update/resume handlers run the full pass (Kopf retries them).
 - Watches of what a service depends on queue it for another pass: its children (drift: an edited or deleted
-  child is restored; Deployment progress updates the status) and its CompressionJob; a thread notices KEDA's
-  API coming or going (API discovery, while any service scales on concurrency).
-- Kopf indices say which services depend on which CompressionJob or on KEDA, and which optional children
-  (HPA, PDB, ScaledObject) exist, so stale ones are deleted without listing anything.
+  child is restored; Deployment progress updates the status) and its CompressionJob.
+- Kopf indices say which services serve which CompressionJob, and which optional children (HPA, PDB) exist,
+  so stale ones are deleted without listing anything.
+- KEDA is optional and Kopf does not watch it: a thread looks after ScaledObjects (`model_service_keda`).
 
 The watch handlers only look at the event and queue work, so they are coroutines: no thread per event.
 """
@@ -24,11 +24,11 @@ from slimserve.controller.builders.model_service import (
     CHILD_LABELS,
     HPA_REF,
     PDB_REF,
-    SCALED_OBJECT_REF,
     controller_owner,
 )
-from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, follow_keda_api, reconcile, sync
-from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Runtime, fingerprint
+from slimserve.controller.model_service_keda import follow_keda
+from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, reconcile, sync
+from slimserve.controller.model_service_state import Runtime, fingerprint
 from slimserve.controller.model_service_status import resolve_compression_job
 from slimserve.controller.workqueue import WorkQueue
 
@@ -55,22 +55,18 @@ def start_model_service_controller(
     memo: Any,
     model_service_hpas: kopf.Index,
     model_service_pdbs: kopf.Index,
-    model_service_scaled_objects: kopf.Index,
-    model_service_dependencies: kopf.Index,
     **_: Any,
 ) -> None:
     RUNTIME.config, RUNTIME.api = memo.config, memo.api
     RUNTIME.owned = {
         HPA_REF[1]: model_service_hpas,
         PDB_REF[1]: model_service_pdbs,
-        SCALED_OBJECT_REF[1]: model_service_scaled_objects,
     }
     QUEUE.start()
     _STOP.clear()
     threading.Thread(
-        target=follow_keda_api,
-        args=(RUNTIME, lambda: list(model_service_dependencies.get(("keda",), [])), _queue_full_pass, _STOP,
-              KEDA_CHECK_SECONDS),
+        target=follow_keda,
+        args=(RUNTIME, _queue_full_pass, _STOP, KEDA_CHECK_SECONDS),
         name="model-services-keda",
         daemon=True,
     ).start()
@@ -104,13 +100,11 @@ async def forget_deleted_model_service(type: str | None, namespace: str, name: s
 
 @kopf.index(GROUP, VERSION, PLURAL)
 async def model_service_dependencies(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple, Any]:
-    """("job", namespace, job) -> service names; ("keda",) -> (namespace, name) of services that need KEDA."""
+    """("job", namespace, job) -> names of the services serving that CompressionJob's artifact."""
     keys: dict[tuple, Any] = {}
     job = (spec.get("model") or {}).get("compressionJobRef")
     if job and job.get("name"):
         keys[("job", namespace, job["name"])] = name
-    if (spec.get("autoscaling") or {}).get("metric") == "concurrency":
-        keys[("keda",)] = (namespace, name)
     return keys
 
 
@@ -175,11 +169,6 @@ async def follow_pdb(type: str | None, event: dict[str, Any], **_: Any) -> None:
     observe_child(*PDB_REF, type, event["object"])
 
 
-@kopf.on.event(KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, labels=CHILD_LABELS)
-async def follow_scaled_object(type: str | None, event: dict[str, Any], **_: Any) -> None:
-    observe_child(*SCALED_OBJECT_REF, type, event["object"])
-
-
 def _owned(meta: kopf.Meta, namespace: str, name: str) -> dict[tuple[str, str], str] | None:
     owner = controller_owner(dict(meta))
     return {(namespace, owner): name} if owner else None
@@ -192,9 +181,4 @@ async def model_service_hpas(meta: kopf.Meta, namespace: str, name: str, **_: An
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
 async def model_service_pdbs(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
-    return _owned(meta, namespace, name)
-
-
-@kopf.index(KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, labels=CHILD_LABELS)
-async def model_service_scaled_objects(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> dict | None:
     return _owned(meta, namespace, name)

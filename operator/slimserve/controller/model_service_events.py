@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from slimserve.controller import kube
 from slimserve.controller.conditions import TRUE, condition_changed, find_condition, now_rfc3339
 from slimserve.controller.labels import MANAGED_BY
 
@@ -99,7 +100,10 @@ class EventRecorder:
             try:
                 event = client.CoreV1Event.from_dict(self._event(ref, transition))
                 client.CoreV1Api(api).create_namespaced_event(ref["metadata"]["namespace"], event)
-            except (ApiException, OSError, ValueError) as exc:
+            except ApiException as exc:
+                if not kube.namespace_terminating(exc):  # then the Event would go with its namespace anyway
+                    log.warning("could not post Event %s for %s: %s", transition.reason, ref["metadata"]["name"], exc)
+            except (OSError, ValueError) as exc:
                 log.warning("could not post Event %s for %s: %s", transition.reason, ref["metadata"]["name"], exc)
 
     def _event(self, ref: dict[str, Any], transition: Transition) -> dict[str, Any]:

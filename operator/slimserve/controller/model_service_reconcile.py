@@ -25,18 +25,11 @@ from pydantic import ValidationError
 from slimserve.api import GROUP, VERSION
 from slimserve.api.model_service import ModelService, ModelServiceSpec
 from slimserve.controller import kube
-from slimserve.controller.builders.model_service import (
-    CHILD_SELECTOR,
-    Owner,
-    controller_owner,
-    deployment_replicas,
-    desired_children,
-)
+from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children
 from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_state import (
     KEDA_GROUP,
-    KEDA_PLURAL,
     KEDA_VERSION,
     Key,
     Runtime,
@@ -183,7 +176,11 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
             replicas = deployment_replicas(spec, keda)
             if replicas is None and known is not None and known.stated_replicas is not None:
                 hand_over_replicas(api, owner, known.stated_replicas, spec)
-            deployment = _apply_children(runtime, api, owner, spec, pool, resolution, keda)
+            try:
+                deployment = _apply_children(runtime, api, owner, spec, pool, resolution, keda)
+            except NamespaceTerminating:
+                log.debug("%s/%s: its namespace is being deleted; leaving it be", *key)
+                return known or Snapshot(owner, inputs, previous, body_ref(body))
             deployment_generation = deployment.get("metadata", {}).get("generation", 0)
             rollout = evaluate_rollout(deployment)
         status = compose_status(previous, inputs, rollout)
@@ -247,11 +244,17 @@ def hand_over_replicas(api: client.ApiClient, owner: Owner, stated: int, spec: M
             kube.raise_for_api_error(exc, f"handing the replicas of Deployment {owner.child_name} to the autoscaler")
 
 
+class NamespaceTerminating(Exception):
+    """The service's namespace is being deleted: nothing may be created in it, and nothing needs to be."""
+
+
 def _apply_child(runtime: Runtime, api: client.ApiClient, manifest: dict[str, Any]) -> dict[str, Any]:
     what = f"applying {manifest['kind']} {manifest['metadata']['name']}"
     try:
         return kube.apply(api, manifest)
     except ApiException as exc:
+        if kube.namespace_terminating(exc):
+            raise NamespaceTerminating(what) from exc
         if exc.status == 404 and manifest["apiVersion"] == f"{KEDA_GROUP}/{KEDA_VERSION}":
             runtime.keda.forget()  # KEDA was uninstalled since discovery last looked: look again, soon
             raise kopf.TemporaryError(f"{what}: KEDA's API is gone", delay=1) from exc
@@ -269,69 +272,6 @@ def refresh_status(runtime: Runtime, api: client.ApiClient, key: Key, deployment
         status = compose_status(snapshot.status, snapshot.inputs, rollout)
         publish(runtime, api, snapshot.owner, snapshot.body_ref, snapshot.status, status)
         runtime.snapshots[key] = dataclasses.replace(snapshot, status=status)
-
-
-def keda_mismatches(runtime: Runtime, keys: list[Key], installed: bool) -> list[Key]:
-    """Services whose last pass assumed the opposite about KEDA's API (those without one have a pass coming)."""
-    stale = []
-    for key in keys:
-        snapshot = runtime.snapshots.get(key)
-        verdict = snapshot.inputs.autoscaling if snapshot else None
-        if verdict is not None and (verdict.reason == "ScaledObject") != installed:
-            stale.append(key)
-    return stale
-
-
-def missing_scaled_objects(runtime: Runtime, keys: list[Key], present: set[Key]) -> list[Key]:
-    """Services whose last pass made a ScaledObject that is not there any more."""
-    missing = []
-    for key in keys:
-        snapshot = runtime.snapshots.get(key)
-        verdict = snapshot.inputs.autoscaling if snapshot else None
-        if verdict is not None and verdict.reason == "ScaledObject" and key not in present:
-            missing.append(key)
-    return missing
-
-
-def scaled_object_owners(api: client.ApiClient, namespaces: set[str]) -> set[Key]:
-    """(namespace, ModelService) of every ScaledObject the operator made in these namespaces."""
-    owners: set[Key] = set()
-    for namespace in sorted(namespaces):
-        listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
-            KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, label_selector=CHILD_SELECTOR
-        )
-        for item in listed.get("items") or []:
-            owner = controller_owner(item.get("metadata") or {})
-            if owner:
-                owners.add((namespace, owner))
-    return owners
-
-
-def follow_keda_api(
-    runtime: Runtime, dependents: Callable[[], list[Key]], requeue: Callable[[Key], None], stop: threading.Event,
-    interval: float,
-) -> None:
-    """While any service scales on concurrency, check every `interval` seconds that its autoscaler is right.
-
-    KEDA's API may come or go (discovery, not a watch of CRDs: no cluster-wide rights needed, so it works for
-    a namespaced operator), and a ScaledObject deleted by hand must come back even when Kopf is not watching
-    ScaledObjects (see `Runtime.exists`): one list per namespace tells.
-    """
-    while not stop.wait(interval):
-        try:
-            keys = dependents()
-            if not keys:
-                continue
-            installed = runtime.keda.refresh(runtime.api)
-            stale = keda_mismatches(runtime, keys, installed)
-            if installed:
-                present = scaled_object_owners(runtime.api, {namespace for namespace, _ in keys})
-                stale += missing_scaled_objects(runtime, keys, present)
-        except Exception as exc:  # the API server may be briefly away (or the index changing): next round
-            log.info("checking the KEDA autoscalers failed: %s", exc)
-            continue
-        for key in dict.fromkeys(stale):
-            requeue(key)
 
 
 def sync(runtime: Runtime, key: Key) -> None:

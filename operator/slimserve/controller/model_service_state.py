@@ -101,6 +101,7 @@ class Runtime:
     fingerprints: dict[Key, dict[ChildId, str]] = field(default_factory=dict)
     latest_deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     full_pass_wanted: set[Key] = field(default_factory=set)
+    scaled_objects: set[Key] = field(default_factory=set)  # services with a ScaledObject, as last listed
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -130,6 +131,8 @@ class Runtime:
             children = self.fingerprints.setdefault(key, {})
             if live is None:
                 children.pop(child, None)
+                if child[1] == "ScaledObject":
+                    self.scaled_objects.discard(key)
             else:
                 children[child] = fingerprint(live)
 
@@ -137,15 +140,18 @@ class Runtime:
         with self._guard:
             return self.fingerprints.get(key, {}).get(child)
 
-    def exists(self, ref: ChildRef, owner: Owner) -> bool:
-        """Whether the optional child may exist: Kopf's index of its kind saw it, or this process applied it.
+    def set_scaled_objects(self, owners: set[Key]) -> None:
+        with self._guard:
+            self.scaled_objects = owners
 
-        Both, because Kopf starts watching a kind whose CRD appears later (KEDA installed after the operator
-        started) only if API discovery already lists it when the CRD's events arrive; it may not.
-        """
+    def exists(self, ref: ChildRef, owner: Owner) -> bool:
+        """Whether the optional child may exist: seen (Kopf's index of its kind, or the last list of
+        ScaledObjects, which Kopf does not watch) or applied by this process."""
         key = (owner.namespace, owner.name)
         index = self.owned.get(ref.kind)
-        seen = index is not None and bool(index.get(key))
+        with self._guard:
+            listed = ref.kind == "ScaledObject" and key in self.scaled_objects
+        seen = listed or (index is not None and bool(index.get(key)))
         return seen or self.child_fingerprint(key, (ref.api_version, ref.kind, ref.name)) is not None
 
     def forget(self, key: Key) -> None:
@@ -154,4 +160,5 @@ class Runtime:
             self.fingerprints.pop(key, None)
             self.full_pass_wanted.discard(key)
             self.latest_deployments.pop(key, None)
+            self.scaled_objects.discard(key)
             self._locks.pop(key, None)

@@ -220,10 +220,21 @@ def pvc_claim(uri: str) -> str | None:
 
 
 def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any]:
-    """The spec's resources, the default CPU and memory where unset, and the pool's GPUs as a limit."""
+    """The spec's resources, defaults for CPU and memory the spec leaves out, and the pool's GPUs.
+
+    Per resource: neither request nor limit given, both default; only a request, the limit is the request
+    (a default limit could be below it; the server's threads follow the CPU limit); only a limit, Kubernetes
+    makes the request equal to it.
+    """
     given = spec.resources.to_json() if spec.resources else {}
-    requests = {**DEFAULT_RESOURCES["requests"], **given.get("requests", {})}
-    limits = {**DEFAULT_RESOURCES["limits"], **given.get("limits", {})}
+    requests = dict(given.get("requests") or {})
+    limits = dict(given.get("limits") or {})
+    for resource in ("cpu", "memory"):
+        if resource not in requests and resource not in limits:
+            requests[resource] = DEFAULT_RESOURCES["requests"][resource]
+            limits[resource] = DEFAULT_RESOURCES["limits"][resource]
+        elif resource not in limits:
+            limits[resource] = requests[resource]
     if pool.has_gpu:
         gpus = limits.get(pool.gpu_resource_name, requests.get(pool.gpu_resource_name, pool.gpus_per_pod))
         limits[pool.gpu_resource_name] = gpus

@@ -1,0 +1,101 @@
+"""KEDA, an optional API: noticed coming and going, and its ScaledObjects kept right, without a watch.
+
+Kopf is not asked to watch ScaledObjects or KEDA's CRD: a Kopf watcher whose CRD is deleted can fail with
+404 and take the operator down with it, and one whose CRD appears may never start (Kopf rescans API
+discovery on CRD events, which can come before discovery lists the new kind). Instead a thread, every few
+seconds while any ModelService is known: asks API discovery whether `keda.sh/v1alpha1 scaledobjects` is served
+(no rights needed, so a namespaced operator can too), lists the ScaledObjects the operator made, and queues
+a full pass for every service whose autoscaler is not what its last pass made: KEDA came or went, its
+ScaledObject was deleted or edited by hand, or one is left over from an earlier metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from slimserve.controller.builders.model_service import CHILD_SELECTOR, SCALED_OBJECT_REF, controller_owner
+from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Key, Runtime, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def wants_scaled_object(runtime: Runtime, key: Key) -> bool | None:
+    """Whether the last pass of this service made a ScaledObject; None when it has had none (or no autoscaling)."""
+    snapshot = runtime.snapshots.get(key)
+    verdict = snapshot.inputs.autoscaling if snapshot else None
+    return None if verdict is None else verdict.reason == "ScaledObject"
+
+
+def keda_mismatches(runtime: Runtime, installed: bool) -> list[Key]:
+    """Services scaling on concurrency whose last pass assumed the opposite about KEDA's API."""
+    stale = []
+    for key, snapshot in list(runtime.snapshots.items()):
+        verdict = snapshot.inputs.autoscaling
+        if verdict is not None and verdict.reason in ("ScaledObject", "KedaNotInstalled"):
+            if (verdict.reason == "ScaledObject") != installed:
+                stale.append(key)
+    return stale
+
+
+def sweep_scaled_objects(runtime: Runtime, listed: Iterable[dict[str, Any]]) -> list[Key]:
+    """Record which services have a ScaledObject; the services whose ScaledObject is missing, edited or stale."""
+    present: dict[Key, dict[str, Any]] = {}
+    for item in listed:
+        meta = item.get("metadata") or {}
+        owner = controller_owner(meta)
+        if owner:
+            present[(meta.get("namespace"), owner)] = item
+    runtime.set_scaled_objects(set(present))
+    stale = [key for key in list(runtime.snapshots) if wants_scaled_object(runtime, key) and key not in present]
+    for key, item in present.items():
+        wanted = wants_scaled_object(runtime, key)
+        if key in runtime.snapshots and not wanted:
+            stale.append(key)  # left from an earlier metric (or a pass while KEDA was away)
+        elif wanted:
+            known = runtime.child_fingerprint(key, (*SCALED_OBJECT_REF, item["metadata"]["name"]))
+            if known is not None and known != fingerprint(item):
+                stale.append(key)  # edited by hand
+    return stale
+
+
+def list_scaled_objects(api: client.ApiClient, namespaces: set[str]) -> list[dict[str, Any]]:
+    """The operator's ScaledObjects: one list over the cluster, or per namespace without cluster-wide rights."""
+    objects = client.CustomObjectsApi(api)
+    try:
+        return objects.list_cluster_custom_object(
+            KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, label_selector=CHILD_SELECTOR
+        ).get("items") or []
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+    items: list[dict[str, Any]] = []
+    for namespace in sorted(namespaces):
+        items += objects.list_namespaced_custom_object(
+            KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, label_selector=CHILD_SELECTOR
+        ).get("items") or []
+    return items
+
+
+def follow_keda(runtime: Runtime, requeue: Callable[[Key], None], stop: threading.Event, interval: float) -> None:
+    """The thread's loop; see the module's docstring."""
+    while not stop.wait(interval):
+        if not runtime.snapshots:
+            continue
+        try:
+            installed = runtime.keda.refresh(runtime.api)
+            stale = keda_mismatches(runtime, installed)
+            if installed:
+                namespaces = {namespace for namespace, _ in list(runtime.snapshots)}
+                stale += sweep_scaled_objects(runtime, list_scaled_objects(runtime.api, namespaces))
+            else:
+                runtime.set_scaled_objects(set())  # without the API there are none
+        except Exception as exc:  # the API server may be briefly away: the next round tries again
+            log.info("checking KEDA's ScaledObjects failed: %s", exc)
+            continue
+        for key in dict.fromkeys(stale):
+            requeue(key)
