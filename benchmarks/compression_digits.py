@@ -14,23 +14,29 @@ distilled student >= 10x fewer parameters, accuracy drop <= 2 points.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
+# OpenMP threads that sleep at a barrier instead of spinning: on a shared two-core machine a spinning thread
+# burns the time slice its sibling needs. libgomp reads this when torch is imported; the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from slimserve.api.compression_job import CompressionJobSpec
-from slimserve.artifacts import load_artifact
-from slimserve.compression import compress
-from slimserve.models import load_servable
-from slimserve.models.digits import digits_data
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from slimserve.api.compression_job import CompressionJobSpec  # noqa: E402
+from slimserve.artifacts import load_artifact  # noqa: E402
+from slimserve.compression import compress  # noqa: E402
+from slimserve.models import load_servable  # noqa: E402
+from slimserve.models.digits import digits_data  # noqa: E402
 
 BATCH = 256
 PRUNE = {"prune": {"method": "structured", "amount": 0.5, "finetuneEpochs": 5}}
