@@ -102,8 +102,9 @@ def save_artifact(
     return ArtifactRef(uri=uri, digest=digest, size_bytes=size, format=FORMAT_VERSION)
 
 
-def load_artifact(uri: str, *, s3: "S3Spec | None" = None, expected_digest: str | None = None) -> Artifact:
-    """Read and verify an artifact: manifest format, then the size and sha256 of every file it lists."""
+def load_artifact(uri: str | Path, *, s3: "S3Spec | None" = None, expected_digest: str | None = None) -> Artifact:
+    """Read and verify an artifact (a URI, or a local directory): manifest format, then the size and
+    sha256 of every file it lists."""
     path = uri if isinstance(uri, Path) else resolve_uri(uri, s3)
     manifest_path = Path(path) / MANIFEST_NAME
     if not manifest_path.is_file():

@@ -2,7 +2,8 @@
 
 A `Servable` is what `load_servable(uri)` returns: a model rebuilt from a verified artifact (or a builtin
 demo model), with its Open Inference Protocol signature and a batched `predict`. The server knows nothing
-else about models.
+else about models. Servables may also offer `warmup()` (run a tiny batch); `load_servable` has already
+done any load-time work (compiling a quantized model) before it returns.
 """
 
 from __future__ import annotations
