@@ -13,8 +13,6 @@ Every quantized module stores int8 / uint8 values and float scales as buffers: n
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from slimserve.api.steps import QuantizeConfig
@@ -56,11 +54,3 @@ def quantizable_layers(model: nn.Module, method: str | None = None) -> list[str]
     """Names of the modules `method` would quantize (any method when None), in module order."""
     return layers_to_quantize(model, method)
 
-
-def describe(model: nn.Module) -> dict[str, Any]:
-    """Counts of quantized modules by kind (for reports and logs)."""
-    counts: dict[str, int] = {}
-    for module in model.modules():
-        if isinstance(module, QuantizedModule):
-            counts[module.kind] = counts.get(module.kind, 0) + 1
-    return counts

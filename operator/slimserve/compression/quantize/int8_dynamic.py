@@ -2,18 +2,21 @@
 
 Why our own module rather than torchao's `Int8DynamicActivationInt8WeightConfig` or PT2E:
 - the artifact must be pickle-free: this module's state is three plain tensors (int8 weight, float32
-  scales, float32 bias), saved as safetensors and reloaded into a fresh module;
-- measured on the 2-core AVX512-VNNI CPUs we serve on (benchmarks/compression_minilm.py), torchao's
-  compiled CPU path does its int8 matmul in float (`safe_int_mm`), and oneDNN's `qlinear_pointwise` with a
-  signed-int8 input falls back to a reference kernel thousands of times slower; `torch._int_mm` runs
-  oneDNN's VNNI int8 GEMM and, under torch.compile, the per-token quantization fuses into the kernel that
-  produces the activation (LayerNorm, GELU) and the rescale into the one that consumes the product.
-- per-token activation scales (not one scale per tensor, as eager `quantize_dynamic` and oneDNN use) keep
-  the outliers of one token from crushing the others: this is what keeps MiniLM's cosine above 0.995.
+  scales, float32 bias), saved as safetensors and reloaded into a fresh module, where torchao's quantized
+  weights are tensor subclasses that serialize through pickle;
+- the math is the fast one on the CPUs we serve on (2-core AVX512-VNNI, no AMX): per-token activation
+  scales (outliers of one token do not crush the others: MiniLM keeps a 0.997 cosine where the per-tensor
+  scales of eager `quantize_dynamic` and ONNX Runtime give 0.95-0.97), `torch._int_mm` (oneDNN's VNNI GEMM,
+  uint8 x int8, see `kernels.int8_matmul`), and under torch.compile the quantization fuses into the kernel
+  that produces the activation (LayerNorm, GELU) and the rescale into the next one;
+- owning the module lets inference fusions (`fuse.py`, `GeluInt8Linear`) change the graph without
+  changing the artifact. benchmarks/compression_minilm.py measures it against torchao, ONNX Runtime and
+  eager `quantize_dynamic` side by side.
 
-The rescale multiplies by one combined scale (`x_scale * w_scale`), not by the two in turn: inductor's
-x86 "smooth quant" pattern (registered when torchao's X86InductorQuantizer is imported, e.g. for
-int8-static) matches the two-multiply form and rewrites it to that slow signed-int8 oneDNN call.
+The rescale multiplies by one combined scale (`x_scale * w_scale`), not by the two in turn: inductor's x86
+"smooth quant" pattern (registered when torchao's X86InductorQuantizer is imported, e.g. for int8-static)
+matches the two-multiply form and rewrites it to oneDNN's `qlinear_pointwise`, which with signed int8
+inputs runs a reference kernel thousands of times slower on this CPU (measured: seconds per GEMM).
 """
 
 from __future__ import annotations

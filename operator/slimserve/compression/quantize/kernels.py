@@ -6,8 +6,6 @@ the kernel that produced the activation, and the int32 -> float rescale into the
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 from torchao.utils import _cpu_is_amx_tile_supported, _cpu_is_vnni_supported
 
@@ -38,11 +36,15 @@ def int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
 
 
-@lru_cache(maxsize=1)
-def prefers_unsigned_activations() -> bool:
+def _prefers_unsigned_activations() -> bool:
     """Whether int8 GEMMs should take uint8 activations: on AVX512-VNNI CPUs without AMX, VNNI's dot
     product multiplies unsigned by signed bytes natively, and a signed-by-signed GEMM pays for a conversion."""
     return _cpu_is_vnni_supported() and not _cpu_is_amx_tile_supported()
+
+
+# Read once at import: a plain bool is a constant to torch.compile, where a call to the detection would
+# break the graph at every linear layer.
+UNSIGNED_ACTIVATIONS = _prefers_unsigned_activations()
 
 
 def int8_matmul(x_int8: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
@@ -53,7 +55,7 @@ def int8_matmul(x_int8: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor
     the quantizing kernel) and the shift removed afterwards: 128 * each weight row's sum, a constant that
     freezing folds.
     """
-    if x_int8.device.type != "cpu" or not prefers_unsigned_activations():
+    if x_int8.device.type != "cpu" or not UNSIGNED_ACTIVATIONS:
         return torch._int_mm(x_int8, weight_int8.t())
     x_uint8 = (x_int8.to(torch.int32) + 128).to(torch.uint8)
     return torch._int_mm(x_uint8, weight_int8.t()) - 128 * weight_int8.sum(dim=1, dtype=torch.int32)

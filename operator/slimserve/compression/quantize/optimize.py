@@ -39,6 +39,7 @@ class OptimizedForward:
         self.model = model
         self.bucketed = bucketed
         self.compile_seconds = 0.0
+        self.single_graph = True  # False when the model only compiled with graph breaks
         self._compiled = compiled
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -76,8 +77,17 @@ def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> Optimized
         for tensor in inputs:
             for dim in _dynamic_dims(tensor) if isinstance(tensor, torch.Tensor) else ():
                 torch._dynamo.mark_dynamic(tensor, dim)
-    forward = OptimizedForward(model, torch.compile(model, dynamic=False if bucketed else None), bucketed=bucketed)
-    forward.warm_up(inputs)
+    dynamic = False if bucketed else None
+    # One graph or none: a graph break silently splits the model into pieces run from Python (measured
+    # 2x slower for MiniLM), so breaks are errors first; a model that needs them still compiles, with a warning.
+    forward = OptimizedForward(model, torch.compile(model, dynamic=dynamic, fullgraph=True), bucketed=bucketed)
+    try:
+        forward.warm_up(inputs)
+    except torch._dynamo.exc.Unsupported as exc:
+        log.warning("%s does not compile as one graph (%s); compiling it with graph breaks", type(model).__name__, exc)
+        forward = OptimizedForward(model, torch.compile(model, dynamic=dynamic), bucketed=bucketed)
+        forward.warm_up(inputs)
+        forward.single_graph = False
     log.info("compiled %s for inference in %.1f s", type(model).__name__, forward.compile_seconds)
     return forward
 
