@@ -13,10 +13,12 @@ Why our own module rather than torchao's `Int8DynamicActivationInt8WeightConfig`
   changing the artifact. benchmarks/compression_minilm.py measures it against torchao, ONNX Runtime and
   eager `quantize_dynamic` side by side.
 
-The rescale multiplies by one combined scale (`x_scale * w_scale`), not by the two in turn: inductor's x86
-"smooth quant" pattern (registered when torchao's X86InductorQuantizer is imported, e.g. for int8-static)
-matches the two-multiply form and rewrites it to oneDNN's `qlinear_pointwise`, which with signed int8
-inputs runs a reference kernel thousands of times slower on this CPU (measured: seconds per GEMM).
+Compiled, inductor's x86 "smooth quant" pattern (torchao's X86InductorQuantizer passes, which
+`optimize_for_inference` registers) rewrites `_int_mm -> * x_scale -> * w_scale` to oneDNN's
+`qlinear_pointwise` with the weight prepacked once: with uint8 inputs that measured ~15 % faster than
+`_int_mm`. With signed int8 inputs the same call runs a reference kernel thousands of times slower on a
+VNNI CPU (measured: seconds per GEMM), so the signed path multiplies by one combined scale, which the
+pattern does not match.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ import torch
 from torch import nn
 
 from slimserve.compression.quantize.base import QuantizedModule, spec_bool, spec_int
-from slimserve.compression.quantize.kernels import INT8_MAX, int8_matmul, int8_per_token, symmetric_int8_per_row
+from slimserve.compression.quantize.kernels import (
+    INT8_MAX,
+    UNSIGNED_ACTIVATIONS,
+    int8_matmul,
+    int8_per_token,
+    symmetric_int8_per_row,
+)
 
 
 class Int8DynamicLinear(QuantizedModule):
@@ -55,7 +63,12 @@ class Int8DynamicLinear(QuantizedModule):
 
     def project(self, x_int8: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """The float output [M, out] of already-quantized inputs (int8 [M, in], scale [M, 1])."""
-        out = int8_matmul(x_int8, self.weight_int8).float() * (x_scale * self.weight_scale)
+        accumulated = int8_matmul(x_int8, self.weight_int8).float()
+        if UNSIGNED_ACTIVATIONS:
+            # uint8 x int8: let inductor's x86 pattern lower this to oneDNN's qlinear (weights prepacked once)
+            out = accumulated * x_scale * self.weight_scale
+        else:
+            out = accumulated * (x_scale * self.weight_scale)  # keep signed inputs away from that pattern
         return out if self.bias is None else out + self.bias
 
     def spec(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import torch._inductor.config as inductor_config
 from torch import nn
 
 from slimserve.compression.quantize.fuse import apply_inference_fusions
+from slimserve.compression.quantize.int8_dynamic import Int8DynamicLinear
 from slimserve.compression.quantize.int8_static import _Int8Static
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> Optimized
     # object; past the limit dynamo would silently run it eagerly.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     bucketed = any(isinstance(m, _Int8Static) for m in model.modules())
-    if bucketed:
-        # Registers torchao's x86 inductor passes that lower quantize/dequantize + conv/linear to oneDNN int8.
+    if bucketed or any(isinstance(m, Int8DynamicLinear) for m in model.modules()):
+        # Registers torchao's x86 inductor passes that lower quantize/dequantize + conv/linear and
+        # uint8 `_int_mm` + rescale to oneDNN int8 kernels with prepacked weights.
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
     inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     if _batch_size(inputs) < 2:
