@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import kopf
 from kubernetes import client
