@@ -183,8 +183,10 @@ def test_digest_is_in_the_pod_template_so_a_new_artifact_rolls_and_the_same_one_
     assert first == same
     assert first["spec"]["template"]["metadata"]["annotations"][b.DIGEST_ANNOTATION] == MODEL.digest
     assert first["spec"]["template"] != new["spec"]["template"]
+    assert env(first)["SLIMSERVE_ARTIFACT_DIGEST"] == MODEL.digest  # the server refuses any other artifact
     no_digest = deployment(spec(), model=b.ServedModel("builtin://digits-mlp"))
     assert b.DIGEST_ANNOTATION not in no_digest["spec"]["template"]["metadata"]["annotations"]
+    assert "SLIMSERVE_ARTIFACT_DIGEST" not in env(no_digest)
 
 
 def test_every_child_is_owned_by_the_service_and_labelled():

@@ -56,6 +56,7 @@ PROMETHEUS_ANNOTATIONS = {
 
 # Environment of `slimserve serve` (`slimserve serve --help` lists them).
 ENV_ARTIFACT = "SLIMSERVE_ARTIFACT"
+ENV_ARTIFACT_DIGEST = "SLIMSERVE_ARTIFACT_DIGEST"
 ENV_MODEL_NAME = "SLIMSERVE_MODEL_NAME"
 ENV_HOST = "SLIMSERVE_HOST"
 ENV_HTTP_PORT = "SLIMSERVE_HTTP_PORT"
@@ -262,6 +263,9 @@ def server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, config:
         {"name": ENV_CACHE, "value": CACHE_MOUNT},
         {"name": "HOME", "value": TMP_MOUNT},
     ]
+    if model.digest:
+        # The server refuses anything else: a pod never serves an artifact rewritten in place under the URI.
+        env.append({"name": ENV_ARTIFACT_DIGEST, "value": model.digest})
     return env + s3_env(spec)
 
 
