@@ -15,6 +15,11 @@ def _row(label: str, m: ModelMetrics) -> list[str]:
     return [label, _size(m.size_bytes), f"{m.parameters:,}", f"{m.latency_p50_ms:.3f}", f"{m.throughput:,.0f}", f"{m.metric:.4f}"]
 
 
+def _latency_change(before_ms: float, after_ms: float) -> str:
+    ratio = before_ms / max(after_ms, 1e-9)
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
 def metrics_table(title: str, metrics: CompressionMetrics) -> Table:
     name = metrics.baseline.metric_name or "metric"
     table = Table(title=title, title_justify="left")
@@ -30,7 +35,7 @@ def metrics_table(title: str, metrics: CompressionMetrics) -> Table:
         "compressed vs baseline",
         f"{metrics.size_ratio:.2f}x smaller",
         f"{base.parameters / max(comp.parameters, 1):.2f}x fewer",
-        f"{base.latency_p50_ms / max(comp.latency_p50_ms, 1e-9):.2f}x faster",
+        _latency_change(base.latency_p50_ms, comp.latency_p50_ms),
         f"{metrics.speedup:.2f}x",
         f"{metrics.accuracy_delta:+.4f}",
     )
