@@ -13,15 +13,9 @@ pytestmark = pytest.mark.skipif(not kstatus.go_available(), reason="needs Go to 
 FIXTURES = [f for f in compression_job_fixtures() + model_service_fixtures() if f.kstatus is not None]
 
 # kstatus knows a custom resource is under way only from a `Reconciling` (or `Ready`=False) condition, and
-# that it failed only from `Stalled`=True. A CompressionJob writes both; a ModelService's Ready=False does not
-# yet say Failed. Strict: once the operator writes Stalled there, these pass and the marker must go.
-_NO_STALLED = "status has no Stalled=True condition for a failure that waiting will not fix"
-KNOWN_GAPS = {
-    "ModelService/compression-failed": _NO_STALLED,
-    "ModelService/deadline-exceeded": _NO_STALLED,
-    "ModelService/invalid": _NO_STALLED,
-    "ModelService/unknown-node-pool": _NO_STALLED,
-}
+# that it failed only from `Stalled`=True: both kinds write them. A gap listed here is a strict expected
+# failure, so it fails the moment the operator covers it and the entry must go.
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _key(fixture) -> str:

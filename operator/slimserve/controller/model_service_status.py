@@ -21,6 +21,9 @@ from slimserve.controller.conditions import FALSE, TRUE, find_condition, set_con
 READY = "Ready"
 MODEL_AVAILABLE = "ModelAvailable"
 AUTOSCALING_READY = "AutoscalingReady"
+# kstatus (Flux, kpt) reads Ready=False as "in progress" forever; Stalled=True tells it waiting will not help.
+STALLED = "Stalled"
+STALLED_REASONS = frozenset({"InvalidSpec", "UnknownNodePool", "CompressionFailed", "ProgressDeadlineExceeded"})
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ def compose_status(previous: dict[str, Any] | None, inputs: StatusInputs, rollou
     else:
         conditions = _with(conditions, AUTOSCALING_READY, inputs.autoscaling, generation)
     conditions = _with(conditions, READY, ready_verdict(inputs.resolution, rollout), generation)
+    conditions = _with_stalled(conditions, generation)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": sorted(conditions, key=lambda c: c["type"]),
@@ -217,7 +221,17 @@ def invalid_status(previous: dict[str, Any] | None, generation: int, reason: str
     """Status of a spec the operator cannot act on (the CRD's schema could not catch it)."""
     previous = previous or {}
     conditions = set_condition(previous.get("conditions"), READY, FALSE, reason, message, generation=generation)
+    conditions = _with_stalled(conditions, generation)
     return {**previous, "observedGeneration": generation, "conditions": sorted(conditions, key=lambda c: c["type"])}
+
+
+def _with_stalled(conditions: list[dict[str, Any]], generation: int) -> list[dict[str, Any]]:
+    """Stalled follows Ready: True with Ready's reason when Ready is False for a reason waiting will not fix."""
+    ready = find_condition(conditions, READY) or {}
+    stalled = ready.get("status") == FALSE and ready.get("reason") in STALLED_REASONS
+    if stalled:
+        return set_condition(conditions, STALLED, TRUE, ready["reason"], ready.get("message", ""), generation=generation)
+    return set_condition(conditions, STALLED, FALSE, "NotStalled", "", generation=generation)
 
 
 def status_differs(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
