@@ -66,3 +66,22 @@ def spec_bool(spec: dict[str, Any], key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{where}.{key}: expected true or false, got {value!r}")
     return value
+
+
+class ReplacesLinear:
+    """Shape bookkeeping of a quantized module standing in for an `nn.Linear`; its `__init__` takes
+    (in_features, out_features, bias). Listed before the QuantizedModule base so these methods win."""
+
+    in_features: int
+    out_features: int
+    bias: Any
+
+    def spec(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    @classmethod
+    def empty(cls, spec: dict[str, Any], where: str = "module"):
+        return cls(spec_int(spec, "in_features", where), spec_int(spec, "out_features", where), spec_bool(spec, "bias", where))
+
+    def float_shape_matches(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (self.in_features, self.out_features)

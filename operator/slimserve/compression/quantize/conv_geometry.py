@@ -69,3 +69,20 @@ class ConvGeometry:
             spec_int(spec, "groups", where),
             spec_bool(spec, "bias", where),
         )
+
+
+class ReplacesConv2d:
+    """Shape bookkeeping of a quantized module standing in for an `nn.Conv2d`; its `__init__` takes a
+    ConvGeometry. Listed before the QuantizedModule base so these methods win."""
+
+    geometry: ConvGeometry
+
+    def spec(self) -> dict[str, Any]:
+        return self.geometry.to_spec()
+
+    @classmethod
+    def empty(cls, spec: dict[str, Any], where: str = "module"):
+        return cls(ConvGeometry.from_spec(spec, where))
+
+    def float_shape_matches(self, module: nn.Module) -> bool:
+        return self.geometry.matches(module)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, spec_bool, spec_int
+from slimserve.compression.quantize.base import QuantizedModule, ReplacesLinear
 from slimserve.compression.quantize.kernels import (
     INT8_MAX,
     UNSIGNED_ACTIVATIONS,
@@ -38,7 +38,7 @@ from slimserve.compression.quantize.kernels import (
 )
 
 
-class Int8DynamicLinear(QuantizedModule):
+class Int8DynamicLinear(ReplacesLinear, QuantizedModule):
     kind = "int8-dynamic-linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
@@ -70,16 +70,6 @@ class Int8DynamicLinear(QuantizedModule):
         else:
             out = accumulated * (x_scale * self.weight_scale)  # keep signed inputs away from that pattern
         return out if self.bias is None else out + self.bias
-
-    def spec(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
-
-    @classmethod
-    def empty(cls, spec: dict[str, Any], where: str = "module") -> "Int8DynamicLinear":
-        return cls(spec_int(spec, "in_features", where), spec_int(spec, "out_features", where), spec_bool(spec, "bias", where))
-
-    def float_shape_matches(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (self.in_features, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, spec_bool, spec_int
-from slimserve.compression.quantize.conv_geometry import ConvGeometry
+from slimserve.compression.quantize.base import QuantizedModule, ReplacesLinear
+from slimserve.compression.quantize.conv_geometry import ConvGeometry, ReplacesConv2d
 from slimserve.compression.quantize.kernels import MIN_SCALE, symmetric_int8_per_row
 
 _ops = torch.ops.quantized_decomposed
@@ -85,7 +85,7 @@ class _Int8Static(QuantizedModule):
         )
 
 
-class Int8StaticLinear(_Int8Static):
+class Int8StaticLinear(ReplacesLinear, _Int8Static):
     kind = "int8-static-linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
@@ -103,18 +103,8 @@ class Int8StaticLinear(_Int8Static):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._dequantized_input(x.float()), self._dequantized_weight(), self.bias)
 
-    def spec(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
 
-    @classmethod
-    def empty(cls, spec: dict[str, Any], where: str = "module") -> "Int8StaticLinear":
-        return cls(spec_int(spec, "in_features", where), spec_int(spec, "out_features", where), spec_bool(spec, "bias", where))
-
-    def float_shape_matches(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (self.in_features, self.out_features)
-
-
-class Int8StaticConv2d(_Int8Static):
+class Int8StaticConv2d(ReplacesConv2d, _Int8Static):
     kind = "int8-static-conv2d"
 
     def __init__(self, geometry: ConvGeometry):
@@ -130,16 +120,6 @@ class Int8StaticConv2d(_Int8Static):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self._dequantized_input(x.float()), self._dequantized_weight(), self.bias, **self.geometry.conv_kwargs())
-
-    def spec(self) -> dict[str, Any]:
-        return self.geometry.to_spec()
-
-    @classmethod
-    def empty(cls, spec: dict[str, Any], where: str = "module") -> "Int8StaticConv2d":
-        return cls(ConvGeometry.from_spec(spec, where))
-
-    def float_shape_matches(self, module: nn.Module) -> bool:
-        return self.geometry.matches(module)
 
 
 def calibrate(model: nn.Module, names: list[str], batches: list[tuple], max_samples: int) -> dict[str, ActivationRange]:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, spec_bool, spec_int
-from slimserve.compression.quantize.conv_geometry import ConvGeometry
+from slimserve.compression.quantize.base import QuantizedModule, ReplacesLinear
+from slimserve.compression.quantize.conv_geometry import ConvGeometry, ReplacesConv2d
 from slimserve.compression.quantize.kernels import dequantize_per_row, symmetric_int8_per_row
 
 
@@ -39,7 +39,7 @@ class _Int8Weight(QuantizedModule):
         return None if self.bias is None else self.bias.to(dtype)
 
 
-class Int8WeightOnlyLinear(_Int8Weight):
+class Int8WeightOnlyLinear(ReplacesLinear, _Int8Weight):
     kind = "int8-weight-only-linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
@@ -57,18 +57,8 @@ class Int8WeightOnlyLinear(_Int8Weight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight(x.dtype), self._bias(x.dtype))
 
-    def spec(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
 
-    @classmethod
-    def empty(cls, spec: dict[str, Any], where: str = "module") -> "Int8WeightOnlyLinear":
-        return cls(spec_int(spec, "in_features", where), spec_int(spec, "out_features", where), spec_bool(spec, "bias", where))
-
-    def float_shape_matches(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (self.in_features, self.out_features)
-
-
-class Int8WeightOnlyConv2d(_Int8Weight):
+class Int8WeightOnlyConv2d(ReplacesConv2d, _Int8Weight):
     kind = "int8-weight-only-conv2d"
 
     def __init__(self, geometry: ConvGeometry):
@@ -84,13 +74,3 @@ class Int8WeightOnlyConv2d(_Int8Weight):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight(x.dtype), self._bias(x.dtype), **self.geometry.conv_kwargs())
-
-    def spec(self) -> dict[str, Any]:
-        return self.geometry.to_spec()
-
-    @classmethod
-    def empty(cls, spec: dict[str, Any], where: str = "module") -> "Int8WeightOnlyConv2d":
-        return cls(ConvGeometry.from_spec(spec, where))
-
-    def float_shape_matches(self, module: nn.Module) -> bool:
-        return self.geometry.matches(module)
