@@ -23,7 +23,6 @@ pattern does not match.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn

@@ -14,7 +14,6 @@ that the ops take are refreshed whenever a state dict is loaded.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F

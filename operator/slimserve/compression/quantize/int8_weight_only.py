@@ -8,7 +8,6 @@ run time, i.e. small-batch GPU serving.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
