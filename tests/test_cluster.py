@@ -9,34 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.helpers import apply, get, wait_for
 
 pytestmark = pytest.mark.cluster
 
 CPU_NODES = {"kwok-cpu-0", "kwok-cpu-1", "kwok-cpu-2"}
 GPU_NODES = {"kwok-gpu-0", "kwok-gpu-1"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def apply(cp: ControlPlane, namespace: str, *objects: dict) -> None:
-    cp.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
-
-
-def get(cp: ControlPlane, namespace: str, *what: str) -> dict:
-    return json.loads(cp.kubectl("get", "-n", namespace, *what, "-o", "json").stdout)
-
-
-def wait_for(what: str, check, timeout: float = 60, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def job_condition(cp: ControlPlane, namespace: str, name: str) -> str | None:

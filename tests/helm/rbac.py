@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 from tests.helm.chart import CHART, values_file
-from tests.operator.cluster_helpers import apply, condition, exists, get, wait_for
+from tests.cluster.helpers import apply, condition, exists, get, wait_for
 from tests.operator.conftest import OperatorProcess
 
 POD_ANNOTATIONS = "slimserve.io/pod-annotations"

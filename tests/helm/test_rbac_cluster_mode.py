@@ -14,9 +14,17 @@ from tests.gitops.argocd import SCRIPTS, run_health_check
 from tests.helm.rbac import (
     assert_compression_job_runs, assert_forbidden, assert_model_service_ready, can_i, compression_job, model_service, release_fixture,
 )
-from tests.operator.cluster_helpers import apply, get
+from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, apply, get
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def namespace(control_plane, request):
+    """A solo namespace: only the operator running with the chart's rights acts in it."""
+    name = control_plane.create_namespace(f"{SOLO_NAMESPACE_PREFIX}{request.node.name.removeprefix('test_')[:30]}")
+    yield name
+    control_plane.delete_namespace(name, wait=False)
 
 
 @pytest.fixture(scope="module")

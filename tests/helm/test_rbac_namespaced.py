@@ -10,14 +10,14 @@ import pytest
 from tests.helm.rbac import (
     assert_compression_job_runs, assert_forbidden, assert_model_service_ready, can_i, compression_job, model_service, release_fixture,
 )
-from tests.operator.cluster_helpers import apply, exists, get
+from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, apply, exists, get
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
 def watched(control_plane):
-    names = [control_plane.create_namespace(prefix) for prefix in ("watched-a", "watched-b", "unwatched")]
+    names = [control_plane.create_namespace(SOLO_NAMESPACE_PREFIX + prefix) for prefix in ("watched-a", "watched-b", "unwatched")]
     yield names
     for name in names:
         control_plane.delete_namespace(name)

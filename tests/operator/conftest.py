@@ -14,6 +14,8 @@ from typing import Iterator
 import pytest
 import yaml
 
+from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX
+
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
 
@@ -116,8 +118,11 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def operator(control_plane, crds, tmp_path_factory) -> Iterator[OperatorProcess]:
-    """One operator for the session, watching all namespaces with admin credentials."""
-    proc = OperatorProcess(control_plane, tmp_path_factory.mktemp("operator")).start()
+    """One operator for the session with admin credentials, watching every namespace but the solo ones."""
+    proc = OperatorProcess(
+        control_plane, tmp_path_factory.mktemp("operator"),
+        extra_args=("--namespace", f"!{SOLO_NAMESPACE_PREFIX}*"),  # one Kopf pattern: all but the solo ones
+    ).start()
     try:
         yield proc
     finally:

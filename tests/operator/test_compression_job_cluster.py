@@ -26,7 +26,7 @@ from slimserve.compression.status_sink import KubernetesStatusSink
 from slimserve.controller import status_update
 from slimserve.controller.builders.compression_job import POD_ANNOTATIONS_ANNOTATION
 from tests.cluster.controlplane import OUTCOME_ANNOTATION
-from tests.operator.cluster_helpers import apply, condition, events_of, exists, get, wait_for
+from tests.cluster.helpers import apply, condition, events_of, exists, get, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -18,7 +18,7 @@ from slimserve.controller.builders import model_service as builders
 from slimserve.controller.builders.compression_job import POD_ANNOTATIONS_ANNOTATION
 from slimserve.controller.config import OperatorConfig
 from tests.cluster.controlplane import OUTCOME_ANNOTATION
-from tests.operator.cluster_helpers import apply, condition, events_of, exists, get, wait_for
+from tests.cluster.helpers import apply, condition, events_of, exists, get, wait_for
 from tests.operator.conftest import TEST_OPERATOR_CONFIG
 
 pytestmark = pytest.mark.cluster

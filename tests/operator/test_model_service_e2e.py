@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tests.operator.cluster_helpers import apply, get, wait_for
+from tests.cluster.helpers import apply, get, wait_for
 from tests.serving.serving_helpers import HOST, free_port, metric_samples, post_json, request
 
 pytestmark = pytest.mark.cluster
