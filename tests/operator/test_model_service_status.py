@@ -265,7 +265,8 @@ def test_an_optional_child_exists_if_seen_or_applied():
 # ---- work queue ---------------------------------------------------------------------------------------
 
 
-def run_queue(work, keys, *, until, timeout=5.0, **kwargs):
+def run_queue(work, keys, *, until, timeout=5.0, **kwargs) -> WorkQueue:
+    """Run the queue until `until()`; returned stopped: its workers have finished, whatever they re-queued is in it."""
     queue = WorkQueue(work, workers=3, backoffs=(0.01, 0.02), **kwargs)
     queue.start()
     try:
@@ -276,6 +277,7 @@ def run_queue(work, keys, *, until, timeout=5.0, **kwargs):
             time.sleep(0.01)
     finally:
         queue.stop()
+    return queue
 
 
 def test_queue_merges_a_burst_and_never_runs_a_key_twice_at_once():
@@ -304,10 +306,9 @@ def test_queue_merges_a_burst_and_never_runs_a_key_twice_at_once():
         deadline = time.monotonic() + 5
         while len(calls) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.1)
     finally:
-        queue.stop()
-    assert calls == ["a", "a"]
+        queue.stop()  # joins the workers: a third run would have started, or be queued, by now
+    assert calls == ["a", "a"] and len(queue) == 0
     assert not overlap.is_set()
 
 
@@ -333,10 +334,9 @@ def test_queue_honours_temporary_error_delay_and_drops_permanent_errors():
         if key == "p":
             raise kopf.PermanentError("invalid spec")
 
-    run_queue(work, ["t", "p"], until=lambda: len(seen["t"]) >= 2)
-    time.sleep(0.05)
+    queue = run_queue(work, ["t", "p"], until=lambda: len(seen["t"]) >= 2)
     assert len(seen["t"]) == 2 and seen["t"][1] - seen["t"][0] >= 0.29
-    assert len(seen["p"]) == 1
+    assert len(seen["p"]) == 1 and len(queue) == 0  # the permanent error was neither retried nor re-queued
 
 
 # ---- specs the operator cannot act on ------------------------------------------------------------------
