@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from slimserve.api import CompressionJobSpec, ModelServiceSpec
 from slimserve.api import crd as crd_module
+from slimserve.api.common import QUANTITY_PATTERN
 from slimserve.api.manifests import ManifestError, load_manifests, parse_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,3 +97,33 @@ def test_every_spec_field_is_described(crd):
     assert crd["spec"]["names"]["shortNames"] and crd["spec"]["names"]["categories"] == ["slimserve"]
     assert {c["name"] for c in version["additionalPrinterColumns"]} >= {"Age"}
     assert version["subresources"] == {"status": {}}
+
+
+# ---- quantities -----------------------------------------------------------------------------------------
+
+VALID_QUANTITIES = [4, 0, "500m", "2", "2Gi", "1.5", ".5", "+1", "1e3", "1E-3", "128974848", "129e6", "123Mi", "8k"]
+INVALID_QUANTITIES = ["lots", "2 GB", "1KiB", "", "m", "1e", "--1", "1.5.2", "2gi", 1.5]
+
+
+@pytest.mark.parametrize("value", VALID_QUANTITIES)
+def test_kubernetes_quantities_are_accepted_as_given(value):
+    spec = ModelServiceSpec.model_validate({"model": {"uri": "file:///x"}, "resources": {"limits": {"cpu": value}}})
+    assert spec.to_json()["resources"] == {"limits": {"cpu": value}}
+
+
+@pytest.mark.parametrize("value", INVALID_QUANTITIES)
+def test_anything_else_is_refused_naming_field_and_value(value):
+    doc = {"model": {"uri": "builtin://digits-cnn"}, "steps": [{"prune": {"amount": 0.5}}], "output": {"uri": "s3://a/b"}}
+    with pytest.raises(ValidationError) as caught:
+        CompressionJobSpec.model_validate({**doc, "resources": {"requests": {"memory": value}}})
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("resources", "requests", "memory")
+    assert f"{value!r} is not a Kubernetes quantity" in error["msg"]
+
+
+def test_crds_check_quantities_with_the_models_pattern():
+    for crd in crd_module.all_crds():
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        for field in ("requests", "limits"):
+            quantity = spec["properties"]["resources"]["properties"][field]["additionalProperties"]
+            assert quantity == {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}

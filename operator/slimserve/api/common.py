@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
 from pydantic.alias_generators import to_camel
 
 GROUP = "slimserve.io"
@@ -43,8 +44,27 @@ class StatusModel(SpecModel):
     model_config = ConfigDict(extra="ignore")
 
 
-# Kubernetes quantities are strings or integers ("500m", "2Gi", 4); the API server validates their format.
-Quantity = int | str
+# Kubernetes quantities are integers or strings ("500m", "2Gi", 4). The pattern is the one Kubernetes' own
+# OpenAPI gives resource.Quantity: the CRD refuses "lots" at admission (a pod template holding it would be
+# refused on every apply instead), and `slimserve run` refuses it the same way.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _one_quantity_error(value: Any, handler):
+    """One error naming the value, instead of one per member of the union."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "quantity", "{value} is not a Kubernetes quantity, e.g. 500m, 2Gi or 4", {"value": repr(value)}
+        ) from None
+
+
+Quantity = Annotated[
+    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)], WrapValidator(_one_quantity_error)
+]
 
 
 class ResourceRequirements(SpecModel):

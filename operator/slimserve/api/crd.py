@@ -66,8 +66,9 @@ def _collapse_any_of(node: dict[str, Any]) -> dict[str, Any]:
     types = sorted(opt.get("type", "") for opt in options)
     if len(options) == 1:
         return {**options[0], **node}
-    if types == ["integer", "string"]:  # a Kubernetes quantity
-        return {"x-kubernetes-int-or-string": True, **node}
+    if types == ["integer", "string"]:  # a Kubernetes quantity; a string's pattern constrains the string form
+        (string,) = [opt for opt in options if opt.get("type") == "string"]
+        return {"x-kubernetes-int-or-string": True, **{k: v for k, v in string.items() if k != "type"}, **node}
     raise ValueError(f"no structural form for anyOf {options}")
 
 
