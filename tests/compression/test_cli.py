@@ -14,6 +14,7 @@ import yaml
 
 from slimserve.api.compression_job import ArtifactRef, CompressionMetrics
 from slimserve.artifacts import load_artifact
+from slimserve.cli.compress import load_spec
 from slimserve.cli.main import main
 
 FAST_SPEC = {
@@ -165,3 +166,55 @@ def test_unknown_models(tmp_path, monkeypatch, capsys, uri, fragment):
     spec = {**FAST_SPEC, "model": {"uri": uri}, "output": {"uri": f"file://{tmp_path}/out"}}
     code, events, err = _run_cli(tmp_path, monkeypatch, capsys, spec)
     _assert_one_line_failure(code, events, err, tmp_path, fragment)
+
+
+def _multi_document_file(tmp_path: Path) -> Path:
+    """Two CompressionJobs and the ModelService that serves one, as the examples are written."""
+    def job(name: str) -> dict:
+        return {"apiVersion": "slimserve.io/v1alpha1", "kind": "CompressionJob", "metadata": {"name": name},
+                "spec": {**FAST_SPEC, "output": {"uri": f"file://{tmp_path}/{name}"}}}
+
+    service = {"apiVersion": "slimserve.io/v1alpha1", "kind": "ModelService", "metadata": {"name": "digits"},
+               "spec": {"model": {"compressionJobRef": {"name": "second"}}}}
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump_all([job("first"), service, job("second")]))
+    return path
+
+
+def test_multi_document_file_runs_the_job_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLIMSERVE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    path = _multi_document_file(tmp_path)
+    assert main(["compress", "--progress", "json", "--spec", str(path), "--name", "second"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["artifact"]["uri"] == f"file://{tmp_path}/second"
+    assert load_artifact(result["artifact"]["uri"]).manifest.family == "digits-mlp"
+    assert not (tmp_path / "first").exists()
+
+
+@pytest.mark.parametrize(
+    "documents, name, fragment",
+    [
+        ("both", None, "2 CompressionJobs (first, second); choose one with --name"),
+        ("both", "third", "--name third: no CompressionJob of that name"),
+        ("service", None, "no CompressionJob in the file (found: ModelService)"),
+        ("bare", "first", "--name first: "),
+    ],
+)
+def test_multi_document_file_without_one_job_to_run(tmp_path, monkeypatch, capsys, documents, name, fragment):
+    path = _multi_document_file(tmp_path)
+    if documents == "service":
+        path.write_text(yaml.safe_dump_all([d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "ModelService"]))
+    elif documents == "bare":
+        path.write_text(yaml.safe_dump(FAST_SPEC))
+    code, events, err = _run_cli(tmp_path, monkeypatch, capsys, path.read_text(), *(["--name", name] if name else []))
+    assert code == 2
+    _assert_one_line_failure(code, events, err, tmp_path, fragment)
+    assert events[-1]["reason"] == "InvalidSpec"
+
+
+def test_example_with_a_service_is_a_valid_spec(tmp_path, monkeypatch, capsys):
+    # The CompressionJob of examples/minilm.yaml is read (a wrong --output proves the spec got that far).
+    example = Path(__file__).resolve().parents[2] / "examples" / "minilm.yaml"
+    code, events, err = _run_cli(tmp_path, monkeypatch, capsys, example.read_text(), "--output", "ftp://elsewhere/x")
+    _assert_one_line_failure(code, events, err, tmp_path, "--output: String should match pattern")
+    assert load_spec(str(example)).model.uri == "builtin://minilm-l6"

@@ -1,6 +1,7 @@
 """`slimserve compress`: run a CompressionJob's spec here (what the compression pod runs).
 
-The spec comes from `--spec FILE` (a whole CompressionJob manifest or just its spec, YAML or JSON) or from
+The spec comes from `--spec FILE` (a CompressionJob manifest or just its spec, YAML or JSON; of a file of
+several manifests, such as the examples, its CompressionJob, chosen by `--name` when there are more) or from
 the environment variable SLIMSERVE_JOB_SPEC. Progress goes to the sinks `build_sinks` returns: JSON lines
 on stdout (machine-readable), or a progress bar when stdout is a terminal. Failures print one line on
 stderr and, in a pod, to the termination log, so Kubernetes shows the reason.
@@ -36,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--spec", metavar="FILE", help=f"CompressionJob manifest or spec, YAML or JSON (default: ${ENV_SPEC})")
+    parser.add_argument(
+        "--name", metavar="NAME", help="the CompressionJob (metadata.name) to run when the file holds several"
+    )
     parser.add_argument("--output", metavar="URI", help="artifact URI (file://, pvc://, s3://); overrides spec.output.uri")
     parser.add_argument(
         "--progress", choices=("auto", "json", "rich"), default="auto",
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     sinks = build_sinks(args)
     try:
         try:
-            spec = load_spec(args.spec, args.output)
+            spec = load_spec(args.spec, args.output, name=args.name)
         except SpecError as exc:
             for sink in sinks:
                 sink.error(exc.reason, " ".join(str(exc).splitlines()))
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 close()
 
 
-def load_spec(path: str | None, output_uri: str | None = None):
+def load_spec(path: str | None, output_uri: str | None = None, *, name: str | None = None):
     """The CompressionJobSpec from a file or $SLIMSERVE_JOB_SPEC; SpecError with one line per invalid field."""
     import yaml
     from pydantic import ValidationError
@@ -124,16 +128,13 @@ def load_spec(path: str | None, output_uri: str | None = None):
             raise SpecError(f"--spec FILE or the environment variable {ENV_SPEC} is required")
         origin = ENV_SPEC
     try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise SpecError(f"{origin}: not valid YAML or JSON: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{origin}: expected a CompressionJob manifest or its spec (a mapping), got {type(data).__name__}")
-    is_manifest = "spec" in data and ("kind" in data or "apiVersion" in data)
+    data = _job_document(documents, origin, name)
+    is_manifest = _is_manifest(data)
     try:
         if is_manifest:
-            if data.get("kind", "CompressionJob") != "CompressionJob":
-                raise SpecError(f"{origin}: kind: expected CompressionJob, got {data.get('kind')!r}")
             spec = CompressionJob.model_validate(data).spec
         else:
             spec = CompressionJobSpec.model_validate(data)
@@ -142,6 +143,39 @@ def load_spec(path: str | None, output_uri: str | None = None):
     except ValidationError as exc:
         raise SpecError("\n".join(_field_errors(exc, "" if is_manifest else "spec", output_uri))) from None
     return spec
+
+
+def _is_manifest(data: object) -> bool:
+    return isinstance(data, dict) and "spec" in data and ("kind" in data or "apiVersion" in data)
+
+
+def _job_document(documents: list, origin: str, name: str | None) -> dict:
+    """The one document to run: a bare spec, or the CompressionJob manifest (named `name` when given)."""
+    if len(documents) == 1 and isinstance(documents[0], dict) and not _is_manifest(documents[0]):
+        if name is not None:
+            raise SpecError(f"--name {name}: {origin} holds a bare spec, not a named CompressionJob manifest")
+        return documents[0]
+    for data in documents:
+        if not isinstance(data, dict):
+            raise SpecError(f"{origin}: expected a CompressionJob manifest or its spec (a mapping), got {type(data).__name__}")
+    if not documents:
+        raise SpecError(f"{origin}: empty; expected a CompressionJob manifest or its spec")
+    manifests = [d for d in documents if _is_manifest(d)]
+    jobs = [d for d in manifests if d.get("kind", "CompressionJob") == "CompressionJob"]
+    names = [str((d.get("metadata") or {}).get("name", "")) for d in jobs]
+    if not jobs:
+        kinds = ", ".join(sorted({str(d.get("kind")) for d in manifests})) or "no manifest"
+        raise SpecError(f"{origin}: no CompressionJob in the file (found: {kinds})")
+    if name is not None:
+        chosen = [job for job, job_name in zip(jobs, names) if job_name == name]
+        if not chosen:
+            raise SpecError(f"--name {name}: no CompressionJob of that name in {origin} (found: {', '.join(names)})")
+        if len(chosen) > 1:
+            raise SpecError(f"--name {name}: {len(chosen)} CompressionJobs of that name in {origin}")
+        return chosen[0]
+    if len(jobs) > 1:
+        raise SpecError(f"{origin}: {len(jobs)} CompressionJobs ({', '.join(names)}); choose one with --name")
+    return jobs[0]
 
 
 def _field_errors(exc, prefix: str, output_uri: str | None) -> list[str]:
