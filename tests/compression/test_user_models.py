@@ -47,6 +47,23 @@ def test_transformers_directory_on_a_pvc_is_pruned_and_served(bert_dir, tmp_path
     assert embedding.shape == (2, 64)
 
 
+def test_served_transformers_model_truncates_where_its_sentence_transformers_config_says(
+    bert_dir, tmp_path, make_spec, sink
+):
+    (bert_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
+    spec = make_spec(tmp_path / "out", model=f"file://{bert_dir}", steps=[{"prune": {"amount": 0.5}}], evaluation={"maxDrop": 1.0})
+    servable = load_servable(compress(spec, [sink]).artifact.uri)
+
+    def embed(words: int, tail: str) -> np.ndarray:
+        text = " ".join(f"w{i}" for i in range(words)) + tail  # "w12" is a few word pieces
+        return servable.predict({"text": np.array([text.encode()], dtype=object)})["embedding"][0]
+
+    # Past 48 tokens (of 82) the text is cut (the tokenizer.json alone would cut at 128) ...
+    np.testing.assert_array_equal(embed(40, ""), embed(40, " and a tail that comes too late"))
+    # ... and not before.
+    assert not np.allclose(embed(8, ""), embed(8, " and a tail that still counts"))
+
+
 def test_transformers_directory_that_is_not_bert_is_refused(bert_dir, tmp_path, make_spec, sink):
     config = json.loads((bert_dir / "config.json").read_text())
     (bert_dir / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2Model"]}))

@@ -127,9 +127,13 @@ class MiniLMFamily(ModelFamily):
         return EmbeddingServable(forward, info, load_tokenizer(assets))
 
     def asset_files(self, assets: Path | None) -> dict[str, bytes]:
-        from slimserve.models.minilm import minilm_files_dir
+        from slimserve.models.minilm import SENTENCE_TRANSFORMERS_CONFIG, minilm_files_dir, sentence_config_file
 
-        return {TOKENIZER_FILE: ((assets or minilm_files_dir()) / TOKENIZER_FILE).read_bytes()}
+        directory = assets or minilm_files_dir()
+        files = {TOKENIZER_FILE: (directory / TOKENIZER_FILE).read_bytes()}
+        # The served model truncates where the source model does (the artifact has no config.json to say).
+        length_file = sentence_config_file(directory)
+        return files if length_file is None else {**files, SENTENCE_TRANSFORMERS_CONFIG: length_file}
 
     def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
         from slimserve.data import builtin_sentences

