@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from slimserve.serving.batching import Arrival, Batcher, DirectRunner, ModelCaller
+from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.metrics import ServerMetrics
 
 
@@ -41,11 +41,7 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-async def _submit_all(batcher, requests: list[np.ndarray], announce_first: bool = True):
-    if announce_first:
-        for _ in requests:
-            batcher.announce()
-
+async def _submit_all(batcher, requests: list[np.ndarray]):
     async def one(x):
         await asyncio.sleep(0)
         return await batcher.submit({"x": x}, x.shape[0])
@@ -120,48 +116,13 @@ def test_requests_of_different_inner_shapes_are_not_merged(executor):
     assert len(model.calls) >= 2
 
 
-def test_a_batch_waits_for_an_announced_request_within_the_latency_window(executor):
-    model = RecordingModel()
-
-    async def scenario():
-        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=2.0)
-        batcher.announce()
-        batcher.announce()
-        first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
-        await asyncio.sleep(0.05)  # the second request is still "being decoded"
-        second = await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
-        return await first, second
-
-    first, second = run(scenario())
-    assert model.calls == [2]
-    assert first["rows"][0, 0] == 2 and second["rows"][0, 0] == 2
-
-
 def test_a_lone_request_does_not_wait_for_the_latency_window(executor):
     model = RecordingModel()
 
     async def scenario():
         batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
-        batcher.announce()
-        # Nobody else is arriving: it must run now, far inside the 30 s window.
+        # Nobody else is queued: it must run now, far inside the 30 s window.
         return await asyncio.wait_for(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1), timeout=10)
-
-    assert run(scenario())["y"].shape == (1, 2)
-    assert model.calls == [1]
-
-
-def test_an_arrival_that_fails_before_submitting_releases_a_waiting_batch(executor):
-    model = RecordingModel()
-
-    async def scenario():
-        batcher = Batcher(ModelCaller(model, executor, ServerMetrics()), ServerMetrics(), max_batch_size=8, max_latency_s=30.0)
-        with Arrival(batcher) as first:
-            late = Arrival(batcher).__enter__()  # a second request is still being received...
-            pending = asyncio.ensure_future(first.submit({"x": np.ones((1, 2), np.float32)}, 1))
-            await asyncio.sleep(0.05)
-            assert not pending.done()  # ...so the batch waits for it
-            late.__exit__(ValueError, ValueError("bad body"), None)  # it fails validation instead
-            return await asyncio.wait_for(pending, timeout=10)
 
     assert run(scenario())["y"].shape == (1, 2)
     assert model.calls == [1]

@@ -57,3 +57,15 @@ def test_invalid_limits_are_refused_before_loading_anything(capsys):
     args = parse(["--artifact", "builtin://digits-mlp", "--max-batch-size", "0"], {})
     assert serve.run(args) == 2
     assert "max_batch_size" in capsys.readouterr().err
+
+
+def test_read_timeouts_come_from_flags_or_environment_and_must_be_positive(capsys):
+    from slimserve.serving.http_timeouts import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S
+
+    defaults = parse([], {})
+    assert (defaults.header_timeout_s, defaults.body_timeout_s) == (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S)
+    args = parse(["--body-timeout-s", "7"], {"SLIMSERVE_HEADER_TIMEOUT_S": "2.5", "SLIMSERVE_BODY_TIMEOUT_S": "9"})
+    assert (args.header_timeout_s, args.body_timeout_s) == (2.5, 7.0)
+    off = parse(["--artifact", "builtin://digits-mlp", "--body-timeout-s", "0"], {})
+    assert serve.run(off) == 2
+    assert "body_timeout_s" in capsys.readouterr().err

@@ -59,6 +59,10 @@ OPTIONS = (
     Option("--max-batch-size", "MAX_BATCH_SIZE", int, 32, "most rows per model call, and per request"),
     Option("--max-latency-ms", "MAX_LATENCY_MS", float, 5.0, "longest a batch waits for requests already arriving"),
     Option("--max-body-bytes", "MAX_BODY_BYTES", int, 64 * 1024 * 1024, "largest request body or gRPC message"),
+    Option("--header-timeout-s", "HEADER_TIMEOUT_S", float, 10.0,
+           "HTTP: close a connection whose request headers are not complete within this time"),
+    Option("--body-timeout-s", "BODY_TIMEOUT_S", float, 60.0,
+           "HTTP: answer 408 and close when a request body is not complete this long after its headers"),
     Option("--drain-timeout-s", "DRAIN_TIMEOUT_S", float, 20.0, "after SIGTERM, longest wait for in-flight requests"),
     Option("--shutdown-delay-s", "SHUTDOWN_DELAY_S", float, 0.0, "after SIGTERM, keep serving (not ready) this long first"),
     Option("--torch-threads", "TORCH_THREADS", int, 0, "torch threads; 0 follows the container's CPU limit"),
@@ -136,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
             host=args.host, http_port=args.http_port,
             grpc_port=args.grpc_port, metrics_port=args.metrics_port, batching=args.batching,
             max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
-            max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout_s,
+            max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout_s,
+            body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,
             shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, web=web_options(args),
         )
     except ValueError as error:

@@ -3,12 +3,13 @@
 Policy (per model, one batch in the model at a time):
 - while the model is busy, arriving requests queue; when it frees, everything queued runs together, up
   to `max_batch_size` rows. A request is never split, and its rows stay contiguous;
-- a request that finds the model idle runs at once, unless more are expected: requests already on
-  their way in (an `Arrival`: accepted, body still being received or decoded), or - for a model slow
-  enough to run on its thread - fewer requests than were in the server when the last batch finished
-  (those clients are about to send their next request). Then the batch waits for them, at most
-  `max_latency_s` from the moment the model is free. So a lone client pays no batching delay, and a crowd
-  keeps getting full batches instead of splitting into two half-size groups that take turns;
+- a request joins the queue only once it is complete (body received and decoded): a client still
+  sending, or stalled, holds back nobody else's batch;
+- a request that finds the model idle runs at once, unless - for a model slow enough to run on its
+  thread - fewer requests are queued than were in the server when the last batch finished (those clients
+  are about to send their next request). Then the batch waits for them, at most `max_latency_s` from the
+  moment the model is free. So a lone client pays no batching delay, and a crowd keeps getting full
+  batches instead of splitting into two half-size groups that take turns;
 - requests whose non-batch dimensions differ are not merged (they cannot be concatenated);
 - if a merged batch fails, its requests are re-run one by one, so only the faulty one gets the error.
 
@@ -136,32 +137,6 @@ class ModelCaller:
         return outputs
 
 
-class Arrival:
-    """One request on its way to the queue (its body still being received or decoded): a forming batch may
-    wait for it. Enter when the request starts arriving; `submit` hands it over; leaving without
-    submitting (a bad request) withdraws it, so no batch waits for it any longer."""
-
-    __slots__ = ("_runner", "_pending")
-
-    def __init__(self, runner: "Batcher | DirectRunner") -> None:
-        self._runner = runner
-        self._pending = False
-
-    def __enter__(self) -> "Arrival":
-        self._runner.announce()
-        self._pending = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pending:
-            self._pending = False
-            self._runner.withdraw()
-
-    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
-        self._pending = False  # the runner's submit consumes the announcement
-        return await self._runner.submit(inputs, rows)
-
-
 @dataclass
 class _Pending:
     inputs: Arrays
@@ -185,23 +160,12 @@ class Batcher:
         self.max_latency_s = max_latency_s
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
-        self._arriving = 0
         self._recent_requests = 1  # requests in the server (queued or just answered) when the last batch ended
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    # Requests announce themselves before decoding, so a forming batch knows whether to wait for them.
-    def announce(self) -> None:
-        self._arriving += 1
-
-    def withdraw(self) -> None:
-        self._arriving -= 1
-        if self._arriving == 0:
-            self._wakeup.set()  # a batch waiting for latecomers need not wait longer
-
     async def submit(self, inputs: Arrays, rows: int) -> Arrays:
-        """Run one validated request (announced first, see `Arrival`); consumes the announcement."""
-        self._arriving -= 1
+        """Run one validated request; returns its rows of the outputs."""
         if not self._queue and self._call.too_fast_to_batch:
             self._metrics.batch_size.observe(rows)
             return BatchOutputs(await self._call(inputs, rows), rows)
@@ -247,8 +211,6 @@ class Batcher:
         return batch
 
     def _expects_more(self, requests: int) -> bool:
-        if self._arriving > 0:
-            return True
         return not self._call.runs_inline and requests < self._recent_requests
 
     async def _wait_for_latecomers(self, batch: list[_Pending], rows: int) -> tuple[list[_Pending], int]:
@@ -307,12 +269,6 @@ class DirectRunner:
     def __init__(self, call: ModelCaller, metrics: ServerMetrics) -> None:
         self._call = call
         self._metrics = metrics
-
-    def announce(self) -> None:
-        pass
-
-    def withdraw(self) -> None:
-        pass
 
     async def submit(self, inputs: Arrays, rows: int) -> Arrays:
         self._metrics.batch_size.observe(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slimserve.serving.http_timeouts import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S
 from slimserve.serving.rest import DEFAULT_MAX_BODY_BYTES
 from slimserve.serving.web.options import WebOptions
 
@@ -21,6 +22,8 @@ class ServerConfig:
     max_batch_size: int = 32
     max_latency_ms: float = 5.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # HTTP: longest wait for a request's headers
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # HTTP: longest wait for a body after its headers
     drain_timeout_s: float = 20.0  # longest wait for in-flight requests after SIGTERM
     shutdown_delay_s: float = 0.0  # keep serving (reporting not ready) this long after SIGTERM
     torch_threads: int = 0  # 0: follow the container's CPU limit
@@ -36,6 +39,8 @@ class ServerConfig:
             "max_batch_size": self.max_batch_size >= 1,
             "max_latency_ms": self.max_latency_ms >= 0,
             "max_body_bytes": self.max_body_bytes >= 1024,
+            "header_timeout_s": self.header_timeout_s > 0,
+            "body_timeout_s": self.body_timeout_s > 0,
             "drain_timeout_s": self.drain_timeout_s >= 0,
             "shutdown_delay_s": self.shutdown_delay_s >= 0,
             "torch_threads": self.torch_threads >= 0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from slimserve import __version__
-from slimserve.serving.batching import Arrival, BatchShapeError, Batcher, DirectRunner
+from slimserve.serving.batching import BatchShapeError, Batcher, DirectRunner
 from slimserve.serving.errors import InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
 from slimserve.serving.metrics import ServerMetrics
 from slimserve.serving.model import ServedModel
@@ -68,25 +68,19 @@ class DataPlane:
             )
 
     # --- inference ----------------------------------------------------------------------------
-    def arrival(self) -> Arrival:
-        """Enter it as soon as an inference request starts arriving (before its body is read), and pass it
-        to `infer`: a batch forming meanwhile may wait for the request instead of leaving without it."""
-        return Arrival(self.runner)
-
-    async def infer(self, request: InferRequest, arrival: Arrival | None = None) -> InferResponse:
-        """Validate, batch, run and package one request. Raises ServingError subclasses."""
-        if arrival is None:
-            with self.arrival() as own:
-                return await self._infer(request, own)
-        return await self._infer(request, arrival)
-
-    async def _infer(self, request: InferRequest, arrival: Arrival) -> InferResponse:
-        self._resolve(request.model_name, request.model_version, need_ready=True)
+    def check_inference_target(self, name: str, version: str = "") -> None:
+        """Raises ModelNotFound or ModelNotReady for a request to `name`: an endpoint calls it before it
+        reads or decodes the request, so an unknown model is 404 (NOT_FOUND) whatever the body."""
+        self._resolve(name, version, need_ready=True)
         if not self.model.ready:
-            raise ModelNotReady(f"model {request.model_name!r} is not ready yet (warming up)")
+            raise ModelNotReady(f"model {name!r} is not ready yet (warming up)")
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, batch, run and package one complete request. Raises ServingError subclasses."""
+        self.check_inference_target(request.model_name, request.model_version)
         checked = validate(request, self.model.info, self.max_batch_size)
         try:
-            results = await arrival.submit(checked.inputs, checked.rows)
+            results = await self.runner.submit(checked.inputs, checked.rows)
         except ValueError as error:  # the servable refused the input: the request's fault
             raise InvalidInput(str(error)) from error
         except BatchShapeError as error:

@@ -144,6 +144,8 @@ class InferenceServicer:
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        # gRPC (and the gRPC-Web middleware) call this with the whole message received.
+        self.dataplane.check_inference_target(request.model_name, request.model_version)
         with RequestTimer(self.dataplane.metrics, _protocol(context)):
             response = await self.dataplane.infer(request_from_proto(request))
             return response_to_proto(response, raw=bool(request.raw_input_contents))

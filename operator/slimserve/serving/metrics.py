@@ -3,8 +3,8 @@
 Names (the operator and dashboards depend on them):
 - slimserve_requests_total{protocol, endpoint, code}: every API call; code is the HTTP status (rest)
   or the gRPC status name (grpc, grpc-web)
-- slimserve_request_duration_seconds{protocol}: inference latency, arrival to response
-- slimserve_inflight_requests: inference requests inside the server now (the autoscaling signal)
+- slimserve_request_duration_seconds{protocol}: inference latency, complete request to response
+- slimserve_inflight_requests: complete inference requests inside the server now (the autoscaling signal)
 - slimserve_queue_depth: requests waiting for the model in the batch queue
 - slimserve_batch_size: rows per model call
 - slimserve_model_forward_seconds: duration of each model call
@@ -31,7 +31,7 @@ class ServerMetrics:
             ("protocol", "endpoint", "code"), registry=r,
         )
         self.request_seconds = Histogram(
-            "slimserve_request_duration_seconds", "Inference latency from arrival to response.",
+            "slimserve_request_duration_seconds", "Inference latency from a complete request to its response.",
             ("protocol",), buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.inflight = Gauge(INFLIGHT_METRIC, "Inference requests being served now.", registry=r)

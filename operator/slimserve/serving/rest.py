@@ -215,16 +215,17 @@ def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         return _json(200 if ready else 400, {"name": name, "ready": ready})
 
     async def infer(request: HttpRequest) -> HttpResponse:
-        with RequestTimer(metrics, "rest"), dataplane.arrival() as arrival:
-            body = await request.body()
+        name, version = request.params["name"], request.params.get("version", "")
+        dataplane.check_inference_target(name, version)
+        # In flight, and in the batch queue, only once the body is complete: a slow or stalled client
+        # holds its own connection (until the server's body timeout), never anyone's batch.
+        body = await request.body()
+        with RequestTimer(metrics, "rest"):
             length = request.header(HEADER_LENGTH.encode())
             if length is not None and not length.strip().isdigit():
                 raise InvalidInput(f"Inference-Header-Content-Length {length!r} is not a number")
-            parsed = parse_infer_request(
-                body, int(length) if length is not None else None,
-                request.params["name"], request.params.get("version", ""),
-            )
-            response = await dataplane.infer(parsed, arrival)
+            parsed = parse_infer_request(body, int(length) if length is not None else None, name, version)
+            response = await dataplane.infer(parsed)
             payload, content_type, header_length = render_infer_response(response)
         headers = [] if header_length is None else [(HEADER_LENGTH.encode(), str(header_length).encode())]
         return HttpResponse(200, payload, content_type, headers)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -34,6 +35,7 @@ from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.config import ServerConfig
 from slimserve.serving.dataplane import DataPlane
 from slimserve.serving.grpc_service import add_inference_service
+from slimserve.serving.http_timeouts import TimedHttpToolsProtocol
 from slimserve.serving.metrics import ServerMetrics
 from slimserve.serving.model import ServedModel, artifact_loader, example_inputs
 from slimserve.serving.rest import build_app
@@ -74,7 +76,10 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
         uvicorn.Config(
             wrap_http_app(build_app(dataplane, config.max_body_bytes), dataplane, config.web, config.max_body_bytes),
             host=config.host, port=config.http_port,
-            lifespan="off", access_log=False, log_config=None, http="httptools",
+            lifespan="off", access_log=False, log_config=None, ws="none",
+            http=functools.partial(
+                TimedHttpToolsProtocol, header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s
+            ),
             timeout_graceful_shutdown=config.drain_timeout_s,
         )
     )

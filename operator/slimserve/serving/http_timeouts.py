@@ -1,0 +1,96 @@
+"""Read deadlines for HTTP requests: a client that is slow to send costs its own connection only.
+
+uvicorn has none (its keep-alive timer stops at a request's first byte, encode/uvicorn#157), so one client
+could hold a connection for ever with half a header, or with a Content-Length and no body. This protocol
+is uvicorn's httptools one with two deadlines, in the spirit of Go's ReadHeaderTimeout and of the
+`--timeout-request-start` / `--timeout-request-complete` uvicorn once planned (10 s and 60 s):
+
+- headers: from the connection's start, or from the first byte of a later request on it, until the end
+  of the headers; past it the connection is closed;
+- body: from the end of the headers until the end of the body; past it the client gets 408 (unless a
+  response already started) and the connection is closed. Time the server itself stops reading (flow
+  control, a pipelined request waiting its turn) is not charged to the client.
+
+Requests join the batch queue and count as in flight only once their body is complete (see `rest.py`),
+so these deadlines bound what a stalled client holds: a socket and its buffered bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 60.0
+
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+    b"connection: close\r\n\r\n%s"
+)
+
+
+class TimedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body read deadlines, in seconds."""
+
+    def __init__(self, *args, header_timeout_s: float, body_timeout_s: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._body_timeout_s = body_timeout_s
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self, seconds: float, expired) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(seconds, expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self._header_timeout_s, self._headers_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a later request on a kept-alive connection
+            self._arm(self._header_timeout_s, self._headers_expired)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm(self._body_timeout_s, self._body_expired)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _headers_expired(self) -> None:
+        self._deadline = None
+        log.info("closing a connection from %s: no complete request headers within %.1fs",
+                 _peer(self.client), self._header_timeout_s)
+        self.transport.close()
+
+    def _body_expired(self) -> None:
+        self._deadline = None
+        if self.flow.read_paused:  # the server is not reading: not the client's delay
+            self._arm(self._body_timeout_s, self._body_expired)
+            return
+        log.info("closing a connection from %s: request body incomplete after %.1fs",
+                 _peer(self.client), self._body_timeout_s)
+        if self.cycle is not None and not self.cycle.response_started:
+            message = b'{"error": "request body not received within %.1f s"}' % self._body_timeout_s
+            self.transport.write(_REQUEST_TIMEOUT % (len(message), message))
+        self.transport.close()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "unknown"
