@@ -1,13 +1,29 @@
-"""`torch.export` programs (`.pt2`) as models: loaded with `torch.export.load` (no pickle), used as modules."""
+"""`torch.export` programs (`.pt2`) as models: inspected, loaded from the inspected bytes, used as modules.
+
+`torch.export.load` trusts the archive it reads. It unpickles with `weights_only=False` every weight and
+tensor constant the archive's own JSON marks `use_pickle`, unpickles custom and opaque objects, legacy
+`<model>.pt` weight files and pre-2.7 archives, retries the sample inputs with `weights_only=False` when the
+restricted load refuses them, loads AOTInductor shared libraries, and hands every shape expression to
+`sympy.sympify` (an `eval`). `inspect_program` refuses an archive that would take any of those paths, reading
+it with torch's own zip reader, so the bytes judged are the bytes loaded.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import re
 import shutil
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.export.pt2_archive import constants as pt2
+from torch.export.pt2_archive._package import PT2ArchiveReader
+from torch.utils._sympy import functions as torch_sympy_functions
 
 from slimserve.artifacts.cache import cache_dir
 from slimserve.artifacts.digest import sha256_file
@@ -16,14 +32,153 @@ from slimserve.artifacts.digest import sha256_file
 class ProgramError(ValueError):
     """A .pt2 file that cannot be loaded or is not a single-input classifier."""
 
+    reason = "InvalidModel"
+
+
+class UnsafeProgramError(ProgramError):
+    """A .pt2 archive that would make torch run code while loading it (unpickling, native code, eval)."""
+
+    reason = "UnsafeModel"
+
+
+# Shape expressions are written with sympy's `srepr` ("Add(Symbol('s77', positive=True, integer=True),
+# Integer(1))") and read back with `sympy.sympify`, which evaluates the string: only sympy's class names, torch's
+# sympy functions, assumption keywords, symbol names and numbers may appear (no builtins such as exec or open).
+_SYMPY_NAMES = frozenset({
+    "Abs", "Add", "And", "BooleanFalse", "BooleanTrue", "Equality", "ExprCondPair", "False", "Float", "GreaterThan",
+    "ITE", "Integer", "LessThan", "Max", "Min", "Mod", "Mul", "Not", "Or", "Piecewise", "Pow", "Rational",
+    "StrictGreaterThan", "StrictLessThan", "Symbol", "True", "Unequality", "ceiling", "false", "floor", "nan",
+    "oo", "sqrt", "true", "zoo", *torch_sympy_functions.__all__,
+    # assumptions of Symbol(...) and the precision of Float(...)
+    "commutative", "even", "finite", "infinite", "integer", "negative", "nonnegative", "nonpositive", "nonzero",
+    "odd", "positive", "precision", "rational", "real", "zero",
+})
+_SYMBOL = re.compile(r"[a-z]+[0-9]+")  # s77, u3: the symbols torch creates
+_NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?"
+_EXPRESSION_TOKEN = re.compile(
+    rf"\s+|'(?:[a-z]+[0-9]+|-?{_NUMBER})'|{_NUMBER}|[A-Za-z_][A-Za-z0-9_]*|\*\*|//|[-+*/%(),<>=!&|~^]"
+)
+_MAX_EXPRESSION = 2000
+
 
 def load_program_module(path: Path) -> nn.Module:
-    """The program's module (a GraphModule with the program's parameters)."""
+    """The program's module (a GraphModule with the program's parameters), loaded without unpickling."""
+    data = path.read_bytes()
+    inspect_program(data, path.name)
     try:
-        program = torch.export.load(str(path))
+        program = torch.export.load(io.BytesIO(data))
     except Exception as exc:  # torch raises many types for a corrupt archive
-        raise ProgramError(f"{path.name} is not a loadable torch.export program: {' '.join(str(exc).split())[:300]}") from None
+        raise ProgramError(f"{path.name} is not a loadable torch.export program: {_one_line(exc)}") from None
     return program.module()
+
+
+def inspect_program(data: bytes, name: str) -> None:
+    """Refuse, with an UnsafeProgramError naming the part, an archive whose loading would run code."""
+    _check_layout(data, name)
+    try:
+        reader = PT2ArchiveReader(io.BytesIO(data))  # what torch.export.load reads the archive with
+        records = set(reader.get_file_names())
+    except Exception as exc:
+        raise ProgramError(f"{name} is not a loadable torch.export program: {_one_line(exc)}") from None
+    native = sorted(record for record in records if record.startswith(pt2.AOTINDUCTOR_DIR))
+    if native:
+        raise UnsafeProgramError(f"{name}: {native[0]}: AOTInductor native code is not loaded; save the program without it")
+    prefix, suffix = pt2.MODELS_FILENAME_FORMAT.split("{}")
+    # The same slicing as torch's loader, so every program it would load is inspected.
+    models = sorted(record[len(prefix) : -len(suffix)] for record in records if record.startswith(pt2.MODELS_DIR))
+    if not models:
+        raise ProgramError(f"{name} holds no exported program ({pt2.MODELS_DIR}*.json)")
+    for model in models:
+        for legacy in (f"{pt2.WEIGHTS_DIR}{model}.pt", f"{pt2.CONSTANTS_DIR}{model}.pt"):
+            if legacy in records:
+                raise UnsafeProgramError(f"{name}: {legacy}: legacy pickled tensors; save the program again with torch.export.save")
+        _check_payloads(reader, records, name, pt2.WEIGHTS_CONFIG_FILENAME_FORMAT.format(model), pt2.WEIGHTS_DIR, ("",))
+        _check_payloads(
+            reader, records, name, pt2.CONSTANTS_CONFIG_FILENAME_FORMAT.format(model), pt2.CONSTANTS_DIR,
+            (pt2.TENSOR_CONSTANT_FILENAME_PREFIX,),
+        )
+        _check_sample_inputs(reader, records, name, pt2.SAMPLE_INPUTS_FILENAME_FORMAT.format(model))
+        _check_expressions(reader, name, pt2.MODELS_FILENAME_FORMAT.format(model))
+
+
+def _check_layout(data: bytes, name: str) -> None:
+    # Entries outside the archive's one folder are the pre-2.7 layout, whose .pt files torch unpickles.
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ProgramError(f"{name} is not a loadable torch.export program (not a zip file: {exc})") from None
+    root = entries[0].partition("/")[0] + "/" if entries else ""
+    outside = [entry for entry in entries if not entry.startswith(root)]
+    if not entries or outside:
+        raise UnsafeProgramError(f"{name}: {outside[0] if outside else '(empty)'}: not in the layout torch.export.save writes")
+
+
+def _check_payloads(reader, records: set[str], name: str, config_file: str, directory: str, prefixes: tuple[str, ...]) -> None:
+    if config_file not in records:
+        return  # torch refuses the archive itself
+    config = _json_record(reader, name, config_file).get("config")
+    if not isinstance(config, dict):
+        raise ProgramError(f"{name}: {config_file}: expected a 'config' mapping")
+    for fqn, meta in config.items():
+        path_name = meta.get("path_name") if isinstance(meta, dict) else None
+        part = f"{directory}{path_name} ({fqn!r})"
+        if not isinstance(path_name, str) or not path_name.startswith(prefixes):
+            raise UnsafeProgramError(f"{name}: {part}: only plain tensors are loaded, not custom or opaque objects")
+        if meta.get("use_pickle") is not False:
+            raise UnsafeProgramError(f"{name}: {part}: marked to be unpickled; only raw tensor bytes are loaded")
+
+
+def _check_sample_inputs(reader, records: set[str], name: str, record: str) -> None:
+    # torch loads these with weights_only=True and, when that refuses them, again with weights_only=False.
+    if record not in records:
+        return
+    data = reader.read_bytes(record)
+    if not data:
+        return
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        detail = f" (it names {refused.group(1)})" if refused else ""
+        raise UnsafeProgramError(f"{name}: {record}: needs unpickling beyond tensors{detail}") from None
+
+
+def _check_expressions(reader, name: str, record: str) -> None:
+    for expression in _expression_strings(_json_record(reader, name, record)):
+        tokens = _EXPRESSION_TOKEN.findall(expression)
+        names = {token for token in tokens if token[0].isalpha() or token[0] == "_"}  # quoted ones are plain
+        unknown = sorted(n for n in names if n not in _SYMPY_NAMES and not _SYMBOL.fullmatch(n))
+        if len(expression) > _MAX_EXPRESSION or "".join(tokens) != expression or unknown:
+            shown = expression if len(expression) <= 80 else expression[:77] + "..."
+            raise UnsafeProgramError(f"{name}: {record}: shape expression {shown!r} is not a plain arithmetic expression")
+
+
+def _expression_strings(node: Any):
+    """Every `expr_str` of a serialized program: torch parses each with sympy.sympify."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "expr_str" and isinstance(value, str):
+                yield value
+            else:
+                yield from _expression_strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _expression_strings(item)
+
+
+def _json_record(reader, name: str, record: str) -> dict[str, Any]:
+    try:
+        value = json.loads(reader.read_bytes(record))
+    except ValueError as exc:
+        raise ProgramError(f"{name}: {record} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProgramError(f"{name}: {record}: expected a JSON object")
+    return value
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def classifier_shape(module: nn.Module) -> tuple[int, int]:

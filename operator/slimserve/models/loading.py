@@ -90,8 +90,8 @@ def rebuild_artifact(artifact: Artifact) -> LoadedModel:
     try:
         family = family_named(manifest.family)
         skeleton = family.build(manifest.recipe, artifact.path)
-    except ValueError as exc:
-        raise ModelLoadError(f"artifact {artifact.path}: {exc}") from None
+    except ValueError as exc:  # a ProgramError says whether the program is unsafe or only invalid
+        raise ModelLoadError(f"artifact {artifact.path}: {exc}", reason=getattr(exc, "reason", None)) from None
     tensors = artifact.tensors()
     if manifest.quantization is not None:
         from slimserve.compression.quantize import restore_quantization
@@ -133,7 +133,7 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
 
 
 def load_program(path: Path, uri: str) -> LoadedModel:
-    """A `torch.export` classifier program (.pt2), loaded without pickle."""
+    """A `torch.export` classifier program (.pt2), inspected and loaded without unpickling anything."""
     from slimserve.models.exported import ProgramError, load_program_module, program_assets
     from slimserve.models.families import PROGRAM_FILE
 
@@ -144,7 +144,7 @@ def load_program(path: Path, uri: str) -> LoadedModel:
         module = load_program_module(assets / PROGRAM_FILE)
         FAMILIES["torch-export"].recipe_of(module)  # checks the signature: one FP32 [B, F] input, [B, C] out
     except ProgramError as exc:
-        raise ModelLoadError(f"model.uri: {uri}: {exc}") from None
+        raise ModelLoadError(f"model.uri: {uri}: {exc}", reason=exc.reason) from None
     return LoadedModel(FAMILIES["torch-export"], set_training(module, False), path.stem, uri, assets=assets)
 
 
