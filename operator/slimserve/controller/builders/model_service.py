@@ -9,6 +9,7 @@ those and deletes the rest.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -430,9 +431,23 @@ def build_hpa(owner: Owner, autoscaling: AutoscalingSpec) -> dict[str, Any]:
 
 
 def inflight_query(owner: Owner) -> str:
-    """In-flight requests summed over this Deployment's pods (Prometheus regexes match whole values)."""
-    pods = f"{re.escape(owner.child_name)}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}"
-    return f'sum({INFLIGHT_METRIC}{{namespace="{owner.namespace}",pod=~"{pods}"}})'
+    """In-flight requests summed over this Deployment's pods (Prometheus regexes match whole values).
+
+    Label values are PromQL double-quoted strings, which read backslash escapes as Go does (`\\-` is an
+    error): the regex is quoted for RE2 first, then as a string, so `a.b` reaches RE2 as `a\\.b`.
+    """
+    pods = f"{_quote_regex(owner.child_name)}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}"
+    return f"sum({INFLIGHT_METRIC}{{namespace={_promql_string(owner.namespace)},pod=~{_promql_string(pods)}}})"
+
+
+def _quote_regex(text: str) -> str:
+    """`text` as a literal RE2 pattern: Go's regexp.QuoteMeta (Python's re.escape also escapes `-`)."""
+    return re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", text)
+
+
+def _promql_string(text: str) -> str:
+    """A double-quoted PromQL string literal of `text` (JSON's escapes are a subset of PromQL's)."""
+    return json.dumps(text)
 
 
 def build_scaled_object(owner: Owner, autoscaling: AutoscalingSpec, prometheus_address: str) -> dict[str, Any]:
