@@ -19,8 +19,9 @@ from safetensors.torch import load_file, save_file
 from slimserve.artifacts.digest import sha256_bytes, sha256_file
 from slimserve.artifacts.errors import ArtifactError, StorageError
 from slimserve.artifacts.manifest import FORMAT_VERSION, MANIFEST_NAME, WEIGHTS_NAME, FileEntry, Manifest
+from slimserve.artifacts.paths import contained_path
 from slimserve.artifacts.sparse import pack_sparse, unpack_sparse
-from slimserve.artifacts.storage import local_path, publish_directory, resolve_uri, split_uri
+from slimserve.artifacts.storage import check_writable, local_path, publish_directory, resolve_uri, split_uri
 
 if TYPE_CHECKING:
     from slimserve.api.compression_job import ArtifactRef, S3Spec
@@ -102,6 +103,14 @@ def save_artifact(
     return ArtifactRef(uri=uri, digest=digest, size_bytes=size, format=FORMAT_VERSION)
 
 
+def check_output(uri: str, s3: "S3Spec | None" = None) -> None:
+    """Fail now, with a StorageError, where `save_artifact(uri)` would fail at the end: a place that cannot
+    be written, or a local path holding something that is not an artifact."""
+    if split_uri(uri)[0] != "s3":
+        _refuse_foreign_directory(uri, local_path(uri))
+    check_writable(uri, s3)
+
+
 def load_artifact(uri: str | Path, *, s3: "S3Spec | None" = None, expected_digest: str | None = None) -> Artifact:
     """Read and verify an artifact (a URI, or a local directory): manifest format, then the size and
     sha256 of every file it lists."""
@@ -128,9 +137,10 @@ def load_artifact(uri: str | Path, *, s3: "S3Spec | None" = None, expected_diges
 
 
 def _verify_file(uri: str, root: Path, name: str, entry: FileEntry) -> int:
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ArtifactError(f"{uri}: manifest names a file outside the artifact: {name!r}")
-    file_path = root / name
+    try:
+        file_path = contained_path(root, name, what="file")
+    except StorageError as exc:
+        raise ArtifactError(f"{uri}: manifest names a file outside the artifact: {exc}") from None
     if not file_path.is_file():
         raise ArtifactError(f"{uri}: {name} is missing", reason="CorruptArtifact")
     size = file_path.stat().st_size

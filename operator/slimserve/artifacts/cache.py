@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from slimserve.artifacts.paths import contained_path
+
 
 def cache_root() -> Path:
     """`$SLIMSERVE_CACHE`, or `~/.cache/slimserve`."""
@@ -14,6 +16,6 @@ def cache_root() -> Path:
 
 def cache_dir(*parts: str) -> Path:
     """A sub-directory of the cache, created on first use."""
-    path = cache_root().joinpath(*parts)
+    path = contained_path(cache_root(), "/".join(parts), what="cache folder", allow_root=True)
     path.mkdir(parents=True, exist_ok=True)
     return path

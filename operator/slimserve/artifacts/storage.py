@@ -11,12 +11,14 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from slimserve.artifacts.cache import cache_dir
 from slimserve.artifacts.errors import StorageError
+from slimserve.artifacts.paths import contained_path
 
 if TYPE_CHECKING:
     from slimserve.api.compression_job import S3Spec
@@ -41,11 +43,12 @@ def pvc_mount_path(uri: str) -> Path:
     if scheme != "pvc":
         raise StorageError(f"{uri!r} is not a pvc:// URI")
     claim, _, sub_path = rest.partition("/")
-    parts = [p for p in sub_path.split("/") if p]
-    if not claim or ".." in parts or claim == "..":
+    if not claim or claim in (".", "..") or ".." in sub_path.split("/"):
         raise StorageError(f"{uri!r}: expected pvc://CLAIM/path without '..'")
+    # Symlinks inside a claim may not lead out of it.
     root = Path(os.environ.get(PVC_ROOT_ENV) or DEFAULT_PVC_ROOT)
-    return root.joinpath(claim, *parts)
+    claim_root = contained_path(root, claim, what=f"{uri!r}: claim")
+    return contained_path(claim_root, sub_path.lstrip("/"), what=f"{uri!r}: path", allow_root=True)
 
 
 def local_path(uri: str) -> Path:
@@ -72,6 +75,45 @@ def resolve_uri(uri: str, s3: "S3Spec | None" = None) -> Path:
     raise StorageError(f"{uri!r}: unsupported scheme {scheme!r}; use one of {', '.join(STORAGE_SCHEMES)}")
 
 
+def check_writable(uri: str, s3: "S3Spec | None" = None) -> None:
+    """A StorageError now if nothing can be written at `uri`, so a run fails before it spends its time:
+    the nearest existing folder of a local path must take a new directory, an S3 prefix a new object."""
+    scheme, _ = split_uri(uri)
+    if scheme in LOCAL_SCHEMES:
+        _check_local_writable(uri, local_path(uri))
+    elif scheme == "s3":
+        _check_s3_writable(uri, s3)
+    else:
+        raise StorageError(f"{uri!r}: unsupported scheme {scheme!r}; use one of {', '.join(STORAGE_SCHEMES)}")
+
+
+def _check_local_writable(uri: str, target: Path) -> None:
+    # Writers create the missing parents and a staging directory beside the target: probe the same place.
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"{uri!r}: cannot write there, {existing} is a file, not a directory")
+    try:
+        Path(tempfile.mkdtemp(prefix=".slimserve-write-check-", dir=existing)).rmdir()
+    except OSError as exc:
+        raise StorageError(f"{uri!r}: cannot write under {existing}: {exc.strerror or exc}") from None
+
+
+def _check_s3_writable(uri: str, s3: "S3Spec | None") -> None:
+    bucket, prefix = _bucket_and_key(uri)
+    client = s3_client(s3)
+    probe = "/".join(filter(None, [prefix.rstrip("/"), f".slimserve-write-check-{uuid.uuid4().hex}"]))
+    try:
+        client.put_object(Bucket=bucket, Key=probe, Body=b"")
+    except Exception as exc:  # botocore raises many types; all mean the same to the user
+        raise StorageError(f"{uri!r}: cannot write to bucket {bucket!r}: {exc}") from None
+    try:
+        client.delete_object(Bucket=bucket, Key=probe)
+    except Exception:
+        pass  # credentials that may write but not delete: the empty probe stays, and no manifest lists it
+
+
 def publish_directory(local_dir: Path, uri: str, s3: "S3Spec | None" = None) -> None:
     """Upload a finished local directory to an s3:// prefix; `manifest.json` goes last so readers never see half."""
     bucket, prefix = _bucket_and_key(uri)
@@ -96,7 +138,8 @@ def s3_client(s3: "S3Spec | None" = None):
         "s3",
         endpoint_url=s3.endpoint if s3 and s3.endpoint else os.environ.get("AWS_ENDPOINT_URL") or None,
         region_name=(s3.region if s3 and s3.region else None) or os.environ.get("AWS_REGION") or "us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        # Bounded waits: an unreachable endpoint fails in seconds, not after botocore's minute per attempt.
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}, connect_timeout=10, read_timeout=60),
     )
 
 
@@ -118,25 +161,45 @@ def _download_s3(uri: str, s3: "S3Spec | None") -> Path:
     target = cache_dir("s3") / hashlib.sha256(f"{endpoint}|{uri}".encode()).hexdigest()[:24]
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     try:
+        content = staging / "content"
+        content.mkdir()
         prefix = key.rstrip("/")
+        # Where the object goes if the URI names one object rather than a prefix; checked before any request.
+        single = contained_path(content, prefix.rpartition("/")[2], what=f"{uri!r}: object key") if prefix else None
         keys = _list_keys(client, bucket, prefix + "/" if prefix else "")
         if keys:
-            for object_key in keys:
-                relative = object_key[len(prefix) + 1 if prefix else 0 :]
-                destination = staging / "content" / relative
+            destinations = _download_destinations(content, keys, len(prefix) + 1 if prefix else 0, uri)
+            for object_key, destination in destinations.items():
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 client.download_file(bucket, object_key, str(destination))
-        else:
-            (staging / "content").mkdir()
-            client.download_file(bucket, key, str(staging / "content" / Path(key).name))
-            return _replace(staging, target) / Path(key).name
-        return _replace(staging, target)
+            return _replace(staging, target)
+        if single is None:
+            raise StorageError(f"{uri!r}: the bucket holds no objects", reason="NotFound")
+        client.download_file(bucket, key, str(single))
+        return _replace(staging, target) / single.name
     except StorageError:
         raise
     except Exception as exc:
         raise StorageError(f"{uri!r}: download failed: {exc}", reason="NotFound" if "404" in str(exc) else None) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _download_destinations(content: Path, keys: list[str], strip: int, uri: str) -> dict[str, Path]:
+    """Where each object of a prefix goes under `content`; every key is checked before anything is written.
+
+    S3 keys are free-form: `../`, `//` or a leading `/` would otherwise place a file beside the download,
+    and two keys resolving to one file would silently overwrite each other.
+    """
+    destinations: dict[str, Path] = {}
+    claimed: dict[Path, str] = {}
+    for object_key in keys:
+        destination = contained_path(content, object_key[strip:], what=f"{uri!r}: object key {object_key!r}, relative path")
+        if destination in claimed:
+            raise StorageError(f"{uri!r}: object keys {claimed[destination]!r} and {object_key!r} name the same file")
+        claimed[destination] = object_key
+        destinations[object_key] = destination
+    return destinations
 
 
 def _list_keys(client, bucket: str, prefix: str) -> list[str]:

@@ -6,6 +6,7 @@ import torch
 
 from slimserve.api.compression_job import CompressionJobSpec, CompressionMetrics, ModelMetrics, StepResult
 from slimserve.artifacts import SlimServeError, save_artifact
+from slimserve.artifacts.artifact import check_output
 from slimserve.compression.budget import describe, run_within_budget, step_label
 from slimserve.compression.measure import measure
 from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
@@ -38,6 +39,7 @@ def compress(spec: CompressionJobSpec, sinks: list[ProgressSink], *, output_uri:
 
 def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str) -> CompressionOutcome:
     threads = spec.evaluation.threads
+    check_output(output_uri, spec.s3)  # an unwritable destination fails before the first step, not after the last
     torch.manual_seed(SEED)
     reporter.begin(0, "load", f"loading {spec.model.uri}")
     loaded = load_model(spec.model.uri, spec.model.format, spec.s3)
