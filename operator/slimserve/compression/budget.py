@@ -4,17 +4,17 @@ with gentler configs (the step kind's relaxations) and keep the first, i.e. most
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterator
 
 from slimserve.api.steps import DistillConfig, PruneConfig, QuantizeConfig, StepConfig
 from slimserve.compression.errors import BudgetExceeded
-from slimserve.compression.measure import time_call
+from slimserve.compression.measure import Speed, measure_speeds
 from slimserve.compression.registry import relaxations_for, transform_for
 from slimserve.compression.state import Candidate, ModelState, StepContext
 
 # Metrics are rounded to 6 places in reports: a drop equal to the budget fits.
 _TOLERANCE = 1e-6
+SEARCH_BUDGET_S = 0.5  # per model and figure, for candidates the search rejects (they are only plotted)
 
 
 def step_label(config: StepConfig) -> str:
@@ -57,14 +57,15 @@ def run_within_budget(state: ModelState, config: StepConfig, context: StepContex
         metric = context.task.score(candidate_state.served())
         candidate = Candidate(
             step=label, label=describe(candidate_config), metric=metric, size_bytes=candidate_state.size_bytes(),
-            parameters=candidate_state.parameters, latency_ms=_quick_latency_ms(candidate_state, context),
+            parameters=candidate_state.parameters,
         )
         tried.append(candidate)
         context.candidates.append(candidate)
-        if within_budget(context, metric):
+        if within_budget(context, metric):  # its speed is measured with the run's other kept models
             candidate.accepted = True
             context.reporter.span(0.0, 1.0)
             return candidate_state, candidate_config, metric
+        candidate.speed = _speed_beside_original(candidate_state, context)
     raise BudgetExceeded(
         f"{context.where}: no candidate keeps {context.task.metric_name} within evaluation.maxDrop {context.max_drop:g} "
         f"of the baseline {context.baseline_metric:.4f}; tried: "
@@ -79,14 +80,7 @@ def _candidates(state: ModelState, config: StepConfig, context: StepContext) -> 
         yield from relaxations(state, config, context)
 
 
-def _quick_latency_ms(state: ModelState, context: StepContext) -> float:
-    """A short batch-1 latency measurement of the candidate as served (the kept one is measured fully later)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(context.threads)
-    try:
-        times = time_call(state.served(), context.task.sample_inputs(1), warmup=2, runs=15, budget_s=1.0)
-    finally:
-        torch.set_num_threads(previous)
-    return statistics.median(times) * 1000.0
+def _speed_beside_original(state: ModelState, context: StepContext) -> Speed:
+    """A rejected candidate's speed, measured as the kept ones are (in rounds with the original), but briefly."""
+    return measure_speeds([context.original.eager(), state.served()], context.task, threads=context.threads,
+                          budget_s=SEARCH_BUDGET_S)[1]

@@ -1,10 +1,16 @@
-"""Measurements of one model, all with the same threads and inputs: size, parameters, latency, throughput, metric."""
+"""Measurements of models, all with the same threads and inputs: size, parameters, latency, throughput, metric.
+
+Speeds are measured side by side, in rounds that alternate the models, never one model after the other: on a
+shared machine the load changes within seconds, and a baseline timed while it was busy makes any compressed
+model look fast.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -15,6 +21,11 @@ from slimserve.compression.tasks import Task, as_inference
 
 Forward = Callable[..., torch.Tensor]
 THROUGHPUT_BATCH = 32
+WARMUP_CALLS = 3
+MIN_ROUNDS, MAX_ROUNDS = 7, 25
+# A figure whose rounds spread wider than this (interquartile range over median) is reported as not to be
+# trusted: the machine was too busy, or too unsteady, for a comparison of speeds.
+MAX_TRUSTED_SPREAD = 0.25
 
 
 def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
@@ -23,49 +34,155 @@ def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
     return len(safetensors_bytes({name: t.clone() for name, t in stored.items()}))
 
 
-def time_call(forward: Forward, inputs: tuple[torch.Tensor, ...], *, warmup: int, runs: int, budget_s: float) -> list[float]:
-    """Wall times in seconds of `runs` calls after `warmup` ones; stops early after `budget_s` (at least 3 runs)."""
-    inputs = as_inference(inputs)
-    with torch.inference_mode():
-        for _ in range(warmup):
-            forward(*inputs)
-        times: list[float] = []
-        deadline = time.perf_counter() + budget_s
-        while len(times) < runs and (len(times) < 3 or time.perf_counter() < deadline):
-            start = time.perf_counter()
-            forward(*inputs)
-            times.append(time.perf_counter() - start)
+def time_call(
+    forward: Forward, inputs: tuple[torch.Tensor, ...], *, runs: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    """Wall times in seconds of `runs` calls (inputs already as inference tensors, inside inference mode)."""
+    times: list[float] = []
+    for _ in range(runs):
+        start = clock()
+        forward(*inputs)
+        times.append(clock() - start)
     return times
 
 
-def measure(
-    forward: Forward,
+@dataclass(frozen=True)
+class Figure:
+    """A speed figure over measurement rounds: the median of the rounds and their quartiles."""
+
+    median: float
+    low: float  # first quartile
+    high: float  # third quartile
+    rounds: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Figure":
+        if not values:
+            raise ValueError("a figure needs at least one measured round")
+        low, _, high = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+        return cls(statistics.median(values), low, high, len(values))
+
+    @property
+    def spread(self) -> float:
+        """The interquartile range relative to the median: 0.1 means the middle half of the rounds lie
+        within 10% of the median's size."""
+        return (self.high - self.low) / self.median if self.median > 0 else 0.0
+
+    @property
+    def trusted(self) -> bool:
+        return self.spread <= MAX_TRUSTED_SPREAD
+
+    def scaled(self, factor: float) -> "Figure":
+        return Figure(self.median * factor, self.low * factor, self.high * factor, self.rounds)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Latency at batch 1 (ms) and throughput at batch THROUGHPUT_BATCH (samples/s) of one model."""
+
+    latency_ms: Figure
+    throughput: Figure
+
+    @property
+    def trusted(self) -> bool:
+        return self.latency_ms.trusted and self.throughput.trusted
+
+
+def interleaved_rounds(
+    forwards: Sequence[Forward],
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    calls: int,
+    min_rounds: int,
+    max_rounds: int,
+    budget_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[list[float]]:
+    """Per forward, the median call time (seconds) of each round. A round runs every forward `calls` times,
+    one forward after the other, in alternating order, so a machine that gets busier or quieter slows or
+    speeds all of them alike; rounds go on until `budget_s` has passed (at least `min_rounds`)."""
+    per_forward: list[list[float]] = [[] for _ in forwards]
+    deadline = clock() + budget_s
+    for round_index in range(max_rounds):
+        if round_index >= min_rounds and clock() >= deadline:
+            break
+        order = range(len(forwards)) if round_index % 2 == 0 else reversed(range(len(forwards)))
+        for index in order:
+            per_forward[index].append(statistics.median(time_call(forwards[index], inputs, runs=calls, clock=clock)))
+    return per_forward
+
+
+def measure_speeds(
+    forwards: Sequence[Forward],
     task: Task,
     *,
-    size_bytes: int,
-    parameters: int,
     threads: int,
-    metric: float | None = None,
     budget_s: float = 3.0,
-) -> ModelMetrics:
-    """Latency p50 at batch 1, throughput at batch 32 and the task metric, at `threads` CPU threads."""
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[Speed]:
+    """Latency and throughput of each forward, measured side by side in interleaved rounds, at `threads`
+    CPU threads: the one measurement behind every speed figure a run reports (`budget_s` per forward and
+    figure)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        single = task.sample_inputs(1)
-        latency = statistics.median(time_call(forward, single, warmup=3, runs=50, budget_s=budget_s))
-        batch = task.sample_inputs(THROUGHPUT_BATCH)
+        single = as_inference(task.sample_inputs(1))
+        batch = as_inference(task.sample_inputs(THROUGHPUT_BATCH))
         rows = int(batch[0].shape[0])
-        batch_time = statistics.median(time_call(forward, batch, warmup=2, runs=20, budget_s=budget_s))
-        score = task.score(forward) if metric is None else metric
+        with torch.inference_mode():
+            for forward in forwards:  # compile, allocate and fill caches outside the timed rounds
+                time_call(forward, single, runs=WARMUP_CALLS, clock=clock)
+                time_call(forward, batch, runs=WARMUP_CALLS, clock=clock)
+            budget = budget_s * len(forwards)
+            latency = interleaved_rounds(forwards, single, calls=5, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
+                                         budget_s=budget, clock=clock)
+            batch_time = interleaved_rounds(forwards, batch, calls=1, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
+                                            budget_s=budget, clock=clock)
     finally:
         torch.set_num_threads(previous)
+    return [
+        Speed(Figure.of(times).scaled(1000.0), Figure.of([rows / t for t in batch_times]))
+        for times, batch_times in zip(latency, batch_time)
+    ]
+
+
+def untrusted_speeds(names: Sequence[str], speeds: Sequence[Speed]) -> str | None:
+    """A warning naming the figures whose rounds spread more than MAX_TRUSTED_SPREAD, or None."""
+    unsteady = [
+        f"{name} {what} {figure.spread:.0%}"
+        for name, speed in zip(names, speeds, strict=True)
+        for what, figure in (("latency", speed.latency_ms), ("throughput", speed.throughput))
+        if not figure.trusted
+    ]
+    if not unsteady:
+        return None
+    return (
+        f"speed figures not to be trusted, the machine was too busy or unsteady: rounds spread "
+        f"(interquartile range / median) more than {MAX_TRUSTED_SPREAD:.0%} for {', '.join(unsteady)}"
+    )
+
+
+def speed_json(speed: Speed) -> dict[str, float]:
+    """A model's speed as reports write it: the medians, rounded as in the status, and their spreads."""
+    return {
+        "latencyP50Ms": round(speed.latency_ms.median, 4),
+        "latencySpread": round(speed.latency_ms.spread, 4),
+        "throughput": round(speed.throughput.median, 2),
+        "throughputSpread": round(speed.throughput.spread, 4),
+        "rounds": speed.latency_ms.rounds,
+    }
+
+
+def model_metrics(speed: Speed, task: Task, *, size_bytes: int, parameters: int, metric: float) -> ModelMetrics:
+    """The status's figures of one model: its size, its measured speed (medians, as reports write them) and
+    its task metric."""
+    figures = speed_json(speed)
     return ModelMetrics(
         size_bytes=size_bytes,
         parameters=parameters,
-        latency_p50_ms=round(latency * 1000.0, 4),
-        throughput=round(rows / batch_time, 2),
-        metric=round(score, 6),
+        latency_p50_ms=figures["latencyP50Ms"],
+        throughput=figures["throughput"],
+        metric=round(metric, 6),
         metric_name=task.metric_name,
     )
 

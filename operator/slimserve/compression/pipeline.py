@@ -8,7 +8,7 @@ from slimserve.api.compression_job import CompressionJobSpec, CompressionMetrics
 from slimserve.artifacts import SlimServeError, save_artifact
 from slimserve.artifacts.artifact import check_output
 from slimserve.compression.budget import describe, run_within_budget, step_label
-from slimserve.compression.measure import measure
+from slimserve.compression.measure import measure_speeds, model_metrics, untrusted_speeds
 from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
 from slimserve.compression.report import report_json, report_png
 from slimserve.compression.state import Candidate, ModelState, StepContext
@@ -45,29 +45,27 @@ def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str) -> Compr
     loaded = load_model(spec.model.uri, spec.model.format, spec.s3)
     original = ModelState.of_float(loaded.model, loaded.family, loaded.assets)
     task = build_task(loaded, spec.evaluation, spec.s3)
-    reporter.update(0.5, "measuring the original model")
-    baseline = measure(
-        original.eager(), task, size_bytes=original.size_bytes(), parameters=original.parameters, threads=threads,
-        metric=task.original_score(original.eager()),
+    reporter.update(0.5, "scoring the original model")
+    context = StepContext(task, reporter, threads, spec.evaluation.max_drop, task.original_score(original.eager()), original, seed=SEED)
+    context.candidates.append(
+        Candidate("baseline", "fp32", context.baseline_metric, original.size_bytes(), original.parameters, accepted=True)
     )
-    context = StepContext(task, reporter, threads, spec.evaluation.max_drop, baseline.metric, original, seed=SEED)
-    context.candidates.append(_as_candidate("baseline", "fp32", baseline))
 
-    state, results = original, []
+    state, kept = original, []
     for index, step in enumerate(spec.steps):
         config = step.config
         context.where = f"spec.steps[{index}].{config.step_kind}"
         label = step_label(config)
         reporter.begin(index + 1, label)
         state, used, metric = run_within_budget(state, config, context)
-        reporter.update(0.9, f"{label}: measuring {describe(used)}")
-        metrics = measure(
-            state.served(), task, size_bytes=state.size_bytes(), parameters=state.parameters, threads=threads, metric=metric
-        )
         note = describe(used) + (f" (budget search; asked: {describe(config)})" if used != config else "")
-        results.append(StepResult(step=label, metrics=metrics, note=note))
+        kept.append((label, state, metric, note))
 
-    reporter.begin(len(spec.steps) + 1, "write", f"writing the artifact to {output_uri}")
+    reporter.begin(len(spec.steps) + 1, "write", "measuring the original and the compressed models side by side")
+    baseline, results, speed_warning = _measure_side_by_side(original, kept, context)
+    if speed_warning:
+        reporter.update(0.3, f"warning: {speed_warning}")
+    reporter.update(0.5, f"writing the artifact to {output_uri}")
     compressed = results[-1].metrics
     summary = CompressionMetrics(
         baseline=baseline,
@@ -81,8 +79,10 @@ def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str) -> Compr
     inputs, outputs = state.family.signature(state.recipe)
     extra_files = {
         **state.family.asset_files(state.assets),
-        "report.json": report_json(summary, context.candidates, max_drop=context.max_drop, source=spec.model.uri),
-        "report.png": report_png(summary, context.candidates, max_drop=context.max_drop),
+        "report.json": report_json(
+            summary, context.candidates, max_drop=context.max_drop, source=spec.model.uri, speed_warning=speed_warning
+        ),
+        "report.png": report_png(summary, context.candidates, max_drop=context.max_drop, speed_warning=speed_warning),
     }
     artifact = save_artifact(
         output_uri,
@@ -100,8 +100,24 @@ def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str) -> Compr
     return CompressionOutcome(artifact=artifact, metrics=summary)
 
 
-def _as_candidate(step: str, label: str, metrics: ModelMetrics) -> Candidate:
-    return Candidate(step, label, metrics.metric, metrics.size_bytes, metrics.parameters, metrics.latency_p50_ms, True)
+def _measure_side_by_side(
+    original: ModelState, kept: list[tuple[str, ModelState, float, str]], context: StepContext
+) -> tuple[ModelMetrics, list[StepResult], str | None]:
+    """The baseline's and each step's metrics, their speeds from one interleaved measurement (also set on the
+    kept candidates, so the report shows the status's figures), and a warning when they are too unsteady."""
+    task = context.task
+    speeds = measure_speeds([original.eager(), *(state.served() for _, state, _, _ in kept)], task, threads=context.threads)
+    for candidate, speed in zip([c for c in context.candidates if c.accepted], speeds, strict=True):
+        candidate.speed = speed
+    baseline = model_metrics(
+        speeds[0], task, size_bytes=original.size_bytes(), parameters=original.parameters, metric=context.baseline_metric
+    )
+    results = [
+        StepResult(step=label, note=note, metrics=model_metrics(
+            speed, task, size_bytes=state.size_bytes(), parameters=state.parameters, metric=metric))
+        for (label, state, metric, note), speed in zip(kept, speeds[1:])
+    ]
+    return baseline, results, untrusted_speeds(["baseline", *(label for label, *_ in kept)], speeds)
 
 
 def _spec_json(spec) -> dict:

@@ -4,57 +4,157 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from itertools import count
+from typing import TYPE_CHECKING, Any
 
 from slimserve.api.compression_job import CompressionMetrics
+from slimserve.compression.measure import MAX_TRUSTED_SPREAD
 from slimserve.compression.state import Candidate
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.text import Annotation, Text
 
-def report_json(metrics: CompressionMetrics, candidates: list[Candidate], *, max_drop: float, source: str) -> bytes:
+LABEL_GAP_PX = 2.0  # free space kept between two point labels
+LABEL_TRIES = 24  # offsets tried per label before it takes the least crowded one
+
+
+def report_json(
+    metrics: CompressionMetrics,
+    candidates: list[Candidate],
+    *,
+    max_drop: float,
+    source: str,
+    speed_warning: str | None = None,
+) -> bytes:
     payload: dict[str, Any] = {
         "source": source,
         "maxDrop": max_drop,
         "metrics": metrics.to_json(),
         "candidates": [c.as_json() for c in candidates],
-        "notes": "candidates are scored as served; their latencies are short batch-1 measurements",
+        "speed": {
+            "trusted": speed_warning is None,
+            "warning": speed_warning,
+            "maxTrustedSpread": MAX_TRUSTED_SPREAD,
+        },
+        "notes": (
+            "candidates are scored as served; speeds are medians of rounds that alternate the original with the "
+            "candidates (the kept ones: the figures in metrics), spreads the interquartile range of the rounds "
+            "over the median"
+        ),
     }
     return json.dumps(payload, indent=2).encode()
 
 
-def report_png(metrics: CompressionMetrics, candidates: list[Candidate], *, max_drop: float) -> bytes:
-    """Metric against size and against latency; the budget as a dashed line."""
+def report_figure(
+    metrics: CompressionMetrics, candidates: list[Candidate], *, max_drop: float, speed_warning: str | None = None
+) -> "Figure":
+    """Metric against size and against latency (quartiles as error bars); the budget as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     baseline, final = metrics.baseline, metrics.compressed
-    figure, (by_size, by_latency) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for axis, x_of, x_label in (
-        (by_size, lambda c: c.size_bytes / 1024.0, "weights size (KiB, log)"),
-        (by_latency, lambda c: c.latency_ms, "latency p50 at batch 1 (ms, log)"),
-    ):
+    figure, (by_size, by_latency) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+    labels: dict[Any, list[Annotation]] = {by_size: [], by_latency: []}
+    for axis in (by_size, by_latency):
         for candidate in candidates:
-            style = {"color": "tab:green" if candidate.accepted else "tab:red", "marker": "o"}
-            if candidate.step == "baseline":
-                style = {"color": "black", "marker": "s"}
-            axis.scatter([x_of(candidate)], [candidate.metric], s=36, **style, alpha=0.8)
-            axis.annotate(f"{candidate.step}: {candidate.label}", (x_of(candidate), candidate.metric), fontsize=6,
-                          xytext=(3, 3), textcoords="offset points")
+            if axis is by_size:
+                x, x_error = candidate.size_bytes / 1024.0, None
+            elif candidate.speed is not None:
+                latency = candidate.speed.latency_ms
+                x, x_error = latency.median, [[latency.median - latency.low], [latency.high - latency.median]]
+            else:
+                continue
+            color, marker = ("black", "s") if candidate.step == "baseline" else ("tab:green" if candidate.accepted else "tab:red", "o")
+            axis.errorbar([x], [candidate.metric], xerr=x_error, fmt=marker, color=color, markersize=6, alpha=0.8,
+                          elinewidth=0.8, capsize=2)
+            label = axis.annotate(
+                f"{candidate.step}: {candidate.label}", (x, candidate.metric), xytext=(4, 4), textcoords="offset points",
+                fontsize=6, va="center", arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": "gray", "shrinkB": 4},
+            )
+            label.set_in_layout(False)
+            labels[axis].append(label)
         final_x = final.size_bytes / 1024.0 if axis is by_size else final.latency_p50_ms
-        axis.scatter([final_x], [final.metric], s=120, marker="*", color="tab:blue", label="compressed, as served")
+        axis.scatter([final_x], [final.metric], s=120, marker="*", color="tab:blue", label="compressed, as served", zorder=3)
         axis.axhline(baseline.metric - max_drop, linestyle="--", color="gray", linewidth=1, label="accuracy budget")
         axis.set_xscale("log")
-        axis.set_xlabel(x_label)
+        # 1-2-5 ticks with plain numbers: log-scale minor labels (3x10^1, 4x10^1) run into each other.
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.margins(x=0.15, y=0.15)
         axis.set_ylabel(baseline.metric_name or "metric")
         axis.grid(True, alpha=0.3)
-    by_size.legend(fontsize=7, loc="lower right")
-    figure.suptitle(
+    by_size.set_xlabel("weights size (KiB, log)")
+    by_latency.set_xlabel("latency p50 at batch 1 (ms, log; bars: quartiles of the rounds)")
+    figure.legend(*by_size.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
+    title = (
         f"{metrics.size_ratio:.2f}x smaller, {metrics.speedup:.2f}x throughput, "
-        f"{baseline.metric_name} {baseline.metric:.4f} -> {final.metric:.4f} (green: kept, red: over budget)",
-        fontsize=9,
+        f"{baseline.metric_name} {baseline.metric:.4f} -> {final.metric:.4f} (green: kept, red: over budget)"
     )
+    if speed_warning:
+        title += f"\nspeeds NOT to be trusted: rounds spread more than {MAX_TRUSTED_SPREAD:.0%} (a busy machine)"
+    figure.suptitle(title, fontsize=9, color="black" if not speed_warning else "tab:red")
+    figure.canvas.draw()  # the layout settles here; labels are placed on the final positions
+    figure.set_layout_engine("none")
+    for axis, axis_labels in labels.items():
+        _place_without_overlap(figure, axis, axis_labels)
+    return figure
+
+
+def report_png(
+    metrics: CompressionMetrics, candidates: list[Candidate], *, max_drop: float, speed_warning: str | None = None
+) -> bytes:
+    from matplotlib import pyplot as plt
+
+    figure = report_figure(metrics, candidates, max_drop=max_drop, speed_warning=speed_warning)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=figure.dpi)  # the dpi labels were placed at
     plt.close(figure)
     return buffer.getvalue()
+
+
+def text_box(label: "Text", renderer):
+    """The window extent of a label's text alone (an Annotation's own extent includes its leader line)."""
+    from matplotlib.text import Text
+
+    return Text.get_window_extent(label, renderer)
+
+
+def _place_without_overlap(figure: "Figure", axis, labels: list["Annotation"]) -> None:
+    """Move each point label up or down, right or left of its point, to the nearest place where it overlaps
+    no label placed before and stays inside the axes (the least crowded one if there is none)."""
+    renderer = figure.canvas.get_renderer()
+    inside = axis.get_window_extent(renderer)
+    placed = []
+    for label in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
+        step_pt = text_box(label, renderer).height * 72.0 / figure.dpi + LABEL_GAP_PX
+        best, best_score = None, None
+        for offset, align in _offsets(step_pt):
+            label.set_horizontalalignment(align)
+            label.xyann = offset
+            box = text_box(label, renderer)
+            clashes = sum(box.padded(LABEL_GAP_PX / 2).overlaps(other) for other in placed)
+            outside = not (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1)
+            score = 2 * clashes + outside
+            if best_score is None or score < best_score:
+                best, best_score = (offset, align), score
+            if score == 0:
+                break
+        label.xyann, align = best
+        label.set_horizontalalignment(align)
+        placed.append(text_box(label, renderer))
+
+
+def _offsets(step_pt: float):
+    """Label offsets (points) from its point, nearest first: up and down in steps, right then left."""
+    yield (4, 4), "left"  # the first place tried: up and right of the point
+    for k in count(1):
+        if 2 * k > LABEL_TRIES:
+            return
+        for sign in (1, -1):
+            yield (4, 4 + sign * k * step_pt), "left"
+            yield (-4, 4 + sign * k * step_pt), "right"

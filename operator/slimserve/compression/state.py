@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from slimserve.compression.measure import count_parameters, serialized_size
+from slimserve.compression.measure import Speed, count_parameters, serialized_size, speed_json
 from slimserve.compression.progress import Reporter
 from slimserve.compression.tasks import Forward, Task
 from slimserve.models.families import ModelFamily, eager_forward, set_training
@@ -76,20 +76,21 @@ class ModelState:
 
 @dataclass
 class Candidate:
-    """One model tried for a step (the report plots all of them)."""
+    """One model tried for a step (the report plots all of them). `speed` is measured side by side with the
+    original: the kept candidates' in the run's final measurement, the same figures the status reports."""
 
     step: str
     label: str
     metric: float
     size_bytes: int
     parameters: int
-    latency_ms: float
+    speed: Speed | None = None
     accepted: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
             "step": self.step, "label": self.label, "metric": round(self.metric, 6), "sizeBytes": self.size_bytes,
-            "parameters": self.parameters, "latencyP50Ms": round(self.latency_ms, 4), "accepted": self.accepted,
+            "parameters": self.parameters, **(speed_json(self.speed) if self.speed else {}), "accepted": self.accepted,
         }
 
 

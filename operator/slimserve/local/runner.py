@@ -6,6 +6,7 @@ same file works here and with the operator.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -62,8 +63,9 @@ def run_plan(plan: LocalPlan, options: RunOptions, console: Console) -> int:
         console.rule(f"CompressionJob {name}: {job.spec.model.uri}")
         sink = RichProgressSink(console.file) if console.is_terminal else StepLines(console)
         outcome = compress(job.spec, [sink])
-        console.print(metrics_table(f"{name}: baseline vs compressed", outcome.metrics))
         artifact_dir = resolve_uri(outcome.artifact.uri)
+        report = json.loads((artifact_dir / "report.json").read_text(encoding="utf-8"))
+        console.print(metrics_table(f"{name}: baseline vs compressed", outcome.metrics, report))
         console.print(f"report: {artifact_dir / 'report.json'}  picture: {artifact_dir / 'report.png'}")
 
     if plan.service is None:

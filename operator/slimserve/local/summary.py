@@ -1,8 +1,12 @@
-"""The metrics table `slimserve run` prints after a compression: baseline against compressed, per step."""
+"""The metrics table `slimserve run` prints after a compression: baseline against compressed, per step,
+with how far the speed figures spread over the measurement rounds (from the artifact's report.json)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.table import Table
+from rich.text import Text
 
 from slimserve.api.compression_job import CompressionMetrics, ModelMetrics
 
@@ -11,8 +15,12 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e5 else f"{num_bytes / 1e3:.1f} kB"
 
 
-def _row(label: str, m: ModelMetrics) -> list[str]:
-    return [label, _size(m.size_bytes), f"{m.parameters:,}", f"{m.latency_p50_ms:.3f}", f"{m.throughput:,.0f}", f"{m.metric:.4f}"]
+def _row(label: str, m: ModelMetrics, speed: dict[str, Any] | None) -> list[str]:
+    latency, throughput = f"{m.latency_p50_ms:.3f}", f"{m.throughput:,.0f}"
+    if speed is not None:
+        latency += f" ±{speed['latencySpread'] / 2:.0%}"
+        throughput += f" ±{speed['throughputSpread'] / 2:.0%}"
+    return [label, _size(m.size_bytes), f"{m.parameters:,}", latency, throughput, f"{m.metric:.4f}"]
 
 
 def _latency_change(before_ms: float, after_ms: float) -> str:
@@ -20,15 +28,18 @@ def _latency_change(before_ms: float, after_ms: float) -> str:
     return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
-def metrics_table(title: str, metrics: CompressionMetrics) -> Table:
+def metrics_table(title: str, metrics: CompressionMetrics, report: dict[str, Any] | None = None) -> Table:
+    """`report`: the artifact's report.json; its kept candidates (the table's rows) give the spreads."""
     name = metrics.baseline.metric_name or "metric"
-    table = Table(title=title, title_justify="left")
+    kept = [c for c in (report or {}).get("candidates", []) if c.get("accepted") and "latencySpread" in c]
+    speeds = kept if len(kept) == len(metrics.steps) + 1 else [None] * (len(metrics.steps) + 1)
+    table = Table(title=title, title_justify="left", caption=_caption(report, speeds[0]), caption_justify="left")
     for header, justify in (("model", "left"), ("size", "right"), ("parameters", "right"),
                             ("p50 ms (batch 1)", "right"), ("samples/s (batch 32)", "right"), (name, "right")):
         table.add_column(header, justify=justify)
-    table.add_row(*_row("baseline (fp32)", metrics.baseline))
-    for step in metrics.steps:
-        table.add_row(*_row(f"after {step.step}", step.metrics))
+    table.add_row(*_row("baseline (fp32)", metrics.baseline, speeds[0]))
+    for step, speed in zip(metrics.steps, speeds[1:]):
+        table.add_row(*_row(f"after {step.step}", step.metrics, speed))
     base, comp = metrics.baseline, metrics.compressed
     table.add_section()
     table.add_row(
@@ -40,3 +51,13 @@ def metrics_table(title: str, metrics: CompressionMetrics) -> Table:
         f"{metrics.accuracy_delta:+.4f}",
     )
     return table
+
+
+def _caption(report: dict[str, Any] | None, speed: dict[str, Any] | None) -> Text | None:
+    if speed is None:
+        return None
+    caption = Text(f"±: half the interquartile range of {speed['rounds']} rounds alternating the models, over the median")
+    warning = report.get("speed", {}).get("warning")
+    if warning:
+        caption.append(f"\nWARNING: {warning}", style="bold red")
+    return caption
