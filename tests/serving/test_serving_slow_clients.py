@@ -73,6 +73,18 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def _read_one_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, read whole; the connection stays open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 def _rest_document() -> dict:
     return {"inputs": [{"name": "input", "shape": list(PIXELS.shape), "datatype": "FP32", "data": PIXELS.ravel().tolist()}]}
 
@@ -162,3 +174,35 @@ def test_stalled_clients_are_not_in_flight_and_hold_back_no_batch(stall_server):
             sock.close()
     status, _answer = post_json(stall_server.http_url, INFER, _rest_document())
     assert status == 200
+
+
+def test_a_dripping_body_and_a_stall_after_a_kept_alive_request_are_cut_off(stall_server):
+    document = json.dumps(_rest_document()).encode()
+    kept_alive = _connect(stall_server)
+    kept_alive.sendall(
+        f"POST {INFER} HTTP/1.1\r\nHost: {stall_server.http_url}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(document)}\r\n\r\n".encode() + document
+    )
+    assert _read_one_response(kept_alive).startswith(b"HTTP/1.1 200 ")
+    kept_alive.sendall(f"POST {INFER} HTTP/1.1\r\nHost: ".encode())  # the next request's headers, half of them
+
+    # A body sent one byte at a time never completes: the deadline counts from the headers, not per byte.
+    dripping, headers_sent = _stall_in_body(stall_server, INFER, "application/json"), time.monotonic()
+    dripping.settimeout(0.25)
+    answer = b""
+    try:
+        while not answer and time.monotonic() - headers_sent < BODY_TIMEOUT_S + 20:
+            dripping.sendall(b" ")
+            try:
+                answer = dripping.recv(4096)
+            except TimeoutError:
+                pass
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    dripping.settimeout(30)
+    answer += _read_until_closed(dripping)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert time.monotonic() - headers_sent >= BODY_TIMEOUT_S
+    assert _read_until_closed(kept_alive) == b""
+    for sock in (kept_alive, dripping):
+        sock.close()

@@ -31,58 +31,70 @@ _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
     b"connection: close\r\n\r\n%s"
 )
+_HEADERS, _BODY = "headers", "body"  # what a client may still owe on its connection
 
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header and body read deadlines, in seconds."""
+    """uvicorn's httptools protocol with header and body read deadlines, in seconds.
+
+    A deadline is armed only when a read leaves a request unfinished, so a request that arrives whole
+    (the usual small inference request) costs no timer at all.
+    """
 
     def __init__(self, *args, header_timeout_s: float, body_timeout_s: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._body_timeout_s = body_timeout_s
+        self._owed: str | None = None  # _HEADERS, _BODY or None
         self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_for: str | None = None
 
-    def _arm(self, seconds: float, expired) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self.loop.call_later(seconds, expired)
-
-    def _disarm(self) -> None:
+    def _watch(self) -> None:
+        """Arm the deadline of what the client owes now (between requests, uvicorn's keep-alive timeout rules)."""
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._deadline_for = self._owed
+        if self._owed == _HEADERS:
+            self._deadline = self.loop.call_later(self._header_timeout_s, self._headers_expired)
+        elif self._owed == _BODY:
+            self._deadline = self.loop.call_later(self._body_timeout_s, self._body_expired)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self._header_timeout_s, self._headers_expired)
+        self._owed = _HEADERS
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._deadline_for != self._owed:
+            self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._owed = None
+        self._watch()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:  # a later request on a kept-alive connection
-            self._arm(self._header_timeout_s, self._headers_expired)
+        self._owed = _HEADERS
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self._arm(self._body_timeout_s, self._body_expired)
+        self._owed = _BODY
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._owed = None
         super().on_message_complete()
 
     def _headers_expired(self) -> None:
-        self._deadline = None
         log.info("closing a connection from %s: no complete request headers within %.1fs",
                  _peer(self.client), self._header_timeout_s)
         self.transport.close()
 
     def _body_expired(self) -> None:
-        self._deadline = None
         if self.flow.read_paused:  # the server is not reading: not the client's delay
-            self._arm(self._body_timeout_s, self._body_expired)
+            self._watch()
             return
         log.info("closing a connection from %s: request body incomplete after %.1fs",
                  _peer(self.client), self._body_timeout_s)
