@@ -51,12 +51,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from slimserve.api.steps import QuantizeConfig  # noqa: E402
-from slimserve.compression.quantize import (  # noqa: E402
-    apply_quantization,
-    optimize_for_inference,
-    quantization_state,
-    restore_quantization,
-)
+from slimserve.compression.quantize import apply_quantization  # noqa: E402
+from slimserve.quant import optimize_for_inference, quantization_state, restore_quantization  # noqa: E402
 from slimserve.models.minilm import MiniLMConfig, build_minilm, load_minilm, load_tokenizer  # noqa: E402
 
 BATCH, SEQUENCE = 32, 64

@@ -12,15 +12,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from slimserve.api.steps import QuantizeConfig
-from slimserve.compression.quantize import (
-    BackendUnsupportedError,
-    apply_quantization,
-    optimize_for_inference,
-    quantizable_layers,
-    quantization_state,
-    restore_quantization,
-)
-from slimserve.compression.quantize.int4_weight_only import (
+from slimserve.compression.quantize import apply_quantization, quantizable_layers
+from slimserve.quant import BackendUnsupportedError, optimize_for_inference, quantization_state, restore_quantization
+from slimserve.quant.int4_weight_only import (
     Int4WeightOnlyLinear,
     dequantize_int4_grouped,
     quantize_int4_grouped,
@@ -259,8 +253,8 @@ def test_optimized_forward_matches_eager_for_any_batch(method, digits, trained_s
 
 
 def test_inference_fusions_compute_the_same_outputs():
-    from slimserve.compression.quantize.fuse import concat_output_channels
-    from slimserve.compression.quantize.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
+    from slimserve.quant.fuse import concat_output_channels
+    from slimserve.quant.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
 
     torch.manual_seed(3)
     x = torch.randn(2, 7, 32)

@@ -11,13 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slimserve.api.steps import QuantizeConfig
-from slimserve.compression.quantize import (
-    apply_quantization,
-    optimize_for_inference,
-    quantizable_layers,
-    quantization_state,
-    restore_quantization,
-)
+from slimserve.compression.quantize import apply_quantization, quantizable_layers
+from slimserve.quant import optimize_for_inference, quantization_state, restore_quantization
 from slimserve.models.minilm import MiniLMConfig, build_minilm, encode, load_minilm, tokenize
 
 SENTENCES = [

@@ -1,4 +1,4 @@
-"""The quantize step: wires `slimserve.compression.quantize` (the quantization engine) into the pipeline.
+"""The quantize step: wires `slimserve.compression.quantize` (layer choice, calibration, conversion) into the pipeline.
 
 Its budget search keeps the most sensitive layers in float, as Intel Neural Compressor and NNCF do: each
 quantizable layer is quantized alone and the damage to the model's outputs measured; then the most
@@ -23,7 +23,7 @@ MAX_FLOAT_CANDIDATES = 6
 
 @register_transform(QuantizeConfig)
 def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) -> ModelState:
-    from slimserve.compression.quantize import apply_quantization, quantizable_layers
+    from slimserve.compression.quantize import apply_quantization, needs_calibration, quantizable_layers
 
     model = state.float_copy()
     if not quantizable_layers(model, config.method):
@@ -32,7 +32,7 @@ def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) ->
     unknown = [name for name in config.keep_float or [] if name not in known]
     if unknown:
         raise InvalidSpec(f"{context.where}.keepFloat: no module named {unknown[0]!r} in this model")
-    calibration = context.task.calibration(config.calibration_samples) if config.method == "int8-static" else None
+    calibration = context.task.calibration(config.calibration_samples) if needs_calibration(config) else None
     try:
         quantized = apply_quantization(
             model, config, example_inputs=state.family.example_inputs(state.assets), calibration=calibration

@@ -50,7 +50,7 @@ class ModelState:
         """What the artifact stores: (tensors, quantization recipe or None)."""
         if self.quantization is None:
             return {k: v.detach() for k, v in self.model.state_dict().items()}, None
-        from slimserve.compression.quantize import quantization_state
+        from slimserve.quant import quantization_state
 
         tensors, recipe = quantization_state(self.model)
         return tensors, recipe
@@ -68,7 +68,7 @@ class ModelState:
         if self.quantization is None:
             return self.eager()
         if self._optimized is None:
-            from slimserve.compression.quantize import optimize_for_inference
+            from slimserve.quant import optimize_for_inference
 
             self._optimized = optimize_for_inference(self.model, self.family.example_inputs(self.assets))
         return self._optimized

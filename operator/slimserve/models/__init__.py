@@ -37,7 +37,7 @@ def load_servable(uri: str, *, s3: "S3Spec | None" = None, expected_digest: str 
         artifact.manifest.recipe, name=loaded.name, version=artifact.digest.removeprefix("sha256:")[:12], digest=artifact.digest
     )
     if loaded.quantization is not None:
-        from slimserve.compression.quantize import optimize_for_inference
+        from slimserve.quant import optimize_for_inference
 
         forward = optimize_for_inference(loaded.model, loaded.family.example_inputs(loaded.assets))
     else:

@@ -94,7 +94,7 @@ def rebuild_artifact(artifact: Artifact) -> LoadedModel:
         raise ModelLoadError(f"artifact {artifact.path}: {exc}", reason=getattr(exc, "reason", None)) from None
     tensors = artifact.tensors()
     if manifest.quantization is not None:
-        from slimserve.compression.quantize import restore_quantization
+        from slimserve.quant import restore_quantization
 
         model = restore_quantization(skeleton, manifest.quantization, tensors)
     else:

@@ -104,8 +104,8 @@ class MiniLMAttention(nn.Module):
         return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
 
     def fuse_for_inference(self) -> None:
-        """Compute query, key and value with one GEMM (see slimserve.compression.quantize.fuse)."""
-        from slimserve.compression.quantize.fuse import concat_output_channels
+        """Compute query, key and value with one GEMM (see slimserve.quant.fuse)."""
+        from slimserve.quant.fuse import concat_output_channels
 
         self.fused_qkv = concat_output_channels([self.query, self.key, self.value])
 
@@ -131,8 +131,8 @@ class MiniLMFeedForward(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def fuse_for_inference(self) -> None:
-        """GELU + int8 quantization of its output in one pass (see slimserve.compression.quantize.int8_dynamic)."""
-        from slimserve.compression.quantize.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
+        """GELU + int8 quantization of its output in one pass (see slimserve.quant.int8_dynamic)."""
+        from slimserve.quant.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
 
         self.gelu_output = GeluInt8Linear(self.output) if type(self.output) is Int8DynamicLinear else None
 

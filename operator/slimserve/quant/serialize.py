@@ -13,9 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimserve.compression.quantize.apply import install
-from slimserve.compression.quantize.base import QuantizedModule, kind_named
-from slimserve.compression.quantize.int4_weight_only import Int4WeightOnlyLinear, require_cuda
+from slimserve.quant.base import QuantizedModule, install, kind_named
+from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, require_cuda
 
 RECIPE_FORMAT = "slimserve.quantization"
 RECIPE_VERSION = 1

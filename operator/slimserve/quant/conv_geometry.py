@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from slimserve.compression.quantize.base import spec_bool, spec_int, spec_ints
+from slimserve.quant.base import spec_bool, spec_int, spec_ints
 
 
 @dataclass(frozen=True)

@@ -20,33 +20,12 @@ import torch.nn.functional as F
 import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, ReplacesLinear
-from slimserve.compression.quantize.conv_geometry import ConvGeometry, ReplacesConv2d
-from slimserve.compression.quantize.kernels import MIN_SCALE, symmetric_int8_per_row
+from slimserve.quant.base import QuantizedModule, ReplacesLinear
+from slimserve.quant.conv_geometry import ConvGeometry, ReplacesConv2d
+from slimserve.quant.kernels import symmetric_int8_per_row
 
 _ops = torch.ops.quantized_decomposed
 UINT8_MIN, UINT8_MAX = 0, 255
-
-
-class ActivationRange:
-    """Running min/max of a module's input over the calibration batches."""
-
-    def __init__(self) -> None:
-        self.low = float("inf")
-        self.high = float("-inf")
-
-    def observe(self, x: torch.Tensor) -> None:
-        self.low = min(self.low, float(x.detach().min()))
-        self.high = max(self.high, float(x.detach().max()))
-
-    def uint8_params(self) -> tuple[float, int]:
-        """(scale, zero point) of an asymmetric uint8 grid covering the range and exactly representing 0."""
-        if self.low > self.high:
-            raise ValueError("calibration never reached this layer")
-        low, high = min(self.low, 0.0), max(self.high, 0.0)
-        scale = max((high - low) / (UINT8_MAX - UINT8_MIN), MIN_SCALE)
-        zero_point = int(min(max(round(UINT8_MIN - low / scale), UINT8_MIN), UINT8_MAX))
-        return scale, zero_point
 
 
 class _Int8Static(QuantizedModule):
@@ -61,11 +40,11 @@ class _Int8Static(QuantizedModule):
         self._input_qparams = (1.0, 0)
         self.register_load_state_dict_post_hook(lambda module, _incompatible: module._refresh_qparams())
 
-    def _fill(self, module: nn.Module, activation: ActivationRange) -> None:
+    def _fill(self, module: nn.Module, input_qparams: tuple[float, int]) -> None:
         self.weight_int8, self.weight_scale = symmetric_int8_per_row(module.weight)
         if module.bias is not None:
             self.bias = module.bias.detach().float().clone()
-        scale, zero_point = activation.uint8_params()
+        scale, zero_point = input_qparams
         self.input_scale = torch.tensor([scale], dtype=torch.float32)
         self.input_zero_point = torch.tensor([zero_point], dtype=torch.int32)
         self._refresh_qparams()
@@ -94,9 +73,9 @@ class Int8StaticLinear(ReplacesLinear, _Int8Static):
         self._allocate((out_features, in_features), bias)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, activation: ActivationRange) -> "Int8StaticLinear":
+    def from_float(cls, linear: nn.Linear, input_qparams: tuple[float, int]) -> "Int8StaticLinear":
         module = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        module._fill(linear, activation)
+        module._fill(linear, input_qparams)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,37 +91,10 @@ class Int8StaticConv2d(ReplacesConv2d, _Int8Static):
         self._allocate(geometry.weight_shape(), geometry.bias)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, activation: ActivationRange) -> "Int8StaticConv2d":
+    def from_float(cls, conv: nn.Conv2d, input_qparams: tuple[float, int]) -> "Int8StaticConv2d":
         module = cls(ConvGeometry.of(conv))
-        module._fill(conv, activation)
+        module._fill(conv, input_qparams)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self._dequantized_input(x.float()), self._dequantized_weight(), self.bias, **self.geometry.conv_kwargs())
-
-
-def calibrate(model: nn.Module, names: list[str], batches: list[tuple], max_samples: int) -> dict[str, ActivationRange]:
-    """Run `batches` (tuples of forward arguments) through the float model until `max_samples` rows have
-    gone through, recording the input range of each named module."""
-    modules = dict(model.named_modules())
-    ranges = {name: ActivationRange() for name in names}
-    handles = [
-        modules[name].register_forward_pre_hook(lambda _module, args, r=ranges[name]: r.observe(args[0])) for name in names
-    ]
-    seen = 0
-    try:
-        with torch.inference_mode():
-            for index, batch in enumerate(batches):
-                if not isinstance(batch, tuple) or not batch or not isinstance(batch[0], torch.Tensor):
-                    raise ValueError(f"calibration[{index}]: expected a tuple of input tensors, got {type(batch).__name__}")
-                model(*batch)
-                seen += int(batch[0].shape[0]) if batch[0].dim() else 1
-                if seen >= max_samples:
-                    break
-    finally:
-        for handle in handles:
-            handle.remove()
-    unreached = [name for name, r in ranges.items() if r.low > r.high]
-    if unreached:
-        raise ValueError(f"calibration: the batches never reached {unreached[0]!r}; cannot calibrate it")
-    return ranges

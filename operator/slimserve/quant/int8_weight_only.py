@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, ReplacesLinear
-from slimserve.compression.quantize.conv_geometry import ConvGeometry, ReplacesConv2d
-from slimserve.compression.quantize.kernels import dequantize_per_row, symmetric_int8_per_row
+from slimserve.quant.base import QuantizedModule, ReplacesLinear
+from slimserve.quant.conv_geometry import ConvGeometry, ReplacesConv2d
+from slimserve.quant.kernels import dequantize_per_row, symmetric_int8_per_row
 
 
 class _Int8Weight(QuantizedModule):

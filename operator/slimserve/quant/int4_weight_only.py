@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, spec_bool, spec_int
-from slimserve.compression.quantize.kernels import MIN_SCALE
+from slimserve.quant.base import QuantizedModule, spec_bool, spec_int
+from slimserve.quant.kernels import MIN_SCALE
 
 UINT4_MAX = 15
 GROUP_SIZES = (128, 64, 32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimserve.compression.quantize.int8_dynamic import Int8DynamicLinear
+from slimserve.quant.int8_dynamic import Int8DynamicLinear
 
 
 def concat_output_channels(linears: list[nn.Module]) -> nn.Module | None:

@@ -24,9 +24,9 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
-from slimserve.compression.quantize.fuse import apply_inference_fusions
-from slimserve.compression.quantize.int8_dynamic import Int8DynamicLinear
-from slimserve.compression.quantize.int8_static import _Int8Static
+from slimserve.quant.fuse import apply_inference_fusions
+from slimserve.quant.int8_dynamic import Int8DynamicLinear
+from slimserve.quant.int8_static import _Int8Static
 
 log = logging.getLogger(__name__)
 

@@ -85,3 +85,11 @@ class ReplacesLinear:
 
     def float_shape_matches(self, module: nn.Module) -> bool:
         return isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (self.in_features, self.out_features)
+
+
+def install(model: nn.Module, replacements: dict[str, nn.Module]) -> None:
+    """Put each replacement in place of the module of the same name."""
+    for name, module in replacements.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, spec_int
-from slimserve.compression.quantize.kernels import symmetric_int8_per_row
+from slimserve.quant.base import QuantizedModule, spec_int
+from slimserve.quant.kernels import symmetric_int8_per_row
 
 
 class Int8Embedding(QuantizedModule):

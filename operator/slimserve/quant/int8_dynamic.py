@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimserve.compression.quantize.base import QuantizedModule, ReplacesLinear
-from slimserve.compression.quantize.kernels import (
+from slimserve.quant.base import QuantizedModule, ReplacesLinear
+from slimserve.quant.kernels import (
     INT8_MAX,
     UNSIGNED_ACTIVATIONS,
     int8_matmul,

@@ -1,0 +1,80 @@
+"""The built-in quantizers, one per method config: which float modules each replaces, and by what.
+
+| method            | nn.Linear               | nn.Conv2d               | nn.Embedding   |
+| ----------------- | ----------------------- | ----------------------- | -------------- |
+| int8-dynamic      | Int8DynamicLinear       | float                   | Int8Embedding  |
+| int8-static       | Int8StaticLinear        | Int8StaticConv2d        | Int8Embedding  |
+| int8-weight-only  | Int8WeightOnlyLinear    | Int8WeightOnlyConv2d    | Int8Embedding  |
+| int4-weight-only  | Int4WeightOnlyLinear    | float                   | Int8Embedding  |
+
+int4-weight-only leaves a Linear float when no int4 group size divides its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from slimserve.compression.quantize.calibration import calibrate
+from slimserve.compression.quantize.configs import (
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    QuantizationConfig,
+)
+from slimserve.compression.quantize.registry import Convert, register_quantizer
+from slimserve.quant.embedding import Int8Embedding
+from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, group_size_for
+from slimserve.quant.int8_dynamic import Int8DynamicLinear
+from slimserve.quant.int8_static import Int8StaticConv2d, Int8StaticLinear
+from slimserve.quant.int8_weight_only import Int8WeightOnlyConv2d, Int8WeightOnlyLinear
+
+FromFloat = Callable[[nn.Module], nn.Module]
+
+
+def _register_by_type(config_class: type[QuantizationConfig], converters: dict[type[nn.Module], FromFloat], **options) -> None:
+    """A quantizer that converts each module by its type alone (no calibration)."""
+
+    def prepare(_model: nn.Module, _config: QuantizationConfig, _names: list[str], _calibration) -> Convert:
+        return lambda _name, module: converters[type(module)](module)
+
+    register_quantizer(config_class, replaces=tuple(converters), **options)(prepare)
+
+
+def _int4_linear(linear: nn.Linear) -> nn.Module:
+    return Int4WeightOnlyLinear.from_float(linear, group_size_for(linear.in_features))
+
+
+def _int4_group_fits(module: nn.Module) -> bool:
+    return not isinstance(module, nn.Linear) or group_size_for(module.in_features) is not None
+
+
+_register_by_type(Int8DynamicConfig, {nn.Linear: Int8DynamicLinear.from_float, nn.Embedding: Int8Embedding.from_float})
+_register_by_type(
+    Int8WeightOnlyConfig,
+    {nn.Linear: Int8WeightOnlyLinear.from_float, nn.Conv2d: Int8WeightOnlyConv2d.from_float, nn.Embedding: Int8Embedding.from_float},
+)
+_register_by_type(
+    Int4WeightOnlyConfig,
+    {nn.Linear: _int4_linear, nn.Embedding: Int8Embedding.from_float},
+    requires_cuda=True,
+    accepts=_int4_group_fits,
+)
+
+
+@register_quantizer(Int8StaticConfig, replaces=(nn.Linear, nn.Conv2d, nn.Embedding), needs_calibration=True)
+def _int8_static(model: nn.Module, config: QuantizationConfig, names: list[str], calibration: list[tuple] | None) -> Convert:
+    modules = dict(model.named_modules())
+    observed = [name for name in names if not isinstance(modules[name], nn.Embedding)]
+    ranges = calibrate(model, observed, calibration, config.calibration_samples)
+
+    def convert(name: str, module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.Embedding):
+            return Int8Embedding.from_float(module)
+        kind = Int8StaticConv2d if isinstance(module, nn.Conv2d) else Int8StaticLinear
+        return kind.from_float(module, ranges[name].uint8_params())
+
+    return convert
+

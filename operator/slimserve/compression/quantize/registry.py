@@ -1,0 +1,63 @@
+"""Quantizers by config class: how a method picks its modules and converts them, looked up from the type
+of its config (as torchao's `quantize_(model, config)` does), so no code compares method names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from slimserve.compression.quantize.configs import QuantizationConfig
+
+# (name, float module) -> its quantized replacement
+Convert = Callable[[str, nn.Module], nn.Module]
+# (model, config, names of the modules to convert, calibration batches) -> convert; runs calibration if any
+Prepare = Callable[[nn.Module, QuantizationConfig, list[str], "list[tuple] | None"], Convert]
+
+
+def any_module(_module: nn.Module) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    replaces: tuple[type[nn.Module], ...]  # exact types: a subclass may change forward
+    prepare: Prepare
+    needs_calibration: bool = False
+    requires_cuda: bool = False
+    accepts: Callable[[nn.Module], bool] = any_module  # a module of a replaced type it can still not convert
+
+    def quantizes(self, module: nn.Module) -> bool:
+        return type(module) in self.replaces and self.accepts(module)
+
+
+_QUANTIZERS: dict[type[QuantizationConfig], Quantizer] = {}
+
+
+def register_quantizer(
+    config_class: type[QuantizationConfig],
+    *,
+    replaces: tuple[type[nn.Module], ...],
+    needs_calibration: bool = False,
+    requires_cuda: bool = False,
+    accepts: Callable[[nn.Module], bool] = any_module,
+) -> Callable[[Prepare], Prepare]:
+    def decorator(prepare: Prepare) -> Prepare:
+        if config_class in _QUANTIZERS:
+            raise ValueError(f"a quantizer for {config_class.__name__} is already registered")
+        _QUANTIZERS[config_class] = Quantizer(replaces, prepare, needs_calibration, requires_cuda, accepts)
+        return prepare
+
+    return decorator
+
+
+def quantizer_for(config_class: type[QuantizationConfig]) -> Quantizer:
+    try:
+        return _QUANTIZERS[config_class]
+    except KeyError:
+        raise LookupError(f"no quantizer registered for {config_class.__name__}") from None
+
+
+def registered_configs() -> tuple[type[QuantizationConfig], ...]:
+    return tuple(_QUANTIZERS)
