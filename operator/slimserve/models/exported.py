@@ -27,6 +27,7 @@ from torch.utils._sympy import functions as torch_sympy_functions
 
 from slimserve.artifacts.cache import cache_dir
 from slimserve.artifacts.digest import sha256_file
+from slimserve.models.asset_names import PROGRAM_FILE
 
 
 class ProgramError(ValueError):
@@ -202,8 +203,6 @@ def classifier_shape(module: nn.Module) -> tuple[int, int]:
 
 def program_assets(path: Path) -> Path:
     """A cache folder holding the program as `program.pt2`, keyed by its content (what artifacts copy)."""
-    from slimserve.models.families import PROGRAM_FILE
-
     folder = cache_dir("programs", sha256_file(path)[:24])
     target = folder / PROGRAM_FILE
     if not target.is_file():

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from slimserve.models import digits
+from slimserve.models.asset_names import PROGRAM_FILE, TOKENIZER_FILE
 from slimserve.models.servable import ModelInfo, Servable, TensorSpec
 from slimserve.models.servables import ClassifierServable, EmbeddingServable, Forward
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 class ModelFamily(ABC):
@@ -181,8 +180,6 @@ class ExportedProgramFamily(ModelFamily):
         features = int(self.recipe_of(self.build({}, assets))["num_features"])
         return (torch.rand(batch_size, features),)
 
-
-PROGRAM_FILE = "program.pt2"
 
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family

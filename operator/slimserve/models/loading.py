@@ -15,10 +15,11 @@ from torch import nn
 from slimserve.artifacts import Artifact, SlimServeError
 from slimserve.artifacts.storage import resolve_uri
 from slimserve.models import digits
-from slimserve.models.families import FAMILIES, TOKENIZER_FILE, ModelFamily, family_named, set_training
+from slimserve.models.asset_names import PROGRAM_FILE, TOKENIZER_FILE
+from slimserve.models.families import FAMILIES, ModelFamily, family_named, set_training
 
 if TYPE_CHECKING:
-    from slimserve.api.compression_job import S3Spec
+    from slimserve.api.storage import S3Spec
 
 BUILTIN_SCHEME = "builtin://"
 BUILTIN_MODELS = ("digits-cnn", "digits-mlp", "minilm-l6")
@@ -135,7 +136,6 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
 def load_program(path: Path, uri: str) -> LoadedModel:
     """A `torch.export` classifier program (.pt2), inspected and loaded without unpickling anything."""
     from slimserve.models.exported import ProgramError, load_program_module, program_assets
-    from slimserve.models.families import PROGRAM_FILE
 
     if not path.is_file():
         raise ModelLoadError(f"model.uri: {uri}: expected a .pt2 file")
