@@ -13,13 +13,13 @@ from slimserve.api.common import (
     DNS_LABEL_PATTERN,
     MODEL_URI_PATTERN,
     Condition,
-    LocalObjectReference,
     ResourceKind,
     ResourceRequirements,
     SpecModel,
     StatusModel,
 )
 from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS, Step
+from slimserve.api.storage import ArtifactRef, S3Spec
 
 ModelFormat = Literal["auto", "transformers", "torch-export", "slimserve"]
 Metric = Literal["auto", "accuracy", "cosine"]
@@ -85,22 +85,6 @@ class OutputSpec(SpecModel):
         pattern=ARTIFACT_URI_PATTERN,
         max_length=2048,
         description="file:///path, pvc://CLAIM/path or s3://bucket/prefix of the artifact directory.",
-    )
-
-
-class S3Spec(SpecModel):
-    """Access to an S3-compatible object store for s3:// URIs."""
-
-    endpoint: str | None = Field(
-        default=None,
-        pattern=r"^https?://[^\s]+$",
-        max_length=2048,
-        description="Endpoint URL of an S3-compatible store, e.g. http://minio.storage:9000. Empty means AWS.",
-    )
-    region: str | None = Field(default=None, max_length=64, description="Region, e.g. eu-west-1.")
-    credentials_secret: LocalObjectReference | None = Field(
-        default=None,
-        description="Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, passed to the pod as environment.",
     )
 
 
@@ -211,13 +195,6 @@ class CompressionMetrics(StatusModel):
     speedup: float = Field(description="Compressed throughput over baseline throughput.")
     accuracy_delta: float = Field(description="Compressed metric minus baseline metric (negative is a drop).")
     steps: list[StepResult] = Field(default_factory=list, description="Metrics after each step.")
-
-
-class ArtifactRef(StatusModel):
-    uri: str = Field(description="Where the artifact was written.")
-    digest: str = Field(description="sha256 of the artifact's manifest, e.g. sha256:ab12...")
-    size_bytes: int = Field(description="Total size of the artifact's files in bytes.")
-    format: str = Field(default="slimserve/v1", description="Artifact format and version.")
 
 
 class Progress(StatusModel):

@@ -17,7 +17,8 @@ from slimserve.api.common import (
     SpecModel,
     StatusModel,
 )
-from slimserve.api.compression_job import DEFAULT_NODE_POOL, S3Spec
+from slimserve.api.compression_job import DEFAULT_NODE_POOL
+from slimserve.api.storage import S3Spec
 
 
 class ModelReference(SpecModel):

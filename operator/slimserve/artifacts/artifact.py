@@ -24,7 +24,7 @@ from slimserve.artifacts.sparse import pack_sparse, unpack_sparse
 from slimserve.artifacts.storage import check_writable, local_path, publish_directory, resolve_uri, split_uri
 
 if TYPE_CHECKING:
-    from slimserve.api.compression_job import ArtifactRef, S3Spec
+    from slimserve.api.storage import ArtifactRef, S3Spec
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def save_artifact(
     reader sees the old artifact or the new one, never a part; an existing directory that is not an
     artifact is never overwritten.
     """
-    from slimserve.api.compression_job import ArtifactRef
+    from slimserve.api.storage import ArtifactRef
 
     scheme, _ = split_uri(uri)
     if scheme == "s3":

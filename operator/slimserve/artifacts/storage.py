@@ -21,7 +21,7 @@ from slimserve.artifacts.errors import StorageError
 from slimserve.artifacts.paths import contained_path
 
 if TYPE_CHECKING:
-    from slimserve.api.compression_job import S3Spec
+    from slimserve.api.storage import S3Spec
 
 PVC_ROOT_ENV = "SLIMSERVE_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"

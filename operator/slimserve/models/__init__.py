@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from slimserve.models.servable import ModelInfo, Servable, TensorSpec
 
 if TYPE_CHECKING:
-    from slimserve.api.compression_job import S3Spec
+    from slimserve.api.storage import S3Spec
 
 __all__ = ["ModelInfo", "Servable", "TensorSpec", "load_servable"]
 
