@@ -58,6 +58,3 @@ def quantizer_for(config_class: type[QuantizationConfig]) -> Quantizer:
     except KeyError:
         raise LookupError(f"no quantizer registered for {config_class.__name__}") from None
 
-
-def registered_configs() -> tuple[type[QuantizationConfig], ...]:
-    return tuple(_QUANTIZERS)
