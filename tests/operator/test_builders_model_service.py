@@ -220,6 +220,57 @@ def test_names_fit_kubernetes_limits():
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", digit_owner.service_name)
 
 
+DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+TRICKY_NAMES = [
+    "my.model", "my-model", "1digits", "msvc-1digits", "msvc-1digits--" + "0" * 8, "a", "a.b-c", "a-b.c", "a-b-c",
+    "0", "9.9", "x" * 63, "x" * 64, "x" * 253, "x" * 52 + ".y", "x" * 52 + "-y", "a--deadbeef",
+    b.child_name("my.model"), b.child_name("1digits"), b.child_name("x" * 64),
+]
+
+
+def valid_model_service_names(count: int, seed: int = 7):
+    """Random DNS-1123 subdomains, biased towards what the derived names look like."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = "ab19-."
+    while count:
+        labels = []
+        for _ in range(rng.randint(1, 3)):
+            middle = "".join(rng.choice(alphabet.replace(".", "")) for _ in range(rng.randint(0, 6)))
+            labels.append(rng.choice("ab19") + (middle + rng.choice("ab19") if middle else ""))
+        name = ".".join(labels)
+        if rng.random() < 0.2:
+            name = f"{name}--{rng.getrandbits(32):08x}"
+        if rng.random() < 0.1:
+            name = name + "-" + "c" * rng.randint(40, 70)
+        if len(name) <= 253:
+            count -= 1
+            yield name
+
+
+def test_child_names_are_dns_labels_and_never_collide():
+    names = set(TRICKY_NAMES) | set(valid_model_service_names(20000))
+    children_of: dict[str, str] = {}
+    for name in names:
+        derived = b.child_name(name)
+        assert DNS_1035_LABEL.fullmatch(derived) and len(derived) <= 63, (name, derived)
+        assert derived not in children_of, f"{name!r} and {children_of.get(derived)!r} share {derived!r}"
+        children_of[derived] = name
+
+
+def test_names_that_are_dns_labels_keep_their_children():
+    for name in ("digits", "my-model", "msvc-1digits", "x" * 63):
+        assert b.child_name(name) == name
+    assert b.child_name("my.model").startswith("my-model--")
+    assert b.child_name("1digits").startswith("msvc-1digits--")
+    derived = b.Owner(name="my.model", namespace="ns", uid="u")
+    service = b.build_service(derived)
+    assert service["metadata"]["name"] == derived.child_name
+    assert service["spec"]["selector"]["app.kubernetes.io/instance"] == derived.child_name
+    assert b.service_url(derived, "cluster.local") == f"http://{derived.child_name}.ns.svc.cluster.local:8080"
+
+
 def test_fixed_replicas_and_no_autoscalers():
     result = children(spec(replicas=3))
     kinds = by_kind(result)

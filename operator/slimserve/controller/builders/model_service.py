@@ -10,6 +10,7 @@ those and deletes the rest.
 from __future__ import annotations
 
 import json
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from slimserve.api import API_VERSION
 from slimserve.api.model_service import AutoscalingSpec, ModelService, ModelServiceSpec
 from slimserve.controller.builders import (
-    bounded_name,
+    DNS_LABEL_MAX,
     hardened_container_security_context,
     hardened_pod_security_context,
     pool_placement,
@@ -73,7 +74,29 @@ ENV_SHUTDOWN_DELAY = "SLIMSERVE_SHUTDOWN_DELAY_S"
 ENV_PVC_ROOT = "SLIMSERVE_PVC_ROOT"
 ENV_CACHE = "SLIMSERVE_CACHE"
 
-_DNS_1035_START = re.compile(r"^[a-z]")
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+# The mark of a derived name: "--" and a hash of the resource's name. A name that already ends like this is
+# derived too, so a name kept as it is never equals another's derived name.
+_NAME_HASH_LENGTH = 8
+_DERIVED = re.compile(rf".*--[0-9a-f]{{{_NAME_HASH_LENGTH}}}")
+_DIGIT_PREFIX = "msvc-"
+
+
+def child_name(name: str) -> str:
+    """The name of every child of the ModelService `name`, a DNS-1035 label (a Service's name, a label value).
+
+    A name that is such a label already is kept (children made before keep theirs). Any other (dots, a leading
+    digit, longer than 63) becomes a readable form plus "--" and a hash of the whole name: two ModelServices
+    never share children, `my.model` and `my-model`, `1digits` and `msvc-1digits` included.
+    """
+    if _DNS_1035_LABEL.fullmatch(name) and not _DERIVED.fullmatch(name):
+        return name
+    readable = name.replace(".", "-")
+    if not readable[:1].isalpha():
+        readable = _DIGIT_PREFIX + readable
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_NAME_HASH_LENGTH]
+    keep = DNS_LABEL_MAX - len(digest) - 2
+    return f"{readable[:keep].rstrip('-')}--{digest}"
 
 
 @dataclass(frozen=True)
@@ -91,14 +114,13 @@ class Owner:
 
     @property
     def child_name(self) -> str:
-        """Name of the Deployment, HPA, PDB and ScaledObject (63 characters at most, like label values)."""
-        return bounded_name(self.name)
+        """Name of every child (Deployment, Service, HPA, PDB, ScaledObject) and the value of its instance label."""
+        return child_name(self.name)
 
     @property
     def service_name(self) -> str:
-        """A DNS-1035 label: lowercase letters, digits and '-', starting with a letter."""
-        base = self.name.replace(".", "-")
-        return bounded_name(base if _DNS_1035_START.match(base) else f"msvc-{base}")
+        """The Service's name: the children's (a DNS-1035 label, as Service names must be)."""
+        return self.child_name
 
     def reference(self) -> dict[str, Any]:
         return {
