@@ -117,7 +117,7 @@ def test_someone_elses_object_is_left_alone(control_plane, namespace, holder):
 @pytest.mark.cluster
 def test_an_object_created_between_read_and_apply_is_not_taken_over(control_plane, namespace, monkeypatch):
     cp = control_plane
-    real_read = kube._read_for_apply
+    real_read = kube.read_named
 
     def read_then_lose_the_race(api, manifest):
         seen = real_read(api, manifest)
@@ -125,7 +125,7 @@ def test_an_object_created_between_read_and_apply_is_not_taken_over(control_plan
             apply(cp, namespace, hand_made_service(namespace))  # another writer, right after the read
         return seen
 
-    monkeypatch.setattr(kube, "_read_for_apply", read_then_lose_the_race)
+    monkeypatch.setattr(kube, "read_named", read_then_lose_the_race)
     with cp.api_client() as api, pytest.raises(kube.ChildConflict):
         kube.apply_controlled(api, service(namespace), OWNER_UID)
     theirs = get(cp, namespace, "service", "digits")

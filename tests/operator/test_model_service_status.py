@@ -12,11 +12,13 @@ from slimserve.controller.builders.model_service import Owner, ServedModel
 from slimserve.controller.conditions import find_condition
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_status import (
+    Refusal,
     autoscaling_verdict,
     compose_status,
     evaluate_rollout,
     inputs_for,
     invalid_status,
+    refusal_verdict,
     resolve_compression_job,
     resolve_uri,
     status_differs,
@@ -191,6 +193,38 @@ def test_invalid_status_and_differences():
     assert not status_differs(status, dict(status))
     assert status_differs(status, {**status, "observedGeneration": 5})
     assert not status_differs({}, {"modelDigest": None})  # absent and null are the same
+
+
+def test_refused_children_are_a_warning_until_an_apply_succeeds():
+    served = compose_status(None, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    refusals = [Refusal("ApplyFailed", "applying PodDisruptionBudget digits: 500 etcd is gone"),
+                Refusal("ChildConflict", "Service team-a/digits exists and is controlled by no controller")]
+    refused = compose_status(served, inputs(resolve_uri("file:///m")), None, refusal_verdict(refusals))
+    ready = find_condition(refused["conditions"], "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ChildConflict")
+    assert "500 etcd is gone" in ready["message"] and "Service team-a/digits" in ready["message"]
+    assert find_condition(refused["conditions"], "Stalled")["status"] == "True"
+    assert refused["url"] == served["url"]  # what served before is not withdrawn
+    assert [(e.type, e.reason) for e in transition_events(served, refused)] == [("Warning", "ChildConflict")]
+
+    failed = compose_status(None, inputs(resolve_uri("file:///m")), None, refusal_verdict(refusals[:1]))
+    assert find_condition(failed["conditions"], "Ready")["reason"] == "ApplyFailed"
+    assert find_condition(failed["conditions"], "Stalled")["status"] == "False"  # may pass by itself
+    assert "url" not in {k for k, v in failed.items() if v is not None}  # nothing advertised before it is applied
+
+    recovered = compose_status(refused, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    assert find_condition(recovered["conditions"], "Ready")["reason"] == "Available"
+    assert find_condition(recovered["conditions"], "Stalled")["status"] == "False"
+
+
+def test_refused_passes_back_off_up_to_a_cap_and_start_over_once_applied():
+    runtime = Runtime()
+    key = ("team-a", "digits")
+    delays = [runtime.refused_retry_delay(key) for _ in range(8)]
+    assert delays == [2, 4, 8, 16, 32, 60, 60, 60]
+    runtime.applied(key)
+    assert runtime.refused_retry_delay(key) == 2
+    assert runtime.refused_retry_delay(("team-a", "other")) == 2
 
 
 def test_events_announce_transitions_only():

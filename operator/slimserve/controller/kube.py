@@ -109,7 +109,7 @@ def apply_controlled(api: client.ApiClient, manifest: dict[str, Any], owner_uid:
     meta = manifest["metadata"]
     kind, name, namespace = manifest["kind"], meta["name"], meta["namespace"]
     for attempt in range(1, _RACE_ATTEMPTS + 1):
-        live, version = _read_for_apply(api, manifest)
+        live, version = read_named(api, manifest)
         if live is not None:
             if controller_uid(live) != owner_uid:
                 raise ChildConflict(kind, name, namespace, holder_of(live))
@@ -127,8 +127,9 @@ def apply_controlled(api: client.ApiClient, manifest: dict[str, Any], owner_uid:
     raise AssertionError("unreachable")
 
 
-def _read_for_apply(api: client.ApiClient, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """(the live object or None, the resourceVersion an apply must find) by one list: list rights suffice."""
+def read_named(api: client.ApiClient, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """(the object `manifest` names or None, the resourceVersion an apply must find) by one list: the
+    operator's rights on its children are list, not get."""
     meta = manifest["metadata"]
     found = _call(
         api,
@@ -165,13 +166,10 @@ def delete_controlled(
 ) -> bool:
     """Delete the object only if `owner_uid` controls it (as read, by uid and resourceVersion preconditions);
     False when it is absent or someone else's."""
-    found = _call(
-        api, "GET", object_path(api_version, kind, namespace), query=[("fieldSelector", f"metadata.name={name}")]
-    )
-    items = found.get("items") or []
-    if not items or controller_uid(items[0]) != owner_uid:
+    live, _ = read_named(api, {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace}})
+    if live is None or controller_uid(live) != owner_uid:
         return False
-    meta = items[0]["metadata"]
+    meta = live["metadata"]
     try:
         _call(
             api,
@@ -371,6 +369,15 @@ def namespace_terminating(exc: ApiException) -> bool:
     except (TypeError, ValueError):
         return False
     return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own words for a failure (its Status message), with the HTTP status."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return f"{exc.status} {message or exc.reason}"
 
 
 def raise_for_api_error(exc: ApiException, what: str) -> None:

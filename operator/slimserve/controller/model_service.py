@@ -27,7 +27,7 @@ from slimserve.controller.builders.model_service import (
     controller_owner,
 )
 from slimserve.controller.model_service_keda import follow_keda
-from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, reconcile, sync
+from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, ChildrenRefused, reconcile, sync
 from slimserve.controller.model_service_state import Runtime, fingerprint
 from slimserve.controller.model_service_status import resolve_compression_job
 from slimserve.controller.workqueue import WorkQueue
@@ -87,8 +87,14 @@ def stop_model_service_controller(**_: Any) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def reconcile_model_service(body: kopf.Body, **_: Any) -> None:
     # Waiting for a CompressionJob is not a retry: its watch brings the service back when the job changes, and
-    # a handler parked in a delayed retry would hold back spec changes until the delay ran out.
-    reconcile(RUNTIME, body)
+    # a handler parked in a delayed retry would hold back spec changes until the delay ran out. For the same
+    # reason refused children are retried from the work queue, with the back-off the refusal asks for.
+    try:
+        reconcile(RUNTIME, body)
+    except ChildrenRefused as refused:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        RUNTIME.want_full_pass(key)
+        QUEUE.add(key, refused.delay)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -35,6 +35,9 @@ WARNING_REASONS = frozenset(
         "CompressionFailed",
         "KedaNotInstalled",
         "ProgressDeadlineExceeded",
+        "ChildConflict",
+        "ApplyRejected",
+        "ApplyFailed",
     }
 )
 

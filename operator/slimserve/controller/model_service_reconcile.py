@@ -17,6 +17,7 @@ import logging
 from typing import Any, Mapping
 
 import kopf
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -36,13 +37,19 @@ from slimserve.controller.model_service_state import (
     key_of,
 )
 from slimserve.controller.model_service_status import (
+    APPLY_FAILED,
+    APPLY_REJECTED,
+    CHILD_CONFLICT,
     ModelResolution,
+    Refusal,
     Rollout,
+    Verdict,
     autoscaling_verdict,
     compose_status,
     evaluate_rollout,
     inputs_for,
     invalid_status,
+    refusal_verdict,
     resolve_compression_job,
     resolve_uri,
     status_differs,
@@ -137,8 +144,13 @@ def resolve_model(api: client.ApiClient, namespace: str, spec: ModelServiceSpec)
     return resolve_compression_job(job_name, read_custom(api, COMPRESSION_JOBS, namespace, job_name))
 
 
+class ChildrenRefused(kopf.TemporaryError):
+    """Some children could not be applied: the status says why; the pass is retried after `delay` (growing)."""
+
+
 def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False) -> Snapshot:
-    """The full pass. Raises kopf.PermanentError for a spec it cannot act on (after saying so in status).
+    """The full pass. Raises kopf.PermanentError for a spec it cannot act on (after saying so in status), and
+    ChildrenRefused when a child is someone else's or the API server refuses an apply (after saying so too).
 
     Unless `force`d (something changed that the inputs do not show: a child was edited or deleted), a pass
     whose inputs equal the last one's applies nothing: Kopf may call the handler twice for one change when
@@ -169,6 +181,7 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
         if not force and known is not None and known.desired == desired and known.inputs == inputs:
             return known
         rollout: Rollout | None = None
+        refused: Verdict | None = None
         deployment_generation = known.deployment_generation if known else 0
         replicas = known.stated_replicas if known else None
         if resolution.model is not None:
@@ -176,16 +189,26 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
             if replicas is None and known is not None and known.stated_replicas is not None:
                 hand_over_replicas(api, owner, known.stated_replicas, spec)
             try:
-                deployment = _apply_children(runtime, api, owner, spec, pool, resolution, keda)
+                deployment, refusals = _apply_children(runtime, api, owner, spec, pool, resolution, keda)
             except NamespaceTerminating:
                 log.debug("%s/%s: its namespace is being deleted; leaving it be", *key)
                 return known or Snapshot(owner, inputs, previous, body_ref(body))
-            deployment_generation = deployment.get("metadata", {}).get("generation", 0)
-            rollout = evaluate_rollout(deployment)
-        status = compose_status(previous, inputs, rollout)
-        snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation, desired, replicas)
+            if refusals:
+                refused = refusal_verdict(refusals)
+            else:
+                deployment_generation = deployment.get("metadata", {}).get("generation", 0)
+                rollout = evaluate_rollout(deployment)
+        status = compose_status(previous, inputs, rollout, refused)
+        # A refused pass has not reached what it was built from: the next one must apply again.
+        snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation,
+                            () if refused else desired, replicas, refused)
         publish(runtime, api, owner, snapshot.body_ref, previous, status)
         runtime.snapshots[key] = snapshot
+        if refused is not None:
+            delay = runtime.refused_retry_delay(key)
+            log.warning("%s/%s: %s; retrying in %gs", *key, refused.message, delay)
+            raise ChildrenRefused(refused.message, delay=delay)
+        runtime.applied(key)
         return snapshot
 
 
@@ -197,13 +220,25 @@ def _apply_children(
     pool: NodePool,
     resolution: ModelResolution,
     keda: bool,
-) -> dict[str, Any]:
-    """Apply every desired child, delete the optional ones no longer wanted; the live Deployment."""
+) -> tuple[dict[str, Any], list[Refusal]]:
+    """Apply every desired child this service controls or may create, delete the optional ones no longer
+    wanted that it controls; (the live Deployment, what was refused). One refusal does not hold back the rest.
+    """
     children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda)
     key = (owner.namespace, owner.name)
     deployment: dict[str, Any] = {}
+    refusals: list[Refusal] = []
     for manifest in children.apply:
-        live = _apply_child(runtime, api, manifest)
+        if manifest["kind"] != "Deployment" and not deployment and scales_deployment(manifest):
+            continue  # the Deployment was refused: an autoscaler would scale whatever holds its name
+        try:
+            live = _apply_child(runtime, api, manifest, owner)
+        except kube.ChildConflict as conflict:
+            refusals.append(Refusal(CHILD_CONFLICT, str(conflict)))
+            continue
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            refusals.append(refusal_of(exc, f"applying {manifest['kind']} {manifest['metadata']['name']}"))
+            continue
         runtime.remember_child(key, (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]), live)
         if manifest["kind"] == "Deployment":
             deployment = live
@@ -211,11 +246,25 @@ def _apply_children(
         if not runtime.exists(ref, owner):
             continue
         try:
-            kube.delete(api, ref.api_version, ref.kind, owner.namespace, ref.name)
-        except ApiException as exc:
-            kube.raise_for_api_error(exc, f"deleting {ref.kind} {ref.name}")
+            kube.delete_controlled(api, ref.api_version, ref.kind, owner.namespace, ref.name, owner.uid)
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            if not isinstance(exc, ApiException) or exc.status != 404:  # 404: its API is gone (KEDA), so is it
+                refusals.append(refusal_of(exc, f"deleting {ref.kind} {ref.name}"))
+                continue
         runtime.remember_child(key, (ref.api_version, ref.kind, ref.name), None)
-    return deployment
+    return deployment, refusals
+
+
+def scales_deployment(manifest: dict[str, Any]) -> bool:
+    return (manifest.get("spec") or {}).get("scaleTargetRef", {}).get("kind") == "Deployment"
+
+
+def refusal_of(exc: ApiException | urllib3.exceptions.HTTPError, what: str) -> Refusal:
+    """A failed write, in the API server's words: rejected (4xx, it will not pass by itself) or failed."""
+    if not isinstance(exc, ApiException) or exc.status is None:
+        return Refusal(APPLY_FAILED, f"{what}: no answer from the API server: {exc}")
+    rejected = 400 <= exc.status < 500 and exc.status not in (409, 429)
+    return Refusal(APPLY_REJECTED if rejected else APPLY_FAILED, f"{what}: {kube.api_message(exc)}")
 
 
 def hand_over_replicas(api: client.ApiClient, owner: Owner, stated: int, spec: ModelServiceSpec) -> None:
@@ -233,12 +282,16 @@ def hand_over_replicas(api: client.ApiClient, owner: Owner, stated: int, spec: M
         "spec": {"replicas": replicas},
     }
     try:
+        live, version = kube.read_named(api, partial)
+        if live is None or kube.controller_uid(live) != owner.uid:
+            return  # none (deleted: nothing to keep), or someone else's: not ours to touch
+        partial["metadata"]["resourceVersion"] = version
         client.AppsV1Api(api).patch_namespaced_deployment(
             owner.child_name, owner.namespace, partial, field_manager=HANDOVER_MANAGER, force=True,
             _content_type="application/apply-patch+yaml",
         )
     except ApiException as exc:
-        # No Deployment (it was deleted): nothing to keep, and a partial one cannot be created (422).
+        # Deleted since it was read: nothing to keep, and a partial one cannot be created (422).
         if exc.status not in (404, 422):
             kube.raise_for_api_error(exc, f"handing the replicas of Deployment {owner.child_name} to the autoscaler")
 
@@ -247,17 +300,16 @@ class NamespaceTerminating(Exception):
     """The service's namespace is being deleted: nothing may be created in it, and nothing needs to be."""
 
 
-def _apply_child(runtime: Runtime, api: client.ApiClient, manifest: dict[str, Any]) -> dict[str, Any]:
+def _apply_child(runtime: Runtime, api: client.ApiClient, manifest: dict[str, Any], owner: Owner) -> dict[str, Any]:
     what = f"applying {manifest['kind']} {manifest['metadata']['name']}"
     try:
-        return kube.apply(api, manifest)
+        return kube.apply_controlled(api, manifest, owner.uid)
     except ApiException as exc:
         if kube.namespace_terminating(exc):
             raise NamespaceTerminating(what) from exc
         if exc.status == 404 and manifest["apiVersion"] == f"{KEDA_GROUP}/{KEDA_VERSION}":
             runtime.keda.forget()  # KEDA was uninstalled since discovery last looked: look again, soon
             raise kopf.TemporaryError(f"{what}: KEDA's API is gone", delay=1) from exc
-        kube.raise_for_api_error(exc, what)
         raise
 
 
@@ -268,7 +320,7 @@ def refresh_status(runtime: Runtime, api: client.ApiClient, key: Key, deployment
         if snapshot is None or deployment.get("metadata", {}).get("generation", 0) < snapshot.deployment_generation:
             return
         rollout = evaluate_rollout(deployment) if snapshot.inputs.resolution.model is not None else None
-        status = compose_status(snapshot.status, snapshot.inputs, rollout)
+        status = compose_status(snapshot.status, snapshot.inputs, rollout, snapshot.refused)
         publish(runtime, api, snapshot.owner, snapshot.body_ref, snapshot.status, status)
         runtime.snapshots[key] = dataclasses.replace(snapshot, status=status)
 

@@ -21,11 +21,13 @@ from slimserve.controller import kube
 from slimserve.controller.builders.model_service import ChildRef, Owner
 from slimserve.controller.config import OperatorConfig
 from slimserve.controller.model_service_events import EventRecorder
-from slimserve.controller.model_service_status import StatusInputs
+from slimserve.controller.model_service_status import StatusInputs, Verdict
 
 Key = tuple[str, str]  # (namespace, name) of a ModelService
 ChildId = tuple[str, str, str]  # (apiVersion, kind, name) of a child in its service's namespace
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
+# Retries of a pass whose children were refused: doubling from the first, then every `cap` seconds.
+REFUSED_RETRY_FIRST, REFUSED_RETRY_CAP = 2.0, 60.0
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
@@ -51,6 +53,7 @@ class Snapshot:
     deployment_generation: int = 0  # of the Deployment as last applied: older watch events are stale
     desired: tuple = ()  # what the children were built from: (uid, generation, model, KEDA installed)
     stated_replicas: int | None = None  # the Deployment's replicas as last applied; None: an autoscaler's
+    refused: Verdict | None = None  # why the last pass could not apply every child (Ready says so until fixed)
 
 
 class KedaDiscovery:
@@ -102,6 +105,7 @@ class Runtime:
     latest_deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     full_pass_wanted: set[Key] = field(default_factory=set)
     scaled_objects: set[Key] = field(default_factory=set)  # services with a ScaledObject, as last listed
+    refused_passes: dict[Key, int] = field(default_factory=dict)  # passes refused in a row, for the back-off
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,6 +144,16 @@ class Runtime:
         with self._guard:
             return self.fingerprints.get(key, {}).get(child)
 
+    def refused_retry_delay(self, key: Key) -> float:
+        """Seconds before retrying a pass whose children were refused: grows with each refusal in a row."""
+        with self._guard:
+            count = self.refused_passes[key] = self.refused_passes.get(key, 0) + 1
+        return min(REFUSED_RETRY_FIRST * 2 ** (count - 1), REFUSED_RETRY_CAP)
+
+    def applied(self, key: Key) -> None:
+        with self._guard:
+            self.refused_passes.pop(key, None)
+
     def set_scaled_objects(self, owners: set[Key]) -> None:
         with self._guard:
             self.scaled_objects = owners
@@ -161,4 +175,5 @@ class Runtime:
             self.full_pass_wanted.discard(key)
             self.latest_deployments.pop(key, None)
             self.scaled_objects.discard(key)
+            self.refused_passes.pop(key, None)
             self._locks.pop(key, None)

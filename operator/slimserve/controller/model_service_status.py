@@ -23,7 +23,13 @@ MODEL_AVAILABLE = "ModelAvailable"
 AUTOSCALING_READY = "AutoscalingReady"
 # kstatus (Flux, kpt) reads Ready=False as "in progress" forever; Stalled=True tells it waiting will not help.
 STALLED = "Stalled"
-STALLED_REASONS = frozenset({"InvalidSpec", "UnknownNodePool", "CompressionFailed", "ProgressDeadlineExceeded"})
+# A child someone else holds, or an apply the API server rejects as such, needs someone to act (retries go on).
+CHILD_CONFLICT = "ChildConflict"
+APPLY_REJECTED = "ApplyRejected"  # 4xx: the manifest or the request is refused (invalid, forbidden, ...)
+APPLY_FAILED = "ApplyFailed"  # 5xx, throttling, no answer: may pass by itself
+STALLED_REASONS = frozenset(
+    {"InvalidSpec", "UnknownNodePool", "CompressionFailed", "ProgressDeadlineExceeded", CHILD_CONFLICT, APPLY_REJECTED}
+)
 
 
 @dataclass(frozen=True)
@@ -174,19 +180,39 @@ def _with(conditions: list[dict[str, Any]], type_: str, verdict: Verdict, genera
     return set_condition(conditions, type_, verdict.status, verdict.reason, verdict.message, generation=generation)
 
 
-def ready_verdict(resolution: ModelResolution, rollout: Rollout | None) -> Verdict:
+@dataclass(frozen=True)
+class Refusal:
+    """A child the pass could not apply: `reason` one of CHILD_CONFLICT, APPLY_REJECTED, APPLY_FAILED."""
+
+    reason: str
+    message: str
+
+
+def refusal_verdict(refusals: list[Refusal]) -> Verdict:
+    """Ready=False for the pass's refused applies: the reason needing the most attention, every message."""
+    order = (CHILD_CONFLICT, APPLY_REJECTED, APPLY_FAILED)
+    reason = min((r.reason for r in refusals), key=order.index)
+    return Verdict(FALSE, reason, "; ".join(r.message for r in refusals))
+
+
+def ready_verdict(resolution: ModelResolution, rollout: Rollout | None, refused: Verdict | None = None) -> Verdict:
     if not resolution.verdict.true:
         return resolution.verdict
+    if refused is not None:
+        return refused
     if rollout is None:
         return Verdict(FALSE, "DeploymentMissing", "the server Deployment does not exist yet")
     return rollout.verdict
 
 
-def compose_status(previous: dict[str, Any] | None, inputs: StatusInputs, rollout: Rollout | None) -> dict[str, Any]:
+def compose_status(
+    previous: dict[str, Any] | None, inputs: StatusInputs, rollout: Rollout | None, refused: Verdict | None = None
+) -> dict[str, Any]:
     """The whole status; conditions keep their lastTransitionTime while their status holds.
 
-    While no model is available the service fields keep their previous values: the pods of an earlier
-    artifact (if any) go on serving it until a new one is ready.
+    While no model is available, or the children could not be applied (`refused`: Ready says why), the
+    service fields keep their previous values: the pods of an earlier artifact (if any) go on serving it
+    until a new one is ready, and a Service someone else holds is never advertised.
     """
     previous = previous or {}
     generation = inputs.generation
@@ -195,14 +221,14 @@ def compose_status(previous: dict[str, Any] | None, inputs: StatusInputs, rollou
         conditions = [c for c in conditions if c.get("type") != AUTOSCALING_READY]
     else:
         conditions = _with(conditions, AUTOSCALING_READY, inputs.autoscaling, generation)
-    conditions = _with(conditions, READY, ready_verdict(inputs.resolution, rollout), generation)
+    conditions = _with(conditions, READY, ready_verdict(inputs.resolution, rollout, refused), generation)
     conditions = _with_stalled(conditions, generation)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": sorted(conditions, key=lambda c: c["type"]),
     }
     model = inputs.resolution.model
-    if model is None:
+    if model is None or refused is not None:
         for key in ("url", "grpcAddress", "modelUri", "modelDigest", "replicas", "readyReplicas"):
             status[key] = previous.get(key)
     else:
