@@ -60,6 +60,13 @@ def test_quickstart_compresses_serves_and_answers(tmp_path: Path):
     report = json.loads((artifact / "report.json").read_text())
     assert report and (artifact / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (artifact / "manifest.json").exists()
+    # Each speed in the table comes with its spread over the rounds, as report.json has it (and a warning when
+    # the rounds spread too far to be trusted).
+    baseline = next(c for c in report["candidates"] if c["step"] == "baseline")
+    row = next(line for line in out.splitlines() if "baseline (fp32)" in line)
+    assert f"{baseline['latencyP50Ms']:.3f} ±{baseline['latencySpread'] / 2:.0%}" in row, out
+    assert "interquartile range" in out
+    assert ("WARNING: speed figures not to be trusted" in out) == (not report["speed"]["trusted"])
 
 
 def test_missing_file_is_one_line(tmp_path: Path):

@@ -136,7 +136,7 @@ def measure_speeds(
             budget = budget_s * len(forwards)
             latency = interleaved_rounds(forwards, single, calls=5, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
                                          budget_s=budget, clock=clock)
-            batch_time = interleaved_rounds(forwards, batch, calls=1, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
+            batch_time = interleaved_rounds(forwards, batch, calls=3, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
                                             budget_s=budget, clock=clock)
     finally:
         torch.set_num_threads(previous)

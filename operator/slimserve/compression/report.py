@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from itertools import count
+import os
 from typing import TYPE_CHECKING, Any
 
 from slimserve.api.compression_job import CompressionMetrics
@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.text import Annotation, Text
 
-LABEL_GAP_PX = 2.0  # free space kept between two point labels
-LABEL_TRIES = 24  # offsets tried per label before it takes the least crowded one
+LABEL_GAP_PX = 4.0  # free space kept between two point labels
+MARKER_RADIUS_PT = 6.0  # room a label leaves around each plotted point
+LABEL_TRIES = 24  # heights tried per label before it takes the least crowded place
 
 
 def report_json(
@@ -36,6 +37,8 @@ def report_json(
             "trusted": speed_warning is None,
             "warning": speed_warning,
             "maxTrustedSpread": MAX_TRUSTED_SPREAD,
+            # spinning OpenMP threads (the default) slow whichever model runs next: PASSIVE is the fair setting
+            "ompWaitPolicy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "notes": (
             "candidates are scored as served; speeds are medians of rounds that alternate the original with the "
@@ -59,25 +62,30 @@ def report_figure(
     baseline, final = metrics.baseline, metrics.compressed
     figure, (by_size, by_latency) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     labels: dict[Any, list[Annotation]] = {by_size: [], by_latency: []}
+    # what labels keep off: each marker with its error bar, as (x from, x to, y) in data coordinates
+    points: dict[Any, list[tuple[float, float, float]]] = {by_size: [], by_latency: []}
     for axis in (by_size, by_latency):
         for candidate in candidates:
             if axis is by_size:
-                x, x_error = candidate.size_bytes / 1024.0, None
+                x, x_error, x_range = candidate.size_bytes / 1024.0, None, (candidate.size_bytes / 1024.0,) * 2
             elif candidate.speed is not None:
                 latency = candidate.speed.latency_ms
                 x, x_error = latency.median, [[latency.median - latency.low], [latency.high - latency.median]]
+                x_range = (latency.low, latency.high)
             else:
                 continue
             color, marker = ("black", "s") if candidate.step == "baseline" else ("tab:green" if candidate.accepted else "tab:red", "o")
             axis.errorbar([x], [candidate.metric], xerr=x_error, fmt=marker, color=color, markersize=6, alpha=0.8,
                           elinewidth=0.8, capsize=2)
             label = axis.annotate(
-                f"{candidate.step}: {candidate.label}", (x, candidate.metric), xytext=(4, 4), textcoords="offset points",
+                f"{candidate.step}: {candidate.label}", (x, candidate.metric), xytext=(0, 0), textcoords="offset points",
                 fontsize=6, va="center", arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": "gray", "shrinkB": 4},
             )
             label.set_in_layout(False)
             labels[axis].append(label)
+            points[axis].append((*x_range, candidate.metric))
         final_x = final.size_bytes / 1024.0 if axis is by_size else final.latency_p50_ms
+        points[axis].append((final_x, final_x, final.metric))
         axis.scatter([final_x], [final.metric], s=120, marker="*", color="tab:blue", label="compressed, as served", zorder=3)
         axis.axhline(baseline.metric - max_drop, linestyle="--", color="gray", linewidth=1, label="accuracy budget")
         axis.set_xscale("log")
@@ -101,7 +109,7 @@ def report_figure(
     figure.canvas.draw()  # the layout settles here; labels are placed on the final positions
     figure.set_layout_engine("none")
     for axis, axis_labels in labels.items():
-        _place_without_overlap(figure, axis, axis_labels)
+        _place_without_overlap(figure, axis, axis_labels, points[axis])
     return figure
 
 
@@ -124,20 +132,29 @@ def text_box(label: "Text", renderer):
     return Text.get_window_extent(label, renderer)
 
 
-def _place_without_overlap(figure: "Figure", axis, labels: list["Annotation"]) -> None:
-    """Move each point label up or down, right or left of its point, to the nearest place where it overlaps
-    no label placed before and stays inside the axes (the least crowded one if there is none)."""
+def _place_without_overlap(
+    figure: "Figure", axis, labels: list["Annotation"], points: list[tuple[float, float, float]]
+) -> None:
+    """Move each point label beside its marker and error bar, right or left, then up or down, to the nearest
+    place where it overlaps no marker, no bar and no label placed before, inside the axes (the least crowded
+    place if there is none). `points[i]` is label i's (x from, x to, y); more points are markers only."""
+    from matplotlib.transforms import Bbox
+
     renderer = figure.canvas.get_renderer()
     inside = axis.get_window_extent(renderer)
+    pt = figure.dpi / 72.0  # pixels per point
+    markers = [Bbox(axis.transData.transform([(x0, y), (x1, y)])).padded(MARKER_RADIUS_PT * pt) for x0, x1, y in points]
     placed = []
-    for label in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
-        step_pt = text_box(label, renderer).height * 72.0 / figure.dpi + LABEL_GAP_PX
+    for label, marker in sorted(zip(labels, markers), key=lambda pair: (pair[0].xy[1], pair[0].xy[0])):
+        x = axis.transData.transform([label.xy])[0][0]
+        step_pt = text_box(label, renderer).height / pt + LABEL_GAP_PX
         best, best_score = None, None
-        for offset, align in _offsets(step_pt):
+        for offset, align in _offsets(step_pt, right_pt=(marker.x1 - x) / pt, left_pt=(x - marker.x0) / pt):
             label.set_horizontalalignment(align)
             label.xyann = offset
             box = text_box(label, renderer)
-            clashes = sum(box.padded(LABEL_GAP_PX / 2).overlaps(other) for other in placed)
+            clashes = sum(box.padded(LABEL_GAP_PX).overlaps(other) for other in placed)
+            clashes += sum(box.overlaps(other) for other in markers)
             outside = not (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1)
             score = 2 * clashes + outside
             if best_score is None or score < best_score:
@@ -149,12 +166,10 @@ def _place_without_overlap(figure: "Figure", axis, labels: list["Annotation"]) -
         placed.append(text_box(label, renderer))
 
 
-def _offsets(step_pt: float):
-    """Label offsets (points) from its point, nearest first: up and down in steps, right then left."""
-    yield (4, 4), "left"  # the first place tried: up and right of the point
-    for k in count(1):
-        if 2 * k > LABEL_TRIES:
-            return
-        for sign in (1, -1):
-            yield (4, 4 + sign * k * step_pt), "left"
-            yield (-4, 4 + sign * k * step_pt), "right"
+def _offsets(step_pt: float, *, right_pt: float, left_pt: float):
+    """Label offsets (points) from its point, nearest first: just past its marker (and bar) on the right, then
+    on the left, then higher and lower in half-label steps."""
+    for k in range(LABEL_TRIES):
+        for dy in ((0.0,) if k == 0 else (k * step_pt / 2, -k * step_pt / 2)):
+            yield (right_pt + 1.0, dy), "left"
+            yield (-left_pt - 1.0, dy), "right"
