@@ -27,6 +27,7 @@ FAST_SPEC = {
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "SLIMSERVE_TERMINATION_LOG": str(tmp_path / "termination-log"), **extra}
     env.pop("SLIMSERVE_JOB_SPEC", None)
+    env.pop("OMP_WAIT_POLICY", None)
     return env
 
 
@@ -57,6 +58,8 @@ def test_subprocess_job_writes_a_verified_artifact_and_json_lines(tmp_path):
     assert load_artifact(artifact_ref.uri).digest == artifact_ref.digest
     assert metrics.compressed.parameters < metrics.baseline.parameters
     assert not (tmp_path / "termination-log").exists()
+    # OpenMP threads slept between calls, so the models timed side by side did not slow each other down.
+    assert json.loads((output / "report.json").read_text())["speed"]["ompWaitPolicy"] == "PASSIVE"
 
 
 def _run_cli(tmp_path, monkeypatch, capsys, spec: dict | str | None, *args: str) -> tuple[int, list[dict], str]:

@@ -78,6 +78,9 @@ def build_sinks(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slimserve.cli.openmp import wait_passively
+
+    wait_passively()  # before torch loads
     from slimserve.artifacts import SlimServeError
 
     sinks = build_sinks(args)

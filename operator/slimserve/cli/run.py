@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from slimserve.cli.openmp import wait_passively
+
+    wait_passively()  # before torch loads; the server process inherits it
     from slimserve.api.manifests import ManifestError
     from slimserve.artifacts import SlimServeError
     from slimserve.local.plan import PlanError, plan_from_file
