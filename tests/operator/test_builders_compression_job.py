@@ -7,6 +7,7 @@ import json
 import pytest
 
 from slimserve.api import CompressionJobSpec
+from slimserve.api.common import ResourceRequirements
 from slimserve.controller.builders import bounded_name
 from slimserve.controller.builders.compression_job import (
     GENERATION_LABEL,
@@ -119,6 +120,34 @@ def test_gpu_pool_gets_the_gpu_image_toleration_and_gpu_limit_next_to_the_users_
     assert pod["nodeSelector"] == {"slimserve.io/pool": "gpu"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert container["resources"] == {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": 2}}
+
+
+def test_a_pod_whose_job_names_no_resources_gets_the_configured_defaults_guaranteed():
+    container = container_of(job_for(make_spec()))
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    config = CONFIG.model_copy(
+        update={"compressor_resources": ResourceRequirements(requests={"cpu": "6", "memory": "24Gi"}, limits={"cpu": "6", "memory": "24Gi"})}
+    )
+    job = build_job(name="digits", namespace="team-a", generation=1, spec=make_spec(nodePool="gpu"), config=config)
+    assert container_of(job)["resources"] == {
+        "requests": {"cpu": "6", "memory": "24Gi"},
+        "limits": {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        # The user's request or limit of a resource wins as given; only a resource named nowhere is defaulted.
+        ({"requests": {"cpu": "1", "memory": "2Gi"}}, {"requests": {"cpu": "1", "memory": "2Gi"}}),
+        ({"limits": {"cpu": 8}}, {"requests": {"memory": "4Gi"}, "limits": {"cpu": 8, "memory": "4Gi"}}),
+        ({"requests": {"memory": "16Gi"}}, {"requests": {"cpu": "2", "memory": "16Gi"}, "limits": {"cpu": "2"}}),
+        ({"requests": {"ephemeral-storage": "10Gi"}},
+         {"requests": {"ephemeral-storage": "10Gi", "cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}),
+    ],
+)
+def test_the_users_resources_win_per_resource(given, expected):
+    assert container_of(job_for(make_spec(resources=given)))["resources"] == expected
 
 
 def test_pod_is_hardened():

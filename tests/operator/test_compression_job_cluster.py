@@ -187,7 +187,8 @@ def test_job_pod_is_placed_hardened_and_wired(control_plane, operator, namespace
     assert gpu_pod["spec"]["nodeName"] in GPU_NODES
     (gpu_container,) = gpu_pod["spec"]["containers"]
     assert gpu_container["image"] == "registry.test/slimserve/compressor:test-cuda"
-    assert gpu_container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    # The configured CPU and memory for a job that names none (Guaranteed), the pool's GPU beside them.
+    assert gpu_container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod["spec"]["tolerations"]
     secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gpu_container["env"] if "valueFrom" in e}
     assert secret_env["AWS_ACCESS_KEY_ID"] == {"name": "minio", "key": "AWS_ACCESS_KEY_ID"}

@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from slimserve.api.common import ResourceRequirements
+
 CONFIG_ENV = "SLIMSERVE_OPERATOR_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/slimserve/operator.yaml")
 
@@ -66,6 +68,13 @@ def _default_pools() -> dict[str, NodePool]:
     }
 
 
+def _default_compressor_resources() -> ResourceRequirements:
+    # Requests equal to limits: a Guaranteed pod, the last to be evicted, its speed figures measured on CPUs
+    # it is sure to have.
+    guaranteed = {"cpu": "2", "memory": "4Gi"}
+    return ResourceRequirements(requests=guaranteed, limits=dict(guaranteed))
+
+
 class OperatorConfig(_ConfigModel):
     images: Images = Field(default_factory=Images)
     node_pools: dict[str, NodePool] = Field(default_factory=_default_pools)
@@ -77,6 +86,8 @@ class OperatorConfig(_ConfigModel):
     # Prometheus that scrapes the server pods; KEDA's concurrency trigger queries it.
     prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
     image_pull_secrets: list[str] = Field(default_factory=list)
+    # CPU and memory of a compression pod whose CompressionJob names neither (per resource).
+    compressor_resources: ResourceRequirements = Field(default_factory=_default_compressor_resources)
 
     def node_pool(self, name: str) -> NodePool:
         """The pool, or a KeyError whose message lists the known pools."""

@@ -30,7 +30,7 @@ from slimserve.controller.builders import (
     hardened_pod_security_context,
     pool_placement,
 )
-from slimserve.controller.config import OperatorConfig
+from slimserve.controller.config import NodePool, OperatorConfig
 from slimserve.controller.labels import merge_labels, standard_labels
 
 COMPONENT = "compressor"
@@ -225,7 +225,7 @@ def build_job(
                 "command": ["slimserve"],
                 "args": ["compress"],
                 "env": _env(name=name, namespace=namespace, generation=generation, spec=spec, config=config),
-                "resources": _resources(spec, pool.gpu_resource_name, pool.gpus_per_pod),
+                "resources": compressor_resources(spec, pool, config),
                 "volumeMounts": [
                     {"name": "scratch", "mountPath": SCRATCH_DIR},
                     {"name": "cache", "mountPath": CACHE_DIR},
@@ -281,12 +281,22 @@ def _env(
     return env
 
 
-def _resources(spec: CompressionJobSpec, gpu_resource: str | None, gpus: int) -> dict[str, Any]:
-    resources = spec.resources.to_json() if spec.resources else {}
-    if gpu_resource:
-        limits = resources.setdefault("limits", {})
-        limits.setdefault(gpu_resource, gpus)
-    return resources
+def compressor_resources(spec: CompressionJobSpec, pool: NodePool, config: OperatorConfig) -> dict[str, Any]:
+    """The spec's resources; the configuration's request and limit for CPU or memory the spec names neither
+    of (Guaranteed with the shipped defaults); the pool's GPUs as a limit."""
+    given = spec.resources.to_json() if spec.resources else {}
+    defaults = config.compressor_resources
+    requests, limits = dict(given.get("requests") or {}), dict(given.get("limits") or {})
+    for resource in ("cpu", "memory"):
+        if resource in requests or resource in limits:
+            continue  # the user's values win, as given
+        if resource in (defaults.requests or {}):
+            requests[resource] = defaults.requests[resource]
+        if resource in (defaults.limits or {}):
+            limits[resource] = defaults.limits[resource]
+    if pool.gpu_resource_name:
+        limits.setdefault(pool.gpu_resource_name, pool.gpus_per_pod)
+    return {key: values for key, values in (("requests", requests), ("limits", limits)) if values}
 
 
 def pvc_claims(spec: CompressionJobSpec) -> dict[str, bool]:
