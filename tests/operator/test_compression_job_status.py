@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimserve.controller.compression_job_status import (
+    blocked_status,
     failure_reason,
     invalid_status,
     is_finished,
@@ -12,6 +13,7 @@ from slimserve.controller.compression_job_status import (
     pending_status,
     status_from_job,
     transition_events,
+    unblocked_status,
 )
 from slimserve.controller.conditions import find_condition
 
@@ -91,6 +93,42 @@ def test_invalid_spec_sets_phase_invalid_and_succeeded_false():
     assert condition(patch["conditions"], "Succeeded") == ("False", "InvalidSpec", "spec.nodePool: unknown node pool 'tpu'")
     same = {**patch, "conditions": patch["conditions"]}
     assert invalid_status(same, generation=3, message="spec.nodePool: unknown node pool 'tpu'") is None
+
+
+CONFLICT = "ServiceAccount team-a/digits-compressor exists and is controlled by no controller"
+
+
+def test_a_blocked_generation_is_pending_stalled_and_succeeded_false_with_the_cause():
+    before = {"observedGeneration": 1, "phase": "Succeeded", "artifact": ARTIFACT, "conditions": []}
+    patch = blocked_status(before, generation=2, job_name="digits-g2", reason="ChildConflict", message=CONFLICT)
+    assert (patch["observedGeneration"], patch["phase"], patch["jobName"]) == (2, "Pending", "digits-g2")
+    assert patch["artifact"] is None  # a new generation: the previous run's result is not this one's
+    assert condition(patch["conditions"], "Succeeded") == ("False", "ChildConflict", CONFLICT)
+    assert condition(patch["conditions"], "Stalled") == ("True", "ChildConflict", CONFLICT)  # kstatus: Failed
+    assert condition(patch["conditions"], "Reconciling")[:2] == ("False", "ChildConflict")
+    blocked = {**before, **patch}
+    assert blocked_status(blocked, generation=2, job_name="digits-g2", reason="ChildConflict", message=CONFLICT) is None
+    # A retry finds the status already speaking of this generation: no flip back to Pending before the Job exists.
+    assert pending_status(blocked, generation=2, job_name="digits-g2") is None
+
+
+def test_once_the_job_exists_a_blocked_generation_is_plain_pending_again():
+    blocked = blocked_status({}, generation=2, job_name="digits-g2", reason="ApplyFailed", message="exceeded quota")
+    patch = unblocked_status(blocked, generation=2, job_name="digits-g2")
+    assert patch["phase"] == "Pending" and patch["jobName"] == "digits-g2"
+    assert condition(patch["conditions"], "Succeeded")[:2] == ("Unknown", "Pending")
+    assert condition(patch["conditions"], "Stalled")[:2] == ("False", "NotStalled")
+    assert condition(patch["conditions"], "Reconciling")[:2] == ("True", "Pending")
+    assert unblocked_status({**blocked, **patch}, generation=2, job_name="digits-g2") is None
+    assert unblocked_status(pending(), generation=2, job_name="digits-g2") is None
+    assert unblocked_status(blocked, generation=3, job_name="digits-g3") is None  # another generation's status
+
+
+def test_a_blocked_generation_whose_pod_starts_is_running():
+    blocked = blocked_status(pending(), generation=2, job_name="digits-g2", reason="ApplyFailed", message="quota")
+    patch = derive({**pending(), **blocked}, job("digits-g2", ready=1))
+    assert patch["phase"] == "Running"
+    assert condition(patch["conditions"], "Stalled")[:2] == ("False", "NotStalled")
 
 
 def test_only_a_final_phase_of_this_generation_counts_as_finished():

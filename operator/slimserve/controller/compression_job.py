@@ -1,9 +1,14 @@
 """CompressionJob controller: one batch/v1 Job per generation, followed until it ends.
 
-`reconcile_compression_job` (create, spec change, operator resume): validate → retire the previous
-generation's Job → status Pending (the previous run's fields reset) → build → adopt → apply the pod's
-ServiceAccount/Role/RoleBinding → create the Job when it does not exist yet. A generation that has finished
-is never re-run: only a spec change (a new generation) starts a new Job.
+`reconcile_compression_job` (create, spec change, operator resume): a generation that has finished
+(Succeeded or Failed) is left as it is, before anything else is looked at: only a spec change (a new
+generation) starts a new Job. Otherwise: validate → build → adopt → retire the previous generation's Job →
+apply the pod's ServiceAccount/Role/RoleBinding → status Pending (the previous run's fields reset) → create the
+Job when it does not exist yet.
+
+Children are only ever this CompressionJob's own (`compression_job_children`): what stands in their way, or
+an apply the API server refuses, is told in the status (Succeeded=False, Stalled=True) and retried with a
+doubling delay until it is gone.
 
 `follow_compression_job` (every event of a Job this operator made, including the initial listing after a
 restart): derive the CompressionJob's phase and conditions from the Job and write them with optimistic
@@ -21,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from slimserve.api import GROUP, VERSION, CompressionJob
 from slimserve.controller import kube
 from slimserve.controller.app import OperatorMemo
+from slimserve.controller.compression_job_children import Blocked, Owner, apply_child, check_controlled, retry_delay
 from slimserve.controller.builders.compression_job import (
     COMPONENT,
     GENERATION_LABEL,
@@ -33,12 +39,14 @@ from slimserve.controller.builders.compression_job import (
     parse_spec,
 )
 from slimserve.controller.compression_job_status import (
+    blocked_status,
     invalid_status,
     is_finished,
     may_change_status,
     pending_status,
     status_from_job,
     transition_events,
+    unblocked_status,
 )
 from slimserve.controller.labels import MANAGED_BY
 from slimserve.controller.status_update import Derive, update_status
@@ -57,10 +65,17 @@ def reconcile_compression_job(
     status: kopf.Status,
     name: str,
     namespace: str,
+    retry: int,
     memo: OperatorMemo,
+    logger: kopf.Logger,
     **_: Any,
 ) -> None:
     generation = int(meta["generation"])
+    # First, before anything the operator's configuration decides: a finished result stays as it is, whatever
+    # pools or annotations the operator (re)starts with.
+    if is_finished(status, generation):
+        logger.info(f"generation {generation} has finished ({status['phase']}); only a spec change runs it again")
+        return
     previous_job = status.get("jobName")
     try:
         parsed = parse_spec(dict(spec))
@@ -68,10 +83,8 @@ def reconcile_compression_job(
         pod_annotations = parse_pod_annotations(dict(meta.get("annotations") or {}))
     except InvalidSpec as exc:
         message = str(exc)
-        _reconcile_invalid(memo.api, namespace, name, generation, previous_job, message)
+        _reconcile_invalid(memo.api, namespace, name, meta["uid"], generation, previous_job, message)
         raise kopf.PermanentError(f"invalid spec: {message}") from None
-    if is_finished(status, generation):
-        return  # this generation ran to its end; only a spec change starts another Job
 
     desired = job_name(name, generation)
     access = build_access(name=name, namespace=namespace)
@@ -84,36 +97,52 @@ def reconcile_compression_job(
         pod_annotations=pod_annotations,
     )
     kopf.adopt([*access, job], owner=body)
+    owner = Owner(name=name, uid=meta["uid"])
     try:
-        _retire_job(memo.api, namespace, previous_job, keep=desired)
+        _retire_job(memo.api, namespace, previous_job, keep=desired, owner_uid=owner.uid)
+        for manifest in access:
+            apply_child(memo.api, manifest, owner)
+        existing = kube.read(memo.api, "batch/v1", "Job", namespace, desired)
+        if existing is not None:
+            check_controlled(existing, owner)
         # Status before the Job: the Job's events are applied only once the status speaks of this generation.
         current, _ = _write_status(
             memo.api, namespace, name, lambda cj: _for_generation(cj, generation, pending_status, job_name=desired)
         )
         if current["metadata"].get("generation") != generation:
             return  # the spec changed again meanwhile; the newer generation's reconcile takes over
-        # A CompressionJob deleted and made again under the same name leaves objects of the same names behind
-        # until the garbage collector removes them: wait for that rather than adopt them.
-        existing = kube.read(memo.api, "batch/v1", "Job", namespace, desired)
-        if existing is not None and _foreign_owners(existing, meta["uid"]):
-            raise _wait_for_collection(existing)
-        for manifest in access:
-            applied = kube.apply(memo.api, manifest)
-            if _foreign_owners(applied, meta["uid"]):
-                raise _wait_for_collection(applied)
         if existing is None:
-            kube.apply(memo.api, job)
+            apply_child(memo.api, job, owner)
+        _write_status(
+            memo.api, namespace, name, lambda cj: _for_generation(cj, generation, unblocked_status, job_name=desired)
+        )
+    except Blocked as blocked:
+        _report_blocked(memo.api, namespace, name, generation, desired, blocked)
+        raise kopf.TemporaryError(f"{blocked}; retrying", delay=retry_delay(retry)) from None
     except ApiException as exc:
         kube.raise_for_api_error(exc, f"CompressionJob {namespace}/{name}")
 
 
-def _reconcile_invalid(api, namespace: str, name: str, generation: int, previous_job: str | None, message: str) -> None:
+def _reconcile_invalid(
+    api, namespace: str, name: str, uid: str, generation: int, previous_job: str | None, message: str
+) -> None:
     """No Job for a spec that cannot run (a running one of an earlier generation is stopped); say why in status."""
     try:
-        _retire_job(api, namespace, previous_job, keep=None)
+        _retire_job(api, namespace, previous_job, keep=None, owner_uid=uid)
         _write_status(api, namespace, name, lambda cj: _for_generation(cj, generation, invalid_status, message=message))
     except ApiException as exc:
         kube.raise_for_api_error(exc, f"CompressionJob {namespace}/{name}")
+
+
+def _report_blocked(api, namespace: str, name: str, generation: int, job: str, blocked: Blocked) -> None:
+    """Succeeded=False and Stalled=True with the cause (an Event on the transition)."""
+    derive = lambda cj: _for_generation(  # noqa: E731
+        cj, generation, blocked_status, job_name=job, reason=blocked.reason, message=str(blocked)
+    )
+    try:
+        _write_status(api, namespace, name, derive)
+    except ApiException:
+        pass  # the CompressionJob is gone, or the API is down: the retry tells the rest
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
@@ -167,21 +196,12 @@ def _write_status(api, namespace: str, name: str, derive: Derive) -> tuple[dict[
     return current, patch
 
 
-def _retire_job(api, namespace: str, job: str | None, *, keep: str | None) -> None:
-    """Delete the previous generation's Job; its pods follow through garbage collection."""
+def _retire_job(api, namespace: str, job: str | None, *, keep: str | None, owner_uid: str) -> None:
+    """Delete the previous generation's Job, if it is this CompressionJob's (the name comes from a status the
+    pod may write); its pods follow through garbage collection."""
     if not job or job == keep:
         return
-    kube.delete(api, "batch/v1", "Job", namespace, job, propagation="Background")
-
-
-def _foreign_owners(obj: dict[str, Any], uid: str) -> bool:
-    """Does `obj` still name an owner other than the CompressionJob `uid` (an earlier one of the same name)?"""
-    return any(ref.get("uid") != uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
-
-
-def _wait_for_collection(obj: dict[str, Any]) -> kopf.TemporaryError:
-    what = f"{obj['kind']} {obj['metadata']['name']}"
-    return kopf.TemporaryError(f"{what} belongs to an earlier CompressionJob of this name; waiting for it to go", delay=3)
+    kube.delete_controlled(api, "batch/v1", "Job", namespace, job, owner_uid)
 
 
 def _compression_job_owner(job: kopf.Body) -> dict[str, Any] | None:

@@ -41,7 +41,19 @@ def pending_status(status: dict[str, Any] | None, *, generation: int, job_name: 
     """A new generation starts: the previous run's progress, artifact and metrics are dropped."""
     status = status or {}
     if status.get("observedGeneration") == generation and status.get("phase") not in (None, "Invalid"):
-        return None  # already started (a retried or resumed reconcile)
+        return None  # already started (a retried or resumed reconcile), or held up (see `unblocked_status`)
+    return {**_waiting_for_job(status, generation, job_name), **{field: None for field in _RUN_FIELDS}}
+
+
+def unblocked_status(status: dict[str, Any] | None, *, generation: int, job_name: str) -> StatusPatch | None:
+    """What held the generation up is gone and its Job exists: plain Pending again, the Job's events go on."""
+    status = status or {}
+    if status.get("observedGeneration") != generation or not is_blocked(status):
+        return None
+    return _waiting_for_job(status, generation, job_name)
+
+
+def _waiting_for_job(status: dict[str, Any], generation: int, job_name: str) -> StatusPatch:
     conditions = status.get("conditions")
     conditions = set_condition(
         conditions, STARTED, FALSE, "Pending", "waiting for the compression pod to start", generation=generation
@@ -50,25 +62,46 @@ def pending_status(status: dict[str, Any] | None, *, generation: int, job_name: 
         conditions, SUCCEEDED, UNKNOWN, "Pending", f"waiting for Job {job_name}", generation=generation
     )
     conditions = _with_kstatus_conditions(conditions, "Pending", generation)
-    return {
-        "observedGeneration": generation,
-        "phase": "Pending",
-        "jobName": job_name,
-        "conditions": conditions,
-        **{field: None for field in _RUN_FIELDS},
-    }
+    return {"observedGeneration": generation, "phase": "Pending", "jobName": job_name, "conditions": conditions}
 
 
 def invalid_status(status: dict[str, Any] | None, *, generation: int, message: str) -> StatusPatch | None:
     """The spec cannot run: no Job, and the reason in the Succeeded condition."""
+    return _not_running(status, generation, phase="Invalid", job_name=None, reason="InvalidSpec", message=message)
+
+
+def blocked_status(
+    status: dict[str, Any] | None, *, generation: int, job_name: str, reason: str, message: str
+) -> StatusPatch | None:
+    """The generation's Job, or the pod's access, cannot be made yet (another's object in the way, an apply the
+    API server refused): still Pending and retried, but Succeeded=False and Stalled=True name the cause until
+    it is gone, since waiting alone does not fix it. The status speaks of this generation and its Job from
+    here on, so the Job may be created as soon as the cause is gone."""
+    return _not_running(status, generation, phase="Pending", job_name=job_name, reason=reason, message=message)
+
+
+def is_blocked(status: dict[str, Any] | None) -> bool:
+    """Pending, but held up by a cause `blocked_status` reported."""
     status = status or {}
-    conditions = set_condition(status.get("conditions"), STARTED, FALSE, "InvalidSpec", message, generation=generation)
-    conditions = set_condition(conditions, SUCCEEDED, FALSE, "InvalidSpec", message, generation=generation)
-    conditions = _with_kstatus_conditions(conditions, "Invalid", generation)
+    return _held_up(status.get("phase"), status.get("conditions"))
+
+
+def _held_up(phase: str | None, conditions: list[dict[str, Any]] | None) -> bool:
+    return phase == "Pending" and (find_condition(conditions, SUCCEEDED) or {}).get("status") == FALSE
+
+
+def _not_running(
+    status: dict[str, Any] | None, generation: int, *, phase: str, job_name: str | None, reason: str, message: str
+) -> StatusPatch | None:
+    status = status or {}
+    message = message[:MESSAGE_LIMIT]
+    conditions = set_condition(status.get("conditions"), STARTED, FALSE, reason, message, generation=generation)
+    conditions = set_condition(conditions, SUCCEEDED, FALSE, reason, message, generation=generation)
+    conditions = _with_kstatus_conditions(conditions, phase, generation)
     patch = {
         "observedGeneration": generation,
-        "phase": "Invalid",
-        "jobName": None,
+        "phase": phase,
+        "jobName": job_name,
         "conditions": conditions,
         **{field: None for field in _RUN_FIELDS},
     }
@@ -182,12 +215,15 @@ def transition_events(before: list[dict[str, Any]] | None, after: list[dict[str,
 
 
 def _with_kstatus_conditions(conditions: list[dict[str, Any]], phase: str | None, generation: int) -> list[dict[str, Any]]:
-    """Reconciling and Stalled follow the phase; their reason and message repeat Succeeded's."""
+    """Reconciling and Stalled follow the phase (a Pending run that Succeeded=False holds up is stalled);
+    their reason and message repeat Succeeded's."""
     succeeded = find_condition(conditions, SUCCEEDED) or {}
     reason, message = succeeded.get("reason") or "Pending", succeeded.get("message", "")
-    in_progress, stalled = phase in IN_PROGRESS_PHASES, phase in STALLED_PHASES
+    held_up = _held_up(phase, conditions)
+    in_progress = phase in IN_PROGRESS_PHASES and not held_up
+    stalled = phase in STALLED_PHASES or held_up
     conditions = set_condition(
-        conditions, RECONCILING, TRUE if in_progress else FALSE, reason if in_progress else "Finished",
+        conditions, RECONCILING, TRUE if in_progress else FALSE, "Finished" if not (in_progress or held_up) else reason,
         message if in_progress else "", generation=generation,
     )
     return set_condition(

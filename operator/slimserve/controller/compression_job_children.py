@@ -1,0 +1,105 @@
+"""A CompressionJob's children are only ever its own.
+
+`apply_child` applies a child only where the CompressionJob controls it (`kube.apply_controlled`); an object
+of the child's name that another controls, or no one does, is left as it is and raised as `Blocked`
+(reason ChildConflict, naming the object and its holder), as is an apply the API server refuses (reason
+ApplyFailed, with the server's message). The handler puts either in the status and retries after
+`retry_delay`. An earlier CompressionJob of the same name leaves its objects behind until the garbage
+collector removes them: those are waited for, not reported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from slimserve.api import CompressionJob
+from slimserve.controller import kube
+
+# Reasons of Succeeded=False while a generation's Job cannot be made yet; retried with a doubling delay.
+CHILD_CONFLICT = "ChildConflict"
+APPLY_FAILED = "ApplyFailed"
+BLOCKED_RETRY_FIRST_SECONDS = 2
+BLOCKED_RETRY_MAX_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    uid: str
+
+
+class Blocked(Exception):
+    """A child cannot be applied until something outside the operator changes; `reason` goes to Succeeded."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def retry_delay(retry: int) -> float:
+    """Seconds before the next try of a blocked reconcile: doubling from the first, capped."""
+    return min(BLOCKED_RETRY_FIRST_SECONDS * 2 ** min(retry, 16), BLOCKED_RETRY_MAX_SECONDS)
+
+
+def apply_child(api, manifest: dict[str, Any], owner: Owner) -> None:
+    """Create or update `manifest` only where this CompressionJob controls it; anything else raises Blocked."""
+    meta = manifest["metadata"]
+    try:
+        kube.apply_controlled(api, manifest, owner.uid)
+    except kube.ChildConflict as conflict:
+        if _earlier_namesakes(api, manifest, owner):
+            raise _wait_for_collection(manifest) from None
+        raise Blocked(CHILD_CONFLICT, str(conflict)) from None
+    except ApiException as exc:
+        if exc.status in (409, 429):
+            raise  # a race or throttling: retried soon, nothing to tell
+        raise Blocked(APPLY_FAILED, f"{manifest['kind']} {meta['name']}: {_api_message(exc)}") from None
+
+
+def check_controlled(obj: dict[str, Any], owner: Owner) -> None:
+    """As `kube.apply_controlled` decides, for an object that is not applied again (a Job is immutable): pass
+    for this CompressionJob's own, wait for an earlier namesake's to be collected, anyone else's (or no one's)
+    is a conflict."""
+    if kube.controller_uid(obj) == owner.uid:
+        return
+    if _earlier_namesake(obj, owner):
+        raise _wait_for_collection(obj)
+    meta = obj["metadata"]
+    conflict = kube.ChildConflict(obj["kind"], meta["name"], meta["namespace"], kube.holder_of(obj))
+    raise Blocked(CHILD_CONFLICT, str(conflict))
+
+
+def _earlier_namesake(obj: dict[str, Any], owner: Owner) -> bool:
+    """Controlled by a CompressionJob of this name that is gone (a name holds one object at a time), so the
+    garbage collector is about to remove it."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    ref = next((ref for ref in refs if ref.get("controller")), {})
+    return ref.get("kind") == CompressionJob.kind and ref.get("name") == owner.name and ref.get("uid") != owner.uid
+
+
+def _earlier_namesakes(api, manifest: dict[str, Any], owner: Owner) -> bool:
+    """Is the object in the way of `manifest` an earlier namesake's? Found by the labels such a one carries
+    too: a list, the right `kube.apply_controlled` needs anyway."""
+    meta = manifest["metadata"]
+    selector = ",".join(f"{key}={value}" for key, value in sorted(meta["labels"].items()))
+    found = kube.list_objects(api, manifest["apiVersion"], manifest["kind"], meta["namespace"], label_selector=selector)
+    return any(obj["metadata"]["name"] == meta["name"] and _earlier_namesake(obj, owner) for obj in found)
+
+
+def _wait_for_collection(obj: dict[str, Any]) -> kopf.TemporaryError:
+    what = f"{obj['kind']} {obj['metadata']['name']}"
+    return kopf.TemporaryError(f"{what} belongs to an earlier CompressionJob of this name; waiting for it to go", delay=3)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own message (its Status object's), else the HTTP status and reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (TypeError, ValueError):
+        message = None
+    return message or f"{exc.status} {exc.reason}"
