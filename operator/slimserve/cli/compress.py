@@ -114,88 +114,49 @@ def run(args: argparse.Namespace) -> int:
 
 def load_spec(path: str | None, output_uri: str | None = None, *, name: str | None = None):
     """The CompressionJobSpec from a file or $SLIMSERVE_JOB_SPEC; SpecError with one line per invalid field."""
-    import yaml
     from pydantic import ValidationError
 
-    from slimserve.api.compression_job import CompressionJob, CompressionJobSpec
+    from slimserve.api.compression_job import CompressionJobSpec
+    from slimserve.api.field_errors import field_errors
+    from slimserve.api.manifests import ManifestError, load_documents, parse_manifest, read_documents
 
-    if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"--spec: cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
-        origin = path
-    else:
-        text = os.environ.get(ENV_SPEC, "")
-        if not text.strip():
-            raise SpecError(f"--spec FILE or the environment variable {ENV_SPEC} is required")
-        origin = ENV_SPEC
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{origin}: not valid YAML or JSON: {' '.join(str(exc).split())}") from None
-    data = _job_document(documents, origin, name)
-    is_manifest = _is_manifest(data)
-    try:
-        if is_manifest:
-            spec = CompressionJob.model_validate(data).spec
+        if path:
+            documents, origin = load_documents(path), path
         else:
-            spec = CompressionJobSpec.model_validate(data)
-        if output_uri:
-            spec = CompressionJobSpec.model_validate({**spec.to_json(), "output": {"uri": output_uri}})
+            text = os.environ.get(ENV_SPEC, "")
+            if not text.strip():
+                raise SpecError(f"--spec FILE or the environment variable {ENV_SPEC} is required")
+            documents, origin = read_documents(text, ENV_SPEC), ENV_SPEC
+        manifest = _job_manifest(documents, origin, name)
+    except ManifestError as exc:
+        raise SpecError(str(exc)) from None
+    try:
+        if manifest is None:
+            spec = CompressionJobSpec.model_validate(documents[0])
+        else:
+            spec = parse_manifest(manifest, origin).spec
+    except ManifestError as exc:
+        raise SpecError("\n".join(exc.errors)) from None
     except ValidationError as exc:
-        raise SpecError("\n".join(_field_errors(exc, "" if is_manifest else "spec", output_uri))) from None
-    return spec
+        raise SpecError("\n".join(field_errors(exc, root=("spec",)))) from None
+    if not output_uri:
+        return spec
+    try:
+        return CompressionJobSpec.model_validate({**spec.to_json(), "output": {"uri": output_uri}})
+    except ValidationError as exc:
+        raise SpecError("\n".join(field_errors(exc, root=("spec",), aliases={"spec.output.uri": "--output"}))) from None
 
 
-def _is_manifest(data: object) -> bool:
-    return isinstance(data, dict) and "spec" in data and ("kind" in data or "apiVersion" in data)
+def _job_manifest(documents: list, origin: str, name: str | None) -> dict | None:
+    """The CompressionJob manifest to run (named `name` when given), or None when the file is a bare spec."""
+    from slimserve.api.manifests import is_manifest, pick_manifest
 
-
-def _job_document(documents: list, origin: str, name: str | None) -> dict:
-    """The one document to run: a bare spec, or the CompressionJob manifest (named `name` when given)."""
-    if len(documents) == 1 and isinstance(documents[0], dict) and not _is_manifest(documents[0]):
+    if len(documents) == 1 and isinstance(documents[0], dict) and not is_manifest(documents[0]):
         if name is not None:
             raise SpecError(f"--name {name}: {origin} holds a bare spec, not a named CompressionJob manifest")
-        return documents[0]
-    for data in documents:
-        if not isinstance(data, dict):
-            raise SpecError(f"{origin}: expected a CompressionJob manifest or its spec (a mapping), got {type(data).__name__}")
-    if not documents:
-        raise SpecError(f"{origin}: empty; expected a CompressionJob manifest or its spec")
-    manifests = [d for d in documents if _is_manifest(d)]
-    jobs = [d for d in manifests if d.get("kind", "CompressionJob") == "CompressionJob"]
-    names = [str((d.get("metadata") or {}).get("name", "")) for d in jobs]
-    if not jobs:
-        kinds = ", ".join(sorted({str(d.get("kind")) for d in manifests})) or "no manifest"
-        raise SpecError(f"{origin}: no CompressionJob in the file (found: {kinds})")
-    if name is not None:
-        chosen = [job for job, job_name in zip(jobs, names) if job_name == name]
-        if not chosen:
-            raise SpecError(f"--name {name}: no CompressionJob of that name in {origin} (found: {', '.join(names)})")
-        if len(chosen) > 1:
-            raise SpecError(f"--name {name}: {len(chosen)} CompressionJobs of that name in {origin}")
-        return chosen[0]
-    if len(jobs) > 1:
-        raise SpecError(f"{origin}: {len(jobs)} CompressionJobs ({', '.join(names)}); choose one with --name")
-    return jobs[0]
-
-
-def _field_errors(exc, prefix: str, output_uri: str | None) -> list[str]:
-    lines = []
-    for error in exc.errors():
-        parts = [prefix] if prefix else []
-        for item in error["loc"]:
-            if isinstance(item, int):
-                parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-            else:
-                parts.append(str(item))
-        where = ".".join(parts) or "spec"
-        message = error["msg"].removeprefix("Value error, ")
-        if where.endswith("output.uri") and output_uri:
-            where = "--output"
-        lines.append(f"{where}: {message}" if not message.startswith("spec.") else message)
-    return lines
+        return None
+    return pick_manifest(documents, "CompressionJob", origin, name, name_option="--name")
 
 
 def _fail(reason: str, message: str, code: int) -> int:
