@@ -1,10 +1,14 @@
 """Print requirement lines from pyproject.toml, so that the images install the versions the project pins.
 
-    python images/requirements.py                     every runtime dependency
-    python images/requirements.py kopf kubernetes     only these (the operator image needs no torch)
-    python images/requirements.py --except torch      all but these (torch comes from its own index)
+    python images/requirements.py                            every runtime dependency
+    python images/requirements.py --extra operator           what one part runs (an extra of pyproject.toml)
+    python images/requirements.py --extra models torch       only these, of the extra
+    python images/requirements.py --extra models --except torch         all but these
+    python images/requirements.py --extra serve --without-extra models  all but another extra's
 
-Exits 2 naming any package that pyproject.toml does not list.
+An extra names its packages (and `slimserve[OTHER]` for another extra's); their versions are those of
+`project.dependencies`, which a plain install keeps all of. Exits 2 naming any package or extra that
+pyproject.toml does not list.
 """
 
 from __future__ import annotations
@@ -17,24 +21,54 @@ from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_OWN_EXTRA = re.compile(r"^\s*slimserve\[([^\]]+)\]\s*$")
 
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _project(pyproject: Path) -> dict:
+    with pyproject.open("rb") as f:
+        return tomllib.load(f)["project"]
+
+
 def dependencies(pyproject: Path = PYPROJECT) -> dict[str, str]:
     """Canonical package name -> requirement line, in pyproject's order."""
-    with pyproject.open("rb") as f:
-        lines = tomllib.load(f)["project"]["dependencies"]
-    return {canonical(_NAME.match(line).group(1)): line for line in lines}
+    return {canonical(_NAME.match(line).group(1)): line for line in _project(pyproject)["dependencies"]}
 
 
-def select(deps: dict[str, str], only: list[str], excluded: list[str]) -> list[str]:
-    unknown = sorted({canonical(n) for n in only + excluded} - deps.keys())
+def extra_packages(extra: str, pyproject: Path = PYPROJECT) -> list[str]:
+    """The canonical names an extra lists, with those of the extras it includes (`slimserve[OTHER]`)."""
+    extras = _project(pyproject).get("optional-dependencies", {})
+    names: list[str] = []
+
+    def add(name: str, seen: tuple[str, ...]) -> None:
+        if name not in extras:
+            raise KeyError(f"not an extra in pyproject.toml: {name}")
+        if name in seen:
+            raise KeyError(f"extras include each other: {' -> '.join((*seen, name))}")
+        for entry in extras[name]:
+            if included := _OWN_EXTRA.match(entry):
+                for other in included.group(1).split(","):
+                    add(other.strip(), (*seen, name))
+            elif (package := canonical(_NAME.match(entry).group(1))) not in names:
+                names.append(package)
+
+    add(extra, ())
+    return names
+
+
+def select(deps: dict[str, str], only: list[str], excluded: list[str], within: list[str] | None = None) -> list[str]:
+    """The requirement lines of `only` (default: all of `within`, else every dependency) less `excluded`."""
+    unknown = sorted({canonical(n) for n in only + excluded + (within or [])} - deps.keys())
     if unknown:
         raise KeyError(f"not a dependency in pyproject.toml: {', '.join(unknown)}")
-    wanted = {canonical(n) for n in only} or set(deps)
+    scope = set(deps) if within is None else set(within)
+    outside = sorted({canonical(n) for n in only} - scope)
+    if outside:
+        raise KeyError(f"not in the extra: {', '.join(outside)}")
+    wanted = {canonical(n) for n in only} or scope
     wanted -= {canonical(n) for n in excluded}
     return [line for name, line in deps.items() if name in wanted]
 
@@ -42,10 +76,15 @@ def select(deps: dict[str, str], only: list[str], excluded: list[str]) -> list[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("packages", nargs="*", help="only these packages (default: all)")
+    parser.add_argument("--extra", help="only the packages of this extra (default: every dependency)")
     parser.add_argument("--except", dest="excluded", nargs="+", default=[], help="leave these out")
+    parser.add_argument("--without-extra", dest="without", action="append", default=[],
+                        help="leave out the packages of this extra (one already installed)")
     args = parser.parse_args(argv)
     try:
-        lines = select(dependencies(), args.packages, args.excluded)
+        within = extra_packages(args.extra) if args.extra else None
+        excluded = args.excluded + [name for other in args.without for name in extra_packages(other)]
+        lines = select(dependencies(), args.packages, excluded, within)
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 2
