@@ -42,25 +42,26 @@ dev-cluster: cluster-build
 	$(PYTHON) -m tests.cluster
 
 # Container images of the operator, compressor and server (CPU), and the CUDA builds of the last two
-# ("<tag>-cuda"), with docker or podman: make images IMAGE_REGISTRY=registry.example.com/slimserve IMAGE_TAG=0.1.0
+# ("<tag>-cuda"), with docker or podman: one target each of images/Dockerfile, sharing its stages.
+#   make images IMAGE_REGISTRY=registry.example.com/slimserve IMAGE_TAG=0.1.0
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
 IMAGE_REGISTRY ?= ghcr.io/slimserve
 IMAGE_TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/slimserve/__init__.py)
 TORCH_CUDA_INDEX_URL ?= https://download.pytorch.org/whl/cu128
-IMAGE_BUILD_ARGS = --build-arg VERSION=$(IMAGE_TAG) \
+IMAGE_BUILD_ARGS = -f images/Dockerfile --build-arg VERSION=$(IMAGE_TAG) \
 	--build-arg REVISION=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown) \
 	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 
 .PHONY: images
 images:
 	@for image in operator compressor server; do \
-	  echo "$(CONTAINER_ENGINE) build -f images/$$image/Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) ."; \
-	  $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) -f images/$$image/Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . || exit 1; \
+	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) ."; \
+	  $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . || exit 1; \
 	done
 	@for image in compressor server; do \
-	  echo "$(CONTAINER_ENGINE) build -f images/$$image/Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda ."; \
+	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda ."; \
 	  $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_CUDA_INDEX_URL) \
-	    -f images/$$image/Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda . || exit 1; \
+	    --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda . || exit 1; \
 	done
 
 # Regenerate the CRDs from the API models (slimserve.api), at the top level and in the Helm chart.

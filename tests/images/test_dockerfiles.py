@@ -1,5 +1,6 @@
-"""The Dockerfiles (no container engine here): hadolint-clean, hardened final stage, and an entrypoint that
-really runs: the ENTRYPOINT of each Dockerfile is parsed and run as a process from the project's venv."""
+"""The Dockerfile (no container engine here), one target per image: hadolint-clean, hardened final stages, and
+entrypoints that really run: the ENTRYPOINT of each target is parsed and run as a process from the project's
+venv. A target's instructions include those of the stages it is built FROM."""
 
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
+DOCKERFILE = IMAGES / "Dockerfile"
 BIN = Path(sys.executable).parent
 REQUIREMENTS = IMAGES / "requirements.py"
 # The image -> the `slimserve` subcommand its entrypoint runs.
 SUBCOMMANDS = {"operator": "operator", "compressor": "compress", "server": "serve"}
 NON_ROOT = "65532"
 OCI_LABELS = ("title", "description", "version", "revision", "created", "source", "licenses")
-# The operator image installs only these of the project's dependencies (see images/operator/Dockerfile).
-OPERATOR_REQUIREMENTS = ("pydantic", "pyyaml", "kopf", "kubernetes", "prometheus-client")
+# The image -> the extra of pyproject.toml its dependency stage installs (tests/images/test_extras.py).
+EXTRAS = {"operator": "operator", "compressor": "compress", "server": "serve"}
 
 
 @dataclass
@@ -69,13 +71,31 @@ def image(request) -> str:
     return request.param
 
 
+def stages() -> dict[str, Stage]:
+    return {stage.name: stage for stage in parse_dockerfile(DOCKERFILE) if stage.name}
+
+
+def lineage(name: str) -> list[Stage]:
+    """The stage and those it is built FROM, the first base first."""
+    chain = [stages()[name]]
+    while chain[0].base in stages():
+        chain.insert(0, stages()[chain[0].base])
+    return chain
+
+
 def final_stage(image: str) -> Stage:
-    return parse_dockerfile(IMAGES / image / "Dockerfile")[-1]
+    """The image's target, with the instructions of the stages below it."""
+    chain = lineage(image)
+    return Stage(chain[0].base, image, [i for stage in chain for i in stage.instructions])
+
+
+def copied_stages(image: str) -> list[str]:
+    return [re.match(r"--from=(\S+) ", args).group(1) for args in final_stage(image).all("COPY")]
 
 
 def test_hadolint_is_clean():
-    dockerfiles = sorted(str(p) for p in IMAGES.glob("*/Dockerfile*") if not p.name.endswith(".dockerignore"))
-    assert len(dockerfiles) == len(SUBCOMMANDS)
+    dockerfiles = sorted(str(p) for p in IMAGES.rglob("*Dockerfile*") if not p.name.endswith(".dockerignore"))
+    assert dockerfiles == [str(DOCKERFILE)], "one Dockerfile, a target per image"
     out = subprocess.run([str(BIN / "hadolint"), *dockerfiles], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -90,21 +110,35 @@ def test_hadolint_finds_problems():
 
 
 def test_multi_stage_with_a_slim_final_stage(image):
-    stages = parse_dockerfile(IMAGES / image / "Dockerfile")
-    assert len(stages) >= 2, "a builder stage and a final stage"
-    assert stages[0].name == "builder"
-    final = stages[-1]
-    base_default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (IMAGES / image / "Dockerfile").read_text(), re.M)
+    all_stages = parse_dockerfile(DOCKERFILE)
+    assert len(all_stages) >= 2, "a builder stage and a final stage"
+    assert all_stages[0].name == "builder"
+    final = final_stage(image)
+    base_default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE.read_text(), re.M)
     assert final.base == "${PYTHON_IMAGE}" and base_default and base_default.group(1).startswith("python:3.11-slim")
+    assert "builder" not in [stage.name for stage in lineage(image)]
     # Only the built virtual environment comes over from the builder: no compiler, no pip cache, no sources.
     copies = final.all("COPY")
-    assert copies == ["--from=builder /opt/slimserve /opt/slimserve"]
+    assert copies == [f"--from={stage} /opt/slimserve /opt/slimserve" for stage in copied_stages(image)]
+    assert copied_stages(image) == [f"{image}-dependencies", "project"]
+    for stage in copied_stages(image):
+        assert lineage(stage)[0].name == "builder"
     for run in final.all("RUN"):
         assert not re.search(r"\b(apt-get|apk|pip|gcc|make)\b", run), run
 
 
+def test_each_image_installs_its_extra(image):
+    """The dependencies of a target are its extra's; the project itself comes without any."""
+    runs = " ".join(run for stage in lineage(f"{image}-dependencies") for run in stage.all("RUN"))
+    extras = re.findall(r"requirements\.py --extra (\S+)", runs)
+    assert EXTRAS[image] in extras
+    assert set(extras) <= {EXTRAS[image], "models"}
+    project = " ".join(stages()["project"].all("RUN"))
+    assert re.search(r"\bpip .*install --no-cache-dir --no-deps \.$", project), project
+
+
 def test_pip_leaves_no_cache(image):
-    for stage in parse_dockerfile(IMAGES / image / "Dockerfile"):
+    for stage in lineage(image) + [s for name in copied_stages(image) for s in lineage(name)]:
         for run in stage.all("RUN"):
             for command in re.split(r"&&|;", run):
                 if re.search(r"\bpip install\b", command):
@@ -161,9 +195,11 @@ def _modules_of(distributions: set[str]) -> set[str]:
 
 def test_operator_entrypoint_needs_no_torch():
     """The operator image installs only its own dependencies: the operator's modules must not import the rest."""
-    everything = subprocess.run([sys.executable, str(REQUIREMENTS)], check=True, capture_output=True, text=True)
-    names = {re.match(r"[A-Za-z0-9._-]+", line).group(0).lower() for line in everything.stdout.split()}
-    others = {re.sub(r"[-_.]+", "-", n) for n in names} - set(OPERATOR_REQUIREMENTS)
+    def names(*args: str) -> set[str]:
+        out = subprocess.run([sys.executable, str(REQUIREMENTS), *args], check=True, capture_output=True, text=True)
+        return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", line).group(0).lower()) for line in out.stdout.split()}
+
+    others = names() - names("--extra", "operator")
     blocked = sorted(_modules_of(others))
     assert "torch" in blocked and "grpc" in blocked
     code = (
@@ -177,8 +213,7 @@ def test_operator_entrypoint_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage: slimserve operator" in out.stdout
-    dockerfile = (IMAGES / "operator" / "Dockerfile").read_text()
-    assert f"requirements.py {' '.join(OPERATOR_REQUIREMENTS)} >" in dockerfile
+    assert "requirements.py --extra operator >" in " ".join(stages()["operator-dependencies"].all("RUN"))
 
 
 def test_requirements_follow_pyproject():
@@ -190,17 +225,25 @@ def test_requirements_follow_pyproject():
     assert "torchao" in " ".join(rest)
     unknown = run("kopf", "no-such-package")
     assert unknown.returncode == 2 and "no-such-package" in unknown.stderr
+    # An extra: its packages at the dependencies' versions, with those of the extras it includes.
+    serve = run("--extra", "serve").stdout.split()
+    assert torch.stdout.strip() in serve and any(line.startswith("uvicorn[standard]") for line in serve)
+    assert run("--extra", "serve", "--without-extra", "models").stdout.split() == [
+        line for line in serve if line not in run("--extra", "models").stdout.split()]
+    assert run("--extra", "operator", "torch").returncode == 2
+    assert run("--extra", "no-such-extra").returncode == 2
 
 
-def test_dockerignore_keeps_the_context_small(image):
-    ignore = (IMAGES / image / "Dockerfile.dockerignore").read_text().split()
+def test_dockerignore_keeps_the_context_small():
+    ignore = (IMAGES / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:1] == ["*"]  # ignore everything, then allow what the Dockerfile copies
     for copied in ("!pyproject.toml", "!README.md", "!operator/", "!images/requirements.py"):
         assert copied in ignore
 
 
 def test_make_images_builds_every_image_with_the_engine(tmp_path):
-    """`make images` with a stand-in engine that records its arguments: five builds, tags from variables."""
+    """`make images` with a stand-in engine that records its arguments: five builds of one Dockerfile's
+    targets, tags from variables."""
     log = tmp_path / "calls"
     engine = tmp_path / "engine"
     engine.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n')
@@ -217,14 +260,14 @@ def test_make_images_builds_every_image_with_the_engine(tmp_path):
         dockerfile = argv[argv.index("-f") + 1]
         assert (REPO / dockerfile).is_file()
         cuda = any(a.startswith("TORCH_INDEX_URL=") for a in argv)
-        built[argv[argv.index("-t") + 1]] = (dockerfile, cuda)
+        built[argv[argv.index("-t") + 1]] = (dockerfile, argv[argv.index("--target") + 1], cuda)
         assert "VERSION=9.8.7" in argv
     assert built == {
-        "registry.test/ml/operator:9.8.7": ("images/operator/Dockerfile", False),
-        "registry.test/ml/compressor:9.8.7": ("images/compressor/Dockerfile", False),
-        "registry.test/ml/server:9.8.7": ("images/server/Dockerfile", False),
-        "registry.test/ml/compressor:9.8.7-cuda": ("images/compressor/Dockerfile", True),
-        "registry.test/ml/server:9.8.7-cuda": ("images/server/Dockerfile", True),
+        "registry.test/ml/operator:9.8.7": ("images/Dockerfile", "operator", False),
+        "registry.test/ml/compressor:9.8.7": ("images/Dockerfile", "compressor", False),
+        "registry.test/ml/server:9.8.7": ("images/Dockerfile", "server", False),
+        "registry.test/ml/compressor:9.8.7-cuda": ("images/Dockerfile", "compressor", True),
+        "registry.test/ml/server:9.8.7-cuda": ("images/Dockerfile", "server", True),
     }
 
 
@@ -235,3 +278,15 @@ def test_chart_pulls_the_images_make_builds():
     for key, image in [("operator", "operator"), ("compressor", "compressor"), ("compressorGpu", "compressor"),
                        ("server", "server"), ("serverGpu", "server")]:
         assert values[key]["repository"] == f"{registry}/{image}"
+
+
+def test_torch_comes_from_the_index_build_arg():
+    """Both torch images get torch from TORCH_INDEX_URL, the PyTorch CPU index unless the build says otherwise."""
+    for image in ("server", "compressor"):
+        chain = lineage(f"{image}-dependencies")
+        args = [a for stage in chain for a in stage.all("ARG")]
+        assert args == ["TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"]
+        runs = " ".join(run for stage in chain for run in stage.all("RUN"))
+        assert '--index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt' in runs
+        assert "requirements.py --extra models torch > /tmp/torch.txt" in runs
+    assert not any(stage.all("ARG") for stage in lineage("operator-dependencies"))
