@@ -78,7 +78,13 @@ def build_sinks(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from slimserve.cli.logs import configure_logging, log_format_from_env
     from slimserve.cli.openmp import wait_passively
+
+    # Warnings and errors of the libraries, bare as Python prints them unconfigured, or as JSON lines.
+    configure_logging(logging.WARNING, log_format_from_env("compress"), text_format="%(message)s")
 
     wait_passively()  # before torch loads
     from slimserve.artifacts import SlimServeError

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from slimserve.cli.logs import ENV_LOG_FORMAT, log_format, log_format_from_env
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -37,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="log level (default info, or SLIMSERVE_LOG_LEVEL)",
     )
     parser.add_argument(
+        "--log-format",
+        type=log_format,
+        default=log_format_from_env("operator"),
+        help=f"text, or json: one object per line, as Kopf writes it (default text, or {ENV_LOG_FORMAT})",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -55,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         peering=args.peering,
         config_path=args.config,
         log_level=args.log_level,
+        log_format=args.log_format,
         metrics_port=args.metrics_port,
     )
     return 0

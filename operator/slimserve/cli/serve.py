@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from slimserve.cli.logs import configure_logging, log_format
 from slimserve.serving.web.options import add_web_arguments, web_options
 
 ENV_PREFIX = "SLIMSERVE_"
@@ -67,6 +68,7 @@ OPTIONS = (
     Option("--shutdown-delay-s", "SHUTDOWN_DELAY_S", float, 0.0, "after SIGTERM, keep serving (not ready) this long first"),
     Option("--torch-threads", "TORCH_THREADS", int, 0, "torch threads; 0 follows the container's CPU limit"),
     Option("--log-level", "LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Option("--log-format", "LOG_FORMAT", log_format, "text", "text, or json: one object per line (time, level, logger, message)"),
 )
 
 
@@ -122,11 +124,7 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(getattr(logging, str(args.log_level).upper(), logging.INFO), args.log_format)
     from slimserve.serving.config import ServerConfig
     from slimserve.serving.server import run as run_server
     from slimserve.serving.threads import configure_torch_threads

@@ -71,6 +71,7 @@ def run(
     peering: str | None,
     config_path: str | None = None,
     log_level: str = "info",
+    log_format: str = "text",
     metrics_port: int | None = None,
 ) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM)."""
@@ -85,7 +86,11 @@ def run(
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, peering=peering)
 
-    kopf.configure(debug=log_level == "debug", quiet=log_level in ("warning", "error"))
+    kopf.configure(
+        debug=log_level == "debug",
+        quiet=log_level in ("warning", "error"),
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+    )
     logging.getLogger().setLevel(log_level.upper())
     kopf.run(
         clusterwide=not namespaces,
