@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.helpers import apply, get, wait_for
+from tests.cluster.helpers import apply, get, wait_for, wait_for_event
 
 pytestmark = pytest.mark.cluster
 
@@ -149,7 +148,13 @@ def test_pods_without_the_toleration_never_land_on_gpu_nodes(control_plane: Cont
     )[0]
     assert cond["reason"] == "Unschedulable"
     assert "untolerated taint" in cond["message"] and "nvidia.com/gpu" in cond["message"]
-    time.sleep(1)
+    # The scheduler's verdict, posted after its attempt; it retries only when the cluster changes.
+    wait_for_event(control_plane, namespace, "gpu-no-toleration", reason="FailedScheduling", message="untolerated taint")
+    # The same pod with the toleration, made afterwards, lands on a GPU node; the first still has none.
+    tolerated = {**pod, "metadata": {"name": "gpu-tolerated"}, "spec": {**pod["spec"], "tolerations": [GPU_TOLERATION]}}
+    apply(control_plane, namespace, tolerated)
+    assert wait_for("the tolerated pod bound",
+                    lambda: get(control_plane, namespace, "pod", "gpu-tolerated")["spec"].get("nodeName")) in GPU_NODES
     assert not get(control_plane, namespace, "pod", "gpu-no-toleration")["spec"].get("nodeName")
 
 
@@ -179,7 +184,9 @@ def test_job_with_fail_annotation_fails_after_backoff_limit(control_plane: Contr
 def test_job_with_run_annotation_keeps_running(control_plane: ControlPlane, namespace: str):
     apply(control_plane, namespace, job("long", annotations={"slimserve.io/test-outcome": "run"}))
     wait_for("a ready pod", lambda: get(control_plane, namespace, "job", "long").get("status", {}).get("ready") == 1)
-    time.sleep(2)
+    # A plain Job made afterwards goes through the same kwok stages to its end: by then "long" would have too.
+    apply(control_plane, namespace, job("after"))
+    assert wait_for("the later job to finish", lambda: job_condition(control_plane, namespace, "after")) == "Complete"
     status = get(control_plane, namespace, "job", "long")["status"]
     assert status.get("active") == 1 and not status.get("succeeded") and job_condition(control_plane, namespace, "long") is None
     pods = get(control_plane, namespace, "pods", "-l", "job-name=long")["items"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -45,3 +47,39 @@ def events_of(cp, namespace: str, name: str, kind: str | None = None) -> list[tu
     selector = f"involvedObject.name={name}" + (f",involvedObject.kind={kind}" if kind else "")
     found = get(cp, namespace, "events", "--field-selector", selector)["items"]
     return [(event["type"], event["reason"], event.get("message", "")) for event in found]
+
+
+def wait_for_event(cp, namespace: str, name: str, *, reason: str, message: str = "", kind: str | None = None,
+                   timeout: float = 60) -> str:
+    """Wait for an Event about `name` with `reason` whose message contains `message`; returns that message.
+
+    For tests that prove something did not happen: an Event posted after the handling in question says the
+    handler ran, so what it did not do by then, it did not do.
+    """
+    def posted() -> str | None:
+        return next((text for _, why, text in events_of(cp, namespace, name, kind) if why == reason and message in text),
+                    None)
+
+    return wait_for(f"an Event {reason} {message!r} about {name}", posted, timeout)
+
+
+# Kopf's record of the object as its handlers last handled it (the diff base set in controller/app.py).
+LAST_HANDLED_ANNOTATION = "kopf.slimserve.io/last-handled-configuration"
+
+
+def last_handled(obj: dict) -> dict:
+    """What the operator's Kopf handlers last handled of `obj`: its spec, labels and annotations ({} before any)."""
+    recorded = (obj["metadata"].get("annotations") or {}).get(LAST_HANDLED_ANNOTATION)
+    return json.loads(recorded) if recorded else {}
+
+
+@contextlib.contextmanager
+def crd_installed(cp, path: Path) -> Iterator[str]:
+    """The CRD in `path` applied and established for the block, then deleted (it is cluster-wide); its name."""
+    name = next(doc for doc in yaml.safe_load_all(path.read_text()) if doc)["metadata"]["name"]
+    try:
+        cp.kubectl("apply", "--server-side", "-f", str(path))
+        cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        yield name
+    finally:
+        cp.kubectl("delete", "crd", name, "--ignore-not-found", "--wait=true", timeout=120)

@@ -161,8 +161,9 @@ def test_compression_job_ref_waits_serves_and_rolls_on_a_new_digest(control_plan
 
     apply(cp, namespace, compression_job("slim"))
     wait_condition(cp, namespace, "slim-svc", "ModelAvailable", "False", "WaitingForCompression")
-    wait_for("the compression pod running", lambda: get(cp, namespace, "compressionjob", "slim").get("status", {})
-             .get("phase") == "Running")
+    # The service's pass after the job started running says so: by then it had made no Deployment.
+    wait_for("the service's pass over the running job", lambda: "(phase Running)" in condition(
+        status_of(cp, namespace, "slim-svc"), "ModelAvailable").get("message", ""))
     assert not exists(cp, namespace, "deployment", "slim-svc")
 
     succeed(cp, namespace, "slim", DIGEST_A)
