@@ -13,6 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# Every kind a recipe may name registers itself on import: restoring must know them all, whatever else
+# the process happened to import.
+from slimserve.quant import embedding, int8_dynamic, int8_static, int8_weight_only  # noqa: F401
 from slimserve.quant.base import QuantizedModule, install, kind_named
 from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, require_cuda
 
