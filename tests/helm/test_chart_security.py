@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from tests.helm.chart import one, operator_container, render
+from tests.helm.chart import CHART, helm, kube_version, one, operator_container, render
 from tests.helm.chart import template as helm_template
 
 # What the chart rendered before these were values: the defaults must stay exactly this.
@@ -35,9 +36,8 @@ def test_the_platform_may_choose_the_ids_while_root_stays_refused():
 
 def test_null_on_the_command_line_unsets_the_id():
     """The form values.yaml documents: --set ...runAsUser=null."""
-    objects = [doc for doc in render(None, "--set", "operator.podSecurityContext.runAsUser=null",
-                                     "--set", "operator.securityContext.runAsUser=null")]
-    pod, container = _contexts(objects)
+    pod, container = _contexts(render(None, "--set", "operator.podSecurityContext.runAsUser=null",
+                                      "--set", "operator.securityContext.runAsUser=null"))
     assert "runAsUser" not in pod and "runAsUser" not in container
     assert pod["runAsNonRoot"] is True and pod["runAsGroup"] == 65532
 
@@ -70,3 +70,12 @@ def test_unsafe_or_unknown_values_are_rejected(values, field):
 def test_log_format_reaches_the_operator():
     assert "--log-format=text" in operator_container(render())["args"]
     assert "--log-format=json" in operator_container(render({"logging": {"format": "json"}}))["args"]
+
+
+def test_lint_strict_is_clean_with_every_new_value_set(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({**PLATFORM_IDS, "crds": {"enabled": True, "keep": False},
+                                    "logging": {"format": "json"}}))
+    out = helm("lint", "--strict", str(CHART), "--values", str(path), "--kube-version", kube_version())
+    assert "0 chart(s) failed" in out.stdout
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout
