@@ -116,9 +116,7 @@ def fp32_variant(model: torch.nn.Module, workdir: Path) -> Variant:
 def slimserve_variant(model: torch.nn.Module, workdir: Path, example: tuple) -> Variant:
     from safetensors.torch import load_file, save_file
 
-    quantized = apply_quantization(
-        copy.deepcopy(model), QuantizeConfig(method="int8-dynamic"), example_inputs=example, calibration=None
-    )
+    quantized = apply_quantization(copy.deepcopy(model), QuantizeConfig(method="int8-dynamic"), calibration=None)
     tensors, recipe = quantization_state(quantized)
     weights, recipe_path = workdir / "int8.safetensors", workdir / "int8.recipe.json"
     save_file(tensors, str(weights))

@@ -95,7 +95,7 @@ def accuracy(model, x, y) -> float:
 
 def quantize(model: nn.Module, method: str, x: torch.Tensor, **options) -> nn.Module:
     calibration = [(x[i : i + 64],) for i in range(0, 256, 64)]
-    return apply_quantization(model, QuantizeConfig(method=method, **options), example_inputs=(x[:8],), calibration=calibration)
+    return apply_quantization(model, QuantizeConfig(method=method, **options), calibration=calibration)
 
 
 @pytest.mark.parametrize("method", CPU_METHODS)
@@ -174,7 +174,7 @@ def test_bad_config_names_the_field_and_leaves_the_model_untouched(digits, train
     with pytest.raises(ValueError, match=r"keepFloat\[1\].*'nope'"):
         quantize(model, "int8-dynamic", x_train, keep_float=["classifier", "nope"])
     with pytest.raises(ValueError, match="calibration"):
-        apply_quantization(model, QuantizeConfig(method="int8-static"), example_inputs=(x_train[:4],), calibration=None)
+        apply_quantization(model, QuantizeConfig(method="int8-static"), calibration=None)
     assert all(type(m) is not nn.Module and "Int8" not in type(m).__name__ for m in model.modules())
 
 

@@ -31,10 +31,7 @@ SENTENCES = [
 def minilm_int8():
     torch.set_num_threads(2)
     model, tokenizer = load_minilm()
-    example = tokenize(tokenizer, SENTENCES)
-    quantized = apply_quantization(
-        copy.deepcopy(model), QuantizeConfig(method="int8-dynamic"), example_inputs=example, calibration=None
-    )
+    quantized = apply_quantization(copy.deepcopy(model), QuantizeConfig(method="int8-dynamic"), calibration=None)
     return model, quantized, tokenizer
 
 
@@ -70,7 +67,7 @@ def test_keep_float_leaves_named_layers_in_float(minilm_int8):
     model, _, _ = minilm_int8
     keep = ["layers.5.ffn.output", "embeddings.word_embeddings"]
     quantized = apply_quantization(
-        copy.deepcopy(model), QuantizeConfig(method="int8-dynamic", keep_float=keep), example_inputs=(), calibration=None
+        copy.deepcopy(model), QuantizeConfig(method="int8-dynamic", keep_float=keep), calibration=None
     )
     assert type(quantized.layers[5].ffn.output) is torch.nn.Linear
     assert type(quantized.embeddings.word_embeddings) is torch.nn.Embedding

@@ -61,10 +61,10 @@ def test_a_step_spec_becomes_its_methods_config():
 def test_a_methods_config_quantizes_as_its_step_spec_does():
     torch.manual_seed(0)
     by_spec = apply_quantization(
-        TinyNet(), QuantizeConfig(method="int8-dynamic", keep_float=["classifier"]), example_inputs=(), calibration=None
+        TinyNet(), QuantizeConfig(method="int8-dynamic", keep_float=["classifier"]), calibration=None
     )
     torch.manual_seed(0)
-    by_config = apply_quantization(TinyNet(), Int8DynamicConfig(keep_float=("classifier",)), example_inputs=(), calibration=None)
+    by_config = apply_quantization(TinyNet(), Int8DynamicConfig(keep_float=("classifier",)), calibration=None)
     (spec_tensors, spec_recipe), (config_tensors, config_recipe) = quantization_state(by_spec), quantization_state(by_config)
     assert spec_recipe == config_recipe
     assert set(spec_recipe["modules"]) == {"embed", "hidden"}
@@ -103,7 +103,7 @@ def test_a_new_method_is_a_config_class_and_a_registered_quantizer(scratch_regis
 
     model = TinyNet()
     assert quantizable_layers(model, "test-half") == ["hidden", "classifier"]
-    apply_quantization(model, HalfConfig(keep_float=("classifier",)), example_inputs=(), calibration=None)
+    apply_quantization(model, HalfConfig(keep_float=("classifier",)), calibration=None)
     assert converted == ["hidden"]
     assert type(model.hidden) is HalfLinear and type(model.classifier) is nn.Linear
     assert not needs_calibration(HalfConfig())
@@ -122,4 +122,4 @@ def test_one_config_class_per_method_and_one_quantizer_per_class(scratch_registr
         method = "test-unregistered"
 
     with pytest.raises(LookupError, match="Unregistered"):
-        apply_quantization(TinyNet(), Unregistered(), example_inputs=(), calibration=None)
+        apply_quantization(TinyNet(), Unregistered(), calibration=None)

@@ -1,7 +1,7 @@
-"""Compression step configs: typed, versioned, and round-tripping to the CRD's JSON.
+"""Compression step configs: typed, and round-tripping to the CRD's JSON.
 
-Each config class names its step (`step_kind`) and carries a `config_version`; the compression engine
-registers one transform per config class (see `slimserve.compression.registry`).
+Each config class names its step (`step_kind`); the compression engine registers one transform per config
+class (see `slimserve.compression.registry`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ GPU_ONLY_QUANTIZE_METHODS: tuple[str, ...] = ("int4-weight-only",)
 
 class StepConfigBase(SpecModel):
     step_kind: ClassVar[str]
-    config_version: ClassVar[int] = 1
 
 
 class PruneConfig(StepConfigBase):

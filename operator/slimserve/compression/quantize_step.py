@@ -34,9 +34,7 @@ def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) ->
         raise InvalidSpec(f"{context.where}.keepFloat: no module named {unknown[0]!r} in this model")
     calibration = context.task.calibration(config.calibration_samples) if needs_calibration(config) else None
     try:
-        quantized = apply_quantization(
-            model, config, example_inputs=state.family.example_inputs(state.assets), calibration=calibration
-        )
+        quantized = apply_quantization(model, config, calibration=calibration)
     except (ValueError, NotImplementedError) as exc:
         raise InvalidSpec(f"{context.where}.method: {config.method}: {exc}") from exc
     return state.quantized(quantized, config)

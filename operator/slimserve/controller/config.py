@@ -78,8 +78,6 @@ def _default_compressor_resources() -> ResourceRequirements:
 class OperatorConfig(_ConfigModel):
     images: Images = Field(default_factory=Images)
     node_pools: dict[str, NodePool] = Field(default_factory=_default_pools)
-    # ServiceAccount of compression pods: allowed to patch compressionjobs/status and nothing else.
-    compressor_service_account: str = "slimserve-compressor"
     # Where the compression and server pods mount a PVC named in a pvc:// URI.
     pvc_mount_root: str = "/mnt/pvc"
     cluster_domain: str = "cluster.local"

@@ -5,8 +5,8 @@ Why our own module rather than torchao's `Int8DynamicActivationInt8WeightConfig`
   scales, float32 bias), saved as safetensors and reloaded into a fresh module, where torchao's quantized
   weights are tensor subclasses that serialize through pickle;
 - the math is the fast one on the CPUs we serve on (2-core AVX512-VNNI, no AMX): per-token activation
-  scales (outliers of one token do not crush the others: MiniLM keeps a 0.997 cosine where the per-tensor
-  scales of eager `quantize_dynamic` and ONNX Runtime give 0.95-0.97), `torch._int_mm` (oneDNN's VNNI GEMM,
+  scales (outliers of one token do not crush the others: MiniLM stays closer to fp32 than with the
+  per-tensor scales of eager `quantize_dynamic` and ONNX Runtime), `torch._int_mm` (oneDNN's VNNI GEMM,
   uint8 x int8, see `kernels.int8_matmul`), and under torch.compile the quantization fuses into the kernel
   that produces the activation (LayerNorm, GELU) and the rescale into the next one;
 - owning the module lets inference fusions (`fuse.py`, `GeluInt8Linear`) change the graph without
@@ -15,10 +15,10 @@ Why our own module rather than torchao's `Int8DynamicActivationInt8WeightConfig`
 
 Compiled, inductor's x86 "smooth quant" pattern (torchao's X86InductorQuantizer passes, which
 `optimize_for_inference` registers) rewrites `_int_mm -> * x_scale -> * w_scale` to oneDNN's
-`qlinear_pointwise` with the weight prepacked once: with uint8 inputs that measured ~15 % faster than
-`_int_mm`. With signed int8 inputs the same call runs a reference kernel thousands of times slower on a
-VNNI CPU (measured: seconds per GEMM), so the signed path multiplies by one combined scale, which the
-pattern does not match.
+`qlinear_pointwise` with the weight prepacked once: with uint8 inputs that is faster than `_int_mm`.
+With signed int8 inputs the same call runs a reference kernel orders of magnitude slower on a VNNI CPU,
+so the signed path multiplies by one combined scale, which the pattern does not match. The figures are in
+docs/performance.md.
 """
 
 from __future__ import annotations

@@ -14,15 +14,14 @@ Policy (per model, one batch in the model at a time):
 - if a merged batch fails, its requests are re-run one by one, so only the faulty one gets the error.
 
 Where the model runs (`ModelCaller`): on one worker thread, so the loop keeps parsing the next requests
-while torch computes (it releases the GIL) - except for models whose recent calls took under half a
-millisecond of CPU (median), which run inline on the loop: for them the hand-off to a thread and back costs more than
-the call itself (measured ~0.1-0.3 ms of loop time per hop on a busy 2-core node). Such models never
-wait for a batch to fill: requests queued while the loop was busy still run together, and waiting would
-only hold back responses the clients are ready to act on. And a model whose single-row call takes under
-50 us (measured at start-up, before traffic) is not batched at all: batching can save a request at most that, less than its own HTTP handling,
-while answering a whole burst at once makes clients and server take turns instead of overlapping
-(measured on the 64-128-10 MLP, REST, 32 clients: 2085 req/s batched, 3873 not; the digits CNN, 85 us
-per row alone and 25 us in a batch of 32, gains 1.4x from batching under the same load).
+while torch computes (it releases the GIL) - except for models whose recent calls took under
+`ModelCaller.INLINE_BELOW_S` of CPU (median), which run inline on the loop: for them the hand-off to a
+thread and back costs more than the call itself. Such models never wait for a batch to fill: requests
+queued while the loop was busy still run together, and waiting would only hold back responses the clients
+are ready to act on. And a model whose single-row call takes under `ModelCaller.NO_BATCHING_BELOW_S`
+(timed at start-up, before traffic) is not batched at all: batching can save a request at most that, less
+than its own HTTP handling, while answering a whole burst at once makes clients and server take turns
+instead of overlapping. docs/performance.md has the figures behind both thresholds.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ class ModelCaller:
 
     Where to run a call is decided on the CPU time calls take (`time.thread_time`), not their wall time:
     wall time includes preemption by other processes and, on the model thread, waits for the GIL that a
-    busy event loop holds up to the interpreter's 5 ms switch interval - a fast model measured by wall
+    busy event loop holds up to the interpreter's switch interval (`sys.getswitchinterval()`) - a fast model measured by wall
     time under load would look slow, move to the thread, and there look slower still.
     """
 
@@ -94,8 +93,8 @@ class ModelCaller:
         """Time single-row calls before serving (on the model thread, no traffic yet); returns the median.
 
         Whether a model is too fast to batch is decided on this quiet figure, once: under load even CPU
-        time per call grows (a 25 us call measured 70-100 us on a busy 2-core node), which would flip the
-        decision back and forth with the load of the moment.
+        time per call grows several times over, which would flip the decision back and forth with the load
+        of the moment.
         """
         for _ in range(repeats):
             start = time.thread_time()

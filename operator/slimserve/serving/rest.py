@@ -1,8 +1,7 @@
 """The REST endpoint of the Open Inference Protocol: a lean ASGI app, built by `build_app`.
 
 Why not Starlette or FastAPI: on a tiny model the HTTP layer is most of the cost, and a Starlette
-router + Request/Response objects measured ~20 us more per request than this one (25 us vs 5 us in
-process, same routes), i.e. several percent of throughput on two cores. The app stays open to more
+router + Request/Response objects cost several times this app's time per request (docs/performance.md). The app stays open to more
 routes: `app.add_route(method, "/path/{param}", endpoint)` or `app.mount(prefix, any_asgi_app)`.
 """
 

@@ -13,9 +13,8 @@ terminationGracePeriodSeconds above that.
 
 Why this stack (uvicorn + the lean ASGI app of `rest.py` + grpc.aio, one process, one loop) and not
 KServe's Python model server: `benchmarks/serving.py` runs both side by side on the same model, threads
-and client. On 2 shared cores, tiny 64-128-10 MLP, REST (tritonclient): 2.0x KServe's throughput with 32
-clients (2773 vs 1373 req/s) and half its p50 with one (0.35 vs 0.70 ms); MiniLM with 32 clients, 2.7x
-(REST) and 1.8x (gRPC), mostly from batching. One process keeps one batch queue for both protocols.
+and client, and ours serves more with less latency, mostly from batching (docs/performance.md has the
+figures). One process keeps one batch queue for both protocols.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quantization in the compression engine: which layers, calibrated how, converted by which quantizer.
 
-- `apply_quantization(model, config, *, example_inputs, calibration)`: swap Linear / Conv2d / Embedding
+- `apply_quantization(model, config, *, calibration)`: swap Linear / Conv2d / Embedding
   modules for quantized ones (see `methods` for which, per method); `config.keep_float` names stay float.
 - `quantizable_layers(model, method=None)`: names, for the layer-by-layer sensitivity search.
 - `needs_calibration(config)`: whether the method wants calibration batches.
@@ -24,17 +24,15 @@ __all__ = ["QuantizationConfig", "apply_quantization", "needs_calibration", "qua
 
 
 def apply_quantization(
-    model: nn.Module, config: QuantizeConfig | QuantizationConfig, *, example_inputs: tuple, calibration: list[tuple] | None
+    model: nn.Module, config: QuantizeConfig | QuantizationConfig, *, calibration: list[tuple] | None
 ) -> nn.Module:
     """Quantize `model` in place (and return it, in eval mode); the forward signature is unchanged.
 
     `config` is a quantize step's spec or a method's config (`Int8DynamicConfig()`...). `calibration`
     (tuples of forward arguments) is required by methods that calibrate (int8-static) and ignored by the
-    others; `example_inputs` is accepted for API symmetry with export-based flows (the module swap does not
-    trace). Raises `ValueError` naming the field for a bad config (unknown keepFloat module, missing
+    others; the module swap traces nothing, so it needs no example inputs. Raises `ValueError` naming the field for a bad config (unknown keepFloat module, missing
     calibration), `BackendUnsupportedError` for a CUDA-only method on a CPU; the model is untouched then.
     """
-    del example_inputs  # the swap needs no trace
     model.eval()
     install_quantized(model, config_of(config), calibration)
     return model
