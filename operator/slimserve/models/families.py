@@ -17,7 +17,7 @@ from torch import nn
 from slimserve.models import digits
 from slimserve.models.asset_names import PROGRAM_FILE, TOKENIZER_FILE
 from slimserve.models.servable import ModelInfo, Servable, TensorSpec
-from slimserve.models.servables import ClassifierServable, EmbeddingServable, Forward
+from slimserve.models.torch_servables import ClassifierServable, EmbeddingServable, Forward
 
 
 class ModelFamily(ABC):
