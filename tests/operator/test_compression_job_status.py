@@ -6,13 +6,13 @@ import pytest
 
 from slimserve.controller.compression_job_status import (
     blocked_status,
+    condition_change_events,
     failure_reason,
     invalid_status,
     is_finished,
     may_change_status,
     pending_status,
     status_from_job,
-    transition_events,
     unblocked_status,
 )
 from slimserve.controller.conditions import find_condition
@@ -230,18 +230,18 @@ def test_unchanged_status_writes_nothing():
 
 def test_events_follow_succeeded_transitions_and_the_start():
     first = pending()["conditions"]
-    events = transition_events(None, first)
+    events = condition_change_events(None, first)
     assert [(e["type"], e["reason"]) for e in events] == [("Normal", "Pending")]
     running = derive(pending(), job(ready=1))["conditions"]
-    assert [(e["type"], e["reason"]) for e in transition_events(first, running)] == [
+    assert [(e["type"], e["reason"]) for e in condition_change_events(first, running)] == [
         ("Normal", "PodStarted"),
         ("Normal", "Running"),
     ]
     failed = derive({**pending(), "conditions": running}, job(conditions=[{"type": "Failed", "status": "True"}]))
-    assert [(e["type"], e["reason"]) for e in transition_events(running, failed["conditions"])] == [
+    assert [(e["type"], e["reason"]) for e in condition_change_events(running, failed["conditions"])] == [
         ("Warning", "JobFailed")
     ]
-    assert transition_events(running, running) == []
+    assert condition_change_events(running, running) == []
 
 
 def test_only_a_started_finished_or_deleted_job_may_change_the_status():

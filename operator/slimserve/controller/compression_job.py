@@ -40,12 +40,12 @@ from slimserve.controller.builders.compression_job import (
 )
 from slimserve.controller.compression_job_status import (
     blocked_status,
+    condition_change_events,
     invalid_status,
     is_finished,
     may_change_status,
     pending_status,
     status_from_job,
-    transition_events,
     unblocked_status,
 )
 from slimserve.controller.labels import MANAGED_BY
@@ -191,7 +191,7 @@ def _write_status(api, namespace: str, name: str, derive: Derive) -> tuple[dict[
     current, patch = update_status(api, PLURAL, namespace, name, derive)
     if patch and "conditions" in patch:
         before = (current.get("status") or {}).get("conditions")
-        for event in transition_events(before, patch["conditions"]):
+        for event in condition_change_events(before, patch["conditions"]):
             kopf.event(current, **event)
     return current, patch
 

@@ -191,7 +191,7 @@ def failure_reason(failed_condition: dict[str, Any], pod: dict[str, Any] | None)
     return reason, message[:MESSAGE_LIMIT]
 
 
-def transition_events(before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+def condition_change_events(before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None) -> list[dict[str, str]]:
     """Kubernetes Events for the conditions that changed status or reason: kwargs of `kopf.event`.
 
     Every change of Succeeded (Pending, Running, Completed, the failure reasons) and Started becoming True.
