@@ -19,6 +19,7 @@ from slimserve.api.common import (
 )
 from slimserve.api.compression_job import DEFAULT_NODE_POOL
 from slimserve.api.storage import S3Spec
+from slimserve.api.workload import CORS_ORIGIN_PATTERN, DEFAULTS
 
 
 class ModelReference(SpecModel):
@@ -100,23 +101,26 @@ class AutoscalingSpec(SpecModel):
 class BatchingSpec(SpecModel):
     """Dynamic batching: requests arriving close together run as one batch."""
 
-    enabled: bool = Field(default=True, description="Batch concurrent requests together.")
-    max_batch_size: int = Field(default=32, ge=1, le=1024, description="Largest batch, e.g. 32.")
+    enabled: bool = Field(default=DEFAULTS.batching, description="Batch concurrent requests together.")
+    max_batch_size: int = Field(default=DEFAULTS.max_batch_size, ge=1, le=1024, description="Largest batch, e.g. 32.")
     max_latency_ms: float = Field(
-        default=5.0, ge=0.0, le=1000.0, description="Longest a request waits for a batch to fill, milliseconds, e.g. 5."
+        default=DEFAULTS.max_latency_ms,
+        ge=0.0,
+        le=1000.0,
+        description="Longest a request waits for a batch to fill, milliseconds, e.g. 5.",
     )
 
 
-# A browser Origin (scheme://host[:port], no path), or * for any.
-CORS_ORIGIN_PATTERN = r"^(\*|https?://[A-Za-z0-9.\-\[\]:]+)$"
 CorsOrigin = Annotated[str, StringConstraints(pattern=CORS_ORIGIN_PATTERN, max_length=253)]
 
 
 class ProtocolsSpec(SpecModel):
     """Which endpoints the server exposes besides Open Inference Protocol REST and gRPC."""
 
-    grpc_web: bool = Field(default=False, description="Answer gRPC-Web (for browsers) on the HTTP port.")
-    playground: bool = Field(default=False, description="Serve a small model playground page at / (turns gRPC-Web on).")
+    grpc_web: bool = Field(default=DEFAULTS.grpc_web, description="Answer gRPC-Web (for browsers) on the HTTP port.")
+    playground: bool = Field(
+        default=DEFAULTS.playground, description="Serve a small model playground page at / (turns gRPC-Web on)."
+    )
     cors_origins: list[CorsOrigin] = Field(
         default_factory=list,
         max_length=16,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from slimserve.api.workload import CACHE
 from slimserve.artifacts.paths import contained_path
 
 
 def cache_root() -> Path:
     """`$SLIMSERVE_CACHE`, or `~/.cache/slimserve`."""
-    configured = os.environ.get("SLIMSERVE_CACHE")
+    configured = CACHE.read()
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "slimserve"
 
 

@@ -1,4 +1,4 @@
-"""Storage URIs: where models are read from and artifacts written to.
+"""Storage URIs: where models are read from and artifacts written to (parsed by `slimserve.api.uri`).
 
 file:///path   a local path
 pvc://CLAIM/p  a PersistentVolumeClaim the operator mounts at $SLIMSERVE_PVC_ROOT/CLAIM/p (default /mnt/pvc)
@@ -14,8 +14,9 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
+from slimserve.api.uri import LOCAL_SCHEMES, PVC, S3, STORAGE_SCHEMES, InvalidUri, StorageUri, parse_uri
+from slimserve.api.workload import DEFAULTS, PVC_ROOT
 from slimserve.artifacts.cache import cache_dir
 from slimserve.artifacts.errors import StorageError
 from slimserve.artifacts.paths import contained_path
@@ -23,68 +24,58 @@ from slimserve.artifacts.paths import contained_path
 if TYPE_CHECKING:
     from slimserve.api.storage import S3Spec
 
-PVC_ROOT_ENV = "SLIMSERVE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
-LOCAL_SCHEMES = ("file", "pvc")
-STORAGE_SCHEMES = ("file", "pvc", "s3")
+
+def parse_storage_uri(uri: str) -> StorageUri:
+    """The parts of a file://, pvc:// or s3:// URI, by the one set of rules (`slimserve.api.uri`); else StorageError."""
+    try:
+        return parse_uri(uri, STORAGE_SCHEMES)
+    except InvalidUri as exc:
+        raise StorageError(str(exc)) from None
 
 
 def split_uri(uri: str) -> tuple[str, str]:
     """(scheme, rest) of `scheme://rest`; a clear error for anything else."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or not scheme or not rest:
-        raise StorageError(f"{uri!r} is not a URI: expected scheme://path with scheme one of {', '.join(STORAGE_SCHEMES)}")
-    return scheme, rest
+    return parse_storage_uri(uri).scheme, uri.partition("://")[2]
 
 
 def pvc_mount_path(uri: str) -> Path:
     """Where the operator mounts `pvc://CLAIM/sub/path`: `$SLIMSERVE_PVC_ROOT/CLAIM/sub/path`."""
-    scheme, rest = split_uri(uri)
-    if scheme != "pvc":
+    parsed = parse_storage_uri(uri)
+    if parsed.scheme != PVC:
         raise StorageError(f"{uri!r} is not a pvc:// URI")
-    claim, _, sub_path = rest.partition("/")
-    if not claim or claim in (".", "..") or ".." in sub_path.split("/"):
-        raise StorageError(f"{uri!r}: expected pvc://CLAIM/path without '..'")
     # Symlinks inside a claim may not lead out of it.
-    root = Path(os.environ.get(PVC_ROOT_ENV) or DEFAULT_PVC_ROOT)
-    claim_root = contained_path(root, claim, what=f"{uri!r}: claim")
-    return contained_path(claim_root, sub_path.lstrip("/"), what=f"{uri!r}: path", allow_root=True)
+    root = Path(PVC_ROOT.read() or DEFAULTS.pvc_root)
+    claim_root = contained_path(root, parsed.authority, what=f"{uri!r}: claim")
+    return contained_path(claim_root, parsed.path.lstrip("/"), what=f"{uri!r}: path", allow_root=True)
 
 
 def local_path(uri: str) -> Path:
     """The local path of a file:// or pvc:// URI (which need not exist yet)."""
-    scheme, rest = split_uri(uri)
-    if scheme == "file":
-        parsed = urlparse(uri)
-        return Path((parsed.netloc or "") + parsed.path)
-    if scheme == "pvc":
+    parsed = parse_storage_uri(uri)
+    if parsed.scheme == PVC:
         return pvc_mount_path(uri)
-    raise StorageError(f"{uri!r}: not a local URI (file:// or pvc://)")
+    if parsed.local_path is None:
+        raise StorageError(f"{uri!r}: not a local URI (file:// or pvc://)")
+    return Path(parsed.local_path)
 
 
 def resolve_uri(uri: str, s3: "S3Spec | None" = None) -> Path:
     """A local path holding what `uri` names: the path itself for file:// and pvc://, a cached download for s3://."""
-    scheme, _ = split_uri(uri)
-    if scheme in LOCAL_SCHEMES:
+    if parse_storage_uri(uri).scheme in LOCAL_SCHEMES:
         path = local_path(uri)
         if not path.exists():
             raise StorageError(f"{uri!r}: no such file or directory ({path})", reason="NotFound")
         return path
-    if scheme == "s3":
-        return _download_s3(uri, s3)
-    raise StorageError(f"{uri!r}: unsupported scheme {scheme!r}; use one of {', '.join(STORAGE_SCHEMES)}")
+    return _download_s3(uri, s3)
 
 
 def check_writable(uri: str, s3: "S3Spec | None" = None) -> None:
     """A StorageError now if nothing can be written at `uri`, so a run fails before it spends its time:
     the nearest existing folder of a local path must take a new directory, an S3 prefix a new object."""
-    scheme, _ = split_uri(uri)
-    if scheme in LOCAL_SCHEMES:
+    if parse_storage_uri(uri).scheme in LOCAL_SCHEMES:
         _check_local_writable(uri, local_path(uri))
-    elif scheme == "s3":
-        _check_s3_writable(uri, s3)
     else:
-        raise StorageError(f"{uri!r}: unsupported scheme {scheme!r}; use one of {', '.join(STORAGE_SCHEMES)}")
+        _check_s3_writable(uri, s3)
 
 
 def _check_local_writable(uri: str, target: Path) -> None:
@@ -144,13 +135,10 @@ def s3_client(s3: "S3Spec | None" = None):
 
 
 def _bucket_and_key(uri: str) -> tuple[str, str]:
-    scheme, rest = split_uri(uri)
-    if scheme != "s3":
+    parsed = parse_storage_uri(uri)
+    if parsed.scheme != S3:
         raise StorageError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise StorageError(f"{uri!r}: expected s3://BUCKET/KEY")
-    return bucket, key
+    return parsed.authority, parsed.path
 
 
 def _download_s3(uri: str, s3: "S3Spec | None") -> Path:

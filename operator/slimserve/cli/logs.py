@@ -12,26 +12,23 @@ import os
 import sys
 from collections.abc import Mapping
 
-ENV_LOG_FORMAT = "SLIMSERVE_LOG_FORMAT"
-LOG_FORMATS = ("text", "json")
+from slimserve.api.workload import DEFAULTS, LOG_FORMAT, EnvError, parse_log_format
+
+ENV_LOG_FORMAT = LOG_FORMAT.name
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def log_format(text: str) -> str:
     """Parse a log format name ("text" or "json", any case)."""
-    value = text.strip().lower()
-    if value not in LOG_FORMATS:
-        raise ValueError(f"log format {text!r} is not one of {', '.join(LOG_FORMATS)}")
-    return value
+    return parse_log_format(text)
 
 
 def log_format_from_env(command: str, environ: Mapping[str, str] | None = None) -> str:
     """The format $SLIMSERVE_LOG_FORMAT names, "text" when unset; a wrong value ends the command with its name."""
-    value = (os.environ if environ is None else environ).get(ENV_LOG_FORMAT, "")
     try:
-        return log_format(value) if value else "text"
-    except ValueError as error:
-        raise SystemExit(f"slimserve {command}: environment variable {ENV_LOG_FORMAT}: {error}") from None
+        return LOG_FORMAT.read(os.environ if environ is None else environ) or DEFAULTS.log_format
+    except EnvError as error:
+        raise SystemExit(f"slimserve {command}: environment variable {error}") from None
 
 
 def json_formatter() -> logging.Formatter:

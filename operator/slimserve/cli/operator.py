@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from slimserve.api.workload import OperatorEnv
 from slimserve.cli.logs import ENV_LOG_FORMAT, log_format, log_format_from_env
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    env = OperatorEnv.from_env(only=["peering", "log_level"])
     parser = subparsers.add_parser(
         "operator",
         help="run the operator (CompressionJob and ModelService controllers)",
-        description="Run the SlimServe operator. Environment: SLIMSERVE_OPERATOR_CONFIG (config file), "
-        "SLIMSERVE_WATCH_NAMESPACES (comma-separated), KUBECONFIG outside a cluster.",
+        description=f"Run the SlimServe operator. Environment: {_variable('config')} (config file), "
+        f"{_variable('watch_namespaces')} (comma-separated), KUBECONFIG outside a cluster.",
     )
     parser.add_argument(
         "--namespace",
@@ -29,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--peering",
-        default=os.environ.get("SLIMSERVE_PEERING") or None,
+        default=env.peering,
         help="Kopf peering name, so that replicas never act at once (needs Kopf's peering CRDs); default standalone",
     )
     parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
-        default=os.environ.get("SLIMSERVE_LOG_LEVEL") or "info",
-        help="log level (default info, or SLIMSERVE_LOG_LEVEL)",
+        default=env.log_level or "info",
+        help=f"log level (default info, or {_variable('log_level')})",
     )
     parser.add_argument(
         "--log-format",
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from slimserve.controller import app  # kopf and the kubernetes client load only when needed
 
-    namespaces = args.namespace or [n for n in os.environ.get("SLIMSERVE_WATCH_NAMESPACES", "").split(",") if n]
+    namespaces = args.namespace or list(OperatorEnv.from_env(only=["watch_namespaces"]).watch_namespaces or ())
     app.run(
         namespaces=namespaces,
         liveness_endpoint=args.liveness or None,
@@ -67,3 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
     )
     return 0
+
+
+def _variable(field: str) -> str:
+    return OperatorEnv.variable(field).name

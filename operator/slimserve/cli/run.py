@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from slimserve.api.workload import DEFAULTS, DEBUG
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-f", "--file", required=True, type=Path, help="manifest file, e.g. examples/quickstart.yaml")
     parser.add_argument("--once", action="store_true", help="exit after the self-check (for scripts and tests)")
     parser.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
-    parser.add_argument("--http-port", type=int, default=8080, help="REST port (default 8080)")
-    parser.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default 9000)")
+    parser.add_argument("--http-port", type=int, default=DEFAULTS.http_port, help=f"REST port (default {DEFAULTS.http_port})")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port, help=f"gRPC port (default {DEFAULTS.grpc_port})")
     parser.add_argument("--workdir", type=Path, default=Path(".slimserve"),
                         help="where pvc:// volumes and the server log live (default .slimserve)")
     parser.set_defaults(handler=_run)
@@ -50,9 +51,9 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: still one line, the traceback on request
-        if os.environ.get("SLIMSERVE_DEBUG"):
+        if DEBUG.read():
             raise
-        return _fail(console, f"internal error: {type(exc).__name__}: {exc} (SLIMSERVE_DEBUG=1 shows the traceback)")
+        return _fail(console, f"internal error: {type(exc).__name__}: {exc} ({DEBUG.name}=1 shows the traceback)")
 
 
 def _fail(console, message: str) -> int:

@@ -14,78 +14,63 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_port
 from slimserve.cli.logs import configure_logging, log_format
 from slimserve.serving.web.options import add_web_arguments, web_options
-
-ENV_PREFIX = "SLIMSERVE_"
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is outside 0-65535")
-    return port
 
 
 @dataclass(frozen=True)
 class Option:
     flag: str
-    env: str
     parse: Callable[[str], Any]
-    default: Any
     help: str
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
 
+    @property
+    def env(self) -> str:
+        return ServerEnv.variable(self.dest).name
 
+
+# Each flag's variable and default come from the pod contract (slimserve.api.workload).
 OPTIONS = (
-    Option("--artifact", "ARTIFACT", str, None, "model URI: file://, pvc://, s3:// artifact or builtin://NAME (required)"),
-    Option("--artifact-digest", "ARTIFACT_DIGEST", str, None, "refuse the artifact unless its digest is this sha256:..."),
-    Option("--model-name", "MODEL_NAME", str, None, "name in the protocol's paths (default: the model's own name)"),
-    Option("--host", "HOST", str, "0.0.0.0", "address to listen on"),
-    Option("--http-port", "HTTP_PORT", port, 8080, "REST port (also /metrics)"),
-    Option("--grpc-port", "GRPC_PORT", port, 9000, "gRPC port"),
-    Option("--metrics-port", "METRICS_PORT", port, None, "also serve /metrics on this port"),
-    Option("--max-batch-size", "MAX_BATCH_SIZE", int, 32, "most rows per model call, and per request"),
-    Option("--max-latency-ms", "MAX_LATENCY_MS", float, 5.0, "longest a batch waits for requests already arriving"),
-    Option("--max-body-bytes", "MAX_BODY_BYTES", int, 64 * 1024 * 1024, "largest request body or gRPC message"),
-    Option("--header-timeout-s", "HEADER_TIMEOUT_S", float, 10.0,
+    Option("--artifact", str, "model URI: file://, pvc://, s3:// artifact or builtin://NAME (required)"),
+    Option("--artifact-digest", str, "refuse the artifact unless its digest is this sha256:..."),
+    Option("--model-name", str, "name in the protocol's paths (default: the model's own name)"),
+    Option("--host", str, "address to listen on"),
+    Option("--http-port", parse_port, "REST port (also /metrics)"),
+    Option("--grpc-port", parse_port, "gRPC port"),
+    Option("--metrics-port", parse_port, "also serve /metrics on this port"),
+    Option("--max-batch-size", int, "most rows per model call, and per request"),
+    Option("--max-latency-ms", float, "longest a batch waits for requests already arriving"),
+    Option("--max-body-bytes", int, "largest request body or gRPC message"),
+    Option("--header-timeout-s", float,
            "HTTP: close a connection whose request headers are not complete within this time"),
-    Option("--body-timeout-s", "BODY_TIMEOUT_S", float, 60.0,
+    Option("--body-timeout-s", float,
            "HTTP: answer 408 and close when a request body is not complete this long after its headers"),
-    Option("--drain-timeout-s", "DRAIN_TIMEOUT_S", float, 20.0, "after SIGTERM, longest wait for in-flight requests"),
-    Option("--shutdown-delay-s", "SHUTDOWN_DELAY_S", float, 0.0, "after SIGTERM, keep serving (not ready) this long first"),
-    Option("--torch-threads", "TORCH_THREADS", int, 0, "torch threads; 0 follows the container's CPU limit"),
-    Option("--log-level", "LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    Option("--log-format", "LOG_FORMAT", log_format, "text", "text, or json: one object per line (time, level, logger, message)"),
+    Option("--drain-timeout-s", float, "after SIGTERM, longest wait for in-flight requests"),
+    Option("--shutdown-delay-s", float, "after SIGTERM, keep serving (not ready) this long first"),
+    Option("--torch-threads", int, "torch threads; 0 follows the container's CPU limit"),
+    Option("--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+    Option("--log-format", log_format, "text, or json: one object per line (time, level, logger, message)"),
 )
+BATCHING = ServerEnv.variable("batching").name
 
 
-def _env_default(option: Option, environ: dict[str, str]) -> Any:
-    name = ENV_PREFIX + option.env
-    if name not in environ or environ[name] == "":
-        return option.default
+def _environment(environ: dict[str, str]) -> ServerEnv:
+    """The variables behind the flags (the web ones are read when the server starts, see `web_options`)."""
     try:
-        return option.parse(environ[name])
-    except ValueError as error:
-        raise SystemExit(f"slimserve serve: environment variable {name}: {error}") from None
+        return ServerEnv.from_env(environ, only=[option.dest for option in OPTIONS] + ["batching"])
+    except EnvError as error:
+        raise SystemExit(f"slimserve serve: environment variable {error}") from None
 
 
 def _epilog() -> str:
     lines = ["environment variables (a flag on the command line wins):"]
-    lines += [f"  {ENV_PREFIX + o.env:<28} {o.flag}" for o in OPTIONS]
-    lines.append(f"  {ENV_PREFIX + 'BATCHING':<28} false = --no-batching")
+    lines += [f"  {o.env:<28} {o.flag}" for o in OPTIONS]
+    lines.append(f"  {BATCHING:<28} false = --no-batching")
     lines += [
         "",
         "endpoints: REST /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready|/infer],",
@@ -104,19 +89,15 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    env = _environment(environ)
     for option in OPTIONS:
         parser.add_argument(
-            option.flag, type=option.parse, default=_env_default(option, environ), metavar=option.env,
-            help=f"{option.help} [env {ENV_PREFIX}{option.env}]",
+            option.flag, type=option.parse, default=env.or_default(option.dest),
+            metavar=option.env.removeprefix(PREFIX), help=f"{option.help} [env {option.env}]",
         )
-    batching = environ.get(ENV_PREFIX + "BATCHING", "")
-    try:
-        batching_default = _bool(batching) if batching else True
-    except ValueError as error:
-        raise SystemExit(f"slimserve serve: environment variable {ENV_PREFIX}BATCHING: {error}") from None
     parser.add_argument(
-        "--no-batching", dest="batching", action="store_false", default=batching_default,
-        help=f"run each request on its own [env {ENV_PREFIX}BATCHING=false]",
+        "--no-batching", dest="batching", action="store_false", default=env.or_default("batching"),
+        help=f"run each request on its own [env {BATCHING}=false]",
     )
     add_web_arguments(parser)
     parser.set_defaults(handler=run)
@@ -130,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from slimserve.serving.threads import configure_torch_threads
 
     if not args.artifact:
-        print("slimserve serve: --artifact (or SLIMSERVE_ARTIFACT) is required", file=sys.stderr)
+        print(f"slimserve serve: --artifact (or {OPTIONS[0].env}) is required", file=sys.stderr)
         return 2
     try:
         config = ServerConfig(

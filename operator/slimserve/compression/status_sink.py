@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from slimserve.api import CompressionJob
 from slimserve.api.compression_job import ArtifactRef, CompressionMetrics, Progress
-from slimserve.controller.builders.compression_job import ENV_JOB_GENERATION
+from slimserve.api.workload import CompressorEnv
 from slimserve.controller.status_update import TRANSIENT_STATUSES, update_status
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,7 @@ class KubernetesStatusSink:
     @classmethod
     def for_target(cls, target: str, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> "KubernetesStatusSink":
         """The sink of `slimserve compress --status-target`; the generation comes from the pod's environment."""
-        generation = environ.get(ENV_JOB_GENERATION)
-        if generation is not None and not generation.isdigit():
-            raise ValueError(f"{ENV_JOB_GENERATION}: expected a generation number, got {generation!r}")
-        return cls(target, int(generation) if generation is not None else None, **kwargs)
+        return cls(target, CompressorEnv.from_env(environ, only=["job_generation"]).job_generation, **kwargs)
 
     @property
     def api(self) -> client.ApiClient:

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from slimserve.api.common import ResourceRequirements
+from slimserve.api.workload import DEFAULTS, OperatorEnv
 
-CONFIG_ENV = "SLIMSERVE_OPERATOR_CONFIG"
+CONFIG_ENV = OperatorEnv.variable("config").name
 DEFAULT_CONFIG_PATH = Path("/etc/slimserve/operator.yaml")
 
 
@@ -79,7 +80,7 @@ class OperatorConfig(_ConfigModel):
     images: Images = Field(default_factory=Images)
     node_pools: dict[str, NodePool] = Field(default_factory=_default_pools)
     # Where the compression and server pods mount a PVC named in a pvc:// URI.
-    pvc_mount_root: str = "/mnt/pvc"
+    pvc_mount_root: str = DEFAULTS.pvc_root
     cluster_domain: str = "cluster.local"
     # Prometheus that scrapes the server pods; KEDA's concurrency trigger queries it.
     prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
@@ -98,7 +99,7 @@ class OperatorConfig(_ConfigModel):
 
 def load_config(path: str | os.PathLike[str] | None = None) -> OperatorConfig:
     """Read the configuration file; defaults when it does not exist (local runs, tests)."""
-    path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    path = Path(path or OperatorEnv.from_env(only=["config"]).config or DEFAULT_CONFIG_PATH)
     if not path.exists():
         return OperatorConfig()
     data = yaml.safe_load(path.read_text()) or {}

@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from slimserve.api.model_service import BatchingSpec
-from slimserve.artifacts.storage import PVC_ROOT_ENV, resolve_uri
+from slimserve.api.workload import PVC_ROOT
+from slimserve.artifacts.storage import resolve_uri
 from slimserve.compression import compress
 from slimserve.compression.progress import CompressionOutcome, RichProgressSink
 from slimserve.local.plan import LocalPlan
@@ -53,7 +54,7 @@ class StepLines:
 
 
 def run_plan(plan: LocalPlan, options: RunOptions, console: Console) -> int:
-    os.environ.setdefault(PVC_ROOT_ENV, str((options.workdir / "pvc").resolve()))
+    os.environ.setdefault(PVC_ROOT.name, str((options.workdir / "pvc").resolve()))
     if plan.service is not None:  # fail before minutes of compression, not after
         ensure_port_free(options.host, options.http_port, "--http-port")
         ensure_port_free(options.host, options.grpc_port, "--grpc-port")

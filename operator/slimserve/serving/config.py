@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slimserve.serving.http_timeouts import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S
-from slimserve.serving.rest import DEFAULT_MAX_BODY_BYTES
+from slimserve.api.workload import DEFAULTS
 from slimserve.serving.web.options import WebOptions
 
 
@@ -14,19 +13,19 @@ class ServerConfig:
     artifact: str
     artifact_digest: str | None = None  # "sha256:...": refuse an artifact whose manifest digest differs
     model_name: str | None = None  # name in the protocol's paths; defaults to the model's own name
-    host: str = "0.0.0.0"
-    http_port: int = 8080
-    grpc_port: int = 9000
+    host: str = DEFAULTS.host
+    http_port: int = DEFAULTS.http_port
+    grpc_port: int = DEFAULTS.grpc_port
     metrics_port: int | None = None  # /metrics on a port of its own as well (it is always on the HTTP port)
-    batching: bool = True
-    max_batch_size: int = 32
-    max_latency_ms: float = 5.0
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # HTTP: longest wait for a request's headers
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # HTTP: longest wait for a body after its headers
-    drain_timeout_s: float = 20.0  # longest wait for in-flight requests after SIGTERM
-    shutdown_delay_s: float = 0.0  # keep serving (reporting not ready) this long after SIGTERM
-    torch_threads: int = 0  # 0: follow the container's CPU limit
+    batching: bool = DEFAULTS.batching
+    max_batch_size: int = DEFAULTS.max_batch_size
+    max_latency_ms: float = DEFAULTS.max_latency_ms
+    max_body_bytes: int = DEFAULTS.max_body_bytes
+    header_timeout_s: float = DEFAULTS.header_timeout_s  # HTTP: longest wait for a request's headers
+    body_timeout_s: float = DEFAULTS.body_timeout_s  # HTTP: longest wait for a body after its headers
+    drain_timeout_s: float = DEFAULTS.drain_timeout_s  # longest wait for in-flight requests after SIGTERM
+    shutdown_delay_s: float = DEFAULTS.shutdown_delay_s  # keep serving (reporting not ready) this long after SIGTERM
+    torch_threads: int = DEFAULTS.torch_threads  # 0: follow the container's CPU limit
     warmup_batch_sizes: tuple[int, ...] = (1,)
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
 

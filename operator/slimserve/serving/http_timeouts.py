@@ -22,10 +22,12 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from slimserve.api.workload import DEFAULTS
+
 log = logging.getLogger(__name__)
 
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_BODY_TIMEOUT_S = 60.0
+DEFAULT_HEADER_TIMEOUT_S = DEFAULTS.header_timeout_s
+DEFAULT_BODY_TIMEOUT_S = DEFAULTS.body_timeout_s
 
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from slimserve.api.workload import DEFAULTS
 from slimserve.serving.dataplane import DataPlane, RequestTimer
 from slimserve.serving.errors import (
     MethodNotAllowed,
@@ -30,7 +31,7 @@ from slimserve.serving.rest_codec import HEADER_LENGTH, JSON_CONTENT_TYPE, dumps
 log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = DEFAULTS.max_body_bytes
 
 
 @dataclass

@@ -17,13 +17,14 @@ name and nothing else (see `slimserve.compression.status_sink`).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from pydantic import ValidationError
 
 from slimserve.api import GROUP, CompressionJob, CompressionJobSpec
 from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS
+from slimserve.api.uri import InvalidUri, parse_uri, pvc_claim
+from slimserve.api.workload import CompressorEnv, job_spec_text
 from slimserve.controller.builders import (
     bounded_name,
     hardened_container_security_context,
@@ -39,18 +40,9 @@ GENERATION_LABEL = f"{GROUP}/generation"
 # A JSON object of annotations for the compression pod (sidecar opt-outs, autoscaler hints...).
 POD_ANNOTATIONS_ANNOTATION = f"{GROUP}/pod-annotations"
 
-# The contract with the pod (read by `slimserve compress` and its status sink).
-ENV_JOB_SPEC = "SLIMSERVE_JOB_SPEC"
-ENV_STATUS_TARGET = "SLIMSERVE_STATUS_TARGET"
-ENV_JOB_GENERATION = "SLIMSERVE_JOB_GENERATION"
-ENV_PVC_ROOT = "SLIMSERVE_PVC_ROOT"
-ENV_CACHE = "SLIMSERVE_CACHE"
-
 SCRATCH_DIR = "/tmp"
 CACHE_DIR = "/var/cache/slimserve"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-
-_CLAIM_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 class InvalidSpec(ValueError):
@@ -119,17 +111,10 @@ def _storage_uris(spec: CompressionJobSpec) -> list[tuple[str, str]]:
 
 
 def _uri_problems(field: str, uri: str) -> list[str]:
-    scheme, _, rest = uri.partition("://")
-    head, _, path = rest.partition("/")
-    if scheme == "pvc":
-        if not head:
-            return [f"{field}: {uri!r} names no claim; expected pvc://CLAIM/path"]
-        if len(head) > 253 or not _CLAIM_PATTERN.match(head):
-            return [f"{field}: {head!r} is not a PersistentVolumeClaim name (lowercase DNS subdomain)"]
-        if ".." in path.split("/"):
-            return [f"{field}: {uri!r} must not contain '..'"]
-    if scheme == "s3" and not head:
-        return [f"{field}: {uri!r} names no bucket; expected s3://BUCKET/key"]
+    try:
+        parse_uri(uri)  # the rules the pod's storage applies
+    except InvalidUri as exc:
+        return [f"{field}: {exc}"]
     return []
 
 
@@ -262,16 +247,15 @@ def build_job(
 def _env(
     *, name: str, namespace: str, generation: int, spec: CompressionJobSpec, config: OperatorConfig
 ) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": ENV_JOB_SPEC, "value": json.dumps(spec.to_json(), sort_keys=True, separators=(",", ":"))},
-        {"name": ENV_STATUS_TARGET, "value": status_target(namespace, name)},
-        {"name": ENV_JOB_GENERATION, "value": str(generation)},
-        {"name": ENV_PVC_ROOT, "value": config.pvc_mount_root},
-        {"name": ENV_CACHE, "value": CACHE_DIR},
-        # The root filesystem is read-only: anything that writes under $HOME (matplotlib, torch) uses scratch.
-        {"name": "HOME", "value": SCRATCH_DIR},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
+    pod_env = CompressorEnv(
+        job_spec=job_spec_text(spec.to_json()),
+        status_target=status_target(namespace, name),
+        job_generation=generation,
+        pvc_root=config.pvc_mount_root,
+        cache=CACHE_DIR,
+        home=SCRATCH_DIR,  # the root filesystem is read-only: what writes under $HOME (matplotlib, torch) uses scratch
+    )
+    env: list[dict[str, Any]] = [*pod_env.to_env(), {"name": "PYTHONUNBUFFERED", "value": "1"}]
     secret = spec.s3.credentials_secret if spec.s3 else None
     if secret is not None:
         # Named keys, not envFrom: nothing else the Secret holds reaches the pod.
@@ -303,9 +287,9 @@ def pvc_claims(spec: CompressionJobSpec) -> dict[str, bool]:
     """Claims named by pvc:// URIs -> mounted read-only? Only the output's claim is writable."""
     claims: dict[str, bool] = {}
     for field, uri in _storage_uris(spec):
-        if not uri.startswith("pvc://"):
+        claim = pvc_claim(uri)
+        if claim is None:
             continue
-        claim = uri.removeprefix("pvc://").partition("/")[0]
         writable = field == "spec.output.uri"
         claims[claim] = claims.get(claim, True) and not writable
     return dict(sorted(claims.items()))

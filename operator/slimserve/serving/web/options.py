@@ -1,28 +1,29 @@
 """Which browser-facing extras a server turns on, from `slimserve serve` flags or SLIMSERVE_* variables.
 
-Light on purpose: the CLI imports it while building its parser (the API models load only to check origins).
+Light on purpose: the CLI imports it while building its parser.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-ENV_GRPC_WEB = "SLIMSERVE_GRPC_WEB"
-ENV_PLAYGROUND = "SLIMSERVE_PLAYGROUND"
-ENV_CORS_ORIGINS = "SLIMSERVE_CORS_ORIGINS"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+from slimserve.api import workload
+from slimserve.api.workload import DEFAULTS, ServerEnv
+
+WEB_FIELDS = ("grpc_web", "playground", "cors_origins")
+ENV_GRPC_WEB = ServerEnv.variable("grpc_web").name
+ENV_PLAYGROUND = ServerEnv.variable("playground").name
+ENV_CORS_ORIGINS = ServerEnv.variable("cors_origins").name
 
 
 @dataclass(frozen=True)
 class WebOptions:
-    grpc_web: bool = False
-    playground: bool = False  # the page speaks gRPC-Web, so it turns gRPC-Web on too
-    cors_origins: tuple[str, ...] = ()  # "*" allows any origin; empty: CORS closed
+    grpc_web: bool = DEFAULTS.grpc_web
+    playground: bool = DEFAULTS.playground  # the page speaks gRPC-Web, so it turns gRPC-Web on too
+    cors_origins: tuple[str, ...] = DEFAULTS.cors_origins  # "*" allows any origin; empty: CORS closed
 
     @property
     def serves_grpc_web(self) -> bool:
@@ -53,42 +54,19 @@ def add_web_arguments(parser: argparse.ArgumentParser) -> None:
 
 def web_options(args: argparse.Namespace | None = None, environ: Mapping[str, str] = os.environ) -> WebOptions:
     """Options from parsed flags, else the environment. Raises ValueError naming the flag or variable at fault."""
-    grpc_web = getattr(args, "grpc_web", None)
-    playground = getattr(args, "playground", None)
-    origins = getattr(args, "cors_origin", None)
-    return WebOptions(
-        grpc_web=_env_bool(environ, ENV_GRPC_WEB) if grpc_web is None else grpc_web,
-        playground=_env_bool(environ, ENV_PLAYGROUND) if playground is None else playground,
-        cors_origins=(parse_origins(environ.get(ENV_CORS_ORIGINS, ""), ENV_CORS_ORIGINS) if origins is None
-                      else parse_origins(origins, "--cors-origin")),
-    )
+    flags = {name: getattr(args, name, None) for name in ("grpc_web", "playground")}
+    flags["cors_origins"] = None if getattr(args, "cors_origin", None) is None else parse_origins(args.cors_origin)
+    unset = [name for name in WEB_FIELDS if flags[name] is None]
+    env = ServerEnv.from_env(environ, only=unset)
+    return WebOptions(**{name: env.or_default(name) if flags[name] is None else flags[name] for name in WEB_FIELDS})
 
 
-def parse_origins(value: str | list[str] | tuple[str, ...], field: str = "--cors-origin") -> tuple[str, ...]:
+def parse_origins(value: str | Iterable[str], field: str = "--cors-origin") -> tuple[str, ...]:
     """Origins from a comma-separated string or a list of them; raises ValueError naming `field` and the entry.
 
     Accepts what a ModelService's spec.protocols.corsOrigins accepts (one pattern for both).
     """
-    from slimserve.api.model_service import CORS_ORIGIN_PATTERN
-
-    items = value.split(",") if isinstance(value, str) else [part for entry in value for part in entry.split(",")]
-    origins: list[str] = []
-    for raw in items:
-        origin = raw.strip()
-        if not origin:
-            continue
-        if not re.match(CORS_ORIGIN_PATTERN, origin):
-            hint = " (an origin has no path: drop the trailing '/')" if origin.endswith("/") else ""
-            raise ValueError(f"{field}: {origin!r} is not an origin such as https://app.example.com or *{hint}")
-        if origin not in origins:
-            origins.append(origin)
-    return tuple(origins)
-
-
-def _env_bool(environ: Mapping[str, str], name: str) -> bool:
-    value = environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name}: {environ[name]!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
+    try:
+        return workload.parse_origins(value)
+    except ValueError as error:
+        raise ValueError(f"{field}: {error}") from None

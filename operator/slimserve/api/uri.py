@@ -1,0 +1,88 @@
+"""Storage URIs, parsed once: the rules every reader of a model, dataset or artifact URI applies.
+
+builtin://NAME   a demo model or data set shipped with SlimServe
+file:///path     a local path (`file://relative/path` is relative to the working directory)
+pvc://CLAIM/p    path p on the PersistentVolumeClaim CLAIM, which the operator mounts into the pod
+s3://BUCKET/k    an object, or every object under a prefix, in an S3-compatible store
+
+The rules, one set for the operator (which refuses a spec before a pod starts), the compressor, the server
+and `slimserve run`: `scheme://` and something after it; a claim is a PersistentVolumeClaim name (a
+lowercase DNS subdomain, so never `.` or `..`) and the path on it has no `..`; an s3 URI names its bucket.
+Empty path segments (`pvc://models//v1`) are harmless and kept. Placing a parsed path on a disk is
+`slimserve.artifacts` work (its `contained_path` keeps it inside its directory, symlinks included).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+BUILTIN, FILE, PVC, S3 = "builtin", "file", "pvc", "s3"
+SCHEMES = (BUILTIN, FILE, PVC, S3)
+STORAGE_SCHEMES = (FILE, PVC, S3)  # where artifacts are read from and written to
+LOCAL_SCHEMES = (FILE, PVC)  # a path in the pod's (or this machine's) file system
+
+CLAIM_NAME_MAX = 253
+_CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class InvalidUri(ValueError):
+    """A URI that breaks the rules; the message names the URI or the part at fault and what is expected."""
+
+
+@dataclass(frozen=True)
+class StorageUri:
+    uri: str
+    scheme: str
+    authority: str  # the claim (pvc), the bucket (s3), the name (builtin); file: the host part, usually ""
+    path: str  # what follows the authority, without the "/" between them; "" when nothing does
+
+    @property
+    def claim(self) -> str | None:
+        return self.authority if self.scheme == PVC else None
+
+    @property
+    def bucket(self) -> str | None:
+        return self.authority if self.scheme == S3 else None
+
+    @property
+    def local_path(self) -> str | None:
+        """The path of a file:// URI as the file system reads it (`file://a/b` -> `a/b`, `file:///a` -> `/a`)."""
+        if self.scheme != FILE:
+            return None
+        return f"{self.authority}/{self.path}" if self.authority else f"/{self.path}"
+
+
+def parse_uri(uri: str, schemes: tuple[str, ...] = SCHEMES) -> StorageUri:
+    """The URI's parts; InvalidUri for anything outside `schemes` or breaking a rule of its scheme."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not scheme or not rest:
+        raise InvalidUri(f"{uri!r} is not a URI: expected scheme://path with scheme one of {', '.join(schemes)}")
+    if scheme not in schemes:
+        raise InvalidUri(f"{uri!r}: unsupported scheme {scheme!r}; use one of {', '.join(schemes)}")
+    authority, _, path = rest.partition("/")
+    parsed = StorageUri(uri, scheme, authority, path)
+    if scheme == PVC:
+        _check_pvc(parsed)
+    elif scheme == S3 and not authority:
+        raise InvalidUri(f"{uri!r} names no bucket; expected s3://BUCKET/key")
+    return parsed
+
+
+def pvc_claim(uri: str) -> str | None:
+    """CLAIM of `pvc://CLAIM/path`, None for any other scheme; InvalidUri for a pvc:// URI breaking the rules."""
+    if not uri.startswith(f"{PVC}://"):
+        return None
+    return parse_uri(uri).claim
+
+
+def _check_pvc(parsed: StorageUri) -> None:
+    claim = parsed.authority
+    if not claim:
+        raise InvalidUri(f"{parsed.uri!r} names no claim; expected pvc://CLAIM/path")
+    if len(claim) > CLAIM_NAME_MAX or not _CLAIM_NAME.match(claim):
+        raise InvalidUri(
+            f"{claim!r} is not a PersistentVolumeClaim name (lowercase DNS subdomain); expected pvc://CLAIM/path"
+        )
+    if ".." in parsed.path.split("/"):
+        raise InvalidUri(f"{parsed.uri!r} must not contain '..'; expected pvc://CLAIM/path without '..'")

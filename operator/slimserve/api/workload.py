@@ -1,0 +1,316 @@
+"""The contract between the operator and the pods it runs: every SLIMSERVE_* variable, typed once.
+
+A compression pod (`slimserve compress`) reads `CompressorEnv`, a server pod (`slimserve serve`) reads
+`ServerEnv`, the operator itself `OperatorEnv`. The builders write a pod's variables with `to_env()`; the
+command lines read them with `from_env()` (a flag given on the command line still wins over its variable).
+`DEFAULTS` is the one table of what a server does when a setting is unset: the CRD's batching defaults,
+the server's configuration and the builders read it.
+
+Light on purpose: the CLI reads it while it builds its parser, so it imports nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+PREFIX = "SLIMSERVE_"
+
+# A browser Origin (scheme://host[:port], no path), or * for any: the CRD's corsOrigins and the server agree.
+CORS_ORIGIN_PATTERN = r"^(\*|https?://[A-Za-z0-9.\-\[\]:]+)$"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a server does with a setting left unset, and where a pod finds its claims."""
+
+    host: str = "0.0.0.0"
+    http_port: int = 8080  # REST, /metrics and the health endpoints
+    grpc_port: int = 9000
+    batching: bool = True
+    max_batch_size: int = 32
+    max_latency_ms: float = 5.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    header_timeout_s: float = 10.0  # HTTP: longest wait for a request's headers
+    body_timeout_s: float = 60.0  # HTTP: longest wait for a body after its headers
+    drain_timeout_s: float = 20.0  # longest wait for in-flight requests after SIGTERM
+    shutdown_delay_s: float = 0.0  # keep serving (reporting not ready) this long after SIGTERM
+    torch_threads: int = 0  # 0: follow the container's CPU limit
+    log_level: str = "INFO"
+    log_format: str = "text"
+    grpc_web: bool = False
+    playground: bool = False
+    cors_origins: tuple[str, ...] = ()  # CORS closed
+    pvc_root: str = "/mnt/pvc"  # where a pod finds the claim of pvc://CLAIM/path
+
+
+DEFAULTS = Defaults()
+
+
+class EnvError(ValueError):
+    """A variable holds a value its reader cannot take; the message starts with the variable's name."""
+
+    def __init__(self, variable: str, problem: str):
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+# ---- one way to read and write each kind of value ------------------------------------------------------
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def format_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def parse_port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535")
+    return port
+
+
+def format_number(value: float) -> str:
+    """`5`, `2.5`, `20` (as a pod's template has always spelled them), and exact for any other float."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def parse_origins(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Origins from a comma-separated string or a list of them, in order, each once; ValueError naming the entry."""
+    items = value.split(",") if isinstance(value, str) else [part for entry in value for part in entry.split(",")]
+    origins: list[str] = []
+    for raw in items:
+        origin = raw.strip()
+        if not origin:
+            continue
+        if not re.match(CORS_ORIGIN_PATTERN, origin):
+            hint = " (an origin has no path: drop the trailing '/')" if origin.endswith("/") else ""
+            raise ValueError(f"{origin!r} is not an origin such as https://app.example.com or *{hint}")
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(text: str) -> str:
+    """A log format name ("text" or "json", any case)."""
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"log format {text!r} is not one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
+def parse_generation(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"expected a generation number, got {text!r}")
+    return int(text)
+
+
+def parse_flag(_text: str) -> bool:
+    return True  # any value turns it on (SLIMSERVE_DEBUG=1)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, how its text is read and written, and what an empty value means."""
+
+    name: str
+    parse: Callable[[str], Any] = str
+    format: Callable[[Any], str] = str
+    empty_is_value: bool = False  # "" is a value (no CORS origins), not "unset"
+
+    def read(self, environ: Mapping[str, str] = os.environ) -> Any:
+        """The value, None when unset (absent or empty); EnvError naming the variable when it cannot be read."""
+        text = environ.get(self.name)
+        if text is None or (text == "" and not self.empty_is_value):
+            return None
+        try:
+            return self.parse(text)
+        except ValueError as error:
+            raise EnvError(self.name, str(error)) from None
+
+    def entry(self, value: Any) -> dict[str, str]:
+        return {"name": self.name, "value": self.format(value)}
+
+
+# Variables more than one program reads.
+PVC_ROOT = Variable(f"{PREFIX}PVC_ROOT")
+CACHE = Variable(f"{PREFIX}CACHE")
+HOME = Variable("HOME")  # the root file system is read-only: what writes under $HOME gets a scratch folder
+LOG_LEVEL = Variable(f"{PREFIX}LOG_LEVEL")
+LOG_FORMAT = Variable(f"{PREFIX}LOG_FORMAT", parse_log_format)  # text or JSON lines
+DEBUG = Variable(f"{PREFIX}DEBUG", parse_flag, lambda on: "1")
+
+
+class PodEnv:
+    """A program's variables as a typed value: None for a variable that is unset.
+
+    `VARIABLES` maps each field to its variable, in the order the pod's template lists them: a pod template
+    is compared as written, so reordering would roll every pod for nothing.
+    """
+
+    VARIABLES: ClassVar[Mapping[str, Variable]]
+
+    def to_env(self) -> list[dict[str, str]]:
+        """Container `env` entries of the fields that are set."""
+        return [
+            variable.entry(value)
+            for name, variable in self.VARIABLES.items()
+            if (value := getattr(self, name)) is not None
+        ]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, only: Iterable[str] | None = None):
+        """The variables of `environ` (those of `only`, when given); EnvError naming the first one at fault."""
+        wanted = cls.VARIABLES if only is None else {name: cls.VARIABLES[name] for name in only}
+        return cls(**{name: variable.read(environ) for name, variable in wanted.items()})
+
+    @classmethod
+    def variable(cls, name: str) -> Variable:
+        return cls.VARIABLES[name]
+
+    def or_default(self, name: str) -> Any:
+        """The field's value, else the table's default for it."""
+        value = getattr(self, name)
+        return getattr(DEFAULTS, name, None) if value is None else value
+
+
+def _check_fields(cls: type[PodEnv]) -> type[PodEnv]:
+    """Every field has its variable and every variable its field: a new setting cannot miss either."""
+    names = {field.name for field in fields(cls)}
+    if names != set(cls.VARIABLES):
+        raise TypeError(f"{cls.__name__}: fields and VARIABLES differ: {sorted(names ^ set(cls.VARIABLES))}")
+    return cls
+
+
+@_check_fields
+@dataclass(frozen=True)
+class ServerEnv(PodEnv):
+    """What `slimserve serve` reads (`slimserve serve --help` lists every variable beside its flag)."""
+
+    artifact: str | None = None  # model URI: file://, pvc://, s3:// artifact or builtin://NAME
+    model_name: str | None = None
+    host: str | None = None
+    http_port: int | None = None
+    grpc_port: int | None = None
+    batching: bool | None = None
+    max_batch_size: int | None = None
+    max_latency_ms: float | None = None
+    grpc_web: bool | None = None
+    playground: bool | None = None
+    cors_origins: tuple[str, ...] | None = None
+    shutdown_delay_s: float | None = None
+    drain_timeout_s: float | None = None
+    pvc_root: str | None = None
+    cache: str | None = None
+    home: str | None = None
+    artifact_digest: str | None = None  # "sha256:...": refuse any other artifact
+    metrics_port: int | None = None
+    max_body_bytes: int | None = None
+    header_timeout_s: float | None = None
+    body_timeout_s: float | None = None
+    torch_threads: int | None = None
+    log_level: str | None = None
+    log_format: str | None = None
+
+    VARIABLES: ClassVar[Mapping[str, Variable]] = {
+        "artifact": Variable(f"{PREFIX}ARTIFACT"),
+        "model_name": Variable(f"{PREFIX}MODEL_NAME"),
+        "host": Variable(f"{PREFIX}HOST"),
+        "http_port": Variable(f"{PREFIX}HTTP_PORT", parse_port),
+        "grpc_port": Variable(f"{PREFIX}GRPC_PORT", parse_port),
+        "batching": Variable(f"{PREFIX}BATCHING", parse_bool, format_bool),
+        "max_batch_size": Variable(f"{PREFIX}MAX_BATCH_SIZE", int),
+        "max_latency_ms": Variable(f"{PREFIX}MAX_LATENCY_MS", float, format_number),
+        "grpc_web": Variable(f"{PREFIX}GRPC_WEB", parse_bool, format_bool),
+        "playground": Variable(f"{PREFIX}PLAYGROUND", parse_bool, format_bool),
+        "cors_origins": Variable(f"{PREFIX}CORS_ORIGINS", parse_origins, ",".join, empty_is_value=True),
+        "shutdown_delay_s": Variable(f"{PREFIX}SHUTDOWN_DELAY_S", float, format_number),
+        "drain_timeout_s": Variable(f"{PREFIX}DRAIN_TIMEOUT_S", float, format_number),
+        "pvc_root": PVC_ROOT,
+        "cache": CACHE,
+        "home": HOME,
+        "artifact_digest": Variable(f"{PREFIX}ARTIFACT_DIGEST"),
+        "metrics_port": Variable(f"{PREFIX}METRICS_PORT", parse_port),
+        "max_body_bytes": Variable(f"{PREFIX}MAX_BODY_BYTES", int),
+        "header_timeout_s": Variable(f"{PREFIX}HEADER_TIMEOUT_S", float, format_number),
+        "body_timeout_s": Variable(f"{PREFIX}BODY_TIMEOUT_S", float, format_number),
+        "torch_threads": Variable(f"{PREFIX}TORCH_THREADS", int),
+        "log_level": LOG_LEVEL,
+        "log_format": LOG_FORMAT,
+    }
+
+
+@_check_fields
+@dataclass(frozen=True)
+class CompressorEnv(PodEnv):
+    """What `slimserve compress` and its status sink read."""
+
+    job_spec: str | None = None  # the CompressionJob's spec, JSON (see `job_spec_text`)
+    status_target: str | None = None  # NAMESPACE/NAME of the CompressionJob whose status the pod patches
+    job_generation: int | None = None  # the generation the pod runs: a status of an older one is ignored
+    pvc_root: str | None = None
+    cache: str | None = None
+    home: str | None = None
+    termination_log: str | None = None  # where the one-line failure goes (default /dev/termination-log)
+    debug: bool | None = None  # any value: tracebacks of internal errors
+    log_format: str | None = None
+
+    VARIABLES: ClassVar[Mapping[str, Variable]] = {
+        "job_spec": Variable(f"{PREFIX}JOB_SPEC"),
+        "status_target": Variable(f"{PREFIX}STATUS_TARGET"),
+        "job_generation": Variable(f"{PREFIX}JOB_GENERATION", parse_generation),
+        "pvc_root": PVC_ROOT,
+        "cache": CACHE,
+        "home": HOME,
+        "termination_log": Variable(f"{PREFIX}TERMINATION_LOG"),
+        "debug": DEBUG,
+        "log_format": LOG_FORMAT,
+    }
+
+
+def job_spec_text(spec_json: Mapping[str, Any]) -> str:
+    """A spec's JSON as the pod receives it: canonical, so the same spec always makes the same pod template."""
+    return json.dumps(spec_json, sort_keys=True, separators=(",", ":"))
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    return tuple(name for name in text.split(",") if name)
+
+
+@_check_fields
+@dataclass(frozen=True)
+class OperatorEnv(PodEnv):
+    """What `slimserve operator` reads (the chart sets these)."""
+
+    config: str | None = None  # the configuration file
+    watch_namespaces: tuple[str, ...] | None = None  # comma-separated; unset: the whole cluster
+    peering: str | None = None
+    log_level: str | None = None
+    log_format: str | None = None
+
+    VARIABLES: ClassVar[Mapping[str, Variable]] = {
+        "config": Variable(f"{PREFIX}OPERATOR_CONFIG"),
+        "watch_namespaces": Variable(f"{PREFIX}WATCH_NAMESPACES", _namespaces, ",".join),
+        "peering": Variable(f"{PREFIX}PEERING"),
+        "log_level": LOG_LEVEL,
+        "log_format": LOG_FORMAT,
+    }

@@ -1,0 +1,231 @@
+"""The pods' contract (slimserve.api.workload): what the operator writes is what the pods read, every
+SLIMSERVE_* variable is declared there and nowhere else, and its defaults are the CRD's, the server's and
+the builders'."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimserve.api.workload import (
+    DEFAULTS,
+    PREFIX,
+    CompressorEnv,
+    EnvError,
+    OperatorEnv,
+    ServerEnv,
+    format_number,
+    parse_bool,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "operator" / "slimserve"
+CONTRACT = SOURCE / "api" / "workload.py"
+
+SERVER = ServerEnv(
+    artifact="s3://models/digits", model_name="digits", host="127.0.0.1", http_port=8081, grpc_port=9001,
+    batching=False, max_batch_size=16, max_latency_ms=2.5, grpc_web=True, playground=False,
+    cors_origins=("https://app.example.com", "*"), shutdown_delay_s=5.0, drain_timeout_s=20.0, pvc_root="/data",
+    cache="/var/cache/slimserve", home="/tmp", artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
+    max_body_bytes=1 << 20, header_timeout_s=0.1, body_timeout_s=1e-3, torch_threads=2, log_level="DEBUG",
+    log_format="json",
+)
+COMPRESSOR = CompressorEnv(
+    job_spec='{"model":{"uri":"builtin://digits-cnn"}}', status_target="team-a/digits", job_generation=7,
+    pvc_root="/data", cache="/var/cache/slimserve", home="/tmp", termination_log="/tmp/termination-log", debug=True,
+    log_format="text",
+)
+OPERATOR = OperatorEnv(config="/etc/slimserve/config.yaml", watch_namespaces=("team-a", "team-b"), peering="slimserve",
+                       log_level="info", log_format="json")
+
+
+def as_environ(entries: list[dict[str, str]]) -> dict[str, str]:
+    names = [entry["name"] for entry in entries]
+    assert len(names) == len(set(names)), names
+    return {entry["name"]: entry["value"] for entry in entries}
+
+
+@pytest.mark.parametrize("env", [SERVER, COMPRESSOR, OPERATOR], ids=lambda env: type(env).__name__)
+def test_every_field_goes_through_the_environment_and_back(env):
+    assert all(getattr(env, field.name) is not None for field in dataclasses.fields(env))  # the whole contract
+    entries = env.to_env()
+    assert all(isinstance(entry["value"], str) for entry in entries)
+    assert type(env).from_env(as_environ(entries)) == env
+
+
+@pytest.mark.parametrize("env_type", [ServerEnv, CompressorEnv, OperatorEnv], ids=lambda t: t.__name__)
+def test_unset_fields_write_nothing_and_read_back_unset(env_type):
+    assert env_type().to_env() == []
+    assert env_type.from_env({}) == env_type()
+    blank = {variable.name: "" for variable in env_type.VARIABLES.values() if not variable.empty_is_value}
+    assert env_type.from_env(blank) == env_type()  # an empty variable is an unset one
+
+
+def test_no_cors_origins_is_an_empty_value_not_an_unset_one():
+    assert as_environ(ServerEnv(cors_origins=()).to_env()) == {"SLIMSERVE_CORS_ORIGINS": ""}
+    assert ServerEnv.from_env({"SLIMSERVE_CORS_ORIGINS": ""}).cors_origins == ()
+
+
+def test_numbers_are_written_as_pod_templates_always_spelled_them():
+    # A pod template is compared as written: "20.0" where "20" was would roll every server.
+    assert [format_number(value) for value in (5.0, 2.5, 20, 0.0, 1000.0)] == ["5", "2.5", "20", "0", "1000"]
+    assert float(format_number(1234567.25)) == 1234567.25
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), (" YES ", True), ("On", True), ("1", True),
+                                             ("false", False), ("no", False), ("OFF", False), ("0", False)])
+def test_one_way_to_read_a_boolean(text, value):
+    assert parse_bool(text) is value
+    assert ServerEnv.from_env({"SLIMSERVE_BATCHING": text}).batching is value
+    assert ServerEnv.from_env({"SLIMSERVE_PLAYGROUND": text}).playground is value
+
+
+@pytest.mark.parametrize(("variable", "text"), [
+    ("SLIMSERVE_BATCHING", "maybe"), ("SLIMSERVE_GRPC_WEB", "2"), ("SLIMSERVE_HTTP_PORT", "70000"),
+    ("SLIMSERVE_MAX_LATENCY_MS", "fast"), ("SLIMSERVE_CORS_ORIGINS", "https://a.test/"),
+    ("SLIMSERVE_LOG_FORMAT", "xml"),
+])
+def test_a_value_that_cannot_be_read_names_its_variable(variable, text):
+    with pytest.raises(EnvError, match=f"^{variable}: ") as caught:
+        ServerEnv.from_env({variable: text})
+    assert caught.value.variable == variable
+    with pytest.raises(EnvError, match="SLIMSERVE_JOB_GENERATION: expected a generation number"):
+        CompressorEnv.from_env({"SLIMSERVE_JOB_GENERATION": "seven"})
+
+
+def test_variables_that_two_programs_read_are_one_declaration():
+    for name in ("pvc_root", "cache", "home", "log_format"):
+        assert ServerEnv.variable(name) is CompressorEnv.variable(name)
+    assert ServerEnv.variable("log_level") is OperatorEnv.variable("log_level")
+
+
+# ---- every SLIMSERVE_* variable is declared in the contract and nowhere else ---------------------------
+
+# Modules that still spell variables of their own, each with why; the test fails when one no longer does, so
+# this list only shrinks.
+PENDING: dict[str, str] = {
+    "controller/builders/model_service.py": "the server pod's env list, to become ServerEnv(...).to_env()",
+}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    owners = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, owners) and node.body and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+
+
+def variable_literals(source: Path) -> dict[str, list[str]]:
+    """Module path -> `line: text` of each string literal (docstrings aside) that spells a SLIMSERVE_ name."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(source.rglob("*.py")):
+        if path == CONTRACT:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if PREFIX in node.value:
+                    found.setdefault(path.relative_to(source).as_posix(), []).append(f"{node.lineno}: {node.value}")
+    return found
+
+
+def test_no_module_but_the_contract_spells_a_variable_name():
+    found = variable_literals(SOURCE)
+    assert {path: lines for path, lines in found.items() if path not in PENDING} == {}
+    assert [path for path in PENDING if path not in found] == []  # no longer needed: remove it from PENDING
+
+
+def test_the_scan_sees_names_in_strings_and_f_strings_but_not_in_docstrings(tmp_path):
+    package = tmp_path / "slimserve"
+    package.mkdir()
+    (package / "reads.py").write_text(
+        '"""Reads SLIMSERVE_DOCUMENTED."""\n'
+        'import os\n'
+        'def value():\n'
+        '    """SLIMSERVE_ALSO_DOCUMENTED."""\n'
+        '    return os.environ.get("SLIMSERVE_HIDDEN"), f"{os.sep}SLIMSERVE_FORMATTED"\n'
+    )
+    (package / "clean.py").write_text('"""Mentions SLIMSERVE_X in prose only."""\n')
+    assert variable_literals(package) == {
+        "reads.py": ["5: SLIMSERVE_HIDDEN", "5: SLIMSERVE_FORMATTED"]
+    }
+
+
+# ---- one table of defaults -----------------------------------------------------------------------------
+
+
+def _crd_spec(plural: str) -> dict:
+    crd = yaml.safe_load((ROOT / "crds" / f"{plural}.slimserve.io.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+
+
+def test_the_crd_defaults_are_the_tables():
+    spec = _crd_spec("modelservices")
+    batching = spec["batching"]["properties"]
+    assert batching["enabled"]["default"] is DEFAULTS.batching
+    assert batching["maxBatchSize"]["default"] == DEFAULTS.max_batch_size
+    assert batching["maxLatencyMs"]["default"] == DEFAULTS.max_latency_ms
+    protocols = spec["protocols"]["properties"]
+    assert (protocols["grpcWeb"]["default"], protocols["playground"]["default"]) == (DEFAULTS.grpc_web, DEFAULTS.playground)
+    assert tuple(protocols["corsOrigins"]["default"]) == DEFAULTS.cors_origins
+
+
+def test_the_server_cli_and_config_defaults_are_the_tables():
+    from slimserve.cli import serve
+    from slimserve.serving.config import ServerConfig
+
+    parser = argparse.ArgumentParser(prog="slimserve")
+    serve.register(parser.add_subparsers(dest="command"), environ={})
+    args = parser.parse_args(["serve"])
+    config = ServerConfig(artifact="builtin://digits-mlp")
+    for field in dataclasses.fields(DEFAULTS):
+        if field.name == "pvc_root":
+            continue  # where pods find claims: read by the storage, not a server setting
+        expected = getattr(DEFAULTS, field.name)
+        if field.name in ("grpc_web", "playground", "cors_origins"):
+            assert getattr(config.web, field.name) == expected, field.name
+            continue
+        assert getattr(args, field.name) == expected, field.name
+        if hasattr(config, field.name):
+            assert getattr(config, field.name) == expected, field.name
+
+
+def test_serve_help_names_every_variable_of_a_server_setting(capsys):
+    from slimserve.cli import serve
+
+    parser = argparse.ArgumentParser(prog="slimserve")
+    serve.register(parser.add_subparsers(dest="command"), environ={})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    not_settings = {"pvc_root", "cache", "home"}  # where files live, set by the operator for the storage
+    missing = [v.name for f, v in ServerEnv.VARIABLES.items() if f not in not_settings and v.name not in text]
+    assert missing == []
+
+
+def test_a_model_service_pod_gets_the_tables_defaults():
+    from slimserve.api.model_service import ModelServiceSpec
+    from slimserve.controller.builders import model_service as builder
+    from slimserve.controller.config import OperatorConfig
+
+    config = OperatorConfig()
+    spec = ModelServiceSpec.from_json({"model": {"uri": "pvc://models/digits"}})
+    owner = builder.Owner(name="digits", namespace="team-a", uid="uid-1")
+    model = builder.ServedModel(spec.model.uri)
+    deployment = builder.build_deployment(owner, spec, model, config.node_pool(spec.node_pool), config, replicas=1)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    served = ServerEnv.from_env(as_environ([e for e in container["env"] if "value" in e]))
+    for name in ("host", "http_port", "grpc_port", "batching", "max_batch_size", "max_latency_ms", "grpc_web",
+                 "playground", "cors_origins", "drain_timeout_s"):
+        assert served.or_default(name) == getattr(DEFAULTS, name), name
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": DEFAULTS.http_port, "grpc": DEFAULTS.grpc_port}
