@@ -66,6 +66,11 @@ def test_unset_fields_write_nothing_and_read_back_unset(env_type):
     assert env_type.from_env(blank) == env_type()  # an empty variable is an unset one
 
 
+def test_debug_is_on_for_any_value_and_off_when_empty():
+    assert CompressorEnv.from_env({"SLIMSERVE_DEBUG": "yes please"}).debug is True
+    assert not CompressorEnv.from_env(as_environ(CompressorEnv(debug=False).to_env())).debug
+
+
 def test_no_cors_origins_is_an_empty_value_not_an_unset_one():
     assert as_environ(ServerEnv(cors_origins=()).to_env()) == {"SLIMSERVE_CORS_ORIGINS": ""}
     assert ServerEnv.from_env({"SLIMSERVE_CORS_ORIGINS": ""}).cors_origins == ()

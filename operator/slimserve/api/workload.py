@@ -157,7 +157,7 @@ CACHE = Variable(f"{PREFIX}CACHE")
 HOME = Variable("HOME")  # the root file system is read-only: what writes under $HOME gets a scratch folder
 LOG_LEVEL = Variable(f"{PREFIX}LOG_LEVEL")
 LOG_FORMAT = Variable(f"{PREFIX}LOG_FORMAT", parse_log_format)  # text or JSON lines
-DEBUG = Variable(f"{PREFIX}DEBUG", parse_flag, lambda on: "1")
+DEBUG = Variable(f"{PREFIX}DEBUG", parse_flag, lambda on: "1" if on else "")  # empty: unset, off
 
 
 class PodEnv:
