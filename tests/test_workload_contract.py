@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,71 @@ def test_a_model_service_pod_gets_the_tables_defaults():
         assert served.or_default(name) == getattr(DEFAULTS, name), name
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": DEFAULTS.http_port, "grpc": DEFAULTS.grpc_port}
+
+
+# ---- the builders write the pods' env through the contract, entry for entry as pod templates always had it -
+
+
+def test_a_server_pods_env_is_written_as_it_always_was():
+    from slimserve.api.model_service import ModelServiceSpec
+    from slimserve.controller.builders import model_service as builder
+    from slimserve.controller.config import OperatorConfig
+
+    config = OperatorConfig()
+    spec = ModelServiceSpec.from_json({
+        "model": {"uri": "pvc://models/digits"}, "batching": {"maxBatchSize": 8, "maxLatencyMs": 2.5},
+        "protocols": {"grpcWeb": True, "corsOrigins": ["https://a.test", "*"]},
+    })
+    owner = builder.Owner(name="digits", namespace="team-a", uid="uid-1")
+    env = builder.server_env(owner, spec, builder.ServedModel(spec.model.uri, "sha256:" + "ab" * 32), config)
+    assert env == [  # a changed name, value or order would roll every server Deployment on upgrade
+        {"name": "SLIMSERVE_ARTIFACT", "value": "pvc://models/digits"},
+        {"name": "SLIMSERVE_MODEL_NAME", "value": "digits"},
+        {"name": "SLIMSERVE_HOST", "value": "0.0.0.0"},
+        {"name": "SLIMSERVE_HTTP_PORT", "value": "8080"},
+        {"name": "SLIMSERVE_GRPC_PORT", "value": "9000"},
+        {"name": "SLIMSERVE_BATCHING", "value": "true"},
+        {"name": "SLIMSERVE_MAX_BATCH_SIZE", "value": "8"},
+        {"name": "SLIMSERVE_MAX_LATENCY_MS", "value": "2.5"},
+        {"name": "SLIMSERVE_GRPC_WEB", "value": "true"},
+        {"name": "SLIMSERVE_PLAYGROUND", "value": "false"},
+        {"name": "SLIMSERVE_CORS_ORIGINS", "value": "https://a.test,*"},
+        {"name": "SLIMSERVE_SHUTDOWN_DELAY_S", "value": "5"},
+        {"name": "SLIMSERVE_DRAIN_TIMEOUT_S", "value": "20"},
+        {"name": "SLIMSERVE_PVC_ROOT", "value": "/mnt/pvc"},
+        {"name": "SLIMSERVE_CACHE", "value": "/var/cache/slimserve"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "SLIMSERVE_ARTIFACT_DIGEST", "value": "sha256:" + "ab" * 32},
+    ]
+    no_digest = builder.server_env(owner, spec, builder.ServedModel(spec.model.uri), config)
+    assert no_digest == env[:-1]
+
+
+def test_a_compression_pods_env_is_written_as_it_always_was():
+    from slimserve.api import CompressionJobSpec
+    from slimserve.controller.builders.compression_job import build_job
+    from slimserve.controller.config import OperatorConfig
+
+    spec = CompressionJobSpec.from_json({
+        "model": {"uri": "builtin://digits-cnn"}, "steps": [{"quantize": {"method": "int8-dynamic"}}],
+        "output": {"uri": "s3://artifacts/digits"}, "s3": {"credentialsSecret": {"name": "s3-creds"}},
+    })
+    job = build_job(name="digits", namespace="team-a", generation=3, spec=spec, config=OperatorConfig())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    spec_text = container["env"][0]["value"]
+    assert spec_text == json.dumps(spec.to_json(), sort_keys=True, separators=(",", ":"))
+    assert container["env"] == [
+        {"name": "SLIMSERVE_JOB_SPEC", "value": spec_text},
+        {"name": "SLIMSERVE_STATUS_TARGET", "value": "team-a/digits"},
+        {"name": "SLIMSERVE_JOB_GENERATION", "value": "3"},
+        {"name": "SLIMSERVE_PVC_ROOT", "value": "/mnt/pvc"},
+        {"name": "SLIMSERVE_CACHE", "value": "/var/cache/slimserve"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY",
+         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}},
+    ]
+    assert CompressorEnv.from_env(as_environ(container["env"][:6])) == CompressorEnv(
+        job_spec=spec_text, status_target="team-a/digits", job_generation=3, pvc_root="/mnt/pvc",
+        cache="/var/cache/slimserve", home="/tmp")
