@@ -7,7 +7,7 @@ import torch
 
 from slimserve.api.steps import DistillConfig, StudentSpec
 from slimserve.compression.distill import build_student
-from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.registry import apply_step
 
 
@@ -38,7 +38,7 @@ def test_shallow_student_has_fewer_layers(cnn_context):
 def test_student_not_smaller_than_teacher_is_refused(cnn_context, student, message):
     original, context = cnn_context
     context.where = "spec.steps[0].distill"
-    with pytest.raises(InvalidSpec, match=message):
+    with pytest.raises(SpecDoesNotFit, match=message):
         apply_step(original, DistillConfig(student=student), context)
 
 

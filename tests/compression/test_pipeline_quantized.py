@@ -10,7 +10,7 @@ from slimserve.api.steps import QuantizeConfig
 from slimserve.artifacts import load_artifact
 from slimserve.compression import compress
 from slimserve.compression.budget import run_within_budget
-from slimserve.compression.errors import BudgetExceeded, InvalidSpec
+from slimserve.compression.errors import BudgetExceeded, SpecDoesNotFit
 from slimserve.compression.quantize_step import rank_by_sensitivity
 from slimserve.compression.registry import apply_step
 from slimserve.models import load_servable
@@ -50,7 +50,7 @@ def test_sensitivity_ranks_every_layer_and_search_keeps_the_worst_in_float(mlp_c
 def test_unknown_keep_float_module_is_refused(mlp_context):
     original, context = mlp_context
     context.where = "spec.steps[0].quantize"
-    with pytest.raises(InvalidSpec, match=r"spec.steps\[0\].quantize.keepFloat: no module named 'fc9'"):
+    with pytest.raises(SpecDoesNotFit, match=r"spec.steps\[0\].quantize.keepFloat: no module named 'fc9'"):
         apply_step(original, QuantizeConfig(method="int8-dynamic", keep_float=["fc9"]), context)
 
 

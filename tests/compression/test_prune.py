@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimserve.api.steps import PruneConfig
-from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.registry import apply_step
 
 
@@ -27,7 +27,7 @@ def test_kept_layers_keep_their_channels_and_unknown_names_are_refused(cnn_conte
     original, context = cnn_context
     pruned = apply_step(original, PruneConfig(amount=0.5, keep_layers=["features.0"]), context)
     assert pruned.recipe["channels"][0] == 16 and pruned.recipe["channels"][2] == 32
-    with pytest.raises(InvalidSpec, match=r"keepLayers: no module named 'conv9'"):
+    with pytest.raises(SpecDoesNotFit, match=r"keepLayers: no module named 'conv9'"):
         apply_step(original, PruneConfig(amount=0.5, keep_layers=["conv9"]), context)
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from slimserve.artifacts import SlimServeError
 from slimserve.compression import compress
-from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.models import load_servable
 from slimserve.models.digits import digits_data
 from slimserve.models.minilm import MiniLMConfig, _hf_key, build_minilm, minilm_files_dir
@@ -93,11 +93,11 @@ def test_exported_program_is_pruned_unstructured_and_served(program_file, tmp_pa
 
 def test_exported_program_cannot_be_pruned_structurally_or_distilled(program_file, tmp_path, make_spec, sink):
     common = {"model": f"file://{program_file}", "evaluation": {"dataset": {"uri": "builtin://digits"}}}
-    with pytest.raises(InvalidSpec, match=r"spec.steps\[0\].prune.method: structured pruning needs the model's architecture"):
+    with pytest.raises(SpecDoesNotFit, match=r"spec.steps\[0\].prune.method: structured pruning needs the model's architecture"):
         compress(make_spec(tmp_path / "a", steps=[{"prune": {"amount": 0.5}}], **common), [sink])
-    with pytest.raises(InvalidSpec, match="no architecture to derive a student"):
+    with pytest.raises(SpecDoesNotFit, match="no architecture to derive a student"):
         compress(make_spec(tmp_path / "b", steps=[{"distill": {"student": {"widthMultiplier": 0.5}}}], **common), [sink])
-    with pytest.raises(InvalidSpec, match="evaluation.dataset: required"):
+    with pytest.raises(SpecDoesNotFit, match="evaluation.dataset: required"):
         compress(make_spec(tmp_path / "c", model=f"file://{program_file}"), [sink])
 
 

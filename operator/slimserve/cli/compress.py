@@ -15,11 +15,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from slimserve.api.workload import CompressorEnv
-
-ENV_SPEC = CompressorEnv.variable("job_spec").name
-ENV_TERMINATION_LOG = CompressorEnv.variable("termination_log").name
-ENV_STATUS_TARGET = CompressorEnv.variable("status_target").name  # set by the operator on the compression pod
+ENV_SPEC = "SLIMSERVE_JOB_SPEC"
+ENV_TERMINATION_LOG = "SLIMSERVE_TERMINATION_LOG"
+ENV_DEBUG = "SLIMSERVE_DEBUG"
+ENV_STATUS_TARGET = "SLIMSERVE_STATUS_TARGET"  # set by the operator on the compression pod
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -47,8 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="json: JSON lines on stdout; rich: a progress bar; auto: rich on a terminal, json otherwise",
     )
     parser.add_argument(
-        "--status-target", metavar="NAMESPACE/NAME", type=_status_target,
-        default=CompressorEnv.from_env(only=["status_target"]).status_target,
+        "--status-target", metavar="NAMESPACE/NAME", type=_status_target, default=os.environ.get(ENV_STATUS_TARGET),
         help=f"also report progress and the result into this CompressionJob's status (default: ${ENV_STATUS_TARGET})",
     )
     parser.set_defaults(handler=run)
@@ -109,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             code = EXIT_INVALID if isinstance(exc, SpecDoesNotFit) else EXIT_FAILED
             return _fail(exc.reason, str(exc), code)
         except Exception as exc:
-            if CompressorEnv.from_env(only=["debug"]).debug:
+            if os.environ.get(ENV_DEBUG):
                 traceback.print_exc()
             return _fail("InternalError", f"{type(exc).__name__}: {exc}", EXIT_FAILED)
         return 0
@@ -132,7 +130,7 @@ def load_spec(path: str | None, output_uri: str | None = None, *, name: str | No
         if path:
             documents, origin = load_documents(path), path
         else:
-            text = CompressorEnv.from_env(only=["job_spec"]).job_spec or ""
+            text = os.environ.get(ENV_SPEC, "")
             if not text.strip():
                 raise SpecError(f"--spec FILE or the environment variable {ENV_SPEC} is required")
             documents, origin = read_documents(text, ENV_SPEC), ENV_SPEC
@@ -176,7 +174,7 @@ def _fail(reason: str, message: str, code: int) -> int:
 
 def _write_termination_log(line: str) -> None:
     """Kubernetes shows this file's content as the container's termination message."""
-    configured = CompressorEnv.from_env(only=["termination_log"]).termination_log
+    configured = os.environ.get(ENV_TERMINATION_LOG)
     path = Path(configured or DEFAULT_TERMINATION_LOG)
     if not configured and not (path.exists() and os.access(path, os.W_OK)):
         return

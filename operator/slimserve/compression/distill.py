@@ -14,7 +14,7 @@ from torch import nn
 
 from slimserve.api.steps import DistillConfig, StudentSpec
 from slimserve.compression import transformer_surgery
-from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import train
 from slimserve.compression.registry import register_relaxations, register_transform
 from slimserve.compression.state import ModelState, StepContext
@@ -59,12 +59,12 @@ def teacher_depth(state: ModelState) -> int:
 
 def build_student(state: ModelState, teacher: nn.Module, spec: StudentSpec, field: str) -> nn.Module:
     if state.family.name == "torch-export":
-        raise InvalidSpec(f"{field}: a torch-export program has no architecture to derive a student from")
+        raise SpecDoesNotFit(f"{field}: a torch-export program has no architecture to derive a student from")
     depth = teacher_depth(state)
     if spec.num_layers is not None and spec.num_layers > depth:
-        raise InvalidSpec(f"{field}.numLayers: {spec.num_layers} is more than the teacher's {depth} layers (a student must be smaller)")
+        raise SpecDoesNotFit(f"{field}.numLayers: {spec.num_layers} is more than the teacher's {depth} layers (a student must be smaller)")
     if _same_as_teacher(spec, depth):
-        raise InvalidSpec(f"{field}: widthMultiplier 1 and numLayers {depth} make a student as large as the teacher")
+        raise SpecDoesNotFit(f"{field}: widthMultiplier 1 and numLayers {depth} make a student as large as the teacher")
     layers = spec.num_layers or depth
     width = spec.width_multiplier or 1.0
     if state.family.name == "minilm":

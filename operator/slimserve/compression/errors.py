@@ -5,7 +5,7 @@ from __future__ import annotations
 from slimserve.artifacts.errors import SlimServeError
 
 
-class InvalidSpec(SlimServeError):
+class SpecDoesNotFit(SlimServeError):
     """The spec asks for something this model or data cannot do (the message names the field)."""
 
     reason = "InvalidSpec"

@@ -15,7 +15,7 @@ from torch import nn
 
 from slimserve.api.steps import PruneConfig
 from slimserve.compression import transformer_surgery
-from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import RECOVERY_LEARNING_RATE, apply_masks, train
 from slimserve.compression.registry import register_relaxations, register_transform
 from slimserve.compression.state import ModelState, StepContext
@@ -33,7 +33,7 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
     masks: dict[str, torch.Tensor] = {}
     if config.method == "structured":
         if state.family.name == "torch-export":
-            raise InvalidSpec(
+            raise SpecDoesNotFit(
                 f"{context.where}.method: structured pruning needs the model's architecture; a torch-export program "
                 "can only be pruned unstructured"
             )
@@ -106,7 +106,7 @@ def magnitude_masks(model: nn.Module, amount: float, keep: list[str], previous: 
     """Masks zeroing the `amount` fraction of smallest-magnitude weights over all prunable layers together."""
     weights = _prunable_weights(model, keep)
     if not weights:
-        raise InvalidSpec("prune: no prunable layer left (all are kept or the output layer)")
+        raise SpecDoesNotFit("prune: no prunable layer left (all are kept or the output layer)")
     magnitudes = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
     count = int(amount * magnitudes.numel())
     if count == 0:
@@ -143,4 +143,4 @@ def _check_module_names(model: nn.Module, names: list[str], field: str) -> None:
     unknown = [name for name in names if name not in known]
     if unknown:
         examples = ", ".join(sorted(known, key=len)[:8])
-        raise InvalidSpec(f"{field}: no module named {unknown[0]!r} in this model (modules include {examples})")
+        raise SpecDoesNotFit(f"{field}: no module named {unknown[0]!r} in this model (modules include {examples})")

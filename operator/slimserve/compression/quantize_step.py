@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from slimserve.api.steps import QuantizeConfig
-from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.registry import register_relaxations, register_transform
 from slimserve.compression.state import ModelState, StepContext
 
@@ -27,16 +27,16 @@ def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) ->
 
     model = state.float_copy()
     if not quantizable_layers(model, config.method):
-        raise InvalidSpec(f"{context.where}: this {state.family.name} model has no layer the quantizer supports")
+        raise SpecDoesNotFit(f"{context.where}: this {state.family.name} model has no layer the quantizer supports")
     known = {name for name, _ in model.named_modules() if name}
     unknown = [name for name in config.keep_float or [] if name not in known]
     if unknown:
-        raise InvalidSpec(f"{context.where}.keepFloat: no module named {unknown[0]!r} in this model")
+        raise SpecDoesNotFit(f"{context.where}.keepFloat: no module named {unknown[0]!r} in this model")
     calibration = context.task.calibration(config.calibration_samples) if needs_calibration(config) else None
     try:
         quantized = apply_quantization(model, config, calibration=calibration)
     except (ValueError, NotImplementedError) as exc:
-        raise InvalidSpec(f"{context.where}.method: {config.method}: {exc}") from exc
+        raise SpecDoesNotFit(f"{context.where}.method: {config.method}: {exc}") from exc
     return state.quantized(quantized, config)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from slimserve.artifacts.storage import resolve_uri
-from slimserve.compression.errors import InvalidSpec
+from slimserve.compression.errors import SpecDoesNotFit
 
 if TYPE_CHECKING:
     from slimserve.api.compression_job import EvaluationSpec, S3Spec
@@ -168,7 +168,7 @@ def build_task(loaded: "LoadedModel", evaluation: "EvaluationSpec", s3: "S3Spec 
 
     metric = loaded.family.metric
     if evaluation.metric not in ("auto", metric):
-        raise InvalidSpec(
+        raise SpecDoesNotFit(
             f"evaluation.metric: {loaded.family.name} models are measured by {metric}, not {evaluation.metric}"
         )
     uri = evaluation.dataset.uri if evaluation.dataset else None
@@ -183,7 +183,7 @@ def build_task(loaded: "LoadedModel", evaluation: "EvaluationSpec", s3: "S3Spec 
 def _labelled_rows(uri: str | None, family: str, s3) -> tuple[np.ndarray, ...]:
     if uri is None or uri == "builtin://digits":
         if uri is None and not family.startswith("digits-"):
-            raise InvalidSpec("evaluation.dataset: required for this model (no builtin dataset)", reason="MissingDataset")
+            raise SpecDoesNotFit("evaluation.dataset: required for this model (no builtin dataset)", reason="MissingDataset")
         from slimserve.models.digits import digits_data
 
         data = digits_data()
@@ -195,11 +195,11 @@ def _labelled_rows(uri: str | None, family: str, s3) -> tuple[np.ndarray, ...]:
                 return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
             x, y = arrays["x"], arrays["y"]
     except KeyError as exc:
-        raise InvalidSpec(f"evaluation.dataset.uri: {uri} lacks array {exc.args[0]}; expected x and y", reason="InvalidDataset") from None
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} lacks array {exc.args[0]}; expected x and y", reason="InvalidDataset") from None
     except (OSError, ValueError) as exc:
-        raise InvalidSpec(f"evaluation.dataset.uri: {uri} is not a readable .npz: {exc}", reason="InvalidDataset") from None
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} is not a readable .npz: {exc}", reason="InvalidDataset") from None
     if len(x) != len(y) or len(x) < 10:
-        raise InvalidSpec(f"evaluation.dataset.uri: {uri}: x and y need the same length, at least 10 rows", reason="InvalidDataset")
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri}: x and y need the same length, at least 10 rows", reason="InvalidDataset")
     held_out = np.random.default_rng(SPLIT_SEED).permutation(len(x)) < max(1, len(x) // 5)
     return x[~held_out], y[~held_out], x[held_out], y[held_out]
 
@@ -213,20 +213,20 @@ def _sentences(uri: str | None, s3) -> tuple[list[str], list[str]]:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidSpec(f"evaluation.dataset.uri: {uri} is not a UTF-8 text file: {exc}", reason="InvalidDataset") from None
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} is not a UTF-8 text file: {exc}", reason="InvalidDataset") from None
     if len(lines) < 10:
-        raise InvalidSpec(f"evaluation.dataset.uri: {uri} has {len(lines)} sentences, need at least 10", reason="InvalidDataset")
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} has {len(lines)} sentences, need at least 10", reason="InvalidDataset")
     # Every fifth sentence is held out; the rest calibrates and trains.
     return [s for i, s in enumerate(lines) if i % 5], lines[::5]
 
 
 def _dataset_path(uri: str, s3, suffix: str) -> Path:
     if uri.startswith("builtin://"):
-        raise InvalidSpec(f"evaluation.dataset.uri: unknown builtin dataset {uri!r}; known: builtin://digits, builtin://sentences")
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: unknown builtin dataset {uri!r}; known: builtin://digits, builtin://sentences")
     try:
         path = resolve_uri(uri, s3)
     except Exception as exc:
-        raise InvalidSpec(f"evaluation.dataset.uri: {exc}", reason="MissingDataset") from None
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: {exc}", reason="MissingDataset") from None
     if path.is_dir() or path.suffix != suffix:
-        raise InvalidSpec(f"evaluation.dataset.uri: {uri}: expected a {suffix} file for this model", reason="InvalidDataset")
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri}: expected a {suffix} file for this model", reason="InvalidDataset")
     return path
