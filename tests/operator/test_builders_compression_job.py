@@ -17,8 +17,8 @@ from slimserve.controller.builders.compression_job import (
     build_job,
     check_runnable,
     job_name,
+    parse_compression_job_spec,
     parse_pod_annotations,
-    parse_spec,
     pvc_claims,
     service_account_name,
 )
@@ -323,9 +323,9 @@ def test_every_problem_is_reported_at_once():
 def test_parse_spec_names_the_bad_field():
     raw = make_spec().to_json()
     raw["steps"][0]["prune"]["amount"] = 1.5
-    with pytest.raises(InvalidSpec, match=r"spec\.steps\.0\.prune\.amount"):
-        parse_spec(raw)
-    assert parse_spec(make_spec().to_json()) == make_spec()
+    with pytest.raises(InvalidSpec, match=r"spec\.steps\[0\]\.prune\.amount"):
+        parse_compression_job_spec(raw)
+    assert parse_compression_job_spec(make_spec().to_json()) == make_spec()
 
 
 def test_pod_annotations_must_be_a_json_object_of_strings():

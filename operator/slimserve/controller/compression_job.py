@@ -35,8 +35,8 @@ from slimserve.controller.builders.compression_job import (
     build_job,
     check_runnable,
     job_name,
+    parse_compression_job_spec,
     parse_pod_annotations,
-    parse_spec,
 )
 from slimserve.controller.compression_job_status import (
     blocked_status,
@@ -78,7 +78,7 @@ def reconcile_compression_job(
         return
     previous_job = status.get("jobName")
     try:
-        parsed = parse_spec(dict(spec))
+        parsed = parse_compression_job_spec(dict(spec))
         check_runnable(parsed, memo.config)
         pod_annotations = parse_pod_annotations(dict(meta.get("annotations") or {}))
     except InvalidSpec as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from slimserve.api import GROUP, CompressionJob, CompressionJobSpec
+from slimserve.api.field_errors import field_errors
 from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS
 from slimserve.api.uri import InvalidUri, parse_uri, pvc_claim
 from slimserve.api.workload import CompressorEnv, job_spec_text
@@ -52,16 +53,12 @@ class InvalidSpec(ValueError):
 # ---- validation ---------------------------------------------------------------------------------------
 
 
-def parse_spec(raw: dict[str, Any]) -> CompressionJobSpec:
+def parse_compression_job_spec(raw: dict[str, Any]) -> CompressionJobSpec:
     """The spec as the model, or InvalidSpec naming each bad field (the CRD catches most of these first)."""
     try:
         return CompressionJobSpec.from_json(raw)
     except ValidationError as exc:
-        problems = [
-            f"spec.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
-            for error in exc.errors()
-        ]
-        raise InvalidSpec("; ".join(problems)) from None
+        raise InvalidSpec("; ".join(field_errors(exc, root=("spec",)))) from None
 
 
 def parse_pod_annotations(annotations: dict[str, str] | None) -> dict[str, str]:
