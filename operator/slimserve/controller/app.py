@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -12,6 +12,7 @@ from kubernetes import client, config as kube_config
 
 from slimserve.api import GROUP
 from slimserve.controller.config import OperatorConfig, load_config
+from slimserve.controller.model_service_state import Runtime as ModelServiceRuntime
 
 # One module per resource; importing a module registers its handlers.
 HANDLER_MODULES: tuple[str, ...] = ("compression_job", "model_service")
@@ -19,10 +20,19 @@ HANDLER_MODULES: tuple[str, ...] = ("compression_job", "model_service")
 
 @dataclass
 class OperatorMemo:
-    """What every handler shares, passed as Kopf's `memo`."""
+    """What every handler shares, passed as Kopf's `memo`.
+
+    Kopf gives each object's handlers a shallow copy of it, so what is in here is shared: state made and
+    started by a startup handler lives in fields made here, not in attributes set on one copy.
+    """
 
     config: OperatorConfig
     api: client.ApiClient
+    # The ModelService controller's cache, work queue and loops (started on startup, stopped on cleanup).
+    model_services: ModelServiceRuntime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model_services = ModelServiceRuntime(config=self.config, api=self.api)
 
 
 # Kopf's handler threads and the controllers' own threads share one client: a connection each, kept alive

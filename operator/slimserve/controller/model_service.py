@@ -5,78 +5,54 @@
   child is restored; Deployment progress updates the status) and its CompressionJob.
 - Kopf indices say which services serve which CompressionJob, and which optional children (HPA, PDB) exist,
   so stale ones are deleted without listing anything.
-- KEDA is optional and Kopf does not watch it: a thread looks after ScaledObjects (`model_service_keda`).
+- KEDA is optional and Kopf does not watch it: a loop looks after ScaledObjects (`model_service_keda`).
 
-The watch handlers only look at the event and queue work, so they are coroutines: no thread per event.
+The watch handlers only look at the event and queue work, so they are coroutines: no thread per event. The
+work queue, the KEDA loop and the Event poster live on the memo (`memo.model_services`) and start and stop
+with the operator (`model_service_runtime`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import kopf
 
 from slimserve.api import GROUP, VERSION
 from slimserve.api.model_service import ModelService
+from slimserve.controller import model_service_runtime as runtime_of
 from slimserve.controller.builders.model_service import (
     CHILD_LABELS,
     HPA_REF,
     PDB_REF,
     controller_owner,
 )
-from slimserve.controller.model_service_keda import follow_keda
-from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, ChildrenRefused, reconcile, sync
+from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, ChildrenRefused, reconcile
 from slimserve.controller.model_service_state import Runtime, fingerprint
 from slimserve.controller.model_service_status import resolve_compression_job
-from slimserve.controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 PLURAL = ModelService.plural
-KEDA_CHECK_SECONDS = 10.0
-
-RUNTIME = Runtime()
-QUEUE: WorkQueue[tuple[str, str]] = WorkQueue(lambda key: sync(RUNTIME, key), workers=4, name="model-services")
-_STOP = threading.Event()
-
-
-def _queue_full_pass(key: tuple[str, str]) -> None:
-    RUNTIME.want_full_pass(key)
-    QUEUE.add(key)
 
 
 # ---- lifecycle ----------------------------------------------------------------------------------------
 
 
 @kopf.on.startup()
-def start_model_service_controller(
+async def start_model_service_controller(
     memo: Any,
     model_service_hpas: kopf.Index,
     model_service_pdbs: kopf.Index,
     **_: Any,
 ) -> None:
-    RUNTIME.config, RUNTIME.api = memo.config, memo.api
-    RUNTIME.owned = {
-        HPA_REF[1]: model_service_hpas,
-        PDB_REF[1]: model_service_pdbs,
-    }
-    QUEUE.start()
-    _STOP.clear()
-    threading.Thread(
-        target=follow_keda,
-        args=(RUNTIME, _queue_full_pass, _STOP, KEDA_CHECK_SECONDS),
-        name="model-services-keda",
-        daemon=True,
-    ).start()
+    await runtime_of.start(memo.model_services, {HPA_REF[1]: model_service_hpas, PDB_REF[1]: model_service_pdbs})
 
 
 @kopf.on.cleanup()
-def stop_model_service_controller(**_: Any) -> None:
-    _STOP.set()
-    QUEUE.stop()
-    RUNTIME.events.stop()
+async def stop_model_service_controller(memo: Any, **_: Any) -> None:
+    await runtime_of.stop(memo.model_services)
 
 
 # ---- the ModelService itself --------------------------------------------------------------------------
@@ -85,23 +61,21 @@ def stop_model_service_controller(**_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_model_service(body: kopf.Body, **_: Any) -> None:
+def reconcile_model_service(body: kopf.Body, memo: Any, **_: Any) -> None:
     # Waiting for a CompressionJob is not a retry: its watch brings the service back when the job changes, and
     # a handler parked in a delayed retry would hold back spec changes until the delay ran out. For the same
     # reason refused children are retried from the work queue, with the back-off the refusal asks for.
     try:
-        reconcile(RUNTIME, body)
+        reconcile(memo.model_services, body)
     except ChildrenRefused as refused:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        RUNTIME.want_full_pass(key)
-        QUEUE.add(key, refused.delay)
+        runtime_of.queue_full_pass(memo.model_services, key, refused.delay)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def forget_deleted_model_service(type: str | None, namespace: str, name: str, **_: Any) -> None:
+async def forget_deleted_model_service(type: str | None, namespace: str, name: str, memo: Any, **_: Any) -> None:
     if type == "DELETED":
-        RUNTIME.forget((namespace, name))
-        QUEUE.forget((namespace, name))
+        runtime_of.forget(memo.model_services, (namespace, name))
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -119,23 +93,30 @@ async def model_service_dependencies(namespace: str, name: str, spec: kopf.Spec,
 
 @kopf.on.event(GROUP, VERSION, COMPRESSION_JOBS)
 async def follow_compression_job(
-    type: str | None, event: dict[str, Any], namespace: str, name: str, model_service_dependencies: kopf.Index, **_: Any
+    type: str | None,
+    event: dict[str, Any],
+    namespace: str,
+    name: str,
+    memo: Any,
+    model_service_dependencies: kopf.Index,
+    **_: Any,
 ) -> None:
     """A job finished, failed, re-ran or vanished: services whose model that changes are reconciled."""
     services = model_service_dependencies.get(("job", namespace, name))
     if not services:
         return
+    runtime: Runtime = memo.model_services
     resolution = resolve_compression_job(name, None if type == "DELETED" else event["object"])
     for service in services:
-        snapshot = RUNTIME.snapshots.get((namespace, service))
+        snapshot = runtime.snapshots.get((namespace, service))
         if snapshot is None or snapshot.inputs.resolution != resolution:
-            _queue_full_pass((namespace, service))
+            runtime_of.queue_full_pass(runtime, (namespace, service))
 
 
 # ---- children -----------------------------------------------------------------------------------------
 
 
-def observe_child(api_version: str, kind: str, type: str | None, obj: dict[str, Any]) -> None:
+def observe_child(runtime: Runtime, api_version: str, kind: str, type: str | None, obj: dict[str, Any]) -> None:
     """Restore a child deleted or edited by hand; feed Deployment progress to the status."""
     meta = obj.get("metadata") or {}
     owner = controller_owner(meta)
@@ -144,35 +125,35 @@ def observe_child(api_version: str, kind: str, type: str | None, obj: dict[str, 
     key = (meta["namespace"], owner)
     if type == "DELETED":
         log.info("%s %s/%s was deleted; reconciling its ModelService", kind, meta["namespace"], meta["name"])
-        _queue_full_pass(key)
+        runtime_of.queue_full_pass(runtime, key)
         return
-    known = RUNTIME.child_fingerprint(key, (api_version, kind, meta["name"]))
+    known = runtime.child_fingerprint(key, (api_version, kind, meta["name"]))
     if known is not None and known != fingerprint(obj):
         log.info("%s %s/%s was changed by someone else; restoring it", kind, meta["namespace"], meta["name"])
-        _queue_full_pass(key)
+        runtime_of.queue_full_pass(runtime, key)
     elif kind == "Deployment":
-        RUNTIME.note_deployment(key, obj)
-        QUEUE.add(key)
+        runtime.note_deployment(key, obj)
+        runtime_of.queue_status_pass(runtime, key)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-async def follow_deployment(type: str | None, event: dict[str, Any], **_: Any) -> None:
-    observe_child("apps/v1", "Deployment", type, event["object"])
+async def follow_deployment(type: str | None, event: dict[str, Any], memo: Any, **_: Any) -> None:
+    observe_child(memo.model_services, "apps/v1", "Deployment", type, event["object"])
 
 
 @kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
-async def follow_service(type: str | None, event: dict[str, Any], **_: Any) -> None:
-    observe_child("v1", "Service", type, event["object"])
+async def follow_service(type: str | None, event: dict[str, Any], memo: Any, **_: Any) -> None:
+    observe_child(memo.model_services, "v1", "Service", type, event["object"])
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
-async def follow_hpa(type: str | None, event: dict[str, Any], **_: Any) -> None:
-    observe_child(*HPA_REF, type, event["object"])
+async def follow_hpa(type: str | None, event: dict[str, Any], memo: Any, **_: Any) -> None:
+    observe_child(memo.model_services, *HPA_REF, type, event["object"])
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-async def follow_pdb(type: str | None, event: dict[str, Any], **_: Any) -> None:
-    observe_child(*PDB_REF, type, event["object"])
+async def follow_pdb(type: str | None, event: dict[str, Any], memo: Any, **_: Any) -> None:
+    observe_child(memo.model_services, *PDB_REF, type, event["object"])
 
 
 def _owned(meta: kopf.Meta, namespace: str, name: str) -> dict[tuple[str, str], str] | None:

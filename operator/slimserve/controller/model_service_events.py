@@ -1,17 +1,16 @@
 """Kubernetes Events for a ModelService's condition transitions, posted off the reconcile path.
 
 Events come from both Kopf's handlers and the work queue's threads, so they are written with the API client
-(core/v1 Events, what `kubectl describe` shows) by one background thread instead of through Kopf's
-per-handler posting context. A failed post is logged and dropped: Events are best-effort by design.
+(core/v1 Events, what `kubectl describe` shows) by one task on Kopf's event loop instead of through Kopf's
+per-handler posting context, which the work queue's threads do not have. A failed post is logged and dropped: Events are best-effort by design.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import queue
 import socket
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,39 +74,59 @@ def transition_events(before: dict[str, Any] | None, after: dict[str, Any]) -> l
 
 
 class EventRecorder:
-    """Posts Events from a queue on a daemon thread, started on first use."""
+    """Posts Events from a queue, on a task of Kopf's event loop between `start` and `stop`.
+
+    `post` may be called from any thread (Kopf's handler threads, the work queue's); the API call itself runs
+    in a thread of the loop's executor, one at a time, in the order posted. Before `start` and after `stop`
+    an Event is dropped (logged): there is no loop to post it from.
+    """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[client.ApiClient, dict[str, Any], Transition] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[client.ApiClient, dict[str, Any], Transition] | None] | None = None
+        self._task: asyncio.Task | None = None
         self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
 
+    def start(self) -> None:
+        """Start posting, from the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._task = self._loop.create_task(self._run(self._queue), name="model-service-events")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Post what is queued (for up to `timeout` seconds), then stop."""
+        task, queue, loop, self._task, self._loop = self._task, self._queue, self._loop, None, None
+        if task is None or queue is None or loop is None:
+            return
+        loop.call_soon(queue.put_nowait, None)  # after the posts other threads have scheduled already
+        try:
+            await asyncio.wait_for(task, timeout)
+        except asyncio.TimeoutError:
+            log.warning("stopped posting Events with %d still queued", queue.qsize())
+
     def post(self, api: client.ApiClient, ref: dict[str, Any], transition: Transition) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="model-service-events", daemon=True)
-                self._thread.start()
-        self._queue.put((api, ref, transition))
+        loop, queue = self._loop, self._queue
+        if loop is None or queue is None:
+            log.info("not posting Event %s for %s: not started", transition.reason, ref["metadata"]["name"])
+            return
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (api, ref, transition))
+        except RuntimeError:  # the loop closed in between: the operator is going away
+            log.info("not posting Event %s for %s: stopping", transition.reason, ref["metadata"]["name"])
 
-    def stop(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(5)
+    async def _run(self, queue: asyncio.Queue) -> None:
+        while (item := await queue.get()) is not None:
+            await asyncio.to_thread(self._create, *item)
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            api, ref, transition = item
-            try:
-                event = client.CoreV1Event.from_dict(self._event(ref, transition))
-                client.CoreV1Api(api).create_namespaced_event(ref["metadata"]["namespace"], event)
-            except ApiException as exc:
-                if not kube.namespace_terminating(exc):  # then the Event would go with its namespace anyway
-                    log.warning("could not post Event %s for %s: %s", transition.reason, ref["metadata"]["name"], exc)
-            except (OSError, ValueError) as exc:
+    def _create(self, api: client.ApiClient, ref: dict[str, Any], transition: Transition) -> None:
+        try:
+            event = client.CoreV1Event.from_dict(self._event(ref, transition))
+            client.CoreV1Api(api).create_namespaced_event(ref["metadata"]["namespace"], event)
+        except ApiException as exc:
+            if not kube.namespace_terminating(exc):  # then the Event would go with its namespace anyway
                 log.warning("could not post Event %s for %s: %s", transition.reason, ref["metadata"]["name"], exc)
+        except (OSError, ValueError) as exc:
+            log.warning("could not post Event %s for %s: %s", transition.reason, ref["metadata"]["name"], exc)
 
     def _event(self, ref: dict[str, Any], transition: Transition) -> dict[str, Any]:
         meta = ref["metadata"]

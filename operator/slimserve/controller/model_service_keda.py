@@ -2,17 +2,17 @@
 
 Kopf is not asked to watch ScaledObjects or KEDA's CRD: a Kopf watcher whose CRD is deleted can fail with
 404 and take the operator down with it, and one whose CRD appears may never start (Kopf rescans API
-discovery on CRD events, which can come before discovery lists the new kind). Instead a thread, every few
-seconds while any ModelService is known: asks API discovery whether `keda.sh/v1alpha1 scaledobjects` is served
-(no rights needed, so a namespaced operator can too), lists the ScaledObjects the operator made, and queues
-a full pass for every service whose autoscaler is not what its last pass made: KEDA came or went, its
-ScaledObject was deleted or edited by hand, or one is left over from an earlier metric.
+discovery on CRD events, which can come before discovery lists the new kind). Instead a task on Kopf's event
+loop, every few seconds while any ModelService is known: asks API discovery whether `keda.sh/v1alpha1
+scaledobjects` is served (no rights needed, so a namespaced operator can too), lists the ScaledObjects the
+operator made, and queues a full pass for every service whose autoscaler is not what its last pass made: KEDA
+came or went, its ScaledObject was deleted or edited by hand, or one is left over from an earlier metric.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 from typing import Any, Callable, Iterable
 
 from kubernetes import client
@@ -22,6 +22,9 @@ from slimserve.controller.builders.model_service import CHILD_SELECTOR, SCALED_O
 from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Key, Runtime, fingerprint
 
 log = logging.getLogger(__name__)
+
+# Failed rounds in a row wait twice as long each time, up to this many seconds.
+FAILED_ROUND_CAP = 60.0
 
 
 def wants_scaled_object(runtime: Runtime, key: Key) -> bool | None:
@@ -81,21 +84,37 @@ def list_scaled_objects(api: client.ApiClient, namespaces: set[str]) -> list[dic
     return items
 
 
-def follow_keda(runtime: Runtime, requeue: Callable[[Key], None], stop: threading.Event, interval: float) -> None:
-    """The thread's loop; see the module's docstring."""
-    while not stop.wait(interval):
+def check_keda(runtime: Runtime) -> list[Key]:
+    """One round (blocking API calls): the services whose autoscaler is not what their last pass made."""
+    installed = runtime.keda.refresh(runtime.api)
+    stale = keda_mismatches(runtime, installed)
+    if installed:
+        namespaces = {namespace for namespace, _ in list(runtime.snapshots)}
+        stale += sweep_scaled_objects(runtime, list_scaled_objects(runtime.api, namespaces))
+    else:
+        runtime.set_scaled_objects(set())  # without the API there are none
+    return list(dict.fromkeys(stale))
+
+
+def next_round_in(interval: float, failures: int, cap: float = FAILED_ROUND_CAP) -> float:
+    """Seconds until the next round: `interval`, doubled for each failed round in a row, up to `cap`."""
+    return min(interval * 2 ** max(failures - 1, 0), max(cap, interval))
+
+
+async def follow_keda(runtime: Runtime, requeue: Callable[[Key], None], interval: float) -> None:
+    """The loop, a task on Kopf's event loop until cancelled (see the module's docstring); each round's API
+    calls run in a thread. A failed round (the API server briefly away) is tried again, backing off."""
+    failures = 0
+    while True:
+        await asyncio.sleep(next_round_in(interval, failures))
         if not runtime.snapshots:
             continue
         try:
-            installed = runtime.keda.refresh(runtime.api)
-            stale = keda_mismatches(runtime, installed)
-            if installed:
-                namespaces = {namespace for namespace, _ in list(runtime.snapshots)}
-                stale += sweep_scaled_objects(runtime, list_scaled_objects(runtime.api, namespaces))
-            else:
-                runtime.set_scaled_objects(set())  # without the API there are none
-        except Exception as exc:  # the API server may be briefly away: the next round tries again
-            log.info("checking KEDA's ScaledObjects failed: %s", exc)
+            stale = await asyncio.to_thread(check_keda, runtime)
+        except Exception as exc:
+            failures += 1
+            log.info("checking KEDA's ScaledObjects failed (%d in a row): %s", failures, exc)
             continue
-        for key in dict.fromkeys(stale):
+        failures = 0
+        for key in stale:
             requeue(key)

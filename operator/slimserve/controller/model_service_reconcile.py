@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from slimserve.api import GROUP, VERSION
 from slimserve.api.model_service import ModelService, ModelServiceSpec
-from slimserve.controller import kube
+from slimserve.controller import kube, status_update
 from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children
 from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_events import transition_events
@@ -77,17 +77,11 @@ def read_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -
 
 
 def write_status(api: client.ApiClient, owner: Owner, status: dict[str, Any]) -> bool:
-    """Merge-patch the status subresource; False when the ModelService is gone."""
+    """Merge-patch the status subresource; False when the ModelService is gone.
+
+    The operator is the only writer of a ModelService's status, so no precondition (see `status_update`)."""
     try:
-        client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            owner.namespace,
-            ModelService.plural,
-            owner.name,
-            {"status": status},
-            _content_type="application/merge-patch+json",
-        )
+        status_update.patch_status(api, ModelService.plural, owner.namespace, owner.name, status, resource_version=None)
         return True
     except ApiException as exc:
         if exc.status == 404:

@@ -1,12 +1,15 @@
 """What the ModelService controller remembers between passes, shared by Kopf's threads and the work queue.
 
-A cache, never the truth: after a restart the resume handlers rebuild it from the cluster. Per service it holds
-the last status written (`Snapshot`), the fingerprints of the children it applied (to tell a hand edit from
-the children's own controllers at work), the latest Deployment seen and whether a full pass was asked for.
+It lives on the operator's memo (`OperatorMemo.model_services`), one per operator, started and stopped with
+Kopf's lifecycle (`model_service_runtime`). A cache, never the truth: after a restart the resume handlers
+rebuild it from the cluster. Per service it holds the last status written (`Snapshot`), the fingerprints of
+the children it applied (to tell a hand edit from the children's own controllers at work), the latest
+Deployment seen and whether a full pass was asked for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -22,6 +25,7 @@ from slimserve.controller.builders.model_service import ChildRef, Owner
 from slimserve.controller.config import OperatorConfig
 from slimserve.controller.model_service_events import EventRecorder
 from slimserve.controller.model_service_status import StatusInputs, Verdict
+from slimserve.controller.workqueue import WorkQueue
 
 Key = tuple[str, str]  # (namespace, name) of a ModelService
 ChildId = tuple[str, str, str]  # (apiVersion, kind, name) of a child in its service's namespace
@@ -106,6 +110,9 @@ class Runtime:
     full_pass_wanted: set[Key] = field(default_factory=set)
     scaled_objects: set[Key] = field(default_factory=set)  # services with a ScaledObject, as last listed
     refused_passes: dict[Key, int] = field(default_factory=dict)  # passes refused in a row, for the back-off
+    # Passes asked for by watches of other objects, and the loops beside the handlers: made on start.
+    queue: WorkQueue[Key] | None = None
+    background: list[asyncio.Task] = field(default_factory=list)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 

@@ -1,8 +1,13 @@
-"""Read-modify-write of a custom resource's status with optimistic concurrency.
+"""Status writes of the operator's custom resources: one writer for both, a merge patch of `/status`.
 
-Two writers share a CompressionJob's status (the operator and the compression pod), so every write is a
-merge patch of the `/status` subresource carrying the `resourceVersion` it was computed from: a write based
-on a stale read gets 409 Conflict and is recomputed from a fresh read, never lost or clobbering the other's.
+How concurrent writes are kept right depends on who writes, and the caller says so with `resource_version`:
+
+- Shared status (a CompressionJob's: the operator and the compression pod): every write carries the
+  `resourceVersion` it was computed from (`update_status`); a write based on a stale read gets 409 Conflict
+  and is recomputed from a fresh read, never lost or clobbering the other's.
+- One writer (a ModelService's: only the operator, one pass per service at a time, each computed from its
+  own last write): `resource_version=None`, no precondition. A precondition would only fail on the
+  operator's own metadata patches (Kopf's annotations) and cost a read per write.
 
 Used by the operator and by the compression pod, so it imports the kubernetes client only (no Kopf).
 """
@@ -35,10 +40,19 @@ def read_status(api: client.ApiClient, plural: str, namespace: str, name: str) -
 
 
 def patch_status(
-    api: client.ApiClient, plural: str, namespace: str, name: str, status: dict[str, Any], *, resource_version: str
+    api: client.ApiClient,
+    plural: str,
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    *,
+    resource_version: str | None,
 ) -> dict[str, Any]:
-    """Merge-patch `status`; 409 Conflict when the object is no longer at `resource_version`."""
-    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    """Merge-patch `status`; 409 Conflict when the object is no longer at `resource_version` (None: the
+    status has one writer, so no precondition; see the module's docstring)."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
     return client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH
     )

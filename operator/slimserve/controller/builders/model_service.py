@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import kopf
+
 from slimserve.api import API_VERSION
 from slimserve.api.model_service import AutoscalingSpec, ModelService, ModelServiceSpec
 from slimserve.controller.builders import (
@@ -123,14 +125,9 @@ class Owner:
         return self.child_name
 
     def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": ModelService.kind,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+        """The children's controller reference, made as `kopf.adopt` makes the CompressionJob's."""
+        body = {"apiVersion": API_VERSION, "kind": ModelService.kind, "metadata": {"name": self.name, "uid": self.uid}}
+        return dict(kopf.build_owner_reference(kopf.Body(body)))
 
 
 @dataclass(frozen=True)
