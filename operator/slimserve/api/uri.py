@@ -55,13 +55,12 @@ class StorageUri:
 
 def parse_uri(uri: str, schemes: tuple[str, ...] = SCHEMES) -> StorageUri:
     """The URI's parts; InvalidUri for anything outside `schemes` or breaking a rule of its scheme."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or not scheme or not rest:
+    parsed = _split(uri)
+    if parsed is None:
         raise InvalidUri(f"{uri!r} is not a URI: expected scheme://path with scheme one of {', '.join(schemes)}")
+    scheme, authority = parsed.scheme, parsed.authority
     if scheme not in schemes:
         raise InvalidUri(f"{uri!r}: unsupported scheme {scheme!r}; use one of {', '.join(schemes)}")
-    authority, _, path = rest.partition("/")
-    parsed = StorageUri(uri, scheme, authority, path)
     if scheme == PVC:
         _check_pvc(parsed)
     elif scheme == S3 and not authority:
@@ -70,10 +69,18 @@ def parse_uri(uri: str, schemes: tuple[str, ...] = SCHEMES) -> StorageUri:
 
 
 def pvc_claim(uri: str) -> str | None:
-    """CLAIM of `pvc://CLAIM/path`, None for any other scheme; InvalidUri for a pvc:// URI breaking the rules."""
-    if not uri.startswith(f"{PVC}://"):
+    """CLAIM of `pvc://CLAIM/path`, else None. The claim is not checked here: a spec's URIs are checked where
+    the spec is, and a claim that is no claim name is refused by the API server with the pod that mounts it."""
+    parsed = _split(uri)
+    return (parsed.claim or None) if parsed else None
+
+
+def _split(uri: str) -> StorageUri | None:
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not scheme or not rest:
         return None
-    return parse_uri(uri).claim
+    authority, _, path = rest.partition("/")
+    return StorageUri(uri, scheme, authority, path)
 
 
 def _check_pvc(parsed: StorageUri) -> None:
