@@ -197,7 +197,7 @@ def baseline(services: int, workers: int, timeout: float) -> dict[str, float]:
                 body = model_service(index)
                 owner = builders.Owner(body["metadata"]["name"], namespace, uid="")
                 spec = ModelServiceSpec.from_json(body["spec"])
-                model = builders.ServedModel(spec.model.uri)
+                model = builders.ArtifactToServe(spec.model.uri)
                 for manifest in (builders.build_deployment(owner, spec, model, pool, config, replicas=1),
                                  builders.build_service(owner)):
                     del manifest["metadata"]["ownerReferences"]  # no ModelService to own them

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimserve.controller import compression_job_status
+from slimserve.controller import compression_job_status, model_service_reconcile, model_service_status
 from slimserve.controller.builders import compression_job as job_builder
 
 JOB_SPEC = {
@@ -19,6 +19,12 @@ JOB_SPEC = {
     "output": {"uri": "file:///tmp/never-written"},
 }
 JOB_MESSAGE = "spec.steps[0].prune.amount: Input should be less than 1; spec.steps[0].prune.finetuneEpoch: unknown field"
+SERVICE_SPEC = {"model": {"uri": "builtin://digits-mlp"}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2},
+                "batching": {"maxBatchSize": "many"}}
+SERVICE_MESSAGE = (
+    "spec.autoscaling.minReplicas must not exceed maxReplicas; "
+    "spec.batching.maxBatchSize: Input should be a valid integer, unable to parse string as an integer"
+)
 
 
 def manifest(kind: str, spec: dict) -> dict:
@@ -64,9 +70,26 @@ def operator_job_status_message(spec: dict) -> str:
     return succeeded["message"]
 
 
+def operator_service_status_message(spec: dict) -> str:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        model_service_reconcile.parse_spec({"spec": spec})
+    status = model_service_status.invalid_status(None, 3, "InvalidSpec", model_service_reconcile.spec_error(caught.value))
+    (ready,) = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    return ready["message"]
+
+
 @pytest.mark.slow
 def test_an_invalid_compression_job_reads_the_same_everywhere(tmp_path: Path):
     assert operator_job_status_message(JOB_SPEC) == JOB_MESSAGE
     assert run_error(tmp_path, "CompressionJob", JOB_SPEC) == JOB_MESSAGE
     assert compress_error(tmp_path, manifest("CompressionJob", JOB_SPEC)) == JOB_MESSAGE
     assert compress_error(tmp_path, JOB_SPEC) == JOB_MESSAGE  # the spec alone, as the compression pod gets it
+
+
+@pytest.mark.slow
+def test_an_invalid_model_service_reads_the_same_in_the_operator_and_locally(tmp_path: Path):
+    assert operator_service_status_message(SERVICE_SPEC) == SERVICE_MESSAGE
+    assert run_error(tmp_path, "ModelService", SERVICE_SPEC) == SERVICE_MESSAGE

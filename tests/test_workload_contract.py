@@ -226,7 +226,7 @@ def test_a_model_service_pod_gets_the_tables_defaults():
     config = OperatorConfig()
     spec = ModelServiceSpec.from_json({"model": {"uri": "pvc://models/digits"}})
     owner = builder.Owner(name="digits", namespace="team-a", uid="uid-1")
-    model = builder.ServedModel(spec.model.uri)
+    model = builder.ArtifactToServe(spec.model.uri)
     deployment = builder.build_deployment(owner, spec, model, config.node_pool(spec.node_pool), config, replicas=1)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     served = ServerEnv.from_env(as_environ([e for e in container["env"] if "value" in e]))
@@ -251,7 +251,7 @@ def test_a_server_pods_env_is_written_as_it_always_was():
         "protocols": {"grpcWeb": True, "corsOrigins": ["https://a.test", "*"]},
     })
     owner = builder.Owner(name="digits", namespace="team-a", uid="uid-1")
-    env = builder.server_env(owner, spec, builder.ServedModel(spec.model.uri, "sha256:" + "ab" * 32), config)
+    env = builder.server_env(owner, spec, builder.ArtifactToServe(spec.model.uri, "sha256:" + "ab" * 32), config)
     assert env == [  # a changed name, value or order would roll every server Deployment on upgrade
         {"name": "SLIMSERVE_ARTIFACT", "value": "pvc://models/digits"},
         {"name": "SLIMSERVE_MODEL_NAME", "value": "digits"},
@@ -271,7 +271,7 @@ def test_a_server_pods_env_is_written_as_it_always_was():
         {"name": "HOME", "value": "/tmp"},
         {"name": "SLIMSERVE_ARTIFACT_DIGEST", "value": "sha256:" + "ab" * 32},
     ]
-    no_digest = builder.server_env(owner, spec, builder.ServedModel(spec.model.uri), config)
+    no_digest = builder.server_env(owner, spec, builder.ArtifactToServe(spec.model.uri), config)
     assert no_digest == env[:-1]
 
 

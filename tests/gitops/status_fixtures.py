@@ -126,7 +126,7 @@ def _ms_status(resolution: ms_status.ModelResolution, deployment: dict | None, a
 
 
 def model_service_fixtures() -> list[Fixture]:
-    uri = ms_status.resolve_uri("pvc://models/digits-slim")
+    uri = ms_status.resolve_model_uri("pvc://models/digits-slim")
     running_job = {"status": {"phase": "Running", "conditions": [{"type": "Succeeded", "status": "Unknown"}]}}
     failed_job = {"status": {"phase": "Failed", "conditions": [
         {"type": "Succeeded", "status": "False", "reason": "BudgetExceeded", "message": "accuracy fell 3.1 points"}]}}

@@ -15,14 +15,14 @@ from tests.operator.conftest import TEST_OPERATOR_CONFIG
 
 CONFIG = OperatorConfig.model_validate(TEST_OPERATOR_CONFIG)
 OWNER = b.Owner(name="digits", namespace="team-a", uid="0b7c-uid")
-MODEL = b.ServedModel("pvc://models/digits-slim", "sha256:" + "ab" * 32)
+MODEL = b.ArtifactToServe("pvc://models/digits-slim", "sha256:" + "ab" * 32)
 
 
 def spec(**fields) -> ModelServiceSpec:
     return ModelServiceSpec.from_json({"model": {"uri": "pvc://models/digits-slim"}, **fields})
 
 
-def children(service_spec: ModelServiceSpec, *, model: b.ServedModel = MODEL, keda: bool = False) -> b.Children:
+def children(service_spec: ModelServiceSpec, *, model: b.ArtifactToServe = MODEL, keda: bool = False) -> b.Children:
     pool = CONFIG.node_pool(service_spec.node_pool)
     return b.desired_children(OWNER, service_spec, model, pool, CONFIG, keda_installed=keda)
 
@@ -167,7 +167,7 @@ def test_pvc_artifact_is_mounted_read_only_where_the_server_resolves_it():
 def test_s3_artifact_gets_endpoint_region_and_credentials_from_the_secret():
     service_spec = spec(s3={"endpoint": "http://minio.storage:9000", "region": "eu-west-1",
                             "credentialsSecret": {"name": "minio-creds"}})
-    manifest = deployment(service_spec, model=b.ServedModel("s3://bucket/digits", "sha256:" + "cd" * 32))
+    manifest = deployment(service_spec, model=b.ArtifactToServe("s3://bucket/digits", "sha256:" + "cd" * 32))
     variables = env(manifest)
     assert variables["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
     assert variables["AWS_REGION"] == "eu-west-1"
@@ -179,12 +179,12 @@ def test_s3_artifact_gets_endpoint_region_and_credentials_from_the_secret():
 def test_digest_is_in_the_pod_template_so_a_new_artifact_rolls_and_the_same_one_does_not():
     first = deployment(spec())
     same = deployment(spec())
-    new = deployment(spec(), model=b.ServedModel(MODEL.uri, "sha256:" + "ef" * 32))
+    new = deployment(spec(), model=b.ArtifactToServe(MODEL.uri, "sha256:" + "ef" * 32))
     assert first == same
     assert first["spec"]["template"]["metadata"]["annotations"][b.DIGEST_ANNOTATION] == MODEL.digest
     assert first["spec"]["template"] != new["spec"]["template"]
     assert env(first)["SLIMSERVE_ARTIFACT_DIGEST"] == MODEL.digest  # the server refuses any other artifact
-    no_digest = deployment(spec(), model=b.ServedModel("builtin://digits-mlp"))
+    no_digest = deployment(spec(), model=b.ArtifactToServe("builtin://digits-mlp"))
     assert b.DIGEST_ANNOTATION not in no_digest["spec"]["template"]["metadata"]["annotations"]
     assert "SLIMSERVE_ARTIFACT_DIGEST" not in env(no_digest)
 

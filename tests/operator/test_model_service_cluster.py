@@ -206,7 +206,7 @@ def test_applying_the_same_deployment_again_changes_nothing(control_plane, opera
     config = OperatorConfig.model_validate(TEST_OPERATOR_CONFIG)
     owner = builders.Owner.from_body(body)
     desired = builders.build_deployment(
-        owner, ModelServiceSpec.from_json(body["spec"]), builders.ServedModel("builtin://digits-mlp"),
+        owner, ModelServiceSpec.from_json(body["spec"]), builders.ArtifactToServe("builtin://digits-mlp"),
         config.node_pool("cpu"), config, replicas=2,
     )
     with cp.api_client() as api:

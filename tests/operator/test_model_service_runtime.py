@@ -23,7 +23,7 @@ from slimserve.controller.model_service_events import Transition
 from slimserve.controller.model_service_keda import follow_keda, next_round_in
 from slimserve.controller.model_service_reconcile import write_status
 from slimserve.controller.model_service_state import Runtime, Snapshot
-from slimserve.controller.model_service_status import autoscaling_verdict, inputs_for, resolve_uri
+from slimserve.controller.model_service_status import autoscaling_verdict, inputs_for, resolve_model_uri
 from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, wait_for
 
 OWNER = Owner("digits", "ns", "uid-1")
@@ -31,7 +31,7 @@ OWNER = Owner("digits", "ns", "uid-1")
 
 def snapshot(owner: Owner, *, keda: bool) -> Snapshot:
     verdict = autoscaling_verdict("concurrency", keda_installed=keda)
-    return Snapshot(owner, inputs_for(owner, 1, resolve_uri("file:///m"), verdict, "cluster.local"), {}, {})
+    return Snapshot(owner, inputs_for(owner, 1, resolve_model_uri("file:///m"), verdict, "cluster.local"), {}, {})
 
 
 def unreachable_api() -> client.ApiClient:

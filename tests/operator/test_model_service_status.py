@@ -8,7 +8,7 @@ import time
 import kopf
 import pytest
 
-from slimserve.controller.builders.model_service import Owner, ServedModel
+from slimserve.controller.builders.model_service import ArtifactToServe, Owner
 from slimserve.controller.conditions import find_condition
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_status import (
@@ -20,7 +20,7 @@ from slimserve.controller.model_service_status import (
     invalid_status,
     refusal_verdict,
     resolve_compression_job,
-    resolve_uri,
+    resolve_model_uri,
     status_differs,
 )
 from slimserve.controller.model_service_keda import keda_mismatches, sweep_scaled_objects
@@ -75,7 +75,7 @@ def test_succeeded_job_serves_its_artifact():
     resolution = resolve_compression_job(
         "slim", job(phase="Succeeded", succeeded="True", artifact={"uri": "pvc://m/slim", "digest": DIGEST})
     )
-    assert resolution.model == ServedModel("pvc://m/slim", DIGEST)
+    assert resolution.model == ArtifactToServe("pvc://m/slim", DIGEST)
     assert (resolution.verdict.status, resolution.verdict.reason) == ("True", "CompressionSucceeded")
 
 
@@ -153,7 +153,7 @@ def test_status_of_a_served_model():
 
 
 def test_waiting_for_compression_is_not_ready_and_keeps_what_was_served():
-    earlier = compose_status(None, inputs(resolve_uri("pvc://m/old")), evaluate_rollout(deployment()))
+    earlier = compose_status(None, inputs(resolve_model_uri("pvc://m/old")), evaluate_rollout(deployment()))
     status = compose_status(earlier, inputs(resolve_compression_job("slim", job(phase="Running"))), None)
     ready = find_condition(status["conditions"], "Ready")
     available = find_condition(status["conditions"], "ModelAvailable")
@@ -163,23 +163,23 @@ def test_waiting_for_compression_is_not_ready_and_keeps_what_was_served():
 
 
 def test_transition_time_moves_only_when_the_status_does():
-    first = compose_status(None, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment(available=1)))
+    first = compose_status(None, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment(available=1)))
     for condition in first["conditions"]:
         condition["lastTransitionTime"] = "2020-01-01T00:00:00Z"
-    second = compose_status(first, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment(available=1, ready=1)))
+    second = compose_status(first, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment(available=1, ready=1)))
     assert find_condition(second["conditions"], "ModelAvailable")["lastTransitionTime"] == "2020-01-01T00:00:00Z"
-    third = compose_status(second, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    third = compose_status(second, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment()))
     assert find_condition(third["conditions"], "Ready")["lastTransitionTime"] != "2020-01-01T00:00:00Z"
 
 
 def test_keda_missing_is_a_condition_and_autoscaling_removed_drops_it():
     verdict = autoscaling_verdict("concurrency", keda_installed=False)
-    status = compose_status(None, inputs(resolve_uri("file:///m"), autoscaling=verdict), evaluate_rollout(deployment()))
+    status = compose_status(None, inputs(resolve_model_uri("file:///m"), autoscaling=verdict), evaluate_rollout(deployment()))
     condition = find_condition(status["conditions"], "AutoscalingReady")
     assert (condition["status"], condition["reason"]) == ("False", "KedaNotInstalled")
     assert "KEDA" in condition["message"]
     assert find_condition(status["conditions"], "Ready")["status"] == "True"  # it still serves
-    without = compose_status(status, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    without = compose_status(status, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment()))
     assert find_condition(without["conditions"], "AutoscalingReady") is None
     assert autoscaling_verdict("concurrency", keda_installed=True).reason == "ScaledObject"
     assert autoscaling_verdict("cpu", keda_installed=False).reason == "HorizontalPodAutoscaler"
@@ -196,10 +196,10 @@ def test_invalid_status_and_differences():
 
 
 def test_refused_children_are_a_warning_until_an_apply_succeeds():
-    served = compose_status(None, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    served = compose_status(None, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment()))
     refusals = [Refusal("ApplyFailed", "applying PodDisruptionBudget digits: 500 etcd is gone"),
                 Refusal("ChildConflict", "Service team-a/digits exists and is controlled by no controller")]
-    refused = compose_status(served, inputs(resolve_uri("file:///m")), None, refusal_verdict(refusals))
+    refused = compose_status(served, inputs(resolve_model_uri("file:///m")), None, refusal_verdict(refusals))
     ready = find_condition(refused["conditions"], "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ChildConflict")
     assert "500 etcd is gone" in ready["message"] and "Service team-a/digits" in ready["message"]
@@ -207,12 +207,12 @@ def test_refused_children_are_a_warning_until_an_apply_succeeds():
     assert refused["url"] == served["url"]  # what served before is not withdrawn
     assert [(e.type, e.reason) for e in transition_events(served, refused)] == [("Warning", "ChildConflict")]
 
-    failed = compose_status(None, inputs(resolve_uri("file:///m")), None, refusal_verdict(refusals[:1]))
+    failed = compose_status(None, inputs(resolve_model_uri("file:///m")), None, refusal_verdict(refusals[:1]))
     assert find_condition(failed["conditions"], "Ready")["reason"] == "ApplyFailed"
     assert find_condition(failed["conditions"], "Stalled")["status"] == "False"  # may pass by itself
     assert "url" not in {k for k, v in failed.items() if v is not None}  # nothing advertised before it is applied
 
-    recovered = compose_status(refused, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    recovered = compose_status(refused, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment()))
     assert find_condition(recovered["conditions"], "Ready")["reason"] == "Available"
     assert find_condition(recovered["conditions"], "Stalled")["status"] == "False"
 
@@ -228,8 +228,8 @@ def test_refused_passes_back_off_up_to_a_cap_and_start_over_once_applied():
 
 
 def test_events_announce_transitions_only():
-    before = compose_status(None, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment(available=0)))
-    after = compose_status(before, inputs(resolve_uri("file:///m")), evaluate_rollout(deployment()))
+    before = compose_status(None, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment(available=0)))
+    after = compose_status(before, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment()))
     assert transition_events(None, before) == []  # a new service finding its model and rolling out: no news yet
     events = transition_events(before, after)
     assert [(e.type, e.reason) for e in events] == [("Normal", "Available")]
@@ -249,7 +249,7 @@ def keda_runtime() -> Runtime:
         "fixed": None,
     }
     for name, verdict in verdicts.items():
-        runtime.snapshots[("ns", name)] = Snapshot(OWNER, inputs(resolve_uri("file:///m"), autoscaling=verdict), {}, {})
+        runtime.snapshots[("ns", name)] = Snapshot(OWNER, inputs(resolve_model_uri("file:///m"), autoscaling=verdict), {}, {})
     return runtime
 
 

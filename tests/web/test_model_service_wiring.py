@@ -17,7 +17,7 @@ from tests.operator.conftest import TEST_OPERATOR_CONFIG
 
 CONFIG = OperatorConfig.model_validate(TEST_OPERATOR_CONFIG)
 OWNER = builder.Owner(name="digits", namespace="team-a", uid="0b7c-uid")
-MODEL = builder.ServedModel("builtin://digits-mlp", "")
+MODEL = builder.ArtifactToServe("builtin://digits-mlp", "")
 
 
 def server_env(protocols: dict | None) -> dict[str, str]:

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from slimserve.api import GROUP, VERSION
+from slimserve.api.field_errors import field_errors
 from slimserve.api.model_service import ModelService, ModelServiceSpec
 from slimserve.controller import kube, status_update
 from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children
@@ -51,7 +52,7 @@ from slimserve.controller.model_service_status import (
     invalid_status,
     refusal_verdict,
     resolve_compression_job,
-    resolve_uri,
+    resolve_model_uri,
     status_differs,
 )
 
@@ -123,17 +124,13 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServiceSpec:
 
 
 def spec_error(exc: ValidationError) -> str:
-    """One line per problem, each naming its field under spec."""
-    problems = []
-    for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"])
-        problems.append(f"spec.{location}: {error['msg']}" if location else error["msg"])
-    return "; ".join(problems)
+    """The problems of the spec, each naming its field as `slimserve run` and the API server do."""
+    return "; ".join(field_errors(exc, root=("spec",)))
 
 
 def resolve_model(api: client.ApiClient, namespace: str, spec: ModelServiceSpec) -> ModelResolution:
     if spec.model.uri:
-        return resolve_uri(spec.model.uri)
+        return resolve_model_uri(spec.model.uri)
     job_name = spec.model.compression_job_ref.name
     return resolve_compression_job(job_name, read_custom(api, COMPRESSION_JOBS, namespace, job_name))
 

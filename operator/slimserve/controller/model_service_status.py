@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from slimserve.controller.builders.model_service import (
+    ArtifactToServe,
     Owner,
-    ServedModel,
     grpc_address,
     service_url,
 )
@@ -49,12 +49,12 @@ class Verdict:
 class ModelResolution:
     """What the pods should serve now (None while waiting), and the ModelAvailable condition saying why."""
 
-    model: ServedModel | None
+    model: ArtifactToServe | None
     verdict: Verdict
 
 
-def resolve_uri(uri: str) -> ModelResolution:
-    return ModelResolution(ServedModel(uri), Verdict(TRUE, "UriSpecified", f"serving {uri}"))
+def resolve_model_uri(uri: str) -> ModelResolution:
+    return ModelResolution(ArtifactToServe(uri), Verdict(TRUE, "UriSpecified", f"serving {uri}"))
 
 
 def resolve_compression_job(job_name: str, job: dict[str, Any] | None) -> ModelResolution:
@@ -72,7 +72,7 @@ def resolve_compression_job(job_name: str, job: dict[str, Any] | None) -> ModelR
     succeeded = find_condition(status.get("conditions"), "Succeeded") or {}
     artifact = status.get("artifact") or {}
     if succeeded.get("status") == TRUE and artifact.get("uri") and artifact.get("digest"):
-        model = ServedModel(artifact["uri"], artifact["digest"])
+        model = ArtifactToServe(artifact["uri"], artifact["digest"])
         return ModelResolution(
             model,
             Verdict(TRUE, "CompressionSucceeded", f"serving {model.uri} ({model.digest}) from CompressionJob {job_name!r}"),

@@ -131,7 +131,7 @@ class Owner:
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class ArtifactToServe:
     """The artifact the pods load; `digest` is known when it comes from a CompressionJob."""
 
     uri: str
@@ -263,7 +263,7 @@ def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any
     return {"requests": requests, "limits": limits}
 
 
-def server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, config: OperatorConfig) -> list[dict[str, Any]]:
+def server_env(owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, config: OperatorConfig) -> list[dict[str, Any]]:
     batching = spec.batching
     env = [
         {"name": ENV_ARTIFACT, "value": model.uri},
@@ -315,7 +315,7 @@ def _http_probe(path: str, *, period: int, failures: int, timeout: int = 2) -> d
 
 
 def server_container(
-    owner: Owner, spec: ModelServiceSpec, model: ServedModel, pool: NodePool, config: OperatorConfig
+    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
 ) -> dict[str, Any]:
     image = config.images.server_gpu if pool.has_gpu else config.images.server
     mounts = [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT}]
@@ -342,7 +342,7 @@ def server_container(
     }
 
 
-def pod_volumes(model: ServedModel) -> list[dict[str, Any]]:
+def pod_volumes(model: ArtifactToServe) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE_LIMIT}},
@@ -354,7 +354,7 @@ def pod_volumes(model: ServedModel) -> list[dict[str, Any]]:
 
 
 def pod_template(
-    owner: Owner, spec: ModelServiceSpec, model: ServedModel, pool: NodePool, config: OperatorConfig
+    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
 ) -> dict[str, Any]:
     annotations = dict(PROMETHEUS_ANNOTATIONS)
     if model.digest:
@@ -386,7 +386,7 @@ def pod_template(
 def build_deployment(
     owner: Owner,
     spec: ModelServiceSpec,
-    model: ServedModel,
+    model: ArtifactToServe,
     pool: NodePool,
     config: OperatorConfig,
     *,
@@ -518,7 +518,7 @@ PDB_REF = ("policy/v1", "PodDisruptionBudget")
 def desired_children(
     owner: Owner,
     spec: ModelServiceSpec,
-    model: ServedModel,
+    model: ArtifactToServe,
     pool: NodePool,
     config: OperatorConfig,
     *,
