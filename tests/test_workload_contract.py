@@ -114,9 +114,7 @@ def test_variables_that_two_programs_read_are_one_declaration():
 
 # Modules that still spell variables of their own, each with why; the test fails when one no longer does, so
 # this list only shrinks.
-PENDING: dict[str, str] = {
-    "controller/builders/model_service.py": "the server pod's env list, to become ServerEnv(...).to_env()",
-}
+PENDING: dict[str, str] = {}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

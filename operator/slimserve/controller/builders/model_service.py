@@ -19,6 +19,8 @@ import kopf
 
 from slimserve.api import API_VERSION
 from slimserve.api.model_service import AutoscalingSpec, ModelService, ModelServiceSpec
+from slimserve.api.uri import pvc_claim
+from slimserve.api.workload import DEFAULTS, ServerEnv
 from slimserve.controller.builders import (
     DNS_LABEL_MAX,
     hardened_container_security_context,
@@ -30,8 +32,8 @@ from slimserve.controller.labels import MANAGED_BY, selector_labels, standard_la
 
 COMPONENT = "server"
 CONTAINER_NAME = "server"
-HTTP_PORT = 8080  # REST, /metrics and the health endpoints
-GRPC_PORT = 9000
+HTTP_PORT = DEFAULTS.http_port  # REST, /metrics and the health endpoints
+GRPC_PORT = DEFAULTS.grpc_port
 METRICS_PATH = "/metrics"
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
@@ -40,7 +42,7 @@ INFLIGHT_METRIC = "slimserve_inflight_requests"
 # After SIGTERM the server reports not-ready but keeps serving while endpoints stop routing to it, then
 # drains in-flight requests; the grace period covers both with room to exit.
 SHUTDOWN_DELAY_SECONDS = 5
-DRAIN_SECONDS = 20
+DRAIN_SECONDS = int(DEFAULTS.drain_timeout_s)
 TERMINATION_GRACE_SECONDS = SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 10
 # Model loading (an s3 download, a large checkpoint) may take minutes: the startup probe allows 10.
 STARTUP_PROBE_PERIOD_SECONDS = 5
@@ -57,24 +59,6 @@ PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/port": str(HTTP_PORT),
     "prometheus.io/path": METRICS_PATH,
 }
-
-# Environment of `slimserve serve` (`slimserve serve --help` lists them).
-ENV_ARTIFACT = "SLIMSERVE_ARTIFACT"
-ENV_ARTIFACT_DIGEST = "SLIMSERVE_ARTIFACT_DIGEST"
-ENV_MODEL_NAME = "SLIMSERVE_MODEL_NAME"
-ENV_HOST = "SLIMSERVE_HOST"
-ENV_HTTP_PORT = "SLIMSERVE_HTTP_PORT"
-ENV_GRPC_PORT = "SLIMSERVE_GRPC_PORT"
-ENV_BATCHING = "SLIMSERVE_BATCHING"
-ENV_MAX_BATCH_SIZE = "SLIMSERVE_MAX_BATCH_SIZE"
-ENV_MAX_LATENCY_MS = "SLIMSERVE_MAX_LATENCY_MS"
-ENV_GRPC_WEB = "SLIMSERVE_GRPC_WEB"
-ENV_PLAYGROUND = "SLIMSERVE_PLAYGROUND"
-ENV_CORS_ORIGINS = "SLIMSERVE_CORS_ORIGINS"
-ENV_DRAIN_TIMEOUT = "SLIMSERVE_DRAIN_TIMEOUT_S"
-ENV_SHUTDOWN_DELAY = "SLIMSERVE_SHUTDOWN_DELAY_S"
-ENV_PVC_ROOT = "SLIMSERVE_PVC_ROOT"
-ENV_CACHE = "SLIMSERVE_CACHE"
 
 _DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # The mark of a derived name: "--" and a hash of the resource's name. A name that already ends like this is
@@ -232,14 +216,6 @@ def needs_disruption_budget(spec: ModelServiceSpec) -> bool:
 # ---- pod ----------------------------------------------------------------------------------------------
 
 
-def pvc_claim(uri: str) -> str | None:
-    """CLAIM of `pvc://CLAIM/path`, else None."""
-    scheme, sep, rest = uri.partition("://")
-    if scheme != "pvc" or not sep:
-        return None
-    return rest.partition("/")[0] or None
-
-
 def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any]:
     """The spec's resources, defaults for CPU and memory the spec leaves out, and the pool's GPUs.
 
@@ -264,29 +240,28 @@ def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any
 
 
 def server_env(owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, config: OperatorConfig) -> list[dict[str, Any]]:
-    batching = spec.batching
-    env = [
-        {"name": ENV_ARTIFACT, "value": model.uri},
-        {"name": ENV_MODEL_NAME, "value": model_name(owner, spec)},
-        {"name": ENV_HOST, "value": "0.0.0.0"},
-        {"name": ENV_HTTP_PORT, "value": str(HTTP_PORT)},
-        {"name": ENV_GRPC_PORT, "value": str(GRPC_PORT)},
-        {"name": ENV_BATCHING, "value": "true" if batching.enabled else "false"},
-        {"name": ENV_MAX_BATCH_SIZE, "value": str(batching.max_batch_size)},
-        {"name": ENV_MAX_LATENCY_MS, "value": f"{batching.max_latency_ms:g}"},
-        {"name": ENV_GRPC_WEB, "value": "true" if spec.protocols.grpc_web else "false"},
-        {"name": ENV_PLAYGROUND, "value": "true" if spec.protocols.playground else "false"},
-        {"name": ENV_CORS_ORIGINS, "value": ",".join(spec.protocols.cors_origins)},  # empty: CORS closed
-        {"name": ENV_SHUTDOWN_DELAY, "value": str(SHUTDOWN_DELAY_SECONDS)},
-        {"name": ENV_DRAIN_TIMEOUT, "value": str(DRAIN_SECONDS)},
-        {"name": ENV_PVC_ROOT, "value": config.pvc_mount_root},
-        {"name": ENV_CACHE, "value": CACHE_MOUNT},
-        {"name": "HOME", "value": TMP_MOUNT},
-    ]
-    if model.digest:
+    batching, protocols = spec.batching, spec.protocols
+    env = ServerEnv(
+        artifact=model.uri,
+        model_name=model_name(owner, spec),
+        host=DEFAULTS.host,
+        http_port=HTTP_PORT,
+        grpc_port=GRPC_PORT,
+        batching=batching.enabled,
+        max_batch_size=batching.max_batch_size,
+        max_latency_ms=batching.max_latency_ms,
+        grpc_web=protocols.grpc_web,
+        playground=protocols.playground,
+        cors_origins=tuple(protocols.cors_origins),  # empty: CORS closed
+        shutdown_delay_s=SHUTDOWN_DELAY_SECONDS,
+        drain_timeout_s=DRAIN_SECONDS,
+        pvc_root=config.pvc_mount_root,
+        cache=CACHE_MOUNT,
+        home=TMP_MOUNT,
         # The server refuses anything else: a pod never serves an artifact rewritten in place under the URI.
-        env.append({"name": ENV_ARTIFACT_DIGEST, "value": model.digest})
-    return env + s3_env(spec)
+        artifact_digest=model.digest or None,
+    )
+    return env.to_env() + s3_env(spec)
 
 
 def s3_env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
