@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.helm.chart import CHART, helm, kube_version, one, operator_container, render
+from slimserve.controller.config import OperatorConfig
+from tests.helm.chart import CHART, helm, kube_version, one, operator_config, operator_container, render
 from tests.helm.chart import template as helm_template
 
 # What the chart rendered before these were values: the defaults must stay exactly this.
@@ -79,3 +80,26 @@ def test_lint_strict_is_clean_with_every_new_value_set(tmp_path):
     out = helm("lint", "--strict", str(CHART), "--values", str(path), "--kube-version", kube_version())
     assert "0 chart(s) failed" in out.stdout
     assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout
+
+
+# ---- the compression and server pods, through the operator's configuration -------------------------------
+
+
+def test_workload_settings_reach_the_operators_configuration():
+    config = OperatorConfig.model_validate(operator_config(render()))
+    assert config.pod_security_context.to_manifest() == POD_DEFAULT and config.log_format == "text"
+    ids = {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}}
+    config = OperatorConfig.model_validate(operator_config(render({"workloads": ids, "logging": {"format": "json"}})))
+    assert config.pod_security_context.to_manifest() == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert config.log_format == "json"
+
+
+def test_a_workload_id_unset_on_the_command_line_is_unset_in_the_configuration():
+    objects = render(None, "--set", "workloads.podSecurityContext.runAsUser=null")
+    context = OperatorConfig.model_validate(operator_config(objects)).pod_security_context.to_manifest()
+    assert "runAsUser" not in context and context["runAsGroup"] == 65532
+
+
+def test_workload_pods_may_not_run_as_root():
+    out = helm_template({"workloads": {"podSecurityContext": {"runAsNonRoot": False}}}, check=False)
+    assert out.returncode != 0 and "runAsNonRoot" in out.stderr

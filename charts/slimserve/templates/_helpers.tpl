@@ -75,6 +75,20 @@ pullPolicy: {{ .root.Values.images.pullPolicy }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The compression and server pods' security context for the operator's configuration. An id unset in the values
+(null there removes the key) is written as null: the configuration's own default is the fixed id.
+*/}}
+{{- define "slimserve.workloadPodSecurityContext" -}}
+{{- $context := deepCopy .Values.workloads.podSecurityContext -}}
+{{- range $id := list "runAsUser" "runAsGroup" "fsGroup" -}}
+{{- if not (hasKey $context $id) -}}
+{{- $_ := set $context $id nil -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $context -}}
+{{- end -}}
+
 {{/* Peering is per watched namespace in namespaced mode, one cluster object otherwise. */}}
 {{- define "slimserve.namespaced" -}}
 {{- if .Values.operator.watchNamespaces -}}true{{- end -}}

@@ -76,6 +76,41 @@ def _default_compressor_resources() -> ResourceRequirements:
     return ResourceRequirements(requests=guaranteed, limits=dict(guaranteed))
 
 
+class Profile(_ConfigModel):
+    """A seccomp or AppArmor profile."""
+
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"]
+    localhost_profile: str | None = None
+
+
+class SELinuxOptions(_ConfigModel):
+    user: str | None = None
+    role: str | None = None
+    type: str | None = None
+    level: str | None = None
+
+
+NON_ROOT_ID = 65532  # "nonroot" of distroless images
+
+
+class PodSecurityContext(_ConfigModel):
+    """The security context of the compression and server pods. Never root; the fixed ids may be left unset
+    (None) where the platform assigns them, as OpenShift's restricted SCC does from the namespace's range."""
+
+    run_as_non_root: Literal[True] = True
+    run_as_user: int | None = Field(default=NON_ROOT_ID, ge=1)
+    run_as_group: int | None = Field(default=NON_ROOT_ID, ge=0)
+    fs_group: int | None = Field(default=NON_ROOT_ID, ge=0)
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = None
+    supplemental_groups: list[int] | None = None
+    seccomp_profile: Profile | None = Profile(type="RuntimeDefault")
+    app_armor_profile: Profile | None = None
+    se_linux_options: SELinuxOptions | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
 class OperatorConfig(_ConfigModel):
     images: Images = Field(default_factory=Images)
     node_pools: dict[str, NodePool] = Field(default_factory=_default_pools)
@@ -87,6 +122,11 @@ class OperatorConfig(_ConfigModel):
     image_pull_secrets: list[str] = Field(default_factory=list)
     # CPU and memory of a compression pod whose CompressionJob names neither (per resource).
     compressor_resources: ResourceRequirements = Field(default_factory=_default_compressor_resources)
+    # The pod security context of compression and server pods (their containers' contexts are fixed).
+    pod_security_context: PodSecurityContext = Field(default_factory=PodSecurityContext)
+    # Log format of compression and server pods; json sets SLIMSERVE_LOG_FORMAT=json on them, text (their
+    # default) sets nothing, so that pod templates stay as they were.
+    log_format: Literal["text", "json"] = DEFAULTS.log_format
 
     def node_pool(self, name: str) -> NodePool:
         """The pool, or a KeyError whose message lists the known pools."""

@@ -10,6 +10,7 @@ import hashlib
 import re
 from typing import Any
 
+from slimserve.api.workload import DEFAULTS
 from slimserve.controller.config import NodePool, OperatorConfig
 
 DNS_LABEL_MAX = 63
@@ -35,18 +36,16 @@ def bounded_name(base: str, suffix: str = "", *, limit: int = DNS_LABEL_MAX) -> 
 
 # ---- pieces every pod the operator makes shares ---------------------------------------------------------
 
-NON_ROOT_ID = 65532  # "nonroot" of distroless images
+def hardened_pod_security_context(config: OperatorConfig) -> dict[str, Any]:
+    """The configuration's: by default non-root with numeric ids (so the kubelet can check runAsNonRoot) and the
+    runtime's seccomp profile; without the ids where the platform assigns them."""
+    return config.pod_security_context.to_manifest()
 
 
-def hardened_pod_security_context() -> dict[str, Any]:
-    """Non-root with numeric ids (so the kubelet can check runAsNonRoot) and the runtime's seccomp profile."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": NON_ROOT_ID,
-        "runAsGroup": NON_ROOT_ID,
-        "fsGroup": NON_ROOT_ID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def pod_log_format(config: OperatorConfig) -> str | None:
+    """The log format to write into a pod's env: None (nothing) for the pods' own default, so that a default
+    configuration leaves every pod template, and so every Deployment, as it was."""
+    return None if config.log_format == DEFAULTS.log_format else config.log_format
 
 
 def hardened_container_security_context() -> dict[str, Any]:

@@ -30,6 +30,7 @@ from slimserve.controller.builders import (
     bounded_name,
     hardened_container_security_context,
     hardened_pod_security_context,
+    pod_log_format,
     pool_placement,
 )
 from slimserve.controller.config import NodePool, OperatorConfig
@@ -198,7 +199,7 @@ def build_job(
         "serviceAccountName": service_account_name(name),
         "automountServiceAccountToken": True,  # the pod patches its CompressionJob's status
         "enableServiceLinks": False,
-        "securityContext": hardened_pod_security_context(),
+        "securityContext": hardened_pod_security_context(config),
         "containers": [
             {
                 "name": CONTAINER_NAME,
@@ -251,6 +252,7 @@ def _env(
         pvc_root=config.pvc_mount_root,
         cache=CACHE_DIR,
         home=SCRATCH_DIR,  # the root filesystem is read-only: what writes under $HOME (matplotlib, torch) uses scratch
+        log_format=pod_log_format(config),
     )
     env: list[dict[str, Any]] = [*pod_env.to_env(), {"name": "PYTHONUNBUFFERED", "value": "1"}]
     secret = spec.s3.credentials_secret if spec.s3 else None

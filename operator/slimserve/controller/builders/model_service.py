@@ -25,6 +25,7 @@ from slimserve.controller.builders import (
     DNS_LABEL_MAX,
     hardened_container_security_context,
     hardened_pod_security_context,
+    pod_log_format,
     pool_placement,
 )
 from slimserve.controller.config import NodePool, OperatorConfig
@@ -260,6 +261,7 @@ def server_env(owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, con
         home=TMP_MOUNT,
         # The server refuses anything else: a pod never serves an artifact rewritten in place under the URI.
         artifact_digest=model.digest or None,
+        log_format=pod_log_format(config),
     )
     return env.to_env() + s3_env(spec)
 
@@ -337,7 +339,7 @@ def pod_template(
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,  # hundreds of Services in a namespace would flood the environment
-        "securityContext": hardened_pod_security_context(),
+        "securityContext": hardened_pod_security_context(config),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "topologySpreadConstraints": [
             {
