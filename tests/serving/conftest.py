@@ -9,11 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving_helpers import ServerProcess  # noqa: E402
-
-# The error battery runs against this limit and body size.
-ERROR_SERVER_MAX_BATCH = 8
-ERROR_SERVER_MAX_BODY = 64 * 1024
+from serving_helpers import ERROR_SERVER_MAX_BATCH, ERROR_SERVER_MAX_BODY, ServerProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")

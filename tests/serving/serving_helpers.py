@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 
 HOST = "127.0.0.1"
+# The error battery's server runs with this batch limit and body size (tests import them from here: every
+# test folder has a conftest.py, so `from conftest import` finds whichever one pytest loaded last).
+ERROR_SERVER_MAX_BATCH = 8
+ERROR_SERVER_MAX_BODY = 64 * 1024
 
 
 def free_port() -> int:

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from conftest import ERROR_SERVER_MAX_BATCH, ERROR_SERVER_MAX_BODY
-from serving_helpers import post_json, request
+from serving_helpers import ERROR_SERVER_MAX_BATCH, ERROR_SERVER_MAX_BODY, post_json, request
 
 INFER = "/v2/models/digits-mlp/infer"
 ROW = [0.5] * 64

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from conftest import ERROR_SERVER_MAX_BODY
-from serving_helpers import request
+from serving_helpers import ERROR_SERVER_MAX_BODY, request
 
 ROW = [0.5] * 64
 BAD_BODIES = {
