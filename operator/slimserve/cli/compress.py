@@ -15,10 +15,11 @@ import sys
 import traceback
 from pathlib import Path
 
-ENV_SPEC = "SLIMSERVE_JOB_SPEC"
-ENV_TERMINATION_LOG = "SLIMSERVE_TERMINATION_LOG"
-ENV_DEBUG = "SLIMSERVE_DEBUG"
-ENV_STATUS_TARGET = "SLIMSERVE_STATUS_TARGET"  # set by the operator on the compression pod
+from slimserve.api.workload import CompressorEnv
+
+ENV_SPEC = CompressorEnv.variable("job_spec").name
+ENV_TERMINATION_LOG = CompressorEnv.variable("termination_log").name
+ENV_STATUS_TARGET = CompressorEnv.variable("status_target").name  # set by the operator on the compression pod
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -46,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="json: JSON lines on stdout; rich: a progress bar; auto: rich on a terminal, json otherwise",
     )
     parser.add_argument(
-        "--status-target", metavar="NAMESPACE/NAME", type=_status_target, default=os.environ.get(ENV_STATUS_TARGET),
+        "--status-target", metavar="NAMESPACE/NAME", type=_status_target,
+        default=CompressorEnv.from_env(only=["status_target"]).status_target,
         help=f"also report progress and the result into this CompressionJob's status (default: ${ENV_STATUS_TARGET})",
     )
     parser.set_defaults(handler=run)
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             code = EXIT_INVALID if isinstance(exc, SpecDoesNotFit) else EXIT_FAILED
             return _fail(exc.reason, str(exc), code)
         except Exception as exc:
-            if os.environ.get(ENV_DEBUG):
+            if CompressorEnv.from_env(only=["debug"]).debug:
                 traceback.print_exc()
             return _fail("InternalError", f"{type(exc).__name__}: {exc}", EXIT_FAILED)
         return 0
@@ -130,7 +132,7 @@ def load_spec(path: str | None, output_uri: str | None = None, *, name: str | No
         if path:
             documents, origin = load_documents(path), path
         else:
-            text = os.environ.get(ENV_SPEC, "")
+            text = CompressorEnv.from_env(only=["job_spec"]).job_spec or ""
             if not text.strip():
                 raise SpecError(f"--spec FILE or the environment variable {ENV_SPEC} is required")
             documents, origin = read_documents(text, ENV_SPEC), ENV_SPEC
@@ -174,7 +176,7 @@ def _fail(reason: str, message: str, code: int) -> int:
 
 def _write_termination_log(line: str) -> None:
     """Kubernetes shows this file's content as the container's termination message."""
-    configured = os.environ.get(ENV_TERMINATION_LOG)
+    configured = CompressorEnv.from_env(only=["termination_log"]).termination_log
     path = Path(configured or DEFAULT_TERMINATION_LOG)
     if not configured and not (path.exists() and os.access(path, os.W_OK)):
         return
