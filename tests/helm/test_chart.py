@@ -378,6 +378,9 @@ BAD_VALUES = [
     ({"workloads": {"prometheusAddress": "prometheus:9090"}}, "prometheusAddress"),
     ({"serviceAccount": {"create": "yes"}}, "create"),
     ({"networkPolicy": {"from": [{"podSelectors": {}}]}}, "podSelectors"),
+    # Quantities as the CRDs and the operator's configuration take them: an integer or a Kubernetes quantity.
+    ({"workloads": {"compressorResources": {"requests": {"cpu": 0.5}}}}, "cpu"),
+    ({"workloads": {"compressorResources": {"limits": {"memory": "lots"}}}}, "memory"),
 ]
 
 
@@ -387,6 +390,13 @@ def test_bad_values_are_rejected_naming_the_field(values, field):
     assert out.returncode != 0
     assert "values don't meet the specifications of the schema" in out.stderr
     assert field in out.stderr, out.stderr
+
+
+def test_quantities_the_schema_admits_are_ones_the_operator_reads():
+    quantities = {"requests": {"cpu": "0.5", "memory": "1.5Gi"}, "limits": {"cpu": 2, "memory": "2G"}}
+    config = operator_config(render({"workloads": {"compressorResources": quantities}}))
+    resources = OperatorConfig.model_validate(config).compressor_resources
+    assert resources.requests == {"cpu": "0.5", "memory": "1.5Gi"} and resources.limits == {"cpu": 2, "memory": "2G"}
 
 
 def test_a_missing_service_account_name_is_an_error():
