@@ -11,6 +11,10 @@ from slimserve.controller import kube
 from tests.cluster.helpers import apply, get
 
 OWNER_UID = "0b6a4f36-1d2c-4c8e-9a51-6f1f3d7c2a10"
+# The owners here exist only as uids. Once the garbage collector knows the ModelService kind (it rescans API
+# discovery every 30 s after the CRDs are installed) it deletes, within a second, a child whose ModelService
+# is missing, even between two applies of one test; an apiVersion no API serves keeps it out of that.
+UNSERVED_OWNER_API_VERSION = "slimserve.io/v1alpha0"
 
 
 def service(namespace: str, name: str = "digits", *, owner_uid: str = OWNER_UID, labels: dict | None = None) -> dict:
@@ -21,7 +25,7 @@ def service(namespace: str, name: str = "digits", *, owner_uid: str = OWNER_UID,
             "name": name,
             "namespace": namespace,
             "labels": labels or {"app.kubernetes.io/name": "slimserve"},
-            "ownerReferences": [{"apiVersion": "slimserve.io/v1alpha1", "kind": "ModelService", "name": name,
+            "ownerReferences": [{"apiVersion": UNSERVED_OWNER_API_VERSION, "kind": "ModelService", "name": name,
                                  "uid": owner_uid, "controller": True, "blockOwnerDeletion": True}],
         },
         "spec": {
