@@ -1,12 +1,14 @@
 """One server process: REST (uvicorn) and gRPC (grpc.aio) on one asyncio loop, one model, graceful exit.
 
 Life cycle:
-1. listen on both ports at once, live but not ready (so a liveness probe passes during a long load);
-2. load the artifact (digests verified by the loader) and warm it up on a worker thread; then ready.
+1. listen on both ports at once, live but not ready (so a liveness probe passes during a long load; gRPC
+   health says NOT_SERVING);
+2. load the artifact (digests verified by the loader) and warm it up on a worker thread; then ready
+   (gRPC health: SERVING).
    A load failure exits with status 1 and the reason in the log;
-3. on SIGTERM or SIGINT: report not ready; keep serving for `shutdown_delay_s` (lets Kubernetes take
-   the pod out of its endpoints first); stop accepting; let in-flight requests finish (at most
-   `drain_timeout_s`); exit 0.
+3. on SIGTERM or SIGINT: report not ready (gRPC health: NOT_SERVING); keep serving for `shutdown_delay_s`
+   (lets Kubernetes take the pod out of its endpoints first); stop accepting; let in-flight requests
+   finish (at most `drain_timeout_s`); exit 0.
 
 Worst-case time from SIGTERM to exit: shutdown_delay_s + drain_timeout_s + ~1 s, so set the pod's
 terminationGracePeriodSeconds above that.
@@ -33,7 +35,8 @@ import uvicorn
 from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.config import ServerConfig
 from slimserve.serving.dataplane import DataPlane
-from slimserve.serving.grpc_service import add_inference_service
+from slimserve.serving.grpc_service import SERVICE_NAME, add_inference_service
+from slimserve.serving.health import ServerHealth
 from slimserve.serving.http_timeouts import TimedHttpToolsProtocol
 from slimserve.serving.metrics import ServerMetrics
 from slimserve.serving.model import ServedModel, artifact_loader, example_inputs
@@ -66,6 +69,7 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     metrics = ServerMetrics()
     call = ModelCaller(model.predict, executor, metrics)
     dataplane = build_dataplane(config, model, call, metrics)
+    health = ServerHealth([SERVICE_NAME])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,6 +95,8 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     )
     http_socket = _listen(config.host, config.http_port)
     add_inference_service(grpc_server, dataplane)
+    await health.starting()
+    health.add_to(grpc_server)
     grpc_server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}")
     await grpc_server.start()
     http_task = loop.create_task(http.serve(sockets=[http_socket]), name="slimserve-http")
@@ -111,11 +117,13 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
         status = 1
     elif load.done():
         dataplane.metrics.model_ready.set(1)
+        await health.ready()
         log.info("ready: model %r", model.name)
         await stopped
     log.info("shutting down: not ready; draining in-flight requests (at most %.1fs)", config.drain_timeout_s)
     dataplane.shutting_down = True
     dataplane.metrics.model_ready.set(0)
+    await health.drain()
     if status == 0 and config.shutdown_delay_s > 0:
         await asyncio.sleep(config.shutdown_delay_s)
     http.should_exit = True
