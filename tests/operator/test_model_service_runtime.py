@@ -100,6 +100,8 @@ def test_runtime_runs_between_start_and_stop(control_plane, crds):
 
 @pytest.mark.cluster
 def test_events_posted_from_any_thread_go_out_until_the_recorder_stops(control_plane, namespace, caplog):
+    """Only between start and stop; one Event that cannot be made (a reference without uid) is logged and the
+    next one still goes out."""
     api = control_plane.api_client()
     core = client.CoreV1Api(api)
     target = core.create_namespaced_config_map(namespace, {"metadata": {"name": "target"}})
@@ -111,6 +113,8 @@ def test_events_posted_from_any_thread_go_out_until_the_recorder_stops(control_p
     async def scenario() -> None:
         runtime.events.post(api, ref, Transition("Normal", "TooEarly", "before start"))
         runtime.events.start()
+        broken = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "target", "namespace": namespace}}
+        runtime.events.post(api, broken, Transition("Warning", "NoUid", "an involvedObject without uid"))
         poster = threading.Thread(target=runtime.events.post, args=(api, ref, Transition("Warning", "FromAThread", "x")))
         poster.start()
         poster.join()
@@ -126,6 +130,7 @@ def test_events_posted_from_any_thread_go_out_until_the_recorder_stops(control_p
     dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not posting Event")]
     assert dropped == ["not posting Event TooEarly for target: not started",
                        "not posting Event TooLate for target: not started"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == ["could not post Event NoUid"]
 
 
 # ---- the KEDA loop -----------------------------------------------------------------------------------

@@ -116,7 +116,10 @@ class EventRecorder:
 
     async def _run(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
-            await asyncio.to_thread(self._create, *item)
+            try:
+                await asyncio.to_thread(self._create, *item)
+            except Exception:  # one Event that cannot be made must not end the posting of all later ones
+                log.exception("could not post Event %s", item[2].reason)
 
     def _create(self, api: client.ApiClient, ref: dict[str, Any], transition: Transition) -> None:
         try:
