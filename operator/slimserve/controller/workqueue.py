@@ -4,6 +4,10 @@ Kopf retries its own resource handlers, but not event handlers: when a child Dep
 CompressionJob finishes, the parent must be reconciled again, and again later if that fails. Keys added while
 queued are merged (a burst of events is one reconcile); a key is never worked on by two threads at once; a
 failure re-queues the key after a growing delay (or the delay a `kopf.TemporaryError` asks for).
+
+Its worker threads run the blocking API calls, as Kopf's executor does for sync handlers. The ModelService
+controller's queue lives on the operator's memo and is started and stopped by Kopf's startup and cleanup
+handlers (`model_service_runtime`); docs/architecture.md says why there is a queue at all.
 """
 
 from __future__ import annotations
