@@ -23,7 +23,7 @@ from kubernetes import config as kube_config
 
 from slimserve.artifacts.cache import cache_root
 from slimserve.compression.status_sink import KubernetesStatusSink
-from slimserve.controller import status_update
+from slimserve.kube import status as status_update
 from slimserve.controller.builders.compression_job import POD_ANNOTATIONS_ANNOTATION
 from tests.cluster.controlplane import OUTCOME_ANNOTATION
 from tests.cluster.helpers import apply, condition, events_of, exists, get, last_handled, wait_for
@@ -377,7 +377,7 @@ def test_sink_retries_a_conflict_from_a_concurrent_writer(control_plane, operato
         return current
 
     monkeypatch.setattr(status_update, "read_status", read_then_someone_else_writes)
-    with caplog.at_level(logging.INFO, logger="slimserve.controller.status_update"):
+    with caplog.at_level(logging.INFO, logger="slimserve.kube.status"):
         sink.progress({"step": "quantize/int8-static", "fraction": 0.9, "message": "calibrating"})
     assert interleaved, "the concurrent write did not happen"
     assert any("409" in record.getMessage() and "retrying" in record.getMessage() for record in caplog.records)

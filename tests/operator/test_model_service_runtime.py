@@ -15,7 +15,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slimserve.api import API_VERSION
-from slimserve.controller import kube, model_service_runtime, status_update
+from slimserve.controller import kube, model_service_runtime
+from slimserve.kube import status as status_update
 from slimserve.controller.app import OperatorMemo
 from slimserve.controller.builders.model_service import Owner
 from slimserve.controller.config import OperatorConfig

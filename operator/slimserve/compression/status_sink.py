@@ -8,7 +8,7 @@ by the operator into the Succeeded condition), because a pod that cannot reach t
 
 What the pod may do is minimal: the operator gives each CompressionJob a ServiceAccount whose Role allows
 `get` and `patch` on `compressionjobs/status` of that one name. Every write carries the resourceVersion it
-was computed from (see `slimserve.controller.status_update`): a 409 Conflict is retried from a fresh read, as
+was computed from (see `slimserve.kube.status`): a 409 Conflict is retried from a fresh read, as
 are throttling and 5xx answers. A pod whose generation is no longer the CompressionJob's (the spec changed
 and a new Job took over) never writes: a stale run cannot overwrite a newer one.
 
@@ -27,14 +27,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel
 
 from slimserve.api import CompressionJob
 from slimserve.api.compression_job import ArtifactRef, CompressionMetrics, Progress
 from slimserve.api.workload import CompressorEnv
-from slimserve.controller.status_update import TRANSIENT_STATUSES, update_status
+from slimserve.kube.client import load_api_client
+from slimserve.kube.status import TRANSIENT_STATUSES, update_status
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +56,6 @@ def parse_target(target: str, *, option: str | None = "--status-target") -> tupl
         prefix = f"{option}: " if option else ""
         raise ValueError(f"{prefix}expected NAMESPACE/NAME of a CompressionJob, got {target!r}")
     return match["namespace"], match["name"]
-
-
-def api_client() -> client.ApiClient:
-    """In a pod: its ServiceAccount token; elsewhere: KUBECONFIG (or ~/.kube/config)."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
 
 
 class KubernetesStatusSink:
@@ -105,7 +96,7 @@ class KubernetesStatusSink:
     @property
     def api(self) -> client.ApiClient:
         if self._api is None:
-            self._api = api_client()
+            self._api = load_api_client()
         return self._api
 
     # ---- the progress-sink protocol ---------------------------------------------------------------------

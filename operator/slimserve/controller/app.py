@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kubernetes import client, config as kube_config
+from kubernetes import client
 
 from slimserve.api import GROUP
 from slimserve.controller.config import OperatorConfig, load_config
 from slimserve.controller.model_service_state import Runtime as ModelServiceRuntime
+from slimserve.kube.client import load_api_client
 
 # One module per resource; importing a module registers its handlers.
 HANDLER_MODULES: tuple[str, ...] = ("compression_job", "model_service")
@@ -40,14 +41,6 @@ class OperatorMemo:
 API_CONNECTIONS = 32
 
 
-def load_api_client() -> client.ApiClient:
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
-    configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = API_CONNECTIONS
-    return client.ApiClient(configuration)
 
 
 def configure_settings(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
@@ -86,7 +79,7 @@ def run(
 ) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM)."""
     import_handlers()
-    memo = OperatorMemo(config=load_config(config_path), api=load_api_client())
+    memo = OperatorMemo(config=load_config(config_path), api=load_api_client(connections=API_CONNECTIONS))
     if metrics_port:
         from slimserve.controller.metrics import serve_metrics
 

@@ -49,7 +49,7 @@ from slimserve.controller.compression_job_status import (
     unblocked_status,
 )
 from slimserve.controller.labels import MANAGED_BY
-from slimserve.controller.status_update import Derive, update_status
+from slimserve.kube.status import Derive, update_status
 
 PLURAL = CompressionJob.plural
 JOB_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}

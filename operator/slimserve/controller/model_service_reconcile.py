@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from slimserve.api import GROUP, VERSION
 from slimserve.api.field_errors import field_errors
 from slimserve.api.model_service import ModelService, ModelServiceSpec
-from slimserve.controller import kube, status_update
+from slimserve.controller import kube
+from slimserve.kube import status as status_update
 from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children
 from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_events import transition_events
