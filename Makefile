@@ -42,27 +42,66 @@ dev-cluster: cluster-build
 	$(PYTHON) -m tests.cluster
 
 # Container images of the operator, compressor and server (CPU), and the CUDA builds of the last two
-# ("<tag>-cuda"), with docker or podman: one target each of images/Dockerfile, sharing its stages.
+# ("<tag>-cuda"), with docker or podman: one target each of images/Dockerfile, sharing its stages, each
+# installing its part of images/requirements.lock with --require-hashes.
 #   make images IMAGE_REGISTRY=registry.example.com/slimserve IMAGE_TAG=0.1.0
+# BASE=local: for a machine that reaches PyPI and Debian's archive but no container registry. The base is
+# Debian bookworm's Python made with mmdebstrap (images/local-base.sh, kept in $(SLIMSERVE_CACHE)/images),
+# torch is PyPI's locked build (CUDA: larger than the PyTorch index's CPU build), only the CPU targets are
+# built, and with podman the builds use the host's CA bundle and pip cache ($(SLIMSERVE_CACHE)/pip).
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
 IMAGE_REGISTRY ?= ghcr.io/slimserve
 IMAGE_TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/slimserve/__init__.py)
 TORCH_CUDA_INDEX_URL ?= https://download.pytorch.org/whl/cu128
+SLIMSERVE_CACHE ?= $(HOME)/.cache/slimserve
+BASE ?= official
+LOCAL_BASE_IMAGE := localhost/slimserve/python:3.11-bookworm-$(shell sha256sum images/local-base.sh | cut -c1-12)
 IMAGE_BUILD_ARGS = -f images/Dockerfile --build-arg VERSION=$(IMAGE_TAG) \
 	--build-arg REVISION=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown) \
 	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+ifeq ($(BASE),local)
+IMAGE_BUILD_ARGS += --build-arg PYTHON_IMAGE=$(LOCAL_BASE_IMAGE) --build-arg TORCH_INDEX_URL=
+ifneq ($(findstring podman,$(notdir $(CONTAINER_ENGINE))),)
+# A container may not raise its limits above the host's hard ones (podman's defaults do); runc was refused
+# nproc even at 2/3 of the host's, so 32768 at most.
+HOST_CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+HOST_NOFILE := $(shell bash -c 'ulimit -Hn')
+HOST_NPROC := $(shell bash -c 'n=$$(ulimit -Hu); [ "$$n" = unlimited ] || [ "$$n" -gt 32768 ] && n=32768; echo $$n')
+IMAGE_BUILD_ARGS += --ulimit nofile=$(HOST_NOFILE):$(HOST_NOFILE) --ulimit nproc=$(HOST_NPROC):$(HOST_NPROC) \
+	--volume $(HOST_CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro --volume $(SLIMSERVE_CACHE)/pip:/root/.cache/pip
+endif
+endif
 
-.PHONY: images
-images:
+.PHONY: images images-base
+images: $(if $(filter local,$(BASE)),images-base)
 	@for image in operator compressor server; do \
 	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) ."; \
 	  $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . || exit 1; \
 	done
+ifneq ($(BASE),local)
 	@for image in compressor server; do \
 	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda ."; \
 	  $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_CUDA_INDEX_URL) \
 	    --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda . || exit 1; \
 	done
+endif
+
+images-base:
+	mkdir -p $(SLIMSERVE_CACHE)/pip
+	SLIMSERVE_CACHE=$(SLIMSERVE_CACHE) images/local-base.sh $(CONTAINER_ENGINE) $(LOCAL_BASE_IMAGE)
+
+# Re-resolve images/requirements.lock (every dependency and the test extra, pinned with hashes, for Linux
+# x86_64 and Python 3.11) after a change of pyproject.toml's dependencies, with uv in $(SLIMSERVE_CACHE)/tools.
+UV_VERSION := 0.13.9
+UV := $(SLIMSERVE_CACHE)/tools/uv-$(UV_VERSION)/bin/uv
+.PHONY: lock
+lock: $(UV)
+	$(UV) pip compile pyproject.toml images/pip.in --extra test --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" --quiet -o images/requirements.lock
+
+$(UV):
+	python3 -m venv $(SLIMSERVE_CACHE)/tools/uv-$(UV_VERSION)
+	$(SLIMSERVE_CACHE)/tools/uv-$(UV_VERSION)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
 # Regenerate the CRDs from the API models (slimserve.api), at the top level and in the Helm chart.
 .PHONY: crds

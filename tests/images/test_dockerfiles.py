@@ -130,7 +130,7 @@ def test_multi_stage_with_a_slim_final_stage(image):
 def test_each_image_installs_its_extra(image):
     """The dependencies of a target are its extra's; the project itself comes without any."""
     runs = " ".join(run for stage in lineage(f"{image}-dependencies") for run in stage.all("RUN"))
-    extras = re.findall(r"requirements\.py --extra (\S+)", runs)
+    extras = re.findall(r"requirements\.py --lock images/requirements\.lock --extra (\S+)", runs)
     assert EXTRAS[image] in extras
     assert set(extras) <= {EXTRAS[image], "models"}
     project = " ".join(stages()["project"].all("RUN"))
@@ -138,11 +138,24 @@ def test_each_image_installs_its_extra(image):
 
 
 def test_pip_leaves_no_cache(image):
+    """pip's cache is a cache mount (outside every layer) or not written at all."""
     for stage in lineage(image) + [s for name in copied_stages(image) for s in lineage(name)]:
         for run in stage.all("RUN"):
+            cache_mount = run.startswith("--mount=type=cache,target=/root/.cache/pip ")
             for command in re.split(r"&&|;", run):
-                if re.search(r"\bpip install\b", command):
-                    assert "--no-cache-dir" in command, command
+                if re.search(r"\bpip( --python \S+)? install\b|\$\{PIP\} install\b", command):
+                    assert cache_mount or "--no-cache-dir" in command, command
+
+
+def test_every_package_is_hash_checked(image):
+    """Each install of a dependency stage takes the locked part of its extra, with --require-hashes; only torch
+    from a PyTorch index (TORCH_INDEX_URL) is that index's build."""
+    for name in copied_stages(image):
+        for stage in lineage(name):
+            for run in stage.all("RUN"):
+                for command in re.split(r"&&|;|\bthen\b", run):
+                    if re.search(r"\binstall\b", command) and "--no-deps ." not in command:
+                        assert "--require-hashes" in command or "-r /tmp/torch.txt" in command, command
 
 
 def test_runs_as_a_numeric_non_root_user(image):
@@ -213,7 +226,8 @@ def test_operator_entrypoint_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage: slimserve operator" in out.stdout
-    assert "requirements.py --extra operator >" in " ".join(stages()["operator-dependencies"].all("RUN"))
+    assert "requirements.py --lock images/requirements.lock --extra operator >" in " ".join(
+        stages()["operator-dependencies"].all("RUN"))
 
 
 def test_requirements_follow_pyproject():
@@ -237,7 +251,7 @@ def test_requirements_follow_pyproject():
 def test_dockerignore_keeps_the_context_small():
     ignore = (IMAGES / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:1] == ["*"]  # ignore everything, then allow what the Dockerfile copies
-    for copied in ("!pyproject.toml", "!README.md", "!operator/", "!images/requirements.py"):
+    for copied in ("!pyproject.toml", "!README.md", "!operator/", "!images/requirements.py", "!images/requirements.lock"):
         assert copied in ignore
 
 
