@@ -42,6 +42,7 @@ class Defaults:
     torch_threads: int = 0  # 0: follow the container's CPU limit
     log_level: str = "INFO"
     log_format: str = "text"
+    access_log: bool = True  # one JSON line per request on stdout
     grpc_web: bool = False
     playground: bool = False
     cors_origins: tuple[str, ...] = ()  # CORS closed
@@ -230,6 +231,7 @@ class ServerEnv(PodEnv):
     torch_threads: int | None = None
     log_level: str | None = None
     log_format: str | None = None
+    access_log: bool | None = None
 
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
         "artifact": Variable(f"{PREFIX}ARTIFACT"),
@@ -256,6 +258,7 @@ class ServerEnv(PodEnv):
         "torch_threads": Variable(f"{PREFIX}TORCH_THREADS", int),
         "log_level": LOG_LEVEL,
         "log_format": LOG_FORMAT,
+        "access_log": Variable(f"{PREFIX}ACCESS_LOG", parse_bool, format_bool),
     }
 
 

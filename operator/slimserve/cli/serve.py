@@ -57,12 +57,13 @@ OPTIONS = (
     Option("--log-format", log_format, "text, or json: one object per line (time, level, logger, message)"),
 )
 BATCHING = ServerEnv.variable("batching").name
+ACCESS_LOG = ServerEnv.variable("access_log").name
 
 
 def _environment(environ: dict[str, str]) -> ServerEnv:
     """The variables behind the flags (the web ones are read when the server starts, see `web_options`)."""
     try:
-        return ServerEnv.from_env(environ, only=[option.dest for option in OPTIONS] + ["batching"])
+        return ServerEnv.from_env(environ, only=[option.dest for option in OPTIONS] + ["batching", "access_log"])
     except EnvError as error:
         raise SystemExit(f"slimserve serve: environment variable {error}") from None
 
@@ -71,10 +72,12 @@ def _epilog() -> str:
     lines = ["environment variables (a flag on the command line wins):"]
     lines += [f"  {o.env:<28} {o.flag}" for o in OPTIONS]
     lines.append(f"  {BATCHING:<28} false = --no-batching")
+    lines.append(f"  {ACCESS_LOG:<28} false = --no-access-log")
     lines += [
         "",
         "endpoints: REST /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready|/infer],",
-        "/metrics (in-flight requests: slimserve_inflight_requests); gRPC inference.GRPCInferenceService.",
+        "/metrics (in-flight requests: slimserve_inflight_requests); gRPC inference.GRPCInferenceService and",
+        "grpc.health.v1.Health. X-Request-Id (gRPC: x-request-id) is kept or generated and sent back.",
         "SIGTERM: not ready, then drain; exits 0 within shutdown-delay + drain-timeout + ~1 s.",
     ]
     return "\n".join(lines)
@@ -99,6 +102,11 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
         "--no-batching", dest="batching", action="store_false", default=env.or_default("batching"),
         help=f"run each request on its own [env {BATCHING}=false]",
     )
+    parser.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=env.or_default("access_log"),
+        help=f"one JSON line per request on stdout (request id, model, protocol, status, latency, batch size) "
+             f"[env {ACCESS_LOG}]",
+    )
     add_web_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
@@ -121,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
             max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout_s,
             body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,
-            shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, web=web_options(args),
+            shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, access_log=args.access_log,
+            web=web_options(args),
         )
     except ValueError as error:
         print(f"slimserve serve: {error}", file=sys.stderr)

@@ -26,6 +26,7 @@ class ServerConfig:
     drain_timeout_s: float = DEFAULTS.drain_timeout_s  # longest wait for in-flight requests after SIGTERM
     shutdown_delay_s: float = DEFAULTS.shutdown_delay_s  # keep serving (reporting not ready) this long after SIGTERM
     torch_threads: int = DEFAULTS.torch_threads  # 0: follow the container's CPU limit
+    access_log: bool = DEFAULTS.access_log  # one JSON line per request on stdout
     warmup_batch_sizes: tuple[int, ...] = (1,)
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from slimserve import __version__
+from slimserve.serving.access_log import AccessLog
 from slimserve.serving.batching import BatchShapeError, Batcher, DirectRunner
 from slimserve.serving.errors import InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
 from slimserve.serving.metrics import ServerMetrics
@@ -26,12 +27,14 @@ EXTENSIONS = ("binary_tensor_data",)
 
 class DataPlane:
     def __init__(
-        self, model: ServedModel, runner: Batcher | DirectRunner, metrics: ServerMetrics, max_batch_size: int
+        self, model: ServedModel, runner: Batcher | DirectRunner, metrics: ServerMetrics, max_batch_size: int,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.model = model
         self.runner = runner
         self.metrics = metrics
         self.max_batch_size = max_batch_size
+        self.access_log = access_log or AccessLog(enabled=False)  # every endpoint's one line per request
         self.shutting_down = False
 
     # --- health -------------------------------------------------------------------------------

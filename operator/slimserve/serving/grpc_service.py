@@ -8,12 +8,14 @@ from our own proto package (see the note in open_inference_v2.proto on why not p
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 import numpy as np
 
-from slimserve.serving.dataplane import DataPlane, RequestTimer
+from slimserve.serving.access_log import REQUEST_ID_HEADER, request_id
+from slimserve.serving.dataplane import BATCH_SIZE_PARAMETER, DataPlane, RequestTimer
 from slimserve.serving.errors import InvalidInput, client_message, grpc_status
 from slimserve.serving.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
@@ -161,23 +163,45 @@ _METHODS = {
 }
 
 
+# The request field that names the model, per method (the access log's "model").
+_MODEL_FIELD = {"ModelInfer": "model_name", "ModelReady": "name", "ModelMetadata": "name"}
+
+
 def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: DataPlane) -> Callable[..., Awaitable]:
-    """Maps domain errors to gRPC status codes and counts every call."""
-    metrics = dataplane.metrics
+    """Maps domain errors to gRPC status codes, counts and logs every call, and sends its request id back."""
+    metrics, access_log = dataplane.metrics, dataplane.access_log
+    model_field = _MODEL_FIELD.get(method)
 
     async def call(request, context: grpc.aio.ServicerContext):
+        start = time.perf_counter()
+        rid = request_id(_sent_request_id(context))
+        reply_metadata = ((REQUEST_ID_HEADER, rid),)
+        model = getattr(request, model_field) if model_field else None
         try:
             response = await handler(request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             code = grpc_status(error)
             if code == grpc.StatusCode.INTERNAL:
-                log.exception("gRPC %s failed", method)
+                log.exception("gRPC %s failed (request id %s)", method, rid)
             metrics.count(_protocol(context), method, code.name)
-            await context.abort(code, client_message(error))
+            access_log.record(rid, model, _protocol(context), code.value[0], time.perf_counter() - start)
+            await context.abort(code, client_message(error), trailing_metadata=reply_metadata)
+        await context.send_initial_metadata(reply_metadata)
+        context.set_trailing_metadata(reply_metadata)
         metrics.count(_protocol(context), method, "OK")
+        batch_size = response.parameters[BATCH_SIZE_PARAMETER].int64_param if method == "ModelInfer" else None
+        access_log.record(rid, model, _protocol(context), grpc.StatusCode.OK.value[0], time.perf_counter() - start,
+                          batch_size)
         return response
 
     return call
+
+
+def _sent_request_id(context) -> str | bytes | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return value
+    return None
 
 
 def _protocol(context) -> str:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from slimserve.api.workload import DEFAULTS
-from slimserve.serving.dataplane import DataPlane, RequestTimer
+from slimserve.serving.access_log import REQUEST_ID_HEADER, AccessLog, request_id
+from slimserve.serving.dataplane import BATCH_SIZE_PARAMETER, DataPlane, RequestTimer
 from slimserve.serving.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 DEFAULT_MAX_BODY_BYTES = DEFAULTS.max_body_bytes
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
 
 
 @dataclass
@@ -42,10 +45,7 @@ class HttpRequest:
     max_body_bytes: int
 
     def header(self, name: bytes) -> str | None:
-        for key, value in self.scope["headers"]:
-            if key == name:
-                return value.decode("latin-1")
-        return None
+        return _header(self.scope, name)
 
     async def body(self) -> bytes:
         """The whole body, refused past `max_body_bytes` (declared or actual, after decompression)."""
@@ -90,6 +90,7 @@ class HttpResponse:
     body: bytes
     content_type: str = JSON_CONTENT_TYPE
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    batch_size: int | None = None  # rows of the model call the request rode in (access log)
 
 
 Endpoint = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -112,9 +113,12 @@ def _compile(template: str) -> re.Pattern:
 class RestApp:
     """ASGI app: OIP routes plus whatever is added; errors become `{"error": ...}` with their status."""
 
-    def __init__(self, metrics: ServerMetrics, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, access_log: AccessLog | None = None
+    ) -> None:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log or AccessLog(enabled=False)
         self._routes: list[_Route] = []
         self._mounts: list[tuple[str, ASGIApp]] = []
 
@@ -132,6 +136,7 @@ class RestApp:
             return
         if scope["type"] != "http":
             return
+        start = time.perf_counter()
         path, method = scope["path"], scope["method"]
         route, params, allowed = None, {}, False
         for candidate in self._routes:
@@ -146,30 +151,41 @@ class RestApp:
                 if path.startswith(prefix):
                     await app(scope, receive, send)
                     return
+        rid = request_id(_header(scope, _REQUEST_ID))
+        if route is None:
             error = MethodNotAllowed(f"{method} is not allowed on {path}") if allowed else RouteNotFound(f"no endpoint at {path}")
-            await _send(send, _error_response(error))
-            return
-        request = HttpRequest(scope, receive, params, self.max_body_bytes)
-        try:
-            response = await route.endpoint(request)
-        except ConnectionAbortedError:
-            return
-        except Exception as error:  # noqa: BLE001 - every failure becomes an error response
-            if http_status(error) >= 500:
-                log.exception("%s %s failed", method, path)
             response = _error_response(error)
-        self.metrics.count("rest", route.name, str(response.status))
-        await _send(send, response)
+        else:
+            try:
+                response = await route.endpoint(HttpRequest(scope, receive, params, self.max_body_bytes))
+            except ConnectionAbortedError:
+                return
+            except Exception as error:  # noqa: BLE001 - every failure becomes an error response
+                if http_status(error) >= 500:
+                    log.exception("%s %s failed (request id %s)", method, path, rid)
+                response = _error_response(error)
+            self.metrics.count("rest", route.name, str(response.status))
+        await _send(send, response, rid)
+        self.access_log.record(rid, params.get("name"), "rest", response.status, time.perf_counter() - start,
+                               response.batch_size)
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _error_response(error: BaseException) -> HttpResponse:
     return HttpResponse(http_status(error), dumps({"error": client_message(error)}))
 
 
-async def _send(send: Callable, response: HttpResponse) -> None:
+async def _send(send: Callable, response: HttpResponse, rid: str) -> None:
     headers = [
         (b"content-type", response.content_type.encode()),
         (b"content-length", str(len(response.body)).encode()),
+        (_REQUEST_ID, rid.encode()),
         *response.headers,
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -193,7 +209,7 @@ def _json(status: int, document: Any) -> HttpResponse:
 def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RestApp:
     """The REST app of the Open Inference Protocol (+ /metrics) over `dataplane`; add routes to it freely."""
     metrics = dataplane.metrics
-    app = RestApp(metrics, max_body_bytes)
+    app = RestApp(metrics, max_body_bytes, dataplane.access_log)
 
     async def server_live(request: HttpRequest) -> HttpResponse:
         live = dataplane.live()
@@ -228,7 +244,7 @@ def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
             response = await dataplane.infer(parsed)
             payload, content_type, header_length = render_infer_response(response)
         headers = [] if header_length is None else [(HEADER_LENGTH.encode(), str(header_length).encode())]
-        return HttpResponse(200, payload, content_type, headers)
+        return HttpResponse(200, payload, content_type, headers, response.parameters[BATCH_SIZE_PARAMETER])
 
     async def prometheus(request: HttpRequest) -> HttpResponse:
         body, content_type = metrics.exposition()

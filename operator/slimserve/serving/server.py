@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import uvicorn
 
+from slimserve.serving.access_log import AccessLog
 from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.config import ServerConfig
 from slimserve.serving.dataplane import DataPlane
@@ -54,12 +55,14 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def build_dataplane(config: ServerConfig, model: ServedModel, call: ModelCaller, metrics: ServerMetrics) -> DataPlane:
+def build_dataplane(
+    config: ServerConfig, model: ServedModel, call: ModelCaller, metrics: ServerMetrics, access_log: AccessLog
+) -> DataPlane:
     if config.batching:
         runner = Batcher(call, metrics, config.max_batch_size, config.max_latency_ms / 1000)
     else:
         runner = DirectRunner(call, metrics)
-    return DataPlane(model, runner, metrics, config.max_batch_size)
+    return DataPlane(model, runner, metrics, config.max_batch_size, access_log)
 
 
 async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
@@ -68,7 +71,8 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-model")
     metrics = ServerMetrics()
     call = ModelCaller(model.predict, executor, metrics)
-    dataplane = build_dataplane(config, model, call, metrics)
+    access_log = AccessLog(config.access_log)
+    dataplane = build_dataplane(config, model, call, metrics, access_log)
     health = ServerHealth([SERVICE_NAME])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -132,6 +136,7 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     if metrics_server is not None:
         metrics_server.shutdown()
     executor.shutdown(wait=False, cancel_futures=True)
+    access_log.close()
     log.info("stopped")
     return status
 
