@@ -160,3 +160,26 @@ def _outcome(call) -> BaseException | None:
     except BaseException as error:  # noqa: BLE001 - reported to the test's thread
         return error
     return None
+
+
+def test_a_watch_that_ends_leaves_the_other_watches_of_its_service_informed(server_logs):
+    server = ServerProcess("builtin://digits-mlp", server_logs, "--shutdown-delay-s", "3").start()
+    leaving, staying = grpc.insecure_channel(server.grpc_url), grpc.insecure_channel(server.grpc_url)
+    try:
+        first = health_pb2_grpc.HealthStub(leaving).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        assert next(first).status == SERVING
+        updates, _watcher = _watch(health_pb2_grpc.HealthStub(staying), "")
+        assert updates.get(timeout=10) == SERVING
+        first.cancel()
+        with pytest.raises(grpc.RpcError):
+            next(first)
+        # A round trip after the cancel, for the server to end the first stream before the drain.
+        assert _check(health_pb2_grpc.HealthStub(staying), "") == SERVING
+        server.terminate()
+        assert updates.get(timeout=10) == NOT_SERVING
+        assert updates.get(timeout=10) == "ended"
+        assert server.wait(15) == 0
+    finally:
+        leaving.close()
+        staying.close()
+        server.kill()

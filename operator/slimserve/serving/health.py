@@ -6,11 +6,14 @@ the port still answers, so a probe or a client-side health check sees it before 
 The overall service "" and the inference service's own name carry the same status.
 
 A `Watch` stream ends once it has sent the drain's NOT_SERVING: left open, it would be an in-flight call
-that holds the server's stop for the whole drain timeout.
+that holds the server's stop for the whole drain timeout. And one client ending its Watch no longer leaves
+the other clients' streams of that service deaf (see `_KeptConditions`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from collections.abc import Iterable
 
 import grpc
@@ -41,10 +44,24 @@ class _WatchUntilDrain:
         return getattr(self._context, name)
 
 
+class _KeptConditions(collections.defaultdict):
+    """The servicer's condition per watched service, kept for our services when one Watch ends: the
+    servicer deletes it then, and every other Watch of that service would wait on it for nothing."""
+
+    def __init__(self, kept: Iterable[str]) -> None:
+        super().__init__(asyncio.Condition)
+        self._kept = frozenset(kept)
+
+    def __delitem__(self, service: str) -> None:
+        if service not in self._kept:
+            super().__delitem__(service)
+
+
 class _DrainAwareServicer(HealthServicer):
     def __init__(self, health: "ServerHealth") -> None:
         super().__init__()
         self._health = health
+        self._server_watchers = _KeptConditions(health.services)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context) -> None:
         try:
