@@ -47,9 +47,12 @@ def request_id(sent: str | bytes | None) -> str:
 def format_line(entry: tuple) -> str:
     """One queued entry, (time.time(), request id, model, protocol, status, latency ms, batch size), as JSON."""
     created, rid, model, protocol, status, latency_ms, batch_size = entry
+    # time, level, logger and message as every JSON log line of the server has them (SLIMSERVE_LOG_FORMAT=json),
+    # so one log pipeline reads both; the fields after them are the access line's own.
     return orjson.dumps({
-        "time": _timestamp(created), "logger": LOGGER_NAME, "request_id": rid, "model": model, "protocol": protocol,
-        "status": status, "latency_ms": latency_ms, "batch_size": batch_size,
+        "time": _timestamp(created), "level": "INFO", "logger": LOGGER_NAME,
+        "message": f"{protocol} {model or '-'} {status} {latency_ms} ms", "request_id": rid, "model": model,
+        "protocol": protocol, "status": status, "latency_ms": latency_ms, "batch_size": batch_size,
     }).decode()
 
 
