@@ -47,8 +47,8 @@ dev-cluster: cluster-build
 #   make images IMAGE_REGISTRY=registry.example.com/slimserve IMAGE_TAG=0.1.0
 # BASE=local: for a machine that reaches PyPI and Debian's archive but no container registry. The base is
 # Debian bookworm's Python made with mmdebstrap (images/local-base.sh, kept in $(SLIMSERVE_CACHE)/images),
-# torch is PyPI's locked build (CUDA: larger than the PyTorch index's CPU build), only the CPU targets are
-# built, and with podman the builds use the host's CA bundle and pip cache ($(SLIMSERVE_CACHE)/pip).
+# torch is PyPI's locked build (CUDA: larger than the PyTorch index's CPU build) and only the CPU targets are
+# built.
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
 IMAGE_REGISTRY ?= ghcr.io/slimserve
 IMAGE_TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/slimserve/__init__.py)
@@ -58,36 +58,46 @@ BASE ?= official
 LOCAL_BASE_IMAGE := localhost/slimserve/python:3.11-bookworm-$(shell sha256sum images/local-base.sh | cut -c1-12)
 IMAGE_BUILD_ARGS = -f images/Dockerfile --build-arg VERSION=$(IMAGE_TAG) \
 	--build-arg REVISION=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown) \
-	--build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+	--build-arg CREATED=$(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
 ifeq ($(BASE),local)
 IMAGE_BUILD_ARGS += --build-arg PYTHON_IMAGE=$(LOCAL_BASE_IMAGE) --build-arg TORCH_INDEX_URL=
+endif
 ifneq ($(findstring podman,$(notdir $(CONTAINER_ENGINE))),)
-# A container may not raise its limits above the host's hard ones (podman's defaults do); runc was refused
-# nproc even at 2/3 of the host's, so 32768 at most.
-HOST_CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+# podman: a container may not raise its limits above the host's hard ones (podman's defaults do; runc was
+# refused nproc even at 2/3 of the host's, so 32768 at most). The builds trust the host's CA bundle (a TLS proxy's
+# CA), and their cache mounts (the wheelhouse) live in $(SLIMSERVE_CACHE)/podman/buildah-cache: buildah keeps
+# them under TMPDIR. docker keeps them in its own build cache.
+HOST_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 HOST_NOFILE := $(shell bash -c 'ulimit -Hn')
 HOST_NPROC := $(shell bash -c 'n=$$(ulimit -Hu); [ "$$n" = unlimited ] || [ "$$n" -gt 32768 ] && n=32768; echo $$n')
-IMAGE_BUILD_ARGS += --ulimit nofile=$(HOST_NOFILE):$(HOST_NOFILE) --ulimit nproc=$(HOST_NPROC):$(HOST_NPROC) \
-	--volume $(HOST_CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro --volume $(SLIMSERVE_CACHE)/pip:/root/.cache/pip
-endif
+IMAGE_RUN_ARGS := --ulimit nofile=$(HOST_NOFILE):$(HOST_NOFILE) --ulimit nproc=$(HOST_NPROC):$(HOST_NPROC)
+# --format docker: OCI images have no HEALTHCHECK, and podman would drop it.
+IMAGE_BUILD_ARGS += $(IMAGE_RUN_ARGS) --format docker \
+	$(if $(HOST_CA_BUNDLE),--volume $(HOST_CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro)
+IMAGE_BUILD_ENV := TMPDIR=$(SLIMSERVE_CACHE)/podman
 endif
 
-.PHONY: images images-base
+.PHONY: images images-base images-check
 images: $(if $(filter local,$(BASE)),images-base)
+	@mkdir -p $(SLIMSERVE_CACHE)/podman
 	@for image in operator compressor server; do \
 	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) ."; \
-	  $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . || exit 1; \
+	  $(IMAGE_BUILD_ENV) $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . || exit 1; \
 	done
 ifneq ($(BASE),local)
 	@for image in compressor server; do \
 	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda ."; \
-	  $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_CUDA_INDEX_URL) \
+	  $(IMAGE_BUILD_ENV) $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_CUDA_INDEX_URL) \
 	    --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda . || exit 1; \
 	done
 endif
 
+# Run the built CPU images read-only as user 65532: each --help, and the server answering /v2/health/ready on
+# 127.0.0.1 until SIGTERM (images/check.sh).
+images-check:
+	images/check.sh $(CONTAINER_ENGINE) $(IMAGE_REGISTRY) $(IMAGE_TAG) $(IMAGE_RUN_ARGS)
+
 images-base:
-	mkdir -p $(SLIMSERVE_CACHE)/pip
 	SLIMSERVE_CACHE=$(SLIMSERVE_CACHE) images/local-base.sh $(CONTAINER_ENGINE) $(LOCAL_BASE_IMAGE)
 
 # Re-resolve images/requirements.lock (every dependency and the test extra, pinned with hashes, for Linux

@@ -20,8 +20,8 @@ import argparse
 import re
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -77,10 +77,13 @@ def select(deps: dict[str, str], only: list[str], excluded: list[str], within: l
     return [line for name, line in deps.items() if name in wanted]
 
 
-@dataclass
-class Locked:
-    text: str  # the lock's lines for the package: `name==version \\` and its hashes
+class Locked(NamedTuple):
+    lines: list[str]  # the lock's lines for the package: `name==version \\` and its hashes
     parents: set[str]  # the packages that need it (canonical names); none for a top-level requirement
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 _VIA = re.compile(r"^\s*#\s+(?:via\s+)?([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*$")
@@ -92,9 +95,9 @@ def read_lock(lock: Path) -> dict[str, Locked]:
     current: Locked | None = None
     for line in lock.read_text().splitlines():
         if line and not line[0].isspace() and not line.startswith("#"):
-            current = entries.setdefault(canonical(_NAME.match(line).group(1)), Locked(line, set()))
+            current = entries.setdefault(canonical(_NAME.match(line).group(1)), Locked([line], set()))
         elif current is not None and line.lstrip().startswith("--hash="):
-            current.text += "\n" + line
+            current.lines.append(line)
         elif current is not None and (via := _VIA.match(line)) and via.group(1) != "via":
             # `# via slimserve (pyproject.toml)` and `# via -r FILE` name no package: a top-level requirement
             if not line.rstrip().endswith(")"):

@@ -137,25 +137,38 @@ def test_each_image_installs_its_extra(image):
     assert re.search(r"\bpip .*install --no-cache-dir --no-deps \.$", project), project
 
 
+INSTALL_LOCKED = IMAGES / "install-locked.sh"
+
+
 def test_pip_leaves_no_cache(image):
-    """pip's cache is a cache mount (outside every layer) or not written at all."""
+    """pip writes no cache; the wheelhouse install-locked.sh downloads into is a cache mount, outside the layers."""
     for stage in lineage(image) + [s for name in copied_stages(image) for s in lineage(name)]:
         for run in stage.all("RUN"):
-            cache_mount = run.startswith("--mount=type=cache,target=/root/.cache/pip ")
+            if "install-locked.sh" in run:
+                assert run.startswith("--mount=type=cache,target=/var/cache/wheels,"), run
             for command in re.split(r"&&|;", run):
-                if re.search(r"\bpip( --python \S+)? install\b|\$\{PIP\} install\b", command):
-                    assert cache_mount or "--no-cache-dir" in command, command
+                if re.search(r"\bpip( --python \S+)? install\b", command):
+                    assert "--no-cache-dir" in command, command
+    script = INSTALL_LOCKED.read_text()
+    assert "wheels=/var/cache/wheels" in script and "install --no-cache-dir" in script
 
 
-def test_every_package_is_hash_checked(image):
-    """Each install of a dependency stage takes the locked part of its extra, with --require-hashes; only torch
-    from a PyTorch index (TORCH_INDEX_URL) is that index's build."""
+def test_every_dependency_is_hash_checked(image):
+    """Each dependency stage installs its locked part with install-locked.sh: downloaded and installed with
+    --require-hashes, without resolving or an index. Only torch from a PyTorch index (TORCH_INDEX_URL) is that
+    index's build."""
+    script = [line for line in INSTALL_LOCKED.read_text().splitlines() if not line.startswith("#")]
+    pip_commands = re.findall(r'-m pip --python "\$python" (\w+) ([^\n]*(?:\\\n[^\n]*)*)', "\n".join(script))
+    assert [verb for verb, _ in pip_commands] == ["download", "install"]
+    for _, args in pip_commands:
+        assert "--require-hashes" in args and "--no-deps" in args
+    assert "--no-index" in pip_commands[1][1]
     for name in copied_stages(image):
         for stage in lineage(name):
             for run in stage.all("RUN"):
                 for command in re.split(r"&&|;|\bthen\b", run):
                     if re.search(r"\binstall\b", command) and "--no-deps ." not in command:
-                        assert "--require-hashes" in command or "-r /tmp/torch.txt" in command, command
+                        assert "install-locked.sh /tmp/" in command or "-r /tmp/torch.txt" in command, command
 
 
 def test_runs_as_a_numeric_non_root_user(image):
@@ -251,7 +264,8 @@ def test_requirements_follow_pyproject():
 def test_dockerignore_keeps_the_context_small():
     ignore = (IMAGES / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:1] == ["*"]  # ignore everything, then allow what the Dockerfile copies
-    for copied in ("!pyproject.toml", "!README.md", "!operator/", "!images/requirements.py", "!images/requirements.lock"):
+    for copied in ("!pyproject.toml", "!README.md", "!operator/", "!images/requirements.py", "!images/requirements.lock",
+                   "!images/install-locked.sh"):
         assert copied in ignore
 
 
