@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.serving_helpers import HOST, free_port
+from tests.serving.serving_helpers import HOST, answers_ok_within, free_port
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
 SCRAPE_INTERVAL_S = 1
@@ -41,17 +41,8 @@ class Prometheus:
             )
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not start:\n{self.log_path.read_text(errors='replace')}")
-            time.sleep(0.2)
+        if not answers_ok_within(f"http://{self.address}/-/ready", self.process, timeout_s):
+            raise RuntimeError(f"prometheus did not start:\n{self.log_path.read_text(errors='replace')}")
 
     def query(self, promql: str) -> list[dict]:
         """The instant vector `promql` evaluates to now, as KEDA's Prometheus scaler asks for it; a query

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -23,6 +24,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def answers_ok_within(url: str, process: subprocess.Popen, timeout_s: float) -> bool:
+    """Whether GET `url` answers 200 within `timeout_s`; False as soon as `process` (the server) has exited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 class ServerProcess:
@@ -54,16 +69,10 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if request(self.http_url, "GET", "/v2/health/ready", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
+        if answers_ok_within(f"http://{self.http_url}/v2/health/ready", self.process, timeout_s):
+            return self
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
         self.kill()
         raise RuntimeError(f"server not ready after {timeout_s}s:\n{self.log()}")
 

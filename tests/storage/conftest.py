@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.serving.serving_helpers import answers_ok_within, free_port
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
 ACCESS_KEY = "slimserve-test"
@@ -33,12 +32,6 @@ class S3Server:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _minio_binary() -> Path:
     subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, timeout=3600)
     return Path(subprocess.run(["bash", str(BUILD_SCRIPT), "--print-bin"], check=True, capture_output=True, text=True).stdout.strip())
@@ -48,7 +41,7 @@ def _minio_binary() -> Path:
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     binary = _minio_binary()
     data = tmp_path_factory.mktemp("minio-data")
-    port, console = _free_port(), _free_port()
+    port, console = free_port(), free_port()
     env = {**os.environ, "MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY, "MINIO_BROWSER": "off",
            "MINIO_UPDATE": "off"}
     log = open(data.parent / "minio.log", "wb")
@@ -58,17 +51,8 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{endpoint}/minio/health/live", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"minio did not start; see {data.parent / 'minio.log'}")
-            time.sleep(0.2)
+        if not answers_ok_within(f"{endpoint}/minio/health/live", process, timeout_s=60):
+            raise RuntimeError(f"minio did not start; see {data.parent / 'minio.log'}")
         server = S3Server(endpoint, BUCKET)
         server.client().create_bucket(Bucket=BUCKET)
         yield server
