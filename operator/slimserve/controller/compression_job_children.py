@@ -10,7 +10,6 @@ collector removes them: those are waited for, not reported.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,7 @@ def apply_child(api, manifest: dict[str, Any], owner: Owner) -> None:
     try:
         kube.apply_controlled(api, manifest, owner.uid)
     except kube.ChildConflict as conflict:
-        if _earlier_namesakes(api, manifest, owner):
+        if _earlier_namesake(conflict.live, owner):
             raise _wait_for_collection(manifest) from None
         raise Blocked(CHILD_CONFLICT, str(conflict)) from None
     except ApiException as exc:
@@ -82,24 +81,11 @@ def _earlier_namesake(obj: dict[str, Any], owner: Owner) -> bool:
     return ref.get("kind") == CompressionJob.kind and ref.get("name") == owner.name and ref.get("uid") != owner.uid
 
 
-def _earlier_namesakes(api, manifest: dict[str, Any], owner: Owner) -> bool:
-    """Is the object in the way of `manifest` an earlier namesake's? Found by the labels such a one carries
-    too: a list, the right `kube.apply_controlled` needs anyway."""
-    meta = manifest["metadata"]
-    selector = ",".join(f"{key}={value}" for key, value in sorted(meta["labels"].items()))
-    found = kube.list_objects(api, manifest["apiVersion"], manifest["kind"], meta["namespace"], label_selector=selector)
-    return any(obj["metadata"]["name"] == meta["name"] and _earlier_namesake(obj, owner) for obj in found)
-
-
 def _wait_for_collection(obj: dict[str, Any]) -> kopf.TemporaryError:
     what = f"{obj['kind']} {obj['metadata']['name']}"
     return kopf.TemporaryError(f"{what} belongs to an earlier CompressionJob of this name; waiting for it to go", delay=3)
 
 
 def _api_message(exc: ApiException) -> str:
-    """The API server's own message (its Status object's), else the HTTP status and reason."""
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (TypeError, ValueError):
-        message = None
-    return message or f"{exc.status} {exc.reason}"
+    """The API server's own message, else the HTTP status and reason."""
+    return kube.server_message(exc) or f"{exc.status} {exc.reason}"

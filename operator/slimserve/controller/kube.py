@@ -60,11 +60,14 @@ _RACE_ATTEMPTS = 3
 
 
 class ChildConflict(Exception):
-    """An object already holds the child's name and is not controlled by the resource applying it."""
+    """An object already holds the child's name and is not controlled by the resource applying it.
 
-    def __init__(self, kind: str, name: str, namespace: str, holder: str) -> None:
+    `live` is that object as read, so a caller can look at it further without reading it again."""
+
+    def __init__(self, kind: str, name: str, namespace: str, holder: str, live: dict[str, Any] | None = None) -> None:
         super().__init__(kind, name, namespace, holder)
         self.kind, self.name, self.namespace, self.holder = kind, name, namespace, holder
+        self.live = live
 
     def __str__(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name} exists and is controlled by {self.holder}"
@@ -112,7 +115,7 @@ def apply_controlled(api: client.ApiClient, manifest: dict[str, Any], owner_uid:
         live, version = read_named(api, manifest)
         if live is not None:
             if controller_uid(live) != owner_uid:
-                raise ChildConflict(kind, name, namespace, holder_of(live))
+                raise ChildConflict(kind, name, namespace, holder_of(live), live)
             reclaimed = reclaimed_managed_fields(live, manifest)
             if reclaimed is not None:
                 live = _replace_managed_fields(api, manifest, version, reclaimed)
@@ -319,24 +322,6 @@ def list_objects(
     return found.get("items") or []
 
 
-def delete(
-    api: client.ApiClient, api_version: str, kind: str, namespace: str, name: str, *, propagation: str = "Background"
-) -> bool:
-    """Delete the object (children by the garbage collector); False when it was already gone."""
-    try:
-        _call(
-            api,
-            "DELETE",
-            object_path(api_version, kind, namespace, name),
-            body={"propagationPolicy": propagation},
-        )
-        return True
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-
-
 def _call(
     api: client.ApiClient,
     method: str,
@@ -371,13 +356,17 @@ def namespace_terminating(exc: ApiException) -> bool:
     return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
 
 
-def api_message(exc: ApiException) -> str:
-    """The API server's own words for a failure (its Status message), with the HTTP status."""
+def server_message(exc: ApiException) -> str | None:
+    """The API server's own words for a failure: the message of the Status it answered with, if any."""
     try:
-        message = json.loads(exc.body or "{}").get("message")
+        return json.loads(exc.body or "{}").get("message") or None
     except (TypeError, ValueError, AttributeError):
-        message = None
-    return f"{exc.status} {message or exc.reason}"
+        return None
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own words for a failure, with the HTTP status."""
+    return f"{exc.status} {server_message(exc) or exc.reason}"
 
 
 def raise_for_api_error(exc: ApiException, what: str) -> None:
