@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from slimserve.api import CompressionJob
 from slimserve.controller import kube
+from slimserve.controller.backoff import doubling_delay
 
 # Reasons of Succeeded=False while a generation's Job cannot be made yet; retried with a doubling delay.
 CHILD_CONFLICT = "ChildConflict"
@@ -42,7 +43,7 @@ class Blocked(Exception):
 
 def retry_delay(retry: int) -> float:
     """Seconds before the next try of a blocked reconcile: doubling from the first, capped."""
-    return min(BLOCKED_RETRY_FIRST_SECONDS * 2 ** min(retry, 16), BLOCKED_RETRY_MAX_SECONDS)
+    return doubling_delay(BLOCKED_RETRY_FIRST_SECONDS, retry, BLOCKED_RETRY_MAX_SECONDS)
 
 
 def apply_child(api, manifest: dict[str, Any], owner: Owner) -> None:

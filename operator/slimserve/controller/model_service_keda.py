@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from slimserve.controller.backoff import doubling_delay
 from slimserve.controller.builders.model_service import CHILD_SELECTOR, SCALED_OBJECT_REF, controller_owner
 from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Key, Runtime, fingerprint
 
@@ -98,7 +99,7 @@ def check_keda(runtime: Runtime) -> list[Key]:
 
 def next_round_in(interval: float, failures: int, cap: float = FAILED_ROUND_CAP) -> float:
     """Seconds until the next round: `interval`, doubled for each failed round in a row, up to `cap`."""
-    return min(interval * 2 ** max(failures - 1, 0), max(cap, interval))
+    return doubling_delay(interval, failures - 1, max(cap, interval))
 
 
 async def follow_keda(runtime: Runtime, requeue: Callable[[Key], None], interval: float) -> None:

@@ -21,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slimserve.controller import kube
+from slimserve.controller.backoff import doubling_delay
 from slimserve.controller.builders.model_service import ChildRef, Owner
 from slimserve.controller.config import OperatorConfig
 from slimserve.controller.model_service_events import EventRecorder
@@ -155,7 +156,7 @@ class Runtime:
         """Seconds before retrying a pass whose children were refused: grows with each refusal in a row."""
         with self._guard:
             count = self.refused_passes[key] = self.refused_passes.get(key, 0) + 1
-        return min(REFUSED_RETRY_FIRST * 2 ** (count - 1), REFUSED_RETRY_CAP)
+        return doubling_delay(REFUSED_RETRY_FIRST, count - 1, REFUSED_RETRY_CAP)
 
     def applied(self, key: Key) -> None:
         with self._guard:
