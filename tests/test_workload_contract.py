@@ -16,6 +16,7 @@ import yaml
 from slimserve.api.workload import (
     DEFAULTS,
     PREFIX,
+    BatchEnv,
     CompressorEnv,
     EnvError,
     OperatorEnv,
@@ -41,6 +42,11 @@ COMPRESSOR = CompressorEnv(
     pvc_root="/data", cache="/var/cache/slimserve", home="/tmp", termination_log="/tmp/termination-log", debug=True,
     log_format="text",
 )
+BATCH = BatchEnv(
+    batch_spec='{"model":{"uri":"builtin://minilm-l6"}}', status_target="team-a/score", job_generation=3, shards=4,
+    artifact_digest="sha256:" + "cd" * 32, pvc_root="/data", cache="/var/cache/slimserve", home="/tmp",
+    log_format="json", shard_index=2,
+)
 OPERATOR = OperatorEnv(config="/etc/slimserve/config.yaml", watch_namespaces=("team-a", "team-b"), peering="slimserve",
                        log_level="info", log_format="json")
 
@@ -51,7 +57,7 @@ def as_environ(entries: list[dict[str, str]]) -> dict[str, str]:
     return {entry["name"]: entry["value"] for entry in entries}
 
 
-@pytest.mark.parametrize("env", [SERVER, COMPRESSOR, OPERATOR], ids=lambda env: type(env).__name__)
+@pytest.mark.parametrize("env", [SERVER, COMPRESSOR, BATCH, OPERATOR], ids=lambda env: type(env).__name__)
 def test_every_field_goes_through_the_environment_and_back(env):
     assert all(getattr(env, field.name) is not None for field in dataclasses.fields(env))  # the whole contract
     entries = env.to_env()
@@ -59,7 +65,7 @@ def test_every_field_goes_through_the_environment_and_back(env):
     assert type(env).from_env(as_environ(entries)) == env
 
 
-@pytest.mark.parametrize("env_type", [ServerEnv, CompressorEnv, OperatorEnv], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("env_type", [ServerEnv, CompressorEnv, BatchEnv, OperatorEnv], ids=lambda t: t.__name__)
 def test_unset_fields_write_nothing_and_read_back_unset(env_type):
     assert env_type().to_env() == []
     assert env_type.from_env({}) == env_type()
@@ -106,7 +112,10 @@ def test_a_value_that_cannot_be_read_names_its_variable(variable, text):
 
 def test_variables_that_two_programs_read_are_one_declaration():
     for name in ("pvc_root", "cache", "home", "log_format"):
-        assert ServerEnv.variable(name) is CompressorEnv.variable(name)
+        assert ServerEnv.variable(name) is CompressorEnv.variable(name) is BatchEnv.variable(name)
+    for name in ("status_target", "job_generation"):
+        assert CompressorEnv.variable(name) is BatchEnv.variable(name)
+    assert ServerEnv.variable("artifact_digest") is BatchEnv.variable("artifact_digest")
     assert ServerEnv.variable("log_level") is OperatorEnv.variable("log_level")
 
 

@@ -16,7 +16,7 @@ from slimserve.api import GROUP, VERSION
 REPO = Path(__file__).resolve().parents[2]
 INVALID = sorted((REPO / "tests/data/invalid").glob("*.yaml"))
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-PLURALS = {"CompressionJob": "compressionjobs", "ModelService": "modelservices"}
+PLURALS = {"CompressionJob": "compressionjobs", "ModelService": "modelservices", "BatchInference": "batchinferences"}
 
 pytestmark = pytest.mark.cluster
 
@@ -50,6 +50,9 @@ def test_api_server_accepts_examples_and_applies_defaults(custom_objects, namesp
         if doc["kind"] == "CompressionJob":
             assert created["spec"]["nodePool"] == "cpu" or doc["spec"].get("nodePool")
             assert "maxDrop" in created["spec"]["evaluation"]
+        elif doc["kind"] == "BatchInference":
+            assert created["spec"]["output"]["format"] in ("jsonl", "parquet")
+            assert created["spec"]["batchSize"] >= 1
         else:
             assert created["spec"]["batching"]["enabled"] is True
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from slimserve.api.batch_inference import BatchInference, BatchInferenceSpec, BatchInferenceStatus
 from slimserve.api.common import GROUP, VERSION
 from slimserve.api.compression_job import CompressionJob, CompressionJobSpec, CompressionJobStatus
 from slimserve.api.model_service import ModelService, ModelServiceSpec, ModelServiceStatus
@@ -169,8 +170,23 @@ def model_service_crd() -> dict[str, Any]:
     return build_crd(ModelService, ModelServiceSpec, ModelServiceStatus, columns)
 
 
+def batch_inference_crd() -> dict[str, Any]:
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
+        _condition_column("Succeeded", "True once every shard's part and the manifest are written."),
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progress",
+         "description": "Records scored of the total, e.g. 1200/5000."},
+        {"name": "Records/s", "type": "number", "jsonPath": ".status.recordsPerSecond",
+         "description": "Records scored per second since the start."},
+        {"name": "Shards", "type": "integer", "jsonPath": ".status.shards.total", "priority": 1,
+         "description": "Shards of this generation."},
+        _age_column(),
+    ]
+    return build_crd(BatchInference, BatchInferenceSpec, BatchInferenceStatus, columns)
+
+
 def all_crds() -> list[dict[str, Any]]:
-    return [compression_job_crd(), model_service_crd()]
+    return [compression_job_crd(), model_service_crd(), batch_inference_crd()]
 
 
 def render(crd: dict[str, Any]) -> str:

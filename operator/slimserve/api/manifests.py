@@ -9,13 +9,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from slimserve.api.batch_inference import BatchInference
 from slimserve.api.common import API_VERSION
 from slimserve.api.compression_job import CompressionJob
 from slimserve.api.field_errors import field_errors
 from slimserve.api.model_service import ModelService
 
-Resource = CompressionJob | ModelService
-KINDS: dict[str, type[Resource]] = {"CompressionJob": CompressionJob, "ModelService": ModelService}
+Resource = CompressionJob | ModelService | BatchInference
+KINDS: dict[str, type[Resource]] = {
+    "CompressionJob": CompressionJob, "ModelService": ModelService, "BatchInference": BatchInference,
+}
 
 
 class ManifestError(ValueError):
@@ -82,7 +85,7 @@ def parse_manifest(doc: Any, source: str = "manifest") -> Resource:
     kind = doc.get("kind")
     if doc.get("apiVersion") != API_VERSION or kind not in KINDS:
         raise ManifestError(
-            source, [f"apiVersion/kind: expected {API_VERSION} CompressionJob or ModelService, got {doc.get('apiVersion')} {kind}"]
+            source, [f"apiVersion/kind: expected {API_VERSION} {', '.join(KINDS)}, got {doc.get('apiVersion')} {kind}"]
         )
     if not (doc.get("metadata") or {}).get("name"):
         raise ManifestError(source, ["metadata.name: required"])

@@ -1,10 +1,10 @@
 """The contract between the operator and the pods it runs: every SLIMSERVE_* variable, typed once.
 
 A compression pod (`slimserve compress`) reads `CompressorEnv`, a server pod (`slimserve serve`) reads
-`ServerEnv`, the operator itself `OperatorEnv`. The builders write a pod's variables with `to_env()`; the
-command lines read them with `from_env()` (a flag given on the command line still wins over its variable).
-`DEFAULTS` is the one table of what a server does when a setting is unset: the CRD's batching defaults,
-the server's configuration and the builders read it.
+`ServerEnv`, a batch pod (`slimserve batch`) `BatchEnv`, the operator itself `OperatorEnv`. The builders
+write a pod's variables with `to_env()`; the command lines read them with `from_env()` (a flag given on the
+command line still wins over its variable). `DEFAULTS` is the one table of what a server does when a setting
+is unset: the CRD's batching defaults, the server's configuration and the builders read it.
 
 Light on purpose: the CLI reads it while it builds its parser, so it imports nothing but the standard library.
 """
@@ -125,6 +125,12 @@ def parse_generation(text: str) -> int:
     return int(text)
 
 
+def parse_count(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
 def parse_flag(_text: str) -> bool:
     return True  # any value turns it on (SLIMSERVE_DEBUG=1)
 
@@ -159,6 +165,9 @@ HOME = Variable("HOME")  # the root file system is read-only: what writes under 
 LOG_LEVEL = Variable(f"{PREFIX}LOG_LEVEL")
 LOG_FORMAT = Variable(f"{PREFIX}LOG_FORMAT", parse_log_format)  # text or JSON lines
 DEBUG = Variable(f"{PREFIX}DEBUG", parse_flag, lambda on: "1" if on else "")  # empty: unset, off
+ARTIFACT_DIGEST = Variable(f"{PREFIX}ARTIFACT_DIGEST")  # "sha256:...": refuse any other artifact
+STATUS_TARGET = Variable(f"{PREFIX}STATUS_TARGET")  # NAMESPACE/NAME of the resource whose status a pod patches
+JOB_GENERATION = Variable(f"{PREFIX}JOB_GENERATION", parse_generation)  # a status of an older one is ignored
 
 
 class PodEnv:
@@ -250,7 +259,7 @@ class ServerEnv(PodEnv):
         "pvc_root": PVC_ROOT,
         "cache": CACHE,
         "home": HOME,
-        "artifact_digest": Variable(f"{PREFIX}ARTIFACT_DIGEST"),
+        "artifact_digest": ARTIFACT_DIGEST,
         "metrics_port": Variable(f"{PREFIX}METRICS_PORT", parse_port),
         "max_body_bytes": Variable(f"{PREFIX}MAX_BODY_BYTES", int),
         "header_timeout_s": Variable(f"{PREFIX}HEADER_TIMEOUT_S", float, format_number),
@@ -279,14 +288,44 @@ class CompressorEnv(PodEnv):
 
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
         "job_spec": Variable(f"{PREFIX}JOB_SPEC"),
-        "status_target": Variable(f"{PREFIX}STATUS_TARGET"),
-        "job_generation": Variable(f"{PREFIX}JOB_GENERATION", parse_generation),
+        "status_target": STATUS_TARGET,
+        "job_generation": JOB_GENERATION,
         "pvc_root": PVC_ROOT,
         "cache": CACHE,
         "home": HOME,
         "termination_log": Variable(f"{PREFIX}TERMINATION_LOG"),
         "debug": DEBUG,
         "log_format": LOG_FORMAT,
+    }
+
+
+@_check_fields
+@dataclass(frozen=True)
+class BatchEnv(PodEnv):
+    """What `slimserve batch` reads in a BatchInference's pod (one index of its Indexed Job)."""
+
+    batch_spec: str | None = None  # the BatchInference's spec, JSON, the model resolved (see `job_spec_text`)
+    status_target: str | None = None  # NAMESPACE/NAME of the BatchInference whose shardProgress the pod patches
+    job_generation: int | None = None
+    shards: int | None = None  # how many shards the input is split into; this pod scores one
+    artifact_digest: str | None = None  # set when the model is a CompressionJob's artifact
+    pvc_root: str | None = None
+    cache: str | None = None
+    home: str | None = None
+    log_format: str | None = None
+    shard_index: int | None = None  # set by Kubernetes in each pod of an Indexed Job; the builder leaves it unset
+
+    VARIABLES: ClassVar[Mapping[str, Variable]] = {
+        "batch_spec": Variable(f"{PREFIX}BATCH_SPEC"),
+        "status_target": STATUS_TARGET,
+        "job_generation": JOB_GENERATION,
+        "shards": Variable(f"{PREFIX}SHARDS", parse_count),
+        "artifact_digest": ARTIFACT_DIGEST,
+        "pvc_root": PVC_ROOT,
+        "cache": CACHE,
+        "home": HOME,
+        "log_format": LOG_FORMAT,
+        "shard_index": Variable("JOB_COMPLETION_INDEX", parse_count),
     }
 
 
