@@ -24,16 +24,21 @@ from pydantic import ValidationError
 from slimserve.api import GROUP, CompressionJob, CompressionJobSpec
 from slimserve.api.field_errors import field_errors
 from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS
-from slimserve.api.uri import InvalidUri, parse_uri, pvc_claim
+from slimserve.api.uri import InvalidUri, parse_uri
 from slimserve.api.workload import CompressorEnv, job_spec_text
-from slimserve.controller.builders import (
-    bounded_name,
-    hardened_container_security_context,
-    hardened_pod_security_context,
-    pod_log_format,
-    pool_placement,
+from slimserve.controller.builders import bounded_name, pod_log_format
+from slimserve.controller.builders.job_pod import (
+    CACHE_DIR,
+    PYTHON_UNBUFFERED,
+    SCRATCH_DIR,
+    job_pod_resources,
+    job_pod_spec,
+    metadata,
+    s3_credentials_env,
+    status_access,
 )
-from slimserve.controller.config import NodePool, OperatorConfig
+from slimserve.controller.builders.job_pod import pvc_claims as claims_of
+from slimserve.controller.config import OperatorConfig
 from slimserve.controller.labels import merge_labels, standard_labels
 
 COMPONENT = "compressor"
@@ -41,10 +46,6 @@ CONTAINER_NAME = "compressor"
 GENERATION_LABEL = f"{GROUP}/generation"
 # A JSON object of annotations for the compression pod (sidecar opt-outs, autoscaler hints...).
 POD_ANNOTATIONS_ANNOTATION = f"{GROUP}/pod-annotations"
-
-SCRATCH_DIR = "/tmp"
-CACHE_DIR = "/var/cache/slimserve"
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 class InvalidSpec(ValueError):
@@ -136,46 +137,18 @@ def status_target(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def _metadata(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"name": name, "namespace": namespace, "labels": labels}
-
-
 # ---- the pod's access to its own status ---------------------------------------------------------------
 
 
 def build_access(*, name: str, namespace: str) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding that let the pod read and patch its own CompressionJob's status."""
-    account = service_account_name(name)
-    labels = compression_labels(name)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _metadata(account, namespace, labels),
-            # The pod opts in itself; nothing else using this account gets a token by accident.
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _metadata(account, namespace, labels),
-            "rules": [
-                {
-                    "apiGroups": [GROUP],
-                    "resources": [f"{CompressionJob.plural}/status"],
-                    "resourceNames": [name],
-                    "verbs": ["get", "patch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _metadata(account, namespace, labels),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-        },
-    ]
+    return status_access(
+        account=service_account_name(name),
+        namespace=namespace,
+        labels=compression_labels(name),
+        plural=CompressionJob.plural,
+        resource_name=name,
+    )
 
 
 # ---- the Job ------------------------------------------------------------------------------------------
@@ -194,37 +167,17 @@ def build_job(
     pool = config.node_pool(spec.node_pool)
     image = config.images.compressor_gpu if pool.has_gpu else config.images.compressor
     labels = merge_labels(compression_labels(name), {GENERATION_LABEL: str(generation)})
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": service_account_name(name),
-        "automountServiceAccountToken": True,  # the pod patches its CompressionJob's status
-        "enableServiceLinks": False,
-        "securityContext": hardened_pod_security_context(config),
-        "containers": [
-            {
-                "name": CONTAINER_NAME,
-                "image": image.reference,
-                "imagePullPolicy": image.pull_policy,
-                "command": ["slimserve"],
-                "args": ["compress"],
-                "env": _env(name=name, namespace=namespace, generation=generation, spec=spec, config=config),
-                "resources": compressor_resources(spec, pool, config),
-                "volumeMounts": [
-                    {"name": "scratch", "mountPath": SCRATCH_DIR},
-                    {"name": "cache", "mountPath": CACHE_DIR},
-                    *_claim_mounts(spec, config.pvc_mount_root),
-                ],
-                "securityContext": hardened_container_security_context(),
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }
-        ],
-        "volumes": [
-            {"name": "scratch", "emptyDir": {}},
-            {"name": "cache", "emptyDir": {}},
-            *_claim_volumes(spec),
-        ],
-        **pool_placement(pool, config),
-    }
+    pod_spec = job_pod_spec(
+        config=config,
+        pool=pool,
+        service_account=service_account_name(name),
+        container_name=CONTAINER_NAME,
+        image=image,
+        args=["compress"],
+        env=_env(name=name, namespace=namespace, generation=generation, spec=spec, config=config),
+        resources=job_pod_resources(spec.resources, pool, config),
+        claims=pvc_claims(spec),
+    )
     template_metadata = {
         "labels": labels,
         "annotations": {**(pod_annotations or {}), "kubectl.kubernetes.io/default-container": CONTAINER_NAME},
@@ -232,7 +185,7 @@ def build_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(job_name(name, generation), namespace, labels),
+        "metadata": metadata(job_name(name, generation), namespace, labels),
         "spec": {
             "backoffLimit": spec.backoff_limit,
             "activeDeadlineSeconds": spec.active_deadline_seconds,
@@ -254,57 +207,9 @@ def _env(
         home=SCRATCH_DIR,  # the root filesystem is read-only: what writes under $HOME (matplotlib, torch) uses scratch
         log_format=pod_log_format(config),
     )
-    env: list[dict[str, Any]] = [*pod_env.to_env(), {"name": "PYTHONUNBUFFERED", "value": "1"}]
-    secret = spec.s3.credentials_secret if spec.s3 else None
-    if secret is not None:
-        # Named keys, not envFrom: nothing else the Secret holds reaches the pod.
-        env.extend(
-            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}} for key in S3_SECRET_KEYS
-        )
-    return env
-
-
-def compressor_resources(spec: CompressionJobSpec, pool: NodePool, config: OperatorConfig) -> dict[str, Any]:
-    """The spec's resources; the configuration's request and limit for CPU or memory the spec names neither
-    of (Guaranteed with the shipped defaults); the pool's GPUs as a limit."""
-    given = spec.resources.to_json() if spec.resources else {}
-    defaults = config.compressor_resources
-    requests, limits = dict(given.get("requests") or {}), dict(given.get("limits") or {})
-    for resource in ("cpu", "memory"):
-        if resource in requests or resource in limits:
-            continue  # the user's values win, as given
-        if resource in (defaults.requests or {}):
-            requests[resource] = defaults.requests[resource]
-        if resource in (defaults.limits or {}):
-            limits[resource] = defaults.limits[resource]
-    if pool.gpu_resource_name:
-        limits.setdefault(pool.gpu_resource_name, pool.gpus_per_pod)
-    return {key: values for key, values in (("requests", requests), ("limits", limits)) if values}
+    return [*pod_env.to_env(), PYTHON_UNBUFFERED, *s3_credentials_env(spec.s3)]
 
 
 def pvc_claims(spec: CompressionJobSpec) -> dict[str, bool]:
     """Claims named by pvc:// URIs -> mounted read-only? Only the output's claim is writable."""
-    claims: dict[str, bool] = {}
-    for field, uri in _storage_uris(spec):
-        claim = pvc_claim(uri)
-        if claim is None:
-            continue
-        writable = field == "spec.output.uri"
-        claims[claim] = claims.get(claim, True) and not writable
-    return dict(sorted(claims.items()))
-
-
-def _claim_volumes(spec: CompressionJobSpec) -> list[dict[str, Any]]:
-    # Volumes are numbered, not named after claims: claim names may hold dots and run to 253 characters.
-    return [
-        {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
-        for index, (claim, read_only) in enumerate(pvc_claims(spec).items())
-    ]
-
-
-def _claim_mounts(spec: CompressionJobSpec, root: str) -> list[dict[str, Any]]:
-    return [
-        {"name": f"pvc-{index}", "mountPath": f"{root.rstrip('/')}/{claim}", "readOnly": read_only}
-        for index, (claim, read_only) in enumerate(pvc_claims(spec).items())
-    ]
-
+    return claims_of(_storage_uris(spec), writable_field="spec.output.uri")
