@@ -49,6 +49,26 @@ class InferenceFailed(ServingError):
     """The model raised on input that passed validation: a server-side fault."""
 
 
+class Unauthenticated(ServingError):
+    """No credential, a malformed one, or one that is not valid. `reason` labels the failure metric."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermissionDenied(ServingError):
+    """A valid credential without the right to call this service."""
+
+    reason = "forbidden"
+
+
+class AuthUnavailable(ServingError):
+    """The credential could not be checked (the Kubernetes API did not answer): try again, not a 401."""
+
+    reason = "unavailable"
+
+
 # The one place protocol status codes are decided.
 _STATUS: dict[type[ServingError], tuple[int, grpc.StatusCode]] = {
     InvalidInput: (400, grpc.StatusCode.INVALID_ARGUMENT),
@@ -60,6 +80,9 @@ _STATUS: dict[type[ServingError], tuple[int, grpc.StatusCode]] = {
     RouteNotFound: (404, grpc.StatusCode.UNIMPLEMENTED),
     MethodNotAllowed: (405, grpc.StatusCode.UNIMPLEMENTED),
     InferenceFailed: (500, grpc.StatusCode.INTERNAL),
+    Unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED),
+    PermissionDenied: (403, grpc.StatusCode.PERMISSION_DENIED),
+    AuthUnavailable: (503, grpc.StatusCode.UNAVAILABLE),
 }
 _UNEXPECTED = (500, grpc.StatusCode.INTERNAL)
 
