@@ -35,7 +35,7 @@ SERVER = ServerEnv(
     cors_origins=("https://app.example.com", "*"), shutdown_delay_s=5.0, drain_timeout_s=20.0, pvc_root="/data",
     cache="/var/cache/slimserve", home="/tmp", artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
     max_body_bytes=1 << 20, header_timeout_s=0.1, body_timeout_s=1e-3, torch_threads=2, log_level="DEBUG",
-    log_format="json", access_log=False,
+    log_format="json", access_log=False, tls_dir="/var/run/slimserve/tls", tls_client_auth="require", probe_port=8081,
 )
 COMPRESSOR = CompressorEnv(
     job_spec='{"model":{"uri":"builtin://digits-cnn"}}', status_target="team-a/digits", job_generation=7,
@@ -206,6 +206,9 @@ def test_the_server_cli_and_config_defaults_are_the_tables():
         expected = getattr(DEFAULTS, field.name)
         if field.name in ("grpc_web", "playground", "cors_origins"):
             assert getattr(config.web, field.name) == expected, field.name
+            continue
+        if field.name == "tls_client_auth":  # read with the TLS directory when the server starts
+            assert config.tls.client_auth == expected
             continue
         assert getattr(args, field.name) == expected, field.name
         if hasattr(config, field.name):

@@ -60,6 +60,11 @@ class ServerProcess:
     def grpc_url(self) -> str:
         return f"{HOST}:{self.grpc_port}"
 
+    @property
+    def ready_url(self) -> str:
+        """What `start()` waits for (a server whose HTTP port needs a client certificate has a plain probe port)."""
+        return f"http://{self.http_url}/v2/health/ready"
+
     def start(self, timeout_s: float = 120.0) -> "ServerProcess":
         command = [
             sys.executable, "-m", "slimserve.cli.main", "serve", "--artifact", self.artifact, "--host", HOST,
@@ -69,7 +74,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if answers_ok_within(f"http://{self.http_url}/v2/health/ready", self.process, timeout_s):
+        if answers_ok_within(self.ready_url, self.process, timeout_s):
             return self
         if self.process.poll() is not None:
             raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")

@@ -43,6 +43,7 @@ class Defaults:
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: bool = True  # one JSON line per request on stdout
+    tls_client_auth: str = "none"  # with TLS on: whether clients must present a certificate
     grpc_web: bool = False
     playground: bool = False
     cors_origins: tuple[str, ...] = ()  # CORS closed
@@ -106,6 +107,22 @@ def parse_origins(value: str | Iterable[str]) -> tuple[str, ...]:
         if origin not in origins:
             origins.append(origin)
     return tuple(origins)
+
+
+# TLS: a kubernetes.io/tls Secret's keys (cert-manager adds the issuing CA as ca.crt), mounted as files of one
+# directory. The operator checks the Secret has them; the server reads them from that directory.
+TLS_CERT_FILE = "tls.crt"
+TLS_KEY_FILE = "tls.key"
+TLS_CA_FILE = "ca.crt"  # verifies client certificates (clientAuth optional or require)
+TLS_CLIENT_AUTH_MODES = ("none", "optional", "require")
+
+
+def parse_client_auth(text: str) -> str:
+    """A client-certificate mode: none, optional (verified when presented) or require (any case)."""
+    value = text.strip().lower()
+    if value not in TLS_CLIENT_AUTH_MODES:
+        raise ValueError(f"client auth {text!r} is not one of {', '.join(TLS_CLIENT_AUTH_MODES)}")
+    return value
 
 
 LOG_FORMATS = ("text", "json")
@@ -241,6 +258,9 @@ class ServerEnv(PodEnv):
     log_level: str | None = None
     log_format: str | None = None
     access_log: bool | None = None
+    tls_dir: str | None = None  # TLS_CERT_FILE, TLS_KEY_FILE (and TLS_CA_FILE): serve every port over TLS
+    tls_client_auth: str | None = None
+    probe_port: int | None = None  # plain HTTP: health and /metrics only, for probes when clients need certificates
 
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
         "artifact": Variable(f"{PREFIX}ARTIFACT"),
@@ -268,6 +288,9 @@ class ServerEnv(PodEnv):
         "log_level": LOG_LEVEL,
         "log_format": LOG_FORMAT,
         "access_log": Variable(f"{PREFIX}ACCESS_LOG", parse_bool, format_bool),
+        "tls_dir": Variable(f"{PREFIX}TLS_DIR"),
+        "tls_client_auth": Variable(f"{PREFIX}TLS_CLIENT_AUTH", parse_client_auth),
+        "probe_port": Variable(f"{PREFIX}PROBE_PORT", parse_port),
     }
 
 

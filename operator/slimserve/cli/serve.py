@@ -16,6 +16,7 @@ from typing import Any
 
 from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_port
 from slimserve.cli.logs import configure_logging, log_format
+from slimserve.serving.tls import add_tls_arguments, probe_port, tls_options
 from slimserve.serving.web.options import add_web_arguments, web_options
 
 
@@ -108,6 +109,7 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
              f"[env {ACCESS_LOG}]",
     )
     add_web_arguments(parser)
+    add_tls_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
 
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout_s,
             body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,
             shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, access_log=args.access_log,
-            web=web_options(args),
+            web=web_options(args), tls=tls_options(args), probe_port=probe_port(args),
         )
     except ValueError as error:
         print(f"slimserve serve: {error}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slimserve.api.workload import DEFAULTS
+from slimserve.serving.tls import TlsOptions
 from slimserve.serving.web.options import WebOptions
 
 
@@ -29,6 +30,8 @@ class ServerConfig:
     access_log: bool = DEFAULTS.access_log  # one JSON line per request on stdout
     warmup_batch_sizes: tuple[int, ...] = (1,)
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
+    tls: TlsOptions = TlsOptions()  # plain text unless a directory of certificates is given
+    probe_port: int | None = None  # health and /metrics only, in plain HTTP (for probes under client-certificate TLS)
 
     def __post_init__(self) -> None:
         checks = {
@@ -36,6 +39,7 @@ class ServerConfig:
             "http_port": 0 <= self.http_port <= 65535,
             "grpc_port": 0 <= self.grpc_port <= 65535,
             "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
+            "probe_port": self.probe_port is None or 0 <= self.probe_port <= 65535,
             "max_batch_size": self.max_batch_size >= 1,
             "max_latency_ms": self.max_latency_ms >= 0,
             "max_body_bytes": self.max_body_bytes >= 1024,

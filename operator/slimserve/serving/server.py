@@ -41,7 +41,9 @@ from slimserve.serving.health import ServerHealth
 from slimserve.serving.http_timeouts import TimedHttpToolsProtocol
 from slimserve.serving.metrics import ServerMetrics
 from slimserve.serving.model import ServedModel, artifact_loader, example_inputs
-from slimserve.serving.rest import build_app
+from slimserve.serving.probes import probes_only
+from slimserve.serving.rest import ASGIApp, build_app
+from slimserve.serving.tls import CertificateReloader, TlsError
 from slimserve.serving.web.app import wrap_http_app
 
 log = logging.getLogger(__name__)
@@ -73,23 +75,20 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     call = ModelCaller(model.predict, executor, metrics)
     access_log = AccessLog(config.access_log)
     dataplane = build_dataplane(config, model, call, metrics, access_log)
+    try:
+        tls = CertificateReloader(config.tls, metrics.registry) if config.tls.enabled else None
+    except TlsError as error:
+        log.error("%s", error)
+        return 1
     health = ServerHealth([SERVICE_NAME])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    http = _Uvicorn(
-        uvicorn.Config(
-            wrap_http_app(build_app(dataplane, config.max_body_bytes), dataplane, config.web, config.max_body_bytes),
-            host=config.host, port=config.http_port,
-            lifespan="off", access_log=False, log_config=None, ws="none",
-            http=functools.partial(
-                TimedHttpToolsProtocol, header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s
-            ),
-            timeout_graceful_shutdown=config.drain_timeout_s,
-        )
-    )
+    rest_app = build_app(dataplane, config.max_body_bytes)
+    http = _http_server(config, wrap_http_app(rest_app, dataplane, config.web, config.max_body_bytes),
+                        tls.listening_context if tls else None)
     grpc_server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_body_bytes),
@@ -101,9 +100,17 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     add_inference_service(grpc_server, dataplane)
     await health.starting()
     health.add_to(grpc_server)
-    grpc_server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}")
+    grpc_address = f"{_grpc_host(config.host)}:{config.grpc_port}"
+    if tls is None:
+        grpc_server.add_insecure_port(grpc_address)
+    else:
+        grpc_server.add_secure_port(grpc_address, tls.grpc_credentials())
     await grpc_server.start()
-    http_task = loop.create_task(http.serve(sockets=[http_socket]), name="slimserve-http")
+    http_servers = [(http, http_socket)]
+    if config.probe_port is not None:
+        http_servers.append((_http_server(config, probes_only(rest_app), None), _listen(config.host, config.probe_port)))
+    http_tasks = [loop.create_task(server.serve(sockets=[sock]), name="slimserve-http") for server, sock in http_servers]
+    tls_watch = loop.create_task(tls.watch(), name="slimserve-tls-reload") if tls else None
     metrics_server = _start_metrics_port(config, dataplane)
     log.info("listening: REST on %s:%d, gRPC on %s:%d", config.host, config.http_port, config.host, config.grpc_port)
 
@@ -130,8 +137,11 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     await health.drain()
     if status == 0 and config.shutdown_delay_s > 0:
         await asyncio.sleep(config.shutdown_delay_s)
-    http.should_exit = True
-    await asyncio.gather(grpc_server.stop(config.drain_timeout_s), http_task)
+    for server, _sock in http_servers:
+        server.should_exit = True
+    if tls_watch is not None:
+        tls_watch.cancel()
+    await asyncio.gather(grpc_server.stop(config.drain_timeout_s), *http_tasks)
     await dataplane.runner.close()
     if metrics_server is not None:
         metrics_server.shutdown()
@@ -139,6 +149,20 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     access_log.close()
     log.info("stopped")
     return status
+
+
+def _http_server(config: ServerConfig, app: ASGIApp, ssl_context) -> _Uvicorn:
+    http_config = uvicorn.Config(
+        app, host=config.host, port=config.http_port,
+        lifespan="off", access_log=False, log_config=None, ws="none",
+        http=functools.partial(
+            TimedHttpToolsProtocol, header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s
+        ),
+        timeout_graceful_shutdown=config.drain_timeout_s,
+    )
+    http_config.load()
+    http_config.ssl = ssl_context  # our own context (TLS reloads swap what it hands each handshake), or None
+    return _Uvicorn(http_config)
 
 
 def _warmup_sizes(config: ServerConfig) -> tuple[int, ...]:
