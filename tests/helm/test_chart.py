@@ -69,7 +69,7 @@ def test_chart_crds_are_the_generated_ones():
 def test_install_includes_every_crd():
     crds = [o for o in render(None, "--include-crds") if o["kind"] == "CustomResourceDefinition"]
     names = {c["metadata"]["name"] for c in crds}
-    assert names == {"compressionjobs.slimserve.io", "modelservices.slimserve.io",
+    assert names == {"compressionjobs.slimserve.io", "modelservices.slimserve.io", "batchinferences.slimserve.io",
                      "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
 
 

@@ -9,7 +9,7 @@ from slimserve.api.crd import all_crds
 from tests.helm.chart import CHART, find, render
 from tests.helm.chart import template as helm_template
 
-SLIMSERVE_CRDS = {"compressionjobs.slimserve.io", "modelservices.slimserve.io"}
+SLIMSERVE_CRDS = {"compressionjobs.slimserve.io", "modelservices.slimserve.io", "batchinferences.slimserve.io"}
 KEEP = "helm.sh/resource-policy"
 
 

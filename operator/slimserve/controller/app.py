@@ -16,7 +16,7 @@ from slimserve.controller.model_service_state import Runtime as ModelServiceRunt
 from slimserve.kube.client import load_api_client
 
 # One module per resource; importing a module registers its handlers.
-HANDLER_MODULES: tuple[str, ...] = ("compression_job", "model_service")
+HANDLER_MODULES: tuple[str, ...] = ("compression_job", "model_service", "batch_inference")
 
 
 @dataclass

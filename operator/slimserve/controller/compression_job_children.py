@@ -1,4 +1,4 @@
-"""A CompressionJob's children are only ever its own.
+"""A CompressionJob's (or a BatchInference's) children are only ever its own.
 
 `apply_child` applies a child only where the CompressionJob controls it (`kube.apply_controlled`); an object
 of the child's name that another controls, or no one does, is left as it is and raised as `Blocked`
@@ -31,6 +31,7 @@ BLOCKED_RETRY_MAX_SECONDS = 120
 class Owner:
     name: str
     uid: str
+    kind: str = CompressionJob.kind
 
 
 class Blocked(Exception):
@@ -53,7 +54,7 @@ def apply_child(api, manifest: dict[str, Any], owner: Owner) -> None:
         kube.apply_controlled(api, manifest, owner.uid)
     except kube.ChildConflict as conflict:
         if _earlier_namesake(conflict.live, owner):
-            raise _wait_for_collection(manifest) from None
+            raise _wait_for_collection(manifest, owner) from None
         raise Blocked(CHILD_CONFLICT, str(conflict)) from None
     except ApiException as exc:
         if exc.status in (409, 429):
@@ -68,23 +69,23 @@ def check_controlled(obj: dict[str, Any], owner: Owner) -> None:
     if kube.controller_uid(obj) == owner.uid:
         return
     if _earlier_namesake(obj, owner):
-        raise _wait_for_collection(obj)
+        raise _wait_for_collection(obj, owner)
     meta = obj["metadata"]
     conflict = kube.ChildConflict(obj["kind"], meta["name"], meta["namespace"], kube.holder_of(obj))
     raise Blocked(CHILD_CONFLICT, str(conflict))
 
 
 def _earlier_namesake(obj: dict[str, Any], owner: Owner) -> bool:
-    """Controlled by a CompressionJob of this name that is gone (a name holds one object at a time), so the
+    """Controlled by an owner of this kind and name that is gone (a name holds one object at a time), so the
     garbage collector is about to remove it."""
     refs = obj["metadata"].get("ownerReferences") or []
     ref = next((ref for ref in refs if ref.get("controller")), {})
-    return ref.get("kind") == CompressionJob.kind and ref.get("name") == owner.name and ref.get("uid") != owner.uid
+    return ref.get("kind") == owner.kind and ref.get("name") == owner.name and ref.get("uid") != owner.uid
 
 
-def _wait_for_collection(obj: dict[str, Any]) -> kopf.TemporaryError:
+def _wait_for_collection(obj: dict[str, Any], owner: Owner) -> kopf.TemporaryError:
     what = f"{obj['kind']} {obj['metadata']['name']}"
-    return kopf.TemporaryError(f"{what} belongs to an earlier CompressionJob of this name; waiting for it to go", delay=3)
+    return kopf.TemporaryError(f"{what} belongs to an earlier {owner.kind} of this name; waiting for it to go", delay=3)
 
 
 def _api_message(exc: ApiException) -> str:

@@ -16,7 +16,7 @@ from slimserve.controller.conditions import FALSE, TRUE, UNKNOWN, condition_chan
 STARTED = "Started"
 SUCCEEDED = "Succeeded"
 # kstatus (Flux, kpt) knows nothing of Succeeded: it reads Reconciling=True as in progress and Stalled=True as
-# failed for good. Both are derived from the phase, in `_with_kstatus_conditions`.
+# failed for good. Both are derived from the phase, in `with_kstatus_conditions`.
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 IN_PROGRESS_PHASES = ("Pending", "Running")
@@ -61,7 +61,7 @@ def _waiting_for_job(status: dict[str, Any], generation: int, job_name: str) -> 
     conditions = set_condition(
         conditions, SUCCEEDED, UNKNOWN, "Pending", f"waiting for Job {job_name}", generation=generation
     )
-    conditions = _with_kstatus_conditions(conditions, "Pending", generation)
+    conditions = with_kstatus_conditions(conditions, "Pending", generation)
     return {"observedGeneration": generation, "phase": "Pending", "jobName": job_name, "conditions": conditions}
 
 
@@ -97,7 +97,7 @@ def _not_running(
     message = message[:MESSAGE_LIMIT]
     conditions = set_condition(status.get("conditions"), STARTED, FALSE, reason, message, generation=generation)
     conditions = set_condition(conditions, SUCCEEDED, FALSE, reason, message, generation=generation)
-    conditions = _with_kstatus_conditions(conditions, phase, generation)
+    conditions = with_kstatus_conditions(conditions, phase, generation)
     patch = {
         "observedGeneration": generation,
         "phase": phase,
@@ -105,7 +105,7 @@ def _not_running(
         "conditions": conditions,
         **{field: None for field in _RUN_FIELDS},
     }
-    return _changes(status, patch)
+    return changed_fields(status, patch)
 
 
 def status_from_job(
@@ -127,7 +127,7 @@ def status_from_job(
         return None  # a finished run is never rewritten
     job_status = job.get("status") or {}
     conditions = status.get("conditions")
-    started = _has_started(job_status) or (find_condition(conditions, STARTED) or {}).get("status") == TRUE
+    started = has_started(job_status) or (find_condition(conditions, STARTED) or {}).get("status") == TRUE
     patch: StatusPatch = {}
     if started:
         conditions = set_condition(
@@ -135,8 +135,8 @@ def status_from_job(
         )
         patch["startTime"] = status.get("startTime") or job_status.get("startTime")
 
-    complete = _job_condition(job_status, "Complete")
-    failed = _job_condition(job_status, "Failed")
+    complete = job_condition(job_status, "Complete")
+    failed = job_condition(job_status, "Failed")
     if complete is not None:
         artifact = status.get("artifact")
         if artifact:
@@ -162,15 +162,15 @@ def status_from_job(
             conditions, SUCCEEDED, UNKNOWN, "Running", "the compression pod is running", generation=generation
         )
         patch["phase"] = "Running"
-    patch["conditions"] = _with_kstatus_conditions(conditions, patch.get("phase", status.get("phase")), generation)
-    return _changes(status, patch)
+    patch["conditions"] = with_kstatus_conditions(conditions, patch.get("phase", status.get("phase")), generation)
+    return changed_fields(status, patch)
 
 
 def may_change_status(job: dict[str, Any], *, deleted: bool = False) -> bool:
     """False for a Job whose pod has not started yet: its status implies nothing new (saves a read per event)."""
     job_status = job.get("status") or {}
-    finished = _job_condition(job_status, "Complete") or _job_condition(job_status, "Failed")
-    return deleted or bool(finished) or _has_started(job_status)
+    finished = job_condition(job_status, "Complete") or job_condition(job_status, "Failed")
+    return deleted or bool(finished) or has_started(job_status)
 
 
 def failure_reason(failed_condition: dict[str, Any], pod: dict[str, Any] | None) -> tuple[str, str]:
@@ -178,7 +178,7 @@ def failure_reason(failed_condition: dict[str, Any], pod: dict[str, Any] | None)
     job_reason = failed_condition.get("reason") or ""
     reason = "DeadlineExceeded" if job_reason == "DeadlineExceeded" else "JobFailed"
     parts = [failed_condition.get("message") or job_reason or "the Job failed"]
-    terminated = _terminated_state(pod)
+    terminated = terminated_state(pod)
     if pod is not None and terminated is not None:
         text = (terminated.get("message") or "").strip()
         match = _REASON_PREFIX.match(text)
@@ -214,7 +214,7 @@ def condition_change_events(before: list[dict[str, Any]] | None, after: list[dic
     return events
 
 
-def _with_kstatus_conditions(conditions: list[dict[str, Any]], phase: str | None, generation: int) -> list[dict[str, Any]]:
+def with_kstatus_conditions(conditions: list[dict[str, Any]], phase: str | None, generation: int) -> list[dict[str, Any]]:
     """Reconciling and Stalled follow the phase (a Pending run that Succeeded=False holds up is stalled);
     their reason and message repeat Succeeded's."""
     succeeded = find_condition(conditions, SUCCEEDED) or {}
@@ -232,16 +232,16 @@ def _with_kstatus_conditions(conditions: list[dict[str, Any]], phase: str | None
     )
 
 
-def _has_started(job_status: dict[str, Any]) -> bool:
+def has_started(job_status: dict[str, Any]) -> bool:
     return any(job_status.get(count) for count in ("ready", "succeeded", "failed"))
 
 
-def _job_condition(job_status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+def job_condition(job_status: dict[str, Any], type_: str) -> dict[str, Any] | None:
     condition = find_condition(job_status.get("conditions"), type_)
     return condition if condition and condition.get("status") == TRUE else None
 
 
-def _terminated_state(pod: dict[str, Any] | None) -> dict[str, Any] | None:
+def terminated_state(pod: dict[str, Any] | None) -> dict[str, Any] | None:
     statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
     for container in statuses:
         terminated = (container.get("state") or {}).get("terminated")
@@ -250,7 +250,7 @@ def _terminated_state(pod: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-def _changes(status: dict[str, Any], patch: StatusPatch) -> StatusPatch | None:
+def changed_fields(status: dict[str, Any], patch: StatusPatch) -> StatusPatch | None:
     """Only the fields that differ from `status`; None when there are none."""
     changed = {key: value for key, value in patch.items() if status.get(key) != value}
     return changed or None
