@@ -13,7 +13,7 @@ import sys
 from slimserve import __version__
 
 # Subcommand modules, in the order `slimserve --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("run", "compress", "serve", "operator")
+SUBCOMMANDS: tuple[str, ...] = ("run", "compress", "serve", "batch", "operator")
 
 
 def build_parser() -> argparse.ArgumentParser:

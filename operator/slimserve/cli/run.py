@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
         help="compress and serve the models of a manifest file locally (no cluster)",
-        description="Run the CompressionJobs of FILE here (progress, metrics table, report), then serve its "
+        description="Run the CompressionJobs of FILE here (progress, metrics table, report), then score the "
+        "datasets of its BatchInferences (shards as processes, then the manifest), then serve its "
         "ModelService over REST and gRPC, send one self-check request, and keep serving until Ctrl-C. "
         "pvc://CLAIM/path maps to WORKDIR/pvc/CLAIM/path.",
     )

@@ -1,13 +1,15 @@
-"""What `slimserve run` does for a manifest file: which jobs to run and which model to serve."""
+"""What `slimserve run` does for a manifest file: which jobs to run, which datasets to score, which model to serve."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimserve.api.batch_inference import BatchInference, BatchInferenceSpec
 from slimserve.api.compression_job import CompressionJob
 from slimserve.api.manifests import load_manifests
 from slimserve.api.model_service import ModelService
+from slimserve.batch.manifests import with_model_uri
 
 
 class PlanError(ValueError):
@@ -17,6 +19,7 @@ class PlanError(ValueError):
 @dataclass(frozen=True)
 class LocalPlan:
     jobs: list[CompressionJob]  # run in file order
+    batches: list[tuple[str, BatchInferenceSpec]]  # (name, spec with the model's URI), run after the jobs
     service: ModelService | None
     serve_uri: str | None  # the artifact (or builtin model) the service serves
 
@@ -28,9 +31,10 @@ class LocalPlan:
 
 
 def plan_from_file(path: str | Path) -> LocalPlan:
-    """Read the manifests (ManifestError for invalid ones) and pair the service with its job."""
+    """Read the manifests (ManifestError for invalid ones) and pair the service and the batches with their jobs."""
     resources = load_manifests(path)
     jobs = [r for r in resources if isinstance(r, CompressionJob)]
+    batches = [(r.metadata["name"], with_model_uri(r, jobs, str(path))) for r in resources if isinstance(r, BatchInference)]
     services = [r for r in resources if isinstance(r, ModelService)]
     if len(services) > 1:
         names = ", ".join(s.metadata["name"] for s in services)
@@ -49,6 +53,6 @@ def plan_from_file(path: str | Path) -> LocalPlan:
                     f"CompressionJob {ref.name!r}, which is not in {path}"
                 )
             serve_uri = job.spec.output.uri
-    if not jobs and service is None:
-        raise PlanError(f"{path}: no CompressionJob or ModelService to run")
-    return LocalPlan(jobs=jobs, service=service, serve_uri=serve_uri)
+    if not jobs and not batches and service is None:
+        raise PlanError(f"{path}: no CompressionJob, BatchInference or ModelService to run")
+    return LocalPlan(jobs=jobs, batches=batches, service=service, serve_uri=serve_uri)

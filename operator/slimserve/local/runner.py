@@ -1,4 +1,4 @@
-"""`slimserve run`: the whole job on one machine — compress, report, serve, self-check.
+"""`slimserve run`: the whole job on one machine — compress, report, score the datasets, serve, self-check.
 
 The manifests are the ones a cluster takes. `pvc://CLAIM/path` maps to `<workdir>/pvc/CLAIM/path`, so the
 same file works here and with the operator.
@@ -17,6 +17,7 @@ from rich.console import Console
 from slimserve.api.model_service import BatchingSpec
 from slimserve.api.workload import PVC_ROOT
 from slimserve.artifacts.storage import resolve_uri
+from slimserve.batch.local import run_batch_locally
 from slimserve.compression import compress
 from slimserve.compression.progress import CompressionOutcome, RichProgressSink
 from slimserve.local.plan import LocalPlan
@@ -68,6 +69,13 @@ def run_plan(plan: LocalPlan, options: RunOptions, console: Console) -> int:
         report = json.loads((artifact_dir / "report.json").read_text(encoding="utf-8"))
         console.print(metrics_table(f"{name}: baseline vs compressed", outcome.metrics, report))
         console.print(f"report: {artifact_dir / 'report.json'}  picture: {artifact_dir / 'report.png'}")
+
+    for name, spec in plan.batches:
+        console.rule(f"BatchInference {name}: {spec.input.uri}")
+        result = run_batch_locally(spec)
+        console.print(f"{result.records} records in {result.shards} shards, {result.seconds:.1f} s "
+                      f"({result.records_per_second:.1f} records/s)")
+        console.print(f"manifest: {result.manifest_uri} ({result.manifest_digest})", soft_wrap=True)
 
     if plan.service is None:
         return 0

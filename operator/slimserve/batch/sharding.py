@@ -1,0 +1,36 @@
+"""Which records shard i of N scores, computed from the input listing alone, so every pod agrees unasked.
+
+Several files: contiguous runs of the sorted files, whole (shard i takes files [i*k/N, (i+1)*k/N)), so the
+parts in index order hold the records in input order; a shard left without a file writes an empty part.
+One file: N record ranges of it, [i*n/N, (i+1)*n/N).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from slimserve.batch.datasets import DataFile
+
+
+@dataclass(frozen=True)
+class FileRange:
+    file: DataFile
+    start: int
+    stop: int  # not included
+
+    @property
+    def records(self) -> int:
+        return self.stop - self.start
+
+
+def shard_ranges(files: list[DataFile], index: int, total: int, count: Callable[[DataFile], int]) -> list[FileRange]:
+    """The ranges shard `index` of `total` scores; `count(file)` is asked only for the files it needs."""
+    if not 0 <= index < total:
+        raise ValueError(f"shard index {index} is outside 0..{total - 1}")
+    if len(files) == 1:
+        (file,) = files
+        records = count(file)
+        return [FileRange(file, index * records // total, (index + 1) * records // total)]
+    first, last = index * len(files) // total, (index + 1) * len(files) // total
+    return [FileRange(file, 0, count(file)) for file in files[first:last]]
