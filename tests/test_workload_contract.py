@@ -36,6 +36,9 @@ SERVER = ServerEnv(
     cache="/var/cache/slimserve", home="/tmp", artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
     max_body_bytes=1 << 20, header_timeout_s=0.1, body_timeout_s=1e-3, torch_threads=2, log_level="DEBUG",
     log_format="json", access_log=False, tls_dir="/var/run/slimserve/tls", tls_client_auth="require", probe_port=8081,
+    service_name="digits", service_namespace="team-a", payload_log_url="http://sink.team-a:8080/events",
+    payload_log_mode="request", payload_log_sample_rate=0.25, payload_log_timeout_s=2.0,
+    tracing_endpoint="http://otel-collector.observability:4317", tracing_sample_rate=0.1,
 )
 COMPRESSOR = CompressorEnv(
     job_spec='{"model":{"uri":"builtin://digits-cnn"}}', status_target="team-a/digits", job_generation=7,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.serving_helpers import HOST, answers_ok_within, free_port
+from tests.serving.serving_helpers import HOST, answers_ok_within, free_port, stop_process
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
 SCRAPE_INTERVAL_S = 1
@@ -66,12 +66,7 @@ class Prometheus:
             time.sleep(SCRAPE_INTERVAL_S / 4)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="session")

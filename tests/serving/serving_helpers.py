@@ -164,3 +164,13 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
         chunks.append(chunk)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)

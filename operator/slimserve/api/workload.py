@@ -43,6 +43,10 @@ class Defaults:
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: bool = True  # one JSON line per request on stdout
+    payload_log_mode: str = "all"  # with a payload log URL: all, request or response
+    payload_log_sample_rate: float = 1.0  # of the requests whose payloads are logged
+    payload_log_timeout_s: float = 5.0  # longest wait for each socket operation with the sink
+    tracing_sample_rate: float = 1.0  # of the traces a server starts (a caller's sampled flag is followed)
     tls_client_auth: str = "none"  # with TLS on: whether clients must present a certificate
     grpc_web: bool = False
     playground: bool = False
@@ -122,6 +126,17 @@ def parse_client_auth(text: str) -> str:
     value = text.strip().lower()
     if value not in TLS_CLIENT_AUTH_MODES:
         raise ValueError(f"client auth {text!r} is not one of {', '.join(TLS_CLIENT_AUTH_MODES)}")
+    return value
+
+
+PAYLOAD_LOG_MODES = ("all", "request", "response")
+
+
+def parse_payload_log_mode(text: str) -> str:
+    """What a payload log sends: all, request or response (any case)."""
+    value = text.strip().lower()
+    if value not in PAYLOAD_LOG_MODES:
+        raise ValueError(f"payload log mode {text!r} is not one of {', '.join(PAYLOAD_LOG_MODES)}")
     return value
 
 
@@ -261,6 +276,14 @@ class ServerEnv(PodEnv):
     tls_dir: str | None = None  # TLS_CERT_FILE, TLS_KEY_FILE (and TLS_CA_FILE): serve every port over TLS
     tls_client_auth: str | None = None
     probe_port: int | None = None  # plain HTTP: health and /metrics only, for probes when clients need certificates
+    service_name: str | None = None  # the ModelService this server belongs to (payload log events, traces)
+    service_namespace: str | None = None
+    payload_log_url: str | None = None  # http(s):// sink of the CloudEvents; unset: payload logging off
+    payload_log_mode: str | None = None
+    payload_log_sample_rate: float | None = None
+    payload_log_timeout_s: float | None = None
+    tracing_endpoint: str | None = None  # OTLP/gRPC collector; unset: tracing off
+    tracing_sample_rate: float | None = None
 
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
         "artifact": Variable(f"{PREFIX}ARTIFACT"),
@@ -291,6 +314,14 @@ class ServerEnv(PodEnv):
         "tls_dir": Variable(f"{PREFIX}TLS_DIR"),
         "tls_client_auth": Variable(f"{PREFIX}TLS_CLIENT_AUTH", parse_client_auth),
         "probe_port": Variable(f"{PREFIX}PROBE_PORT", parse_port),
+        "service_name": Variable(f"{PREFIX}SERVICE_NAME"),
+        "service_namespace": Variable(f"{PREFIX}SERVICE_NAMESPACE"),
+        "payload_log_url": Variable(f"{PREFIX}PAYLOAD_LOG_URL"),
+        "payload_log_mode": Variable(f"{PREFIX}PAYLOAD_LOG_MODE", parse_payload_log_mode),
+        "payload_log_sample_rate": Variable(f"{PREFIX}PAYLOAD_LOG_SAMPLE_RATE", float, format_number),
+        "payload_log_timeout_s": Variable(f"{PREFIX}PAYLOAD_LOG_TIMEOUT_S", float, format_number),
+        "tracing_endpoint": Variable(f"{PREFIX}TRACING_ENDPOINT"),
+        "tracing_sample_rate": Variable(f"{PREFIX}TRACING_SAMPLE_RATE", float, format_number),
     }
 
 

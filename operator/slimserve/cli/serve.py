@@ -16,6 +16,7 @@ from typing import Any
 
 from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_port
 from slimserve.cli.logs import configure_logging, log_format
+from slimserve.serving.observability import add_observability_arguments, payload_log_settings, tracing_settings
 from slimserve.serving.tls import add_tls_arguments, probe_port, tls_options
 from slimserve.serving.web.options import add_web_arguments, web_options
 
@@ -110,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
     )
     add_web_arguments(parser)
     add_tls_arguments(parser)
+    add_observability_arguments(parser, environ)
     parser.set_defaults(handler=run)
     return parser
 
@@ -133,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,
             shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, access_log=args.access_log,
             web=web_options(args), tls=tls_options(args), probe_port=probe_port(args),
+            payload_log=payload_log_settings(args), tracing=tracing_settings(args),
         )
     except ValueError as error:
         print(f"slimserve serve: {error}", file=sys.stderr)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from slimserve.serving.metrics import ServerMetrics
+from slimserve.serving.tracing import NO_TRACE, RequestTrace, batch_span
 
 Arrays = dict[str, np.ndarray]
 Predict = Callable[[Arrays], Arrays]
@@ -141,6 +142,7 @@ class _Pending:
     inputs: Arrays
     rows: int
     future: asyncio.Future
+    trace: RequestTrace = NO_TRACE
     queued_at: float = field(default_factory=time.perf_counter)
 
     def fits_with(self, other: "_Pending") -> bool:
@@ -163,15 +165,15 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
+    async def submit(self, inputs: Arrays, rows: int, trace: RequestTrace = NO_TRACE) -> Arrays:
         """Run one validated request; returns its rows of the outputs."""
         if not self._queue and self._call.too_fast_to_batch:
-            self._metrics.batch_size.observe(rows)
-            return BatchOutputs(await self._call(inputs, rows), rows)
+            return await _run_alone(self._call, self._metrics, inputs, rows, trace)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="slimserve-batcher")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, rows, future))
+        trace.enqueued()
+        self._queue.append(_Pending(inputs, rows, future, trace))
         self._metrics.queue_depth.set(len(self._queue))
         self._wakeup.set()
         return await future
@@ -237,8 +239,11 @@ class Batcher:
         else:
             inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
         self._metrics.batch_size.observe(rows)
+        for pending in batch:
+            pending.trace.dequeued()
         try:
-            outputs = await self._call(inputs, rows)
+            with batch_span([pending.trace for pending in batch], rows):
+                outputs = await self._call(inputs, rows)
         except Exception as error:  # noqa: BLE001 - isolated below, reported per request
             if len(batch) == 1:
                 _resolve(batch[0].future, error=error)
@@ -253,13 +258,12 @@ class Batcher:
 
     async def _execute_one_by_one(self, batch: list[_Pending]) -> None:
         for pending in batch:
-            self._metrics.batch_size.observe(pending.rows)
             try:
-                result = await self._call(pending.inputs, pending.rows)
+                result = await _run_alone(self._call, self._metrics, pending.inputs, pending.rows, pending.trace)
             except Exception as error:  # noqa: BLE001 - belongs to this request only
                 _resolve(pending.future, error=error)
             else:
-                _resolve(pending.future, result=BatchOutputs(result, pending.rows))
+                _resolve(pending.future, result=result)
 
 
 class DirectRunner:
@@ -269,12 +273,20 @@ class DirectRunner:
         self._call = call
         self._metrics = metrics
 
-    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
-        self._metrics.batch_size.observe(rows)
-        return BatchOutputs(await self._call(inputs, rows), rows)
+    async def submit(self, inputs: Arrays, rows: int, trace: RequestTrace = NO_TRACE) -> Arrays:
+        return await _run_alone(self._call, self._metrics, inputs, rows, trace)
 
     async def close(self) -> None:
         pass
+
+
+async def _run_alone(
+    call: ModelCaller, metrics: ServerMetrics, inputs: Arrays, rows: int, trace: RequestTrace
+) -> BatchOutputs:
+    """One request as its own model call."""
+    metrics.batch_size.observe(rows)
+    with trace.batch([trace], rows):
+        return BatchOutputs(await call(inputs, rows), rows)
 
 
 def _resolve(future: asyncio.Future, result: Arrays | None = None, error: BaseException | None = None) -> None:

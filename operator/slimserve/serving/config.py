@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slimserve.api.workload import DEFAULTS
+from slimserve.serving.observability import PayloadLogSettings, TracingSettings
 from slimserve.serving.tls import TlsOptions
 from slimserve.serving.web.options import WebOptions
 
@@ -30,6 +31,8 @@ class ServerConfig:
     access_log: bool = DEFAULTS.access_log  # one JSON line per request on stdout
     warmup_batch_sizes: tuple[int, ...] = (1,)
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
+    payload_log: PayloadLogSettings | None = None  # inference payloads as CloudEvents to a sink (off)
+    tracing: TracingSettings | None = None  # OpenTelemetry traces to a collector (off)
     tls: TlsOptions = TlsOptions()  # plain text unless a directory of certificates is given
     probe_port: int | None = None  # health and /metrics only, in plain HTTP (for probes under client-certificate TLS)
 

@@ -7,6 +7,7 @@ batching and error decisions happen here (errors are `slimserve.serving.errors` 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from slimserve import __version__
 from slimserve.serving.access_log import AccessLog
@@ -16,6 +17,10 @@ from slimserve.serving.metrics import ServerMetrics
 from slimserve.serving.model import ServedModel
 from slimserve.serving.protocol import InferRequest, InferResponse, OutputTensor
 from slimserve.serving.tensors import as_datatype
+from slimserve.serving.tracing import NO_TRACE, NO_TRACING, RequestTrace, Tracing
+
+if TYPE_CHECKING:  # imported by the server only when payload logging is on
+    from slimserve.serving.payload_log import PayloadLogger
 from slimserve.serving.validation import validate
 
 SERVER_NAME = "slimserve"
@@ -28,13 +33,15 @@ EXTENSIONS = ("binary_tensor_data",)
 class DataPlane:
     def __init__(
         self, model: ServedModel, runner: Batcher | DirectRunner, metrics: ServerMetrics, max_batch_size: int,
-        access_log: AccessLog | None = None,
+        access_log: AccessLog | None = None, tracing: Tracing = NO_TRACING, payload_log: PayloadLogger | None = None,
     ) -> None:
         self.model = model
         self.runner = runner
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.access_log = access_log or AccessLog(enabled=False)  # every endpoint's one line per request
+        self.tracing = tracing  # inference requests' spans (NO_TRACING: off)
+        self.payload_log = payload_log  # inference payloads as CloudEvents (None: off)
         self.shutting_down = False
 
     # --- health -------------------------------------------------------------------------------
@@ -78,12 +85,12 @@ class DataPlane:
         if not self.model.ready:
             raise ModelNotReady(f"model {name!r} is not ready yet (warming up)")
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, trace: RequestTrace = NO_TRACE) -> InferResponse:
         """Validate, batch, run and package one complete request. Raises ServingError subclasses."""
         self.check_inference_target(request.model_name, request.model_version)
         checked = validate(request, self.model.info, self.max_batch_size)
         try:
-            results = await self.runner.submit(checked.inputs, checked.rows)
+            results = await self.runner.submit(checked.inputs, checked.rows, trace)
         except ValueError as error:  # the servable refused the input: the request's fault
             raise InvalidInput(str(error)) from error
         except BatchShapeError as error:

@@ -20,10 +20,15 @@ from slimserve.serving.errors import InvalidInput, client_message, grpc_status
 from slimserve.serving.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 from slimserve.serving.tensors import encode_raw
+from slimserve.serving.tracing import (
+    DECODE_SPAN, ENCODE_SPAN, GRPC_SPAN, NO_TRACE, TRACEPARENT, TRACESTATE, RequestTrace,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+# The payload log's content type of the messages it sends as they were received and returned.
+PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
 
 # Typed `InferTensorContents` field of each datatype (FP16/BF16 have none: raw only).
 CONTENTS_FIELD = {
@@ -145,12 +150,17 @@ class InferenceServicer:
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
         )
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context, trace: RequestTrace = NO_TRACE
+    ) -> pb.ModelInferResponse:
         # gRPC (and the gRPC-Web middleware) call this with the whole message received.
         self.dataplane.check_inference_target(request.model_name, request.model_version)
         with RequestTimer(self.dataplane.metrics, _protocol(context)):
-            response = await self.dataplane.infer(request_from_proto(request))
-            return response_to_proto(response, raw=bool(request.raw_input_contents))
+            with trace.phase(DECODE_SPAN):
+                parsed = request_from_proto(request)
+            response = await self.dataplane.infer(parsed, trace)
+            with trace.phase(ENCODE_SPAN):
+                return response_to_proto(response, raw=bool(request.raw_input_contents))
 
 
 _METHODS = {
@@ -171,14 +181,22 @@ def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: Data
     """Maps domain errors to gRPC status codes, counts and logs every call, and sends its request id back."""
     metrics, access_log = dataplane.metrics, dataplane.access_log
     model_field = _MODEL_FIELD.get(method)
+    inference = method == "ModelInfer"  # traced and payload-logged
 
     async def call(request, context: grpc.aio.ServicerContext):
         start = time.perf_counter()
-        rid = request_id(_sent_request_id(context))
+        sent = _sent_metadata(context)
+        rid = request_id(sent.get(REQUEST_ID_HEADER))
         reply_metadata = ((REQUEST_ID_HEADER, rid),)
         model = getattr(request, model_field) if model_field else None
+        response = None
         try:
-            response = await handler(request, context)
+            if inference:
+                trace = dataplane.tracing.start(GRPC_SPAN, sent.get(TRACEPARENT), sent.get(TRACESTATE), rid, model)
+                with trace:
+                    response = await handler(request, context, trace)
+            else:
+                response = await handler(request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             code = grpc_status(error)
             if code == grpc.StatusCode.INTERNAL:
@@ -186,10 +204,13 @@ def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: Data
             metrics.count(_protocol(context), method, code.name)
             access_log.record(rid, model, _protocol(context), code.value[0], time.perf_counter() - start)
             await context.abort(code, client_message(error), trailing_metadata=reply_metadata)
+        finally:
+            if inference and dataplane.payload_log is not None:
+                dataplane.payload_log.record(rid, model, request, PROTOBUF_CONTENT_TYPE, response, PROTOBUF_CONTENT_TYPE)
         await context.send_initial_metadata(reply_metadata)
         context.set_trailing_metadata(reply_metadata)
         metrics.count(_protocol(context), method, "OK")
-        batch_size = response.parameters[BATCH_SIZE_PARAMETER].int64_param if method == "ModelInfer" else None
+        batch_size = response.parameters[BATCH_SIZE_PARAMETER].int64_param if inference else None
         access_log.record(rid, model, _protocol(context), grpc.StatusCode.OK.value[0], time.perf_counter() - start,
                           batch_size)
         return response
@@ -197,11 +218,16 @@ def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: Data
     return call
 
 
-def _sent_request_id(context) -> str | bytes | None:
+_READ_METADATA = (REQUEST_ID_HEADER, TRACEPARENT, TRACESTATE)
+
+
+def _sent_metadata(context) -> dict[str, str | bytes]:
+    """The request id and trace context the client sent (first value of each)."""
+    sent: dict[str, str | bytes] = {}
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER:
-            return value
-    return None
+        if key in _READ_METADATA and key not in sent:
+            sent[key] = value
+    return sent
 
 
 def _protocol(context) -> str:

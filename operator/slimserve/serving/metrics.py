@@ -9,6 +9,7 @@ Names (the operator and dashboards depend on them):
 - slimserve_batch_size: rows per model call
 - slimserve_model_forward_seconds: duration of each model call
 - slimserve_model_ready: 1 once the model is loaded and warmed up
+- slimserve_payload_log_events_total{outcome}: payload log events sent, dropped (queue full) or failed (sink)
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class ServerMetrics:
             "slimserve_model_forward_seconds", "Duration of one model call.", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.model_ready = Gauge("slimserve_model_ready", "1 when the model is loaded and warmed up.", registry=r)
+        self.payload_log_events = Counter(
+            "slimserve_payload_log_events", "Payload log events by outcome: sent, dropped (queue full), failed (sink).",
+            ("outcome",), registry=r,
+        )
 
     def count(self, protocol: str, endpoint: str, code: str) -> None:
         self.requests.labels(protocol, endpoint, code).inc()

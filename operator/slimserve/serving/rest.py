@@ -28,6 +28,7 @@ from slimserve.serving.errors import (
     http_status,
 )
 from slimserve.serving.metrics import ServerMetrics
+from slimserve.serving.tracing import DECODE_SPAN, ENCODE_SPAN, REST_SPAN
 from slimserve.serving.rest_codec import HEADER_LENGTH, JSON_CONTENT_TYPE, dumps, parse_infer_request, render_infer_response
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class HttpRequest:
     receive: Callable
     params: dict[str, str]
     max_body_bytes: int
+    request_id: str = ""
 
     def header(self, name: bytes) -> str | None:
         return _header(self.scope, name)
@@ -157,7 +159,7 @@ class RestApp:
             response = _error_response(error)
         else:
             try:
-                response = await route.endpoint(HttpRequest(scope, receive, params, self.max_body_bytes))
+                response = await route.endpoint(HttpRequest(scope, receive, params, self.max_body_bytes, rid))
             except ConnectionAbortedError:
                 return
             except Exception as error:  # noqa: BLE001 - every failure becomes an error response
@@ -236,13 +238,25 @@ def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
         # In flight, and in the batch queue, only once the body is complete: a slow or stalled client
         # holds its own connection (until the server's body timeout), never anyone's batch.
         body = await request.body()
-        with RequestTimer(metrics, "rest"):
-            length = request.header(HEADER_LENGTH.encode())
-            if length is not None and not length.strip().isdigit():
-                raise InvalidInput(f"Inference-Header-Content-Length {length!r} is not a number")
-            parsed = parse_infer_request(body, int(length) if length is not None else None, name, version)
-            response = await dataplane.infer(parsed)
-            payload, content_type, header_length = render_infer_response(response)
+        payload = content_type = None
+        trace = dataplane.tracing.start(
+            REST_SPAN, request.header(b"traceparent"), request.header(b"tracestate"), request.request_id, name
+        )
+        try:
+            with trace, RequestTimer(metrics, "rest"):
+                length = request.header(HEADER_LENGTH.encode())
+                if length is not None and not length.strip().isdigit():
+                    raise InvalidInput(f"Inference-Header-Content-Length {length!r} is not a number")
+                with trace.phase(DECODE_SPAN):
+                    parsed = parse_infer_request(body, int(length) if length is not None else None, name, version)
+                response = await dataplane.infer(parsed, trace)
+                with trace.phase(ENCODE_SPAN):
+                    payload, content_type, header_length = render_infer_response(response)
+        finally:
+            if dataplane.payload_log is not None:
+                dataplane.payload_log.record(request.request_id, name, body,
+                                             request.header(b"content-type") or JSON_CONTENT_TYPE,
+                                             payload, content_type)
         headers = [] if header_length is None else [(HEADER_LENGTH.encode(), str(header_length).encode())]
         return HttpResponse(200, payload, content_type, headers, response.parameters[BATCH_SIZE_PARAMETER])
 

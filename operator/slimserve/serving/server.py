@@ -44,6 +44,7 @@ from slimserve.serving.model import ServedModel, artifact_loader, example_inputs
 from slimserve.serving.probes import probes_only
 from slimserve.serving.rest import ASGIApp, build_app
 from slimserve.serving.tls import CertificateReloader, TlsError
+from slimserve.serving.tracing import NO_TRACING
 from slimserve.serving.web.app import wrap_http_app
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,18 @@ def build_dataplane(
         runner = Batcher(call, metrics, config.max_batch_size, config.max_latency_ms / 1000)
     else:
         runner = DirectRunner(call, metrics)
-    return DataPlane(model, runner, metrics, config.max_batch_size, access_log)
+    # The senders are imported only when on: tracing off must not load the OpenTelemetry SDK.
+    tracing, payload_log = NO_TRACING, None
+    if config.tracing is not None:
+        from slimserve.serving.tracing_otel import OtelTracing
+
+        tracing = OtelTracing(config.tracing)
+    if config.payload_log is not None:
+        from slimserve.serving.payload_log import PayloadLogger
+
+        payload_log = PayloadLogger(config.payload_log, metrics)
+    return DataPlane(model, runner, metrics, config.max_batch_size, access_log, tracing, payload_log)
+
 
 
 async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
@@ -147,6 +159,9 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
         metrics_server.shutdown()
     executor.shutdown(wait=False, cancel_futures=True)
     access_log.close()
+    if dataplane.payload_log is not None:
+        dataplane.payload_log.close()
+    dataplane.tracing.close()
     log.info("stopped")
     return status
 

@@ -1,0 +1,230 @@
+"""Payload logging on a real `slimserve serve` process: REST, gRPC and gRPC-Web requests and responses reach a
+real HTTP sink as CloudEvents in KServe's logger format, sampled by request id; a dead sink or a full queue
+counts its events as failed or dropped and never fails a request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import numpy as np
+import pytest
+from cloudevents.core.bindings.http import HTTPMessage, from_binary_event
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from serving_helpers import HOST, ServerProcess, free_port, metric_samples, request
+from tests.web.grpc_web_helpers import BINARY, call, frame
+
+from slimserve.serving.metrics import ServerMetrics
+from slimserve.serving.observability import PayloadLogSettings
+from slimserve.serving.payload_log import REQUEST_EVENT, RESPONSE_EVENT, PayloadLogger, sampled
+
+MODEL = "digits-mlp"
+PIXELS = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 64)
+SAMPLE_RATE = 0.5
+SOURCE = "/apis/slimserve.io/v1alpha1/namespaces/team-a/modelservices/digits"
+
+
+class Sink:
+    """A real HTTP server that keeps every POST it gets (headers lower-cased, body); `hold` makes it stall."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[dict[str, str], bytes]] = []
+        self.hold = threading.Event()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if sink.stalling:
+                    sink.hold.wait()
+                sink.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.stalling = False
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{HOST}:{self.server.server_address[1]}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def by_id(self, request_id: str) -> dict[str, object]:
+        """The CloudEvents of one request id, parsed by the CloudEvents SDK, by type."""
+        found = {}
+        for headers, body in list(self.events):
+            event = from_binary_event(HTTPMessage(headers, body))
+            if event.get_id() == request_id:
+                found[event.get_type()] = (event, headers)
+        return found
+
+    def close(self) -> None:
+        self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def sink():
+    sink = Sink()
+    yield sink
+    sink.close()
+
+
+@pytest.fixture(scope="module")
+def server(server_logs, sink):
+    server = ServerProcess(
+        f"builtin://{MODEL}", server_logs, "--grpc-web", "--payload-log-url", sink.url,
+        "--payload-log-sample-rate", str(SAMPLE_RATE),
+        env={"SLIMSERVE_SERVICE_NAME": "digits", "SLIMSERVE_SERVICE_NAMESPACE": "team-a"},
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def logged_ids(count: int, prefix: str, rate: float = SAMPLE_RATE) -> list[str]:
+    """`count` request ids that the sampler logs at `rate`."""
+    ids, n = [], 0
+    while len(ids) < count:
+        if sampled(f"{prefix}-{n}", rate):
+            ids.append(f"{prefix}-{n}")
+        n += 1
+    return ids
+
+
+def events_of(sink: Sink, request_id: str, types: int = 2, timeout_s: float = 10) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = sink.by_id(request_id)
+        if len(found) >= types:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"{types} events of {request_id!r} did not arrive: {sink.by_id(request_id)}")
+
+
+def rest_body() -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": PIXELS.ravel().tolist()}]}
+    ).encode()
+
+
+def grpc_request() -> service_pb2.ModelInferRequest:
+    message = service_pb2.ModelInferRequest(model_name=MODEL)
+    message.inputs.add(name="input", datatype="FP32", shape=list(PIXELS.shape))
+    message.raw_input_contents.append(PIXELS.tobytes())
+    return message
+
+
+def assert_kserve_attributes(event, headers: dict[str, str], event_type: str, content_type: str) -> None:
+    assert event.get_type() == event_type and event.get_specversion() == "1.0"
+    assert event.get_source() == SOURCE
+    assert headers["content-type"] == content_type
+    extensions = event.get_extension
+    assert (extensions("inferenceservicename"), extensions("namespace")) == ("digits", "team-a")
+    assert (extensions("component"), extensions("endpoint")) == ("predictor", "default")
+    assert headers["ce-time"]
+
+
+def test_rest_request_and_response_arrive_as_kserve_cloudevents(server, sink):
+    (rid,) = logged_ids(1, "rest")
+    body = rest_body()
+    status, headers, answer = request(server.http_url, "POST", f"/v2/models/{MODEL}/infer", body,
+                                      {"Content-Type": "application/json", "X-Request-Id": rid})
+    assert status == 200 and headers["x-request-id"] == rid
+    events = events_of(sink, rid)
+    (sent, sent_headers), (returned, returned_headers) = events[REQUEST_EVENT], events[RESPONSE_EVENT]
+    assert_kserve_attributes(sent, sent_headers, REQUEST_EVENT, "application/json")
+    assert_kserve_attributes(returned, returned_headers, RESPONSE_EVENT, "application/json")
+    assert sent.get_data() == json.loads(body)
+    assert returned.get_data() == json.loads(answer)
+
+
+def test_grpc_and_grpc_web_payloads_arrive_as_their_protobuf_messages(server, sink):
+    grpc_id, web_id = logged_ids(2, "proto")
+    message = grpc_request()
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(message, metadata=(("x-request-id", grpc_id),), timeout=10)
+    web = call(server.http_url, "ModelInfer", frame(message.SerializeToString()), BINARY,
+               headers={"X-Request-Id": web_id})
+    assert web.http_status == 200 and web.trailers["grpc-status"] == "0"
+    for rid, response in ((grpc_id, answer), (web_id, service_pb2.ModelInferResponse.FromString(web.messages[0]))):
+        events = events_of(sink, rid)
+        (sent, sent_headers), (returned, returned_headers) = events[REQUEST_EVENT], events[RESPONSE_EVENT]
+        assert_kserve_attributes(sent, sent_headers, REQUEST_EVENT, "application/x-protobuf")
+        assert_kserve_attributes(returned, returned_headers, RESPONSE_EVENT, "application/x-protobuf")
+        assert service_pb2.ModelInferRequest.FromString(sent.get_data()) == message
+        assert service_pb2.ModelInferResponse.FromString(returned.get_data()) == response
+
+
+def test_sampling_logs_exactly_the_requests_whose_id_it_picks(server, sink):
+    ids = [f"sampled-{n}" for n in range(120)]
+    for rid in ids:
+        status, _headers, _body = request(server.http_url, "POST", f"/v2/models/{MODEL}/infer", rest_body(),
+                                          {"Content-Type": "application/json", "X-Request-Id": rid})
+        assert status == 200
+    picked = {rid for rid in ids if sampled(rid, SAMPLE_RATE)}
+    assert 30 < len(picked) < 90  # the hash spreads ids: about half of them
+    events_of(sink, max(picked, key=lambda rid: int(rid.split("-")[1])))  # the last one logged has arrived
+    received = {event[0].get_id() for event in
+                (sink.by_id(rid).get(REQUEST_EVENT) for rid in ids) if event is not None}
+    assert received == picked
+
+
+def test_a_dead_sink_fails_events_but_no_request(server_logs):
+    dead = f"http://{HOST}:{free_port()}/events"  # nothing listens there
+    server = ServerProcess(f"builtin://{MODEL}", server_logs, "--payload-log-url", dead,
+                           "--payload-log-timeout-s", "1").start()
+    try:
+        for n in range(5):
+            status, _headers, _body = request(server.http_url, "POST", f"/v2/models/{MODEL}/infer", rest_body(),
+                                              {"Content-Type": "application/json"})
+            assert status == 200
+        failed = 'slimserve_payload_log_events_total{outcome="failed"}'
+        deadline = time.monotonic() + 20
+        while metric_samples(server.http_url).get(failed, 0) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        samples = metric_samples(server.http_url)
+        assert samples[failed] == 10  # a request and a response event each
+        assert samples.get('slimserve_payload_log_events_total{outcome="sent"}', 0) == 0
+    finally:
+        server.stop()
+
+
+def test_a_full_queue_drops_and_counts_and_never_waits(sink):
+    """The logger itself (a queue of 3) in front of a sink that stalls: record() returns at once, the
+    overflow is counted as dropped, and what was queued is sent once the sink answers again."""
+    sink.stalling = True
+    sink.hold.clear()
+    metrics = ServerMetrics()
+    logger = PayloadLogger(PayloadLogSettings(sink.url, mode="request"), metrics, max_queued=3)
+    before = len(sink.events)
+    try:
+        started = time.monotonic()
+        logger.record("held-0", MODEL, b"{}", "application/json", None, "application/json")
+        while logger.queued:  # the sender took the first event and waits for the sink with it
+            time.sleep(0.01)
+        for n in range(1, 11):
+            logger.record(f"held-{n}", MODEL, b"{}", "application/json", None, "application/json")
+        assert time.monotonic() - started < 2  # never waited for the stalled sink
+        assert events(metrics, "dropped") == 7  # 1 in flight, 3 queued, 7 over
+    finally:
+        sink.stalling = False
+        sink.hold.set()
+        logger.close()
+    assert len(sink.events) - before == 4
+    assert events(metrics, "sent") == 4
+
+
+def events(metrics: ServerMetrics, outcome: str) -> float:
+    return metrics.registry.get_sample_value("slimserve_payload_log_events_total", {"outcome": outcome}) or 0
