@@ -19,6 +19,7 @@ from slimserve.api.common import (
 )
 from slimserve.api.compression_job import DEFAULT_NODE_POOL
 from slimserve.api.storage import S3Spec
+from slimserve.api.workload import PAYLOAD_LOG_MODES
 from slimserve.api.workload import CORS_ORIGIN_PATTERN, DEFAULTS
 
 
@@ -130,6 +131,37 @@ class ProtocolsSpec(SpecModel):
     )
 
 
+class PayloadLoggingSpec(SpecModel):
+    """Inference requests and responses as CloudEvents, in KServe's logger format, to an HTTP sink."""
+
+    url: str = Field(
+        pattern=r"^https?://[^\s/?#]+(/[^\s]*)?$", max_length=2048,
+        description="Sink the events are POSTed to, e.g. http://message-dumper.default.svc.cluster.local.",
+    )
+    mode: Literal[PAYLOAD_LOG_MODES] = Field(
+        default=DEFAULTS.payload_log_mode,
+        description="all: requests and responses; request or response: only those.",
+    )
+    sample_rate: float = Field(
+        default=DEFAULTS.payload_log_sample_rate, gt=0.0, le=1.0,
+        description="Share of requests logged, chosen by request id (a request and its response together), e.g. 0.1.",
+    )
+
+
+class TracingSpec(SpecModel):
+    """OpenTelemetry traces of inference requests, exported over OTLP/gRPC."""
+
+    endpoint: str = Field(
+        pattern=r"^https?://[^\s/?#]+/?$", max_length=2048,
+        description="OTLP/gRPC endpoint of a collector, e.g. http://otel-collector.observability:4317 "
+        "(http:// is plain text).",
+    )
+    sample_rate: float = Field(
+        default=DEFAULTS.tracing_sample_rate, ge=0.0, le=1.0,
+        description="Share of new traces sampled, e.g. 0.1; a caller's traceparent decides for its own requests.",
+    )
+
+
 class ModelServiceSpec(SpecModel):
     """Desired inference service."""
 
@@ -152,6 +184,10 @@ class ModelServiceSpec(SpecModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec, json_schema_extra={"default": {}}, description="Dynamic batching of requests.")
     protocols: ProtocolsSpec = Field(default_factory=ProtocolsSpec, json_schema_extra={"default": {}}, description="Extra endpoints.")
     s3: S3Spec | None = Field(default=None, description="Object-store access for an s3:// model URI.")
+    payload_logging: PayloadLoggingSpec | None = Field(
+        default=None, description="Send inference payloads as CloudEvents to a sink; unset: off."
+    )
+    tracing: TracingSpec | None = Field(default=None, description="Export OpenTelemetry traces; unset: off.")
 
 
 class ModelServiceStatus(StatusModel):

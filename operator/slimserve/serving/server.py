@@ -5,8 +5,7 @@ Life cycle:
    health says NOT_SERVING);
 2. load the artifact (digests verified by the loader) and warm it up on a worker thread; then ready
    (gRPC health: SERVING).
-   A load failure exits with status 1 and the reason in the log; so does a device asked for (`--device
-   cuda`) that the process cannot use: it never serves on the CPU instead;
+   A load failure exits with status 1 and the reason in the log;
 3. on SIGTERM or SIGINT: report not ready (gRPC health: NOT_SERVING); keep serving for `shutdown_delay_s`
    (lets Kubernetes take the pod out of its endpoints first); stop accepting; let in-flight requests
    finish (at most `drain_timeout_s`); exit 0.
@@ -82,9 +81,7 @@ def build_dataplane(
 
 async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
-    model = model or ServedModel(
-        config.artifact, config.model_name, artifact_loader(config.artifact_digest, config.device, config.cuda_graphs)
-    )
+    model = model or ServedModel(config.artifact, config.model_name, artifact_loader(config.artifact_digest))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-model")
     metrics = ServerMetrics()
     call = ModelCaller(model.predict, executor, metrics)
@@ -144,9 +141,7 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     elif load.done():
         dataplane.metrics.model_ready.set(1)
         await health.ready()
-        if model.info.device.startswith("cuda"):
-            dataplane.metrics.watch_gpu_memory(model.info.device)
-        log.info("ready: model %r on %s in %s", model.name, model.info.device, model.info.precision)
+        log.info("ready: model %r", model.name)
         await stopped
     log.info("shutting down: not ready; draining in-flight requests (at most %.1fs)", config.drain_timeout_s)
     dataplane.shutting_down = True

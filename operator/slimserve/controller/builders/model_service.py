@@ -26,7 +26,6 @@ from slimserve.controller.builders import (
     hardened_container_security_context,
     hardened_pod_security_context,
     pod_log_format,
-    pool_device,
     pool_placement,
 )
 from slimserve.controller.config import NodePool, OperatorConfig
@@ -241,9 +240,7 @@ def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any
     return {"requests": requests, "limits": limits}
 
 
-def server_env(
-    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
-) -> list[dict[str, Any]]:
+def server_env(owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, config: OperatorConfig) -> list[dict[str, Any]]:
     batching, protocols = spec.batching, spec.protocols
     env = ServerEnv(
         artifact=model.uri,
@@ -265,7 +262,7 @@ def server_env(
         # The server refuses anything else: a pod never serves an artifact rewritten in place under the URI.
         artifact_digest=model.digest or None,
         log_format=pod_log_format(config),
-        device=pool_device(pool),
+        **observability_settings(owner, spec),
     )
     return env.to_env() + s3_env(spec)
 
@@ -308,7 +305,7 @@ def server_container(
         "image": image.reference,
         "imagePullPolicy": image.pull_policy,
         "command": ["slimserve", "serve"],
-        "env": server_env(owner, spec, model, pool, config),
+        "env": server_env(owner, spec, model, config),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -529,3 +526,19 @@ def desired_children(
         children.delete.append(ChildRef(*PDB_REF, name))
     return children
 
+
+# ---- payload logging and tracing ----------------------------------------------------------------------
+
+
+def observability_settings(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
+    """The server's payload log and tracing settings, and the ModelService they name; none when both are off."""
+    logging, tracing = spec.payload_logging, spec.tracing
+    if logging is None and tracing is None:
+        return {}
+    settings: dict[str, Any] = {"service_name": owner.name, "service_namespace": owner.namespace}
+    if logging is not None:
+        settings |= {"payload_log_url": logging.url, "payload_log_mode": logging.mode,
+                     "payload_log_sample_rate": logging.sample_rate}
+    if tracing is not None:
+        settings |= {"tracing_endpoint": tracing.endpoint, "tracing_sample_rate": tracing.sample_rate}
+    return settings
