@@ -46,11 +46,11 @@ from slimserve.controller.builders.compression_job import (
     parse_pod_annotations,
 )
 from slimserve.controller.compression_job_children import Blocked, Owner, apply_child, check_controlled, retry_delay
-from slimserve.controller.compression_job_status import condition_change_events, is_finished, may_change_status
+from slimserve.controller.compression_job_status import is_finished, may_change_status
+from slimserve.controller.job_runs import for_generation, job_owner, retire_job, write_status
 from slimserve.controller.labels import MANAGED_BY
 from slimserve.controller.model_service_reconcile import read_custom
 from slimserve.controller.model_service_status import resolve_compression_job, resolve_model_uri
-from slimserve.kube.status import Derive, update_status
 
 PLURAL = BatchInference.plural
 JOB_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}
@@ -110,14 +110,14 @@ def reconcile_batch_inference(
     )
     kopf.adopt([*access, job], owner=body)
     try:
-        _retire_job(memo.api, namespace, previous_job, keep=desired, owner_uid=owner.uid)
+        retire_job(memo.api, namespace, previous_job, keep=desired, owner_uid=owner.uid)
         for manifest in access:
             apply_child(memo.api, manifest, owner)
         existing = kube.read(memo.api, "batch/v1", "Job", namespace, desired)
         if existing is not None:
             check_controlled(existing, owner)
         # Status before the Job: the Job's events are applied only once the status speaks of this generation.
-        current, _ = _write_status(memo.api, namespace, name, lambda binf: _for_generation(
+        current, _ = write_status(memo.api, PLURAL, namespace, name, lambda binf: for_generation(
             binf, generation, pending_status, job_name=desired, shards=parsed.shard_count,
             model_uri=model.uri, model_digest=model.digest,
         ))
@@ -125,12 +125,12 @@ def reconcile_batch_inference(
             return  # the spec changed again meanwhile; the newer generation's reconcile takes over
         if existing is None:
             apply_child(memo.api, job, owner)
-        _write_status(memo.api, namespace, name, lambda binf: _for_generation(
+        write_status(memo.api, PLURAL, namespace, name, lambda binf: for_generation(
             binf, generation, unblocked_status, job_name=desired
         ))
     except Blocked as blocked:
         try:
-            _write_status(memo.api, namespace, name, lambda binf: _for_generation(
+            write_status(memo.api, PLURAL, namespace, name, lambda binf: for_generation(
                 binf, generation, blocked_status, job_name=desired, reason=blocked.reason, message=str(blocked)
             ))
         except ApiException:
@@ -143,8 +143,8 @@ def reconcile_batch_inference(
 def _settle(api, namespace: str, name: str, owner: Owner, previous_job: str | None, generation: int, derive, **kwargs) -> None:
     """No Job for this generation (yet): a running one of an earlier generation is stopped; the status says why."""
     try:
-        _retire_job(api, namespace, previous_job, keep=None, owner_uid=owner.uid)
-        _write_status(api, namespace, name, lambda binf: _for_generation(binf, generation, derive, **kwargs))
+        retire_job(api, namespace, previous_job, keep=None, owner_uid=owner.uid)
+        write_status(api, PLURAL, namespace, name, lambda binf: for_generation(binf, generation, derive, **kwargs))
     except ApiException as exc:
         kube.raise_for_api_error(exc, f"BatchInference {namespace}/{name}")
 
@@ -157,7 +157,7 @@ def follow_batch_job(
     body: kopf.Body, type: str | None, namespace: str, labels: kopf.Labels, memo: OperatorMemo, logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    owner = _batch_inference_owner(body)
+    owner = job_owner(body, BatchInference.kind)
     if owner is None or GENERATION_LABEL not in labels or not may_change_status(body, deleted=type == "DELETED"):
         return
     _refresh(memo.api, namespace, owner["name"], dict(body), owner_uid=owner["uid"],
@@ -199,43 +199,11 @@ def _refresh(
         )
 
     try:
-        _write_status(api, namespace, name, derive)
+        write_status(api, PLURAL, namespace, name, derive)
     except ApiException as exc:
         if exc.status != 404:  # 404: the BatchInference is gone and its Jobs with it
             # Kopf never retries event handlers; the next event, or the listing after a restart, repairs it.
             logger.error(f"could not update BatchInference {namespace}/{name}: {exc.status} {exc.reason}")
-
-
-def _for_generation(batch_inference: dict[str, Any], generation: int, derive, **kwargs: Any) -> dict[str, Any] | None:
-    """Derive a status only while the object is still at `generation` (else a newer reconcile is coming)."""
-    if batch_inference["metadata"].get("generation") != generation:
-        return None
-    return derive(batch_inference.get("status"), generation=generation, **kwargs)
-
-
-def _write_status(api, namespace: str, name: str, derive: Derive) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Write the derived status (conflicts with the pods' reports recomputed at once) and post an Event per
-    change of Succeeded."""
-    current, patch = update_status(api, PLURAL, namespace, name, derive)
-    if patch and "conditions" in patch:
-        before = (current.get("status") or {}).get("conditions")
-        for event in condition_change_events(before, patch["conditions"]):
-            kopf.event(current, **event)
-    return current, patch
-
-
-def _retire_job(api, namespace: str, job: str | None, *, keep: str | None, owner_uid: str) -> None:
-    """Delete the previous generation's Job if it is this BatchInference's; its pods follow."""
-    if not job or job == keep:
-        return
-    kube.delete_controlled(api, "batch/v1", "Job", namespace, job, owner_uid)
-
-
-def _batch_inference_owner(job: kopf.Body) -> dict[str, Any] | None:
-    for ref in job.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == BatchInference.kind and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return ref
-    return None
 
 
 def _failed_pods_by_index(api, namespace: str, job: str) -> dict[int, dict[str, Any]]:

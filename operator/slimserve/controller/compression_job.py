@@ -40,7 +40,6 @@ from slimserve.controller.builders.compression_job import (
 )
 from slimserve.controller.compression_job_status import (
     blocked_status,
-    condition_change_events,
     invalid_status,
     is_finished,
     may_change_status,
@@ -48,8 +47,8 @@ from slimserve.controller.compression_job_status import (
     status_from_job,
     unblocked_status,
 )
+from slimserve.controller.job_runs import for_generation, job_owner, retire_job, write_status
 from slimserve.controller.labels import MANAGED_BY
-from slimserve.kube.status import Derive, update_status
 
 PLURAL = CompressionJob.plural
 JOB_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": COMPONENT}
@@ -99,22 +98,22 @@ def reconcile_compression_job(
     kopf.adopt([*access, job], owner=body)
     owner = Owner(name=name, uid=meta["uid"])
     try:
-        _retire_job(memo.api, namespace, previous_job, keep=desired, owner_uid=owner.uid)
+        retire_job(memo.api, namespace, previous_job, keep=desired, owner_uid=owner.uid)
         for manifest in access:
             apply_child(memo.api, manifest, owner)
         existing = kube.read(memo.api, "batch/v1", "Job", namespace, desired)
         if existing is not None:
             check_controlled(existing, owner)
         # Status before the Job: the Job's events are applied only once the status speaks of this generation.
-        current, _ = _write_status(
-            memo.api, namespace, name, lambda cj: _for_generation(cj, generation, pending_status, job_name=desired)
+        current, _ = write_status(
+            memo.api, PLURAL, namespace, name, lambda cj: for_generation(cj, generation, pending_status, job_name=desired)
         )
         if current["metadata"].get("generation") != generation:
             return  # the spec changed again meanwhile; the newer generation's reconcile takes over
         if existing is None:
             apply_child(memo.api, job, owner)
-        _write_status(
-            memo.api, namespace, name, lambda cj: _for_generation(cj, generation, unblocked_status, job_name=desired)
+        write_status(
+            memo.api, PLURAL, namespace, name, lambda cj: for_generation(cj, generation, unblocked_status, job_name=desired)
         )
     except Blocked as blocked:
         _report_blocked(memo.api, namespace, name, generation, desired, blocked)
@@ -128,19 +127,20 @@ def _reconcile_invalid(
 ) -> None:
     """No Job for a spec that cannot run (a running one of an earlier generation is stopped); say why in status."""
     try:
-        _retire_job(api, namespace, previous_job, keep=None, owner_uid=uid)
-        _write_status(api, namespace, name, lambda cj: _for_generation(cj, generation, invalid_status, message=message))
+        retire_job(api, namespace, previous_job, keep=None, owner_uid=uid)
+        derive = lambda cj: for_generation(cj, generation, invalid_status, message=message)  # noqa: E731
+        write_status(api, PLURAL, namespace, name, derive)
     except ApiException as exc:
         kube.raise_for_api_error(exc, f"CompressionJob {namespace}/{name}")
 
 
 def _report_blocked(api, namespace: str, name: str, generation: int, job: str, blocked: Blocked) -> None:
     """Succeeded=False and Stalled=True with the cause (an Event on the transition)."""
-    derive = lambda cj: _for_generation(  # noqa: E731
+    derive = lambda cj: for_generation(  # noqa: E731
         cj, generation, blocked_status, job_name=job, reason=blocked.reason, message=str(blocked)
     )
     try:
-        _write_status(api, namespace, name, derive)
+        write_status(api, PLURAL, namespace, name, derive)
     except ApiException:
         pass  # the CompressionJob is gone, or the API is down: the retry tells the rest
 
@@ -156,7 +156,7 @@ def follow_compression_job(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    owner = _compression_job_owner(body)
+    owner = job_owner(body, CompressionJob.kind)
     if owner is None or GENERATION_LABEL not in labels or not may_change_status(body, deleted=type == "DELETED"):
         return
     generation = int(labels[GENERATION_LABEL])
@@ -172,43 +172,11 @@ def follow_compression_job(
         )
 
     try:
-        _write_status(memo.api, namespace, owner["name"], derive)
+        write_status(memo.api, PLURAL, namespace, owner["name"], derive)
     except ApiException as exc:
         if exc.status != 404:  # 404: the CompressionJob is gone and its Jobs with it
             # Kopf never retries event handlers; the Job's next event, or the listing after a restart, repairs it.
             logger.error(f"could not update CompressionJob {namespace}/{owner['name']}: {exc.status} {exc.reason}")
-
-
-def _for_generation(compression_job: dict[str, Any], generation: int, derive, **kwargs: Any) -> dict[str, Any] | None:
-    """Derive a status only while the object is still at `generation` (else a newer reconcile is coming)."""
-    if compression_job["metadata"].get("generation") != generation:
-        return None
-    return derive(compression_job.get("status"), generation=generation, **kwargs)
-
-
-def _write_status(api, namespace: str, name: str, derive: Derive) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Write the derived status (conflicts recomputed at once) and post an Event per condition transition."""
-    current, patch = update_status(api, PLURAL, namespace, name, derive)
-    if patch and "conditions" in patch:
-        before = (current.get("status") or {}).get("conditions")
-        for event in condition_change_events(before, patch["conditions"]):
-            kopf.event(current, **event)
-    return current, patch
-
-
-def _retire_job(api, namespace: str, job: str | None, *, keep: str | None, owner_uid: str) -> None:
-    """Delete the previous generation's Job, if it is this CompressionJob's (the name comes from a status the
-    pod may write); its pods follow through garbage collection."""
-    if not job or job == keep:
-        return
-    kube.delete_controlled(api, "batch/v1", "Job", namespace, job, owner_uid)
-
-
-def _compression_job_owner(job: kopf.Body) -> dict[str, Any] | None:
-    for ref in job.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == CompressionJob.kind and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return ref
-    return None
 
 
 def _latest_failed_pod(api, namespace: str, job: str) -> dict[str, Any] | None:
