@@ -35,7 +35,7 @@ SERVER = ServerEnv(
     cors_origins=("https://app.example.com", "*"), shutdown_delay_s=5.0, drain_timeout_s=20.0, pvc_root="/data",
     cache="/var/cache/slimserve", home="/tmp", artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
     max_body_bytes=1 << 20, header_timeout_s=0.1, body_timeout_s=1e-3, torch_threads=2, log_level="DEBUG",
-    log_format="json", access_log=False, tls_dir="/var/run/slimserve/tls", tls_client_auth="require", probe_port=8081,
+    log_format="json", access_log=False, device="cuda:1", cuda_graphs=True, tls_dir="/var/run/slimserve/tls", tls_client_auth="require", probe_port=8081,
     service_name="digits", service_namespace="team-a", payload_log_url="http://sink.team-a:8080/events",
     payload_log_mode="request", payload_log_sample_rate=0.25, payload_log_timeout_s=2.0,
     tracing_endpoint="http://otel-collector.observability:4317", tracing_sample_rate=0.1,
@@ -43,7 +43,7 @@ SERVER = ServerEnv(
 COMPRESSOR = CompressorEnv(
     job_spec='{"model":{"uri":"builtin://digits-cnn"}}', status_target="team-a/digits", job_generation=7,
     pvc_root="/data", cache="/var/cache/slimserve", home="/tmp", termination_log="/tmp/termination-log", debug=True,
-    log_format="text",
+    log_format="text", device="cuda",
 )
 BATCH = BatchEnv(
     batch_spec='{"model":{"uri":"builtin://minilm-l6"}}', status_target="team-a/score", job_generation=3, shards=4,
@@ -264,7 +264,8 @@ def test_a_server_pods_env_is_written_as_it_always_was():
         "protocols": {"grpcWeb": True, "corsOrigins": ["https://a.test", "*"]},
     })
     owner = builder.Owner(name="digits", namespace="team-a", uid="uid-1")
-    env = builder.server_env(owner, spec, builder.ArtifactToServe(spec.model.uri, "sha256:" + "ab" * 32), config)
+    pool = config.node_pool(spec.node_pool)
+    env = builder.server_env(owner, spec, builder.ArtifactToServe(spec.model.uri, "sha256:" + "ab" * 32), pool, config)
     assert env == [  # a changed name, value or order would roll every server Deployment on upgrade
         {"name": "SLIMSERVE_ARTIFACT", "value": "pvc://models/digits"},
         {"name": "SLIMSERVE_MODEL_NAME", "value": "digits"},
@@ -283,9 +284,11 @@ def test_a_server_pods_env_is_written_as_it_always_was():
         {"name": "SLIMSERVE_CACHE", "value": "/var/cache/slimserve"},
         {"name": "HOME", "value": "/tmp"},
         {"name": "SLIMSERVE_ARTIFACT_DIGEST", "value": "sha256:" + "ab" * 32},
+        # Added with the device policy (one roll on upgrade): a CPU pool's pod never takes a GPU it was not given.
+        {"name": "SLIMSERVE_DEVICE", "value": "cpu"},
     ]
-    no_digest = builder.server_env(owner, spec, builder.ArtifactToServe(spec.model.uri), config)
-    assert no_digest == env[:-1]
+    no_digest = builder.server_env(owner, spec, builder.ArtifactToServe(spec.model.uri), pool, config)
+    assert no_digest == env[:-2] + env[-1:]
 
 
 def test_a_compression_pods_env_is_written_as_it_always_was():
@@ -308,11 +311,12 @@ def test_a_compression_pods_env_is_written_as_it_always_was():
         {"name": "SLIMSERVE_PVC_ROOT", "value": "/mnt/pvc"},
         {"name": "SLIMSERVE_CACHE", "value": "/var/cache/slimserve"},
         {"name": "HOME", "value": "/tmp"},
+        {"name": "SLIMSERVE_DEVICE", "value": "cpu"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}},
         {"name": "AWS_SECRET_ACCESS_KEY",
          "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}},
     ]
-    assert CompressorEnv.from_env(as_environ(container["env"][:6])) == CompressorEnv(
+    assert CompressorEnv.from_env(as_environ(container["env"][:7])) == CompressorEnv(
         job_spec=spec_text, status_target="team-a/digits", job_generation=3, pvc_root="/mnt/pvc",
-        cache="/var/cache/slimserve", home="/tmp")
+        cache="/var/cache/slimserve", home="/tmp", device="cpu")

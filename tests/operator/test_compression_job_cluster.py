@@ -181,6 +181,7 @@ def test_job_pod_is_placed_hardened_and_wired(control_plane, operator, namespace
     assert env["SLIMSERVE_STATUS_TARGET"] == f"{namespace}/digits-cpu"
     assert env["SLIMSERVE_JOB_GENERATION"] == "1"
     assert json.loads(env["SLIMSERVE_JOB_SPEC"])["output"]["uri"] == "pvc://artifacts/digits-slim"
+    assert env["SLIMSERVE_DEVICE"] == "cpu"
 
     (gpu_job,) = jobs_of(cp, namespace, "digits-gpu")
     (gpu_pod,) = pods_of_job(cp, namespace, gpu_job["metadata"]["name"])
@@ -191,6 +192,7 @@ def test_job_pod_is_placed_hardened_and_wired(control_plane, operator, namespace
     assert gpu_container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod["spec"]["tolerations"]
     secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gpu_container["env"] if "valueFrom" in e}
+    assert {"name": "SLIMSERVE_DEVICE", "value": "cuda"} in gpu_container["env"]  # no GPU in sight: fail, not CPU
     assert secret_env["AWS_ACCESS_KEY_ID"] == {"name": "minio", "key": "AWS_ACCESS_KEY_ID"}
 
     status = status_of(cp, namespace, "digits-cpu")

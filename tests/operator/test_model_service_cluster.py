@@ -117,6 +117,7 @@ def test_cpu_service_runs_on_cpu_nodes_and_becomes_ready(control_plane, operator
         (server,) = pod["spec"]["containers"]
         assert server["image"] == "registry.test/slimserve/server:test"
         assert not any("gpu" in r for r in server["resources"].get("limits", {}))
+        assert {"name": "SLIMSERVE_DEVICE", "value": "cpu"} in server["env"]
     status = status_of(cp, namespace, "digits")
     assert status["url"] == f"http://digits.{namespace}.svc.cluster.local:8080"
     assert status["grpcAddress"] == f"digits.{namespace}.svc.cluster.local:9000"
@@ -139,6 +140,7 @@ def test_gpu_service_runs_on_gpu_nodes_and_requests_gpus(control_plane, operator
         (server,) = pod["spec"]["containers"]
         assert server["image"] == "registry.test/slimserve/server:test-cuda"
         assert str(server["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+        assert {"name": "SLIMSERVE_DEVICE", "value": "cuda"} in server["env"]  # no GPU in sight: fail, not CPU
 
 
 def test_unknown_node_pool_is_a_condition_and_creates_nothing(control_plane, operator, namespace):

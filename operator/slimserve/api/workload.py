@@ -52,6 +52,8 @@ class Defaults:
     playground: bool = False
     cors_origins: tuple[str, ...] = ()  # CORS closed
     pvc_root: str = "/mnt/pvc"  # where a pod finds the claim of pvc://CLAIM/path
+    device: str = "auto"  # where models run: auto (a GPU when the process sees one), cpu, cuda or cuda:N
+    cuda_graphs: bool = False  # replay recorded CUDA graphs per batch size (CUDA only)
 
 
 DEFAULTS = Defaults()
@@ -151,6 +153,17 @@ def parse_log_format(text: str) -> str:
     return value
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+
+
+def parse_device(text: str) -> str:
+    """A device name as the policy takes it: auto, cpu, cuda or cuda:N (any case, spaces trimmed)."""
+    value = text.strip().lower()
+    if not re.match(DEVICE_PATTERN, value):
+        raise ValueError(f"device {text!r} is not one of auto, cpu, cuda, cuda:N")
+    return value
+
+
 def parse_generation(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"expected a generation number, got {text!r}")
@@ -197,6 +210,7 @@ HOME = Variable("HOME")  # the root file system is read-only: what writes under 
 LOG_LEVEL = Variable(f"{PREFIX}LOG_LEVEL")
 LOG_FORMAT = Variable(f"{PREFIX}LOG_FORMAT", parse_log_format)  # text or JSON lines
 DEBUG = Variable(f"{PREFIX}DEBUG", parse_flag, lambda on: "1" if on else "")  # empty: unset, off
+DEVICE = Variable(f"{PREFIX}DEVICE", parse_device)  # the operator writes cuda on GPU pools, cpu on the others
 ARTIFACT_DIGEST = Variable(f"{PREFIX}ARTIFACT_DIGEST")  # "sha256:...": refuse any other artifact
 STATUS_TARGET = Variable(f"{PREFIX}STATUS_TARGET")  # NAMESPACE/NAME of the resource whose status a pod patches
 JOB_GENERATION = Variable(f"{PREFIX}JOB_GENERATION", parse_generation)  # a status of an older one is ignored
@@ -273,6 +287,8 @@ class ServerEnv(PodEnv):
     log_level: str | None = None
     log_format: str | None = None
     access_log: bool | None = None
+    device: str | None = None
+    cuda_graphs: bool | None = None
     tls_dir: str | None = None  # TLS_CERT_FILE, TLS_KEY_FILE (and TLS_CA_FILE): serve every port over TLS
     tls_client_auth: str | None = None
     probe_port: int | None = None  # plain HTTP: health and /metrics only, for probes when clients need certificates
@@ -311,6 +327,8 @@ class ServerEnv(PodEnv):
         "log_level": LOG_LEVEL,
         "log_format": LOG_FORMAT,
         "access_log": Variable(f"{PREFIX}ACCESS_LOG", parse_bool, format_bool),
+        "device": DEVICE,
+        "cuda_graphs": Variable(f"{PREFIX}CUDA_GRAPHS", parse_bool, format_bool),
         "tls_dir": Variable(f"{PREFIX}TLS_DIR"),
         "tls_client_auth": Variable(f"{PREFIX}TLS_CLIENT_AUTH", parse_client_auth),
         "probe_port": Variable(f"{PREFIX}PROBE_PORT", parse_port),
@@ -339,6 +357,7 @@ class CompressorEnv(PodEnv):
     termination_log: str | None = None  # where the one-line failure goes (default /dev/termination-log)
     debug: bool | None = None  # any value: tracebacks of internal errors
     log_format: str | None = None
+    device: str | None = None
 
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
         "job_spec": Variable(f"{PREFIX}JOB_SPEC"),
@@ -350,6 +369,7 @@ class CompressorEnv(PodEnv):
         "termination_log": Variable(f"{PREFIX}TERMINATION_LOG"),
         "debug": DEBUG,
         "log_format": LOG_FORMAT,
+        "device": DEVICE,
     }
 
 

@@ -222,23 +222,35 @@ def _parquet_batches(path, file, columns, start, stop, batch_size) -> Iterator[R
     import pyarrow
 
     parquet = _parquet(path, file)
-    groups, offset, first_row = [], 0, None
+    groups, offset, row = [], 0, None
     for group in range(parquet.num_row_groups):  # only the row groups that hold part of the range
         rows = parquet.metadata.row_group(group).num_rows
         if offset < stop and offset + rows > start:
             groups.append(group)
-            first_row = offset if first_row is None else first_row
+            row = offset if row is None else row
         offset += rows
-    row = first_row or 0
+    row = row or 0
+    # Re-cut to `batch_size`: row groups do not end where batches do, and every format yields the same batches.
+    pending, first = [], max(start, row)
     try:
         for chunk in parquet.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns):
             low, high = max(start, row), min(stop, row + chunk.num_rows)
             if low < high:
-                taken = chunk.slice(low - row, high - low)
-                yield RecordBatch(file.name, range(low, high), {name: taken.column(name).to_pylist() for name in columns})
+                pending.append(chunk.slice(low - row, high - low))
             row += chunk.num_rows
+            table = pyarrow.Table.from_batches(pending, schema=chunk.schema)
+            while table.num_rows >= batch_size:
+                yield _parquet_batch(file, table.slice(0, batch_size), first, columns)
+                table, first = table.slice(batch_size), first + batch_size
+            pending = table.to_batches()
+        if pending and sum(batch.num_rows for batch in pending):
+            yield _parquet_batch(file, pyarrow.Table.from_batches(pending), first, columns)
     except (pyarrow.ArrowException, OSError) as exc:
         raise DatasetError(f"{file.name}: unreadable after row {row} (truncated or corrupt?): {exc}") from None
+
+
+def _parquet_batch(file: DataFile, table, first: int, columns: list[str]) -> RecordBatch:
+    return RecordBatch(file.name, range(first, first + table.num_rows), {name: table.column(name).to_pylist() for name in columns})
 
 
 # NumPy: the header says the dtype before anything is loaded, so an array of objects (which only pickle can

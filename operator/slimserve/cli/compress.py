@@ -15,11 +15,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from slimserve.api.workload import CompressorEnv
+from slimserve.api.workload import DEFAULTS, CompressorEnv, parse_device
 
 ENV_SPEC = CompressorEnv.variable("job_spec").name
 ENV_TERMINATION_LOG = CompressorEnv.variable("termination_log").name
 ENV_STATUS_TARGET = CompressorEnv.variable("status_target").name  # set by the operator on the compression pod
+ENV_DEVICE = CompressorEnv.variable("device").name
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -51,7 +52,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=CompressorEnv.from_env(only=["status_target"]).status_target,
         help=f"also report progress and the result into this CompressionJob's status (default: ${ENV_STATUS_TARGET})",
     )
+    parser.add_argument(
+        "--device", type=parse_device, default=_env_device() or DEFAULTS.device,
+        help="where calibration, fine-tuning, distillation and evaluation run: auto (a GPU when the process sees "
+             f"one, else the CPU), cpu, cuda or cuda:N (default: ${ENV_DEVICE}, else {DEFAULTS.device})",
+    )
     parser.set_defaults(handler=run)
+
+
+def _env_device() -> str | None:
+    from slimserve.api.workload import EnvError
+
+    try:
+        return CompressorEnv.from_env(only=["device"]).device
+    except EnvError as exc:
+        raise SystemExit(f"slimserve compress: environment variable {exc}") from None
 
 
 def _status_target(value: str) -> str:
@@ -104,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         from slimserve.compression.errors import SpecDoesNotFit
 
         try:
-            compress(spec, sinks)  # reports its own errors to the sinks
+            compress(spec, sinks, device=args.device)  # reports its own errors to the sinks
         except SlimServeError as exc:
             code = EXIT_INVALID if isinstance(exc, SpecDoesNotFit) else EXIT_FAILED
             return _fail(exc.reason, str(exc), code)

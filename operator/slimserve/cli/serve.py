@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_port
+from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_device, parse_port
 from slimserve.cli.logs import configure_logging, log_format
 from slimserve.serving.observability import add_observability_arguments, payload_log_settings, tracing_settings
 from slimserve.serving.tls import add_tls_arguments, probe_port, tls_options
@@ -55,17 +55,22 @@ OPTIONS = (
     Option("--drain-timeout-s", float, "after SIGTERM, longest wait for in-flight requests"),
     Option("--shutdown-delay-s", float, "after SIGTERM, keep serving (not ready) this long first"),
     Option("--torch-threads", int, "torch threads; 0 follows the container's CPU limit"),
+    Option("--device", parse_device,
+           "auto (a GPU when the process sees one, else the CPU), cpu, cuda or cuda:N; a GPU asked for but not "
+           "usable stops the server with the reason"),
     Option("--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     Option("--log-format", log_format, "text, or json: one object per line (time, level, logger, message)"),
 )
 BATCHING = ServerEnv.variable("batching").name
 ACCESS_LOG = ServerEnv.variable("access_log").name
+CUDA_GRAPHS = ServerEnv.variable("cuda_graphs").name
 
 
 def _environment(environ: dict[str, str]) -> ServerEnv:
     """The variables behind the flags (the web ones are read when the server starts, see `web_options`)."""
     try:
-        return ServerEnv.from_env(environ, only=[option.dest for option in OPTIONS] + ["batching", "access_log"])
+        flags = ["batching", "access_log", "cuda_graphs"]
+        return ServerEnv.from_env(environ, only=[option.dest for option in OPTIONS] + flags)
     except EnvError as error:
         raise SystemExit(f"slimserve serve: environment variable {error}") from None
 
@@ -75,6 +80,7 @@ def _epilog() -> str:
     lines += [f"  {o.env:<28} {o.flag}" for o in OPTIONS]
     lines.append(f"  {BATCHING:<28} false = --no-batching")
     lines.append(f"  {ACCESS_LOG:<28} false = --no-access-log")
+    lines.append(f"  {CUDA_GRAPHS:<28} true = --cuda-graphs")
     lines += [
         "",
         "endpoints: REST /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready|/infer],",
@@ -109,6 +115,11 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
         help=f"one JSON line per request on stdout (request id, model, protocol, status, latency, batch size) "
              f"[env {ACCESS_LOG}]",
     )
+    parser.add_argument(
+        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=env.or_default("cuda_graphs"),
+        help=f"on a GPU, replay a recorded CUDA graph per batch-size bucket instead of launching each kernel "
+             f"[env {CUDA_GRAPHS}]",
+    )
     add_web_arguments(parser)
     add_tls_arguments(parser)
     add_observability_arguments(parser, environ)
@@ -135,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,
             shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, access_log=args.access_log,
             web=web_options(args), tls=tls_options(args), probe_port=probe_port(args),
+            device=args.device, cuda_graphs=args.cuda_graphs,
             payload_log=payload_log_settings(args), tracing=tracing_settings(args),
         )
     except ValueError as error:

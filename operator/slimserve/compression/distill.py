@@ -18,12 +18,14 @@ from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import train
 from slimserve.compression.registry import register_relaxations, register_transform
 from slimserve.compression.state import ModelState, StepContext
+from slimserve.models.device import model_device
 
 
 @register_transform(DistillConfig)
 def distill(state: ModelState, config: DistillConfig, context: StepContext) -> ModelState:
     teacher_model = state.float_copy()
     student = build_student(state, teacher_model, config.student, f"{context.where}.student")
+    student.to(model_device(teacher_model))  # a student built afresh starts on the CPU
     targets = context.teacher_outputs(state)
     context.reporter.update(0.1, f"student of {sum(p.numel() for p in student.parameters())} parameters")
     train(

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from slimserve.compression.tasks import Task
+from slimserve.models.device import model_device
 from slimserve.models.families import set_training
 
 # Step sizes for recovery fine-tuning: small for pretrained transformers, larger for small CNNs / MLPs.
@@ -36,9 +37,12 @@ def train(
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Adam over the training split; the loss is the task's (labels and/or the teacher's outputs)."""
+    """Adam over the training split; the loss is the task's (labels and/or the teacher's outputs). Runs where
+    the model is: the task's batches come there, the teacher's outputs are moved there once."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    if teacher_outputs is not None:
+        teacher_outputs = teacher_outputs.to(model_device(model))
     set_training(model, True)
     try:
         for epoch in range(epochs):

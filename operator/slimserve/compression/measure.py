@@ -37,13 +37,24 @@ def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
 def time_call(
     forward: Forward, inputs: tuple[torch.Tensor, ...], *, runs: int, clock: Callable[[], float] = time.perf_counter
 ) -> list[float]:
-    """Wall times in seconds of `runs` calls (inputs already as inference tensors, inside inference mode)."""
+    """Wall times in seconds of `runs` calls (inputs already as inference tensors, inside inference mode).
+    On a GPU each call is waited for: kernels run asynchronously, and a call returns before its work is done."""
+    wait = _device_wait(inputs)
     times: list[float] = []
     for _ in range(runs):
         start = clock()
         forward(*inputs)
+        wait()
         times.append(clock() - start)
     return times
+
+
+def _device_wait(inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    devices = {t.device for t in inputs if isinstance(t, torch.Tensor) and t.device.type == "cuda"}
+    if not devices:
+        return lambda: None
+    (device,) = devices
+    return lambda: torch.cuda.synchronize(device)
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,23 @@ from slimserve.compression.progress import CompressionOutcome, ProgressSink, Rep
 from slimserve.compression.report import report_json, report_png
 from slimserve.compression.state import Candidate, ModelState, StepContext
 from slimserve.compression.tasks import build_task
+from slimserve.api.workload import DEFAULTS
+from slimserve.models.device import device_label, resolve_device
 from slimserve.models.loading import load_model
 
 SEED = 0
 
 
-def compress(spec: CompressionJobSpec, sinks: list[ProgressSink], *, output_uri: str | None = None) -> CompressionOutcome:
-    """Run the job; sinks get progress, then the result, or the error (which is raised again)."""
+def compress(
+    spec: CompressionJobSpec, sinks: list[ProgressSink], *, output_uri: str | None = None, device: str = DEFAULTS.device
+) -> CompressionOutcome:
+    """Run the job; sinks get progress, then the result, or the error (which is raised again). `device` is a
+    policy name (auto, cpu, cuda, cuda:N): the model, its training and its evaluation run there."""
     reporter = Reporter(sinks, steps_total=len(spec.steps) + 2)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(spec.evaluation.threads)
     try:
-        outcome = _run(spec, reporter, output_uri or spec.output.uri)
+        outcome = _run(spec, reporter, output_uri or spec.output.uri, device)
     except SlimServeError as exc:
         reporter.error(exc.reason, str(exc))
         raise
@@ -37,14 +42,16 @@ def compress(spec: CompressionJobSpec, sinks: list[ProgressSink], *, output_uri:
     return outcome
 
 
-def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str) -> CompressionOutcome:
+def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str, device_name: str) -> CompressionOutcome:
     threads = spec.evaluation.threads
     check_output(output_uri, spec.s3)  # an unwritable destination fails before the first step, not after the last
     torch.manual_seed(SEED)
-    reporter.begin(0, "load", f"loading {spec.model.uri}")
+    device = resolve_device(device_name)
+    reporter.begin(0, "load", f"loading {spec.model.uri} onto {device_label(device)}")
     loaded = load_model(spec.model.uri, spec.model.format, spec.s3)
+    loaded.model.to(device)
     original = ModelState.of_float(loaded.model, loaded.family, loaded.assets)
-    task = build_task(loaded, spec.evaluation, spec.s3)
+    task = build_task(loaded, spec.evaluation, spec.s3, device)
     reporter.update(0.5, "scoring the original model")
     context = StepContext(task, reporter, threads, spec.evaluation.max_drop, task.original_score(original.eager()), original, seed=SEED)
     context.candidates.append(

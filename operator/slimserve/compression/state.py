@@ -13,6 +13,7 @@ from torch import nn
 from slimserve.compression.measure import Speed, count_parameters, serialized_size, speed_json
 from slimserve.compression.progress import Reporter
 from slimserve.compression.tasks import Forward, Task
+from slimserve.models.device import host_tensors, model_device, to_device
 from slimserve.models.families import ModelFamily, eager_forward, set_training
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class ModelState:
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
         """What the artifact stores: (tensors, quantization recipe or None)."""
         if self.quantization is None:
-            return {k: v.detach() for k, v in self.model.state_dict().items()}, None
+            return host_tensors(self.model.state_dict()), None
         from slimserve.quant import quantization_state
 
         tensors, recipe = quantization_state(self.model)
@@ -70,7 +71,8 @@ class ModelState:
         if self._optimized is None:
             from slimserve.quant import optimize_for_inference
 
-            self._optimized = optimize_for_inference(self.model, self.family.example_inputs(self.assets))
+            example = to_device(self.family.example_inputs(self.assets), model_device(self.model))
+            self._optimized = optimize_for_inference(self.model, example)
         return self._optimized
 
 

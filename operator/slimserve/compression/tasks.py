@@ -41,13 +41,26 @@ class Batch:
     index: torch.Tensor  # positions in the split, to look up precomputed teacher outputs
     labels: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> "Batch":
+        labels = None if self.labels is None else self.labels.to(device)
+        return Batch(tuple(t.to(device) for t in self.inputs), self.index, labels)
+
 
 class Task(ABC):
+    """Batches come on `device`, the device the model runs on: training, calibration, evaluation and speed
+    figures all take them there; the data itself stays in host memory."""
+
     metric_name: str
+    device: torch.device = torch.device("cpu")
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Batches of the 'train' or 'eval' split on the task's device; shuffled when a generator is given."""
+        for batch in self.host_batches(split, batch_size, generator):
+            yield batch.to(self.device)
 
     @abstractmethod
-    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Batches of the 'train' or 'eval' split; shuffled when a generator is given."""
+    def host_batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """`batches` in host memory."""
 
     @abstractmethod
     def split_size(self, split: str) -> int: ...
@@ -94,7 +107,11 @@ class Task(ABC):
 class ClassificationTask(Task):
     metric_name = "accuracy"
 
-    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray):
+    def __init__(
+        self, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray,
+        device: torch.device = torch.device("cpu"),
+    ):
+        self.device = device
         self._x = {"train": torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
                    "eval": torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32))}
         self._y = {"train": torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
@@ -103,7 +120,7 @@ class ClassificationTask(Task):
     def split_size(self, split: str) -> int:
         return len(self._y[split])
 
-    def batches(self, split, batch_size, generator=None):
+    def host_batches(self, split, batch_size, generator=None):
         count = self.split_size(split)
         order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
         for start in range(0, count, batch_size):
@@ -112,7 +129,7 @@ class ClassificationTask(Task):
 
     def score(self, forward, limit=None):
         logits = self.outputs(forward, "eval", limit)
-        labels = self._y["eval"][: len(logits)]
+        labels = self._y["eval"][: len(logits)].to(logits.device)
         return float((logits.argmax(dim=1) == labels).float().mean())
 
     def loss(self, output, batch, teacher, temperature, alpha):
@@ -131,9 +148,13 @@ class EmbeddingTask(Task):
 
     metric_name = "cosine"
 
-    def __init__(self, tokenizer, train: list[str], evaluation: list[str], original: Forward):
+    def __init__(
+        self, tokenizer, train: list[str], evaluation: list[str], original: Forward,
+        device: torch.device = torch.device("cpu"),
+    ):
         from slimserve.models.minilm import tokenize
 
+        self.device = device
         self._tokenize = tokenize
         self._tokenizer = tokenizer
         self._texts = {"train": list(train), "eval": list(evaluation)}
@@ -142,7 +163,7 @@ class EmbeddingTask(Task):
     def split_size(self, split: str) -> int:
         return len(self._texts[split])
 
-    def batches(self, split, batch_size, generator=None):
+    def host_batches(self, split, batch_size, generator=None):
         texts = self._texts[split]
         order = torch.randperm(len(texts), generator=generator) if generator is not None else torch.arange(len(texts))
         for start in range(0, len(texts), batch_size):
@@ -162,8 +183,12 @@ class EmbeddingTask(Task):
         return (1.0 - F.cosine_similarity(output, teacher, dim=1)).mean()
 
 
-def build_task(loaded: "LoadedModel", evaluation: "EvaluationSpec", s3: "S3Spec | None" = None) -> Task:
-    """The task of a model: its family's metric and the spec's dataset (or the builtin one)."""
+def build_task(
+    loaded: "LoadedModel", evaluation: "EvaluationSpec", s3: "S3Spec | None" = None,
+    device: torch.device = torch.device("cpu"),
+) -> Task:
+    """The task of a model: its family's metric and the spec's dataset (or the builtin one), its batches on
+    `device`, where the model is."""
     from slimserve.models.families import eager_forward
 
     metric = loaded.family.metric
@@ -173,11 +198,11 @@ def build_task(loaded: "LoadedModel", evaluation: "EvaluationSpec", s3: "S3Spec 
         )
     uri = evaluation.dataset.uri if evaluation.dataset else None
     if metric == "accuracy":
-        return ClassificationTask(*_labelled_rows(uri, loaded.family.name, s3))
+        return ClassificationTask(*_labelled_rows(uri, loaded.family.name, s3), device=device)
     train, held_out = _sentences(uri, s3)
     from slimserve.models.minilm import load_tokenizer
 
-    return EmbeddingTask(load_tokenizer(loaded.assets), train, held_out, eager_forward(loaded.model))
+    return EmbeddingTask(load_tokenizer(loaded.assets), train, held_out, eager_forward(loaded.model), device=device)
 
 
 def _labelled_rows(uri: str | None, family: str, s3) -> tuple[np.ndarray, ...]:

@@ -24,7 +24,7 @@ def slice_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: t
         bias = bias[rows] if bias is not None else None
     if cols is not None:
         weight = weight[:, cols]
-    smaller = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    smaller = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         smaller.weight.copy_(weight)
         if bias is not None:

@@ -16,32 +16,48 @@ if TYPE_CHECKING:
 __all__ = ["ModelInfo", "Servable", "TensorSpec", "load_servable"]
 
 
-def load_servable(uri: str, *, s3: "S3Spec | None" = None, expected_digest: str | None = None) -> Servable:
+def load_servable(
+    uri: str, *, s3: "S3Spec | None" = None, expected_digest: str | None = None, device: str = "cpu",
+    cuda_graphs: bool = False,
+) -> Servable:
     """A ready-to-serve model from `builtin://NAME` or an artifact URI (file://, pvc://, s3://).
 
     Artifacts are verified (every file's sha256; `expected_digest` pins the manifest digest); quantized
     ones are rebuilt with their recipe and optimized once here, so the first request pays no compile.
+    `device` is a policy name (`slimserve.models.device`): the weights move there once, each call's inputs
+    are copied in and its outputs out; `cuda_graphs` replays recorded CUDA graphs on a GPU.
     """
+    from dataclasses import replace
+
     from slimserve.artifacts import load_artifact
+    from slimserve.models.device import on_device, precision, resolve_device, to_device
     from slimserve.models.families import eager_forward
     from slimserve.models.loading import BUILTIN_SCHEME, load_builtin, rebuild_artifact
 
+    target = resolve_device(device)
     if uri.startswith(BUILTIN_SCHEME):
         loaded = load_builtin(uri)
         info = loaded.family.info(loaded.recipe, name=loaded.name, version="builtin")
-        return loaded.family.servable(eager_forward(loaded.model), info, loaded.assets)
-
-    artifact = load_artifact(uri, s3=s3, expected_digest=expected_digest)
-    loaded = rebuild_artifact(artifact)
-    info = loaded.family.info(
-        artifact.manifest.recipe, name=loaded.name, version=artifact.digest.removeprefix("sha256:")[:12], digest=artifact.digest
-    )
+    else:
+        artifact = load_artifact(uri, s3=s3, expected_digest=expected_digest)
+        loaded = rebuild_artifact(artifact)
+        info = loaded.family.info(
+            artifact.manifest.recipe, name=loaded.name, version=artifact.digest.removeprefix("sha256:")[:12],
+            digest=artifact.digest,
+        )
+    model = loaded.model.to(target)
+    info = replace(info, device=str(target), precision=precision(model, loaded.quantization))
     if loaded.quantization is not None:
         from slimserve.quant import optimize_for_inference
 
-        forward = optimize_for_inference(loaded.model, loaded.family.example_inputs(loaded.assets))
+        forward = optimize_for_inference(model, to_device(loaded.family.example_inputs(loaded.assets), target))
     else:
-        forward = eager_forward(loaded.model)
-    servable = loaded.family.servable(forward, info, loaded.assets)
-    servable.warmup()
+        forward = eager_forward(model)
+    if cuda_graphs and target.type == "cuda":
+        from slimserve.models.cuda_graphs import CudaGraphForward
+
+        forward = CudaGraphForward(forward, target)
+    servable = loaded.family.servable(on_device(forward, target), info, loaded.assets)
+    if not uri.startswith(BUILTIN_SCHEME):
+        servable.warmup()
     return servable

@@ -31,6 +31,8 @@ class ModelInfo:
     digest: str = ""  # sha256 of the artifact manifest ("" for builtin models)
     inputs: tuple[TensorSpec, ...] = field(default_factory=tuple)
     outputs: tuple[TensorSpec, ...] = field(default_factory=tuple)
+    device: str = "cpu"  # where it runs: cpu, cuda:0...
+    precision: str = "fp32"  # what it computes in: fp32, fp16, bf16, or its quantization (int8-dynamic...)
 
 
 @runtime_checkable

@@ -29,6 +29,8 @@ class ServerConfig:
     shutdown_delay_s: float = DEFAULTS.shutdown_delay_s  # keep serving (reporting not ready) this long after SIGTERM
     torch_threads: int = DEFAULTS.torch_threads  # 0: follow the container's CPU limit
     access_log: bool = DEFAULTS.access_log  # one JSON line per request on stdout
+    device: str = DEFAULTS.device  # auto, cpu, cuda or cuda:N (slimserve.models.device)
+    cuda_graphs: bool = DEFAULTS.cuda_graphs  # replay recorded CUDA graphs (on a GPU only)
     warmup_batch_sizes: tuple[int, ...] = (1,)
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
     payload_log: PayloadLogSettings | None = None  # inference payloads as CloudEvents to a sink (off)

@@ -9,6 +9,8 @@ Names (the operator and dashboards depend on them):
 - slimserve_batch_size: rows per model call
 - slimserve_model_forward_seconds: duration of each model call
 - slimserve_model_ready: 1 once the model is loaded and warmed up
+- slimserve_gpu_memory_allocated_bytes{device}, slimserve_gpu_memory_reserved_bytes{device}: the CUDA
+  allocator's memory, read at each scrape; only a server whose model runs on a GPU has them
 - slimserve_payload_log_events_total{outcome}: payload log events sent, dropped (queue full) or failed (sink)
 """
 
@@ -46,6 +48,17 @@ class ServerMetrics:
             "slimserve_payload_log_events", "Payload log events by outcome: sent, dropped (queue full), failed (sink).",
             ("outcome",), registry=r,
         )
+
+    def watch_gpu_memory(self, device) -> None:
+        """Register the GPU memory gauges of `device` (a CUDA torch.device), read at each scrape."""
+        from slimserve.models.device import gpu_memory_bytes
+
+        for index, what in enumerate(("allocated", "reserved")):
+            gauge = Gauge(
+                f"slimserve_gpu_memory_{what}_bytes", f"GPU memory {what} by the CUDA caching allocator.",
+                ("device",), registry=self.registry,
+            )
+            gauge.labels(str(device)).set_function(lambda index=index: gpu_memory_bytes(device)[index])
 
     def count(self, protocol: str, endpoint: str, code: str) -> None:
         self.requests.labels(protocol, endpoint, code).inc()

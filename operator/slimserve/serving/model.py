@@ -15,13 +15,14 @@ log = logging.getLogger(__name__)
 Loader = Callable[[str], Servable]
 
 
-def artifact_loader(expected_digest: str | None = None) -> Loader:
-    """`load_servable`, which verifies every file's sha256; `expected_digest` also pins the manifest's."""
+def artifact_loader(expected_digest: str | None = None, device: str = "cpu", cuda_graphs: bool = False) -> Loader:
+    """`load_servable`, which verifies every file's sha256; `expected_digest` also pins the manifest's;
+    `device` is a policy name (auto, cpu, cuda, cuda:N): a GPU asked for but not usable fails the load."""
 
     def load(uri: str) -> Servable:
         from slimserve.models import load_servable
 
-        return load_servable(uri, expected_digest=expected_digest)
+        return load_servable(uri, expected_digest=expected_digest, device=device, cuda_graphs=cuda_graphs)
 
     return load
 
@@ -65,9 +66,11 @@ class ServedModel:
         loaded = time.perf_counter()
         for rows in warmup_batch_sizes:
             self._servable.predict(example_inputs(self._servable.info.inputs, rows))
+        info = self._servable.info
         log.info(
-            "model %s (%s, version %s) loaded in %.2fs, warmed up in %.2fs",
-            self.name, self.uri, self._servable.info.version, loaded - start, time.perf_counter() - loaded,
+            "model %s (%s, version %s) loaded on %s in %s in %.2fs, warmed up in %.2fs",
+            self.name, self.uri, info.version, info.device, info.precision, loaded - start,
+            time.perf_counter() - loaded,
         )
         self.ready = mark_ready
 
@@ -83,6 +86,7 @@ class ServedModel:
             "platform": info.platform,
             "inputs": [_tensor_metadata(spec) for spec in info.inputs],
             "outputs": [_tensor_metadata(spec) for spec in info.outputs],
+            "parameters": {"device": info.device, "precision": info.precision},
         }
 
 

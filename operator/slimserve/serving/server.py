@@ -5,7 +5,8 @@ Life cycle:
    health says NOT_SERVING);
 2. load the artifact (digests verified by the loader) and warm it up on a worker thread; then ready
    (gRPC health: SERVING).
-   A load failure exits with status 1 and the reason in the log;
+   A load failure exits with status 1 and the reason in the log; so does a device asked for (`--device
+   cuda`) that the process cannot use: it never serves on the CPU instead;
 3. on SIGTERM or SIGINT: report not ready (gRPC health: NOT_SERVING); keep serving for `shutdown_delay_s`
    (lets Kubernetes take the pod out of its endpoints first); stop accepting; let in-flight requests
    finish (at most `drain_timeout_s`); exit 0.
@@ -81,7 +82,9 @@ def build_dataplane(
 
 async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
-    model = model or ServedModel(config.artifact, config.model_name, artifact_loader(config.artifact_digest))
+    model = model or ServedModel(
+        config.artifact, config.model_name, artifact_loader(config.artifact_digest, config.device, config.cuda_graphs)
+    )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-model")
     metrics = ServerMetrics()
     call = ModelCaller(model.predict, executor, metrics)
@@ -141,7 +144,9 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     elif load.done():
         dataplane.metrics.model_ready.set(1)
         await health.ready()
-        log.info("ready: model %r", model.name)
+        if model.info.device.startswith("cuda"):
+            dataplane.metrics.watch_gpu_memory(model.info.device)
+        log.info("ready: model %r on %s in %s", model.name, model.info.device, model.info.precision)
         await stopped
     log.info("shutting down: not ready; draining in-flight requests (at most %.1fs)", config.drain_timeout_s)
     dataplane.shutting_down = True

@@ -58,6 +58,13 @@ def hardened_container_security_context() -> dict[str, Any]:
     }
 
 
+def pool_device(pool: NodePool) -> str:
+    """SLIMSERVE_DEVICE of a pod on `pool`: cuda on a pool that declares a GPU resource (a pod that cannot see
+    its GPU then fails instead of running on the CPU), cpu on the others (not auto: a pod never uses a GPU
+    of its node that it was not given)."""
+    return "cuda" if pool.has_gpu else "cpu"
+
+
 def pool_placement(pool: NodePool, config: OperatorConfig) -> dict[str, Any]:
     """Pod spec fields that put a pod on `pool`: nodeSelector, tolerations, and the registry's pull secrets."""
     placement: dict[str, Any] = {}

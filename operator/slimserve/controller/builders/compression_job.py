@@ -26,7 +26,7 @@ from slimserve.api.field_errors import field_errors
 from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS
 from slimserve.api.uri import InvalidUri, parse_uri
 from slimserve.api.workload import CompressorEnv, job_spec_text
-from slimserve.controller.builders import bounded_name, pod_log_format
+from slimserve.controller.builders import bounded_name, pod_log_format, pool_device
 from slimserve.controller.builders.job_pod import (
     CACHE_DIR,
     PYTHON_UNBUFFERED,
@@ -174,7 +174,7 @@ def build_job(
         container_name=CONTAINER_NAME,
         image=image,
         args=["compress"],
-        env=_env(name=name, namespace=namespace, generation=generation, spec=spec, config=config),
+        env=_env(name=name, namespace=namespace, generation=generation, spec=spec, config=config, device=pool_device(pool)),
         resources=job_pod_resources(spec.resources, pool, config),
         claims=pvc_claims(spec),
     )
@@ -196,7 +196,7 @@ def build_job(
 
 
 def _env(
-    *, name: str, namespace: str, generation: int, spec: CompressionJobSpec, config: OperatorConfig
+    *, name: str, namespace: str, generation: int, spec: CompressionJobSpec, config: OperatorConfig, device: str
 ) -> list[dict[str, Any]]:
     pod_env = CompressorEnv(
         job_spec=job_spec_text(spec.to_json()),
@@ -206,6 +206,7 @@ def _env(
         cache=CACHE_DIR,
         home=SCRATCH_DIR,  # the root filesystem is read-only: what writes under $HOME (matplotlib, torch) uses scratch
         log_format=pod_log_format(config),
+        device=device,
     )
     return [*pod_env.to_env(), PYTHON_UNBUFFERED, *s3_credentials_env(spec.s3)]
 

@@ -26,6 +26,7 @@ from slimserve.controller.builders import (
     hardened_container_security_context,
     hardened_pod_security_context,
     pod_log_format,
+    pool_device,
     pool_placement,
 )
 from slimserve.controller.config import NodePool, OperatorConfig
@@ -240,7 +241,9 @@ def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any
     return {"requests": requests, "limits": limits}
 
 
-def server_env(owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, config: OperatorConfig) -> list[dict[str, Any]]:
+def server_env(
+    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
+) -> list[dict[str, Any]]:
     batching, protocols = spec.batching, spec.protocols
     env = ServerEnv(
         artifact=model.uri,
@@ -262,6 +265,7 @@ def server_env(owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, con
         # The server refuses anything else: a pod never serves an artifact rewritten in place under the URI.
         artifact_digest=model.digest or None,
         log_format=pod_log_format(config),
+        device=pool_device(pool),
         **observability_settings(owner, spec),
     )
     return env.to_env() + s3_env(spec)
@@ -305,7 +309,7 @@ def server_container(
         "image": image.reference,
         "imagePullPolicy": image.pull_policy,
         "command": ["slimserve", "serve"],
-        "env": server_env(owner, spec, model, config),
+        "env": server_env(owner, spec, model, pool, config),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
