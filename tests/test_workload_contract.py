@@ -48,7 +48,7 @@ COMPRESSOR = CompressorEnv(
 BATCH = BatchEnv(
     batch_spec='{"model":{"uri":"builtin://minilm-l6"}}', status_target="team-a/score", job_generation=3, shards=4,
     artifact_digest="sha256:" + "cd" * 32, pvc_root="/data", cache="/var/cache/slimserve", home="/tmp",
-    log_format="json", shard_index=2,
+    log_format="json", device="cuda", shard_index=2,
 )
 OPERATOR = OperatorEnv(config="/etc/slimserve/config.yaml", watch_namespaces=("team-a", "team-b"), peering="slimserve",
                        log_level="info", log_format="json")

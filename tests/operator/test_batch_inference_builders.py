@@ -56,6 +56,7 @@ def test_a_gpu_pool_gets_its_gpu_and_the_gpu_image():
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["image"] == CONFIG.images.compressor_gpu.reference
+    assert {"name": "SLIMSERVE_DEVICE", "value": "cuda"} in container["env"]
 
 
 def test_access_is_the_status_of_this_one_resource():

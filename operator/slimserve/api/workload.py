@@ -387,6 +387,7 @@ class BatchEnv(PodEnv):
     cache: str | None = None
     home: str | None = None
     log_format: str | None = None
+    device: str | None = None  # cuda on a GPU pool, cpu on the others
     shard_index: int | None = None  # set by Kubernetes in each pod of an Indexed Job; the builder leaves it unset
 
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
@@ -399,6 +400,7 @@ class BatchEnv(PodEnv):
         "cache": CACHE,
         "home": HOME,
         "log_format": LOG_FORMAT,
+        "device": DEVICE,
         "shard_index": Variable("JOB_COMPLETION_INDEX", parse_count),
     }
 

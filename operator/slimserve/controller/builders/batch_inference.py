@@ -19,7 +19,7 @@ from slimserve.api import BatchInference, BatchInferenceSpec
 from slimserve.api.field_errors import field_errors
 from slimserve.api.uri import InvalidUri, parse_uri
 from slimserve.api.workload import BatchEnv, job_spec_text
-from slimserve.controller.builders import bounded_name, pod_log_format
+from slimserve.controller.builders import bounded_name, pod_log_format, pool_device
 from slimserve.controller.builders.compression_job import GENERATION_LABEL, InvalidSpec, status_target
 from slimserve.controller.builders.job_pod import (
     CACHE_DIR,
@@ -134,6 +134,7 @@ def build_job(
         cache=CACHE_DIR,
         home=SCRATCH_DIR,
         log_format=pod_log_format(config),
+        device=pool_device(pool),
     )
     claim_uris = [*_storage_uris(spec), ("spec.model.uri", model_uri)]
     pod_spec = job_pod_spec(
