@@ -306,6 +306,60 @@ def test_metrics_can_be_off():
     assert not any(a.startswith("--metrics-port") for a in operator_container(objects)["args"])
 
 
+# ---- the server pods: PodMonitor and NetworkPolicy ------------------------------------------------------
+
+
+def server_pod_template(**spec) -> dict:
+    """The pod template the operator builds for a ModelService with `spec` (the labels and ports it really has)."""
+    from slimserve.api.model_service import ModelServiceSpec
+    from slimserve.controller.builders import model_service as builder
+
+    config = OperatorConfig()
+    parsed = ModelServiceSpec.from_json({"model": {"uri": "builtin://digits-mlp"}, **spec})
+    owner = builder.Owner(name="digits", namespace="team-a", uid="uid-1")
+    deployment = builder.build_deployment(owner, parsed, builder.ArtifactToServe(parsed.model.uri),
+                                          config.node_pool(parsed.node_pool), config, replicas=1)
+    return deployment["spec"]["template"]
+
+
+def test_server_monitor_and_network_policy_are_off_by_default(cluster_mode):
+    assert not find(cluster_mode, "PodMonitor")
+    assert len(find(cluster_mode, "NetworkPolicy")) == 1  # the operator's own
+
+
+def test_server_pod_monitor_scrapes_the_pods_the_operator_makes(cluster_mode):
+    objects = render({"servers": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    monitor = one(objects, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["labels"]["release"] == "prom"
+    pod = server_pod_template()
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= one(cluster_mode, "Deployment")["spec"][
+        "template"]["metadata"]["labels"].items()  # never the operator's pod
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {port["name"] for port in pod["spec"]["containers"][0]["ports"]}
+    assert (endpoint["path"], endpoint["scheme"]) == ("/metrics", "http")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    namespaced = one(render({**NAMESPACED, "servers": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+def test_server_network_policy_admits_only_the_serving_ports():
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+    objects = render({**NAMESPACED, "servers": {"networkPolicy": {"enabled": True, "from": peers}}})
+    policies = [p for p in find(objects, "NetworkPolicy") if p["metadata"]["name"].endswith("-servers")]
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    pod = server_pod_template()
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"] and spec["ingress"][0]["from"] == peers
+        assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        admitted = {port["port"] for port in spec["ingress"][0]["ports"]}
+        # and "probes", the plain port a ModelService whose TLS requires client certificates adds
+        assert admitted == {port["name"] for port in pod["spec"]["containers"][0]["ports"]} | {"probes"}
+    listed = render({"servers": {"networkPolicy": {"enabled": True, "namespaces": ["ml"]}}})
+    assert [p["metadata"]["namespace"] for p in find(listed, "NetworkPolicy") if "-servers" in p["metadata"]["name"]] == ["ml"]
+
+
 # ---- values: documentation and schema -------------------------------------------------------------------
 
 
@@ -378,6 +432,8 @@ BAD_VALUES = [
     ({"workloads": {"prometheusAddress": "prometheus:9090"}}, "prometheusAddress"),
     ({"serviceAccount": {"create": "yes"}}, "create"),
     ({"networkPolicy": {"from": [{"podSelectors": {}}]}}, "podSelectors"),
+    ({"servers": {"podMonitor": {"scheme": "ftp"}}}, "scheme"),
+    ({"servers": {"networkPolicy": {"namespaces": ["Team_A"]}}}, "namespaces"),
     # Quantities as the CRDs and the operator's configuration take them: an integer or a Kubernetes quantity.
     ({"workloads": {"compressorResources": {"requests": {"cpu": 0.5}}}}, "cpu"),
     ({"workloads": {"compressorResources": {"limits": {"memory": "lots"}}}}, "memory"),

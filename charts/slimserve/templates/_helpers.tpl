@@ -93,3 +93,10 @@ The compression and server pods' security context for the operator's configurati
 {{- define "slimserve.namespaced" -}}
 {{- if .Values.operator.watchNamespaces -}}true{{- end -}}
 {{- end -}}
+
+{{/* The labels every ModelService's server pods carry (slimserve.controller.labels, component server). */}}
+{{- define "slimserve.serverSelectorLabels" -}}
+app.kubernetes.io/name: slimserve
+app.kubernetes.io/component: server
+app.kubernetes.io/managed-by: slimserve-operator
+{{- end }}
