@@ -16,6 +16,7 @@ ARGOCD_CM = HEALTH_DIR / "argocd-cm.yaml"
 SCRIPTS = {
     "resource.customizations.health.slimserve.io_CompressionJob": HEALTH_DIR / "compressionjob.lua",
     "resource.customizations.health.slimserve.io_ModelService": HEALTH_DIR / "modelservice.lua",
+    "resource.customizations.health.slimserve.io_BatchInference": HEALTH_DIR / "batchinference.lua",
 }
 HEALTH_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 

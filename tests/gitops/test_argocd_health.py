@@ -1,4 +1,4 @@
-"""Argo CD health checks of both kinds, run as Argo CD runs them (Lua 5.1), on the statuses the operator writes."""
+"""Argo CD health checks of every kind, run as Argo CD runs them (Lua 5.1), on the statuses the operator writes."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import pytest
 import yaml
 
 from tests.gitops.argocd import ARGOCD_CM, HEALTH_STATUSES, SCRIPTS, argocd_cm, render_argocd_cm, run_health_check
-from tests.gitops.status_fixtures import compression_job_fixtures, model_service_fixtures
+from tests.gitops.status_fixtures import batch_inference_fixtures, compression_job_fixtures, model_service_fixtures
 
 CJ_SCRIPT = SCRIPTS["resource.customizations.health.slimserve.io_CompressionJob"].read_text()
 MS_SCRIPT = SCRIPTS["resource.customizations.health.slimserve.io_ModelService"].read_text()
+BI_SCRIPT = SCRIPTS["resource.customizations.health.slimserve.io_BatchInference"].read_text()
 
 
 @pytest.mark.parametrize("fixture", compression_job_fixtures(), ids=lambda f: f.name)
@@ -26,7 +27,15 @@ def test_model_service_health(fixture):
     assert fixture.message in health["message"], health
 
 
-@pytest.mark.parametrize("script", [CJ_SCRIPT, MS_SCRIPT], ids=["CompressionJob", "ModelService"])
+@pytest.mark.parametrize("fixture", batch_inference_fixtures(), ids=lambda f: f.name)
+def test_batch_inference_health(fixture):
+    health = run_health_check(BI_SCRIPT, fixture.obj)
+    assert health["status"] == fixture.argocd, health
+    assert fixture.message in health["message"], health
+
+
+@pytest.mark.parametrize("script", [CJ_SCRIPT, MS_SCRIPT, BI_SCRIPT],
+                         ids=["CompressionJob", "ModelService", "BatchInference"])
 @pytest.mark.parametrize(
     "status",
     [
@@ -43,10 +52,11 @@ def test_partial_status_is_progressing_not_an_error(script, status):
     assert health["message"]
 
 
-def test_every_fixture_state_is_a_valid_argocd_health():
-    states = {f.argocd for f in compression_job_fixtures() + model_service_fixtures()}
+@pytest.mark.parametrize("fixtures", [compression_job_fixtures, model_service_fixtures, batch_inference_fixtures])
+def test_every_fixture_state_is_a_valid_argocd_health(fixtures):
+    states = {f.argocd for f in fixtures()}
     assert states <= HEALTH_STATUSES
-    assert states == {"Healthy", "Progressing", "Degraded"}  # each outcome is exercised
+    assert states == {"Healthy", "Progressing", "Degraded"}  # each outcome of each kind is exercised
 
 
 def test_argocd_cm_snippet_matches_the_scripts():

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 
 from tests.gitops import kstatus
-from tests.gitops.status_fixtures import compression_job_fixtures, model_service_fixtures
+from tests.gitops.status_fixtures import batch_inference_fixtures, compression_job_fixtures, model_service_fixtures
 
 pytestmark = pytest.mark.skipif(not kstatus.go_available(), reason="needs Go to build the kstatus command")
 
-FIXTURES = [f for f in compression_job_fixtures() + model_service_fixtures() if f.kstatus is not None]
+FIXTURES = [f for kind in (compression_job_fixtures, model_service_fixtures, batch_inference_fixtures)
+            for f in kind() if f.kstatus is not None]
 
 # kstatus knows a custom resource is under way only from a `Reconciling` (or `Ready`=False) condition, and
-# that it failed only from `Stalled`=True: both kinds write them. A gap listed here is a strict expected
+# that it failed only from `Stalled`=True: every kind writes them. A gap listed here is a strict expected
 # failure, so it fails the moment the operator covers it and the entry must go.
 KNOWN_GAPS: dict[str, str] = {}
 
