@@ -35,10 +35,13 @@ SERVER = ServerEnv(
     cors_origins=("https://app.example.com", "*"), shutdown_delay_s=5.0, drain_timeout_s=20.0, pvc_root="/data",
     cache="/var/cache/slimserve", home="/tmp", artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
     max_body_bytes=1 << 20, header_timeout_s=0.1, body_timeout_s=1e-3, torch_threads=2, log_level="DEBUG",
-    log_format="json", access_log=False, device="cuda:1", cuda_graphs=True, tls_dir="/var/run/slimserve/tls", tls_client_auth="require", probe_port=8081,
+    log_format="json", access_log=False, device="cuda:1", cuda_graphs=True,
     service_name="digits", service_namespace="team-a", payload_log_url="http://sink.team-a:8080/events",
     payload_log_mode="request", payload_log_sample_rate=0.25, payload_log_timeout_s=2.0,
     tracing_endpoint="http://otel-collector.observability:4317", tracing_sample_rate=0.1,
+    auth_mode="kubernetes", auth_api_keys_dir="/var/run/slimserve/api-keys", auth_namespace="team-a",
+    auth_resource_name="digits", auth_verb="create", auth_subresource="infer", auth_audiences=("slimserve", "b"),
+    auth_review_timeout_s=2.5, tls_dir="/var/run/slimserve/tls", tls_client_auth="require", probe_port=8081,
 )
 COMPRESSOR = CompressorEnv(
     job_spec='{"model":{"uri":"builtin://digits-cnn"}}', status_target="team-a/digits", job_generation=7,
@@ -209,6 +212,9 @@ def test_the_server_cli_and_config_defaults_are_the_tables():
         expected = getattr(DEFAULTS, field.name)
         if field.name in ("grpc_web", "playground", "cors_origins"):
             assert getattr(config.web, field.name) == expected, field.name
+            continue
+        if field.name.startswith("auth_"):  # read with the other auth settings when the server starts
+            assert getattr(config.auth, field.name.removeprefix("auth_")) == expected, field.name
             continue
         if field.name == "tls_client_auth":  # read with the TLS directory when the server starts
             assert config.tls.client_auth == expected

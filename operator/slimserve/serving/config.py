@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slimserve.api.workload import DEFAULTS
+from slimserve.serving.auth_options import AuthConfig
 from slimserve.serving.observability import PayloadLogSettings, TracingSettings
 from slimserve.serving.tls import TlsOptions
 from slimserve.serving.web.options import WebOptions
@@ -35,6 +36,7 @@ class ServerConfig:
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
     payload_log: PayloadLogSettings | None = None  # inference payloads as CloudEvents to a sink (off)
     tracing: TracingSettings | None = None  # OpenTelemetry traces to a collector (off)
+    auth: AuthConfig = AuthConfig()  # who may call (off)
     tls: TlsOptions = TlsOptions()  # plain text unless a directory of certificates is given
     probe_port: int | None = None  # health and /metrics only, in plain HTTP (for probes under client-certificate TLS)
 

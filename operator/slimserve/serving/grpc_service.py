@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from slimserve.serving.access_log import REQUEST_ID_HEADER, request_id
+from slimserve.serving.auth import API_KEY_HEADER, AUTHORIZATION_HEADER, Auth
 from slimserve.serving.dataplane import BATCH_SIZE_PARAMETER, DataPlane, RequestTimer
 from slimserve.serving.errors import InvalidInput, client_message, grpc_status
 from slimserve.serving.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
@@ -175,12 +176,18 @@ _METHODS = {
 
 # The request field that names the model, per method (the access log's "model").
 _MODEL_FIELD = {"ModelInfer": "model_name", "ModelReady": "name", "ModelMetadata": "name"}
+# What probes call: answered without a credential when auth is on (as grpc.health.v1.Health is).
+PUBLIC_METHODS = frozenset({"ServerLive", "ServerReady"})
 
 
-def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: DataPlane) -> Callable[..., Awaitable]:
-    """Maps domain errors to gRPC status codes, counts and logs every call, and sends its request id back."""
+def _with_status(
+    method: str, handler: Callable[..., Awaitable], dataplane: DataPlane, auth: Auth | None = None
+) -> Callable[..., Awaitable]:
+    """Maps domain errors to gRPC status codes, counts and logs every call, and sends its request id back;
+    with `auth`, a call of any method but the public ones needs a credential."""
     metrics, access_log = dataplane.metrics, dataplane.access_log
     model_field = _MODEL_FIELD.get(method)
+    auth = None if method in PUBLIC_METHODS else auth
     inference = method == "ModelInfer"  # traced and payload-logged
 
     async def call(request, context: grpc.aio.ServicerContext):
@@ -191,6 +198,8 @@ def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: Data
         model = getattr(request, model_field) if model_field else None
         response = None
         try:
+            if auth is not None:
+                await auth.check(_protocol(context), sent.get(AUTHORIZATION_HEADER), sent.get(API_KEY_HEADER))
             if inference:
                 trace = dataplane.tracing.start(GRPC_SPAN, sent.get(TRACEPARENT), sent.get(TRACESTATE), rid, model)
                 with trace:
@@ -218,11 +227,11 @@ def _with_status(method: str, handler: Callable[..., Awaitable], dataplane: Data
     return call
 
 
-_READ_METADATA = (REQUEST_ID_HEADER, TRACEPARENT, TRACESTATE)
+_READ_METADATA = (REQUEST_ID_HEADER, TRACEPARENT, TRACESTATE, AUTHORIZATION_HEADER, API_KEY_HEADER)
 
 
 def _sent_metadata(context) -> dict[str, str | bytes]:
-    """The request id and trace context the client sent (first value of each)."""
+    """The request id, trace context and credential the client sent (first value of each)."""
     sent: dict[str, str | bytes] = {}
     for key, value in context.invocation_metadata() or ():
         if key in _READ_METADATA and key not in sent:
@@ -235,12 +244,12 @@ def _protocol(context) -> str:
     return getattr(context, "protocol", "grpc")
 
 
-def method_handlers(dataplane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
+def method_handlers(dataplane: DataPlane, auth: Auth | None = None) -> dict[str, grpc.RpcMethodHandler]:
     """Method name -> handler of `inference.GRPCInferenceService` (also for mounting, e.g. gRPC-Web)."""
     servicer = InferenceServicer(dataplane)
     return {
         name: grpc.unary_unary_rpc_method_handler(
-            _with_status(name, getattr(servicer, name), dataplane),
+            _with_status(name, getattr(servicer, name), dataplane, auth),
             request_deserializer=request_type.FromString,
             response_serializer=response_type.SerializeToString,
         )
@@ -248,5 +257,6 @@ def method_handlers(dataplane: DataPlane) -> dict[str, grpc.RpcMethodHandler]:
     }
 
 
-def add_inference_service(server: grpc.aio.Server, dataplane: DataPlane) -> None:
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(dataplane)),))
+def add_inference_service(server: grpc.aio.Server, dataplane: DataPlane, auth: Auth | None = None) -> None:
+    handlers = method_handlers(dataplane, auth)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -17,11 +17,13 @@ from typing import Any
 
 from slimserve.api.workload import DEFAULTS
 from slimserve.serving.access_log import REQUEST_ID_HEADER, AccessLog, request_id
+from slimserve.serving.auth import API_KEY_HEADER, AUTHORIZATION_HEADER, Auth
 from slimserve.serving.dataplane import BATCH_SIZE_PARAMETER, DataPlane, RequestTimer
 from slimserve.serving.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RouteNotFound,
+    Unauthenticated,
     UnsupportedMediaType,
     InvalidInput,
     client_message,
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 DEFAULT_MAX_BODY_BYTES = DEFAULTS.max_body_bytes
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
+_AUTHORIZATION = AUTHORIZATION_HEADER.encode()
+_API_KEY = API_KEY_HEADER.encode()
+_CHALLENGE = [(b"www-authenticate", b'Bearer realm="slimserve"')]
 
 
 @dataclass
@@ -104,6 +109,7 @@ class _Route:
     pattern: re.Pattern
     endpoint: Endpoint
     name: str
+    public: bool  # answered without a credential when auth is on (health, metrics)
 
 
 def _compile(template: str) -> re.Pattern:
@@ -121,12 +127,16 @@ class RestApp:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log or AccessLog(enabled=False)
+        self.auth: Auth | None = None  # when set, every route but the public ones needs a credential
         self._routes: list[_Route] = []
         self._mounts: list[tuple[str, ASGIApp]] = []
 
-    def add_route(self, method: str, template: str, endpoint: Endpoint, name: str | None = None) -> None:
-        """Route `method` + `template` (with `{param}` segments) to `endpoint`; `name` labels its metrics."""
-        self._routes.append(_Route(method.upper(), _compile(template), endpoint, name or endpoint.__name__))
+    def add_route(
+        self, method: str, template: str, endpoint: Endpoint, name: str | None = None, public: bool = False
+    ) -> None:
+        """Route `method` + `template` (with `{param}` segments) to `endpoint`; `name` labels its metrics;
+        a `public` route needs no credential."""
+        self._routes.append(_Route(method.upper(), _compile(template), endpoint, name or endpoint.__name__, public))
 
     def mount(self, prefix: str, app: ASGIApp) -> None:
         """Send every request whose path starts with `prefix` (and no route matched) to another ASGI app."""
@@ -159,6 +169,8 @@ class RestApp:
             response = _error_response(error)
         else:
             try:
+                if self.auth is not None and not route.public:
+                    await self.auth.check("rest", _header(scope, _AUTHORIZATION), _header(scope, _API_KEY))
                 response = await route.endpoint(HttpRequest(scope, receive, params, self.max_body_bytes, rid))
             except ConnectionAbortedError:
                 return
@@ -180,7 +192,8 @@ def _header(scope: dict, name: bytes) -> str | None:
 
 
 def _error_response(error: BaseException) -> HttpResponse:
-    return HttpResponse(http_status(error), dumps({"error": client_message(error)}))
+    headers = _CHALLENGE if isinstance(error, Unauthenticated) else []
+    return HttpResponse(http_status(error), dumps({"error": client_message(error)}), headers=headers)
 
 
 async def _send(send: Callable, response: HttpResponse, rid: str) -> None:
@@ -208,10 +221,12 @@ def _json(status: int, document: Any) -> HttpResponse:
     return HttpResponse(status, dumps(document))
 
 
-def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RestApp:
-    """The REST app of the Open Inference Protocol (+ /metrics) over `dataplane`; add routes to it freely."""
+def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, auth: Auth | None = None) -> RestApp:
+    """The REST app of the Open Inference Protocol (+ /metrics) over `dataplane`; add routes to it freely.
+    With `auth`, every route but health and /metrics needs a credential."""
     metrics = dataplane.metrics
     app = RestApp(metrics, max_body_bytes, dataplane.access_log)
+    app.auth = auth
 
     async def server_live(request: HttpRequest) -> HttpResponse:
         live = dataplane.live()
@@ -267,12 +282,12 @@ def build_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # Inference first: routes are tried in order and it is the hot path.
     app.add_route("POST", "/v2/models/{name}/infer", infer)
     app.add_route("POST", "/v2/models/{name}/versions/{version}/infer", infer)
-    app.add_route("GET", "/v2/health/live", server_live)
-    app.add_route("GET", "/v2/health/ready", server_ready)
+    app.add_route("GET", "/v2/health/live", server_live, public=True)
+    app.add_route("GET", "/v2/health/ready", server_ready, public=True)
     app.add_route("GET", "/v2", server_metadata)
     app.add_route("GET", "/v2/models/{name}", model_metadata)
     app.add_route("GET", "/v2/models/{name}/versions/{version}", model_metadata)
     app.add_route("GET", "/v2/models/{name}/ready", model_ready)
     app.add_route("GET", "/v2/models/{name}/versions/{version}/ready", model_ready)
-    app.add_route("GET", "/metrics", prometheus)
+    app.add_route("GET", "/metrics", prometheus, public=True)
     return app

@@ -34,6 +34,7 @@ import grpc
 import uvicorn
 
 from slimserve.serving.access_log import AccessLog
+from slimserve.serving.auth import AuthSetupError, build_auth
 from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.config import ServerConfig
 from slimserve.serving.dataplane import DataPlane
@@ -79,7 +80,6 @@ def build_dataplane(
     return DataPlane(model, runner, metrics, config.max_batch_size, access_log, tracing, payload_log)
 
 
-
 async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     model = model or ServedModel(
@@ -95,14 +95,19 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     except TlsError as error:
         log.error("%s", error)
         return 1
+    try:
+        auth = build_auth(config.auth, metrics)
+    except AuthSetupError as error:
+        log.error("%s", error)
+        return 1
     health = ServerHealth([SERVICE_NAME])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    rest_app = build_app(dataplane, config.max_body_bytes)
-    http = _http_server(config, wrap_http_app(rest_app, dataplane, config.web, config.max_body_bytes),
+    rest_app = build_app(dataplane, config.max_body_bytes, auth)
+    http = _http_server(config, wrap_http_app(rest_app, dataplane, config.web, config.max_body_bytes, auth),
                         tls.listening_context if tls else None)
     grpc_server = grpc.aio.server(
         options=[
@@ -112,7 +117,7 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
         ]
     )
     http_socket = _listen(config.host, config.http_port)
-    add_inference_service(grpc_server, dataplane)
+    add_inference_service(grpc_server, dataplane, auth)
     await health.starting()
     health.add_to(grpc_server)
     grpc_address = f"{_grpc_host(config.host)}:{config.grpc_port}"
