@@ -1,0 +1,97 @@
+"""ghz as the gRPC load generator: unary ModelInfer calls of one serialized request, on one connection.
+
+The server's proto (`slimserve.oip.v2`, see open_inference_v2.proto) has the messages but no service: the
+service path `inference.GRPCInferenceService` is registered by the server. ghz needs both, so `protoset`
+writes a descriptor set of the same messages under package `inference` with that service, the wire
+contract every OIP server (KServe's too) answers. ghz has no warm-up phase: `run` makes a short run first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+
+from slimserve.serving.proto import open_inference_v2_pb2 as pb
+
+from . import measured
+
+TOOLS_SCRIPT = Path(__file__).resolve().parents[1] / "tools.sh"
+PACKAGE, SERVICE = "inference", "GRPCInferenceService"
+CALL = f"{PACKAGE}.{SERVICE}/ModelInfer"
+
+
+def binary() -> str:
+    path = subprocess.run([str(TOOLS_SCRIPT), "--print-ghz"], check=True, capture_output=True, text=True).stdout.strip()
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"ghz not built ({path}): run benchmarks/tools.sh")
+    return path
+
+
+def protoset(path: Path) -> Path:
+    """Write the OIP messages with the ModelInfer service as a FileDescriptorSet to `path`."""
+    source = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(source)
+    ours = f".{source.package}."
+    source.name, source.package = "grpc_predict_v2.proto", PACKAGE
+    for message in source.message_type:
+        _rename_types(message, ours, f".{PACKAGE}.")
+    method = source.service.add(name=SERVICE).method.add(name="ModelInfer")
+    method.input_type, method.output_type = f".{PACKAGE}.ModelInferRequest", f".{PACKAGE}.ModelInferResponse"
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=[source]).SerializeToString())
+    return path
+
+
+def _rename_types(message: descriptor_pb2.DescriptorProto, old: str, new: str) -> None:
+    for field in message.field:
+        if field.type_name.startswith(old):
+            field.type_name = new + field.type_name[len(old):]
+    for nested in message.nested_type:
+        _rename_types(nested, old, new)
+
+
+def command(target: str, protoset_path: Path, request: Path, concurrency: int, duration_s: float,
+            metadata: dict[str, str] | None = None) -> list[str]:
+    """ghz's command line: `concurrency` workers on one connection for `duration_s`, each sending the
+    serialized ModelInferRequest in `request`; a JSON summary on stdout. The calls still in flight when the
+    time is up are left out of the counts (--duration-stop=ignore), not counted as errors."""
+    args = [binary(), "--insecure", f"--protoset={protoset_path}", f"--call={CALL}", f"--binary-file={request}",
+            f"--concurrency={concurrency}", "--connections=1", f"--duration={max(1, round(duration_s * 1000))}ms",
+            "--total=0", "--duration-stop=ignore", "--format=json"]
+    if metadata:
+        args.append(f"--metadata={json.dumps(metadata)}")
+    return [*args, target]
+
+
+def parse(stdout: str) -> dict:
+    """The result dict of one run from ghz's JSON summary (durations in nanoseconds)."""
+    summary = json.loads(stdout)
+    statuses = summary.get("statusCodeDistribution") or {}
+    ok = int(statuses.get("OK", 0))
+    seconds = summary["total"] / 1e9
+    result = {"requests": ok, "errors": int(summary["count"]) - ok, "seconds": seconds}
+    if ok:
+        percentiles = {p["percentage"]: p["latency"] / 1e6 for p in summary.get("latencyDistribution") or []}
+        result.update(rps=ok / seconds, p50_ms=percentiles[50], p99_ms=percentiles[99])
+    return result
+
+
+def run(target: str, request: bytes, concurrency: int, duration_s: float, warmup_s: float,
+        metadata: dict[str, str] | None = None) -> dict:
+    """A warm-up run, then the measured one, against `target` (host:port): the result dict with the
+    client's CPU columns."""
+    with tempfile.TemporaryDirectory(prefix="ghz-") as scratch:
+        request_path = Path(scratch) / "request.bin"
+        request_path.write_bytes(request)
+        descriptors = protoset(Path(scratch) / "oip.protoset")
+        if warmup_s > 0:
+            measured.run(command(target, descriptors, request_path, concurrency, warmup_s, metadata), warmup_s + 60)
+        finished = measured.run(command(target, descriptors, request_path, concurrency, duration_s, metadata),
+                                timeout_s=duration_s + 60)
+        if finished.returncode != 0 or not finished.stdout.strip():
+            return {"requests": 0, "errors": -1, "failure": (finished.stderr or finished.stdout)[-500:]}
+        return {**parse(finished.stdout), **measured.client_fields("ghz", finished)}

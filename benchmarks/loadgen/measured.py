@@ -1,0 +1,87 @@
+"""A load generator run as a child process, with the CPU time it spent.
+
+The CPU time counts every thread of the client and nothing else; its share is of the CPUs this process may
+run on, over the child's wall time. A client that takes as much CPU as the server it drives, or a large share of the machine, competes with that server for
+the same cores: the row is then marked client-bound (`client_bound`), the throughput says as much about the
+client as about the server.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# A client using this share of the machine's CPU (on 2 cores: 0.8 of one) is taken as the limit of its row.
+CLIENT_BOUND_SHARE = 0.4
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    cpu_s: float  # user + system time of the child, all its threads
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu_s / (self.wall_s * cpu_count()) if self.wall_s > 0 else 0.0
+
+
+def run(command: list[str], timeout_s: float, env: dict[str, str] | None = None) -> Finished:
+    """Run `command` to its end (killed after `timeout_s`), with its output and its own CPU time.
+
+    The CPU time is the growth of RUSAGE_CHILDREN across the run: the only child reaped meanwhile is this one
+    (the servers a benchmark started are reaped when they stop, after their load generators).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    wall_s = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Finished(done.returncode, done.stdout, done.stderr, wall_s, cpu_s)
+
+
+def client_fields(client: str, finished: Finished) -> dict:
+    """The client columns of a result row."""
+    return {"client": client, "client_cpu_s": round(finished.cpu_s, 3), "client_cpu_share": round(finished.cpu_share, 3)}
+
+
+def mark_client_bound(row: dict, server_cpu_s: float | None) -> dict:
+    """Set `client_bound` on a row: its client took CLIENT_BOUND_SHARE of the machine, or at least as much CPU
+    as the server over the same run (`server_cpu_s`, when known)."""
+    cpu = row.get("client_cpu_s")
+    if cpu is None:
+        return row
+    row["server_cpu_s"] = round(server_cpu_s, 3) if server_cpu_s is not None else None
+    row["client_bound"] = row.get("client_cpu_share", 0) >= CLIENT_BOUND_SHARE or (
+        server_cpu_s is not None and cpu >= server_cpu_s)
+    return row
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> dict:
+    """What a run's figures depend on besides the code: CPUs, the load average when it ended, the threshold."""
+    return {"cpus": cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "client_bound_share": CLIENT_BOUND_SHARE}
+
+
+def describe(row: dict) -> str:
+    """'ghz 24% CPU' or 'h2load 61% CPU, client-bound': a row's client, its share of the machine's CPU, the mark."""
+    if "client" not in row:
+        return "-"
+    return f"{row['client']} {row.get('client_cpu_share', 0):.0%} CPU" + (", client-bound" if row.get("client_bound") else "")
