@@ -24,8 +24,8 @@ STANDARD_LABELS = (
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 )
-# Never granted, in either mode.
-FORBIDDEN_RESOURCES = {"secrets", "configmaps", "nodes", "namespaces", "clusterroles", "clusterrolebindings", "*"}
+# Never granted, in either mode (secrets: get alone, see test_rbac_has_no_wildcards_or_dangerous_rights).
+FORBIDDEN_RESOURCES = {"configmaps", "nodes", "namespaces", "clusterroles", "clusterrolebindings", "*"}
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
 
 
@@ -232,6 +232,8 @@ def test_rbac_has_no_wildcards_or_dangerous_rights(cluster_mode, namespaced_mode
     for role in roles:
         for rule in _rules(role):
             assert not FORBIDDEN_RESOURCES & set(rule["resources"]), rule
+            if "secrets" in rule["resources"]:  # a TLS Secret's metadata, by name: never listed or watched
+                assert (rule["resources"], rule["verbs"]) == (["secrets"], ["get"]), rule
             assert not FORBIDDEN_VERBS & set(rule["verbs"]), rule
             assert "*" not in rule["apiGroups"]
 

@@ -4,6 +4,7 @@ shows no refused call, and everything outside its rules is refused (403)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import urllib.request
 from pathlib import Path
@@ -56,12 +57,25 @@ def test_operator_works_with_the_charts_rights(control_plane, cluster_mode, name
     wait_for("Kopf's fallback from watching CRDs", lambda: KOPF_FALLBACK in cluster_mode.operator.logs())
 
 
+def test_operator_checks_a_tls_secret_with_the_charts_rights(control_plane, cluster_mode, namespace):
+    # The operator reads the Secret's metadata alone, so what the values hold does not matter here.
+    data = {key: base64.b64encode(b"not read by the operator").decode() for key in ("tls.crt", "tls.key")}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls-digits-cert"}, "data": data}
+    served = model_service("tls-digits")
+    served["spec"]["tls"] = {"secretName": "tls-digits-cert"}
+    apply(control_plane, namespace, secret, served)
+    assert assert_model_service_ready(control_plane, cluster_mode, namespace, "tls-digits")["status"]["url"].startswith(
+        "https://")
+    assert cluster_mode.unexpected_refusals() == []
+
+
 def test_operator_is_refused_everything_else(control_plane, cluster_mode, namespace):
     kubeconfig = cluster_mode.kubeconfig
     assert can_i(control_plane, kubeconfig, "create", "jobs.batch", "-n", namespace)  # the identity is live
     assert can_i(control_plane, kubeconfig, "patch", "compressionjobs.slimserve.io", "--subresource=status",
                  "-n", namespace)
-    for request in (("get", "secrets", "-n", namespace), ("list", "secrets", "-A"), ("delete", "nodes"),
+    assert can_i(control_plane, kubeconfig, "get", "secrets", "-n", namespace)  # a TLS Secret's metadata, by name
+    for request in (("list", "secrets", "-n", namespace), ("watch", "secrets", "-A"), ("delete", "nodes"),
                     # Rights the operator does not use: it never deletes a Deployment or a Service (the garbage
                     # collector does), only watches and patches its peering object, and finds CRDs through API
                     # discovery.
@@ -73,7 +87,7 @@ def test_operator_is_refused_everything_else(control_plane, cluster_mode, namesp
                     ("escalate", "roles.rbac.authorization.k8s.io", "-n", namespace),
                     ("bind", "clusterroles.rbac.authorization.k8s.io")):
         assert not can_i(control_plane, kubeconfig, *request), request
-    assert_forbidden(control_plane, kubeconfig, "get", "secrets", "-n", namespace)
+    assert_forbidden(control_plane, kubeconfig, "get", "secrets", "-n", namespace)  # kubectl get, no name: a list
     assert_forbidden(control_plane, kubeconfig, "delete", "node", "kwok-cpu-0", "--dry-run=server")
     assert_forbidden(control_plane, kubeconfig, "create", "clusterrolebinding", "grab", "--clusterrole=cluster-admin",
                      f"--serviceaccount={cluster_mode.namespace}:rbac-slimserve")

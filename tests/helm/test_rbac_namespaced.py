@@ -47,7 +47,8 @@ def test_namespaced_operator_is_refused_elsewhere(control_plane, namespaced_mode
     assert can_i(control_plane, kubeconfig, "create", "jobs.batch", "-n", team_a)
     for request in (("create", "jobs.batch", "-n", other), ("list", "compressionjobs.slimserve.io", "-n", other),
                     ("list", "customresourcedefinitions.apiextensions.k8s.io"), ("list", "namespaces"),
-                    ("get", "secrets", "-n", team_a), ("patch", "clusterkopfpeerings.kopf.dev")):
+                    ("list", "secrets", "-n", team_a), ("get", "secrets", "-n", other),
+                    ("patch", "clusterkopfpeerings.kopf.dev")):
         assert not can_i(control_plane, kubeconfig, *request), request
     assert_forbidden(control_plane, kubeconfig, "get", "jobs", "-n", other)
     assert_forbidden(control_plane, kubeconfig, "get", "compressionjobs", "-n", other)

@@ -19,6 +19,7 @@ from slimserve.api.common import (
 )
 from slimserve.api.compression_job import DEFAULT_NODE_POOL
 from slimserve.api.storage import S3Spec
+from slimserve.api.workload import TLS_CA_FILE, TLS_CERT_FILE, TLS_CLIENT_AUTH_MODES, TLS_KEY_FILE
 from slimserve.api.workload import PAYLOAD_LOG_MODES
 from slimserve.api.workload import CORS_ORIGIN_PATTERN, DEFAULTS
 
@@ -162,6 +163,28 @@ class TracingSpec(SpecModel):
     )
 
 
+# A Secret's name: a DNS subdomain.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class TlsSpec(SpecModel):
+    """TLS on every endpoint (REST, gRPC, gRPC-Web) from a Secret, reloaded when the Secret changes."""
+
+    secret_name: str = Field(
+        pattern=SECRET_NAME_PATTERN,
+        max_length=253,
+        description=f"Secret in the ModelService's namespace with the server's certificate chain ({TLS_CERT_FILE}) "
+        f"and key ({TLS_KEY_FILE}), as in a kubernetes.io/tls Secret or one cert-manager writes; with clientAuth, "
+        f"also {TLS_CA_FILE}, the CA that signs client certificates.",
+    )
+    client_auth: Literal[TLS_CLIENT_AUTH_MODES] = Field(
+        default=DEFAULTS.tls_client_auth,
+        description=f"Client certificates (mTLS), verified against {TLS_CA_FILE}: none; optional (a certificate "
+        "presented on the HTTP port is verified; gRPC does not ask); require (on both ports: then the probes and "
+        "Prometheus use a plain port that serves only health and /metrics).",
+    )
+
+
 class ModelServiceSpec(SpecModel):
     """Desired inference service."""
 
@@ -184,6 +207,7 @@ class ModelServiceSpec(SpecModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec, json_schema_extra={"default": {}}, description="Dynamic batching of requests.")
     protocols: ProtocolsSpec = Field(default_factory=ProtocolsSpec, json_schema_extra={"default": {}}, description="Extra endpoints.")
     s3: S3Spec | None = Field(default=None, description="Object-store access for an s3:// model URI.")
+    tls: TlsSpec | None = Field(default=None, description="Serve over TLS from a Secret; unset: plain text.")
     payload_logging: PayloadLoggingSpec | None = Field(
         default=None, description="Send inference payloads as CloudEvents to a sink; unset: off."
     )

@@ -56,6 +56,7 @@ from slimserve.controller.model_service_status import (
     resolve_model_uri,
     status_differs,
 )
+from slimserve.controller.model_service_tls import tls_secret_refusal
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
         metric = spec.autoscaling.metric if spec.autoscaling else None
         keda = runtime.keda.installed(api) if metric == "concurrency" else False
         inputs = inputs_for(owner, generation, resolution, autoscaling_verdict(metric, keda_installed=keda),
-                            config.cluster_domain)
+                            config.cluster_domain, tls=spec.tls is not None)
         desired = (owner.uid, generation, resolution.model, keda)
         if not force and known is not None and known.desired == desired and known.inputs == inputs:
             return known
@@ -216,6 +217,9 @@ def _apply_children(
     """Apply every desired child this service controls or may create, delete the optional ones no longer
     wanted that it controls; (the live Deployment, what was refused). One refusal does not hold back the rest.
     """
+    tls_refusal = tls_secret_refusal(api, owner.namespace, spec.tls)
+    if tls_refusal is not None:
+        return {}, [tls_refusal]  # pods that cannot serve would replace pods that do: nothing is applied
     children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda)
     key = (owner.namespace, owner.name)
     deployment: dict[str, Any] = {}

@@ -27,6 +27,10 @@ STALLED = "Stalled"
 CHILD_CONFLICT = "ChildConflict"
 APPLY_REJECTED = "ApplyRejected"  # 4xx: the manifest or the request is refused (invalid, forbidden, ...)
 APPLY_FAILED = "ApplyFailed"  # 5xx, throttling, no answer: may pass by itself
+# spec.tls names a Secret that does not exist, or lacks a key it needs: the pods are not rolled until it does
+# (not Stalled: cert-manager, say, may be about to write it).
+TLS_SECRET_MISSING = "TLSSecretMissing"
+TLS_SECRET_INVALID = "TLSSecretInvalid"
 STALLED_REASONS = frozenset(
     {"InvalidSpec", "UnknownNodePool", "CompressionFailed", "ProgressDeadlineExceeded", CHILD_CONFLICT, APPLY_REJECTED}
 )
@@ -165,13 +169,14 @@ def inputs_for(
     resolution: ModelResolution,
     autoscaling: Verdict | None,
     cluster_domain: str,
+    tls: bool = False,
 ) -> StatusInputs:
     served = resolution.model is not None
     return StatusInputs(
         generation=generation,
         resolution=resolution,
         autoscaling=autoscaling,
-        url=service_url(owner, cluster_domain) if served else None,
+        url=service_url(owner, cluster_domain, tls) if served else None,
         grpc_address=grpc_address(owner, cluster_domain) if served else None,
     )
 
@@ -182,7 +187,8 @@ def _with(conditions: list[dict[str, Any]], type_: str, verdict: Verdict, genera
 
 @dataclass(frozen=True)
 class Refusal:
-    """A child the pass could not apply: `reason` one of CHILD_CONFLICT, APPLY_REJECTED, APPLY_FAILED."""
+    """A child the pass could not apply: `reason` one of CHILD_CONFLICT, APPLY_REJECTED, APPLY_FAILED, or one of
+    the TLS Secret's (nothing was applied)."""
 
     reason: str
     message: str
@@ -190,7 +196,7 @@ class Refusal:
 
 def refusal_verdict(refusals: list[Refusal]) -> Verdict:
     """Ready=False for the pass's refused applies: the reason needing the most attention, every message."""
-    order = (CHILD_CONFLICT, APPLY_REJECTED, APPLY_FAILED)
+    order = (CHILD_CONFLICT, APPLY_REJECTED, TLS_SECRET_MISSING, TLS_SECRET_INVALID, APPLY_FAILED)
     reason = min((r.reason for r in refusals), key=order.index)
     return Verdict(FALSE, reason, "; ".join(r.message for r in refusals))
 

@@ -176,8 +176,8 @@ def model_name(owner: Owner, spec: ModelServiceSpec) -> str:
     return spec.model_name or owner.name
 
 
-def service_url(owner: Owner, cluster_domain: str) -> str:
-    return f"http://{service_host(owner, cluster_domain)}:{HTTP_PORT}"
+def service_url(owner: Owner, cluster_domain: str, tls: bool = False) -> str:
+    return f"{'https' if tls else 'http'}://{service_host(owner, cluster_domain)}:{HTTP_PORT}"
 
 
 def grpc_address(owner: Owner, cluster_domain: str) -> str:
@@ -265,10 +265,66 @@ def server_env(
         # The server refuses anything else: a pod never serves an artifact rewritten in place under the URI.
         artifact_digest=model.digest or None,
         log_format=pod_log_format(config),
+        **tls_settings(spec),
         device=pool_device(pool),
         **observability_settings(owner, spec),
     )
     return env.to_env() + s3_env(spec)
+
+
+# ---- TLS ----------------------------------------------------------------------------------------------
+
+TLS_VOLUME = "tls"
+TLS_MOUNT = "/var/run/slimserve/tls"
+# Plain HTTP, health and /metrics only: where probes and Prometheus go when clients must present certificates
+# (the kubelet presents none).
+PROBE_PORT = 8081
+
+
+def requires_client_certificates(spec: ModelServiceSpec) -> bool:
+    return spec.tls is not None and spec.tls.client_auth == "require"
+
+
+def tls_settings(spec: ModelServiceSpec) -> dict[str, Any]:
+    """The server's SLIMSERVE_TLS_* settings (and its probe port) for `spec.tls`; none when it is unset."""
+    if spec.tls is None:
+        return {}
+    probe_port = PROBE_PORT if requires_client_certificates(spec) else None
+    return {"tls_dir": TLS_MOUNT, "tls_client_auth": spec.tls.client_auth, "probe_port": probe_port}
+
+
+def tls_volume(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    """The Secret as files. Optional, so that a Secret deleted after the operator checked it reaches the server,
+    which refuses to start (never serving plain text) with the reason in its log, instead of a pod waiting in
+    ContainerCreating."""
+    if spec.tls is None:
+        return []
+    return [{"name": TLS_VOLUME, "secret": {"secretName": spec.tls.secret_name, "optional": True, "defaultMode": 0o440}}]
+
+
+def tls_mounts(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    # The directory, not single files (subPath): the kubelet's atomic swap of a rotated Secret reaches only it.
+    return [{"name": volume["name"], "mountPath": TLS_MOUNT, "readOnly": True} for volume in tls_volume(spec)]
+
+
+def probe_ports(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    return [{"name": "probes", "containerPort": PROBE_PORT, "protocol": "TCP"}] if requires_client_certificates(spec) else []
+
+
+def probe_target(spec: ModelServiceSpec) -> dict[str, Any]:
+    """Where an httpGet probe goes: the HTTP port, over HTTPS with TLS (the kubelet does not verify the
+    certificate), or the plain probe port when clients must present certificates."""
+    if requires_client_certificates(spec):
+        return {"port": "probes"}
+    return {"port": "http", "scheme": "HTTPS"} if spec.tls is not None else {"port": "http"}
+
+
+def prometheus_annotations(spec: ModelServiceSpec) -> dict[str, str]:
+    if requires_client_certificates(spec):
+        return {**PROMETHEUS_ANNOTATIONS, "prometheus.io/port": str(PROBE_PORT)}
+    if spec.tls is not None:
+        return {**PROMETHEUS_ANNOTATIONS, "prometheus.io/scheme": "https"}
+    return dict(PROMETHEUS_ANNOTATIONS)
 
 
 def s3_env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
@@ -287,9 +343,9 @@ def s3_env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _http_probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
+def _http_probe(path: str, spec: ModelServiceSpec, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, **probe_target(spec)},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -301,6 +357,7 @@ def server_container(
 ) -> dict[str, Any]:
     image = config.images.server_gpu if pool.has_gpu else config.images.server
     mounts = [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT}]
+    mounts += tls_mounts(spec)
     claim = pvc_claim(model.uri)
     if claim:
         mounts.append({"name": "model-pvc", "mountPath": f"{config.pvc_mount_root.rstrip('/')}/{claim}", "readOnly": True})
@@ -313,11 +370,14 @@ def server_container(
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            *probe_ports(spec),
         ],
         "resources": container_resources(spec, pool),
-        "startupProbe": _http_probe(READY_PATH, period=STARTUP_PROBE_PERIOD_SECONDS, failures=STARTUP_PROBE_FAILURES),
-        "livenessProbe": _http_probe(LIVE_PATH, period=10, failures=3),
-        "readinessProbe": _http_probe(READY_PATH, period=5, failures=2),
+        "startupProbe": _http_probe(
+            READY_PATH, spec, period=STARTUP_PROBE_PERIOD_SECONDS, failures=STARTUP_PROBE_FAILURES
+        ),
+        "livenessProbe": _http_probe(LIVE_PATH, spec, period=10, failures=3),
+        "readinessProbe": _http_probe(READY_PATH, spec, period=5, failures=2),
         "volumeMounts": mounts,
         "securityContext": hardened_container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -338,7 +398,7 @@ def pod_volumes(model: ArtifactToServe) -> list[dict[str, Any]]:
 def pod_template(
     owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
 ) -> dict[str, Any]:
-    annotations = dict(PROMETHEUS_ANNOTATIONS)
+    annotations = prometheus_annotations(spec)
     if model.digest:
         annotations[DIGEST_ANNOTATION] = model.digest  # a new artifact changes the template: a rollout
     pod_spec: dict[str, Any] = {
@@ -356,7 +416,7 @@ def pod_template(
             }
         ],
         "containers": [server_container(owner, spec, model, pool, config)],
-        "volumes": pod_volumes(model),
+        "volumes": pod_volumes(model) + tls_volume(spec),
         **pool_placement(pool, config),
     }
     return {"metadata": {"labels": labels_of(owner), "annotations": annotations}, "spec": pod_spec}
@@ -391,7 +451,7 @@ def build_deployment(
     }
 
 
-def build_service(owner: Owner) -> dict[str, Any]:
+def build_service(owner: Owner, tls: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -400,7 +460,8 @@ def build_service(owner: Owner) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": selector_of(owner),
             "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP",
+                 "appProtocol": "https" if tls else "http"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
             ],
         },
@@ -514,7 +575,7 @@ def desired_children(
     children.apply.append(
         build_deployment(owner, spec, model, pool, config, replicas=deployment_replicas(spec, keda_installed))
     )
-    children.apply.append(build_service(owner))
+    children.apply.append(build_service(owner, tls=spec.tls is not None))
     name = owner.child_name
     if uses_hpa(spec):
         children.apply.append(build_hpa(owner, spec.autoscaling))
