@@ -23,6 +23,8 @@ from slimserve.models.digits import digits_data
 from tests.storage.conftest import s3_env, s3_server  # noqa: F401  (the MinIO fixtures)
 
 DIGITS = 90  # held-out digits scored end to end
+# This machine's cache, where the builtin digits models' trained weights are (a fresh cache trains them first).
+MACHINE_CACHE = cache_root()
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +100,7 @@ def start_pod(container: dict, index: int, root: Path, *, with_status: bool = Fa
     env.update(
         **{BatchEnv.variable("shard_index").name: str(index),
            # the digits model's trained weights, from this machine's cache
-           BatchEnv.variable("cache").name: str(cache_root())},
+           BatchEnv.variable("cache").name: str(MACHINE_CACHE)},
         PATH=os.environ["PATH"],
         OMP_NUM_THREADS="1",
         **(extra_env or {}),
