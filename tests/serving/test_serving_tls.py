@@ -18,30 +18,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from cryptography import x509
 
-from serving_helpers import HOST, ServerProcess, free_port, metric_samples, request
-from tls_certs import SecretDir, make_pki
+from serving_helpers import HOST, metric_samples, request
+from tls_certs import SecretDir, TlsServer, make_pki
 
 MODEL = "digits-mlp"
 ROWS = np.random.default_rng(1).random((2, 64), dtype=np.float32) * 16
 RELOADS_FAILED = 'slimserve_tls_reloads_total{result="failed"}'
-
-
-class TlsServer(ServerProcess):
-    """A server with `--tls-dir` and a plain probe port, which `start()` waits on."""
-
-    def __init__(self, log_dir, secret: SecretDir, client_auth: str) -> None:
-        self.probe_port = free_port()
-        super().__init__("builtin://digits-mlp", log_dir, "--tls-dir", str(secret.path), "--tls-client-auth",
-                         client_auth, "--probe-port", str(self.probe_port), "--max-latency-ms", "1")
-        self.secret = secret
-
-    @property
-    def ready_url(self) -> str:
-        return f"http://{HOST}:{self.probe_port}/v2/health/ready"
-
-    @property
-    def probe_url(self) -> str:
-        return f"{HOST}:{self.probe_port}"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""Certificates for the TLS tests, made with cryptography: a CA, server and client certificates it signs, an
-expired server certificate, and a second CA nobody trusts. `SecretDir` lays files out as the kubelet mounts a
-Secret (`..data` symlinking to a timestamped folder) and rotates them the way it does."""
+"""Certificates and servers for the TLS tests. Certificates are made with cryptography: a CA, server and client
+certificates it signs, an expired server certificate, and a second CA nobody trusts. `SecretDir` lays files out
+as the kubelet mounts a Secret (`..data` symlinking to a timestamped folder) and rotates them the way it does;
+`TlsServer` serves from one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.serving.serving_helpers import HOST, ServerProcess, free_port
 
 DAY = datetime.timedelta(days=1)
 
@@ -135,3 +138,21 @@ class SecretDir:
             link = self.path / name
             if not link.is_symlink():
                 link.symlink_to(f"..data/{name}")
+
+
+class TlsServer(ServerProcess):
+    """A server with `--tls-dir` and a plain probe port, which `start()` waits on."""
+
+    def __init__(self, log_dir, secret: SecretDir, client_auth: str, *args: str) -> None:
+        self.probe_port = free_port()
+        super().__init__("builtin://digits-mlp", log_dir, "--tls-dir", str(secret.path), "--tls-client-auth",
+                         client_auth, "--probe-port", str(self.probe_port), "--max-latency-ms", "1", *args)
+        self.secret = secret
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://{HOST}:{self.probe_port}/v2/health/ready"
+
+    @property
+    def probe_url(self) -> str:
+        return f"{HOST}:{self.probe_port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,10 +17,12 @@ ALLOWED_ORIGIN = "http://app.allowed.test:3000"
 NODE_TIMEOUT_S = 120
 
 
-def run_node(script: str, spec: dict, timeout_s: float = NODE_TIMEOUT_S) -> dict:
-    """Run a script of the Node test project with its JSON argument; its one-line JSON output, parsed."""
+def run_node(script: str, spec: dict, timeout_s: float = NODE_TIMEOUT_S, env: dict[str, str] | None = None) -> dict:
+    """Run a script of the Node test project with its JSON argument (and `env` added to the environment); its
+    one-line JSON output, parsed."""
     done = subprocess.run(
-        ["node", script, json.dumps(spec)], cwd=NODE_PROJECT, capture_output=True, text=True, timeout=timeout_s
+        ["node", script, json.dumps(spec)], cwd=NODE_PROJECT, capture_output=True, text=True, timeout=timeout_s,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, f"node {script} failed ({done.returncode}):\n{done.stderr}\n{done.stdout}"
     return json.loads(done.stdout.strip().splitlines()[-1])
