@@ -5,6 +5,9 @@ concurrency (1, 8, 32) it measures throughput, p50 and p99 of:
 - SlimServe with dynamic batching, and with `--no-batching`;
 - KServe's model server (PyPI `kserve`, one worker) wrapping the same `load_servable` model;
 - the bare model forward in process at the same batch size (rows/s), for the server/bare ratio.
+- when asked (`--servers ...,slimserve-payload-log,slimserve-tracing`), SlimServe logging every request and
+  response to a CloudEvents sink on loopback, and tracing every request to the tests' OpenTelemetry Collector,
+  against plain SlimServe (the payload log's sent, dropped and failed events are printed beside them).
 Same weights, same torch threads, same client for every server: tritonclient (HTTP with binary tensors,
 and gRPC), in a separate load-generator process. Every request loop is bounded in count and time.
 
@@ -19,6 +22,7 @@ after its own. Servers listen on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -200,6 +204,88 @@ def kserve_venv(version: str = KSERVE_VERSION) -> Path:
     return venv / "bin" / "python"
 
 
+PAYLOAD_LOG, TRACING = "slimserve-payload-log", "slimserve-tracing"
+SERVER_ENV: dict[str, dict[str, str]] = {}  # server kind -> extra environment (filled by ObservabilitySinks)
+
+
+# --- payload log sink and trace collector -----------------------------------------------------------
+def sink_server(port: int) -> None:
+    """A CloudEvents sink that takes any POST and answers 204 at once, on asyncio (cheap per event)."""
+    import asyncio
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport, self.buffer, self.body_left = transport, b"", 0
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while True:
+                if self.body_left:
+                    taken = min(self.body_left, len(self.buffer))
+                    self.buffer, self.body_left = self.buffer[taken:], self.body_left - taken
+                    if self.body_left:
+                        return
+                    self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                head, found, rest = self.buffer.partition(b"\r\n\r\n")
+                if not found:
+                    return
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                self.buffer, self.body_left = rest, length
+                if not length:
+                    self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async def run() -> None:
+        server = await asyncio.get_running_loop().create_server(Sink, HOST, port)
+        await server.serve_forever()
+
+    asyncio.run(run())
+
+
+class ObservabilitySinks:
+    """What the payload log and tracing rows send to: the sink above (sample rate 1, every request and response)
+    and the tests' OpenTelemetry Collector (tests/otelcol, built when missing; `--tracing-sample-rate`), both on loopback."""
+
+    def __init__(self, kinds: list[str], log_dir: Path, tracing_sample_rate: float = 1.0) -> None:
+        self.sink = self.collector = None
+        if PAYLOAD_LOG in kinds:
+            port = free_port()
+            self.sink = subprocess.Popen([sys.executable, __file__, "--role", "sink", "--http-port", str(port)])
+            SERVER_ENV[PAYLOAD_LOG] = {"SLIMSERVE_PAYLOAD_LOG_URL": f"http://{HOST}:{port}/events",
+                                       "SLIMSERVE_PAYLOAD_LOG_SAMPLE_RATE": "1"}
+        if TRACING in kinds:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.otelcol.collector import BUILD_SCRIPT, Collector
+
+            subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, timeout=3600)
+            binary = subprocess.run(["bash", str(BUILD_SCRIPT), "--print-bin"], check=True, capture_output=True,
+                                    text=True).stdout.strip()
+            work = log_dir / "otelcol"
+            work.mkdir(exist_ok=True)
+            self.collector = Collector(Path(binary), work)
+            self.collector.wait_ready()
+            SERVER_ENV[TRACING] = {"SLIMSERVE_TRACING_ENDPOINT": self.collector.endpoint,
+                                   "SLIMSERVE_TRACING_SAMPLE_RATE": str(tracing_sample_rate)}
+
+    @staticmethod
+    def print_outcomes(running: dict[str, "Server"]) -> None:
+        """The payload log's sent, dropped and failed events: a ratio bought by dropping would show here."""
+        server = running.get(PAYLOAD_LOG)
+        if server is None:
+            return
+        with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as answer:
+            lines = answer.read().decode().splitlines()
+        counts = [line for line in lines if line.startswith("slimserve_payload_log_events_total")]
+        print(f"payload log events of {server.model}: " + ", ".join(counts), flush=True)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.terminate()
+            self.sink.wait(10)
+        if self.collector is not None:
+            self.collector.stop()
+
+
 # --- servers --------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
@@ -246,7 +332,7 @@ class Server:
 def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_python: Path | None) -> Server:
     http_port, grpc_port = free_port(), free_port()
     log = log_dir / f"{kind}-{model}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **SERVER_ENV.get(kind, {})}
     if kind == "kserve":
         command = [str(kserve_python), __file__, "--role", "kserve", "--model", model,
                    "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", str(threads)]
@@ -366,13 +452,19 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
         rps, rate = get("slimserve", "minilm-l6", protocol, 32), bare.get("minilm-l6", {}).get(32)
         if rps and rate:
             lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.8)")
+    for kind, label in ((PAYLOAD_LOG, "payload logging on (sample rate 1)"), (TRACING, "tracing on")):
+        for model in MODELS:
+            for protocol in ("rest", "grpc"):
+                rps, plain = get(kind, model, protocol, 32), get("slimserve", model, protocol, 32)
+                if rps and plain:
+                    lines.append(f"{label}, {model}, {protocol}, c32: / plain SlimServe = {rps / plain:.2f} (target >= 0.9)")
     return lines
 
 
 # --- main -----------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=("bench", "loadgen", "kserve"), default="bench")
+    parser.add_argument("--role", choices=("bench", "loadgen", "kserve", "sink"), default="bench")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--protocols", default="rest,grpc")
     parser.add_argument("--concurrency", default="1,8,32")
@@ -382,6 +474,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per cell; the median one is reported")
     parser.add_argument("--max-requests", type=int, default=20000, help="most measured requests per cell")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every server and the bare forward")
+    parser.add_argument("--tracing-sample-rate", type=float, default=1.0,
+                        help="sample rate of the slimserve-tracing server (the payload log one logs all)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     # role arguments
     parser.add_argument("--protocol"), parser.add_argument("--url"), parser.add_argument("--model")
@@ -390,6 +484,9 @@ def main() -> int:
 
     if args.role == "loadgen":
         print(json.dumps(loadgen(args.protocol, args.url, args.model, int(args.concurrency), args.duration_s, args.max_requests)))
+        return 0
+    if args.role == "sink":
+        sink_server(args.http_port)
         return 0
     if args.role == "kserve":
         kserve_server(MODELS[args.model], args.model, args.http_port, args.grpc_port, args.threads)
@@ -404,6 +501,10 @@ def main() -> int:
     kserve_python = kserve_venv() if "kserve" in servers else None
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "slimserve-bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    sinks = (ObservabilitySinks(servers, log_dir, args.tracing_sample_rate)
+             if {PAYLOAD_LOG, TRACING} & set(servers) else None)
+    if sinks is not None:
+        atexit.register(sinks.close)
 
     bare = {}
     results = []
@@ -429,6 +530,8 @@ def main() -> int:
                               f"{cell.get('rps', 0):8.0f} req/s  p50 {cell.get('p50_ms', float('nan')):7.2f} ms  "
                               f"p99 {cell.get('p99_ms', float('nan')):7.2f} ms  errors {cell.get('errors')}", flush=True)
         finally:
+            if sinks is not None:
+                sinks.print_outcomes(running)
             for server in running.values():
                 server.stop()
         bare[model] = forward.median_rates()
