@@ -1,6 +1,9 @@
 """The BatchInference fixtures are what the operator writes: the operator runs on the real control plane, the
 test plays the shards' pods (as tests/operator/test_batch_inference_cluster.py does), and each live object must
-have its fixture's phase and conditions and get the same Argo CD health and kstatus status."""
+have its fixture's phase and conditions and get the same Argo CD health and kstatus status.
+
+The operator is the chart's, in namespaced mode over this module's namespace (tests/helm/rbac.py): its calls for
+a BatchInference must all be within the chart's Role."""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, apply, condition, get
 from tests.gitops import kstatus
 from tests.gitops.argocd import SCRIPTS, run_health_check
 from tests.gitops.status_fixtures import batch_inference_fixtures
-from tests.helm.rbac import compression_job
-from tests.operator.conftest import CRDS, OperatorProcess
+from tests.helm.conftest import chart_crds  # noqa: F401 (the chart's CRDs, Kopf's peering ones among them)
+from tests.helm.rbac import compression_job, release_fixture
 from tests.operator.test_batch_inference_cluster import (
     batch_inference, end_pod, pods_by_index, shard_reporter, wait_status,
 )
@@ -25,19 +28,23 @@ FIXTURES = {fixture.name: fixture for fixture in batch_inference_fixtures()}
 
 
 @pytest.fixture(scope="module")
-def namespace(control_plane, tmp_path_factory):
-    """A solo namespace with an operator of its own (the session operator leaves solo namespaces alone)."""
-    cp = control_plane
-    cp.kubectl("apply", "--server-side", "-f", str(CRDS))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               "crd/batchinferences.slimserve.io", "crd/compressionjobs.slimserve.io")
-    name = cp.create_namespace(f"{SOLO_NAMESPACE_PREFIX}gitops-batch")
-    operator = OperatorProcess(cp, tmp_path_factory.mktemp("gitops-operator"), extra_args=("--namespace", name)).start()
-    try:
-        yield name
-    finally:
-        operator.stop()
-        cp.delete_namespace(name)
+def watched(control_plane):
+    """A solo namespace (the session's admin operator leaves it alone)."""
+    name = control_plane.create_namespace(f"{SOLO_NAMESPACE_PREFIX}gitops-batch")
+    yield name
+    control_plane.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def release(control_plane, chart_crds, tmp_path_factory, watched):  # noqa: F811
+    yield from release_fixture(control_plane, tmp_path_factory.mktemp("gitops-batch"), "gitops",
+                               {"operator": {"watchNamespaces": [watched]}})
+
+
+@pytest.fixture
+def namespace(release, watched):
+    yield watched
+    assert release.unexpected_refusals() == []  # the chart's Role covers every call made for the BatchInference
 
 
 def shape(status: dict[str, Any]) -> tuple:
