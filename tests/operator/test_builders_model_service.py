@@ -31,6 +31,10 @@ def by_kind(result: b.Children) -> dict[str, dict]:
     return {manifest["kind"]: manifest for manifest in result.apply}
 
 
+# The kubernetes auth mode's ServiceAccount, Role and RoleBinding: deleted whenever the mode is off.
+AUTH_ACCESS = {"ServiceAccount", "Role", "RoleBinding"}
+
+
 def deleted_kinds(result: b.Children) -> set[str]:
     return {ref.kind for ref in result.delete}
 
@@ -277,8 +281,8 @@ def test_fixed_replicas_and_no_autoscalers():
     assert kinds["Deployment"]["spec"]["replicas"] == 3
     assert "HorizontalPodAutoscaler" not in kinds and "ScaledObject" not in kinds
     assert kinds["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
-    assert deleted_kinds(result) == {"HorizontalPodAutoscaler"}
-    assert deleted_kinds(children(spec(replicas=3), keda=True)) == {"HorizontalPodAutoscaler", "ScaledObject"}
+    assert deleted_kinds(result) == {"HorizontalPodAutoscaler"} | AUTH_ACCESS
+    assert deleted_kinds(children(spec(replicas=3), keda=True)) == {"HorizontalPodAutoscaler", "ScaledObject"} | AUTH_ACCESS
 
 
 def test_single_replica_has_no_disruption_budget():
@@ -297,7 +301,7 @@ def test_cpu_autoscaling_leaves_replicas_to_the_hpa():
     assert hpa["metrics"] == [
         {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}
     ]
-    assert deleted_kinds(result) == {"ScaledObject"}
+    assert deleted_kinds(result) == {"ScaledObject"} | AUTH_ACCESS
 
 
 def test_concurrency_autoscaling_with_keda_renders_a_scaled_object_that_may_scale_to_zero():
@@ -314,7 +318,7 @@ def test_concurrency_autoscaling_with_keda_renders_a_scaled_object_that_may_scal
     assert trigger["metadata"]["threshold"] == "4"
     assert "slimserve_inflight_requests" in trigger["metadata"]["query"]
     assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA's schema: string values
-    assert deleted_kinds(result) == {"HorizontalPodAutoscaler"}
+    assert deleted_kinds(result) == {"HorizontalPodAutoscaler"} | AUTH_ACCESS
 
 
 def test_concurrency_autoscaling_without_keda_runs_the_floor_of_replicas():

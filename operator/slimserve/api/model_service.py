@@ -21,7 +21,7 @@ from slimserve.api.compression_job import DEFAULT_NODE_POOL
 from slimserve.api.storage import S3Spec
 from slimserve.api.workload import TLS_CA_FILE, TLS_CERT_FILE, TLS_CLIENT_AUTH_MODES, TLS_KEY_FILE
 from slimserve.api.workload import PAYLOAD_LOG_MODES
-from slimserve.api.workload import CORS_ORIGIN_PATTERN, DEFAULTS
+from slimserve.api.workload import AUTH_API_KEYS, AUTH_KUBERNETES, CORS_ORIGIN_PATTERN, DEFAULTS
 
 
 class ModelReference(SpecModel):
@@ -47,6 +47,14 @@ class ModelReference(SpecModel):
     )
     compression_job_ref: LocalObjectReference | None = Field(
         default=None, description="Serve the artifact of this CompressionJob once it has succeeded."
+    )
+    allow_outside_budget: bool = Field(
+        default=False,
+        description=(
+            "Serve an artifact marked withinBudget: false (a CompressionJob with evaluation.onBudgetMiss: keepBest "
+            "that missed its accuracy budget). Unset, the server refuses to load it, and a compressionJobRef to "
+            "such a job leaves ModelAvailable False (OutsideBudget)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -132,6 +140,87 @@ class ProtocolsSpec(SpecModel):
     )
 
 
+class KubernetesAuthSpec(SpecModel):
+    """The right a caller's token needs: `verb` on this ModelService (modelservices[/subresource] NAME)."""
+
+    verb: str = Field(
+        default=DEFAULTS.auth_verb, pattern=r"^[a-z]+$", max_length=63,
+        description="Verb a caller needs on the ModelService, e.g. get (RBAC: a Role with get on modelservices).",
+    )
+    subresource: str | None = Field(
+        default=None, pattern=DNS_LABEL_PATTERN, max_length=63,
+        description="Subresource of modelservices the verb is checked on, e.g. infer; unset: the resource itself.",
+    )
+    audiences: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=8, json_schema_extra={"default": []},
+        description="Audiences a token must be issued for, e.g. [\"slimserve\"]; empty: the API server's own.",
+    )
+
+
+class AuthSpec(SpecModel):
+    """Who may call the service. Health (/v2/health/*, gRPC health) and /metrics stay open to probes."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.mode != 'apiKeys' || has(self.apiKeysSecret)",
+                    "message": "spec.auth.apiKeysSecret: mode apiKeys needs the Secret of key hashes",
+                    "fieldPath": ".apiKeysSecret",
+                    "reason": "FieldValueRequired",
+                }
+            ]
+        }
+    }
+
+    mode: Literal["apiKeys", "kubernetes"] = Field(
+        description="apiKeys: a key from the Secret (Authorization: Bearer KEY, X-API-Key, gRPC authorization "
+        "metadata); kubernetes: a bearer token the API server accepts (TokenReview) whose user may use the "
+        "ModelService (SubjectAccessReview)."
+    )
+    api_keys_secret: LocalObjectReference | None = Field(
+        default=None,
+        description="apiKeys: Secret with one entry per key, named after it (e.g. alice), whose value is "
+        "sha256:<64 hex digits>, the SHA-256 of the key; deleting an entry revokes that key.",
+    )
+    kubernetes: KubernetesAuthSpec = Field(
+        default_factory=KubernetesAuthSpec, json_schema_extra={"default": {}},
+        description="kubernetes: the right a caller needs, and the audiences of its token.",
+    )
+
+    @model_validator(mode="after")
+    def _secret_for_keys(self) -> "AuthSpec":
+        if self.mode == AUTH_API_KEYS and self.api_keys_secret is None:
+            raise ValueError("spec.auth.apiKeysSecret: mode apiKeys needs the Secret of key hashes")
+        return self
+
+    @property
+    def uses_kubernetes(self) -> bool:
+        return self.mode == AUTH_KUBERNETES
+
+
+# A Secret's name: a DNS subdomain.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class TlsSpec(SpecModel):
+    """TLS on every endpoint (REST, gRPC, gRPC-Web) from a Secret, reloaded when the Secret changes."""
+
+    secret_name: str = Field(
+        pattern=SECRET_NAME_PATTERN,
+        max_length=253,
+        description=f"Secret in the ModelService's namespace with the server's certificate chain ({TLS_CERT_FILE}) "
+        f"and key ({TLS_KEY_FILE}), as in a kubernetes.io/tls Secret or one cert-manager writes; with clientAuth, "
+        f"also {TLS_CA_FILE}, the CA that signs client certificates.",
+    )
+    client_auth: Literal[TLS_CLIENT_AUTH_MODES] = Field(
+        default=DEFAULTS.tls_client_auth,
+        description=f"Client certificates (mTLS), verified against {TLS_CA_FILE}: none; optional (a certificate "
+        "presented on the HTTP port is verified; gRPC does not ask); require (on both ports: then the probes and "
+        "Prometheus use a plain port that serves only health and /metrics).",
+    )
+
+
 class PayloadLoggingSpec(SpecModel):
     """Inference requests and responses as CloudEvents, in KServe's logger format, to an HTTP sink."""
 
@@ -163,28 +252,6 @@ class TracingSpec(SpecModel):
     )
 
 
-# A Secret's name: a DNS subdomain.
-SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-
-
-class TlsSpec(SpecModel):
-    """TLS on every endpoint (REST, gRPC, gRPC-Web) from a Secret, reloaded when the Secret changes."""
-
-    secret_name: str = Field(
-        pattern=SECRET_NAME_PATTERN,
-        max_length=253,
-        description=f"Secret in the ModelService's namespace with the server's certificate chain ({TLS_CERT_FILE}) "
-        f"and key ({TLS_KEY_FILE}), as in a kubernetes.io/tls Secret or one cert-manager writes; with clientAuth, "
-        f"also {TLS_CA_FILE}, the CA that signs client certificates.",
-    )
-    client_auth: Literal[TLS_CLIENT_AUTH_MODES] = Field(
-        default=DEFAULTS.tls_client_auth,
-        description=f"Client certificates (mTLS), verified against {TLS_CA_FILE}: none; optional (a certificate "
-        "presented on the HTTP port is verified; gRPC does not ask); require (on both ports: then the probes and "
-        "Prometheus use a plain port that serves only health and /metrics).",
-    )
-
-
 class ModelServiceSpec(SpecModel):
     """Desired inference service."""
 
@@ -207,11 +274,12 @@ class ModelServiceSpec(SpecModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec, json_schema_extra={"default": {}}, description="Dynamic batching of requests.")
     protocols: ProtocolsSpec = Field(default_factory=ProtocolsSpec, json_schema_extra={"default": {}}, description="Extra endpoints.")
     s3: S3Spec | None = Field(default=None, description="Object-store access for an s3:// model URI.")
-    tls: TlsSpec | None = Field(default=None, description="Serve over TLS from a Secret; unset: plain text.")
     payload_logging: PayloadLoggingSpec | None = Field(
         default=None, description="Send inference payloads as CloudEvents to a sink; unset: off."
     )
     tracing: TracingSpec | None = Field(default=None, description="Export OpenTelemetry traces; unset: off.")
+    tls: TlsSpec | None = Field(default=None, description="Serve over TLS from a Secret; unset: plain text.")
+    auth: AuthSpec | None = Field(default=None, description="Who may call the service; unset: anyone who can reach it.")
 
 
 class ModelServiceStatus(StatusModel):

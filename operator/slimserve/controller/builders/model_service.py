@@ -18,9 +18,9 @@ from typing import Any
 import kopf
 
 from slimserve.api import API_VERSION
-from slimserve.api.model_service import AutoscalingSpec, ModelService, ModelServiceSpec
+from slimserve.api.model_service import AuthSpec, AutoscalingSpec, ModelService, ModelServiceSpec
 from slimserve.api.uri import pvc_claim
-from slimserve.api.workload import DEFAULTS, ServerEnv
+from slimserve.api.workload import AUTH_API_KEYS, DEFAULTS, ServerEnv
 from slimserve.controller.builders import (
     DNS_LABEL_MAX,
     hardened_container_security_context,
@@ -267,9 +267,71 @@ def server_env(
         log_format=pod_log_format(config),
         **tls_settings(spec),
         device=pool_device(pool),
+        **auth_settings(owner, spec.auth),
         **observability_settings(owner, spec),
     )
     return env.to_env() + s3_env(spec)
+
+
+# ---- auth ---------------------------------------------------------------------------------------------
+
+API_KEYS_VOLUME = "api-keys"
+API_KEYS_MOUNT = "/var/run/slimserve/api-keys"
+# What the kubernetes mode's pods may do beyond nothing: ask whether a caller may use their ModelService.
+# (TokenReview is cluster-scoped, so no namespaced Role can grant it: see docs/security.md.)
+ACCESS_REVIEW_RULES = [
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]}
+]
+AUTH_ACCESS_KINDS = (("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
+                     ("rbac.authorization.k8s.io/v1", "RoleBinding"))
+
+
+def auth_settings(owner: Owner, auth: AuthSpec | None) -> dict[str, Any]:
+    """The server's SLIMSERVE_AUTH_* settings for `spec.auth`; none when it is unset (auth off)."""
+    if auth is None:
+        return {}
+    if auth.mode == AUTH_API_KEYS:
+        return {"auth_mode": auth.mode, "auth_api_keys_dir": API_KEYS_MOUNT}
+    rights = auth.kubernetes
+    return {"auth_mode": auth.mode, "auth_namespace": owner.namespace, "auth_resource_name": owner.name,
+            "auth_verb": rights.verb, "auth_subresource": rights.subresource,
+            "auth_audiences": tuple(rights.audiences) or None}
+
+
+def uses_kubernetes_auth(spec: ModelServiceSpec) -> bool:
+    return spec.auth is not None and spec.auth.uses_kubernetes
+
+
+def auth_account_name(owner: Owner) -> str:
+    """The server pods' ServiceAccount in the kubernetes mode (also its Role's and RoleBinding's name)."""
+    return f"{owner.child_name}-server"
+
+
+def api_keys_volume(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    """The apiKeys Secret as files, one per key. Optional, so that a missing Secret reaches the server, which
+    refuses to start with the reason in its log instead of waiting in ContainerCreating."""
+    if spec.auth is None or spec.auth.mode != AUTH_API_KEYS:
+        return []
+    secret = {"secretName": spec.auth.api_keys_secret.name, "optional": True, "defaultMode": 0o440}
+    return [{"name": API_KEYS_VOLUME, "secret": secret}]
+
+
+def build_auth_access(owner: Owner) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of the kubernetes mode's pods: LocalSubjectAccessReviews in their
+    namespace and nothing else; owned by the ModelService like every other child."""
+    name = auth_account_name(owner)
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(owner, name),
+               "automountServiceAccountToken": False}  # the pod asks for its token itself
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _metadata(owner, name),
+            "rules": ACCESS_REVIEW_RULES}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(owner, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
+    }
+    return [account, role, binding]
 
 
 # ---- TLS ----------------------------------------------------------------------------------------------
@@ -357,6 +419,7 @@ def server_container(
 ) -> dict[str, Any]:
     image = config.images.server_gpu if pool.has_gpu else config.images.server
     mounts = [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT}]
+    mounts += [{"name": volume["name"], "mountPath": API_KEYS_MOUNT, "readOnly": True} for volume in api_keys_volume(spec)]
     mounts += tls_mounts(spec)
     claim = pvc_claim(model.uri)
     if claim:
@@ -402,7 +465,8 @@ def pod_template(
     if model.digest:
         annotations[DIGEST_ANNOTATION] = model.digest  # a new artifact changes the template: a rollout
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        # A token only for the kubernetes auth mode, which sends its reviews as the pod's own ServiceAccount.
+        "automountServiceAccountToken": uses_kubernetes_auth(spec),
         "enableServiceLinks": False,  # hundreds of Services in a namespace would flood the environment
         "securityContext": hardened_pod_security_context(config),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
@@ -416,9 +480,13 @@ def pod_template(
             }
         ],
         "containers": [server_container(owner, spec, model, pool, config)],
-        "volumes": pod_volumes(model) + tls_volume(spec),
+        "volumes": pod_volumes(model) + api_keys_volume(spec) + tls_volume(spec),
         **pool_placement(pool, config),
     }
+    if uses_kubernetes_auth(spec):
+        # Also the deprecated serviceAccount, which the API server fills from serviceAccountName: stated, an
+        # apply that stops stating both removes both; left to the API server, it would put the name back.
+        pod_spec["serviceAccountName"] = pod_spec["serviceAccount"] = auth_account_name(owner)
     return {"metadata": {"labels": labels_of(owner), "annotations": annotations}, "spec": pod_spec}
 
 
@@ -589,6 +657,10 @@ def desired_children(
         children.apply.append(build_pdb(owner))
     else:
         children.delete.append(ChildRef(*PDB_REF, name))
+    if uses_kubernetes_auth(spec):
+        children.apply[:0] = build_auth_access(owner)  # before the Deployment: its pods name the ServiceAccount
+    else:
+        children.delete.extend(ChildRef(*kind, auth_account_name(owner)) for kind in AUTH_ACCESS_KINDS)
     return children
 
 
