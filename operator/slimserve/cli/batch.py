@@ -10,9 +10,11 @@ on stderr and, in a pod, to the termination log.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
-from slimserve.api.workload import BatchEnv
+from slimserve.api.workload import PVC_ROOT, BatchEnv
 
 ENV_SPEC = BatchEnv.variable("batch_spec").name
 ENV_INDEX = BatchEnv.variable("shard_index").name
@@ -34,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shards-in-parallel", metavar="K", type=_positive, default=None,
         help="shards scored at the same time, each a process (default: spec.parallelism)",
     )
+    parser.add_argument("--workdir", type=Path, default=Path(".slimserve"),
+                        help="with --spec: pvc://CLAIM/path is WORKDIR/pvc/CLAIM/path, as with slimserve run (default .slimserve)")
     parser.set_defaults(handler=run)
 
 
@@ -63,6 +67,7 @@ def _run_locally(args: argparse.Namespace) -> int:
     from slimserve.batch.local import run_batch_locally
     from slimserve.batch.manifests import batch_from_file
 
+    os.environ.setdefault(PVC_ROOT.name, str((args.workdir / "pvc").resolve()))  # the shards inherit it
     try:
         name, spec = batch_from_file(args.spec, args.name)
         result = run_batch_locally(spec, in_parallel=args.shards_in_parallel)
@@ -133,8 +138,6 @@ def _reporter(env: BatchEnv, index: int):
 
 def _use_cpu_share() -> None:
     """torch's threads: OMP_NUM_THREADS when set (a local run's share), else the container's CPU limit."""
-    import os
-
     if "OMP_NUM_THREADS" not in os.environ:
         from slimserve.serving.threads import configure_torch_threads
 

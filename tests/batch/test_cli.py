@@ -1,0 +1,49 @@
+"""`slimserve batch --spec` and `slimserve run -f` with BatchInferences: the shipped examples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slimserve.batch.output import read_records
+from slimserve.cli.main import main
+from slimserve.local.plan import plan_from_file
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+
+@pytest.mark.slow
+def test_the_minilm_example_runs_here_in_two_shard_processes_then_the_manifest(tmp_path):
+    datasets = tmp_path / "pvc" / "datasets"
+    datasets.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "data" / "sentences.jsonl", datasets)
+    done = subprocess.run(
+        [sys.executable, "-m", "slimserve.cli.main", "batch", "--spec", str(EXAMPLES / "batch-minilm.yaml"),
+         "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith("BatchInference sentence-embeddings: 64 records in 2 shards") and "records/s" in summary
+    records = list(read_records(datasets / "embeddings"))
+    assert [record["id"] for record in records] == [f"s{i:03d}" for i in range(64)]
+    assert {len(record["embedding"]) for record in records} == {384}
+    manifest = json.loads((datasets / "embeddings" / "_manifest.json").read_text())
+    assert [part["records"] for part in manifest["parts"]] == [32, 32]
+
+
+def test_a_batch_chained_after_a_compression_job_scores_with_its_artifact():
+    plan = plan_from_file(EXAMPLES / "batch-digits-chain.yaml")
+    assert [job.metadata["name"] for job in plan.jobs] == ["digits-int8"] and plan.service is None
+    ((name, spec),) = plan.batches
+    assert name == "digits-labels" and spec.model.uri == "pvc://models/digits-int8"
+
+
+def test_a_file_without_a_batch_inference_is_refused(capsys):
+    assert main(["batch", "--spec", str(EXAMPLES / "quickstart.yaml")]) == 2
+    assert "no BatchInference in the file (found: CompressionJob, ModelService)" in capsys.readouterr().err
