@@ -55,11 +55,13 @@ def _rename_types(message: descriptor_pb2.DescriptorProto, old: str, new: str) -
 
 
 def command(target: str, protoset_path: Path, request: Path, concurrency: int, duration_s: float,
-            metadata: dict[str, str] | None = None) -> list[str]:
+            metadata: dict[str, str] | None = None, tls: bool = False) -> list[str]:
     """ghz's command line: `concurrency` workers on one connection for `duration_s`, each sending the
     serialized ModelInferRequest in `request`; a JSON summary on stdout. The calls still in flight when the
-    time is up are left out of the counts (--duration-stop=ignore), not counted as errors."""
-    args = [binary(), "--insecure", f"--protoset={protoset_path}", f"--call={CALL}", f"--binary-file={request}",
+    time is up are left out of the counts (--duration-stop=ignore), not counted as errors. `tls`: over TLS,
+    the server's certificate unverified (the handshake and the encryption are what is measured)."""
+    args = [binary(), "--skipTLS" if tls else "--insecure", f"--protoset={protoset_path}", f"--call={CALL}",
+            f"--binary-file={request}",
             f"--concurrency={concurrency}", "--connections=1", f"--duration={max(1, round(duration_s * 1000))}ms",
             "--total=0", "--duration-stop=ignore", "--format=json"]
     if metadata:
@@ -81,7 +83,7 @@ def parse(stdout: str) -> dict:
 
 
 def run(target: str, request: bytes, concurrency: int, duration_s: float, warmup_s: float,
-        metadata: dict[str, str] | None = None) -> dict:
+        metadata: dict[str, str] | None = None, tls: bool = False) -> dict:
     """A warm-up run, then the measured one, against `target` (host:port): the result dict with the
     client's CPU columns."""
     with tempfile.TemporaryDirectory(prefix="ghz-") as scratch:
@@ -89,8 +91,8 @@ def run(target: str, request: bytes, concurrency: int, duration_s: float, warmup
         request_path.write_bytes(request)
         descriptors = protoset(Path(scratch) / "oip.protoset")
         if warmup_s > 0:
-            measured.run(command(target, descriptors, request_path, concurrency, warmup_s, metadata), warmup_s + 60)
-        finished = measured.run(command(target, descriptors, request_path, concurrency, duration_s, metadata),
+            measured.run(command(target, descriptors, request_path, concurrency, warmup_s, metadata, tls), warmup_s + 60)
+        finished = measured.run(command(target, descriptors, request_path, concurrency, duration_s, metadata, tls),
                                 timeout_s=duration_s + 60)
         if finished.returncode != 0 or not finished.stdout.strip():
             return {"requests": 0, "errors": -1, "failure": (finished.stderr or finished.stdout)[-500:]}
