@@ -266,3 +266,18 @@ def test_a_bad_new_pair_keeps_the_old_certificate_logs_and_counts(mtls_server, p
     assert served_serial(mtls_server.grpc_port, client_context(pki, alpn="h2")) == pki.server.serial
     http_infer(http_client(mtls_server, pki))
     assert mtls_server.process.poll() is None
+
+
+def test_a_new_client_ca_replaces_the_old_one_without_a_restart(mtls_server, pki):
+    def answers(context) -> bool:
+        try:
+            return https_get(mtls_server, context) == 200
+        except REFUSED_BY_THE_SERVER:
+            return False
+
+    assert answers(client_context(pki)) and not answers(stranger_context(pki))
+    mtls_server.secret.write(pki.server, pki.stranger_ca.pem)  # ca.crt now names only the other CA
+    wait_for(lambda: answers(stranger_context(pki)), what="a client of the new CA served")
+    assert not answers(client_context(pki))  # the CA taken out of ca.crt is no longer trusted
+    mtls_server.secret.write(pki.server, pki.ca.pem)
+    wait_for(lambda: answers(client_context(pki)), what="the first CA back")
