@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS, QuantizeConfig, QuantizeMethod
+from slimserve.api.steps import QuantizeConfig, QuantizeMethod
 from slimserve.compression.quantize import apply_quantization, configs, needs_calibration, quantizable_layers, registry
 from slimserve.compression.quantize.configs import (
     CONFIG_CLASSES,
@@ -42,9 +42,9 @@ def test_every_crd_method_has_one_config_class_with_a_quantizer():
         assert quantizer_for(config_class).replaces  # registered, and replaces something
 
 
-def test_requirements_come_from_the_quantizer_and_match_the_crd():
-    cuda_only = {method for method, config_class in CONFIG_CLASSES.items() if quantizer_for(config_class).requires_cuda}
-    assert cuda_only == set(GPU_ONLY_QUANTIZE_METHODS)  # the CRD rule that keeps them off CPU node pools
+def test_requirements_come_from_the_quantizer():
+    casting = {method for method, config_class in CONFIG_CLASSES.items() if quantizer_for(config_class).cast_model}
+    assert casting == {"fp16", "bf16"}
     calibrating = {method for method in CONFIG_CLASSES if needs_calibration(QuantizeConfig(method=method))}
     assert calibrating == {"int8-static"}
 
@@ -55,6 +55,9 @@ def test_a_step_spec_becomes_its_methods_config():
     assert config_of(QuantizeConfig(method="int8-dynamic")) == Int8DynamicConfig()
     assert config_of(QuantizeConfig(method="int8-weight-only")) == Int8WeightOnlyConfig()
     assert config_of(QuantizeConfig(method="int4-weight-only", keep_float=["a"])) == Int4WeightOnlyConfig(keep_float=("a",))
+    assert config_of(QuantizeConfig(method="int4-weight-only", group_size=64, int8_layers=["b"])) == Int4WeightOnlyConfig(
+        group_size=64, int8_layers=("b",)
+    )
     assert config_of(Int8DynamicConfig()) == Int8DynamicConfig()
 
 

@@ -18,7 +18,7 @@ from slimserve.api.common import (
     SpecModel,
     StatusModel,
 )
-from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS, Step
+from slimserve.api.steps import Step
 from slimserve.api.storage import ArtifactRef, S3Spec
 
 ModelFormat = Literal["auto", "transformers", "torch-export", "slimserve"]
@@ -102,18 +102,6 @@ _CJ_RULES = [
         "reason": "FieldValueInvalid",
     },
     {
-        "rule": (
-            "!self.steps.exists(s, has(s.quantize) && s.quantize.method in "
-            + str(list(GPU_ONLY_QUANTIZE_METHODS))
-            + ") || self.nodePool != '"
-            + DEFAULT_NODE_POOL
-            + "'"
-        ),
-        "message": "spec.nodePool: int4-weight-only quantization needs a GPU node pool, not 'cpu'",
-        "fieldPath": ".nodePool",
-        "reason": "FieldValueInvalid",
-    },
-    {
         "rule": "self.output.uri != self.model.uri",
         "message": "spec.output.uri: must differ from spec.model.uri (the original is never overwritten)",
         "fieldPath": ".output.uri",
@@ -158,11 +146,8 @@ class CompressionJobSpec(SpecModel):
             raise ValueError(_CJ_RULES[0]["message"])
         if kinds.count("quantize") > 1:
             raise ValueError(_CJ_RULES[1]["message"])
-        gpu_only = any(s.quantize and s.quantize.method in GPU_ONLY_QUANTIZE_METHODS for s in self.steps)
-        if gpu_only and self.node_pool == DEFAULT_NODE_POOL:
-            raise ValueError(_CJ_RULES[2]["message"])
         if self.output.uri == self.model.uri:
-            raise ValueError(_CJ_RULES[3]["message"])
+            raise ValueError(_CJ_RULES[2]["message"])
         return self
 
 

@@ -12,9 +12,8 @@ from pydantic import Field, model_validator
 
 from slimserve.api.common import SpecModel
 
-QuantizeMethod = Literal["int8-dynamic", "int8-static", "int8-weight-only", "int4-weight-only"]
-# Methods that need a GPU node pool (their CPU kernels are missing or slower than float).
-GPU_ONLY_QUANTIZE_METHODS: tuple[str, ...] = ("int4-weight-only",)
+QuantizeMethod = Literal["int8-dynamic", "int8-static", "int8-weight-only", "int4-weight-only", "fp16", "bf16"]
+Int4GroupSize = Literal[32, 64, 128, 256]  # the group sizes torch's packed-int4 kernels take
 
 
 class StepConfigBase(SpecModel):
@@ -56,7 +55,26 @@ class PruneConfig(StepConfigBase):
 
 
 class QuantizeConfig(StepConfigBase):
-    """Store weights (and compute) in low-precision integers."""
+    """Store weights (and compute) in low-precision integers or 16-bit floats."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.groupSize) || self.method == 'int4-weight-only'",
+                    "message": "quantize.groupSize: only int4-weight-only has groups",
+                    "fieldPath": ".groupSize",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "!has(self.int8Layers) || self.method == 'int4-weight-only'",
+                    "message": "quantize.int8Layers: only int4-weight-only keeps layers in int8",
+                    "fieldPath": ".int8Layers",
+                    "reason": "FieldValueInvalid",
+                },
+            ]
+        }
+    }
 
     step_kind: ClassVar[str] = "quantize"
 
@@ -65,8 +83,27 @@ class QuantizeConfig(StepConfigBase):
             "int8-dynamic: int8 weights, activations quantized per batch (Linear, attention). "
             "int8-static: int8 weights and activations calibrated ahead of time (CNNs). "
             "int8-weight-only: int8 weights, float compute. "
-            "int4-weight-only: int4 weights, needs a GPU node pool."
+            "int4-weight-only: int4 weights in groups (groupSize), bf16 compute with packed-int4 kernels on CPU and GPU, "
+            "int8 embedding tables. "
+            "fp16 / bf16: every weight and the compute in that 16-bit float, half the size; served in it on GPUs, "
+            "in bf16 on CPUs with native bf16 (AVX512-BF16, AMX), cast up to fp32 on other CPUs."
         )
+    )
+    group_size: Int4GroupSize | None = Field(
+        default=None,
+        description=(
+            "int4-weight-only: input weights sharing one scale and zero point, one of 32, 64, 128, 256 "
+            "(smaller is more accurate and larger). Unset: the accuracy-budget search starts at 256 and halves it "
+            "before moving layers to int8Layers; set: it starts there."
+        ),
+    )
+    int8_layers: list[str] | None = Field(
+        default=None,
+        max_length=256,
+        description=(
+            "int4-weight-only: Linear module names stored in int8 (int8-dynamic) instead, e.g. "
+            "[\"layers.5.attention.value\"]. The accuracy-budget search adds the most sensitive layers here."
+        ),
     )
     calibration_samples: int = Field(
         default=128,
@@ -79,6 +116,14 @@ class QuantizeConfig(StepConfigBase):
         max_length=256,
         description="Module names left in float, e.g. [\"classifier\"]. The accuracy-budget search adds to this list.",
     )
+
+    @model_validator(mode="after")
+    def _groups_only_for_int4(self) -> "QuantizeConfig":
+        if self.group_size is not None and self.method != "int4-weight-only":
+            raise ValueError("quantize.groupSize: only int4-weight-only has groups")
+        if self.int8_layers is not None and self.method != "int4-weight-only":
+            raise ValueError("quantize.int8Layers: only int4-weight-only keeps layers in int8")
+        return self
 
 
 class StudentSpec(SpecModel):
@@ -153,7 +198,7 @@ class Step(SpecModel):
     }
 
     prune: PruneConfig | None = Field(default=None, description="Structured or unstructured pruning.")
-    quantize: QuantizeConfig | None = Field(default=None, description="Integer quantization.")
+    quantize: QuantizeConfig | None = Field(default=None, description="Integer or 16-bit float quantization.")
     distill: DistillConfig | None = Field(default=None, description="Knowledge distillation into a smaller student.")
 
     @model_validator(mode="after")

@@ -28,12 +28,18 @@ def describe(config: StepConfig) -> str:
     if isinstance(config, PruneConfig):
         return f"amount {config.amount:g}"
     if isinstance(config, QuantizeConfig):
-        kept = config.keep_float or []
-        return f"{config.method}, {len(kept)} layer(s) float" + (f" ({', '.join(kept[:4])}{'...' if len(kept) > 4 else ''})" if kept else "")
+        groups = f", groups of {config.group_size}" if config.group_size else ""
+        int8 = f", {_layers(config.int8_layers, 'int8')}" if config.int8_layers else ""
+        return f"{config.method}{groups}{int8}, {_layers(config.keep_float or [], 'float')}"
     if isinstance(config, DistillConfig):
         student = config.student
         return f"student width {student.width_multiplier or 1:g}, layers {student.num_layers or 'all'}"
     return type(config).__name__
+
+
+def _layers(names: list[str], precision: str) -> str:
+    """`2 layer(s) float (a, b)`"""
+    return f"{len(names)} layer(s) {precision}" + (f" ({', '.join(names[:4])}{'...' if len(names) > 4 else ''})" if names else "")
 
 
 def within_budget(context: StepContext, metric: float) -> bool:

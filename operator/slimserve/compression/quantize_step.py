@@ -1,8 +1,9 @@
 """The quantize step: wires `slimserve.compression.quantize` (layer choice, calibration, conversion) into the pipeline.
 
-Its budget search keeps the most sensitive layers in float, as Intel Neural Compressor and NNCF do: each
-quantizable layer is quantized alone and the damage to the model's outputs measured; then the most
-damaging 1, 2, 4, ... layers stay float until the metric fits the budget.
+Its budget search first tries finer groups where the method has them (int4-weight-only: 256, 128, 64, 32
+inputs per scale), then keeps the most sensitive layers in float, as Intel Neural Compressor and NNCF do:
+each quantizable layer is quantized alone (at the finest group size) and the damage to the model's outputs
+measured; then the most damaging 1, 2, 4, ... layers stay float until the metric fits the budget.
 """
 
 from __future__ import annotations
@@ -41,11 +42,24 @@ def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) ->
 
 
 @register_relaxations(QuantizeConfig)
-def sensitive_layers_in_float(state: ModelState, config: QuantizeConfig, context: StepContext) -> Iterator[QuantizeConfig]:
-    from slimserve.compression.quantize import quantizable_layers
+def gentler_quantization(state: ModelState, config: QuantizeConfig, context: StepContext) -> Iterator[QuantizeConfig]:
+    from slimserve.compression.quantize.configs import config_of
 
-    already = list(config.keep_float or [])
-    layers = [name for name in quantizable_layers(state.model, config.method) if name not in already]
+    for group_size in config_of(config).finer_group_sizes():
+        config = config.model_copy(update={"group_size": group_size})
+        yield config
+    yield from sensitive_layers_in_float(state, config, context)
+
+
+def sensitive_layers_in_float(state: ModelState, config: QuantizeConfig, context: StepContext) -> Iterator[QuantizeConfig]:
+    """The most sensitive 1, 2, 4... layers one precision up: float, or int8 for int4-weight-only."""
+    from slimserve.compression.quantize import quantizable_layers
+    from slimserve.compression.quantize.configs import config_of
+
+    field = config_of(config).higher_precision_field
+    already = list(getattr(config, field) or [])
+    kept = set(already) | set(config.keep_float or [])
+    layers = [name for name in quantizable_layers(state.model, config.method) if name not in kept]
     if len(layers) < 2:
         return
     ranked = rank_by_sensitivity(state, config, context, layers)
@@ -53,7 +67,7 @@ def sensitive_layers_in_float(state: ModelState, config: QuantizeConfig, context
     for _ in range(MAX_FLOAT_CANDIDATES):
         if count >= len(layers):
             return
-        yield config.model_copy(update={"keep_float": already + ranked[:count]})
+        yield config.model_copy(update={field: already + ranked[:count]})
         count *= 2
 
 
@@ -62,6 +76,7 @@ def rank_by_sensitivity(state: ModelState, config: QuantizeConfig, context: Step
     reference = context.task.outputs(state.eager(), "eval", SENSITIVITY_SAMPLES)
     damage: dict[str, float] = {}
     for index, layer in enumerate(layers):
+        context.check_time_box()  # ranking quantizes the model once per layer: long for large models
         others = [name for name in layers if name != layer]
         alone = config.model_copy(update={"keep_float": list(config.keep_float or []) + others})
         outputs = context.task.outputs(quantize(state, alone, context).eager(), "eval", SENSITIVITY_SAMPLES)

@@ -15,8 +15,7 @@ compression engine's (`slimserve.compression.quantize`).
 
 from __future__ import annotations
 
-from slimserve.quant.base import QuantizedModule
-from slimserve.quant.int4_weight_only import BackendUnsupportedError
+from slimserve.quant.base import BackendUnsupportedError, QuantizedModule
 from slimserve.quant.optimize import OptimizedForward, optimize_for_inference
 from slimserve.quant.serialize import quantization_state, restore_quantization
 

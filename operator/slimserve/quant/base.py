@@ -15,6 +15,10 @@ from torch import nn
 KINDS: dict[str, type["QuantizedModule"]] = {}
 
 
+class BackendUnsupportedError(NotImplementedError):
+    """The format has no kernel on this device."""
+
+
 class QuantizedModule(nn.Module):
     kind: ClassVar[str]  # the name a recipe stores, e.g. "int8-dynamic-linear"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
 
 
@@ -30,7 +31,7 @@ def concat_output_channels(linears: list[nn.Module]) -> nn.Module | None:
             fused.weight.copy_(torch.cat([m.weight for m in linears]))
             if has_bias:
                 fused.bias.copy_(torch.cat([m.bias for m in linears]))
-            return fused.to(first.weight.device)
+            return fused.to(first.weight.device, first.weight.dtype)
         if all(type(m) is Int8DynamicLinear for m in linears):
             fused = Int8DynamicLinear(first.in_features, out_features, has_bias)
             fused.weight_int8 = torch.cat([m.weight_int8 for m in linears])
@@ -38,6 +39,11 @@ def concat_output_channels(linears: list[nn.Module]) -> nn.Module | None:
             if has_bias:
                 fused.bias = torch.cat([m.bias for m in linears])
             return fused
+        if all(type(m) is Int4WeightOnlyLinear and m.group_size == first.group_size for m in linears):
+            fused = Int4WeightOnlyLinear(first.in_features, out_features, has_bias, first.group_size)
+            for name in ("weight_uint4x2", "weight_scale", "weight_zero", *(("bias",) if has_bias else ())):
+                setattr(fused, name, torch.cat([getattr(m, name) for m in linears]))
+            return fused.to(first.weight_uint4x2.device)  # packs the fused weight for that device
     return None
 
 

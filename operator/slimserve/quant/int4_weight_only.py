@@ -1,12 +1,17 @@
-"""int4-weight-only: 4-bit weights in groups along the input dimension, float activations; CUDA only.
+"""int4-weight-only: 4-bit weights in groups along the input dimension, float activations, packed-int4 kernels.
 
-Each group of `group_size` input weights of an output row gets an asymmetric uint4 grid (scale and zero
-point, as GPTQ / torchao's int4 do); two 4-bit values are packed per byte, so the artifact and the GPU
-memory hold half a byte per weight. The weight is unpacked and dequantized at use, then a float matmul runs
-in the activation's dtype.
+Each group of `group_size` input weights of an output row gets an asymmetric uint4 grid (a scale and an
+integer zero point, as GPTQ and torchao's int4 do): `w ~= (q - zero) * scale`, q in 0..15. The artifact
+stores it in one device-neutral layout (docs/quantization.md):
 
-CPU kernels for int4 are missing or slower than float, which is why the CRD only allows this method on a
-GPU node pool; `require_cuda` gives the matching error when it is asked for on a CPU.
+- `weight_uint4x2`: uint8 [out, in / 2], column 2j of a row in the low nibble of byte j, 2j + 1 in the high;
+- `weight_scale`: bf16 [out, in / group_size] (the kernels' own scale precision, so nothing is lost at load);
+- `weight_zero`: uint8 [out, in / group_size], the zero point in 0..15;
+- `bias`: fp32 [out], when the Linear has one.
+
+Whenever the module lands on a device (built, loaded, `.to()`), the weight is repacked for that device's
+kernel (`int4_kernels`) into non-persistent buffers, so the artifact never holds a device's packing and the
+matmul never unpacks the weight.
 """
 
 from __future__ import annotations
@@ -14,89 +19,108 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from slimserve.quant.base import QuantizedModule, spec_bool, spec_int
+from slimserve.quant.base import QuantizedModule, ReplacesLinear, spec_bool, spec_int
+from slimserve.quant.int4_kernels import (
+    KERNEL_GROUP_SIZES,
+    int4_matmul,
+    kernel_fits,
+    pack_weight,
+    scales_and_offsets,
+    unpack_nibbles,
+)
 from slimserve.quant.kernels import MIN_SCALE
 
 UINT4_MAX = 15
-GROUP_SIZES = (128, 64, 32)
+SCALE_DTYPE = torch.bfloat16
 
 
-class BackendUnsupportedError(NotImplementedError):
-    """The method has no kernels on this device."""
-
-
-def require_cuda(device: torch.device, what: str) -> None:
-    if device.type != "cuda":
-        raise BackendUnsupportedError(
-            f"int4-weight-only needs a CUDA device ({what} is on {device.type}): its CPU kernels are missing or "
-            "slower than float; use int8-dynamic on CPU, or run this step on a GPU node pool"
-        )
-
-
-def group_size_for(in_features: int) -> int | None:
-    """The largest supported group size dividing `in_features` (None: the layer stays float)."""
-    return next((size for size in GROUP_SIZES if in_features % size == 0), None)
+def group_size_for(in_features: int, out_features: int, largest: int = max(KERNEL_GROUP_SIZES)) -> int | None:
+    """The largest kernel group size up to `largest` that fits the layer (None: the layer stays float)."""
+    return next((size for size in KERNEL_GROUP_SIZES if size <= largest and kernel_fits(in_features, out_features, size)), None)
 
 
 def quantize_int4_grouped(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(packed uint8 [N, K/2], scale [N, K/group], zero [N, K/group])` with `w ~= (q - zero) * scale`."""
+    """`(packed uint8 [N, K/2], scale bf16 [N, K/group], zero uint8 [N, K/group])`, `w ~= (q - zero) * scale`."""
     rows, cols = weight.shape
     groups = weight.detach().float().reshape(rows, cols // group_size, group_size)
     low = groups.amin(dim=2).clamp(max=0.0)
     high = groups.amax(dim=2).clamp(min=0.0)
-    scale = ((high - low) / UINT4_MAX).clamp(min=MIN_SCALE)
-    zero = torch.round(-low / scale).clamp(0, UINT4_MAX)
-    values = torch.round(groups / scale[..., None] + zero[..., None]).clamp(0, UINT4_MAX).to(torch.uint8)
+    # Rounded to bf16 before quantizing, so the values are chosen for the scale the kernels will use.
+    scale = ((high - low) / UINT4_MAX).clamp(min=MIN_SCALE).to(SCALE_DTYPE)
+    zero = torch.round(-low / scale.float()).clamp(0, UINT4_MAX)
+    values = torch.round(groups / scale.float()[..., None] + zero[..., None]).clamp(0, UINT4_MAX).to(torch.uint8)
     values = values.reshape(rows, cols)
     packed = values[:, 0::2] | (values[:, 1::2] << 4)
-    return packed, scale, zero
+    return packed, scale, zero.to(torch.uint8)
 
 
 def dequantize_int4_grouped(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The float weight [N, K] of the neutral layout (the reference the kernels are tested against)."""
     rows = packed.shape[0]
-    values = torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(rows, scale.shape[1], -1)
-    weight = (values.to(dtype) - zero.to(dtype)[..., None]) * scale.to(dtype)[..., None]
-    return weight.reshape(rows, -1)
+    values = unpack_nibbles(packed).reshape(rows, scale.shape[1], -1)
+    weight = (values.float() - zero.float()[..., None]) * scale.float()[..., None]
+    return weight.reshape(rows, -1).to(dtype)
 
 
-class Int4WeightOnlyLinear(QuantizedModule):
+class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
     kind = "int4-weight-only-linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int):
         super().__init__()
-        if in_features % group_size or group_size % 2:
-            raise ValueError(f"group_size {group_size} must be even and divide in_features {in_features}")
+        if not kernel_fits(in_features, out_features, group_size):
+            raise ValueError(
+                f"group_size {group_size} with in_features {in_features} and out_features {out_features} has no int4 "
+                f"kernel: group_size one of {list(KERNEL_GROUP_SIZES)} dividing in_features, in_features a multiple "
+                "of 32, out_features a multiple of 16"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
         groups = in_features // group_size
         self.register_buffer("weight_uint4x2", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=torch.float32))
-        self.register_buffer("weight_zero", torch.zeros(out_features, groups, dtype=torch.float32))
+        self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=SCALE_DTYPE))
+        self.register_buffer("weight_zero", torch.zeros(out_features, groups, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32) if bias else None)
+        # The device's packing: derived, never saved (the artifact stays device-neutral).
+        self.register_buffer("kernel_weight", torch.empty(0, dtype=torch.uint8), persistent=False)
+        self.register_buffer("kernel_scale_offset", torch.empty(0, dtype=SCALE_DTYPE), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.pack_for_device())
+        self.pack_for_device()
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int) -> "Int4WeightOnlyLinear":
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size).to(linear.weight.device)
-        module.weight_uint4x2, module.weight_scale, module.weight_zero = quantize_int4_grouped(linear.weight, group_size)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
+        module.weight_uint4x2, module.weight_scale, module.weight_zero = quantize_int4_grouped(linear.weight.cpu(), group_size)
         if linear.bias is not None:
-            module.bias = linear.bias.detach().float().clone()
-        return module
+            module.bias = linear.bias.detach().float().cpu().clone()
+        return module.to(linear.weight.device)  # packs for that device
+
+    def pack_for_device(self) -> None:
+        """Repack the neutral weight for the kernel of the device it is on."""
+        device = self.weight_uint4x2.device
+        if device.type == "meta":
+            return
+        with torch.no_grad():
+            self.kernel_weight = pack_weight(self.weight_uint4x2, device)
+            self.kernel_scale_offset = scales_and_offsets(self.weight_scale, self.weight_zero, device)
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .cpu(): the packing follows the device
+        super()._apply(fn, recurse)
+        self.pack_for_device()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = dequantize_int4_grouped(self.weight_uint4x2, self.weight_scale, self.weight_zero, x.dtype)
-        return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+        out = int4_matmul(x.reshape(-1, self.in_features), self.kernel_weight, self.group_size, self.kernel_scale_offset)
+        out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_int4_grouped(self.weight_uint4x2, self.weight_scale, self.weight_zero, dtype)
 
     def spec(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias is not None,
-            "group_size": self.group_size,
-        }
+        return {**super().spec(), "group_size": self.group_size}
 
     @classmethod
     def empty(cls, spec: dict[str, Any], where: str = "module") -> "Int4WeightOnlyLinear":
@@ -107,5 +131,5 @@ class Int4WeightOnlyLinear(QuantizedModule):
             spec_int(spec, "group_size", where),
         )
 
-    def float_shape_matches(self, module: nn.Module) -> bool:
-        return isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (self.in_features, self.out_features)
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"

@@ -25,6 +25,7 @@ import torch._inductor.config as inductor_config
 from torch import nn
 
 from slimserve.quant.fuse import apply_inference_fusions
+from slimserve.quant.half import serving_copy
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
 from slimserve.quant.int8_static import _Int8Static
 
@@ -36,9 +37,10 @@ RECOMPILE_LIMIT = 64
 class OptimizedForward:
     """`forward(*inputs)` of a compiled model, run without autograd; `compile_seconds` is the warm-up cost."""
 
-    def __init__(self, model: nn.Module, compiled: Callable, *, bucketed: bool):
+    def __init__(self, model: nn.Module, compiled: Callable, *, bucketed: bool, compute_dtype: torch.dtype | None = None):
         self.model = model
         self.bucketed = bucketed
+        self.compute_dtype = compute_dtype  # a half model's: its own where the device has it natively, else fp32
         self.compile_seconds = 0.0
         self.single_graph = True  # False when the model only compiled with graph breaks
         self._compiled = compiled
@@ -63,6 +65,9 @@ class OptimizedForward:
 def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> OptimizedForward:
     """Compile `model` for serving and warm it up; `model` itself is left as it was (fusions apply to a copy)."""
     model = copy.deepcopy(model).eval()
+    model, compute_dtype = serving_copy(model, _device_of(model))
+    if compute_dtype is not None:
+        log.info("%s computes in %s on %s", type(model).__name__, compute_dtype, _device_of(model))
     apply_inference_fusions(model)
     # Each optimized model (and, bucketed, each batch bucket) is one more entry on the same forward code
     # object; past the limit dynamo would silently run it eagerly.
@@ -82,16 +87,20 @@ def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> Optimized
     dynamic = False if bucketed else None
     # One graph or none: a graph break silently splits the model into pieces run from Python (measured
     # 2x slower for MiniLM), so breaks are errors first; a model that needs them still compiles, with a warning.
-    forward = OptimizedForward(model, torch.compile(model, dynamic=dynamic, fullgraph=True), bucketed=bucketed)
+    forward = OptimizedForward(model, torch.compile(model, dynamic=dynamic, fullgraph=True), bucketed=bucketed, compute_dtype=compute_dtype)
     try:
         forward.warm_up(inputs)
     except torch._dynamo.exc.Unsupported as exc:
         log.warning("%s does not compile as one graph (%s); compiling it with graph breaks", type(model).__name__, exc)
-        forward = OptimizedForward(model, torch.compile(model, dynamic=dynamic), bucketed=bucketed)
+        forward = OptimizedForward(model, torch.compile(model, dynamic=dynamic), bucketed=bucketed, compute_dtype=compute_dtype)
         forward.warm_up(inputs)
         forward.single_graph = False
     log.info("compiled %s for inference in %.1f s", type(model).__name__, forward.compile_seconds)
     return forward
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
 
 
 def _batched(tensor: object) -> bool:

@@ -15,12 +15,15 @@ from torch import nn
 
 # Every kind a recipe may name registers itself on import: restoring must know them all, whatever else
 # the process happened to import.
-from slimserve.quant import embedding, int8_dynamic, int8_static, int8_weight_only  # noqa: F401
+from slimserve.quant import embedding, int4_weight_only, int8_dynamic, int8_static, int8_weight_only  # noqa: F401
 from slimserve.quant.base import QuantizedModule, install, kind_named
-from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, require_cuda
+from slimserve.quant.half import HalfPrecision, cast_to_half, half_precision_of
 
 RECIPE_FORMAT = "slimserve.quantization"
 RECIPE_VERSION = 1
+# Version 2 adds `half` (a half-precision model's dtype and fp32 modules); integer recipes stay version 1,
+# readable by every SlimServe, and a reader of version 1 only refuses a half one by its version.
+HALF_RECIPE_VERSION = 2
 
 
 def quantization_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -37,7 +40,10 @@ def quantization_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[
         # safetensors refuses tensors sharing memory (tied weights): store each storage once, copied.
         tensors[name] = tensor.clone().contiguous() if storage in seen_storage else tensor.contiguous()
         seen_storage.setdefault(storage, name)
-    return tensors, {"format": RECIPE_FORMAT, "version": RECIPE_VERSION, "modules": modules}
+    half = half_precision_of(model)
+    if half is None:
+        return tensors, {"format": RECIPE_FORMAT, "version": RECIPE_VERSION, "modules": modules}
+    return tensors, {"format": RECIPE_FORMAT, "version": HALF_RECIPE_VERSION, "modules": modules, "half": half.to_recipe()}
 
 
 def restore_quantization(skeleton: nn.Module, recipe: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
@@ -56,10 +62,14 @@ def restore_quantization(skeleton: nn.Module, recipe: dict[str, Any], tensors: d
             raise ValueError(f"{where}: {exc}") from None
         if not module.float_shape_matches(original):
             raise ValueError(f"{where}: a {kind.kind} of spec {entry} cannot replace {type(original).__name__} {original}")
-        if isinstance(module, Int4WeightOnlyLinear):
-            require_cuda(next((p.device for p in skeleton.parameters()), torch.device("cpu")), "the skeleton")
         replacements[name] = module
     install(skeleton, replacements)
+    if "half" in recipe:
+        half = HalfPrecision.from_recipe(recipe["half"], "recipe.half")
+        try:
+            cast_to_half(skeleton, half)
+        except AttributeError as exc:
+            raise ValueError(f"recipe.half.keep_float: {exc}") from None
     _check_tensors(skeleton, tensors)
     skeleton.load_state_dict(tensors, strict=True)
     return skeleton.eval()
@@ -68,8 +78,8 @@ def restore_quantization(skeleton: nn.Module, recipe: dict[str, Any], tensors: d
 def _checked_entries(recipe: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
         raise ValueError(f"recipe.format: expected {RECIPE_FORMAT!r}, got {recipe.get('format') if isinstance(recipe, dict) else recipe!r}")
-    if recipe.get("version") != RECIPE_VERSION:
-        raise ValueError(f"recipe.version: this SlimServe reads version {RECIPE_VERSION}, got {recipe.get('version')!r}")
+    if recipe.get("version") not in (RECIPE_VERSION, HALF_RECIPE_VERSION):
+        raise ValueError(f"recipe.version: this SlimServe reads versions {RECIPE_VERSION} and {HALF_RECIPE_VERSION}, got {recipe.get('version')!r}")
     modules = recipe.get("modules")
     if not isinstance(modules, dict) or not all(isinstance(entry, dict) for entry in modules.values()):
         raise ValueError("recipe.modules: expected a mapping of module name to {kind, ...spec}")

@@ -12,7 +12,6 @@ from torch import nn
 from slimserve.compression.quantize.configs import QuantizationConfig
 from slimserve.compression.quantize.registry import Quantizer, quantizer_for
 from slimserve.quant.base import install
-from slimserve.quant.int4_weight_only import require_cuda
 
 QUANTIZABLE_TYPES = (nn.Linear, nn.Conv2d, nn.Embedding)
 
@@ -44,8 +43,6 @@ def quantize_modules(model: nn.Module, config: QuantizationConfig, calibration: 
     quantizer = quantizer_for(type(config))
     names = layers_to_quantize(model, quantizer, config.keep_float)
     modules = dict(model.named_modules())
-    if quantizer.requires_cuda:
-        require_cuda(_device_of(model), "the model")
     if quantizer.needs_calibration and not calibration:
         raise ValueError(f"calibration: {config.method} needs calibration batches (tuples of model inputs)")
     convert = quantizer.prepare(model, config, names, calibration)
@@ -59,6 +56,11 @@ def quantize_modules(model: nn.Module, config: QuantizationConfig, calibration: 
 
 
 def install_quantized(model: nn.Module, config: QuantizationConfig, calibration: list[tuple] | None) -> None:
+    quantizer = quantizer_for(type(config))
+    if quantizer.cast_model is not None:
+        check_keep_float(model, config.keep_float)
+        quantizer.cast_model(model, config)
+        return
     install(model, quantize_modules(model, config, calibration))
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
+
 from slimserve.api.steps import QuantizeConfig
+from slimserve.quant.int4_kernels import KERNEL_GROUP_SIZES
 
 CONFIG_CLASSES: dict[str, type["QuantizationConfig"]] = {}
 
@@ -20,6 +23,8 @@ class QuantizationConfig:
 
     method: ClassVar[str]
     keep_float: tuple[str, ...] = ()
+    # The spec field the budget search adds sensitive layers to: the next precision up from the method's.
+    higher_precision_field: ClassVar[str] = "keep_float"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -31,6 +36,11 @@ class QuantizationConfig:
     @classmethod
     def from_spec(cls, spec: QuantizeConfig) -> "QuantizationConfig":
         return cls(keep_float=tuple(spec.keep_float or ()))
+
+    def finer_group_sizes(self) -> tuple[int, ...]:
+        """Group sizes finer than this config's, most compressed first: the budget search tries them before
+        keeping layers float (empty for methods without groups)."""
+        return ()
 
 
 @dataclass(frozen=True)
@@ -61,9 +71,43 @@ class Int8WeightOnlyConfig(QuantizationConfig):
 
 @dataclass(frozen=True)
 class Int4WeightOnlyConfig(QuantizationConfig):
-    """Grouped uint4 weights, float activations; CUDA only."""
+    """Grouped uint4 weights, float activations, packed-int4 kernels on CPU and CUDA. `group_size` is the
+    coarsest group a layer gets (a layer whose width it does not divide gets the next finer that does)."""
 
     method = "int4-weight-only"
+    higher_precision_field = "int8_layers"
+    group_size: int = max(KERNEL_GROUP_SIZES)
+    int8_layers: tuple[str, ...] = ()  # stored as int8-dynamic instead
+
+    @classmethod
+    def from_spec(cls, spec: QuantizeConfig) -> "Int4WeightOnlyConfig":
+        return cls(
+            keep_float=tuple(spec.keep_float or ()),
+            group_size=spec.group_size or cls.group_size,
+            int8_layers=tuple(spec.int8_layers or ()),
+        )
+
+    def finer_group_sizes(self) -> tuple[int, ...]:
+        return tuple(size for size in KERNEL_GROUP_SIZES if size < self.group_size)
+
+
+@dataclass(frozen=True)
+class HalfPrecisionConfig(QuantizationConfig):
+    """Weights and compute in a 16-bit float; no module is replaced, the whole model is cast."""
+
+    dtype: ClassVar[torch.dtype]
+
+
+@dataclass(frozen=True)
+class Float16Config(HalfPrecisionConfig):
+    method = "fp16"
+    dtype = torch.float16
+
+
+@dataclass(frozen=True)
+class BFloat16Config(HalfPrecisionConfig):
+    method = "bf16"
+    dtype = torch.bfloat16
 
 
 def config_class_named(method: str) -> type[QuantizationConfig]:

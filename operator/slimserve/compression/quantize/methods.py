@@ -6,8 +6,11 @@
 | int8-static       | Int8StaticLinear        | Int8StaticConv2d        | Int8Embedding  |
 | int8-weight-only  | Int8WeightOnlyLinear    | Int8WeightOnlyConv2d    | Int8Embedding  |
 | int4-weight-only  | Int4WeightOnlyLinear    | float                   | Int8Embedding  |
+| fp16, bf16        | the whole model cast to the 16-bit float, its inputs and outputs fp32       |
 
-int4-weight-only leaves a Linear float when no int4 group size divides its inputs.
+int4-weight-only stores its config's `int8_layers` as Int8DynamicLinear, and leaves a Linear float when it fits no int4 kernel (`int4_kernels.kernel_fits`); each other
+Linear gets the config's group size, or the largest one its input width takes when that is coarser.
+fp16 and bf16 replace no module: the whole model is cast (`slimserve.quant.half`).
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ from torch import nn
 
 from slimserve.compression.quantize.calibration import calibrate
 from slimserve.compression.quantize.configs import (
+    BFloat16Config,
+    Float16Config,
+    HalfPrecisionConfig,
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8StaticConfig,
     Int8WeightOnlyConfig,
     QuantizationConfig,
 )
-from slimserve.compression.quantize.registry import Convert, register_quantizer
+from slimserve.compression.quantize.registry import Convert, register_model_cast, register_quantizer
 from slimserve.quant.embedding import Int8Embedding
+from slimserve.quant.half import HalfPrecision, cast_to_half
 from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, group_size_for
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
 from slimserve.quant.int8_static import Int8StaticConv2d, Int8StaticLinear
@@ -43,12 +50,8 @@ def _register_by_type(config_class: type[QuantizationConfig], converters: dict[t
     register_quantizer(config_class, replaces=tuple(converters), **options)(prepare)
 
 
-def _int4_linear(linear: nn.Linear) -> nn.Module:
-    return Int4WeightOnlyLinear.from_float(linear, group_size_for(linear.in_features))
-
-
 def _int4_group_fits(module: nn.Module) -> bool:
-    return not isinstance(module, nn.Linear) or group_size_for(module.in_features) is not None
+    return not isinstance(module, nn.Linear) or group_size_for(module.in_features, module.out_features) is not None
 
 
 _register_by_type(Int8DynamicConfig, {nn.Linear: Int8DynamicLinear.from_float, nn.Embedding: Int8Embedding.from_float})
@@ -56,12 +59,23 @@ _register_by_type(
     Int8WeightOnlyConfig,
     {nn.Linear: Int8WeightOnlyLinear.from_float, nn.Conv2d: Int8WeightOnlyConv2d.from_float, nn.Embedding: Int8Embedding.from_float},
 )
-_register_by_type(
-    Int4WeightOnlyConfig,
-    {nn.Linear: _int4_linear, nn.Embedding: Int8Embedding.from_float},
-    requires_cuda=True,
-    accepts=_int4_group_fits,
-)
+
+
+@register_quantizer(Int4WeightOnlyConfig, replaces=(nn.Linear, nn.Embedding), accepts=_int4_group_fits)
+def _int4_weight_only(_model: nn.Module, config: Int4WeightOnlyConfig, names: list[str], _calibration) -> Convert:
+
+    unknown = sorted(set(config.int8_layers) - set(names))
+    if unknown:
+        raise ValueError(f"int8Layers: {unknown[0]!r} is not a Linear this config quantizes")
+
+    def convert(name: str, module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.Embedding):
+            return Int8Embedding.from_float(module)
+        if name in config.int8_layers:
+            return Int8DynamicLinear.from_float(module)
+        return Int4WeightOnlyLinear.from_float(module, group_size_for(module.in_features, module.out_features, config.group_size))
+
+    return convert
 
 
 @register_quantizer(Int8StaticConfig, replaces=(nn.Linear, nn.Conv2d, nn.Embedding), needs_calibration=True)
@@ -78,3 +92,10 @@ def _int8_static(model: nn.Module, config: QuantizationConfig, names: list[str],
 
     return convert
 
+
+def _cast_to_half(model: nn.Module, config: HalfPrecisionConfig) -> None:
+    cast_to_half(model, HalfPrecision(config.method, config.keep_float))
+
+
+for _half_config in (Float16Config, BFloat16Config):
+    register_model_cast(_half_config, replaces=(nn.Linear, nn.Conv2d, nn.Embedding))(_cast_to_half)

@@ -14,6 +14,8 @@ from slimserve.compression.quantize.configs import QuantizationConfig
 Convert = Callable[[str, nn.Module], nn.Module]
 # (model, config, names of the modules to convert, calibration batches) -> convert; runs calibration if any
 Prepare = Callable[[nn.Module, QuantizationConfig, list[str], "list[tuple] | None"], Convert]
+# (model, config) -> None: a method that changes the whole model in place instead of swapping modules
+CastModel = Callable[[nn.Module, QuantizationConfig], None]
 
 
 def any_module(_module: nn.Module) -> bool:
@@ -23,10 +25,10 @@ def any_module(_module: nn.Module) -> bool:
 @dataclass(frozen=True)
 class Quantizer:
     replaces: tuple[type[nn.Module], ...]  # exact types: a subclass may change forward
-    prepare: Prepare
+    prepare: Prepare | None  # None for a whole-model cast
     needs_calibration: bool = False
-    requires_cuda: bool = False
     accepts: Callable[[nn.Module], bool] = any_module  # a module of a replaced type it can still not convert
+    cast_model: CastModel | None = None  # set instead of prepare: `replaces` then only names the search's layers
 
     def quantizes(self, module: nn.Module) -> bool:
         return type(module) in self.replaces and self.accepts(module)
@@ -40,16 +42,30 @@ def register_quantizer(
     *,
     replaces: tuple[type[nn.Module], ...],
     needs_calibration: bool = False,
-    requires_cuda: bool = False,
     accepts: Callable[[nn.Module], bool] = any_module,
 ) -> Callable[[Prepare], Prepare]:
     def decorator(prepare: Prepare) -> Prepare:
-        if config_class in _QUANTIZERS:
-            raise ValueError(f"a quantizer for {config_class.__name__} is already registered")
-        _QUANTIZERS[config_class] = Quantizer(replaces, prepare, needs_calibration, requires_cuda, accepts)
+        _register(config_class, Quantizer(replaces, prepare, needs_calibration, accepts))
         return prepare
 
     return decorator
+
+
+def register_model_cast(config_class: type[QuantizationConfig], *, replaces: tuple[type[nn.Module], ...]) -> Callable[[CastModel], CastModel]:
+    """Register a method that casts the whole model (fp16, bf16); `replaces` are the layers the budget search
+    may keep in fp32."""
+
+    def decorator(cast: CastModel) -> CastModel:
+        _register(config_class, Quantizer(replaces, None, cast_model=cast))
+        return cast
+
+    return decorator
+
+
+def _register(config_class: type[QuantizationConfig], quantizer: Quantizer) -> None:
+    if config_class in _QUANTIZERS:
+        raise ValueError(f"a quantizer for {config_class.__name__} is already registered")
+    _QUANTIZERS[config_class] = quantizer
 
 
 def quantizer_for(config_class: type[QuantizationConfig]) -> Quantizer:

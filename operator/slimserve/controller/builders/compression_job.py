@@ -23,7 +23,6 @@ from pydantic import ValidationError
 
 from slimserve.api import GROUP, CompressionJob, CompressionJobSpec
 from slimserve.api.field_errors import field_errors
-from slimserve.api.steps import GPU_ONLY_QUANTIZE_METHODS
 from slimserve.api.uri import InvalidUri, parse_uri
 from slimserve.api.workload import CompressorEnv, job_spec_text
 from slimserve.controller.builders import bounded_name, pod_log_format, pool_device
@@ -85,13 +84,6 @@ def check_runnable(spec: CompressionJobSpec, config: OperatorConfig) -> None:
     if pool is None:
         known = ", ".join(sorted(config.node_pools)) or "none"
         problems.append(f"spec.nodePool: unknown node pool {spec.node_pool!r} (known: {known})")
-    elif not pool.has_gpu:
-        for index, step in enumerate(spec.steps):
-            if step.quantize and step.quantize.method in GPU_ONLY_QUANTIZE_METHODS:
-                problems.append(
-                    f"spec.steps[{index}].quantize.method: {step.quantize.method} needs a GPU node pool; "
-                    f"pool {spec.node_pool!r} has no GPU"
-                )
     for field, uri in _storage_uris(spec):
         problems.extend(_uri_problems(field, uri))
     if spec.output.uri.startswith("file://"):

@@ -1,0 +1,74 @@
+"""Packed-int4 matmuls: torch's tinygemm kernels for CPU and CUDA, fed from the artifact's neutral layout.
+
+The artifact stores each int4 weight in one layout whatever the device (`int4_weight_only`: two nibbles per
+byte, scale and zero point per group). Each device's kernel wants its own packing, made here once when the
+module lands on the device:
+
+- CPU: `aten._convert_weight_to_int4pack_for_cpu(int32 [N, K], 1)` -> `aten._weight_int4pack_mm_for_cpu`;
+- CUDA: `aten._convert_weight_to_int4pack(uint8 [N, K/2], inner_k_tiles)`, high nibble first ->
+  `aten._weight_int4pack_mm`.
+
+Both take bf16 activations and a bf16 `[K/group, N, 2]` table of (scale, offset) where a weight is
+`(q - 8) * scale + offset`: with our zero point, `offset = (8 - zero) * scale`. Their fp32 CPU path is a
+reference loop (hundreds of times slower), so activations go through bf16 on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slimserve.quant.base import BackendUnsupportedError
+
+KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # the group sizes both kernels accept
+TINYGEMM_MIDPOINT = 8
+KERNEL_DTYPE = torch.bfloat16
+# Output rows: the CPU packing works on blocks of 16 output channels, CUDA's tiles on 8.
+OUT_FEATURES_MULTIPLE = 16
+# Input columns: CUDA packs K in tiles of 16 * inner_k_tiles (2 at least).
+IN_FEATURES_MULTIPLE = 32
+
+
+def kernel_fits(in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether a [out, in] weight in groups of `group_size` runs on both devices' kernels."""
+    return (
+        group_size in KERNEL_GROUP_SIZES
+        and in_features % group_size == 0
+        and in_features % IN_FEATURES_MULTIPLE == 0
+        and out_features % OUT_FEATURES_MULTIPLE == 0
+    )
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K/2] (column 2j in the low nibble of byte j, 2j+1 in the high one) -> uint8 [N, K] in 0..15."""
+    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
+
+
+def pack_weight(packed: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The neutral uint8 [N, K/2] weight in the packing of `device`'s kernel, on that device."""
+    if device.type == "cpu":
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(packed.cpu()).to(torch.int32), 1)
+    if device.type == "cuda":
+        values = unpack_nibbles(packed.to(device))
+        high_first = (values[:, 0::2] << 4 | values[:, 1::2]).contiguous()
+        return torch.ops.aten._convert_weight_to_int4pack(high_first, inner_k_tiles(values.shape[1]))
+    raise BackendUnsupportedError(f"int4-weight-only has kernels for cpu and cuda, not for {device.type}")
+
+
+def inner_k_tiles(in_features: int) -> int:
+    """The most K tiles per CUDA warp that divide the input width (8 is fastest, torchao's default)."""
+    return next(tiles for tiles in (8, 4, 2) if in_features % (16 * tiles) == 0)
+
+
+def scales_and_offsets(scale: torch.Tensor, zero: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """bf16 [K/group, N, 2]: tinygemm's (scale, offset) per group from our [N, K/group] scale and zero point."""
+    scale = scale.to(device, torch.float32)
+    offset = (TINYGEMM_MIDPOINT - zero.to(device, torch.float32)) * scale
+    return torch.stack((scale, offset), dim=-1).transpose(0, 1).contiguous().to(KERNEL_DTYPE)
+
+
+def int4_matmul(x: torch.Tensor, weight: torch.Tensor, group_size: int, scale_offset: torch.Tensor) -> torch.Tensor:
+    """`x [M, K] @ W.T` for a weight packed by `pack_weight` on x's device; bf16 [M, N]."""
+    x = x.to(KERNEL_DTYPE).contiguous()
+    if x.device.type == "cuda":
+        return torch.ops.aten._weight_int4pack_mm(x, weight, group_size, scale_offset)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, group_size, scale_offset)

@@ -1,0 +1,181 @@
+"""int4-weight-only on torch's packed-int4 kernels and fp16 / bf16 models: numerics against a float
+reference, the device-neutral layout, artifact round trips, MiniLM, and the budget search's relaxations."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from slimserve.api.steps import QuantizeConfig
+from slimserve.compression.budget import run_within_budget
+from slimserve.compression.errors import BudgetExceeded
+from slimserve.compression.quantize import apply_quantization
+from slimserve.models.minilm import encode, load_tokenizer
+from slimserve.quant import optimize_for_inference, quantization_state, restore_quantization
+from slimserve.quant.half import native_on
+from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, dequantize_int4_grouped, quantize_int4_grouped
+from slimserve.quant.int8_dynamic import Int8DynamicLinear
+
+SENTENCES = [
+    "The operator reconciles each CompressionJob into a batch Job.",
+    "Packed int4 weights take an eighth of the bytes of float ones.",
+    "A cat sat on the warm windowsill all afternoon.",
+    "How do I reset my password?",
+]
+
+
+class TinyEncoder(nn.Module):
+    """Embedding + three Linears, mean-pooled; `head` (out 8) fits no int4 kernel and stays float."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 64)
+        self.up = nn.Linear(64, 128)
+        self.down = nn.Linear(128, 64)
+        self.head = nn.Linear(64, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.down(torch.relu(self.up(self.embed(ids))))).mean(dim=1)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(nn.functional.cosine_similarity(a.float(), b.float()).min())
+
+
+def round_trip(model: nn.Module, skeleton: nn.Module, tmp_path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Save as an artifact stores it (safetensors + JSON recipe) and restore onto `skeleton`."""
+    tensors, recipe = quantization_state(model)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    restored = restore_quantization(skeleton, json.loads((tmp_path / "recipe.json").read_text()), load_file(str(tmp_path / "model.safetensors")))
+    return restored, tensors
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128, 256])
+def test_int4_kernel_matches_dequantize_then_matmul(group_size):
+    torch.manual_seed(group_size)
+    linear = nn.Linear(512, 96)
+    module = Int4WeightOnlyLinear.from_float(linear, group_size)
+    x = torch.randn(2, 5, 512)
+    reference = nn.functional.linear(x, module.dequantized_weight(), linear.bias.detach())
+    with torch.inference_mode():
+        out = module(x)
+    assert out.shape == (2, 5, 96) and out.dtype == torch.float32
+    # bf16 activations: within a few bf16 steps of the output's scale, and the same direction
+    assert (out - reference).abs().max() <= 0.02 * reference.abs().max()
+    assert cosine(out.reshape(-1, 96), reference.reshape(-1, 96)) > 0.9999
+    assert cosine(out.reshape(-1, 96), linear(x).detach().reshape(-1, 96)) > 0.99  # and close to the float layer
+
+
+def test_neutral_layout_is_two_nibbles_per_byte_with_per_group_scale_and_zero():
+    weight = torch.arange(32, dtype=torch.float32).repeat(16, 1)  # one group of 0..31 per row
+    packed, scale, zero = quantize_int4_grouped(weight, 32)
+    assert (packed.dtype, scale.dtype, zero.dtype) == (torch.uint8, torch.bfloat16, torch.uint8)
+    assert packed.shape == (16, 16) and scale.shape == zero.shape == (16, 1)
+    values = torch.round(weight[0] / scale[0].float()).to(torch.uint8)  # zero point 0: the group is >= 0
+    assert int(zero[0]) == 0
+    assert packed[0, 0] == values[0] | (values[1] << 4) and packed[0, 5] == values[10] | (values[11] << 4)
+    restored = dequantize_int4_grouped(packed, scale, zero, torch.float32)
+    assert (restored - weight).abs().max() <= scale.float().max() / 2 + 1e-6
+
+
+def test_int4_artifact_round_trip_gives_the_same_outputs_and_stores_no_device_packing(tmp_path):
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    ids = torch.randint(0, 100, (6, 9))
+    with torch.inference_mode():
+        reference = model(ids)
+    quantized = apply_quantization(copy.deepcopy(model), QuantizeConfig(method="int4-weight-only", group_size=32), calibration=None)
+    assert type(quantized.up) is Int4WeightOnlyLinear and type(quantized.head) is nn.Linear
+    restored, tensors = round_trip(quantized, TinyEncoder().eval(), tmp_path)
+    assert not any("kernel" in name for name in tensors)  # the device's packing is derived at load
+    assert tensors["up.weight_uint4x2"].shape == (128, 32)
+    with torch.inference_mode():
+        out = quantized(ids)
+        assert torch.equal(restored(ids), out)
+    assert cosine(out, reference) > 0.99
+    compiled = optimize_for_inference(restored, (ids,))  # the kernels compile (fake kernels, freezing)
+    assert cosine(compiled(ids), out) > 0.9999
+
+
+def test_int8_layers_of_int4_and_their_errors():
+    model = apply_quantization(TinyEncoder().eval(), QuantizeConfig(method="int4-weight-only", int8_layers=["down"]), calibration=None)
+    assert type(model.up) is Int4WeightOnlyLinear and type(model.down) is Int8DynamicLinear
+    assert model.up.group_size == 64  # 256 and 128 do not divide its 64 inputs
+    with pytest.raises(ValueError, match="int8Layers: 'head' is not a Linear this config quantizes"):
+        apply_quantization(TinyEncoder().eval(), QuantizeConfig(method="int4-weight-only", int8_layers=["head"]), calibration=None)
+    with pytest.raises(ValueError, match="groupSize: only int4-weight-only"):
+        QuantizeConfig(method="int8-dynamic", group_size=64)
+    with pytest.raises(ValueError, match="no int4 kernel"):
+        Int4WeightOnlyLinear(64, 8, True, 32)
+
+
+def test_minilm_int4_stays_close_to_fp32(minilm_model):
+    model, tokenizer = minilm_model.model, load_tokenizer(minilm_model.assets)
+    quantized = apply_quantization(copy.deepcopy(model), QuantizeConfig(method="int4-weight-only", group_size=32), calibration=None)
+    reference = encode(model, tokenizer, SENTENCES)
+    cosines = (encode(quantized, tokenizer, SENTENCES) * reference).sum(axis=1)
+    # int4 with no layer in int8: the budget search moves the most sensitive ones up (benchmarks/compression_minilm.py)
+    assert cosines.mean() > 0.97, cosines
+
+
+@pytest.mark.parametrize("method", ["fp16", "bf16"])
+def test_half_precision_round_trip_is_half_the_size_and_exact(method, tmp_path):
+    torch.manual_seed(1)
+    model = TinyEncoder().eval()
+    ids = torch.randint(0, 100, (6, 9))
+    with torch.inference_mode():
+        reference = model(ids)
+    half = apply_quantization(copy.deepcopy(model), QuantizeConfig(method=method, keep_float=["head"]), calibration=None)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[method]
+    assert half.up.weight.dtype == dtype and half.head.weight.dtype == torch.float32
+    restored, tensors = round_trip(half, TinyEncoder().eval(), tmp_path)
+    float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    head_bytes = sum(t.numel() * 4 for t in model.head.state_dict().values())
+    assert sum(t.numel() * t.element_size() for t in tensors.values()) == (float_bytes - head_bytes) / 2 + head_bytes
+    with torch.inference_mode():
+        out = half(ids)
+        assert out.dtype == torch.float32 and torch.equal(restored(ids), out)
+    assert cosine(out, reference) > 0.999
+    served = optimize_for_inference(restored, (ids,))
+    # served in the half dtype where this CPU has it natively, else cast up to fp32 (the same weights)
+    assert served.compute_dtype == (dtype if native_on(dtype, torch.device("cpu")) else torch.float32)
+    assert cosine(served(ids), out) > 0.999
+
+
+def test_int4_budget_search_tries_finer_groups_first(mlp_context):
+    original, context = mlp_context
+    context.baseline_metric = 2.0  # nothing can reach it: every candidate is tried, then the step fails
+    try:
+        with pytest.raises(BudgetExceeded) as info:
+            run_within_budget(original, QuantizeConfig(method="int4-weight-only"), context)
+    finally:
+        context.baseline_metric = context.task.score(original.eager())
+    tried = str(info.value).split("tried: ")[1].split("; ")
+    labels = [entry.split(" -> ")[0] for entry in tried]
+    # the MLP's one int4 layer (its 10-class head fits no kernel) leaves nothing to rank into int8Layers
+    assert labels == [
+        "int4-weight-only, 0 layer(s) float",
+        "int4-weight-only, groups of 128, 0 layer(s) float",
+        "int4-weight-only, groups of 64, 0 layer(s) float",
+        "int4-weight-only, groups of 32, 0 layer(s) float",
+    ]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_int4_on_cuda_matches_the_cpu_kernel_and_the_reference():
+    torch.manual_seed(3)
+    linear = nn.Linear(1024, 256)
+    module = Int4WeightOnlyLinear.from_float(linear, 128)
+    x = torch.randn(8, 1024)
+    with torch.inference_mode():
+        on_cpu = module(x)
+        on_gpu = module.to("cuda")(x.cuda()).cpu()
+    reference = nn.functional.linear(x, module.cpu().dequantized_weight(), linear.bias.detach())
+    assert cosine(on_gpu, reference) > 0.9999 and cosine(on_gpu, on_cpu) > 0.9999
