@@ -37,6 +37,16 @@ cluster-build:
 web-deps:
 	tests/web/install.sh
 
+# The benchmarks this machine can run (serving against KServe with native load generators, gRPC-Web,
+# compression), one JSON file per run in $(SLIMSERVE_CACHE)/bench/ and a Markdown report with plots beside it.
+# ghz and h2load come from benchmarks/tools.sh; KServe's venv is made on first use. QUICK=1: a short smoke run.
+.PHONY: bench bench-tools
+bench: venv bench-tools
+	SLIMSERVE_CACHE=$(SLIMSERVE_CACHE) QUICK=$(QUICK) $(PYTHON) benchmarks/run_all.py
+
+bench-tools:
+	SLIMSERVE_CACHE=$(SLIMSERVE_CACHE) benchmarks/tools.sh
+
 # Run the test cluster by hand; prints `export KUBECONFIG=...`, stops on Ctrl-C.
 dev-cluster: cluster-build
 	$(PYTHON) -m tests.cluster

@@ -1,12 +1,17 @@
 """gRPC-Web overhead: the same ModelInfer over native gRPC, gRPC-Web (binary and text) and REST, side by side.
 
-One `slimserve serve --grpc-web` process (127.0.0.1 only) serves the model; this process is the client,
-with keep-alive connections, one per client thread. For each concurrency it runs every protocol for the
-same bounded time, interleaved round-robin in short slices so drift on a busy machine hits them all alike,
-and prints req/s, p50 and p99 latency, and each protocol's throughput as a ratio of native gRPC's.
+One `slimserve serve --grpc-web` process (127.0.0.1 only) serves the model. For each concurrency every
+protocol runs for the same bounded time, interleaved round-robin so drift on a busy machine hits them all
+alike, from two kinds of client:
+- the native load generators (benchmarks/loadgen, built or installed by benchmarks/tools.sh): ghz for gRPC,
+  h2load POSTing the framed gRPC-Web bodies and the REST JSON over HTTP/1.1; their figures come first;
+- this process's Python clients (grpcio, http.client with keep-alive, one connection per thread), an extra
+  column; they also check each protocol's answer (grpc-status included) before anything is measured.
+It prints req/s, p50 and p99, each protocol's throughput as a ratio of native gRPC's, and each client's share
+of the machine's CPU, marking a row client-bound as benchmarks/serving.py does (loadgen.measured).
 
     .venv/bin/python benchmarks/grpc_web.py                       # digits-mlp, concurrency 1 and 8
-    .venv/bin/python benchmarks/grpc_web.py --model minilm-l6 --duration-s 4
+    .venv/bin/python benchmarks/grpc_web.py --model minilm-l6 --duration-s 4 --json /tmp/grpc-web.json
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from loadgen import ghz, h2load, measured
 
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 
@@ -96,7 +102,7 @@ class Clients:
             "rest": (json.dumps(document).encode(), "application/json"),
         }
         self.rest_path = f"/v2/models/{model}/infer"
-        self.http_port = http_port
+        self.http_port, self.grpc_port = http_port, grpc_port
         self.channel = grpc.insecure_channel(f"{HOST}:{grpc_port}")
         self.grpc_call = self.channel.unary_unary(PATH, request_serializer=pb.ModelInferRequest.SerializeToString,
                                                   response_deserializer=pb.ModelInferResponse.FromString)
@@ -141,43 +147,79 @@ def run_slice(clients: Clients, protocol: str, concurrency: int, seconds: float)
     return latencies
 
 
+def run_native(clients: Clients, protocol: str, concurrency: int, seconds: float) -> dict:
+    """One run of the native generator of `protocol`: ghz for gRPC, h2load for the HTTP/1.1 ones."""
+    if protocol == "grpc":
+        return ghz.run(f"{HOST}:{clients.grpc_port}", clients.message.SerializeToString(), concurrency, seconds,
+                       warmup_s=0.3)
+    body, content_type = clients.bodies[protocol]
+    path = clients.rest_path if protocol == "rest" else PATH
+    return h2load.run(f"http://{HOST}:{clients.http_port}{path}", body, {"content-type": content_type},
+                      concurrency, seconds, warmup_s=0.3)
+
+
+def run_python(clients: Clients, protocol: str, concurrency: int, seconds: float) -> dict:
+    """The Python clients of `protocol` in this process, sliced and interleaved like the native runs."""
+    cpu_started, started = time.process_time(), time.perf_counter()
+    latencies = run_slice(clients, protocol, concurrency, seconds)
+    cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    return {"requests": len(ms), "errors": 0, "seconds": wall_s, "rps": len(ms) / wall_s,
+            "p50_ms": float(statistics.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "client": "python",
+            "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(cpu_s / (wall_s * measured.cpu_count()), 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="digits-mlp")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--duration-s", type=float, default=3.0, help="measured time per protocol and concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median one is reported")
+    parser.add_argument("--clients", default="native,python", help="native (ghz, h2load) and/or python")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    runners = {"native": run_native, "python": run_python}
+    kinds = args.clients.split(",")
 
     http_port, grpc_port = free_port(), free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-grpc-web-{http_port}.log"
     server = start_server(args.model, http_port, grpc_port, log)
     protocols = ("grpc", "grpc-web", "grpc-web-text", "rest")
+    results = []
     try:
         clients = Clients(args.model, http_port, grpc_port)
-        for protocol in protocols:  # warm up connections and code paths
+        for protocol in protocols:  # warm up connections and code paths, and check every answer
             run_slice(clients, protocol, max(args.concurrency), 0.3)
-        print(f"model {args.model}, one row per request, {args.duration_s:g} s per protocol and concurrency")
-        print(f"{'concurrency':>11} {'protocol':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs gRPC':>8}")
+        seconds = max(1.0, args.duration_s / args.rounds)
+        print(f"model {args.model}, one row per request, {args.rounds} x {seconds:g} s per protocol and concurrency")
+        print(f"{'concurrency':>11} {'protocol':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs gRPC':>8}  client")
         for concurrency in args.concurrency:
-            measured = {protocol: [] for protocol in protocols}
-            elapsed = {protocol: 0.0 for protocol in protocols}
-            slices = max(1, round(args.duration_s / SLICE_S))
-            for _ in range(slices):
+            rounds = {(kind, protocol): [] for kind in kinds for protocol in protocols}
+            for _ in range(args.rounds):
                 for protocol in protocols:
-                    start = time.perf_counter()
-                    measured[protocol] += run_slice(clients, protocol, concurrency, args.duration_s / slices)
-                    elapsed[protocol] += time.perf_counter() - start
-            baseline = len(measured["grpc"]) / elapsed["grpc"]
-            for protocol in protocols:
-                latencies = np.asarray(measured[protocol]) * 1000
-                rate = len(latencies) / elapsed[protocol]
-                print(f"{concurrency:>11} {protocol:<14} {rate:>8.0f} {statistics.median(latencies):>8.2f} "
-                      f"{np.percentile(latencies, 99):>8.2f} {rate / baseline:>8.2f}")
+                    for kind in kinds:
+                        server_cpu_s = measured.process_cpu_s(server.pid)
+                        row = runners[kind](clients, protocol, concurrency, seconds)
+                        rounds[kind, protocol].append(
+                            measured.mark_client_bound(row, measured.process_cpu_s(server.pid) - server_cpu_s))
+            for kind in kinds:
+                baseline = measured.median_round(rounds[kind, "grpc"]).get("rps")
+                for protocol in protocols:
+                    cell = measured.median_round(rounds[kind, protocol])
+                    cell.update(model=args.model, protocol=protocol, concurrency=concurrency,
+                                vs_grpc=cell.get("rps", 0) / baseline if baseline else None)
+                    results.append(cell)
+                    print(f"{concurrency:>11} {protocol:<14} {cell.get('rps', 0):>8.0f} "
+                          f"{cell.get('p50_ms', float('nan')):>8.2f} {cell.get('p99_ms', float('nan')):>8.2f} "
+                          f"{cell['vs_grpc'] or float('nan'):>8.2f}  {measured.describe(cell)}"
+                          + (f"  FAILED: {cell['failure']}" if "failure" in cell else ""), flush=True)
         clients.channel.close()
     finally:
         server.terminate()
         server.wait(60)
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "clients": kinds, **measured.machine()}, indent=2))
     return 0
 
 

@@ -1,9 +1,9 @@
 """A load generator run as a child process, with the CPU time it spent.
 
 The CPU time counts every thread of the client and nothing else; its share is of the CPUs this process may
-run on, over the child's wall time. A client that takes as much CPU as the server it drives, or a large share of the machine, competes with that server for
-the same cores: the row is then marked client-bound (`client_bound`), the throughput says as much about the
-client as about the server.
+run on, over the child's wall time. A client that takes as much CPU as the server it drives, or a large share
+of the machine, competes with that server for the same cores: the row is then marked client-bound
+(`client_bound`), and its throughput says as much about the client as about the server.
 """
 
 from __future__ import annotations
@@ -85,3 +85,13 @@ def describe(row: dict) -> str:
     if "client" not in row:
         return "-"
     return f"{row['client']} {row.get('client_cpu_share', 0):.0%} CPU" + (", client-bound" if row.get("client_bound") else "")
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median throughput (its own p50/p99 and client columns with it); errors summed."""
+    ranked = sorted((r for r in rounds if r.get("rps")), key=lambda r: r["rps"])
+    errors = sum(abs(r.get("errors", 0)) for r in rounds)
+    if not ranked:  # every round failed: the first failure says why
+        failures = [r["failure"] for r in rounds if "failure" in r]
+        return {"requests": 0, "errors": errors, **({"failure": failures[0]} if failures else {})}
+    return {**ranked[len(ranked) // 2], "errors": errors, "rounds": len(rounds)}

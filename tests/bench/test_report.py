@@ -1,0 +1,72 @@
+"""benchmarks/report.py on a recorded run (tests/bench/data/bench-run.json, a QUICK `make bench` trimmed to a
+few cells): the Markdown carries the targets and rows computed from that run, marks client-bound rows and
+failed benchmarks, and every plot it links is a PNG it wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import report
+
+RECORDED = Path(__file__).resolve().parent / "data" / "bench-run.json"
+
+
+@pytest.fixture
+def run() -> dict:
+    return json.loads(RECORDED.read_text())
+
+
+def rendered(run: dict, folder: Path) -> tuple[str, Path]:
+    page = report.render(run, folder)
+    return page.read_text(), page.parent
+
+
+@pytest.fixture(scope="module")
+def recorded_report(tmp_path_factory) -> tuple[str, Path]:
+    """The recorded run rendered once (matplotlib takes seconds) for the tests that only read it."""
+    return rendered(json.loads(RECORDED.read_text()), tmp_path_factory.mktemp("report"))
+
+
+def test_targets_and_rows_come_from_the_run(run, recorded_report):
+    results = run["benchmarks"]["serving"]["results"]
+    cell = {(r["server"], r["model"], r["protocol"], r["concurrency"]): r for r in results}
+    top = max(r["concurrency"] for r in results)
+    text, _ = recorded_report
+    for protocol in ("rest", "grpc"):
+        ratio = cell["slimserve", "digits-mlp", protocol, top]["rps"] / cell["kserve", "digits-mlp", protocol, top]["rps"]
+        assert f"tiny MLP, {protocol}, c32: SlimServe / KServe throughput = {ratio:.2f}x (target >= 3x)" in text
+    for r in results:
+        if r["concurrency"] == top:
+            figure = f"{r['rps']:.0f} | {r['p50_ms']:.2f}" if r.get("rps") else "- | - | - | no request finished"
+            assert f"| {r['model']} | {r['protocol']} | {r['server']} | {figure} |" in text
+    assert any(not r.get("rps") for r in results), "the recorded run keeps a cell where no request finished"
+    for r in run["benchmarks"]["compression_digits"]:
+        assert f"| digits CNN | {r['variant']} | {r['sizeRatio']:.2f}x | {r['speedup']:.2f}x |" in text
+
+
+def test_client_bound_rows_and_failed_benchmarks_are_marked(run, tmp_path):
+    results = run["benchmarks"]["serving"]["results"]
+    top = max(r["concurrency"] for r in results)
+    marked = next(r for r in results if r["concurrency"] == top and r["server"] == "kserve")
+    marked["client_bound"] = True
+    for r in results:
+        if r is not marked:
+            r["client_bound"] = False
+    run["failed"] = {"grpc_web": "exit status 1"}
+    text, _ = rendered(run, tmp_path)
+    bound_lines = [line for line in text.splitlines() if f"{marked['client_cpu_share']:.0%} CPU, client-bound |" in line]
+    assert bound_lines and all(f"| {marked['server']} |" in line for line in bound_lines), text
+    assert "**grpc_web failed**: exit status 1" in text
+
+
+def test_every_linked_plot_is_a_png_it_wrote(recorded_report):
+    text, folder = recorded_report
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert set(linked) == {"serving-throughput.png", "serving-latency.png", "serving-batching.png", "grpc-web.png",
+                           "compression.png"}
+    for name in linked:
+        data = (folder / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name
