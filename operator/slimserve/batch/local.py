@@ -39,11 +39,10 @@ class LocalBatchResult:
 
 
 def local_shard_count(spec: "BatchInferenceSpec") -> int:
-    """spec.shards, else one per input file, else (one file) spec.parallelism record ranges of it."""
+    """spec.shards, else one per input file (this machine may list the input; the operator never does)."""
     if spec.shards is not None:
         return spec.shards
-    files = list_dataset(spec.input.uri, spec.input.format, spec.s3)
-    return len(files) if len(files) > 1 else spec.parallelism
+    return len(list_dataset(spec.input.uri, spec.input.format, spec.s3))
 
 
 def run_batch_locally(

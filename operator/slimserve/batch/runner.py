@@ -103,6 +103,7 @@ def run_shard(shard: Shard, emit: Emit, reporter: "ShardReporter | None" = None)
     from slimserve.models import load_servable
 
     servable = load_servable(spec.model.uri, s3=spec.s3, expected_digest=shard.artifact_digest)
+    emit({"event": "scoring", "shard": shard.index, "model": servable.info.name, "time": time.time()})
     name = part_name(shard.index, spec.output.format)
     prefix.discard_staging(name)
     staged = prefix.staging(name)
@@ -128,7 +129,8 @@ def run_shard(shard: Shard, emit: Emit, reporter: "ShardReporter | None" = None)
     model = {"uri": spec.model.uri or "", "digest": servable.info.digest}
     written = sidecar(shard.run_id, shard.index, name, records, digest, model)
     prefix.write(sidecar_name(shard.index), canonical_json(written))
-    emit({"event": "part", "shard": shard.index, "part": prefix.uri_of(name), "records": records, "sha256": digest})
+    emit({"event": "part", "shard": shard.index, "part": prefix.uri_of(name), "records": records, "sha256": digest,
+          "time": time.time()})
     return _outcome(prefix, shard, "Succeeded", written)
 
 
