@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
     from slimserve.batch.progress import ShardReporter
     from slimserve.models.servable import Servable
 
-logger = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]  # one event of the shard's JSON-lines log
 
