@@ -44,7 +44,7 @@ def test_targets_and_rows_come_from_the_run(run, recorded_report):
             assert f"| {r['model']} | {r['protocol']} | {r['server']} | {figure} |" in text
     assert any(not r.get("rps") for r in results), "the recorded run keeps a cell where no request finished"
     for r in run["benchmarks"]["compression_digits"]:
-        assert f"| digits CNN | {r['variant']} | {r['sizeRatio']:.2f}x | {r['speedup']:.2f}x |" in text
+        assert f"| digits CNN | {r['variant']} | {r['sizeRatio']:.2f}x | {r['speedup']:.2f}x | {0.0 - r['dropPoints']:+.2f} (" in text
 
 
 def test_client_bound_rows_and_failed_benchmarks_are_marked(run, tmp_path):
