@@ -14,6 +14,7 @@ from benchmarks/tools.sh (`make bench` runs it first).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -29,13 +30,18 @@ import report  # noqa: E402
 from loadgen import measured  # noqa: E402
 
 # benchmark -> (script, arguments of a full run, arguments of a quick one); each also gets --json PATH.
+# A full run takes 6-10 minutes on 2 cores: the models the targets name, one round per cell, the
+# torch.compile'd MiniLM against ONNX Runtime only where the bench extra is installed (pip install -e
+# '.[bench]'). Each script run on its own measures more (see its --help).
+ORT = ["onnxruntime"] if importlib.util.find_spec("onnxruntime") else []
 BENCHMARKS = {
-    "serving": ("serving.py", ["--rounds", "2", "--duration-s", "1"],
-                ["--models", "digits-mlp,minilm-l6", "--concurrency", "1,32", "--rounds", "1", "--duration-s", "1"]),
-    "grpc_web": ("grpc_web.py", ["--concurrency", "1", "8", "32", "--duration-s", "2", "--rounds", "2"],
+    "serving": ("serving.py", ["--models", "digits-mlp,minilm-l6", "--rounds", "1", "--duration-s", "1"],
+                ["--models", "digits-mlp,minilm-l6", "--concurrency", "1,32", "--rounds", "1", "--duration-s", "0.5"]),
+    "grpc_web": ("grpc_web.py", ["--concurrency", "8", "32", "--duration-s", "2", "--rounds", "1"],
                  ["--concurrency", "8", "--duration-s", "1", "--rounds", "1"]),
-    "compression_digits": ("compression_digits.py", ["--rounds", "30"], ["--rounds", "5"]),
-    "compression_minilm": ("compression_minilm.py", ["--rounds", "8"], ["--rounds", "3", "--variants", "slimserve"]),
+    "compression_digits": ("compression_digits.py", ["--rounds", "20"], ["--rounds", "5"]),
+    "compression_minilm": ("compression_minilm.py", ["--rounds", "5", "--variants", "slimserve", *ORT],
+                           ["--rounds", "3", "--variants", "slimserve"]),
 }
 
 
