@@ -1,15 +1,17 @@
 """spec.auth on the real control plane: the operator grants the server pods what the kubernetes mode needs,
-and only while it is on; apiKeys mounts the Secret read-only; neither leaves the pods a token they do not use."""
+and only while it is on; apiKeys holds the pods back until its Secret exists with a key entry (read from the
+Secret's metadata), then mounts it read-only; neither leaves the pods a token they do not use."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
 
 from slimserve.controller.builders import model_service as builders
-from tests.cluster.helpers import apply, exists, get, wait_for
-from tests.operator.test_model_service_cluster import model_service, wait_ready
+from tests.cluster.helpers import apply, condition, exists, get, wait_for
+from tests.operator.test_model_service_cluster import model_service, status_of, wait_condition, wait_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -22,6 +24,14 @@ def pod_spec(cp, namespace: str, name: str) -> dict:
 
 def env_of(spec: dict) -> dict[str, str]:
     return {entry["name"]: entry.get("value") for entry in spec["containers"][0]["env"]}
+
+
+def api_keys_secret(name: str, **entries: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque",
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in entries.items()}}
+
+
+DIGEST = "sha256:" + "ab" * 32
 
 
 def can_i(cp, namespace: str, account: str, *request: str) -> bool:
@@ -64,6 +74,7 @@ def test_kubernetes_mode_gets_its_own_account_and_only_access_reviews(control_pl
 
 def test_api_keys_mount_the_secret_read_only_and_grant_nothing(control_plane, operator, namespace):
     cp, name = control_plane, "keyed"
+    apply(cp, namespace, api_keys_secret("digits-keys", alice=DIGEST))
     apply(cp, namespace, model_service(name, auth={"mode": "apiKeys", "apiKeysSecret": {"name": "digits-keys"}}))
     wait_ready(cp, namespace, name)
     spec = pod_spec(cp, namespace, name)
@@ -82,3 +93,21 @@ def test_api_keys_without_a_secret_is_refused_naming_the_field(control_plane, cr
                                 input=json.dumps(model_service("nokeys", auth={"mode": "apiKeys"})))
     assert out.returncode != 0
     assert "spec.auth.apiKeysSecret: mode apiKeys needs the Secret of key hashes" in out.stderr
+
+
+def test_api_keys_secret_missing_or_without_entries_is_a_condition_until_it_has_one(control_plane, operator, namespace):
+    cp, name, secret = control_plane, "keys-later", "later-keys"
+    apply(cp, namespace, model_service(name, auth={"mode": "apiKeys", "apiKeysSecret": {"name": secret}}))
+    ready = wait_condition(cp, namespace, name, "Ready", "False", "APIKeysSecretMissing")
+    assert ready["message"] == (f"spec.auth.apiKeysSecret: Secret '{secret}' does not exist in namespace "
+                                f"'{namespace}'; waiting for it")
+    assert condition(status_of(cp, namespace, name), "Stalled")["status"] == "False"  # the Secret may yet come
+    assert not exists(cp, namespace, "deployment", name)  # no pods that would refuse to start
+
+    apply(cp, namespace, api_keys_secret(secret))  # exists, but no key in it
+    ready = wait_condition(cp, namespace, name, "Ready", "False", "APIKeysSecretInvalid")
+    assert ready["message"].startswith(f"spec.auth.apiKeysSecret: Secret '{secret}' has no key entries")
+    assert not exists(cp, namespace, "deployment", name)
+
+    apply(cp, namespace, api_keys_secret(secret, alice=DIGEST))
+    wait_ready(cp, namespace, name)

@@ -56,7 +56,7 @@ from slimserve.controller.model_service_status import (
     resolve_model_uri,
     status_differs,
 )
-from slimserve.controller.model_service_tls import tls_secret_refusal
+from slimserve.controller.model_service_secrets import secrets_refusal
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +217,9 @@ def _apply_children(
     """Apply every desired child this service controls or may create, delete the optional ones no longer
     wanted that it controls; (the live Deployment, what was refused). One refusal does not hold back the rest.
     """
-    tls_refusal = tls_secret_refusal(api, owner.namespace, spec.tls)
-    if tls_refusal is not None:
-        return {}, [tls_refusal]  # pods that cannot serve would replace pods that do: nothing is applied
+    secret_refusal = secrets_refusal(api, owner.namespace, spec)
+    if secret_refusal is not None:
+        return {}, [secret_refusal]  # pods that cannot serve would replace pods that do: nothing is applied
     children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda)
     key = (owner.namespace, owner.name)
     deployment: dict[str, Any] = {}

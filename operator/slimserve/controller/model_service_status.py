@@ -31,6 +31,9 @@ APPLY_FAILED = "ApplyFailed"  # 5xx, throttling, no answer: may pass by itself
 # (not Stalled: cert-manager, say, may be about to write it).
 TLS_SECRET_MISSING = "TLSSecretMissing"
 TLS_SECRET_INVALID = "TLSSecretInvalid"
+# The same for spec.auth.apiKeysSecret: missing, or without a key entry (a server would refuse to start).
+API_KEYS_SECRET_MISSING = "APIKeysSecretMissing"
+API_KEYS_SECRET_INVALID = "APIKeysSecretInvalid"
 STALLED_REASONS = frozenset(
     {"InvalidSpec", "UnknownNodePool", "CompressionFailed", "ProgressDeadlineExceeded", CHILD_CONFLICT, APPLY_REJECTED}
 )
@@ -188,7 +191,7 @@ def _with(conditions: list[dict[str, Any]], type_: str, verdict: Verdict, genera
 @dataclass(frozen=True)
 class Refusal:
     """A child the pass could not apply: `reason` one of CHILD_CONFLICT, APPLY_REJECTED, APPLY_FAILED, or one of
-    the TLS Secret's (nothing was applied)."""
+    the mounted Secrets' (TLS, API keys: nothing was applied)."""
 
     reason: str
     message: str
@@ -196,7 +199,8 @@ class Refusal:
 
 def refusal_verdict(refusals: list[Refusal]) -> Verdict:
     """Ready=False for the pass's refused applies: the reason needing the most attention, every message."""
-    order = (CHILD_CONFLICT, APPLY_REJECTED, TLS_SECRET_MISSING, TLS_SECRET_INVALID, APPLY_FAILED)
+    order = (CHILD_CONFLICT, APPLY_REJECTED, TLS_SECRET_MISSING, TLS_SECRET_INVALID, API_KEYS_SECRET_MISSING,
+             API_KEYS_SECRET_INVALID, APPLY_FAILED)
     reason = min((r.reason for r in refusals), key=order.index)
     return Verdict(FALSE, reason, "; ".join(r.message for r in refusals))
 
