@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from slimserve.local.plan import PlanError, plan_from_file
+
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples/quickstart.yaml"
 
@@ -105,3 +107,27 @@ def test_service_referring_to_a_missing_job(tmp_path: Path):
     bad.write_text(QUICKSTART.read_text().replace("name: digits-slim\n  batching", "name: other-job\n  batching"))
     result = slimserve_run("-f", str(bad), "--once", cwd=tmp_path)
     assert_one_line_error(result, "other-job")
+
+
+
+def with_service_field(tmp_path: Path, field: str, value: str) -> Path:
+    guarded = tmp_path / f"{field}.yaml"
+    text = QUICKSTART.read_text()
+    assert text.count("\n  batching:") == 1  # the ModelService's
+    guarded.write_text(text.replace("\n  batching:", f"\n  {field}: {value}\n  batching:"))
+    return guarded
+
+
+def test_tls_is_refused_naming_the_field_before_compressing(tmp_path: Path):
+    result = slimserve_run("-f", str(with_service_field(tmp_path, "tls", "{secretName: digits-tls}")), "--once",
+                           "--workdir", str(tmp_path / "w"), cwd=tmp_path, timeout=120)
+    assert_one_line_error(result, "ModelService digits: spec.tls is not served by slimserve run",
+                          "slimserve serve --tls-dir DIR")
+    assert "CompressionJob" not in result.stdout
+
+
+def test_auth_is_refused_naming_the_field(tmp_path: Path):
+    path = with_service_field(tmp_path, "auth", "{mode: apiKeys, apiKeysSecret: {name: digits-keys}}")
+    with pytest.raises(PlanError, match=r"ModelService digits: spec\.auth is not served by slimserve run .*"
+                                         r"slimserve serve --auth-mode apiKeys --auth-api-keys-dir DIR"):
+        plan_from_file(path)

@@ -42,6 +42,7 @@ def plan_from_file(path: str | Path) -> LocalPlan:
     service = services[0] if services else None
     serve_uri = None
     if service is not None:
+        refuse_cluster_only_fields(service)
         ref = service.spec.model.compression_job_ref
         if ref is None:
             serve_uri = service.spec.model.uri
@@ -56,3 +57,22 @@ def plan_from_file(path: str | Path) -> LocalPlan:
     if not jobs and not batches and service is None:
         raise PlanError(f"{path}: no CompressionJob, BatchInference or ModelService to run")
     return LocalPlan(jobs=jobs, batches=batches, service=service, serve_uri=serve_uri)
+
+
+# What a ModelService asks for that only a cluster can give: Secrets (and, for kubernetes auth, the API server)
+# do not exist here, and serving without them would answer in plain text, or to anyone, where the file said not.
+_CLUSTER_ONLY = {
+    "tls": ("spec.tls", "its Secret", "slimserve serve --tls-dir DIR"),
+    "auth": ("spec.auth", "its Secret or API server", "slimserve serve --auth-mode apiKeys --auth-api-keys-dir DIR"),
+}
+
+
+def refuse_cluster_only_fields(service: ModelService) -> None:
+    """PlanError naming the first field set that `slimserve run` cannot honour, rather than serving without it."""
+    for attribute, (field, needs, instead) in _CLUSTER_ONLY.items():
+        if getattr(service.spec, attribute) is not None:
+            raise PlanError(
+                f"ModelService {service.metadata['name']}: {field} is not served by slimserve run ({needs} exists "
+                f"only in a cluster, and the server would not serve without it): remove it from the file to run "
+                f"locally, or try it with `{instead}`"
+            )
