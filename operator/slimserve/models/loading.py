@@ -12,10 +12,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from slimserve.artifacts import Artifact, SlimServeError
+from slimserve.artifacts import Artifact
 from slimserve.artifacts.storage import resolve_uri
 from slimserve.models import digits
 from slimserve.models.asset_names import PROGRAM_FILE, TOKENIZER_FILE
+from slimserve.models.errors import ModelLoadError
 from slimserve.models.families import FAMILIES, ModelFamily, family_named, set_training
 
 if TYPE_CHECKING:
@@ -23,10 +24,6 @@ if TYPE_CHECKING:
 
 BUILTIN_SCHEME = "builtin://"
 BUILTIN_MODELS = ("digits-cnn", "digits-mlp", "minilm-l6")
-
-
-class ModelLoadError(SlimServeError):
-    reason = "InvalidModel"
 
 
 @dataclass

@@ -1,0 +1,284 @@
+"""`DecoderLM`: SlimServe's own torch decoder for gpt2, llama, mistral and qwen2, with a preallocated KV cache.
+
+Plain nn.Linear / nn.Embedding modules named like Llama's in `transformers` (`layers.N.self_attn.q_proj`,
+`layers.N.mlp.down_proj`, `lm_head`; gpt2's fused, transposed Conv1D weights are split and transposed into
+the same names at load), so quantizers and pruners replace or shrink ordinary modules. Attention is
+`scaled_dot_product_attention` with grouped-query heads (`enable_gqa`) and, for mistral, the sliding window
+as a mask.
+
+Three entry points: `forward` (a whole batch of sequences, no cache: training and perplexity), `prefill`
+(one sequence into its cache slot from position 0) and `decode` (one step for sequences in any slots at any
+positions: the continuous-batching step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimserve.models.decoder.config import DecoderConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In fp32 whatever the model's dtype, as transformers computes it
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def _activation(name: str):
+    if name == "silu":
+        return F.silu
+    if name == "gelu":
+        return F.gelu
+    return lambda x: F.gelu(x, approximate="tanh")  # gelu_new, gelu_pytorch_tanh
+
+
+class MLP(nn.Module):
+    """Gated (llama: down(act(gate(x)) * up(x))) or plain (gpt2: down(act(up(x))))."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = None if config.learned_positions else nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+        self.act = _activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is None:
+            return self.down_proj(self.act(self.up_proj(x)))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=config.o_bias)
+
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None):
+        """q [B, H, T, D], k and v [B, KV, T, D], RoPE applied when given (cos, sin [B or 1, 1, T, D])."""
+        batch, length, _ = x.shape
+
+        def heads(t: torch.Tensor, count: int) -> torch.Tensor:
+            return t.view(batch, length, count, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x), self.num_heads), heads(self.k_proj(x), self.num_kv_heads), heads(self.v_proj(x), self.num_kv_heads)
+        if rope is not None:
+            cos, sin = rope
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        batch, _, length, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        norm = (lambda: nn.LayerNorm(config.hidden_size, eps=config.norm_eps)) if config.learned_positions else (lambda: RMSNorm(config.hidden_size, config.norm_eps))
+        self.input_layernorm = norm()
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = norm()
+        self.mlp = MLP(config)
+
+
+class KVCache:
+    """Preallocated keys and values, [max_slots, kv_heads, max_len, head_dim] per layer.
+
+    A sequence owns one slot from its prefill to its end; `acquire` and `release` hand slots out and take
+    them back (a released slot's stale keys are never read: attention masks everything past a position).
+    """
+
+    def __init__(self, config: DecoderConfig, max_slots: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        if max_slots < 1 or max_len < 1:
+            raise ValueError(f"KVCache: max_slots and max_len must be >= 1, got {max_slots} and {max_len}")
+        shape = (max_slots, config.num_kv_heads, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.max_slots, self.max_len = max_slots, max_len
+        self._free = list(range(max_slots - 1, -1, -1))
+
+    def bytes_per_token(self) -> int:
+        return sum(2 * k[0, :, 0].numel() * k.element_size() for k in self.keys)
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.max_slots * self.max_len
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> int | None:
+        """A free slot, or None when every slot is taken."""
+        return self._free.pop() if self._free else None
+
+    def release(self, slot: int) -> None:
+        if not 0 <= slot < self.max_slots or slot in self._free:
+            raise ValueError(f"KVCache.release: slot {slot} is not in use")
+        self._free.append(slot)
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.learned_positions else None
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.learned_positions else RMSNorm(config.hidden_size, config.norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        dim = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.cache: KVCache | None = None
+
+    # -- pieces shared by the three entry points -------------------------------------------------------
+
+    def _embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            hidden = hidden + self.embed_positions(positions)
+        return hidden
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos and sin for positions [B, T] as [B, 1, T, D] (None for learned positions)."""
+        if self.embed_positions is not None:
+            return None
+        freqs = positions.float()[..., None] * self.inv_freq.float()
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def _window_mask(self, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:
+        """[B, 1, Tq, key_length]: a query sees keys at or before its position (and within the window)."""
+        keys = torch.arange(key_length, device=query_positions.device)
+        distance = query_positions[..., None] - keys
+        allowed = distance >= 0
+        if self.config.sliding_window is not None:
+            allowed &= distance < self.config.sliding_window
+        return allowed[:, None]
+
+    def _block(self, layer: DecoderLayer, hidden: torch.Tensor, attention) -> torch.Tensor:
+        hidden = hidden + attention(layer.self_attn, layer.input_layernorm(hidden))
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden))
+
+    # -- entry points ---------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] for token ids [B, T], each sequence from position 0, no cache."""
+        batch, length = input_ids.shape
+        self._check_length(length)
+        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        hidden = self._embed(input_ids, positions)
+        rope = self._rope(positions[:1], hidden.dtype)
+        windowed = self.config.sliding_window is not None and length > self.config.sliding_window
+        mask = self._window_mask(positions[:1], length) if windowed else None
+        for layer in self.layers:
+            hidden = self._block(layer, hidden, lambda attn, x: attn.attend(*attn.project(x, rope), mask))
+        return self._logits(hidden)
+
+    def new_cache(self, max_slots: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> KVCache:
+        """A cache of `max_slots` sequences of up to `max_len` tokens, attached to the model for prefill/decode."""
+        self._check_length(max_len)
+        weight = self.embed_tokens.weight
+        self.cache = KVCache(self.config, max_slots, max_len, dtype or weight.dtype, torch.device(device or weight.device))
+        return self.cache
+
+    def prefill(self, input_ids: torch.Tensor, slot: int, cache: KVCache | None = None) -> torch.Tensor:
+        """Run one sequence [T] into cache slot `slot` from position 0; the logits [V] after its last token."""
+        cache = self._cache(cache)
+        length = input_ids.shape[0]
+        if not 1 <= length <= cache.max_len:
+            raise ValueError(f"prefill: {length} tokens do not fit a cache of {cache.max_len} per sequence")
+        positions = torch.arange(length, device=input_ids.device)[None]
+        hidden = self._embed(input_ids[None], positions)
+        rope = self._rope(positions, hidden.dtype)
+        windowed = self.config.sliding_window is not None and length > self.config.sliding_window
+        mask = self._window_mask(positions, length) if windowed else None
+        for index, layer in enumerate(self.layers):
+
+            def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+                q, k, v = attn.project(x, rope)
+                cache.keys[index][slot, :, :length] = k[0]
+                cache.values[index][slot, :, :length] = v[0]
+                return attn.attend(q, k, v, mask)
+
+            hidden = self._block(layer, hidden, attention)
+        return self._logits(hidden[0, -1])
+
+    def decode(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """One step: token `tokens[i]` at position `positions[i]` of the sequence in `slots[i]`; logits [B, V]."""
+        cache = self._cache(cache)
+        key_length = int(positions.max()) + 1
+        if key_length > cache.max_len:
+            raise ValueError(f"decode: position {key_length - 1} is past the cache's {cache.max_len} tokens per sequence")
+        hidden = self._embed(tokens[:, None], positions[:, None])
+        rope = self._rope(positions[:, None], hidden.dtype)
+        mask = self._window_mask(positions[:, None], key_length)
+        for index, layer in enumerate(self.layers):
+
+            def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+                q, k, v = attn.project(x, rope)
+                keys, values = cache.keys[index], cache.values[index]
+                keys[slots, :, positions] = k[:, :, 0]
+                values[slots, :, positions] = v[:, :, 0]
+                return attn.attend(q, keys[:, :, :key_length][slots], values[:, :, :key_length][slots], mask)
+
+            hidden = self._block(layer, hidden, attention)
+        return self._logits(hidden[:, 0])
+
+    def _cache(self, cache: KVCache | None) -> KVCache:
+        cache = cache or self.cache
+        if cache is None:
+            raise RuntimeError("DecoderLM: call new_cache() before prefill() or decode()")
+        return cache
+
+    def _check_length(self, length: int) -> None:
+        if length > self.config.max_position_embeddings:
+            raise ValueError(f"{length} tokens exceed the model's context of {self.config.max_position_embeddings} (max_position_embeddings)")
+
+
+def scaled_init_(model: DecoderLM, seed: int) -> DecoderLM:
+    """Initialise for training: normal(0, 0.02), residual projections scaled down by depth (GPT-2's scheme)."""
+    generator = torch.Generator().manual_seed(seed)
+    residual_std = 0.02 / math.sqrt(2 * model.config.num_layers)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() < 2:
+                continue
+            std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+    return model

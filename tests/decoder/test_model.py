@@ -1,0 +1,66 @@
+"""DecoderLM's cache path: batched decode steps for sequences in any slots at any positions, slot reuse,
+the cache's size, and the loader's refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimserve.models.decoder import DecoderConfig, DecoderLM, load_decoder
+from slimserve.models.errors import ModelLoadError
+
+
+def small_model(**overrides) -> DecoderLM:
+    torch.manual_seed(0)
+    fields = dict(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=40, max_position_embeddings=32)
+    return DecoderLM(DecoderConfig(**{**fields, **overrides})).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 3}, {"model_type": "gpt2", "num_kv_heads": 4, "hidden_act": "gelu_new"}])
+def test_batched_decode_of_sequences_at_different_positions_matches_forward(overrides):
+    model = small_model(**overrides)
+    cache = model.new_cache(max_slots=3, max_len=16)
+    long, short = torch.randint(0, 50, (9,)), torch.randint(0, 50, (4,))
+    with torch.inference_mode():
+        # a stale sequence in slot 0 first: a reused slot must not leak its old keys
+        model.prefill(torch.randint(0, 50, (12,)), slot=0)
+        model.prefill(long[:7], slot=2)
+        model.prefill(short[:2], slot=0)
+        steps = [model.decode(torch.stack([long[7 + i], short[2 + i]]), torch.tensor([2, 0]), torch.tensor([7 + i, 2 + i])) for i in range(2)]
+        expected_long, expected_short = model(long[None])[0], model(short[None])[0]
+    for i, step in enumerate(steps):
+        torch.testing.assert_close(step[0], expected_long[7 + i], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(step[1], expected_short[2 + i], atol=1e-5, rtol=1e-4)
+    kv_heads = model.config.num_kv_heads
+    assert cache.bytes_per_token() == 2 * 2 * kv_heads * 8 * 4  # layers x (k, v) x kv heads x head_dim x fp32
+
+
+def test_cache_hands_out_each_slot_once_and_refuses_what_does_not_fit():
+    model = small_model()
+    cache = model.new_cache(max_slots=2, max_len=8, dtype=torch.float16)
+    assert cache.capacity_tokens == 16 and cache.keys[0].dtype == torch.float16
+    first, second = cache.acquire(), cache.acquire()
+    assert {first, second} == {0, 1} and cache.acquire() is None
+    cache.release(first)
+    assert cache.acquire() == first
+    with pytest.raises(ValueError, match="not in use"):
+        cache.release(7)
+    with pytest.raises(ValueError, match="do not fit"):
+        model.prefill(torch.zeros(9, dtype=torch.long), slot=0)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.new_cache(max_slots=1, max_len=33)
+
+
+def test_pickled_weights_and_unknown_model_types_are_refused(hf_decoders, tmp_path):
+    import json
+    import shutil
+
+    directory = tmp_path / "pickled"
+    shutil.copytree(hf_decoders["llama-gqa"][0], directory)
+    (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"only pickled weights \(pytorch_model.bin\).*safetensors only"):
+        load_decoder(f"file://{directory}")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+    with pytest.raises(ModelLoadError, match="model.uri: .*model_type: 'falcon' is not a supported decoder"):
+        load_decoder(str(directory))
