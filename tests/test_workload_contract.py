@@ -35,7 +35,7 @@ SERVER = ServerEnv(
     cors_origins=("https://app.example.com", "*"), shutdown_delay_s=5.0, drain_timeout_s=20.0, pvc_root="/data",
     cache="/var/cache/slimserve", home="/tmp", artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
     max_body_bytes=1 << 20, header_timeout_s=0.1, body_timeout_s=1e-3, torch_threads=2, log_level="DEBUG",
-    log_format="json", access_log=False, device="cuda:1", cuda_graphs=True,
+    log_format="json", access_log=False, device="cuda:1", cuda_graphs=True, allow_outside_budget=True,
     service_name="digits", service_namespace="team-a", payload_log_url="http://sink.team-a:8080/events",
     payload_log_mode="request", payload_log_sample_rate=0.25, payload_log_timeout_s=2.0,
     tracing_endpoint="http://otel-collector.observability:4317", tracing_sample_rate=0.1,

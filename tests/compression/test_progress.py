@@ -20,17 +20,39 @@ def test_reporter_maps_spans_into_monotonic_overall_fractions():
     stream = io.StringIO()
     sink = JsonLinesSink(stream)
     assert isinstance(sink, ProgressSink)
-    reporter = Reporter([sink], steps_total=4)
+    now = [0.0]
+    reporter = Reporter([sink], steps_total=4, clock=lambda: now[0])
+    now[0] = 10.0  # loading took 10 s
     reporter.begin(1, "prune/structured")
+    now[0] = 20.0
     reporter.span(0.0, 0.5)
     reporter.update(1.0, "first candidate done")
     reporter.span(0.5, 0.75)
     reporter.update(0.0, "second candidate starts")  # must not move the bar back
+    now[0] = 25.0
     reporter.update(1.0, "second candidate done")
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [e["fraction"] for e in events] == [0.25, 0.375, 0.375, 0.4375]
+    assert "etaSeconds" not in events[0] or events[0]["stepFraction"] == 0.0
+    # 3/4 of the step in 15 s: 5 s left of it; 0.4375 of the run in 25 s: 32.1 s left of the run.
     assert events[-1] == {"event": "progress", "step": "prune/structured", "stepIndex": 1, "stepsTotal": 4,
-                          "fraction": 0.4375, "message": "second candidate done"}
+                          "fraction": 0.4375, "message": "second candidate done", "stepFraction": 0.75,
+                          "stepEtaSeconds": 5.0, "etaSeconds": 32.1}
+
+
+def test_reporter_after_a_resume_counts_restored_steps_as_done_and_says_so():
+    stream = io.StringIO()
+    now = [0.0]
+    reporter = Reporter([JsonLinesSink(stream)], steps_total=4, clock=lambda: now[0])
+    reporter.begin(0, "load")
+    reporter.resume(2, "spec.steps[0] prune/structured")
+    reporter.begin(2, "quantize/int8-dynamic")
+    now[0] = 10.0
+    reporter.update(0.5, "half way")
+    event = json.loads(stream.getvalue().splitlines()[-1])
+    # 1/8 of the run in the 10 s since the resume (the restored half is not time spent): 30 s left.
+    assert event["fraction"] == 0.625 and event["etaSeconds"] == 30.0 and event["stepEtaSeconds"] == 10.0
+    assert event["resumedFrom"] == "spec.steps[0] prune/structured"
 
 
 def test_json_lines_result_and_error_events():

@@ -22,7 +22,8 @@ from slimserve.api.steps import Step
 from slimserve.api.storage import ArtifactRef, S3Spec
 
 ModelFormat = Literal["auto", "transformers", "torch-export", "slimserve"]
-Metric = Literal["auto", "accuracy", "cosine"]
+Metric = Literal["auto", "accuracy", "cosine", "perplexity"]
+DEFAULT_MAX_RELATIVE_INCREASE = 0.05  # the perplexity budget when evaluation.maxRelativeIncrease is unset
 DEFAULT_NODE_POOL = "cpu"
 
 
@@ -67,15 +68,52 @@ class EvaluationSpec(SpecModel):
     )
     metric: Metric = Field(
         default="auto",
-        description="accuracy (classifiers) or cosine (mean cosine similarity of embeddings to the original's); auto picks by model.",
+        description=(
+            "accuracy (classifiers), cosine (mean cosine similarity of embeddings to the original's) or perplexity "
+            "(decoders: exp of the mean negative log-likelihood of the held-out text's next tokens, lower is "
+            "better); auto picks by model."
+        ),
     )
     max_drop: float = Field(
         default=0.01,
         ge=0.0,
         le=1.0,
-        description="The accuracy budget: largest allowed drop of the metric, as a fraction, e.g. 0.01 (one point).",
+        description=(
+            "The accuracy budget of a higher-is-better metric (accuracy, cosine): largest allowed drop of the "
+            "metric, as a fraction, e.g. 0.01 (one point). Not used for perplexity (see maxRelativeIncrease)."
+        ),
+    )
+    max_relative_increase: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "The budget of a lower-is-better metric (perplexity): largest allowed increase over the original "
+            "model's value, relative to it, e.g. 0.02 allows perplexity 10.0 to become at most 10.2. The "
+            f"budget search keeps the most compressed candidate within it. Unset: {DEFAULT_MAX_RELATIVE_INCREASE}. "
+            "Only for perplexity."
+        ),
     )
     threads: int = Field(default=2, ge=1, le=256, description="CPU threads for latency and throughput measurements.")
+    max_duration_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=604800,
+        description=(
+            "Time box of the accuracy-budget search, in seconds from the first step, e.g. 1800: once it has "
+            "passed, no gentler candidate is tried, so a step keeps the most compressed candidate within budget "
+            "found so far, and onBudgetMiss decides when there is none. Unset: no limit."
+        ),
+    )
+    on_budget_miss: Literal["fail", "keepBest"] = Field(
+        default="fail",
+        description=(
+            "When no candidate of a step keeps the metric within maxDrop (or the time box ran out first): fail "
+            "fails the job; keepBest keeps the candidate with the best metric and writes the artifact marked "
+            "withinBudget: false (manifest and status), which a ModelService serves only with "
+            "spec.model.allowOutsideBudget."
+        ),
+    )
 
 
 class OutputSpec(SpecModel):
@@ -163,8 +201,14 @@ class ModelMetrics(StatusModel):
     parameters: int = Field(description="Number of parameters (after pruning or distillation).")
     latency_p50_ms: float = Field(description="Median latency at batch 1, milliseconds.")
     throughput: float = Field(description="Samples per second at batch 32.")
-    metric: float = Field(description="Task metric (accuracy or cosine similarity), 0..1.")
-    metric_name: str = Field(default="", description="Which metric: accuracy or cosine.")
+    metric: float = Field(
+        description="Task metric: accuracy or cosine similarity (0..1, higher is better), or perplexity (>= 1, lower is better)."
+    )
+    metric_name: str = Field(default="", description="Which metric: accuracy, cosine or perplexity.")
+    tokens_per_second: float | None = Field(
+        default=None,
+        description="Decoders: tokens generated per second at concurrency 1 (one sequence, greedy, with the KV cache).",
+    )
 
 
 class StepResult(StatusModel):
@@ -180,6 +224,10 @@ class CompressionMetrics(StatusModel):
     speedup: float = Field(description="Compressed throughput over baseline throughput.")
     accuracy_delta: float = Field(description="Compressed metric minus baseline metric (negative is a drop).")
     steps: list[StepResult] = Field(default_factory=list, description="Metrics after each step.")
+    within_budget: bool = Field(
+        default=True,
+        description="False when a step missed evaluation.maxDrop and evaluation.onBudgetMiss kept its best candidate.",
+    )
 
 
 class Progress(StatusModel):
@@ -188,6 +236,17 @@ class Progress(StatusModel):
     steps_total: int = Field(default=0, description="Number of steps, evaluation included.")
     fraction: float = Field(default=0.0, description="Overall progress, 0..1.")
     message: str = Field(default="", description="Latest progress message.")
+    step_fraction: float | None = Field(default=None, description="Progress within the running step, 0..1.")
+    step_eta_seconds: float | None = Field(
+        default=None, description="Estimated seconds until the running step ends, from its progress so far."
+    )
+    eta_seconds: float | None = Field(
+        default=None, description="Estimated seconds until the run ends, from the overall progress so far."
+    )
+    resumed_from: str | None = Field(
+        default=None,
+        description="Set when this run continued from a checkpoint: the last finished step it did not repeat, e.g. spec.steps[0] prune/structured.",
+    )
 
 
 class CompressionJobStatus(StatusModel):

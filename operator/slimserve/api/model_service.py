@@ -51,9 +51,9 @@ class ModelReference(SpecModel):
     allow_outside_budget: bool = Field(
         default=False,
         description=(
-            "Serve an artifact marked withinBudget: false (a CompressionJob with evaluation.onBudgetMiss: keepBest "
-            "that missed its accuracy budget). Unset, the server refuses to load it, and a compressionJobRef to "
-            "such a job leaves ModelAvailable False (OutsideBudget)."
+            "Use an artifact marked withinBudget: false (a CompressionJob with evaluation.onBudgetMiss: keepBest "
+            "that missed its accuracy budget). Unset, servers and batch pods refuse to load it, and a ModelService's "
+            "compressionJobRef to such a job leaves ModelAvailable False (OutsideBudget)."
         ),
     )
 

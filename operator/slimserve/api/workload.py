@@ -57,6 +57,11 @@ class Defaults:
     pvc_root: str = "/mnt/pvc"  # where a pod finds the claim of pvc://CLAIM/path
     device: str = "auto"  # where models run: auto (a GPU when the process sees one), cpu, cuda or cuda:N
     cuda_graphs: bool = False  # replay recorded CUDA graphs per batch size (CUDA only)
+    allow_outside_budget: bool = False  # load an artifact whose manifest says withinBudget: false
+    kv_cache_bytes: int = 0  # decoders: the KV cache's memory bound (0: max_sequences full-context sequences)
+    max_sequences: int = 32  # decoders: most sequences generated at once (KV cache slots)
+    max_waiting: int = 64  # decoders: most generation requests waiting for a slot (more: 429)
+    queue_timeout_s: float = 30.0  # decoders: longest wait for a slot (then 503)
 
 
 DEFAULTS = Defaults()
@@ -310,6 +315,11 @@ class ServerEnv(PodEnv):
     access_log: bool | None = None
     device: str | None = None
     cuda_graphs: bool | None = None
+    allow_outside_budget: bool | None = None  # serve an artifact that missed its accuracy budget
+    kv_cache_bytes: int | None = None  # decoders: KV cache budget in bytes
+    max_sequences: int | None = None
+    max_waiting: int | None = None
+    queue_timeout_s: float | None = None
     tls_dir: str | None = None  # TLS_CERT_FILE, TLS_KEY_FILE (and TLS_CA_FILE): serve every port over TLS
     tls_client_auth: str | None = None
     probe_port: int | None = None  # plain HTTP: health and /metrics only, for probes when clients need certificates
@@ -358,6 +368,11 @@ class ServerEnv(PodEnv):
         "access_log": Variable(f"{PREFIX}ACCESS_LOG", parse_bool, format_bool),
         "device": DEVICE,
         "cuda_graphs": Variable(f"{PREFIX}CUDA_GRAPHS", parse_bool, format_bool),
+        "allow_outside_budget": Variable(f"{PREFIX}ALLOW_OUTSIDE_BUDGET", parse_bool, format_bool),
+        "kv_cache_bytes": Variable(f"{PREFIX}KV_CACHE_BYTES", int),
+        "max_sequences": Variable(f"{PREFIX}MAX_SEQUENCES", int),
+        "max_waiting": Variable(f"{PREFIX}MAX_WAITING", int),
+        "queue_timeout_s": Variable(f"{PREFIX}QUEUE_TIMEOUT_S", float, format_number),
         "tls_dir": Variable(f"{PREFIX}TLS_DIR"),
         "tls_client_auth": Variable(f"{PREFIX}TLS_CLIENT_AUTH", parse_client_auth),
         "probe_port": Variable(f"{PREFIX}PROBE_PORT", parse_port),

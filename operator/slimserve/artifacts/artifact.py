@@ -70,6 +70,7 @@ def save_artifact(
     extra_files: dict[str, bytes] | None = None,
     source: str = "",
     s3: "S3Spec | None" = None,
+    within_budget: bool = True,
 ) -> "ArtifactRef":
     """Write an artifact to `uri` (file://, pvc:// or s3://) and return its reference (uri, digest, size).
 
@@ -84,7 +85,7 @@ def save_artifact(
         staging_parent = Path(tempfile.mkdtemp(prefix="slimserve-artifact-"))
         try:
             staging = staging_parent / "artifact"
-            digest, size = _write_directory(staging, family, recipe, tensors, quantization, signature, metrics, extra_files, source)
+            digest, size = _write_directory(staging, family, recipe, tensors, quantization, signature, metrics, extra_files, source, within_budget)
             publish_directory(staging, uri, s3)
         finally:
             shutil.rmtree(staging_parent, ignore_errors=True)
@@ -95,7 +96,7 @@ def save_artifact(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        digest, size = _write_directory(staging, family, recipe, tensors, quantization, signature, metrics, extra_files, source)
+        digest, size = _write_directory(staging, family, recipe, tensors, quantization, signature, metrics, extra_files, source, within_budget)
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -167,12 +168,11 @@ def _write_directory(
     metrics: dict[str, Any] | None,
     extra_files: dict[str, bytes] | None,
     source: str,
+    within_budget: bool,
 ) -> tuple[str, int]:
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)  # servers may run as another user than the compression pod
-    stored, encoding = pack_sparse({name: t.detach().contiguous() for name, t in tensors.items()})
-    # safetensors refuses tensors sharing storage: give each its own copy.
-    save_file({name: t.clone() for name, t in stored.items()}, str(directory / WEIGHTS_NAME))
+    encoding = write_weights(directory / WEIGHTS_NAME, tensors)
     for name, data in (extra_files or {}).items():
         if name in (WEIGHTS_NAME, MANIFEST_NAME) or "/" in name or name.startswith("."):
             raise ValueError(f"extra file name {name!r} is reserved or not a plain file name")
@@ -193,12 +193,29 @@ def _write_directory(
         signature=signature or {},
         metrics=metrics,
         files=files,
+        within_budget=within_budget,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     raw = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True).encode()
     (directory / MANIFEST_NAME).write_bytes(raw)
     _fsync_tree(directory)
     return "sha256:" + sha256_bytes(raw), len(raw) + sum(entry.size for entry in files.values())
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Write `tensors` as one safetensors file, streamed from the tensors' own memory (safetensors writes from
+    their pointers), and return the sparse encoding of those it packed. Only tensors that share memory with
+    another (which safetensors refuses) and non-contiguous ones are copied."""
+    stored, encoding = pack_sparse({name: t.detach().contiguous() for name, t in tensors.items()})
+    seen: set[int] = set()
+    unshared = {}
+    for name, tensor in stored.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        shares = pointer in seen or tensor.untyped_storage().nbytes() != tensor.nbytes
+        unshared[name] = tensor.clone() if shares else tensor
+        seen.add(pointer)
+    save_file(unshared, str(path))
+    return encoding
 
 
 def _refuse_foreign_directory(uri: str, target: Path) -> None:

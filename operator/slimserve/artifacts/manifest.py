@@ -34,5 +34,9 @@ class Manifest(BaseModel):
     quantization: dict[str, Any] | None = Field(default=None, description="Quantization recipe, per module.")
     signature: dict[str, Any] = Field(default_factory=dict, description="Open Inference Protocol inputs and outputs.")
     metrics: dict[str, Any] | None = Field(default=None, description="CompressionMetrics, camelCase.")
+    within_budget: bool = Field(
+        default=True,
+        description="False when the compression missed its accuracy budget and kept its best candidate (onBudgetMiss keepBest); servers refuse it unless told.",
+    )
     files: dict[str, FileEntry] = Field(description="sha256 and size of every other file of the artifact.")
     created: str = Field(default="", description="UTC time the artifact was written.")

@@ -54,10 +54,10 @@ def _packed_if_smaller(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if tensor.numel() < 1024 or tensor.dtype == torch.bool or not tensor.is_contiguous():
         return None
     flat = tensor.reshape(-1)
-    nonzero = flat != 0
-    kept = int(nonzero.sum())
+    kept = int(torch.count_nonzero(flat))  # not (flat != 0).sum(): that sums in int64, 8 bytes per element
     packed_bytes = (flat.numel() + 7) // 8 + kept * tensor.element_size()
     if packed_bytes > _MIN_GAIN * flat.numel() * tensor.element_size():
         return None
+    nonzero = flat != 0
     mask = torch.from_numpy(np.packbits(nonzero.numpy()))
     return mask, flat[nonzero].clone()

@@ -100,7 +100,10 @@ def run_shard(shard: Shard, emit: Emit, reporter: "ShardReporter | None" = None)
 
     from slimserve.models import load_servable
 
-    servable = load_servable(spec.model.uri, s3=spec.s3, expected_digest=shard.artifact_digest)
+    servable = load_servable(
+        spec.model.uri, s3=spec.s3, expected_digest=shard.artifact_digest,
+        allow_outside_budget=spec.model.allow_outside_budget,
+    )
     emit({"event": "scoring", "shard": shard.index, "model": servable.info.name, "time": time.time()})
     name = part_name(shard.index, spec.output.format)
     prefix.discard_staging(name)

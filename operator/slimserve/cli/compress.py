@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         from slimserve.compression.errors import SpecDoesNotFit
 
         try:
-            compress(spec, sinks, device=args.device)  # reports its own errors to the sinks
+            # The generation names the run a checkpoint belongs to: another generation's is not resumed.
+            generation = CompressorEnv.from_env(only=["job_generation"]).job_generation
+            compress(spec, sinks, device=args.device, generation=generation)  # reports its own errors to the sinks
         except SlimServeError as exc:
             code = EXIT_INVALID if isinstance(exc, SpecDoesNotFit) else EXIT_FAILED
             return _fail(exc.reason, str(exc), code)

@@ -59,18 +59,24 @@ OPTIONS = (
     Option("--device", parse_device,
            "auto (a GPU when the process sees one, else the CPU), cpu, cuda or cuda:N; a GPU asked for but not "
            "usable stops the server with the reason"),
+    Option("--kv-cache-bytes", int,
+           "decoders: the KV cache's memory bound in bytes; 0: --max-sequences sequences of the whole context"),
+    Option("--max-sequences", int, "decoders: most sequences generated at once (KV cache slots)"),
+    Option("--max-waiting", int, "decoders: most requests waiting for a slot; one more gets 429 with Retry-After"),
+    Option("--queue-timeout-s", float, "decoders: longest wait for a slot; then 503 with Retry-After"),
     Option("--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     Option("--log-format", log_format, "text, or json: one object per line (time, level, logger, message)"),
 )
 BATCHING = ServerEnv.variable("batching").name
 ACCESS_LOG = ServerEnv.variable("access_log").name
 CUDA_GRAPHS = ServerEnv.variable("cuda_graphs").name
+ALLOW_OUTSIDE_BUDGET = ServerEnv.variable("allow_outside_budget").name
 
 
 def _environment(environ: dict[str, str]) -> ServerEnv:
     """The variables behind the flags (the web ones are read when the server starts, see `web_options`)."""
     try:
-        flags = ["batching", "access_log", "cuda_graphs"]
+        flags = ["batching", "access_log", "cuda_graphs", "allow_outside_budget"]
         return ServerEnv.from_env(environ, only=[option.dest for option in OPTIONS] + flags)
     except EnvError as error:
         raise SystemExit(f"slimserve serve: environment variable {error}") from None
@@ -82,11 +88,14 @@ def _epilog() -> str:
     lines.append(f"  {BATCHING:<28} false = --no-batching")
     lines.append(f"  {ACCESS_LOG:<28} false = --no-access-log")
     lines.append(f"  {CUDA_GRAPHS:<28} true = --cuda-graphs")
+    lines.append(f"  {ALLOW_OUTSIDE_BUDGET:<28} true = --allow-outside-budget")
     lines += [
         "",
         "endpoints: REST /v2/health/live, /v2/health/ready, /v2, /v2/models/NAME[/versions/V][/ready|/infer],",
         "/metrics (in-flight requests: slimserve_inflight_requests); gRPC inference.GRPCInferenceService and",
         "grpc.health.v1.Health. X-Request-Id (gRPC: x-request-id) is kept or generated and sent back.",
+        "A decoder (builtin://tiny-lm, a Hugging Face decoder directory or its artifact) also has /v1/completions,",
+        "/v1/chat/completions, /v1/models (OpenAI-compatible) and /v2/models/NAME/generate[_stream]; no gRPC generation.",
         "SIGTERM: not ready, then drain; exits 0 within shutdown-delay + drain-timeout + ~1 s.",
     ]
     return "\n".join(lines)
@@ -121,6 +130,11 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
         help=f"on a GPU, replay a recorded CUDA graph per batch-size bucket instead of launching each kernel "
              f"[env {CUDA_GRAPHS}]",
     )
+    parser.add_argument(
+        "--allow-outside-budget", action=argparse.BooleanOptionalAction, default=env.or_default("allow_outside_budget"),
+        help=f"serve an artifact whose compression missed its accuracy budget (withinBudget: false in its manifest); "
+             f"without it such an artifact is refused [env {ALLOW_OUTSIDE_BUDGET}]",
+    )
     add_web_arguments(parser)
     add_tls_arguments(parser)
     add_auth_arguments(parser)
@@ -132,6 +146,7 @@ def register(subparsers: argparse._SubParsersAction, environ: dict[str, str] | N
 def run(args: argparse.Namespace) -> int:
     configure_logging(getattr(logging, str(args.log_level).upper(), logging.INFO), args.log_format)
     from slimserve.serving.config import ServerConfig
+    from slimserve.serving.generation.options import GenerationOptions
     from slimserve.serving.server import run as run_server
     from slimserve.serving.threads import configure_torch_threads
 
@@ -147,9 +162,13 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout_s,
             body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,
             shutdown_delay_s=args.shutdown_delay_s, torch_threads=args.torch_threads, access_log=args.access_log,
-            device=args.device, cuda_graphs=args.cuda_graphs,
+            device=args.device, cuda_graphs=args.cuda_graphs, allow_outside_budget=args.allow_outside_budget,
             web=web_options(args), tls=tls_options(args), probe_port=probe_port(args), auth=auth_config(args),
             payload_log=payload_log_settings(args), tracing=tracing_settings(args),
+            generation=GenerationOptions(
+                kv_cache_bytes=args.kv_cache_bytes, max_sequences=args.max_sequences, max_waiting=args.max_waiting,
+                queue_timeout_s=args.queue_timeout_s,
+            ),
         )
     except ValueError as error:
         print(f"slimserve serve: {error}", file=sys.stderr)

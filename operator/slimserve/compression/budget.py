@@ -10,7 +10,7 @@ from slimserve.api.steps import DistillConfig, PruneConfig, QuantizeConfig, Step
 from slimserve.compression.errors import BudgetExceeded
 from slimserve.compression.measure import Speed, measure_speeds
 from slimserve.compression.registry import relaxations_for, transform_for
-from slimserve.compression.state import Candidate, ModelState, StepContext
+from slimserve.compression.state import Candidate, ModelState, StepContext, TimeBoxExpired
 
 # Metrics are rounded to 6 places in reports: a drop equal to the budget fits.
 _TOLERANCE = 1e-6
@@ -43,11 +43,15 @@ def _layers(names: list[str], precision: str) -> str:
 
 
 def within_budget(context: StepContext, metric: float) -> bool:
-    return context.baseline_metric - metric <= context.max_drop + _TOLERANCE
+    """Whether `metric` is within the budget: a drop of at most evaluation.maxDrop for a higher-is-better
+    metric, an increase of at most evaluation.maxRelativeIncrease (relative) for perplexity."""
+    return context.task.degradation(context.baseline_metric, metric) <= context.max_drop + _TOLERANCE
 
 
 def run_within_budget(state: ModelState, config: StepConfig, context: StepContext) -> tuple[ModelState, StepConfig, float]:
-    """(new state, the config that produced it, its metric); BudgetExceeded lists every candidate when none fits.
+    """(new state, the config that produced it, its metric); BudgetExceeded lists every candidate when none fits,
+    unless `context.keep_best`: then the candidate with the best metric is returned (and the run marked outside
+    its budget). Once `context.deadline` has passed no further candidate is tried.
 
     Candidates are scored as they will be served (a quantized one optimized for inference), so the budget
     is judged on the numbers the server will produce.
@@ -55,28 +59,47 @@ def run_within_budget(state: ModelState, config: StepConfig, context: StepContex
     transform = transform_for(config)
     label = step_label(config)
     tried: list[Candidate] = []
-    for attempt, candidate_config in enumerate(_candidates(state, config, context)):
-        # Candidate k gets the slice [1 - 2^-k, 1 - 2^-(k+1)] of the step (scaled to leave room to measure).
-        context.reporter.span(0.9 * (1 - 0.5**attempt), 0.9 * (1 - 0.5 ** (attempt + 1)))
-        context.reporter.update(0.0, f"{label}: trying {describe(candidate_config)}")
-        candidate_state = transform(state, candidate_config, context)
-        metric = context.task.score(candidate_state.served())
-        candidate = Candidate(
-            step=label, label=describe(candidate_config), metric=metric, size_bytes=candidate_state.size_bytes(),
-            parameters=candidate_state.parameters,
-        )
-        tried.append(candidate)
-        context.candidates.append(candidate)
-        if within_budget(context, metric):  # its speed is measured with the run's other kept models
-            candidate.accepted = True
-            context.reporter.span(0.0, 1.0)
-            return candidate_state, candidate_config, metric
-        candidate.speed = _speed_beside_original(candidate_state, context)
-    raise BudgetExceeded(
-        f"{context.where}: no candidate keeps {context.task.metric_name} within evaluation.maxDrop {context.max_drop:g} "
-        f"of the baseline {context.baseline_metric:.4f}; tried: "
-        + "; ".join(f"{c.label} -> {c.metric:.4f} (drop {context.baseline_metric - c.metric:.4f})" for c in tried)
+    best: tuple[ModelState, StepConfig, Candidate] | None = None  # the highest metric so far, for keepBest
+    timed_out = False
+    try:
+        for attempt, candidate_config in enumerate(_candidates(state, config, context)):
+            if attempt:  # the spec's own config is always tried
+                context.check_time_box()
+            # Candidate k gets the slice [1 - 2^-k, 1 - 2^-(k+1)] of the step (scaled to leave room to measure).
+            context.reporter.span(0.9 * (1 - 0.5**attempt), 0.9 * (1 - 0.5 ** (attempt + 1)))
+            context.reporter.update(0.0, f"{label}: trying {describe(candidate_config)}")
+            candidate_state = transform(state, candidate_config, context)
+            metric = context.task.score(candidate_state.served())
+            candidate = Candidate(
+                step=label, label=describe(candidate_config), metric=metric, size_bytes=candidate_state.size_bytes(),
+                parameters=candidate_state.parameters,
+            )
+            tried.append(candidate)
+            context.candidates.append(candidate)
+            if within_budget(context, metric):  # its speed is measured with the run's other kept models
+                candidate.accepted = True
+                context.reporter.span(0.0, 1.0)
+                return candidate_state, candidate_config, metric
+            candidate.speed = _speed_beside_original(candidate_state, context)
+            if context.keep_best and (best is None or context.task.degradation(best[2].metric, metric) < 0):  # a better one
+                best = (candidate_state, candidate_config, candidate)
+    except TimeBoxExpired:
+        timed_out = True
+    missed = (
+        f"{context.where}: no candidate keeps {context.task.metric_name} within {context.task.budget_field} {context.max_drop:g} "
+        f"of the baseline {context.baseline_metric:.4f}"
+        + (" before evaluation.maxDurationSeconds ran out" if timed_out else "")
+        + "; tried: "
+        + "; ".join(f"{c.label} -> {c.metric:.4f} (worse by {context.task.degradation(context.baseline_metric, c.metric):.4f})" for c in tried)
     )
+    if best is None:
+        raise BudgetExceeded(missed)
+    best_state, best_config, best_candidate = best
+    best_candidate.accepted = True
+    context.within_budget = False
+    context.reporter.span(0.0, 1.0)
+    context.reporter.update(0.9, f"{missed}; keeping the best, {best_candidate.label} (evaluation.onBudgetMiss keepBest)")
+    return best_state, best_config, best_candidate.metric
 
 
 def _candidates(state: ModelState, config: StepConfig, context: StepContext) -> Iterator[StepConfig]:

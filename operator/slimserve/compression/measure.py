@@ -8,15 +8,16 @@ model look fast.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 
 from slimserve.api.compression_job import ModelMetrics
-from slimserve.artifacts.sparse import pack_sparse
+from slimserve.artifacts.artifact import write_weights
 from slimserve.compression.tasks import Task, as_inference
 
 Forward = Callable[..., torch.Tensor]
@@ -29,9 +30,12 @@ MAX_TRUSTED_SPREAD = 0.25
 
 
 def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
-    """Bytes of the weights file these tensors make in an artifact (sparse packing included)."""
-    stored, _ = pack_sparse({name: t.detach().contiguous() for name, t in tensors.items()})
-    return len(safetensors_bytes({name: t.clone() for name, t in stored.items()}))
+    """Bytes of the weights file these tensors make in an artifact (sparse packing included). Written to a
+    scratch file and measured there: serializing into memory would hold a second copy of the weights."""
+    with tempfile.TemporaryDirectory(prefix="slimserve-size-") as scratch:
+        path = Path(scratch) / "weights.safetensors"
+        write_weights(path, tensors)
+        return path.stat().st_size
 
 
 def time_call(

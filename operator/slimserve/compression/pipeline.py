@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from slimserve.api.compression_job import CompressionJobSpec, CompressionMetrics, ModelMetrics, StepResult
 from slimserve.artifacts import SlimServeError, save_artifact
 from slimserve.artifacts.artifact import check_output
-from slimserve.compression.budget import describe, run_within_budget, step_label
+from slimserve.compression.budget import describe, run_within_budget, step_label, within_budget
+from slimserve.compression.checkpoint import Checkpoints, FinishedStep, checkpoint_dir, run_key
 from slimserve.compression.measure import measure_speeds, model_metrics, untrusted_speeds
 from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
 from slimserve.compression.report import report_json, report_png
@@ -21,15 +24,18 @@ SEED = 0
 
 
 def compress(
-    spec: CompressionJobSpec, sinks: list[ProgressSink], *, output_uri: str | None = None, device: str = DEFAULTS.device
+    spec: CompressionJobSpec, sinks: list[ProgressSink], *, output_uri: str | None = None, device: str = DEFAULTS.device,
+    generation: int | None = None,
 ) -> CompressionOutcome:
     """Run the job; sinks get progress, then the result, or the error (which is raised again). `device` is a
-    policy name (auto, cpu, cuda, cuda:N): the model, its training and its evaluation run there."""
+    policy name (auto, cpu, cuda, cuda:N): the model, its training and its evaluation run there. Each finished
+    step is checkpointed beside a local output; a checkpoint of the same spec and `generation` (the
+    CompressionJob's) is resumed after its last finished step."""
     reporter = Reporter(sinks, steps_total=len(spec.steps) + 2)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(spec.evaluation.threads)
     try:
-        outcome = _run(spec, reporter, output_uri or spec.output.uri, device)
+        outcome = _run(spec, reporter, output_uri or spec.output.uri, device, generation)
     except SlimServeError as exc:
         reporter.error(exc.reason, str(exc))
         raise
@@ -42,7 +48,9 @@ def compress(
     return outcome
 
 
-def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str, device_name: str) -> CompressionOutcome:
+def _run(
+    spec: CompressionJobSpec, reporter: Reporter, output_uri: str, device_name: str, generation: int | None
+) -> CompressionOutcome:
     threads = spec.evaluation.threads
     check_output(output_uri, spec.s3)  # an unwritable destination fails before the first step, not after the last
     torch.manual_seed(SEED)
@@ -53,23 +61,40 @@ def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str, device_n
     original = ModelState.of_float(loaded.model, loaded.family, loaded.assets)
     task = build_task(loaded, spec.evaluation, spec.s3, device)
     reporter.update(0.5, "scoring the original model")
-    context = StepContext(task, reporter, threads, spec.evaluation.max_drop, task.original_score(original.eager()), original, seed=SEED)
+    context = StepContext(task, reporter, threads, task.budget(spec.evaluation), task.original_score(original.eager()), original, seed=SEED)
+    context.keep_best = spec.evaluation.on_budget_miss == "keepBest"
     context.candidates.append(
         Candidate("baseline", "fp32", context.baseline_metric, original.size_bytes(), original.parameters, accepted=True)
     )
+    checkpoints = Checkpoints(checkpoint_dir(output_uri), run_key(spec, generation))
+    kept: list[FinishedStep] = []
+    resumed = checkpoints.resume(original, len(spec.steps))
+    if resumed is not None:
+        kept, context.candidates, context.within_budget = resumed.steps, resumed.candidates, resumed.within_budget
+        reporter.resume(len(kept) + 1, resumed.resumed_from)
+        reporter.update(1.0, f"resumed from the checkpoint: {len(kept)} finished step(s), the last {resumed.resumed_from}")
 
-    state, kept = original, []
-    for index, step in enumerate(spec.steps):
+    if spec.evaluation.max_duration_seconds is not None:
+        context.deadline = time.monotonic() + spec.evaluation.max_duration_seconds
+    state = kept[-1].state if kept else original
+    for index, step in enumerate(spec.steps[len(kept):], start=len(kept)):
         config = step.config
         context.where = f"spec.steps[{index}].{config.step_kind}"
         label = step_label(config)
         reporter.begin(index + 1, label)
+        torch.manual_seed(SEED + index)  # a step draws the same numbers whether the run was resumed or not
         state, used, metric = run_within_budget(state, config, context)
         note = describe(used) + (f" (budget search; asked: {describe(config)})" if used != config else "")
-        kept.append((label, state, metric, note))
+        if not within_budget(context, metric):
+            note += " (outside the accuracy budget: evaluation.onBudgetMiss keepBest)"
+        kept.append(FinishedStep(label, state, metric, note))
+        checkpoints.save(index, kept[-1], context.candidates, context.within_budget)
 
     reporter.begin(len(spec.steps) + 1, "write", "measuring the original and the compressed models side by side")
     baseline, results, speed_warning = _measure_side_by_side(original, kept, context)
+    generation = task.tokens_per_second([original.model, *(step.state.model for step in kept)], threads)
+    for metrics, speed in zip([baseline, *(result.metrics for result in results)], generation or []):
+        metrics.tokens_per_second = speed
     if speed_warning:
         reporter.update(0.3, f"warning: {speed_warning}")
     reporter.update(0.5, f"writing the artifact to {output_uri}")
@@ -81,13 +106,15 @@ def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str, device_n
         speedup=round(compressed.throughput / baseline.throughput, 4),
         accuracy_delta=round(compressed.metric - baseline.metric, 6),
         steps=results,
+        within_budget=context.within_budget,
     )
     tensors, quantization = state.tensors()
     inputs, outputs = state.family.signature(state.recipe)
     extra_files = {
         **state.family.asset_files(state.assets),
         "report.json": report_json(
-            summary, context.candidates, max_drop=context.max_drop, source=spec.model.uri, speed_warning=speed_warning
+            summary, context.candidates, max_drop=context.max_drop, source=spec.model.uri, speed_warning=speed_warning,
+            resumed_from=reporter.resumed_from,
         ),
         "report.png": report_png(summary, context.candidates, max_drop=context.max_drop, speed_warning=speed_warning),
     }
@@ -102,29 +129,31 @@ def _run(spec: CompressionJobSpec, reporter: Reporter, output_uri: str, device_n
         extra_files=extra_files,
         source=spec.model.uri,
         s3=spec.s3,
+        within_budget=context.within_budget,
     )
+    checkpoints.remove()
     reporter.update(1.0, f"artifact written: {artifact.digest}")
     return CompressionOutcome(artifact=artifact, metrics=summary)
 
 
 def _measure_side_by_side(
-    original: ModelState, kept: list[tuple[str, ModelState, float, str]], context: StepContext
+    original: ModelState, kept: list[FinishedStep], context: StepContext
 ) -> tuple[ModelMetrics, list[StepResult], str | None]:
     """The baseline's and each step's metrics, their speeds from one interleaved measurement (also set on the
     kept candidates, so the report shows the status's figures), and a warning when they are too unsteady."""
     task = context.task
-    speeds = measure_speeds([original.eager(), *(state.served() for _, state, _, _ in kept)], task, threads=context.threads)
+    speeds = measure_speeds([original.eager(), *(step.state.served() for step in kept)], task, threads=context.threads)
     for candidate, speed in zip([c for c in context.candidates if c.accepted], speeds, strict=True):
         candidate.speed = speed
     baseline = model_metrics(
         speeds[0], task, size_bytes=original.size_bytes(), parameters=original.parameters, metric=context.baseline_metric
     )
     results = [
-        StepResult(step=label, note=note, metrics=model_metrics(
-            speed, task, size_bytes=state.size_bytes(), parameters=state.parameters, metric=metric))
-        for (label, state, metric, note), speed in zip(kept, speeds[1:])
+        StepResult(step=step.label, note=step.note, metrics=model_metrics(
+            speed, task, size_bytes=step.state.size_bytes(), parameters=step.state.parameters, metric=step.metric))
+        for step, speed in zip(kept, speeds[1:])
     ]
-    return baseline, results, untrusted_speeds(["baseline", *(label for label, *_ in kept)], speeds)
+    return baseline, results, untrusted_speeds(["baseline", *(step.label for step in kept)], speeds)
 
 
 def _spec_json(spec) -> dict:

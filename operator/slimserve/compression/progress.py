@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -40,7 +42,7 @@ class JsonLinesSink:
         self._stream = stream or sys.stdout
 
     def progress(self, event: Progress) -> None:
-        self._emit({"event": "progress", **event.model_dump(mode="json", by_alias=True)})
+        self._emit({"event": "progress", **event.to_json()})
 
     def result(self, result: CompressionOutcome) -> None:
         self._emit({"event": "result", "artifact": result.artifact.to_json(), "metrics": result.metrics.to_json()})
@@ -63,13 +65,14 @@ class RichProgressSink:
         self._console = Console(file=stream or sys.stderr)
         self._bar = Bar(
             TextColumn("[bold]{task.fields[step]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), TextColumn("{task.description}"), console=self._console, transient=False,
+            TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), TextColumn("{task.description}"),
+            console=self._console, transient=False,
         )
-        self._task = self._bar.add_task("", total=1.0, step="")
+        self._task = self._bar.add_task("", total=1.0, step="", eta="")
         self._bar.start()
 
     def progress(self, event: Progress) -> None:
-        self._bar.update(self._task, completed=event.fraction, description=event.message, step=event.step)
+        self._bar.update(self._task, completed=event.fraction, description=event.message, step=event.step, eta=eta_text(event))
 
     def result(self, result: CompressionOutcome) -> None:
         self._bar.update(self._task, completed=1.0, description="done")
@@ -90,20 +93,48 @@ class RichProgressSink:
             self._bar.stop()
 
 
-class Reporter:
-    """Fans events out to sinks and turns (step index, fraction within the step) into overall progress."""
+def eta_text(event: Progress) -> str:
+    """`step 0:12 left, run 1:40 left` (the parts known so far), and where the run resumed."""
+    parts = [f"{what} {_clock_text(seconds)} left" for what, seconds in (("step", event.step_eta_seconds), ("run", event.eta_seconds)) if seconds is not None]
+    if event.resumed_from:
+        parts.append(f"resumed after {event.resumed_from}")
+    return ", ".join(parts)
 
-    def __init__(self, sinks: list[ProgressSink], steps_total: int):
+
+def _clock_text(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
+
+class Reporter:
+    """Fans events out to sinks and turns (step index, fraction within the step) into overall progress, with
+    estimates of the time left: the step's from its own progress, the run's from the overall progress of
+    this process (steps resumed from a checkpoint count as done, not as time spent)."""
+
+    def __init__(self, sinks: list[ProgressSink], steps_total: int, clock: Callable[[], float] = time.monotonic):
         self.sinks = sinks
         self.steps_total = max(1, steps_total)
         self.step = ""
         self.step_index = 0
+        self.resumed_from: str | None = None
+        self._clock = clock
         self._span = (0.0, 1.0)
         self._fraction = 0.0
+        self._step_fraction = 0.0
+        self._started = clock()
+        self._start_fraction = 0.0
+        self._step_started = self._started
 
     def begin(self, step_index: int, step: str, message: str = "") -> None:
         self.step_index, self.step, self._span = step_index, step, (0.0, 1.0)
+        self._step_started, self._step_fraction = self._clock(), 0.0
         self.update(0.0, message or f"{step}: started")
+
+    def resume(self, step_index: int, resumed_from: str) -> None:
+        """The steps before `step_index` were restored from a checkpoint: progress starts after them."""
+        self.resumed_from = resumed_from
+        self._fraction = self._start_fraction = min(step_index / self.steps_total, 1.0)
+        self._started = self._clock()
 
     def span(self, start: float, end: float) -> None:
         """Map later `update` fractions (0..1) into [start, end] of the step, e.g. one candidate of a search."""
@@ -114,9 +145,14 @@ class Reporter:
         within = start + (end - start) * min(max(within_step, 0.0), 1.0)
         # Never backwards: a retried candidate restarts its own span, not the bar.
         self._fraction = max(self._fraction, min((self.step_index + within) / self.steps_total, 1.0))
+        self._step_fraction = max(self._step_fraction, within)
+        now = self._clock()
         event = Progress(
             step=self.step, step_index=self.step_index, steps_total=self.steps_total,
-            fraction=round(self._fraction, 4), message=message,
+            fraction=round(self._fraction, 4), message=message, step_fraction=round(self._step_fraction, 4),
+            step_eta_seconds=_eta(now - self._step_started, self._step_fraction),
+            eta_seconds=_eta(now - self._started, self._fraction - self._start_fraction, 1.0 - self._fraction),
+            resumed_from=self.resumed_from,
         )
         for sink in self.sinks:
             sink.progress(event)
@@ -134,3 +170,11 @@ class Reporter:
             close = getattr(sink, "close", None)
             if close is not None:
                 close()
+
+
+def _eta(elapsed: float, done: float, left: float | None = None) -> float | None:
+    """Seconds left at the pace so far (`done` of the work took `elapsed`); None until there is a pace."""
+    left = 1.0 - done if left is None else left
+    if done <= 0.01 or elapsed <= 0.0:
+        return None
+    return round(elapsed * max(left, 0.0) / done, 1)

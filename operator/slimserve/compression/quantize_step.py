@@ -26,7 +26,7 @@ MAX_FLOAT_CANDIDATES = 6
 def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) -> ModelState:
     from slimserve.compression.quantize import apply_quantization, needs_calibration, quantizable_layers
 
-    model = state.float_copy()
+    model = state.float_copy(share_weights=True)  # quantizers build new modules; the float weights stay shared
     if not quantizable_layers(model, config.method):
         raise SpecDoesNotFit(f"{context.where}: this {state.family.name} model has no layer the quantizer supports")
     known = {name for name, _ in model.named_modules() if name}
@@ -45,7 +45,7 @@ def quantize(state: ModelState, config: QuantizeConfig, context: StepContext) ->
 def gentler_quantization(state: ModelState, config: QuantizeConfig, context: StepContext) -> Iterator[QuantizeConfig]:
     from slimserve.compression.quantize.configs import config_of
 
-    for group_size in config_of(config).finer_group_sizes():
+    for group_size in config_of(config).finer_group_sizes(state.model):
         config = config.model_copy(update={"group_size": group_size})
         yield config
     yield from sensitive_layers_in_float(state, config, context)

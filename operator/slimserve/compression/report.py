@@ -27,10 +27,14 @@ def report_json(
     max_drop: float,
     source: str,
     speed_warning: str | None = None,
+    resumed_from: str | None = None,
 ) -> bytes:
     payload: dict[str, Any] = {
         "source": source,
         "maxDrop": max_drop,
+        "withinBudget": metrics.within_budget,
+        # set when the run continued from a checkpoint: the last step it restored instead of running again
+        "resumedFrom": resumed_from,
         "metrics": metrics.to_json(),
         "candidates": [c.as_json() for c in candidates],
         "speed": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,10 @@ from slimserve.models.families import ModelFamily, eager_forward, set_training
 
 if TYPE_CHECKING:
     from slimserve.api.steps import QuantizeConfig
+
+
+class TimeBoxExpired(Exception):
+    """evaluation.maxDurationSeconds has passed: the budget search stops trying gentler candidates."""
 
 
 @dataclass
@@ -39,9 +44,15 @@ class ModelState:
         set_training(model, False)
         return cls(model, family, family.recipe_of(model), count_parameters(model), assets, masks=dict(masks or {}))
 
-    def float_copy(self) -> nn.Module:
+    def float_copy(self, *, share_weights: bool = False) -> nn.Module:
+        """A copy of the float model to transform. `share_weights`: its tensors are the original's (no memory
+        of its own), for transforms that replace modules rather than write into weights (quantization)."""
         if self.quantization is not None:
             raise ValueError("the model is already quantized; quantize must be the last step")
+        if share_weights:
+            from slimserve.quant.sharing import copy_sharing_weights
+
+            return copy_sharing_weights(self.model)
         return copy.deepcopy(self.model)
 
     def quantized(self, model: nn.Module, config: "QuantizeConfig") -> "ModelState":
@@ -109,7 +120,18 @@ class StepContext:
     where: str = "spec.steps"  # the spec path of the step running now, for error messages
     seed: int = 0
     candidates: list[Candidate] = field(default_factory=list)
+    deadline: float | None = None  # time.monotonic() after which the budget search tries no gentler candidate
+    keep_best: bool = False  # evaluation.onBudgetMiss keepBest: a step that misses the budget keeps its best candidate
+    within_budget: bool = True  # False once a step kept a candidate outside the budget
     _teacher_cache: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def check_time_box(self) -> None:
+        """Raise TimeBoxExpired once the search's time box has passed (for long searches between candidates)."""
+        if self.out_of_time():
+            raise TimeBoxExpired()
 
     def teacher_outputs(self, state: ModelState) -> torch.Tensor:
         """Outputs of `state`'s model on the training split (cached per model), the targets of distillation."""

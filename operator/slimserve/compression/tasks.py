@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 Forward = Callable[..., torch.Tensor]
 EVAL_BATCH = 64
+MAX_BATCH_TOKENS = 8192  # rows x padded length of a text batch: bounds every forward's activations
 SPLIT_SEED = 1234
 
 
@@ -52,6 +53,8 @@ class Task(ABC):
 
     metric_name: str
     device: torch.device = torch.device("cpu")
+    higher_is_better = True
+    budget_field = "evaluation.maxDrop"  # the spec field `budget` reads
 
     def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Batches of the 'train' or 'eval' split on the task's device; shuffled when a generator is given."""
@@ -67,7 +70,20 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, forward: Forward, limit: int | None = None) -> float:
-        """The task metric (0..1, higher is better) on the held-out split (its first `limit` samples)."""
+        """The task metric on the held-out split (its first `limit` samples): 0..1 and higher is better, unless
+        `higher_is_better` is False (perplexity)."""
+
+    def degradation(self, baseline: float, metric: float) -> float:
+        """How much worse `metric` is than `baseline`, in the unit of the budget: the drop."""
+        return baseline - metric
+
+    def budget(self, evaluation: "EvaluationSpec") -> float:
+        """The largest `degradation` the spec allows."""
+        return evaluation.max_drop
+
+    def tokens_per_second(self, models: list[torch.nn.Module], threads: int) -> list[float] | None:
+        """Generation speed of each model, measured side by side, for tasks of generative models (else None)."""
+        return None
 
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: Batch, teacher: torch.Tensor | None, temperature: float, alpha: float) -> torch.Tensor:
@@ -168,7 +184,12 @@ class EmbeddingTask(Task):
         order = torch.randperm(len(texts), generator=generator) if generator is not None else torch.arange(len(texts))
         for start in range(0, len(texts), batch_size):
             index = order[start : start + batch_size]
-            yield Batch(self._tokenize(self._tokenizer, [texts[i] for i in index.tolist()]), index)
+            input_ids, attention_mask = self._tokenize(self._tokenizer, [texts[i] for i in index.tolist()])
+            # Long texts make fewer rows per batch: activations grow with rows x tokens, not with rows alone.
+            rows = max(1, MAX_BATCH_TOKENS // input_ids.shape[1])
+            for first in range(0, len(index), rows):
+                part = slice(first, first + rows)
+                yield Batch((input_ids[part], attention_mask[part]), index[part])
 
     def score(self, forward, limit=None):
         embeddings = self.outputs(forward, "eval", limit)
@@ -197,6 +218,15 @@ def build_task(
             f"evaluation.metric: {loaded.family.name} models are measured by {metric}, not {evaluation.metric}"
         )
     uri = evaluation.dataset.uri if evaluation.dataset else None
+    if evaluation.max_relative_increase is not None and metric != "perplexity":
+        raise SpecDoesNotFit(
+            f"evaluation.maxRelativeIncrease: only for perplexity; {loaded.family.name} models are measured by "
+            f"{metric}, whose budget is evaluation.maxDrop"
+        )
+    if metric == "perplexity":
+        from slimserve.compression.perplexity_task import build_perplexity_task
+
+        return build_perplexity_task(loaded, uri, s3, device)
     if metric == "accuracy":
         return ClassificationTask(*_labelled_rows(uri, loaded.family.name, s3), device=device)
     train, held_out = _sentences(uri, s3)
@@ -213,7 +243,7 @@ def _labelled_rows(uri: str | None, family: str, s3) -> tuple[np.ndarray, ...]:
 
         data = digits_data()
         return data.x_train, data.y_train, data.x_test, data.y_test
-    path = _dataset_path(uri, s3, ".npz")
+    path = dataset_path(uri, s3, ".npz")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             if {"x_train", "y_train", "x_test", "y_test"} <= set(arrays.files):
@@ -234,7 +264,7 @@ def _sentences(uri: str | None, s3) -> tuple[list[str], list[str]]:
 
     if uri is None or uri == "builtin://sentences":
         return list(builtin_sentences("train")), list(builtin_sentences("eval"))
-    path = _dataset_path(uri, s3, ".txt")
+    path = dataset_path(uri, s3, ".txt")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
@@ -245,9 +275,9 @@ def _sentences(uri: str | None, s3) -> tuple[list[str], list[str]]:
     return [s for i, s in enumerate(lines) if i % 5], lines[::5]
 
 
-def _dataset_path(uri: str, s3, suffix: str) -> Path:
+def dataset_path(uri: str, s3, suffix: str) -> Path:
     if uri.startswith("builtin://"):
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: unknown builtin dataset {uri!r}; known: builtin://digits, builtin://sentences")
+        raise SpecDoesNotFit(f"evaluation.dataset.uri: unknown builtin dataset {uri!r}; known: builtin://digits, builtin://sentences, builtin://tiny-lm-text")
     try:
         path = resolve_uri(uri, s3)
     except Exception as exc:

@@ -134,7 +134,9 @@ def resolve_model(api: client.ApiClient, namespace: str, spec: ModelServiceSpec)
     if spec.model.uri:
         return resolve_model_uri(spec.model.uri)
     job_name = spec.model.compression_job_ref.name
-    return resolve_compression_job(job_name, read_custom(api, COMPRESSION_JOBS, namespace, job_name))
+    return resolve_compression_job(
+        job_name, read_custom(api, COMPRESSION_JOBS, namespace, job_name), allow_outside_budget=spec.model.allow_outside_budget
+    )
 
 
 class ChildrenRefused(kopf.TemporaryError):

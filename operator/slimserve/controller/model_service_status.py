@@ -64,11 +64,14 @@ def resolve_model_uri(uri: str) -> ModelResolution:
     return ModelResolution(ArtifactToServe(uri), Verdict(TRUE, "UriSpecified", f"serving {uri}"))
 
 
-def resolve_compression_job(job_name: str, job: dict[str, Any] | None) -> ModelResolution:
+def resolve_compression_job(
+    job_name: str, job: dict[str, Any] | None, *, allow_outside_budget: bool = False
+) -> ModelResolution:
     """The artifact of a CompressionJob once it has succeeded; otherwise why there is none yet.
 
     A missing or failed job is not permanent: the job may be created, fixed or re-run, and its watch
-    reconciles the service again.
+    reconciles the service again. An artifact that missed its accuracy budget (`metrics.withinBudget`
+    false) is not served unless the service allows it: its server would refuse to load it.
     """
     if job is None:
         return ModelResolution(
@@ -80,6 +83,12 @@ def resolve_compression_job(job_name: str, job: dict[str, Any] | None) -> ModelR
     artifact = status.get("artifact") or {}
     if succeeded.get("status") == TRUE and artifact.get("uri") and artifact.get("digest"):
         model = ArtifactToServe(artifact["uri"], artifact["digest"])
+        if (status.get("metrics") or {}).get("withinBudget") is False and not allow_outside_budget:
+            return ModelResolution(None, Verdict(
+                FALSE, "OutsideBudget",
+                f"CompressionJob {job_name!r} missed its accuracy budget and kept its best candidate "
+                f"(withinBudget: false); set spec.model.allowOutsideBudget to serve {model.uri}",
+            ))
         return ModelResolution(
             model,
             Verdict(TRUE, "CompressionSucceeded", f"serving {model.uri} ({model.digest}) from CompressionJob {job_name!r}"),

@@ -18,18 +18,20 @@ __all__ = ["ModelInfo", "Servable", "TensorSpec", "load_servable"]
 
 def load_servable(
     uri: str, *, s3: "S3Spec | None" = None, expected_digest: str | None = None, device: str = "cpu",
-    cuda_graphs: bool = False,
+    cuda_graphs: bool = False, allow_outside_budget: bool = False,
 ) -> Servable:
     """A ready-to-serve model from `builtin://NAME` or an artifact URI (file://, pvc://, s3://).
 
     Artifacts are verified (every file's sha256; `expected_digest` pins the manifest digest); quantized
     ones are rebuilt with their recipe and optimized once here, so the first request pays no compile.
     `device` is a policy name (`slimserve.models.device`): the weights move there once, each call's inputs
-    are copied in and its outputs out; `cuda_graphs` replays recorded CUDA graphs on a GPU.
+    are copied in and its outputs out; `cuda_graphs` replays recorded CUDA graphs on a GPU. An artifact whose
+    compression missed its accuracy budget is refused (ArtifactError, reason OutsideBudget) unless
+    `allow_outside_budget`.
     """
     from dataclasses import replace
 
-    from slimserve.artifacts import load_artifact
+    from slimserve.artifacts import ArtifactError, load_artifact
     from slimserve.models.device import on_device, precision, resolve_device, to_device
     from slimserve.models.families import eager_forward
     from slimserve.models.loading import BUILTIN_SCHEME, load_builtin, rebuild_artifact
@@ -40,6 +42,12 @@ def load_servable(
         info = loaded.family.info(loaded.recipe, name=loaded.name, version="builtin")
     else:
         artifact = load_artifact(uri, s3=s3, expected_digest=expected_digest)
+        if not artifact.manifest.within_budget and not allow_outside_budget:
+            raise ArtifactError(
+                f"{uri}: its compression missed the accuracy budget (withinBudget: false in manifest.json); it is "
+                "served only when allowed (--allow-outside-budget, a ModelService's spec.model.allowOutsideBudget)",
+                reason="OutsideBudget",
+            )
         loaded = rebuild_artifact(artifact)
         info = loaded.family.info(
             artifact.manifest.recipe, name=loaded.name, version=artifact.digest.removeprefix("sha256:")[:12],

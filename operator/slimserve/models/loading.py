@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from slimserve.artifacts import Artifact
@@ -104,7 +103,7 @@ def rebuild_artifact(artifact: Artifact) -> LoadedModel:
 
 def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
     """A Hugging Face BERT-style encoder directory: config.json, model.safetensors, tokenizer.json."""
-    from slimserve.models.minilm import _config_from_hf, _hf_key, build_minilm
+    from slimserve.models.minilm import _config_from_hf, mapped_encoder
 
     config_path, weights_path = path / "config.json", path / "model.safetensors"
     for required in (config_path, weights_path, path / TOKENIZER_FILE):
@@ -117,17 +116,18 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
     if hf.get("model_type") not in ("bert",) and "Bert" not in " ".join(hf.get("architectures", [])):
         raise ModelLoadError(f"model.uri: {uri} is a {hf.get('model_type')!r} model; only BERT-style encoders are supported")
     try:
-        model = build_minilm(_config_from_hf(config_path))
-        weights = _read_safetensors(weights_path, uri)
-        # BertFor* checkpoints prefix the encoder with "bert."; BertModel ones do not.
-        weights = {k.removeprefix("bert."): v for k, v in weights.items()}
-        state = {name: weights[_hf_key(name)] for name in model.state_dict()}
+        config = _config_from_hf(config_path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"model.uri: {uri}/config.json: {exc}") from None
+    try:
+        model = mapped_encoder(config, weights_path)  # memory-mapped: the weights are read as they are used
     except KeyError as exc:
         raise ModelLoadError(f"model.uri: {uri}/model.safetensors lacks tensor {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"model.uri: {uri}/config.json: {exc}") from None
-    _load_state(model, state, f"model.uri: {uri}")
-    return LoadedModel(FAMILIES["minilm"], model.eval(), path.name or "bert", uri, assets=path)
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"model.uri: {uri}: {weights_path.name} is corrupt or truncated: {exc}") from None
+    except RuntimeError as exc:
+        raise ModelLoadError(f"model.uri: {uri}: weights do not match config.json: {' '.join(str(exc).split())[:400]}") from None
+    return LoadedModel(FAMILIES["minilm"], model, path.name or "bert", uri, assets=path)
 
 
 def load_program(path: Path, uri: str) -> LoadedModel:
@@ -143,13 +143,6 @@ def load_program(path: Path, uri: str) -> LoadedModel:
     except ProgramError as exc:
         raise ModelLoadError(f"model.uri: {uri}: {exc}", reason=exc.reason) from None
     return LoadedModel(FAMILIES["torch-export"], set_training(module, False), path.stem, uri, assets=assets)
-
-
-def _read_safetensors(path: Path, uri: str) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ModelLoadError(f"model.uri: {uri}: {path.name} is corrupt or truncated: {exc}") from None
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

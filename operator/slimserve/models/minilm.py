@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors import safe_open
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -277,11 +277,31 @@ def load_tokenizer(directory: Path | None = None, max_tokens: int | None = None)
 def load_minilm() -> tuple[MiniLM, Tokenizer]:
     """The original fp32 all-MiniLM-L6-v2 encoder (eval mode) and its tokenizer."""
     directory = minilm_files_dir()
-    model = build_minilm(_config_from_hf(directory / "config.json"))
-    weights = load_file(str(directory / "model.safetensors"))
-    state = {name: weights[_hf_key(name)] for name in model.state_dict()}
-    model.load_state_dict(state, strict=True)
-    return model.eval(), load_tokenizer(directory)
+    return mapped_encoder(_config_from_hf(directory / "config.json"), directory / "model.safetensors"), load_tokenizer(directory)
+
+
+def mapped_encoder(config: MiniLMConfig, weights_path: Path) -> MiniLM:
+    """An fp32 encoder whose parameters are the tensors of a Hugging Face BERT `model.safetensors`, memory-mapped
+    (safetensors' `safe_open`): nothing is read until a weight is used, nothing is copied, and the pages are
+    the file's, which the kernel may drop again under memory pressure. The skeleton is built on the meta
+    device, so no random initialisation is allocated either. Weights stored in another float type are cast
+    (that one copy is then in memory). KeyError names a tensor the file lacks; RuntimeError a shape mismatch."""
+    with torch.device("meta"):
+        model = MiniLM(config)
+    with safe_open(str(weights_path), framework="pt") as weights:
+        stored = set(weights.keys())
+        # BertFor* checkpoints prefix the encoder with "bert."; BertModel ones do not.
+        prefix = "bert." if any(key.startswith("bert.") for key in stored) else ""
+
+        def tensor(name: str) -> torch.Tensor:
+            key = prefix + _hf_key(name)
+            if key not in stored:
+                raise KeyError(key)
+            return weights.get_tensor(key).to(torch.float32)
+
+        state = {name: tensor(name) for name in model.state_dict()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
 
 
 def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

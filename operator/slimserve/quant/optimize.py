@@ -15,7 +15,6 @@ Shapes:
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch._inductor.config as inductor_config
 from torch import nn
 
 from slimserve.quant.fuse import apply_inference_fusions
+from slimserve.quant.sharing import copy_sharing_weights
 from slimserve.quant.half import serving_copy
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
 from slimserve.quant.int8_static import _Int8Static
@@ -64,7 +64,7 @@ class OptimizedForward:
 
 def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> OptimizedForward:
     """Compile `model` for serving and warm it up; `model` itself is left as it was (fusions apply to a copy)."""
-    model = copy.deepcopy(model).eval()
+    model = copy_sharing_weights(model).eval()  # fusions and casts build new tensors: no second copy of the weights
     model, compute_dtype = serving_copy(model, _device_of(model))
     if compute_dtype is not None:
         log.info("%s computes in %s on %s", type(model).__name__, compute_dtype, _device_of(model))

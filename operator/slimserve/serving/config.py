@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from slimserve.api.workload import DEFAULTS
 from slimserve.serving.auth_options import AuthConfig
+from slimserve.serving.generation.options import GenerationOptions
 from slimserve.serving.observability import PayloadLogSettings, TracingSettings
 from slimserve.serving.tls import TlsOptions
 from slimserve.serving.web.options import WebOptions
@@ -32,6 +33,7 @@ class ServerConfig:
     access_log: bool = DEFAULTS.access_log  # one JSON line per request on stdout
     device: str = DEFAULTS.device  # auto, cpu, cuda or cuda:N (slimserve.models.device)
     cuda_graphs: bool = DEFAULTS.cuda_graphs  # replay recorded CUDA graphs (on a GPU only)
+    allow_outside_budget: bool = DEFAULTS.allow_outside_budget  # load an artifact marked withinBudget: false
     warmup_batch_sizes: tuple[int, ...] = (1,)
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
     payload_log: PayloadLogSettings | None = None  # inference payloads as CloudEvents to a sink (off)
@@ -39,6 +41,7 @@ class ServerConfig:
     auth: AuthConfig = AuthConfig()  # who may call (off)
     tls: TlsOptions = TlsOptions()  # plain text unless a directory of certificates is given
     probe_port: int | None = None  # health and /metrics only, in plain HTTP (for probes under client-certificate TLS)
+    generation: GenerationOptions = GenerationOptions()  # decoders: KV cache bound, slots, queue
 
     def __post_init__(self) -> None:
         checks = {

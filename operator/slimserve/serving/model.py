@@ -15,14 +15,20 @@ log = logging.getLogger(__name__)
 Loader = Callable[[str], Servable]
 
 
-def artifact_loader(expected_digest: str | None = None, device: str = "cpu", cuda_graphs: bool = False) -> Loader:
+def artifact_loader(
+    expected_digest: str | None = None, device: str = "cpu", cuda_graphs: bool = False, *, allow_outside_budget: bool = False
+) -> Loader:
     """`load_servable`, which verifies every file's sha256; `expected_digest` also pins the manifest's;
-    `device` is a policy name (auto, cpu, cuda, cuda:N): a GPU asked for but not usable fails the load."""
+    `device` is a policy name (auto, cpu, cuda, cuda:N): a GPU asked for but not usable fails the load; an
+    artifact that missed its accuracy budget is refused unless `allow_outside_budget`."""
 
     def load(uri: str) -> Servable:
         from slimserve.models import load_servable
 
-        return load_servable(uri, expected_digest=expected_digest, device=device, cuda_graphs=cuda_graphs)
+        return load_servable(
+            uri, expected_digest=expected_digest, device=device, cuda_graphs=cuda_graphs,
+            allow_outside_budget=allow_outside_budget,
+        )
 
     return load
 
@@ -58,6 +64,17 @@ class ServedModel:
     def loaded(self) -> bool:
         return self._servable is not None
 
+    @property
+    def servable(self) -> Servable:
+        if self._servable is None:
+            raise RuntimeError("model not loaded")
+        return self._servable
+
+    @property
+    def generates_text(self) -> bool:
+        """A decoder: served by the generation routes, not OIP infer."""
+        return hasattr(self._servable, "decoder")
+
     def load(self, warmup_batch_sizes: tuple[int, ...] = (1,), mark_ready: bool = True) -> None:
         """Load (blocking; call from a worker thread) and warm up at the given batch sizes; then ready,
         unless `mark_ready` is False (the caller has more to do first and sets `ready` itself)."""
@@ -86,7 +103,8 @@ class ServedModel:
             "platform": info.platform,
             "inputs": [_tensor_metadata(spec) for spec in info.inputs],
             "outputs": [_tensor_metadata(spec) for spec in info.outputs],
-            "parameters": {"device": info.device, "precision": info.precision},
+            "parameters": {"device": info.device, "precision": info.precision,
+                           **getattr(self._servable, "parameters", {})},
         }
 
 

@@ -38,6 +38,9 @@ from slimserve.serving.auth import AuthSetupError, build_auth
 from slimserve.serving.batching import Batcher, DirectRunner, ModelCaller
 from slimserve.serving.config import ServerConfig
 from slimserve.serving.dataplane import DataPlane
+from slimserve.serving.generation import add_generation_routes
+from slimserve.serving.generation.decoder import decoder_loader, serves_decoder
+from slimserve.serving.generation.service import Generation
 from slimserve.serving.grpc_service import SERVICE_NAME, add_inference_service
 from slimserve.serving.health import ServerHealth
 from slimserve.serving.http_timeouts import TimedHttpToolsProtocol
@@ -82,8 +85,14 @@ def build_dataplane(
 
 async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
+    generation = None  # a decoder's: the generation engine and its routes
+    if model is None and serves_decoder(config.artifact):
+        model = ServedModel(config.artifact, config.model_name, decoder_loader(config.device))
+        generation = Generation(model)
     model = model or ServedModel(
-        config.artifact, config.model_name, artifact_loader(config.artifact_digest, config.device, config.cuda_graphs)
+        config.artifact, config.model_name, artifact_loader(
+            config.artifact_digest, config.device, config.cuda_graphs, allow_outside_budget=config.allow_outside_budget
+        )
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-model")
     metrics = ServerMetrics()
@@ -107,6 +116,8 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     rest_app = build_app(dataplane, config.max_body_bytes, auth)
+    if generation is not None:
+        add_generation_routes(rest_app, dataplane, generation)
     http = _http_server(config, wrap_http_app(rest_app, dataplane, config.web, config.max_body_bytes, auth),
                         tls.listening_context if tls else None)
     grpc_server = grpc.aio.server(
@@ -135,8 +146,12 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     log.info("listening: REST on %s:%d, gRPC on %s:%d", config.host, config.http_port, config.host, config.grpc_port)
 
     def prepare() -> None:  # on the model thread
-        model.load(_warmup_sizes(config), mark_ready=False)
-        log.info("model call of one row: %.3f ms", 1000 * call.calibrate(example_inputs(model.info.inputs, 1)))
+        if generation is not None:
+            model.load((), mark_ready=False)
+            generation.load(config.generation, metrics.add_generation())
+        else:
+            model.load(_warmup_sizes(config), mark_ready=False)
+            log.info("model call of one row: %.3f ms", 1000 * call.calibrate(example_inputs(model.info.inputs, 1)))
         model.ready = True
 
     load = loop.run_in_executor(executor, prepare)
@@ -165,6 +180,8 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
         tls_watch.cancel()
     await asyncio.gather(grpc_server.stop(config.drain_timeout_s), *http_tasks)
     await dataplane.runner.close()
+    if generation is not None:
+        generation.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     executor.shutdown(wait=False, cancel_futures=True)

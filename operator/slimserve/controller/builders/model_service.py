@@ -264,6 +264,8 @@ def server_env(
         home=TMP_MOUNT,
         # The server refuses anything else: a pod never serves an artifact rewritten in place under the URI.
         artifact_digest=model.digest or None,
+        # Off: unset, so existing pods do not roll.
+        allow_outside_budget=spec.model.allow_outside_budget or None,
         log_format=pod_log_format(config),
         **tls_settings(spec),
         device=pool_device(pool),
