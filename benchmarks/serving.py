@@ -8,15 +8,20 @@ concurrency (1, 8, 32) it measures throughput, p50 and p99 of:
 - when asked (`--servers ...,slimserve-payload-log,slimserve-tracing`), SlimServe logging every request and
   response to a CloudEvents sink on loopback, and tracing every request to the tests' OpenTelemetry Collector,
   against plain SlimServe (the payload log's sent, dropped and failed events are printed beside them).
-Same weights, same torch threads, same client for every server: tritonclient (HTTP with binary tensors,
-and gRPC), in a separate load-generator process. Every request loop is bounded in count and time.
+Same weights, same torch threads, same clients for every server, each a separate process: the native load
+generators (benchmarks/loadgen: h2load over HTTP/1.1 with the binary tensor extension, ghz over gRPC; built or
+installed by benchmarks/tools.sh) give the figures, and tritonclient (the same request bytes) an extra
+column. Each client's share of the machine's CPU is reported, and a row whose client took
+loadgen.measured.CLIENT_BOUND_SHARE of it, or as much CPU as the server, is marked client-bound: there the
+client, not the server, set the pace. Every request loop is bounded in time (the Python one in count too).
+
 
 KServe is installed, the first time, into its own venv (its pins differ from ours):
 ~/.cache/slimserve/bench-venv-kserve-<version>, which sees this venv's packages (torch, slimserve) only
 after its own. Servers listen on 127.0.0.1 only.
 
-    .venv/bin/python benchmarks/serving.py                      # everything (~12 min on 2 cores)
-    .venv/bin/python benchmarks/serving.py --models digits-mlp --duration-s 2 --skip-kserve
+    .venv/bin/python benchmarks/serving.py                      # everything (~25 min on 2 cores)
+    .venv/bin/python benchmarks/serving.py --models digits-mlp --duration-s 2 --skip-kserve --clients native
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from loadgen import measured  # benchmarks/loadgen: the native load generators (imported where they run)
 
 HOST = "127.0.0.1"
 KSERVE_VERSION = "0.21.0"
@@ -61,11 +67,14 @@ def example_input(model: str) -> tuple[str, str, np.ndarray, str]:
 def loadgen(protocol: str, url: str, model: str, concurrency: int, duration_s: float, max_requests: int) -> dict:
     name, datatype, array, output = example_input(model)
     warmup_s = min(0.5, duration_s / 3)
+    started, cpu_started = time.perf_counter(), time.process_time()  # the client's CPU, imports left out
     if protocol == "rest":
         latencies, errors, elapsed = _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests)
     else:
         latencies, errors, elapsed = _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests)
-    result = {"requests": len(latencies), "errors": errors, "seconds": elapsed}
+    cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
+    result = {"requests": len(latencies), "errors": errors, "seconds": elapsed, "client": "python",
+              "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(cpu_s / (wall_s * measured.cpu_count()), 3)}
     if latencies:
         ms = np.array(latencies) * 1000
         result.update(rps=len(latencies) / elapsed, p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)))
@@ -353,7 +362,29 @@ def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_pyth
     return server
 
 
-def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace) -> dict:
+def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace, client: str = "native") -> dict:
+    """One measured run of a client ("native": h2load or ghz; "python": tritonclient) against `server`, with
+    the server's CPU seconds over it and whether the client was the limit (loadgen.measured)."""
+    server_cpu_s = measured.process_cpu_s(server.process.pid)
+    row = (run_native_loadgen if client == "native" else run_python_loadgen)(server, protocol, concurrency, args)
+    return measured.mark_client_bound(row, measured.process_cpu_s(server.process.pid) - server_cpu_s)
+
+
+def run_native_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace) -> dict:
+    """h2load (REST, the binary tensor extension) or ghz (gRPC), sending the Python client's request bytes."""
+    from loadgen import bodies, ghz, h2load
+
+    name, datatype, array, output = example_input(server.model)
+    warmup_s = min(0.5, args.duration_s / 3)
+    if protocol == "rest":
+        body, headers = bodies.rest_binary(name, datatype, array, output)
+        url = f"http://{server.url(protocol)}/v2/models/{server.model}/infer"
+        return h2load.run(url, body, headers, concurrency, args.duration_s, warmup_s)
+    request = bodies.grpc_request(server.model, name, datatype, array, output).SerializeToString()
+    return ghz.run(server.url(protocol), request, concurrency, args.duration_s, warmup_s)
+
+
+def run_python_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--role", "loadgen", "--protocol", protocol, "--url", server.url(protocol),
                "--model", server.model, "--concurrency", str(concurrency), "--duration-s", str(args.duration_s),
                "--max-requests", str(args.max_requests)]
@@ -361,15 +392,6 @@ def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.
     if done.returncode != 0:
         return {"requests": 0, "errors": -1, "failure": done.stderr[-500:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def median_round(rounds: list[dict]) -> dict:
-    """The round with the median throughput (its own p50/p99 with it); errors summed over rounds."""
-    measured = sorted((r for r in rounds if r.get("rps")), key=lambda r: r["rps"])
-    errors = sum(abs(r.get("errors", 0)) for r in rounds)
-    if not measured:
-        return {"requests": 0, "errors": errors}
-    return {**measured[len(measured) // 2], "errors": errors, "rounds": len(rounds)}
 
 
 # --- bare forward ---------------------------------------------------------------------------------
@@ -411,8 +433,9 @@ class BareForward:
 def report(results: list[dict], bare: dict[str, dict[int, float]]) -> str:
     by_key = {(r["server"], r["model"], r["protocol"], r["concurrency"]): r for r in results}
     lines = [
-        "| model | protocol | conc | server | req/s | p50 ms | p99 ms | / bare forward | / kserve | batching on/off |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | protocol | conc | server | req/s | p50 ms | p99 ms | / bare forward | / kserve | batching on/off "
+        "| client | python client req/s | python client |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         key = (r["model"], r["protocol"], r["concurrency"])
@@ -424,10 +447,17 @@ def report(results: list[dict], bare: dict[str, dict[int, float]]) -> str:
             f"| {r['model']} | {r['protocol']} | {r['concurrency']} | {r['server']} | {rps:.0f} | "
             f"{r.get('p50_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
             f"{_ratio(rps, bare_rate)} | {_ratio(rps, kserve) if r['server'] != 'kserve' else ''} | "
-            f"{_ratio(rps, nobatch) if r['server'] == 'slimserve' else ''} |"
+            f"{_ratio(rps, nobatch) if r['server'] == 'slimserve' else ''} | {measured.describe(r)} | "
+            f"{r.get('python', {}).get('rps', 0):.0f} | {measured.describe(r.get('python', {}))} |"
             + (f" errors {r['errors']}" if r.get("errors") else "")
         )
     return "\n".join(lines)
+
+
+def client_summary(cell: dict, clients: list[str]) -> str:
+    """The clients of a cell: the first's CPU share, each other one's throughput and CPU share."""
+    extras = [f"{c} {cell[c].get('rps', 0):.0f} req/s ({measured.describe(cell[c])})" for c in clients[1:] if c in cell]
+    return "; ".join([measured.describe(cell), *extras])
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -441,9 +471,12 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
         return by_key.get((server, model, protocol, conc), {}).get(field)
 
     lines = []
-    ours, ref = get("slimserve", "digits-mlp", "rest", 32), get("kserve", "digits-mlp", "rest", 32)
-    if ours and ref:
-        lines.append(f"tiny MLP, REST, c32: SlimServe / KServe throughput = {ours / ref:.2f}x (target >= 1.3x)")
+    for protocol in ("rest", "grpc"):
+        ours, ref = get("slimserve", "digits-mlp", protocol, 32), get("kserve", "digits-mlp", protocol, 32)
+        if ours and ref:
+            bound = [s for s in ("slimserve", "kserve") if get(s, "digits-mlp", protocol, 32, "client_bound")]
+            lines.append(f"tiny MLP, {protocol}, c32: SlimServe / KServe throughput = {ours / ref:.2f}x (target >= 3x)"
+                         + (f"; client-bound: {', '.join(bound)}" if bound else ""))
     p50 = get("slimserve", "digits-mlp", "rest", 1, "p50_ms")
     if p50 is not None:
         lines.append(f"tiny MLP, REST, c1: SlimServe p50 = {p50:.2f} ms (target <= 1.0 ms)"
@@ -451,7 +484,7 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
     for protocol in ("rest", "grpc"):
         rps, rate = get("slimserve", "minilm-l6", protocol, 32), bare.get("minilm-l6", {}).get(32)
         if rps and rate:
-            lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.8)")
+            lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.95)")
     for kind, label in ((PAYLOAD_LOG, "payload logging on (sample rate 1)"), (TRACING, "tracing on")):
         for model in MODELS:
             for protocol in ("rest", "grpc"):
@@ -472,11 +505,13 @@ def main() -> int:
     parser.add_argument("--skip-kserve", action="store_true")
     parser.add_argument("--duration-s", type=float, default=1.5, help="measured seconds per cell and round (after warm-up)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per cell; the median one is reported")
-    parser.add_argument("--max-requests", type=int, default=20000, help="most measured requests per cell")
+    parser.add_argument("--max-requests", type=int, default=20000, help="most measured requests per cell (Python client)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every server and the bare forward")
     parser.add_argument("--tracing-sample-rate", type=float, default=1.0,
                         help="sample rate of the slimserve-tracing server (the payload log one logs all)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--clients", default="native,python",
+                        help="load generators: native (h2load, ghz; the figures) and python (tritonclient, an extra column)")
+    parser.add_argument("--json", "--out", dest="out", type=Path, default=None, help="also write the results as JSON here")
     # role arguments
     parser.add_argument("--protocol"), parser.add_argument("--url"), parser.add_argument("--model")
     parser.add_argument("--http-port", type=int), parser.add_argument("--grpc-port", type=int)
@@ -497,6 +532,7 @@ def main() -> int:
     models = args.models.split(",")
     protocols = args.protocols.split(",")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    clients = args.clients.split(",")
     servers = [s for s in args.servers.split(",") if not (args.skip_kserve and s == "kserve")]
     kserve_python = kserve_venv() if "kserve" in servers else None
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "slimserve-bench-logs"
@@ -516,19 +552,23 @@ def main() -> int:
         try:
             for protocol in protocols:
                 for concurrency in concurrencies:
-                    rounds: dict[str, list[dict]] = {kind: [] for kind in servers}
+                    # The first client's median round is the cell; the others' ride along under their name.
+                    rounds: dict[tuple[str, str], list[dict]] = {(k, c): [] for k in servers for c in clients}
                     for round_index in range(args.rounds):
                         order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
                         for kind in order:
-                            rounds[kind].append(run_loadgen(running[kind], protocol, concurrency, args))
+                            for client in clients:
+                                rounds[kind, client].append(run_loadgen(running[kind], protocol, concurrency, args, client))
                         forward.measure(concurrency, seconds=min(1.0, args.duration_s))
                     for kind in servers:
-                        cell = median_round(rounds[kind])
+                        cell = measured.median_round(rounds[kind, clients[0]])
+                        cell.update({extra: measured.median_round(rounds[kind, extra]) for extra in clients[1:]})
                         cell.update(server=kind, model=model, protocol=protocol, concurrency=concurrency)
                         results.append(cell)
                         print(f"{kind:18} {model:11} {protocol:5} c{concurrency:<3} "
                               f"{cell.get('rps', 0):8.0f} req/s  p50 {cell.get('p50_ms', float('nan')):7.2f} ms  "
-                              f"p99 {cell.get('p99_ms', float('nan')):7.2f} ms  errors {cell.get('errors')}", flush=True)
+                              f"p99 {cell.get('p99_ms', float('nan')):7.2f} ms  errors {cell.get('errors')}  "
+                              + client_summary(cell, clients), flush=True)
         finally:
             if sinks is not None:
                 sinks.print_outcomes(running)
@@ -543,7 +583,7 @@ def main() -> int:
     for line in targets(results, bare):
         print(line)
     if args.out:
-        args.out.write_text(json.dumps({"results": results, "bare": bare}, indent=2))
+        args.out.write_text(json.dumps({"results": results, "bare": bare, "clients": clients, **measured.machine()}, indent=2))
     return 0
 
 
