@@ -4,6 +4,7 @@ counts its events as failed or dropped and never fails a request."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from serving_helpers import HOST, ServerProcess, free_port, metric_samples, request
 from tests.web.grpc_web_helpers import BINARY, call, frame
 
+from slimserve.serving.grpc_service import SERVICE_NAME as GRPC_SERVICE
 from slimserve.serving.metrics import ServerMetrics
 from slimserve.serving.observability import PayloadLogSettings
 from slimserve.serving.payload_log import REQUEST_EVENT, RESPONSE_EVENT, PayloadLogger, sampled
@@ -149,22 +151,62 @@ def test_rest_request_and_response_arrive_as_kserve_cloudevents(server, sink):
     assert returned.get_data() == json.loads(answer)
 
 
-def test_grpc_and_grpc_web_payloads_arrive_as_their_protobuf_messages(server, sink):
+def out_of_order_bytes(message: service_pb2.ModelInferRequest) -> bytes:
+    """The message's bytes with its tensors' contents first: valid protobuf (fields may come in any order, and
+    repeated ones merge) that serializing the parsed message would not give back."""
+    head = service_pb2.ModelInferRequest()
+    head.CopyFrom(message)
+    del head.raw_input_contents[:]
+    sent = service_pb2.ModelInferRequest(raw_input_contents=message.raw_input_contents).SerializeToString()
+    sent += head.SerializeToString()
+    assert service_pb2.ModelInferRequest.FromString(sent) == message and sent != message.SerializeToString()
+    return sent
+
+
+def test_grpc_and_grpc_web_payloads_arrive_as_the_bytes_received_and_sent(server, sink):
     grpc_id, web_id = logged_ids(2, "proto")
-    message = grpc_request()
+    sent = out_of_order_bytes(grpc_request())
     with grpc.insecure_channel(server.grpc_url) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        answer = stub.ModelInfer(message, metadata=(("x-request-id", grpc_id),), timeout=10)
-    web = call(server.http_url, "ModelInfer", frame(message.SerializeToString()), BINARY,
-               headers={"X-Request-Id": web_id})
+        infer = channel.unary_unary(f"/{GRPC_SERVICE}/ModelInfer")  # bytes in, bytes out
+        answer = infer(sent, metadata=(("x-request-id", grpc_id),), timeout=10)
+    web = call(server.http_url, "ModelInfer", frame(sent), BINARY, headers={"X-Request-Id": web_id})
     assert web.http_status == 200 and web.trailers["grpc-status"] == "0"
-    for rid, response in ((grpc_id, answer), (web_id, service_pb2.ModelInferResponse.FromString(web.messages[0]))):
+    for rid, returned_bytes in ((grpc_id, answer), (web_id, web.messages[0])):
         events = events_of(sink, rid)
-        (sent, sent_headers), (returned, returned_headers) = events[REQUEST_EVENT], events[RESPONSE_EVENT]
-        assert_kserve_attributes(sent, sent_headers, REQUEST_EVENT, "application/x-protobuf")
-        assert_kserve_attributes(returned, returned_headers, RESPONSE_EVENT, "application/x-protobuf")
-        assert service_pb2.ModelInferRequest.FromString(sent.get_data()) == message
-        assert service_pb2.ModelInferResponse.FromString(returned.get_data()) == response
+        (request_event, request_headers), (response_event, response_headers) = (events[REQUEST_EVENT],
+                                                                                events[RESPONSE_EVENT])
+        assert_kserve_attributes(request_event, request_headers, REQUEST_EVENT, "application/x-protobuf")
+        assert_kserve_attributes(response_event, response_headers, RESPONSE_EVENT, "application/x-protobuf")
+        assert request_event.get_data() == sent
+        assert response_event.get_data() == returned_bytes
+        assert service_pb2.ModelInferResponse.FromString(returned_bytes).outputs[0].name
+
+
+def test_requests_refused_by_auth_are_not_logged_on_any_protocol(server_logs, sink, tmp_path):
+    """As KServe's logger, which sits behind the authentication: a refused request never reaches the log."""
+    (tmp_path / "ci-robot").write_text("sha256:" + hashlib.sha256(b"the-key").hexdigest())
+    guarded = ServerProcess(f"builtin://{MODEL}", server_logs, "--grpc-web", "--payload-log-url", sink.url,
+                            "--auth-mode", "apiKeys", "--auth-api-keys-dir", str(tmp_path)).start()
+    wrong, right = {"Authorization": "Bearer not-the-key"}, {"Authorization": "Bearer the-key"}
+    try:
+        status, _headers, _body = request(guarded.http_url, "POST", f"/v2/models/{MODEL}/infer", rest_body(),
+                                          {"Content-Type": "application/json", "X-Request-Id": "refused-rest", **wrong})
+        assert status == 401
+        web = call(guarded.http_url, "ModelInfer", frame(grpc_request().SerializeToString()), BINARY,
+                   headers={"X-Request-Id": "refused-web", **wrong})
+        assert web.status == grpc.StatusCode.UNAUTHENTICATED.value[0], web
+        with grpc.insecure_channel(guarded.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(grpc_request(), timeout=10,
+                                metadata=(("x-request-id", "refused-grpc"), ("authorization", wrong["Authorization"])))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            stub.ModelInfer(grpc_request(), timeout=10,
+                            metadata=(("x-request-id", "allowed-grpc"), ("authorization", right["Authorization"])))
+        events_of(sink, "allowed-grpc")  # one sender, in order: what was refused before it would be there now
+        assert not any(sink.by_id(rid) for rid in ("refused-rest", "refused-web", "refused-grpc"))
+    finally:
+        guarded.stop()
 
 
 def test_sampling_logs_exactly_the_requests_whose_id_it_picks(server, sink):

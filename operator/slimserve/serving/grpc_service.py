@@ -189,23 +189,23 @@ def _with_status(
     model_field = _MODEL_FIELD.get(method)
     auth = None if method in PUBLIC_METHODS else auth
     inference = method == "ModelInfer"  # traced and payload-logged
+    payload_log = dataplane.payload_log if inference else None
 
-    async def call(request, context: grpc.aio.ServicerContext):
+    async def call(received, context: grpc.aio.ServicerContext):
         start = time.perf_counter()
+        # Payload-logged calls get the bytes received beside the message, and return the bytes they send.
+        request, received_bytes = received if payload_log is not None else (received, None)
         sent = _sent_metadata(context)
         rid = request_id(sent.get(REQUEST_ID_HEADER))
         reply_metadata = ((REQUEST_ID_HEADER, rid),)
         model = getattr(request, model_field) if model_field else None
-        response = None
         try:
             if auth is not None:
                 await auth.check(_protocol(context), sent.get(AUTHORIZATION_HEADER), sent.get(API_KEY_HEADER))
             if inference:
-                trace = dataplane.tracing.start(GRPC_SPAN, sent.get(TRACEPARENT), sent.get(TRACESTATE), rid, model)
-                with trace:
-                    response = await handler(request, context, trace)
+                response, reply = await _infer(handler, request, received_bytes, context, dataplane, sent, rid, model)
             else:
-                response = await handler(request, context)
+                response = reply = await handler(request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             code = grpc_status(error)
             if code == grpc.StatusCode.INTERNAL:
@@ -213,18 +213,36 @@ def _with_status(
             metrics.count(_protocol(context), method, code.name)
             access_log.record(rid, model, _protocol(context), code.value[0], time.perf_counter() - start)
             await context.abort(code, client_message(error), trailing_metadata=reply_metadata)
-        finally:
-            if inference and dataplane.payload_log is not None:
-                dataplane.payload_log.record(rid, model, request, PROTOBUF_CONTENT_TYPE, response, PROTOBUF_CONTENT_TYPE)
         await context.send_initial_metadata(reply_metadata)
         context.set_trailing_metadata(reply_metadata)
         metrics.count(_protocol(context), method, "OK")
         batch_size = response.parameters[BATCH_SIZE_PARAMETER].int64_param if inference else None
         access_log.record(rid, model, _protocol(context), grpc.StatusCode.OK.value[0], time.perf_counter() - start,
                           batch_size)
-        return response
+        return reply
 
     return call
+
+
+async def _infer(handler, request, received_bytes: bytes | None, context, dataplane: DataPlane,
+                 sent: dict, rid: str, model: str) -> tuple[pb.ModelInferResponse, pb.ModelInferResponse | bytes]:
+    """One authorized ModelInfer, traced; (the response, what the call returns: the response, or its bytes when
+    payload-logged). Like KServe's logger, the payload log gets every request that passed auth and the
+    response of each that succeeded: the bytes as received and as sent, none serialized again for it."""
+    trace = dataplane.tracing.start(GRPC_SPAN, sent.get(TRACEPARENT), sent.get(TRACESTATE), rid, model)
+    if received_bytes is None:
+        with trace:
+            response = await handler(request, context, trace)
+        return response, response
+    sent_bytes = None
+    try:
+        with trace:
+            response = await handler(request, context, trace)
+        sent_bytes = response.SerializeToString()
+        return response, sent_bytes
+    finally:
+        dataplane.payload_log.record(rid, model, received_bytes, PROTOBUF_CONTENT_TYPE, sent_bytes,
+                                     PROTOBUF_CONTENT_TYPE)
 
 
 _READ_METADATA = (REQUEST_ID_HEADER, TRACEPARENT, TRACESTATE, AUTHORIZATION_HEADER, API_KEY_HEADER)
@@ -247,14 +265,24 @@ def _protocol(context) -> str:
 def method_handlers(dataplane: DataPlane, auth: Auth | None = None) -> dict[str, grpc.RpcMethodHandler]:
     """Method name -> handler of `inference.GRPCInferenceService` (also for mounting, e.g. gRPC-Web)."""
     servicer = InferenceServicer(dataplane)
-    return {
-        name: grpc.unary_unary_rpc_method_handler(
+    handlers = {}
+    for name, (request_type, response_type) in _METHODS.items():
+        deserializer, serializer = request_type.FromString, response_type.SerializeToString
+        if name == "ModelInfer" and dataplane.payload_log is not None:
+            # The bytes received ride beside the message; the handler returns the bytes it sends.
+            deserializer, serializer = _with_bytes(request_type.FromString), None
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
             _with_status(name, getattr(servicer, name), dataplane, auth),
-            request_deserializer=request_type.FromString,
-            response_serializer=response_type.SerializeToString,
+            request_deserializer=deserializer, response_serializer=serializer,
         )
-        for name, (request_type, response_type) in _METHODS.items()
-    }
+    return handlers
+
+
+def _with_bytes(parse: Callable[[bytes], object]) -> Callable[[bytes], tuple[object, bytes]]:
+    def deserialize(data: bytes) -> tuple[object, bytes]:
+        return parse(data), data
+
+    return deserialize
 
 
 def add_inference_service(server: grpc.aio.Server, dataplane: DataPlane, auth: Auth | None = None) -> None:

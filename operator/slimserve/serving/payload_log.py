@@ -4,14 +4,18 @@ Each logged request makes up to two events, binary content mode (attributes in `
 as the body): `org.kubeflow.serving.inference.request` and `.response`, both with `ce-id` = the request id,
 and the extensions KServe's logger sets (`inferenceservicename`, `namespace`, `component`, `endpoint`), so a
 sink written for KServe reads them as they are. REST payloads go as received and sent (JSON or the binary
-tensor extension, with their content type); gRPC and gRPC-Web ones as the serialized
-`inference.ModelInferRequest` / `ModelInferResponse` (`application/x-protobuf`).
+tensor extension, with their content type); gRPC and gRPC-Web ones as the bytes of the
+`inference.ModelInferRequest` received and the `ModelInferResponse` sent (`application/x-protobuf`).
+
+As KServe's logger, which sits behind whatever authenticates: a request refused by auth is not logged; one
+that fails is logged without a response.
 
 Inference never waits for the sink: the endpoint samples the request (by request id, so a request and its
-response are logged together or not at all), then puts references to the payloads on a bounded queue - no
-copy, no encoding on the event loop. One sender thread encodes and posts them over a kept-alive connection,
-each socket operation bounded by `timeout_s`. A full queue drops the event; a refused, failing or slow sink
-fails it; both are counted (`slimserve_payload_log_events_total{outcome}`), never a request's error.
+response are logged together or not at all), then puts references to the payloads' bytes on a bounded
+queue - no copy, no encoding on the event loop. One sender thread posts them over a kept-alive connection,
+each socket operation bounded by `timeout_s`; an event's headers are the CloudEvents SDK's for its type and
+content type, made once, with its id and time filled in. A full queue drops the event; a refused, failing or
+slow sink fails it; both are counted (`slimserve_payload_log_events_total{outcome}`), never a request's error.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import http.client
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from cloudevents.core.bindings.http import to_binary_event
@@ -48,13 +53,14 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest) < rate * _SAMPLING_SCALE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Queued:
     event_type: str
     request_id: str
     model: str
-    payload: Any  # bytes, or a protobuf message serialized by the sender
+    payload: bytes
     content_type: str
+    time_s: float  # when the request was answered (time.time())
 
 
 class PayloadLogger:
@@ -68,19 +74,22 @@ class PayloadLogger:
         self._queue: queue.Queue[_Queued | None] = queue.Queue(max_queued)
         self._sink = _Sink(settings.url, settings.timeout_s)
         self._source = _source(settings)
+        self._headers: dict[tuple[str, str, str], dict[str, str]] = {}  # the sender's, by type, content type, model
         self._sender = threading.Thread(target=self._send_until_closed, name="slimserve-payload-log", daemon=True)
         self._sender.start()
 
     def record(
-        self, request_id: str, model: str, request: Any, request_type: str, response: Any, response_type: str,
+        self, request_id: str, model: str, request: bytes, request_type: str, response: bytes | None,
+        response_type: str,
     ) -> None:
-        """Queue what the mode asks for of one request; payloads are bytes or protobuf messages, never copied."""
+        """Queue what the mode asks for of one request: the payloads' bytes as received and sent, never copied."""
         if not sampled(request_id, self.settings.sample_rate):
             return
+        now = time.time()
         if self._log_requests:
-            self._put(_Queued(REQUEST_EVENT, request_id, model, request, request_type))
+            self._put(_Queued(REQUEST_EVENT, request_id, model, request, request_type, now))
         if self._log_responses and response is not None:
-            self._put(_Queued(RESPONSE_EVENT, request_id, model, response, response_type))
+            self._put(_Queued(RESPONSE_EVENT, request_id, model, response, response_type, now))
 
     @property
     def queued(self) -> int:
@@ -112,15 +121,30 @@ class PayloadLogger:
             self._events.labels("sent" if 200 <= status < 300 else "failed").inc()
 
     def _encode(self, event: _Queued) -> tuple[dict[str, str], bytes]:
-        payload = event.payload if isinstance(event.payload, bytes) else event.payload.SerializeToString()
+        kind = (event.event_type, event.content_type, event.model)
+        template = self._headers.get(kind)
+        if template is None:
+            template = self._headers[kind] = self._template(*kind)
+        headers = dict(template)
+        headers[_ID_HEADER] = event.request_id
+        headers[_TIME_HEADER] = _rfc3339(event.time_s)
+        return headers, event.payload
+
+    def _template(self, event_type: str, content_type: str, model: str) -> dict[str, str]:
+        """The binary-mode headers of an event of this kind, as the CloudEvents SDK makes and checks them."""
         attributes = {
-            "id": event.request_id, "source": self._source, "type": event.event_type,
-            "datacontenttype": event.content_type,
-            "inferenceservicename": self.settings.service or event.model, "namespace": self.settings.namespace,
+            "id": "template", "source": self._source, "type": event_type, "datacontenttype": content_type,
+            "inferenceservicename": self.settings.service or model, "namespace": self.settings.namespace,
             "component": "predictor", "endpoint": "default",
         }
-        message = to_binary_event(CloudEvent(attributes, payload))
-        return message.headers, message.body
+        return to_binary_event(CloudEvent(attributes, b"")).headers
+
+
+_ID_HEADER, _TIME_HEADER = "ce-id", "ce-time"
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _source(settings: PayloadLogSettings) -> str:
