@@ -156,3 +156,28 @@ def test_tracing_off_loads_nothing_of_opentelemetry():
             "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('opentelemetry', 'cloudevents'))}))")
     printed = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
     assert printed.stdout.strip() == "[]"
+
+
+def test_sampling_follows_the_callers_flag_and_the_rate_for_the_rest(otel_collector):  # noqa: F811
+    """In process, against the collector: a root is sampled at the rate before the SDK makes anything; a caller's
+    traceparent decides for its request whatever the rate."""
+    from slimserve.serving.observability import TracingSettings
+    from slimserve.serving.tracing import NO_TRACE
+    from slimserve.serving.tracing_otel import OtelTracing
+
+    never, always = (OtelTracing(TracingSettings(otel_collector.endpoint, rate)) for rate in (0.0, 1.0))
+    try:
+        header, trace_id, parent_id = traceparent()
+        unsampled = header[:-2] + "00"
+        assert all(never.start(REST_SPAN, None, None, f"root-{n}", MODEL) is NO_TRACE for n in range(50))
+        assert always.start(REST_SPAN, unsampled, None, "unsampled-caller", MODEL) is NO_TRACE
+        assert always.start(REST_SPAN, "00-not-a-traceparent", None, "bad-header", MODEL).enabled  # a root then
+        with never.start(REST_SPAN, header, None, "sampled-caller", MODEL) as traced:
+            assert traced.enabled
+    finally:
+        never.close()
+        always.close()
+    spans = otel_collector.wait_for_spans(
+        lambda spans: any(_attribute(span, "slimserve.request_id") == "sampled-caller" for span in spans))
+    (span,) = [span for span in spans if _attribute(span, "slimserve.request_id") == "sampled-caller"]
+    assert (span["traceId"], span["parentSpanId"]) == (trace_id, parent_id)
