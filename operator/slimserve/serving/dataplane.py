@@ -80,7 +80,16 @@ class DataPlane:
     # --- inference ----------------------------------------------------------------------------
     def check_inference_target(self, name: str, version: str = "") -> None:
         """Raises ModelNotFound or ModelNotReady for a request to `name`: an endpoint calls it before it
-        reads or decodes the request, so an unknown model is 404 (NOT_FOUND) whatever the body."""
+        reads or decodes the request, so an unknown model is 404 (NOT_FOUND) whatever the body; a decoder's
+        infer is InvalidInput pointing at its generate routes."""
+        self.check_generation_target(name, version)
+        if self.model.generates_text:
+            from slimserve.serving.generation.decoder import refusal
+
+            raise InvalidInput(refusal(self.model.name))
+
+    def check_generation_target(self, name: str, version: str = "") -> None:
+        """`check_inference_target` of the generate extension's routes (a decoder's)."""
         self._resolve(name, version, need_ready=True)
         if not self.model.ready:
             raise ModelNotReady(f"model {name!r} is not ready yet (warming up)")

@@ -49,6 +49,18 @@ class InferenceFailed(ServingError):
     """The model raised on input that passed validation: a server-side fault."""
 
 
+class Overloaded(ServingError):
+    """Too many requests are waiting already; `retry_after_s` is the hint sent back (Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(Overloaded):
+    """The request waited as long as the server lets one wait, and got no capacity; retry later."""
+
+
 class Unauthenticated(ServingError):
     """No credential, a malformed one, or one that is not valid. `reason` labels the failure metric."""
 
@@ -80,6 +92,8 @@ _STATUS: dict[type[ServingError], tuple[int, grpc.StatusCode]] = {
     RouteNotFound: (404, grpc.StatusCode.UNIMPLEMENTED),
     MethodNotAllowed: (405, grpc.StatusCode.UNIMPLEMENTED),
     InferenceFailed: (500, grpc.StatusCode.INTERNAL),
+    Overloaded: (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    Unavailable: (503, grpc.StatusCode.UNAVAILABLE),
     Unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED),
     PermissionDenied: (403, grpc.StatusCode.PERMISSION_DENIED),
     AuthUnavailable: (503, grpc.StatusCode.UNAVAILABLE),

@@ -12,6 +12,13 @@ Names (the operator and dashboards depend on them):
 - slimserve_gpu_memory_allocated_bytes{device}, slimserve_gpu_memory_reserved_bytes{device}: the CUDA
   allocator's memory, read at each scrape; only a server whose model runs on a GPU has them
 - slimserve_payload_log_events_total{outcome}: payload log events sent, dropped (queue full) or failed (sink)
+
+A server of a decoder model also has (`GenerationMetrics`):
+- slimserve_time_to_first_token_seconds, slimserve_inter_token_latency_seconds: per sequence, from its arrival
+  to its first token, and between its tokens
+- slimserve_generated_tokens_total, slimserve_prompt_tokens_total: tokens/s is the rate of the first
+- slimserve_running_sequences, slimserve_waiting_sequences: in the decode batch, and queued for a slot
+- slimserve_kv_cache_used_tokens, slimserve_kv_cache_capacity_tokens: the KV cache's use and its bound
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ INFLIGHT_METRIC = "slimserve_inflight_requests"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class ServerMetrics:
@@ -49,6 +57,10 @@ class ServerMetrics:
             ("outcome",), registry=r,
         )
 
+    def add_generation(self) -> "GenerationMetrics":
+        """Register the metrics of a decoder's generation engine."""
+        return GenerationMetrics(self.registry)
+
     def watch_gpu_memory(self, device) -> None:
         """Register the GPU memory gauges of `device` (a CUDA torch.device), read at each scrape."""
         from slimserve.models.device import gpu_memory_bytes
@@ -66,3 +78,25 @@ class ServerMetrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class GenerationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.time_to_first_token = Histogram(
+            "slimserve_time_to_first_token_seconds", "From a generation request's arrival to its first token.",
+            buckets=_TOKEN_LATENCY_BUCKETS, registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "slimserve_inter_token_latency_seconds", "Between two tokens of one sequence.",
+            buckets=_TOKEN_LATENCY_BUCKETS, registry=r,
+        )
+        self.generated_tokens = Counter("slimserve_generated_tokens", "Tokens generated.", registry=r)
+        self.prompt_tokens = Counter("slimserve_prompt_tokens", "Prompt tokens prefilled.", registry=r)
+        self.running_sequences = Gauge("slimserve_running_sequences", "Sequences in the decode batch.", registry=r)
+        self.waiting_sequences = Gauge(
+            "slimserve_waiting_sequences", "Generation requests waiting for a KV cache slot.", registry=r
+        )
+        self.kv_cache_used = Gauge("slimserve_kv_cache_used_tokens", "KV cache tokens held by running sequences.",
+                                   registry=r)
+        self.kv_cache_capacity = Gauge("slimserve_kv_cache_capacity_tokens", "KV cache size in tokens.", registry=r)

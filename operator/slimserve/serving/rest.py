@@ -7,11 +7,12 @@ routes: `app.add_route(method, "/path/{param}", endpoint)` or `app.mount(prefix,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,18 @@ class HttpResponse:
     batch_size: int | None = None  # rows of the model call the request rode in (access log)
 
 
-Endpoint = Callable[[HttpRequest], Awaitable[HttpResponse]]
+@dataclass
+class StreamingResponse:
+    """A response sent as its chunks come (server-sent events); closed early when the client leaves."""
+
+    status: int
+    chunks: AsyncGenerator[bytes, None]
+    content_type: str
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    batch_size: None = None  # (access log) a stream is a sequence of the engine's running batch, not one call
+
+
+Endpoint = Callable[[HttpRequest], Awaitable[HttpResponse | StreamingResponse]]
 
 
 @dataclass
@@ -179,7 +191,10 @@ class RestApp:
                     log.exception("%s %s failed (request id %s)", method, path, rid)
                 response = _error_response(error)
             self.metrics.count("rest", route.name, str(response.status))
-        await _send(send, response, rid)
+        if isinstance(response, StreamingResponse):
+            await _stream(send, receive, response, rid)
+        else:
+            await _send(send, response, rid)
         self.access_log.record(rid, params.get("name"), "rest", response.status, time.perf_counter() - start,
                                response.batch_size)
 
@@ -205,6 +220,33 @@ async def _send(send: Callable, response: HttpResponse, rid: str) -> None:
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+async def _stream(send: Callable, receive: Callable, response: StreamingResponse, rid: str) -> None:
+    """Send chunks as they come; a client that disconnects closes the iterator (and what feeds it) at once."""
+    headers = [(b"content-type", response.content_type.encode()), (b"cache-control", b"no-cache"),
+               (_REQUEST_ID, rid.encode()), *response.headers]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+
+    async def pump() -> None:
+        async for chunk in response.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    sending, leaving = asyncio.ensure_future(pump()), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({sending, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sending, leaving):
+            task.cancel()
+        await asyncio.gather(sending, leaving, return_exceptions=True)
+        await response.chunks.aclose()
+    if sending.done() and not sending.cancelled() and sending.exception() is not None:
+        log.error("stream of request %s failed: %s", rid, sending.exception())
 
 
 async def _lifespan(receive: Callable, send: Callable) -> None:

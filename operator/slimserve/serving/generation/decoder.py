@@ -1,0 +1,101 @@
+"""A decoder as the server holds it: what tells a decoder's URI apart, its Servable face (metadata; OIP
+infer refused with a pointer to generate), and the engine built for it once it is loaded."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimserve.models.servable import ModelInfo, TensorSpec
+from slimserve.serving.generation.engine import GenerationEngine, plan_cache
+from slimserve.serving.generation.options import GenerationOptions
+from slimserve.serving.metrics import GenerationMetrics
+
+log = logging.getLogger(__name__)
+
+TEXT_INPUT, TEXT_OUTPUT = "text_input", "text_output"  # the generate extension's names
+
+
+def serves_decoder(uri: str) -> bool:
+    """Whether `uri` names a decoder: builtin://tiny-lm, or a local Hugging Face decoder directory or decoder
+    artifact (s3:// artifacts are told apart once fetched, by the loader)."""
+    from slimserve.api.uri import LOCAL_SCHEMES
+    from slimserve.artifacts import SlimServeError
+    from slimserve.artifacts.storage import local_path, parse_storage_uri
+    from slimserve.models.decoder import MODEL_TYPES, TINY_LM
+    from slimserve.models.loading import BUILTIN_SCHEME
+
+    if uri.startswith(BUILTIN_SCHEME):
+        return uri == BUILTIN_SCHEME + TINY_LM
+    try:
+        if parse_storage_uri(uri).scheme not in LOCAL_SCHEMES:
+            return False
+        path = local_path(uri)
+    except (ValueError, SlimServeError):
+        return False
+    manifest, config = path / "manifest.json", path / "config.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("family") == "decoder"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in MODEL_TYPES
+
+
+@dataclass
+class DecoderServable:
+    """A loaded decoder (`models.decoder.LoadedDecoder`) on its device."""
+
+    info: ModelInfo
+    decoder: object
+
+    @property
+    def parameters(self) -> dict:
+        """What model metadata adds: a decoder, its context, where to generate."""
+        return {"task": "text-generation", "context_length": self.decoder.max_length,
+                "generate": ["/v1/completions", "/v1/chat/completions", f"/v2/models/{self.info.name}/generate"]}
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise ValueError(refusal(self.info.name))
+
+
+def refusal(name: str) -> str:
+    return (f"model {name!r} is a decoder: generate text with POST /v2/models/{name}/generate (or "
+            "/generate_stream), or the OpenAI-compatible /v1/completions and /v1/chat/completions")
+
+
+def decoder_loader(device: str):
+    """A ServedModel loader: the decoder of a URI on the device the policy picks (`models.device`)."""
+
+    def load(uri: str) -> DecoderServable:
+        from slimserve.models.decoder import load_decoder
+        from slimserve.models.device import precision, resolve_device
+
+        target = resolve_device(device)
+        loaded = load_decoder(uri)
+        loaded.model.to(target)
+        signature = (TensorSpec(TEXT_INPUT, "BYTES", (-1,)),), (TensorSpec(TEXT_OUTPUT, "BYTES", (-1,)),)
+        info = ModelInfo(loaded.name, "builtin" if uri.startswith("builtin://") else "1", inputs=signature[0],
+                         outputs=signature[1], device=str(target), precision=precision(loaded.model))
+        return DecoderServable(info, loaded)
+
+    return load
+
+
+def start_engine(servable: DecoderServable, options: GenerationOptions, metrics: GenerationMetrics) -> GenerationEngine:
+    """The KV cache sized to the options' bound, the worker thread started, one short generation run."""
+    import torch
+
+    loaded = servable.decoder
+    model = loaded.model
+    device = next(model.parameters()).device
+    per_token = model.new_cache(1, 1).bytes_per_token()
+    plan = plan_cache(per_token, loaded.max_length, options.max_sequences, options.kv_cache_bytes)
+    engine = GenerationEngine(model, loaded.tokenizer, loaded.eos_token_ids, plan, metrics, options.max_waiting,
+                              options.queue_timeout_s, device)
+    log.info("KV cache: %d sequences of %d tokens, %.1f MiB", plan.slots, plan.max_len, plan.bytes / 2**20)
+    with torch.inference_mode():  # warm-up: a prefill and a decode step, before the first request pays them
+        model.prefill(torch.tensor([0, 1], device=device), 0)
+        model.decode(torch.tensor([2], device=device), torch.tensor([0], device=device), torch.tensor([2], device=device))
+    engine.start()
+    return engine

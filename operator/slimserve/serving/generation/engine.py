@@ -1,0 +1,289 @@
+"""The continuous-batching engine: one worker thread runs the model, one step at a time.
+
+Each step: free the slots of finished or abandoned sequences, prefill newcomers into free KV cache slots
+(their first token comes from the prefill), then one decode step for every running sequence together.
+Sequences thus join and leave the running batch between steps; none waits for a whole batch to finish.
+
+The KV cache is allocated once (slots x max_len tokens, sized from a byte budget), and a request is
+admitted only if its prompt plus `max_tokens` fit one slot, so memory never grows with the load: the
+rest wait in a bounded queue (full: `Overloaded`, HTTP 429) for at most `queue_timeout_s`
+(`Unavailable`, HTTP 503), both with a Retry-After hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from slimserve.serving.errors import Overloaded, ServerNotReady, Unavailable
+from slimserve.serving.generation.params import Completion, SamplingParams
+from slimserve.serving.generation.sampling import new_generator, next_tokens
+from slimserve.serving.generation.text import TextStream
+from slimserve.serving.metrics import GenerationMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """How the KV cache is cut: `slots` sequences of at most `max_len` tokens (prompt + output) each."""
+
+    slots: int
+    max_len: int
+    bytes_per_token: int
+
+    @property
+    def bytes(self) -> int:
+        return self.slots * self.max_len * self.bytes_per_token
+
+
+def plan_cache(bytes_per_token: int, context_length: int, max_sequences: int, budget_bytes: int = 0) -> CachePlan:
+    """`max_sequences` slots of the model's whole context, or fewer when `budget_bytes` (0: no budget)
+    cannot hold that many; a budget below one full-context slot shortens the context instead."""
+    slots = max_sequences
+    max_len = context_length
+    if budget_bytes:
+        tokens = budget_bytes // bytes_per_token
+        if tokens < context_length:
+            slots, max_len = 1, tokens
+        else:
+            slots = min(max_sequences, tokens // context_length)
+    if max_len < 2:
+        raise ValueError(f"a KV cache budget of {budget_bytes} bytes holds no sequence ({bytes_per_token} bytes a token)")
+    return CachePlan(slots, max_len, bytes_per_token)
+
+
+@dataclass
+class Chunk:
+    """What a request's stream gets after a step: new text, and once it ended, why."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None  # "stop" or "length" on the last chunk
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    prompt: list[int]
+    params: SamplingParams
+    text: TextStream
+    deliver: Callable[[Chunk], None]  # thread-safe: hands a chunk to the request's event loop
+    arrived: float = field(default_factory=time.perf_counter)
+    slot: int = -1
+    generated: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    last_token_at: float = 0.0
+    cancelled: bool = False
+
+    @property
+    def position(self) -> int:
+        """Where the last generated token goes in the cache (it has not been fed to the model yet)."""
+        return len(self.prompt) + len(self.generated) - 1
+
+
+class Stream:
+    """The chunks of one generation, in order; closing it early (the client left) cancels the sequence."""
+
+    def __init__(self, engine: "GenerationEngine", sequence: Sequence, queue: asyncio.Queue) -> None:
+        self._engine = engine
+        self.sequence = sequence
+        self._queue = queue
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.sequence.prompt)
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        try:
+            while True:
+                chunk: Chunk = await self._queue.get()
+                if chunk.error is not None:
+                    raise chunk.error
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            self._engine.cancel(self.sequence)
+
+    async def complete(self) -> Completion:
+        parts, chunk = [], None
+        async for chunk in self.chunks():
+            parts.append(chunk.text)
+        assert chunk is not None
+        return Completion("".join(parts), chunk.finish_reason or "stop", self.prompt_tokens, chunk.completion_tokens)
+
+
+class GenerationEngine:
+    """Runs `model` (a DecoderLM: prefill, decode, new_cache) on its own thread; `submit` from the event loop.
+    `tokenizer` (models.decoder.Tokenizer) turns each sequence's tokens into text as they come."""
+
+    def __init__(
+        self, model, tokenizer, eos_token_ids: list[int], plan: CachePlan,
+        metrics: GenerationMetrics, max_waiting: int, queue_timeout_s: float, device: torch.device,
+    ) -> None:
+        self.model = model
+        self.plan = plan
+        self.metrics = metrics
+        self.max_waiting = max_waiting
+        self.queue_timeout_s = queue_timeout_s
+        self._tokenizer = tokenizer
+        self._eos = frozenset(eos_token_ids)
+        self._device = device
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []
+        self.cache = model.new_cache(plan.slots, plan.max_len)  # allocated once: the memory bound
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="slimserve-generation", daemon=True)
+        metrics.kv_cache_capacity.set(plan.slots * plan.max_len)
+
+    # --- the event loop's side ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
+        """Queue a checked request (prompt + max_tokens within `plan.max_len`); raises Overloaded when the
+        queue is full and ServerNotReady once stopping."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        sequence = Sequence(
+            prompt, params, TextStream(self._tokenizer.incremental(prompt).step, params.stop),
+            lambda chunk: loop.call_soon_threadsafe(queue.put_nowait, chunk),
+        )
+        with self._wake:
+            if self._stopping:
+                raise ServerNotReady("the server is shutting down")
+            if len(self._waiting) >= self.max_waiting:
+                raise Overloaded(
+                    f"{len(self._waiting)} requests are already waiting for a free sequence slot; retry later",
+                    retry_after_s=self._retry_after(),
+                )
+            self._waiting.append(sequence)
+            self.metrics.waiting_sequences.set(len(self._waiting))
+            self._wake.notify()
+        return Stream(self, sequence, queue)
+
+    def cancel(self, sequence: Sequence) -> None:
+        """Forget `sequence` (its client left): its slot is free before the next step."""
+        if not sequence.cancelled:
+            sequence.cancelled = True
+            with self._wake:
+                self._wake.notify()
+
+    def _retry_after(self) -> int:
+        return max(1, round(self.queue_timeout_s / 4))
+
+    # --- the worker thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._waiting and not self._running:
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                try:
+                    self._step()
+                except Exception as error:  # noqa: BLE001 - a model failure ends the sequences it touched
+                    log.exception("generation step failed")
+                    for sequence in [*self._running]:
+                        self._finish(sequence, None, error)
+        for sequence in [*self._running, *self._waiting]:
+            sequence.deliver(Chunk("", len(sequence.generated), error=ServerNotReady("the server is shutting down")))
+
+    def _step(self) -> None:
+        for sequence in [s for s in self._running if s.cancelled]:
+            self._finish(sequence, None)
+        for sequence in self._admit():
+            logits = self.model.prefill(torch.tensor(sequence.prompt, device=self._device), sequence.slot)
+            self.metrics.prompt_tokens.inc(len(sequence.prompt))
+            self._advance([sequence], logits.unsqueeze(0))
+        if self._running:
+            running = [*self._running]
+            logits = self.model.decode(
+                torch.tensor([s.generated[-1] for s in running], device=self._device),
+                torch.tensor([s.slot for s in running], device=self._device),
+                torch.tensor([s.position for s in running], device=self._device),
+            )
+            self._advance(running, logits)
+        self._publish_gauges()
+
+    def _admit(self) -> list[Sequence]:
+        """Waiting sequences that get a slot now, in arrival order; those waiting too long are refused."""
+        admitted = []
+        now = time.perf_counter()
+        with self._wake:
+            while self._waiting and (self.cache.free_slots or self._waiting[0].cancelled
+                                     or now - self._waiting[0].arrived > self.queue_timeout_s):
+                sequence = self._waiting.popleft()
+                if sequence.cancelled:
+                    continue
+                if now - sequence.arrived > self.queue_timeout_s:
+                    sequence.deliver(Chunk("", 0, error=Unavailable(
+                        f"no sequence slot was free within {self.queue_timeout_s:g}s; retry later",
+                        retry_after_s=self._retry_after(),
+                    )))
+                    continue
+                sequence.slot = self.cache.acquire()
+                sequence.generator = new_generator(sequence.params.seed, self._device)
+                admitted.append(sequence)
+            self.metrics.waiting_sequences.set(len(self._waiting))
+        self._running.extend(admitted)
+        return admitted
+
+    def _advance(self, sequences: list[Sequence], logits: torch.Tensor) -> None:
+        tokens = next_tokens(logits, [s.params for s in sequences], [s.generator for s in sequences])
+        now = time.perf_counter()
+        for sequence, token in zip(sequences, tokens):
+            if sequence.cancelled:
+                continue
+            first = not sequence.generated
+            if first:
+                self.metrics.time_to_first_token.observe(now - sequence.arrived)
+            else:
+                self.metrics.inter_token_latency.observe(now - sequence.last_token_at)
+            sequence.last_token_at = now
+            self.metrics.generated_tokens.inc()
+            if token in self._eos:
+                self._finish(sequence, "stop")
+                continue
+            sequence.generated.append(token)
+            text = sequence.text.add(token)
+            if sequence.text.stopped:
+                self._finish(sequence, "stop", text=text)
+            elif (len(sequence.generated) >= sequence.params.max_tokens
+                  or sequence.position + 1 >= self.plan.max_len):
+                self._finish(sequence, "length", text=text)
+            elif text:
+                sequence.deliver(Chunk(text, len(sequence.generated)))
+
+    def _finish(self, sequence: Sequence, reason: str | None, error: BaseException | None = None,
+                text: str = "") -> None:
+        """Take `sequence` out of the batch and free its slot; tell its client why, unless it left."""
+        self._running.remove(sequence)
+        self.cache.release(sequence.slot)
+        if not sequence.cancelled:
+            if error is not None:
+                sequence.deliver(Chunk("", len(sequence.generated), error=error))
+            else:
+                sequence.deliver(Chunk(text + sequence.text.finish(), len(sequence.generated), reason))
+        sequence.cancelled = True
+
+    def _publish_gauges(self) -> None:
+        self.metrics.running_sequences.set(len(self._running))
+        used = sum(len(s.prompt) + len(s.generated) for s in self._running)
+        self.metrics.kv_cache_used.set(used)

@@ -1,0 +1,111 @@
+"""The Open Inference Protocol's generate extension (Triton's): POST /v2/models/NAME[/versions/V]/generate
+and /generate_stream.
+
+Request: `{"text_input": "...", "parameters": {"max_tokens": 32, "temperature": 0, "top_p", "top_k", "seed",
+"stop"}}`; response: `{"model_name", "model_version", "text_output", "finish_reason", "prompt_tokens",
+"completion_tokens"}`, or a stream of server-sent events, one per piece of text, the last with its
+`finish_reason`. Errors are the OIP's `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated
+
+from pydantic import Field
+
+from slimserve.serving.dataplane import DataPlane, RequestTimer
+from slimserve.serving.errors import ServingError, client_message, http_status
+from slimserve.serving.generation import sse
+from slimserve.serving.generation.engine import Chunk
+from slimserve.serving.generation.params import SamplingParams
+from slimserve.serving.generation.api_common import Strict, field_names, parse_request, retry_after, stop_sequences
+from slimserve.serving.generation.service import RequestFields
+from slimserve.serving.generation.service import Generation
+from slimserve.serving.rest import HttpRequest, HttpResponse, RestApp, StreamingResponse
+from slimserve.serving.rest_codec import dumps
+
+
+class GenerateParameters(Strict):
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=0)] = 0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+
+class GenerateRequest(Strict):
+    text_input: str
+    id: str | None = None
+    parameters: GenerateParameters = GenerateParameters()
+
+    def sampling(self) -> SamplingParams:
+        p = self.parameters
+        return SamplingParams(max_tokens=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=p.seed,
+                              stop=stop_sequences(p.stop, "parameters.stop"))
+
+
+def add_generate_routes(app: RestApp, dataplane: DataPlane, generation: Generation) -> None:
+    metrics = dataplane.metrics
+    fields = RequestFields("text_input", "parameters.max_tokens")
+
+    async def start(request: HttpRequest):
+        dataplane.check_generation_target(request.params["name"], request.params.get("version", ""))
+        body = parse_request(GenerateRequest, await request.body(), _FIELD_NAMES)
+        stream = generation.start(body.text_input, body.sampling(), body.parameters.max_tokens, fields)
+        return body, stream
+
+    async def generate(request: HttpRequest) -> HttpResponse:
+        try:
+            body, stream = await start(request)
+            with RequestTimer(metrics, "rest"):
+                done = await stream.complete()
+        except ServingError as error:
+            return _error_response(error)
+        return HttpResponse(200, dumps({
+            **_header(body.id), "text_output": done.text, "finish_reason": done.finish_reason,
+            "prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+        }))
+
+    async def generate_stream(request: HttpRequest) -> HttpResponse | StreamingResponse:
+        try:
+            body, stream = await start(request)
+            chunks = stream.chunks()
+            first = await anext(chunks)  # before the 200: a request that waited too long is still a 503
+        except ServingError as error:
+            return _error_response(error)
+        return StreamingResponse(200, _events(_header(body.id), first, chunks), sse.CONTENT_TYPE)
+
+    async def _events(header: dict, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
+        with RequestTimer(metrics, "rest"):
+            chunk = first
+            try:
+                while True:
+                    if chunk.text or chunk.finish_reason is not None:
+                        event = {**header, "text_output": chunk.text}
+                        if chunk.finish_reason is not None:
+                            event |= {"finish_reason": chunk.finish_reason, "completion_tokens": chunk.completion_tokens}
+                        yield sse.event(event)
+                    if chunk.finish_reason is not None:
+                        return
+                    chunk = await anext(rest)
+            except ServingError as error:
+                yield sse.event({"error": client_message(error)})
+            finally:
+                await rest.aclose()
+
+    def _header(request_id: str | None) -> dict:
+        header = {"model_name": generation.name, "model_version": generation.version}
+        return header if request_id is None else {"id": request_id, **header}
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_route("POST", f"{prefix}/generate", generate, name="generate")
+        app.add_route("POST", f"{prefix}/generate_stream", generate_stream, name="generate_stream")
+
+
+_FIELD_NAMES = field_names(GenerateRequest, GenerateParameters)
+
+
+def _error_response(error: ServingError) -> HttpResponse:
+    return HttpResponse(http_status(error), dumps({"error": client_message(error)}), headers=retry_after(error))
