@@ -4,10 +4,15 @@ For each model (the tiny digits MLP, the digits CNN, MiniLM-L6), each protocol (
 concurrency (1, 8, 32) it measures throughput, p50 and p99 of:
 - SlimServe with dynamic batching, and with `--no-batching`;
 - KServe's model server (PyPI `kserve`, one worker) wrapping the same `load_servable` model;
-- the bare model forward in process at the same batch size (rows/s), for the server/bare ratio.
+- the bare model forward in process at the same batch size (rows/s), for the server/bare ratio;
+- when asked (`--servers ...,slimserve-auth-apikeys,slimserve-auth-kubernetes`), SlimServe with API keys, and
+  with Kubernetes tokens against the test control plane (tests/cluster; every request but the first answered
+  from the server's cache), against plain SlimServe.
 - when asked (`--servers ...,slimserve-payload-log,slimserve-tracing`), SlimServe logging every request and
   response to a CloudEvents sink on loopback, and tracing every request to the tests' OpenTelemetry Collector,
   against plain SlimServe (the payload log's sent, dropped and failed events are printed beside them).
+- when asked (`--servers ...,slimserve-tls`), SlimServe over TLS (certificates from tests/serving/tls_certs.py;
+  h2load and ghz do not verify them, tritonclient does), against plain SlimServe.
 Same weights, same torch threads, same clients for every server, each a separate process: the native load
 generators (benchmarks/loadgen: h2load over HTTP/1.1 with the binary tensor extension, ghz over gRPC; built or
 installed by benchmarks/tools.sh) give the figures, and tritonclient (the same request bytes) an extra
@@ -15,13 +20,14 @@ column. Each client's share of the machine's CPU is reported, and a row whose cl
 loadgen.measured.CLIENT_BOUND_SHARE of it, or as much CPU as the server, is marked client-bound: there the
 client, not the server, set the pace. Every request loop is bounded in time (the Python one in count too).
 
-
 KServe is installed, the first time, into its own venv (its pins differ from ours):
 ~/.cache/slimserve/bench-venv-kserve-<version>, which sees this venv's packages (torch, slimserve) only
 after its own. Servers listen on 127.0.0.1 only.
 
     .venv/bin/python benchmarks/serving.py                      # everything (~25 min on 2 cores)
     .venv/bin/python benchmarks/serving.py --models digits-mlp --duration-s 2 --skip-kserve --clients native
+    .venv/bin/python benchmarks/serving.py --models digits-mlp --protocols rest,grpc --concurrency 32 \
+        --servers slimserve,slimserve-auth-apikeys,slimserve-auth-kubernetes      # the auth rows
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import ssl
 import sysconfig
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -52,6 +60,10 @@ MODELS = {
     "minilm-l6": "builtin://minilm-l6",
 }
 SENTENCE = "the quick brown fox jumps over the lazy dog while the server batches requests"
+AUTH_APIKEYS, AUTH_KUBERNETES = "slimserve-auth-apikeys", "slimserve-auth-kubernetes"
+AUTHORIZATION_ENV = "BENCH_AUTHORIZATION"  # the load generator's Authorization header, when set
+TLS = "slimserve-tls"
+TLS_ENV = "BENCH_TLS_CA"  # set: the Python load generator speaks TLS to a server this CA file signed
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -66,12 +78,13 @@ def example_input(model: str) -> tuple[str, str, np.ndarray, str]:
 # --- load generator (runs in its own process) -----------------------------------------------------
 def loadgen(protocol: str, url: str, model: str, concurrency: int, duration_s: float, max_requests: int) -> dict:
     name, datatype, array, output = example_input(model)
+    headers = {"authorization": os.environ[AUTHORIZATION_ENV]} if AUTHORIZATION_ENV in os.environ else None
     warmup_s = min(0.5, duration_s / 3)
     started, cpu_started = time.perf_counter(), time.process_time()  # the client's CPU, imports left out
     if protocol == "rest":
-        latencies, errors, elapsed = _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests)
+        latencies, errors, elapsed = _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers)
     else:
-        latencies, errors, elapsed = _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests)
+        latencies, errors, elapsed = _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers)
     cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
     result = {"requests": len(latencies), "errors": errors, "seconds": elapsed, "client": "python",
               "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(cpu_s / (wall_s * measured.cpu_count()), 3)}
@@ -81,11 +94,13 @@ def loadgen(protocol: str, url: str, model: str, concurrency: int, duration_s: f
     return result
 
 
-def _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests):
+def _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers):
     import gevent
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120)
+    tls = {"ssl": True, "ssl_options": {"ca_certs": os.environ[TLS_ENV]}} if TLS_ENV in os.environ else {}
+    client = httpclient.InferenceServerClient(url, concurrency=concurrency, connection_timeout=120, network_timeout=120,
+                                              **tls)
     tensor = httpclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=True)
     outputs = [httpclient.InferRequestedOutput(output, binary_data=True)]
@@ -96,7 +111,7 @@ def _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup
         while time.perf_counter() < until and len(latencies) < max_requests:
             start = time.perf_counter()
             try:
-                client.infer(model, [tensor], outputs=outputs).as_numpy(output)
+                client.infer(model, [tensor], outputs=outputs, headers=headers).as_numpy(output)
             except Exception:  # noqa: BLE001 - counted and reported
                 errors[0] += 1
                 continue
@@ -111,13 +126,15 @@ def _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup
     return latencies, errors[0], elapsed
 
 
-def _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests):
+def _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers):
     import asyncio
 
     import tritonclient.grpc.aio as grpcclient
 
     async def run():
-        client = grpcclient.InferenceServerClient(url)
+        # grpc always verifies: against the test CA (the server's certificate names 127.0.0.1).
+        tls = {"ssl": True, "root_certificates": os.environ[TLS_ENV]} if TLS_ENV in os.environ else {}
+        client = grpcclient.InferenceServerClient(url, **tls)
         tensor = grpcclient.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         outputs = [grpcclient.InferRequestedOutput(output)]
@@ -129,7 +146,7 @@ def _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup
             while time.perf_counter() < until and len(latencies) < max_requests:
                 start = time.perf_counter()
                 try:
-                    (await client.infer(model, [tensor], outputs=outputs)).as_numpy(output)
+                    (await client.infer(model, [tensor], outputs=outputs, headers=headers)).as_numpy(output)
                 except Exception:  # noqa: BLE001 - counted and reported
                     errors += 1
                     continue
@@ -310,6 +327,12 @@ class Server:
     grpc_port: int
     model: str
     log: Path
+    authorization: str | None = None  # what the load generator sends in Authorization
+    tls_ca: Path | None = None  # serving over TLS with a certificate this CA signed
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_ca else "http"
 
     def url(self, protocol: str) -> str:
         return f"{HOST}:{self.http_port if protocol == 'rest' else self.grpc_port}"
@@ -320,7 +343,10 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.label} exited {self.process.returncode}: {self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/v2/models/{self.model}/ready", timeout=2) as r:
+                ready = urllib.request.Request(f"{self.scheme}://{HOST}:{self.http_port}/v2/models/{self.model}/ready",
+                                               headers={"Authorization": self.authorization} if self.authorization else {})
+                context = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
+                with urllib.request.urlopen(ready, timeout=2, context=context) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -338,10 +364,65 @@ class Server:
                 self.process.wait(10)
 
 
-def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_python: Path | None) -> Server:
+class AuthSetup:
+    """What the auth servers need: an API key directory, and for the kubernetes mode the test control plane
+    with a ServiceAccount for the server (its review rights) and one for the client (get on the ModelService)."""
+
+    SERVICE = "bench"
+
+    def __init__(self, kinds: list[str], log_dir: Path) -> None:
+        import hashlib
+
+        self.key = "bench-" + os.urandom(16).hex()
+        self.keys_dir = log_dir / "api-keys"
+        self.keys_dir.mkdir(exist_ok=True)
+        (self.keys_dir / "bench").write_text("sha256:" + hashlib.sha256(self.key.encode()).hexdigest())
+        self.control_plane = None
+        if AUTH_KUBERNETES in kinds:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.cluster.controlplane import ControlPlane
+            from tests.serving.kube_auth_helpers import allow_get, grant_reviews, service_account_token
+
+            self.control_plane = cp = ControlPlane.start()
+            self.namespace = cp.create_namespace("bench-auth")
+            service_account_token(cp, self.namespace, "server")
+            grant_reviews(cp, self.namespace, "server")
+            self.kubeconfig = cp.service_account_kubeconfig(self.namespace, "server")
+            self.token = service_account_token(cp, self.namespace, "client")
+            allow_get(cp, self.namespace, "client", self.SERVICE)
+
+    def server(self, kind: str) -> tuple[list[str], dict[str, str], str | None]:
+        """(flags, environment, Authorization header) of a server of this kind."""
+        if kind == AUTH_APIKEYS:
+            return ["--auth-mode", "apiKeys", "--auth-api-keys-dir", str(self.keys_dir)], {}, f"Bearer {self.key}"
+        if kind == AUTH_KUBERNETES:
+            flags = ["--auth-mode", "kubernetes", "--auth-namespace", self.namespace, "--auth-resource-name", self.SERVICE]
+            return flags, {"KUBECONFIG": str(self.kubeconfig)}, f"Bearer {self.token}"
+        return [], {}, None
+
+    def close(self) -> None:
+        if self.control_plane is not None:
+            self.control_plane.stop()
+
+
+def tls_environment(log_dir: Path) -> dict[str, str]:
+    """The TLS server's variables: a Secret-like directory of a server certificate for 127.0.0.1 and its CA."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.serving.tls_certs import SecretDir, make_pki
+
+    folder = Path(tempfile.mkdtemp(prefix="tls-", dir=log_dir))
+    pki = make_pki(folder)
+    secret = SecretDir(folder / "secret")
+    secret.write(pki.server)
+    return {"SLIMSERVE_TLS_DIR": str(secret.path), TLS_ENV: str(pki.ca_file)}
+
+
+def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_python: Path | None,
+                 auth: AuthSetup | None = None) -> Server:
     http_port, grpc_port = free_port(), free_port()
     log = log_dir / f"{kind}-{model}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **SERVER_ENV.get(kind, {})}
+    auth_flags, auth_env, authorization = auth.server(kind) if auth else ([], {}, None)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **auth_env, **SERVER_ENV.get(kind, {})}
     if kind == "kserve":
         command = [str(kserve_python), __file__, "--role", "kserve", "--model", model,
                    "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", str(threads)]
@@ -351,9 +432,11 @@ def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_pyth
                    "--torch-threads", str(threads), "--log-level", "WARNING"]
         if kind == "slimserve-nobatch":
             command.append("--no-batching")
+        command += auth_flags
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(kind, process, http_port, grpc_port, model, log)
+    server = Server(kind, process, http_port, grpc_port, model, log, authorization,
+                    Path(SERVER_ENV[TLS][TLS_ENV]) if kind == TLS else None)
     try:
         server.wait_ready()
     except BaseException:
@@ -375,20 +458,24 @@ def run_native_loadgen(server: Server, protocol: str, concurrency: int, args: ar
     from loadgen import bodies, ghz, h2load
 
     name, datatype, array, output = example_input(server.model)
+    authorization = {"authorization": server.authorization} if server.authorization else {}
     warmup_s = min(0.5, args.duration_s / 3)
     if protocol == "rest":
         body, headers = bodies.rest_binary(name, datatype, array, output)
-        url = f"http://{server.url(protocol)}/v2/models/{server.model}/infer"
-        return h2load.run(url, body, headers, concurrency, args.duration_s, warmup_s)
+        url = f"{server.scheme}://{server.url(protocol)}/v2/models/{server.model}/infer"
+        return h2load.run(url, body, {**headers, **authorization}, concurrency, args.duration_s, warmup_s)
     request = bodies.grpc_request(server.model, name, datatype, array, output).SerializeToString()
-    return ghz.run(server.url(protocol), request, concurrency, args.duration_s, warmup_s)
+    return ghz.run(server.url(protocol), request, concurrency, args.duration_s, warmup_s, authorization,
+                   tls=server.tls_ca is not None)
 
 
 def run_python_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--role", "loadgen", "--protocol", protocol, "--url", server.url(protocol),
                "--model", server.model, "--concurrency", str(concurrency), "--duration-s", str(args.duration_s),
                "--max-requests", str(args.max_requests)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration_s * 4 + 120)
+    env = {**os.environ, **({AUTHORIZATION_ENV: server.authorization} if server.authorization else {}),
+           **({TLS_ENV: str(server.tls_ca)} if server.tls_ca else {})}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration_s * 4 + 120, env=env)
     if done.returncode != 0:
         return {"requests": 0, "errors": -1, "failure": done.stderr[-500:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -485,7 +572,8 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
         rps, rate = get("slimserve", "minilm-l6", protocol, 32), bare.get("minilm-l6", {}).get(32)
         if rps and rate:
             lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.95)")
-    for kind, label in ((PAYLOAD_LOG, "payload logging on (sample rate 1)"), (TRACING, "tracing on")):
+    for kind, label in ((AUTH_APIKEYS, "auth apiKeys"), (AUTH_KUBERNETES, "auth kubernetes (cached)"), (TLS, "TLS on"),
+                        (PAYLOAD_LOG, "payload logging on (sample rate 1)"), (TRACING, "tracing on")):
         for model in MODELS:
             for protocol in ("rest", "grpc"):
                 rps, plain = get(kind, model, protocol, 32), get("slimserve", model, protocol, 32)
@@ -541,6 +629,11 @@ def main() -> int:
              if {PAYLOAD_LOG, TRACING} & set(servers) else None)
     if sinks is not None:
         atexit.register(sinks.close)
+    auth = AuthSetup(servers, log_dir) if {AUTH_APIKEYS, AUTH_KUBERNETES} & set(servers) else None
+    if TLS in servers:
+        SERVER_ENV[TLS] = tls_environment(log_dir)
+    if auth is not None:
+        atexit.register(auth.close)  # the control plane stops however the run ends
 
     bare = {}
     results = []
@@ -548,7 +641,7 @@ def main() -> int:
         forward = BareForward(model, args.threads)
         # All servers of a model run at once and take turns cell by cell (order rotating each round), so
         # a burst of load from elsewhere on the machine hits them alike; a cell's figure is its median round.
-        running = {kind: start_server(kind, model, args.threads, log_dir, kserve_python) for kind in servers}
+        running = {kind: start_server(kind, model, args.threads, log_dir, kserve_python, auth) for kind in servers}
         try:
             for protocol in protocols:
                 for concurrency in concurrencies:
