@@ -1,0 +1,100 @@
+"""The generation engine in process, on a real DecoderLM: sequences that join a running batch get the tokens
+they get alone, eos ends a sequence, a stop sequence is held back until it cannot match, and the cache plan
+honours its byte budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from slimserve.models.decoder import DecoderConfig, DecoderLM, Tokenizer
+from slimserve.serving.generation.engine import GenerationEngine, plan_cache
+from slimserve.serving.generation.params import SamplingParams
+from slimserve.serving.generation.text import TextStream
+from slimserve.serving.metrics import ServerMetrics
+
+VOCAB = 40
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """As the servers in the tests run: a tiny model's steps are slower, not faster, on a shared machine's threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def word_tokenizer() -> Tokenizer:
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers
+
+    backend = Backend(models.WordLevel({"<pad>": 0, **{f"w{i}": i for i in range(1, VOCAB)}}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return Tokenizer(backend)
+
+
+def engine(eos: list[int] = (), slots: int = 3) -> GenerationEngine:
+    torch.manual_seed(0)
+    config = DecoderConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                           intermediate_size=40, max_position_embeddings=64)
+    model = DecoderLM(config).to(torch.float64).eval()  # float64: batched and alone agree to the last bit
+    plan = plan_cache(model.new_cache(1, 1).bytes_per_token(), 64, slots)
+    return GenerationEngine(model, word_tokenizer(), list(eos), plan, ServerMetrics().add_generation(),
+                            max_waiting=8, queue_timeout_s=30, device=torch.device("cpu"))
+
+
+def generate(engine: GenerationEngine, requests: list[tuple[list[int], int]], stagger: bool) -> list:
+    """Completions of (prompt, max_tokens) requests; `stagger`: each joins once the previous one streams."""
+
+    async def run():
+        engine.start()
+        try:
+            streams, tasks = [], []
+            for prompt, max_tokens in requests:
+                stream = engine.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=0))
+                tasks.append(asyncio.ensure_future(stream.complete()))
+                streams.append(stream)
+                while stagger and not streams[-1].sequence.generated:
+                    await asyncio.sleep(0.001)
+            return await asyncio.gather(*tasks)
+        finally:
+            engine.stop()
+
+    return asyncio.run(run())
+
+
+def test_sequences_joining_a_running_batch_get_the_tokens_they_get_alone():
+    requests = [([1, 2, 3], 20), ([4, 5], 12), ([6, 7, 8, 9], 16), ([10], 8)]  # 4 requests, 3 slots
+    alone = [generate(engine(), [request], stagger=False)[0] for request in requests]
+    together = generate(engine(), requests, stagger=True)
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.completion_tokens for c in together] == [20, 12, 16, 8]
+
+
+def test_eos_ends_a_sequence_without_its_text():
+    free = generate(engine(), [([1, 2, 3], 10)], stagger=False)[0]
+    eos = word_tokenizer().encode(free.text.split()[2])[0]
+    ended = generate(engine(eos=[eos]), [([1, 2, 3], 10)], stagger=False)[0]
+    assert ended.finish_reason == "stop"
+    assert ended.text.split() == free.text.split()[:2]
+
+
+def test_text_that_could_start_a_stop_sequence_is_held_back_until_it_cannot():
+    tokenizer = word_tokenizer()
+    stream = TextStream(tokenizer.incremental([1]).step, stop=(" w5 w6",))
+    released = [stream.add(token) for token in tokenizer.encode("w5 w7 w5 w6")]
+    assert released == ["", " w5 w7", "", ""]  # " w5" waits: it may begin " w5 w6"
+    assert stream.stopped
+    assert "".join(released) == " w5 w7"
+
+
+@pytest.mark.parametrize("budget, slots, max_len", [(0, 8, 64), (10 * 64 * 100, 8, 64), (3 * 64 * 100, 3, 64),
+                                                    (20 * 100, 1, 20)])
+def test_the_cache_plan_fits_its_byte_budget(budget, slots, max_len):
+    plan = plan_cache(bytes_per_token=100, context_length=64, max_sequences=8, budget_bytes=budget)
+    assert (plan.slots, plan.max_len) == (slots, max_len)
+    assert budget == 0 or plan.bytes <= budget
