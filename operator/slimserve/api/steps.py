@@ -72,6 +72,12 @@ class QuantizeConfig(StepConfigBase):
                     "fieldPath": ".int8Layers",
                     "reason": "FieldValueInvalid",
                 },
+                {
+                    "rule": "!has(self.algorithm) || self.algorithm == 'rtn' || self.method in ['int8-weight-only', 'int4-weight-only']",
+                    "message": "quantize.algorithm: gptq is for int8-weight-only and int4-weight-only",
+                    "fieldPath": ".algorithm",
+                    "reason": "FieldValueInvalid",
+                },
             ]
         }
     }
@@ -105,11 +111,23 @@ class QuantizeConfig(StepConfigBase):
             "[\"layers.5.attention.value\"]. The accuracy-budget search adds the most sensitive layers here."
         ),
     )
+    algorithm: Literal["rtn", "gptq"] = Field(
+        default="rtn",
+        description=(
+            "How weight-only methods choose their integer weights. rtn rounds each weight to the nearest grid "
+            "point. gptq (int8-weight-only, int4-weight-only) quantizes each layer's inputs one at a time and "
+            "moves each one's rounding error onto the inputs not yet quantized, weighted by the layer's "
+            "calibration inputs (calibrationSamples of the task's training split): closer outputs, same format."
+        ),
+    )
     calibration_samples: int = Field(
         default=128,
         ge=1,
         le=10000,
-        description="Samples of the task data used to calibrate activation ranges (int8-static), e.g. 256.",
+        description=(
+            "Samples of the task data used to calibrate activation ranges (int8-static) or GPTQ's layer "
+            "inputs (algorithm gptq), e.g. 256."
+        ),
     )
     keep_float: list[str] | None = Field(
         default=None,
@@ -123,6 +141,8 @@ class QuantizeConfig(StepConfigBase):
             raise ValueError("quantize.groupSize: only int4-weight-only has groups")
         if self.int8_layers is not None and self.method != "int4-weight-only":
             raise ValueError("quantize.int8Layers: only int4-weight-only keeps layers in int8")
+        if self.algorithm == "gptq" and self.method not in ("int8-weight-only", "int4-weight-only"):
+            raise ValueError("quantize.algorithm: gptq is for int8-weight-only and int4-weight-only")
         return self
 
 

@@ -45,5 +45,6 @@ def quantizable_layers(model: nn.Module, method: str | None = None) -> list[str]
 
 
 def needs_calibration(config: QuantizeConfig | QuantizationConfig) -> bool:
-    """Whether the config's method calibrates activation ranges on task data."""
-    return quantizer_for(type(config_of(config))).needs_calibration
+    """Whether the config's method calibrates on task data (activation ranges, or GPTQ's layer inputs)."""
+    method_config = config_of(config)
+    return quantizer_for(type(method_config)).needs_calibration or method_config.calibrates()

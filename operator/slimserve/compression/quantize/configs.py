@@ -42,6 +42,22 @@ class QuantizationConfig:
         keeping layers float (empty for methods without groups)."""
         return ()
 
+    def calibrates(self) -> bool:
+        """Whether this config needs calibration batches beyond what its method always needs."""
+        return False
+
+
+@dataclass(frozen=True)
+class WeightOnlyAlgorithm:
+    """Weight-only methods' `algorithm`: rtn rounds to nearest; gptq compensates rounding errors on
+    `calibration_samples` task samples (`compression.gptq`)."""
+
+    algorithm: str = "rtn"
+    calibration_samples: int = 128
+
+    def calibrates(self) -> bool:
+        return self.algorithm == "gptq"
+
 
 @dataclass(frozen=True)
 class Int8DynamicConfig(QuantizationConfig):
@@ -63,14 +79,20 @@ class Int8StaticConfig(QuantizationConfig):
 
 
 @dataclass(frozen=True)
-class Int8WeightOnlyConfig(QuantizationConfig):
+class Int8WeightOnlyConfig(WeightOnlyAlgorithm, QuantizationConfig):
     """int8 weights, float activations and compute."""
 
     method = "int8-weight-only"
 
+    @classmethod
+    def from_spec(cls, spec: QuantizeConfig) -> "Int8WeightOnlyConfig":
+        return cls(
+            keep_float=tuple(spec.keep_float or ()), algorithm=spec.algorithm, calibration_samples=spec.calibration_samples
+        )
+
 
 @dataclass(frozen=True)
-class Int4WeightOnlyConfig(QuantizationConfig):
+class Int4WeightOnlyConfig(WeightOnlyAlgorithm, QuantizationConfig):
     """Grouped uint4 weights, float activations, packed-int4 kernels on CPU and CUDA. `group_size` is the
     coarsest group a layer gets (a layer whose width it does not divide gets the next finer that does)."""
 
@@ -85,6 +107,8 @@ class Int4WeightOnlyConfig(QuantizationConfig):
             keep_float=tuple(spec.keep_float or ()),
             group_size=spec.group_size or cls.group_size,
             int8_layers=tuple(spec.int8_layers or ()),
+            algorithm=spec.algorithm,
+            calibration_samples=spec.calibration_samples,
         )
 
     def finer_group_sizes(self) -> tuple[int, ...]:

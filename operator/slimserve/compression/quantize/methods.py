@@ -11,6 +11,7 @@
 int4-weight-only stores its config's `int8_layers` as Int8DynamicLinear, and leaves a Linear float when it fits no int4 kernel (`int4_kernels.kernel_fits`); each other
 Linear gets the config's group size, or the largest one its input width takes when that is coarser.
 fp16 and bf16 replace no module: the whole model is cast (`slimserve.quant.half`).
+With `algorithm: gptq` the weight-only methods' Linears get GPTQ's codes (`compression.gptq`) in the same modules.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from slimserve.compression.gptq import collect_hessians, gptq_int4_linear, gptq_int8_linear
 from slimserve.compression.quantize.calibration import calibrate
 from slimserve.compression.quantize.configs import (
     BFloat16Config,
@@ -55,25 +57,50 @@ def _int4_group_fits(module: nn.Module) -> bool:
 
 
 _register_by_type(Int8DynamicConfig, {nn.Linear: Int8DynamicLinear.from_float, nn.Embedding: Int8Embedding.from_float})
-_register_by_type(
-    Int8WeightOnlyConfig,
-    {nn.Linear: Int8WeightOnlyLinear.from_float, nn.Conv2d: Int8WeightOnlyConv2d.from_float, nn.Embedding: Int8Embedding.from_float},
-)
+def _gptq_hessians(model: nn.Module, config: Int8WeightOnlyConfig | Int4WeightOnlyConfig, names: list[str], calibration) -> dict:
+    """The Linears' GPTQ Hessians when the config asks for gptq (empty for rtn)."""
+    if not config.calibrates():
+        return {}
+    if not calibration:
+        raise ValueError(f"calibration: {config.method} with algorithm gptq needs calibration batches (tuples of model inputs)")
+    modules = dict(model.named_modules())
+    return collect_hessians(model, [name for name in names if type(modules[name]) is nn.Linear], calibration)
+
+
+@register_quantizer(Int8WeightOnlyConfig, replaces=(nn.Linear, nn.Conv2d, nn.Embedding))
+def _int8_weight_only(model: nn.Module, config: Int8WeightOnlyConfig, names: list[str], calibration) -> Convert:
+    hessians = _gptq_hessians(model, config, names, calibration)
+
+    def convert(name: str, module: nn.Module) -> nn.Module:
+        if name in hessians:
+            return gptq_int8_linear(module, hessians[name])
+        if isinstance(module, nn.Embedding):
+            return Int8Embedding.from_float(module)
+        kind = Int8WeightOnlyConv2d if isinstance(module, nn.Conv2d) else Int8WeightOnlyLinear
+        return kind.from_float(module)
+
+    return convert
 
 
 @register_quantizer(Int4WeightOnlyConfig, replaces=(nn.Linear, nn.Embedding), accepts=_int4_group_fits)
-def _int4_weight_only(_model: nn.Module, config: Int4WeightOnlyConfig, names: list[str], _calibration) -> Convert:
+def _int4_weight_only(model: nn.Module, config: Int4WeightOnlyConfig, names: list[str], calibration) -> Convert:
 
     unknown = sorted(set(config.int8_layers) - set(names))
     if unknown:
         raise ValueError(f"int8Layers: {unknown[0]!r} is not a Linear this config quantizes")
+    hessians = _gptq_hessians(model, config, names, calibration)
 
     def convert(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Embedding):
             return Int8Embedding.from_float(module)
+        group_size = group_size_for(module.in_features, module.out_features, config.group_size)
+        if name in hessians:
+            if name in config.int8_layers:
+                return gptq_int8_linear(module, hessians[name], Int8DynamicLinear)
+            return gptq_int4_linear(module, hessians[name], group_size)
         if name in config.int8_layers:
             return Int8DynamicLinear.from_float(module)
-        return Int4WeightOnlyLinear.from_float(module, group_size_for(module.in_features, module.out_features, config.group_size))
+        return Int4WeightOnlyLinear.from_float(module, group_size)
 
     return convert
 
