@@ -34,7 +34,7 @@ def digits() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
-    return list(builtin_sentences("eval"))[:96]
+    return list(builtin_sentences("eval"))[:48]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

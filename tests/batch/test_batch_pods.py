@@ -45,7 +45,7 @@ def test_a_shard_killed_mid_way_resumes_and_the_finished_parts_are_skipped(tmp_p
     write_jsonl(claims / "data" / "texts.jsonl", [{"key": f"t{i}", "text": text} for i, text in enumerate(sentences)])
     spec = BatchInferenceSpec.model_validate({
         "model": {"uri": "builtin://minilm-l6"}, "input": {"uri": "pvc://data/texts.jsonl", "idField": "key"},
-        "output": {"uri": "pvc://results/texts/"}, "shards": 3, "parallelism": 3, "batchSize": 4,
+        "output": {"uri": "pvc://results/texts/"}, "shards": 3, "parallelism": 3, "batchSize": 2,
     })
     container = pod_container(spec)
     results = claims / "results" / "texts"
