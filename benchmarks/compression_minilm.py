@@ -6,7 +6,11 @@ Variants (all from the same fp32 all-MiniLM-L6-v2 weights):
   fresh skeleton with `restore_quantization` and compiled with `optimize_for_inference` (as the server does);
 - ONNX Runtime `quantize_dynamic` (int8 weights, MatMul + Gather), on a `torch.onnx.export` of the encoder;
 - torchao `Int8DynamicActivationInt8WeightConfig` + `torch.compile`;
-- torch's eager `torch.ao.quantization.quantize_dynamic` (when this torch still has it).
+- torch's eager `torch.ao.quantization.quantize_dynamic` (when this torch still has it);
+- SlimServe int4 (CPU): int4-weight-only in groups of 32 on torch's packed-int4 kernel, the Linears int4
+  hurts most in int8 (ranked as the budget search ranks them: each alone, by output cosine), int8 embedding
+  table; and SlimServe fp16 / bf16 (served in bf16 where the CPU has AVX512-BF16 or AMX, else cast up).
+  Their batch-1 latency (one sentence) is measured side by side with SlimServe int8's.
 
 Throughput: batch 32 x 64 tokens, the same torch / ORT thread count for all, round-robin (one call of each
 variant per round) so that load from other processes hits all alike; medians. Accuracy: mean (and min)
@@ -14,7 +18,10 @@ cosine of each variant's embeddings against fp32's on the held-out sentences. Si
 stores (SlimServe: safetensors + recipe; ORT: the .onnx file; torch variants: their serialized state).
 
 Targets: SlimServe int8 >= 3.9x smaller than fp32, >= 2.1x fp32 throughput, >= 1.15x ONNX Runtime int8's,
-mean cosine >= 0.995.
+mean cosine >= 0.995. SlimServe int4: >= 6x smaller than fp32, mean cosine >= 0.99, batch 1 at least as fast
+as SlimServe int8.
+
+    .venv/bin/python benchmarks/compression_minilm.py --variants slimserve int4 half   # int4, fp16, bf16 rows
 
     .venv/bin/python benchmarks/compression_minilm.py [--threads 2] [--rounds 15] [--json FILE]
 """
@@ -57,6 +64,7 @@ from slimserve.models.minilm import MiniLMConfig, build_minilm, load_minilm, loa
 
 BATCH, SEQUENCE = 32, 64
 SLIMSERVE = "SlimServe int8"
+INT4 = "SlimServe int4 (CPU)"
 ORT = "ONNX Runtime quantize_dynamic"
 TARGETS = {"size_x": 3.9, "speed_x": 2.1, "vs_ort_x": 1.15, "cosine": 0.995}
 
@@ -114,20 +122,51 @@ def fp32_variant(model: torch.nn.Module, workdir: Path) -> Variant:
 
 
 def slimserve_variant(model: torch.nn.Module, workdir: Path, example: tuple) -> Variant:
+    return saved_variant(SLIMSERVE, model, QuantizeConfig(method="int8-dynamic"), workdir, example)
+
+
+INT4_TARGETS = {"size_x": 6.0, "cosine": 0.99, "batch1_vs_int8_x": 1.0}
+INT4_GROUP_SIZE = 32
+INT4_COSINE = 0.99  # int8 layers are added (1, 2, 4, ...) until the held-out cosine reaches this
+
+
+def saved_variant(name: str, model: torch.nn.Module, config: QuantizeConfig, workdir: Path, example: tuple) -> Variant:
+    """A SlimServe quantize config, saved, restored onto a fresh skeleton and optimized as the server does."""
     from safetensors.torch import load_file, save_file
 
-    quantized = apply_quantization(copy.deepcopy(model), QuantizeConfig(method="int8-dynamic"), calibration=None)
+    quantized = apply_quantization(copy.deepcopy(model), config, calibration=None)
     tensors, recipe = quantization_state(quantized)
-    weights, recipe_path = workdir / "int8.safetensors", workdir / "int8.recipe.json"
+    stem = name.replace(" ", "-").replace("/", "-")
+    weights, recipe_path = workdir / f"{stem}.safetensors", workdir / f"{stem}.recipe.json"
     save_file(tensors, str(weights))
     recipe_path.write_text(json.dumps(recipe))
-    config = json.dumps(model.config.__dict__)
+    config_json = json.dumps(model.config.__dict__)
     restored = restore_quantization(
-        build_minilm(MiniLMConfig.from_json(config)), json.loads(recipe_path.read_text()), load_file(str(weights))
+        build_minilm(MiniLMConfig.from_json(config_json)), json.loads(recipe_path.read_text()), load_file(str(weights))
     )
     optimized = optimize_for_inference(restored, example)
-    size = weights.stat().st_size + recipe_path.stat().st_size + len(config)
-    return Variant(SLIMSERVE, torch_forward(optimized), size, optimized.compile_seconds)
+    size = weights.stat().st_size + recipe_path.stat().st_size + len(config_json)
+    return Variant(name, torch_forward(optimized), size, optimized.compile_seconds)
+
+
+def int4_config(model: torch.nn.Module, sentences: list[str]) -> QuantizeConfig:
+    """int4 in groups of INT4_GROUP_SIZE with the fewest most-sensitive Linears in int8 reaching INT4_COSINE."""
+    from slimserve.compression.quantize import quantizable_layers
+
+    reference = embed_all(torch_forward(model), sentences)
+
+    def cosine_of(config: QuantizeConfig) -> float:
+        quantized = apply_quantization(copy.deepcopy(model), config, calibration=None)
+        return float((embed_all(torch_forward(quantized), sentences) * reference).sum(axis=1).mean())
+
+    linears = [n for n in quantizable_layers(model, "int4-weight-only") if isinstance(model.get_submodule(n), torch.nn.Linear)]
+    base = QuantizeConfig(method="int4-weight-only", group_size=INT4_GROUP_SIZE)
+    damage = {n: 1 - cosine_of(base.model_copy(update={"keep_float": [o for o in linears if o != n]})) for n in linears}
+    ranked = sorted(linears, key=damage.__getitem__, reverse=True)
+    count = 0
+    while cosine_of(config := base.model_copy(update={"int8_layers": ranked[:count]})) < INT4_COSINE and count < len(ranked):
+        count = max(1, count * 2)
+    return config
 
 
 def torchao_variant(model: torch.nn.Module, example: tuple) -> Variant:
@@ -214,6 +253,38 @@ def measure(variants: list[Variant], batch: tuple, rounds: int) -> None:
             variant.times.append(time.perf_counter() - start)
 
 
+def batch1_latency(variants: list[Variant], one: tuple, rounds: int) -> dict[str, list[float]]:
+    """Per-variant times of one sentence, round-robin as `measure` does (3x the rounds: they are short)."""
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for round_ in range(3 * rounds + 1):
+        for variant in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
+            start = time.perf_counter()
+            variant.forward(*one)
+            if round_:  # the first round warms up
+                times[variant.name].append(time.perf_counter() - start)
+    return times
+
+
+def report_batch1(times: dict[str, list[float]], results: dict) -> dict:
+    print(f"\nBatch 1 ({SEQUENCE} tokens), median ms, and int8 / variant per round (> 1: faster than SlimServe int8):")
+    int8 = times.get(SLIMSERVE)
+    rows = {}
+    for name, own in times.items():
+        vs_int8 = statistics.median(i / o for i, o in zip(int8, own, strict=True)) if int8 else None
+        rows[name] = {"median_ms": statistics.median(own) * 1e3, "vs_int8_x": vs_int8}
+        print(f"  {name:40} {rows[name]['median_ms']:8.2f} ms  vs int8 {'-' if vs_int8 is None else f'{vs_int8:.2f}x'}")
+    if INT4 in rows:
+        int4 = results["variants"][INT4]
+        checks = {"size_x": int4["size_x"], "cosine": int4["cosine_mean"], "batch1_vs_int8_x": rows[INT4]["vs_int8_x"]}
+        print("\nint4 targets:")
+        for key, target in INT4_TARGETS.items():
+            value = checks[key]
+            verdict = "n/a" if value is None else ("met" if value >= target else "MISSED")
+            print(f"  {key:17} {'-' if value is None else f'{value:.3f}':>7} (target >= {target}) {verdict}")
+        rows["int4_checks"] = checks
+    return rows
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -298,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         nargs="+",
         default=["slimserve", "onnxruntime", "torchao", "eager"],
-        choices=["slimserve", "onnxruntime", "torchao", "eager"],
+        choices=["slimserve", "onnxruntime", "torchao", "eager", "int4", "half"],
         help="which to run besides fp32 (default: all)",
     )
     args = parser.parse_args(argv)
@@ -315,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": lambda: onnxruntime_variants(model, workdir, batch, args.threads),
             "torchao": lambda: torchao_variant(model, batch),
             "eager": lambda: eager_dynamic_variant(model),
+            "int4": lambda: saved_variant(INT4, model, int4_config(model, sentences), workdir, batch),
+            "half": lambda: [saved_variant(f"SlimServe {m}", model, QuantizeConfig(method=m), workdir, batch) for m in ("bf16", "fp16")],
         }
         for name in args.variants:
             start = time.perf_counter()
@@ -327,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             cosines = (embed_all(variant.forward, sentences) * reference).sum(axis=1)
             variant.cosine_mean, variant.cosine_min = float(cosines.mean()), float(cosines.min())
         measure(variants, batch, args.rounds)
+        batch1 = batch1_latency(variants, tuple(t[:1] for t in batch), args.rounds)
     results = report(variants, args.threads)
+    results["batch1"] = report_batch1(batch1, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

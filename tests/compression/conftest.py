@@ -106,5 +106,13 @@ def mlp_context(digits_mlp):
 
 
 @pytest.fixture(scope="session")
+def wide_mlp_context(digits_mlp):
+    """A digits MLP with two hidden Linears (untrained), both of a shape the int4 kernels take."""
+    import dataclasses
+
+    return step_context(dataclasses.replace(digits_mlp, model=digits_mlp.family.build({"hidden": [128, 64]}, None)))
+
+
+@pytest.fixture(scope="session")
 def minilm_context(minilm_model):
     return step_context(minilm_model)

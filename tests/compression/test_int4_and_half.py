@@ -14,10 +14,12 @@ from torch import nn
 from slimserve.api.steps import QuantizeConfig
 from slimserve.compression.budget import run_within_budget
 from slimserve.compression.errors import BudgetExceeded
+from slimserve.compression.quantize_step import sensitive_layers_in_float
 from slimserve.compression.quantize import apply_quantization
 from slimserve.models.minilm import encode, load_tokenizer
 from slimserve.quant import optimize_for_inference, quantization_state, restore_quantization
 from slimserve.quant.half import native_on
+from slimserve.quant.int4_kernels import CPU_INT4_MAX_ROWS, int4_matmul
 from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, dequantize_int4_grouped, quantize_int4_grouped
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
 
@@ -57,19 +59,24 @@ def round_trip(model: nn.Module, skeleton: nn.Module, tmp_path) -> tuple[nn.Modu
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256])
-def test_int4_kernel_matches_dequantize_then_matmul(group_size):
+@pytest.mark.parametrize("shape", [(1, 3), (2, 5)], ids=["int4-kernel", "dense-bf16"])  # rows <= / > CPU_INT4_MAX_ROWS
+def test_int4_linear_matches_dequantize_then_matmul(group_size, shape):
     torch.manual_seed(group_size)
     linear = nn.Linear(512, 96)
     module = Int4WeightOnlyLinear.from_float(linear, group_size)
-    x = torch.randn(2, 5, 512)
+    x = torch.randn(*shape, 512)
     reference = nn.functional.linear(x, module.dequantized_weight(), linear.bias.detach())
     with torch.inference_mode():
         out = module(x)
-    assert out.shape == (2, 5, 96) and out.dtype == torch.float32
+        if shape[0] * shape[1] <= CPU_INT4_MAX_ROWS:  # really the packed-int4 kernel
+            kernel = int4_matmul(x.reshape(-1, 512), module.kernel_weight, group_size, module.kernel_scale_offset)
+            assert torch.equal(out, (kernel.float() + linear.bias.detach()).reshape(out.shape))
+    assert out.shape == (*shape, 96) and out.dtype == torch.float32
     # bf16 activations: within a few bf16 steps of the output's scale, and the same direction
     assert (out - reference).abs().max() <= 0.02 * reference.abs().max()
     assert cosine(out.reshape(-1, 96), reference.reshape(-1, 96)) > 0.9999
     assert cosine(out.reshape(-1, 96), linear(x).detach().reshape(-1, 96)) > 0.99  # and close to the float layer
+    assert module.dense_weight.dtype == torch.bfloat16 and "dense_weight" not in module.state_dict()
 
 
 def test_neutral_layout_is_two_nibbles_per_byte_with_per_group_scale_and_zero():
@@ -158,13 +165,22 @@ def test_int4_budget_search_tries_finer_groups_first(mlp_context):
         context.baseline_metric = context.task.score(original.eager())
     tried = str(info.value).split("tried: ")[1].split("; ")
     labels = [entry.split(" -> ")[0] for entry in tried]
-    # the MLP's one int4 layer (its 10-class head fits no kernel) leaves nothing to rank into int8Layers
-    assert labels == [
-        "int4-weight-only, 0 layer(s) float",
-        "int4-weight-only, groups of 128, 0 layer(s) float",
-        "int4-weight-only, groups of 64, 0 layer(s) float",
-        "int4-weight-only, groups of 32, 0 layer(s) float",
-    ]
+    # Its one int4 layer has 64 inputs: groups of 256, 128 and 64 are the same model, tried once. That layer
+    # alone (the 10-class head fits no kernel) leaves nothing to rank into int8Layers.
+    assert labels == ["int4-weight-only, 0 layer(s) float", "int4-weight-only, groups of 32, 0 layer(s) float"]
+
+
+def test_int4_search_moves_the_most_sensitive_layers_to_int8(wide_mlp_context):
+    original, context = wide_mlp_context
+    config = QuantizeConfig(method="int4-weight-only", group_size=32, keep_float=["features.0"])
+    with pytest.raises(StopIteration):  # one int4 layer left: nothing to rank
+        next(sensitive_layers_in_float(original, config, context))
+    candidates = list(sensitive_layers_in_float(original, config.model_copy(update={"keep_float": None}), context))
+    assert len(candidates) == 1  # two int4 layers: the worse one in int8 (both would be int8-dynamic)
+    (first,) = candidates
+    assert first.int8_layers in (["features.0"], ["features.2"]) and first.keep_float is None and first.group_size == 32
+    model = apply_quantization(copy.deepcopy(original.model), first, calibration=None)
+    assert type(model.get_submodule(first.int8_layers[0])) is Int8DynamicLinear
 
 
 @pytest.mark.gpu

@@ -3,8 +3,9 @@
 Attention's query, key and value read the same hidden states: one [K, 3N] int8 GEMM instead of three
 [K, N] ones quantizes the input once, runs one (better-shaped) kernel and one parallel region instead of
 three. The result is identical: each output channel keeps its own weights and scale, and the per-token
-activation scales are the same for all three. Used by `optimize_for_inference` on its own copy of the model
-(through each module's `fuse_for_inference()` hook); artifacts keep the separate modules.
+activation scales are the same for all three (int4: one packed matmul, each channel keeping its groups).
+Used by `optimize_for_inference` on its own copy of the model (through each module's `fuse_for_inference()`
+hook); artifacts keep the separate modules.
 """
 
 from __future__ import annotations

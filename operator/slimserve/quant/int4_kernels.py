@@ -11,6 +11,11 @@ module lands on the device:
 Both take bf16 activations and a bf16 `[K/group, N, 2]` table of (scale, offset) where a weight is
 `(q - 8) * scale + offset`: with our zero point, `offset = (8 - zero) * scale`. Their fp32 CPU path is a
 reference loop (hundreds of times slower), so activations go through bf16 on every device.
+
+The CPU kernel is a matrix-vector kernel: it beats a dense bf16 GEMM only up to a few rows (tokens x
+batch), and an encoder's call has more. So on the CPU the module also keeps its weight expanded to bf16
+(`dense_weight`) for calls of more than `CPU_INT4_MAX_ROWS` rows, run by oneDNN's bf16 GEMM; the artifact
+stays int4. On CUDA every call runs the int4 kernel.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ KERNEL_DTYPE = torch.bfloat16
 OUT_FEATURES_MULTIPLE = 16
 # Input columns: CUDA packs K in tiles of 16 * inner_k_tiles (2 at least).
 IN_FEATURES_MULTIPLE = 32
+
+
+# Measured (2-core AVX512-BF16 CPU, MiniLM shapes): the int4 kernel is faster than bf16 dense at 1-4 rows,
+# slower from 8 (2x at 64). docs/quantization.md has the table.
+CPU_INT4_MAX_ROWS = 4
 
 
 def kernel_fits(in_features: int, out_features: int, group_size: int) -> bool:

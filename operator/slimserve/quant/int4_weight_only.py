@@ -10,8 +10,8 @@ stores it in one device-neutral layout (docs/quantization.md):
 - `bias`: fp32 [out], when the Linear has one.
 
 Whenever the module lands on a device (built, loaded, `.to()`), the weight is repacked for that device's
-kernel (`int4_kernels`) into non-persistent buffers, so the artifact never holds a device's packing and the
-matmul never unpacks the weight.
+kernel (`int4_kernels`) into non-persistent buffers, so the artifact never holds a device's packing and no
+call unpacks the weight (on a CPU, calls of many rows use the bf16 copy made there: see `int4_kernels`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slimserve.quant.base import QuantizedModule, ReplacesLinear, spec_bool, spec_int
 from slimserve.quant.int4_kernels import (
+    CPU_INT4_MAX_ROWS,
+    KERNEL_DTYPE,
     KERNEL_GROUP_SIZES,
     int4_matmul,
     kernel_fits,
@@ -86,6 +89,7 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
         # The device's packing: derived, never saved (the artifact stays device-neutral).
         self.register_buffer("kernel_weight", torch.empty(0, dtype=torch.uint8), persistent=False)
         self.register_buffer("kernel_scale_offset", torch.empty(0, dtype=SCALE_DTYPE), persistent=False)
+        self.register_buffer("dense_weight", torch.empty(0, dtype=KERNEL_DTYPE), persistent=False)  # CPU only
         self.register_load_state_dict_post_hook(lambda module, _keys: module.pack_for_device())
         self.pack_for_device()
 
@@ -105,6 +109,8 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
         with torch.no_grad():
             self.kernel_weight = pack_weight(self.weight_uint4x2, device)
             self.kernel_scale_offset = scales_and_offsets(self.weight_scale, self.weight_zero, device)
+            empty = torch.empty(0, dtype=KERNEL_DTYPE, device=device)
+            self.dense_weight = self.dequantized_weight(KERNEL_DTYPE) if device.type == "cpu" else empty
 
     def _apply(self, fn, recurse=True):  # .to(), .cuda(), .cpu(): the packing follows the device
         super()._apply(fn, recurse)
@@ -112,7 +118,11 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = int4_matmul(x.reshape(-1, self.in_features), self.kernel_weight, self.group_size, self.kernel_scale_offset)
+        rows = x.reshape(-1, self.in_features)
+        if self.dense_weight.numel() and rows.shape[0] > CPU_INT4_MAX_ROWS:
+            out = F.linear(rows.to(KERNEL_DTYPE), self.dense_weight)
+        else:
+            out = int4_matmul(rows, self.kernel_weight, self.group_size, self.kernel_scale_offset)
         out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 

@@ -1,7 +1,8 @@
 """Quantization in the compression engine: which layers, calibrated how, converted by which quantizer.
 
 - `apply_quantization(model, config, *, calibration)`: swap Linear / Conv2d / Embedding
-  modules for quantized ones (see `methods` for which, per method); `config.keep_float` names stay float.
+  modules for quantized ones, or cast the whole model to fp16 / bf16 (see `methods` for which, per method);
+  `config.keep_float` names stay float.
 - `quantizable_layers(model, method=None)`: names, for the layer-by-layer sensitivity search.
 - `needs_calibration(config)`: whether the method wants calibration batches.
 
@@ -31,7 +32,8 @@ def apply_quantization(
     `config` is a quantize step's spec or a method's config (`Int8DynamicConfig()`...). `calibration`
     (tuples of forward arguments) is required by methods that calibrate (int8-static) and ignored by the
     others; the module swap traces nothing, so it needs no example inputs. Raises `ValueError` naming the field for a bad config (unknown keepFloat module, missing
-    calibration), `BackendUnsupportedError` for a CUDA-only method on a CPU; the model is untouched then.
+    calibration), `BackendUnsupportedError` for a device a format has no kernel on (int4 off CPU and CUDA); the
+    model is untouched then.
     """
     model.eval()
     install_quantized(model, config_of(config), calibration)

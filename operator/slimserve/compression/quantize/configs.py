@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from slimserve.api.steps import QuantizeConfig
 from slimserve.quant.int4_kernels import KERNEL_GROUP_SIZES
+from slimserve.quant.int4_weight_only import group_size_for
 
 CONFIG_CLASSES: dict[str, type["QuantizationConfig"]] = {}
 
@@ -37,9 +39,9 @@ class QuantizationConfig:
     def from_spec(cls, spec: QuantizeConfig) -> "QuantizationConfig":
         return cls(keep_float=tuple(spec.keep_float or ()))
 
-    def finer_group_sizes(self) -> tuple[int, ...]:
-        """Group sizes finer than this config's, most compressed first: the budget search tries them before
-        keeping layers float (empty for methods without groups)."""
+    def finer_group_sizes(self, model: nn.Module) -> tuple[int, ...]:
+        """Group sizes finer than this config's that change `model`'s layers, most compressed first: the budget
+        search tries them before keeping layers in higher precision (empty for methods without groups)."""
         return ()
 
     def calibrates(self) -> bool:
@@ -111,8 +113,15 @@ class Int4WeightOnlyConfig(WeightOnlyAlgorithm, QuantizationConfig):
             calibration_samples=spec.calibration_samples,
         )
 
-    def finer_group_sizes(self) -> tuple[int, ...]:
-        return tuple(size for size in KERNEL_GROUP_SIZES if size < self.group_size)
+    def finer_group_sizes(self, model: nn.Module) -> tuple[int, ...]:
+        shapes = [(m.in_features, m.out_features) for m in model.modules() if type(m) is nn.Linear]
+        sizes, layouts = [], {tuple(group_size_for(*shape, self.group_size) for shape in shapes)}
+        for size in (size for size in KERNEL_GROUP_SIZES if size < self.group_size):
+            layout = tuple(group_size_for(*shape, size) for shape in shapes)
+            if layout not in layouts:  # groups of 256 and 128 are the same model when no layer takes 256
+                sizes.append(size)
+                layouts.add(layout)
+        return tuple(sizes)
 
 
 @dataclass(frozen=True)
