@@ -21,15 +21,18 @@ class StepConfigBase(SpecModel):
 
 
 class PruneConfig(StepConfigBase):
-    """Remove a fraction of channels, attention heads or MLP neurons."""
+    """Remove a fraction of channels, attention heads, MLP neurons or layers."""
 
     step_kind: ClassVar[str] = "prune"
 
-    method: Literal["structured", "unstructured"] = Field(
+    method: Literal["structured", "unstructured", "depth"] = Field(
         default="structured",
         description=(
-            "structured removes whole channels, heads and neurons so the model really gets smaller and faster; "
-            "unstructured zeroes single weights by global magnitude (smaller only once compressed)."
+            "structured removes whole channels, heads and neurons so the model really gets smaller and faster "
+            "(decoders: whole grouped-query groups, a key/value head with its query heads, and MLP neurons, the "
+            "same number in every layer); unstructured zeroes single weights by global magnitude (smaller only "
+            "once compressed); depth (decoders) removes whole layers, those that change their input least on "
+            "the task's text."
         ),
     )
     amount: float = Field(
@@ -45,12 +48,18 @@ class PruneConfig(StepConfigBase):
         default=0,
         ge=0,
         le=100,
-        description="Epochs of recovery fine-tuning on the task data after pruning, e.g. 5. 0 skips it.",
+        description=(
+            "Epochs of recovery fine-tuning on the task data after pruning, e.g. 5. 0 skips it. Decoders recover "
+            "by distillation: the pruned model learns the unpruned model's next-token distributions."
+        ),
     )
     keep_layers: list[str] | None = Field(
         default=None,
         max_length=64,
-        description="Module names never pruned, e.g. [\"classifier\"]. The output layer is always kept.",
+        description=(
+            "Module names never pruned, e.g. [\"classifier\"]. The output layer is always kept. Decoders: layers "
+            "depth pruning keeps, e.g. [\"layers.0\"] (structured pruning treats all layers alike)."
+        ),
     )
 
 

@@ -2,7 +2,10 @@
 
 Classifiers use Hinton's loss (KL divergence of temperature-softened outputs, weighted by `alpha`, plus
 cross-entropy on the labels); embedding models learn the teacher's embeddings (cosine loss), and their
-student starts from the teacher's own layers (evenly spaced ones, heads and neurons by magnitude).
+student starts from the teacher's own layers (evenly spaced ones, heads and neurons by magnitude). A decoder's
+student starts from the teacher's own layers too (evenly spaced ones, grouped-query groups and MLP
+neurons by magnitude) and learns the teacher's next-token distributions (Hinton's loss per token, with the
+text's next token as the label), the teacher's logits computed batch by batch.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import Iterator
 from torch import nn
 
 from slimserve.api.steps import DistillConfig, StudentSpec
-from slimserve.compression import transformer_surgery
+from slimserve.compression import decoder_surgery, transformer_surgery
 from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import train
+from slimserve.compression.prune import is_decoder
 from slimserve.compression.registry import register_relaxations, register_transform
 from slimserve.compression.state import ModelState, StepContext
 from slimserve.models.device import model_device
@@ -26,7 +30,10 @@ def distill(state: ModelState, config: DistillConfig, context: StepContext) -> M
     teacher_model = state.float_copy()
     student = build_student(state, teacher_model, config.student, f"{context.where}.student")
     student.to(model_device(teacher_model))  # a student built afresh starts on the CPU
-    targets = context.teacher_outputs(state)
+    if context.task.metric_name == "perplexity":
+        targets = context.task.teacher_forward(state.eager())
+    else:
+        targets = context.teacher_outputs(state)
     context.reporter.update(0.1, f"student of {sum(p.numel() for p in student.parameters())} parameters")
     train(
         student, context.task, epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
@@ -54,7 +61,7 @@ def larger_students(state: ModelState, config: DistillConfig, context: StepConte
 
 def teacher_depth(state: ModelState) -> int:
     recipe = state.recipe
-    if state.family.name == "minilm":
+    if state.family.name == "minilm" or is_decoder(state.model):
         return int(recipe["num_layers"])
     return len(recipe["channels"] if "channels" in recipe else recipe["hidden"])
 
@@ -71,6 +78,8 @@ def build_student(state: ModelState, teacher: nn.Module, spec: StudentSpec, fiel
     width = spec.width_multiplier or 1.0
     if state.family.name == "minilm":
         return _encoder_student(teacher, layers, width)
+    if is_decoder(teacher):
+        return _decoder_student(teacher, layers, width)
     key = "channels" if "channels" in state.recipe else "hidden"
     recipe = dict(state.recipe)
     recipe[key] = [max(1, round(c * width)) for c in state.recipe[key][:layers]]
@@ -83,6 +92,15 @@ def _encoder_student(teacher: nn.Module, layers: int, width: float) -> nn.Module
     if width < 1.0:
         scores = transformer_surgery.magnitude_scores(student)
         transformer_surgery.prune_encoder(student, 1.0 - width, scores, lambda name: False)
+    return student
+
+
+def _decoder_student(teacher: nn.Module, layers: int, width: float) -> nn.Module:
+    student = copy.deepcopy(teacher)
+    transformer_surgery.select_layers(student, transformer_surgery.evenly_spaced(len(student.layers), layers))
+    student.config.num_layers = len(student.layers)
+    if width < 1.0:
+        decoder_surgery.prune_width(student, 1.0 - width, decoder_surgery.magnitude)
     return student
 
 

@@ -7,12 +7,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from slimserve.compression.tasks import Task
+from slimserve.compression.tasks import Batch, Task
 from slimserve.models.device import model_device
 from slimserve.models.families import set_training
 
 # Step sizes for recovery fine-tuning: small for pretrained transformers, larger for small CNNs / MLPs.
-RECOVERY_LEARNING_RATE = {"accuracy": 3e-3, "cosine": 2e-4}
+RECOVERY_LEARNING_RATE = {"accuracy": 3e-3, "cosine": 2e-4, "perplexity": 5e-4}
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -30,7 +30,7 @@ def train(
     epochs: int,
     learning_rate: float,
     batch_size: int,
-    teacher_outputs: torch.Tensor | None = None,
+    teacher_outputs: torch.Tensor | Callable[[Batch], torch.Tensor] | None = None,
     temperature: float = 1.0,
     alpha: float = 0.0,
     masks: dict[str, torch.Tensor] | None = None,
@@ -38,17 +38,19 @@ def train(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Adam over the training split; the loss is the task's (labels and/or the teacher's outputs). Runs where
-    the model is: the task's batches come there, the teacher's outputs are moved there once."""
+    the model is: the task's batches come there, the teacher's outputs are moved there once. `teacher_outputs`
+    is a tensor indexed by the batches' positions, or a function computing a batch's (for outputs too large to
+    keep, a decoder's logits)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    if teacher_outputs is not None:
+    if isinstance(teacher_outputs, torch.Tensor):
         teacher_outputs = teacher_outputs.to(model_device(model))
     set_training(model, True)
     try:
         for epoch in range(epochs):
             total, count = 0.0, 0
             for batch in task.batches("train", batch_size, generator):
-                teacher = teacher_outputs[batch.index] if teacher_outputs is not None else None
+                teacher = _teacher_of(teacher_outputs, batch)
                 loss = task.loss(model(*batch.inputs), batch, teacher, temperature, alpha)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -62,3 +64,9 @@ def train(
     finally:
         set_training(model, False)
     return model
+
+
+def _teacher_of(teacher_outputs: torch.Tensor | Callable[[Batch], torch.Tensor] | None, batch: Batch) -> torch.Tensor | None:
+    if teacher_outputs is None:
+        return None
+    return teacher_outputs(batch) if callable(teacher_outputs) else teacher_outputs[batch.index]

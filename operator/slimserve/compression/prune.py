@@ -2,12 +2,14 @@
 
 Structured pruning of the CNN / MLP uses Torch-Pruning's dependency graph, which also shrinks every layer
 that consumes a pruned channel; the transformer encoder is pruned head by head and neuron by neuron (see
-`transformer_surgery`). Unstructured pruning zeroes the smallest weights across all layers; it does not make
+`transformer_surgery`), a decoder by grouped-query group and neuron, or layer by layer with `depth` (see
+`decoder_surgery`), and recovers by distillation on the unpruned decoder's logits. Unstructured pruning zeroes the smallest weights across all layers; it does not make
 the model faster, but the artifact stores mostly-zero tensors packed (see `slimserve.artifacts.sparse`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -20,7 +22,8 @@ from slimserve.compression.finetune import RECOVERY_LEARNING_RATE, apply_masks, 
 from slimserve.compression.registry import register_relaxations, register_transform
 from slimserve.compression.state import ModelState, StepContext
 
-RECOVERY_BATCH = {"accuracy": 64, "cosine": 32}
+RECOVERY_BATCH = {"accuracy": 64, "cosine": 32, "perplexity": 16}
+DEPTH_BATCHES = 4  # batches of task text whose hidden states rank a decoder's layers
 IMPORTANCE_BATCHES = 4  # batches of task data whose gradients score channels for taylor importance
 _GENTLER = (0.75, 0.5, 0.25)  # the budget search retries at these fractions of the asked amount
 
@@ -31,7 +34,11 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
     keep = list(config.keep_layers or [])
     _check_module_names(model, keep, f"{context.where}.keepLayers")
     masks: dict[str, torch.Tensor] = {}
-    if config.method == "structured":
+    if is_decoder(model):
+        _prune_decoder(model, config, keep, context)
+    elif config.method == "depth":
+        raise SpecDoesNotFit(f"{context.where}.method: depth pruning is for decoders; this is a {state.family.name} model")
+    elif config.method == "structured":
         if state.family.name == "torch-export":
             raise SpecDoesNotFit(
                 f"{context.where}.method: structured pruning needs the model's architecture; a torch-export program "
@@ -46,11 +53,15 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
         apply_masks(model, masks)
     if config.finetune_epochs:
         metric = context.task.metric_name
-        # Classifiers recover on their labels; embedding models on the original model's embeddings.
+        # Classifiers recover on their labels; embedding models on the original model's embeddings; decoders on
+        # the unpruned model's next-token distributions.
         teacher = context.teacher_outputs(context.original) if metric == "cosine" else None
+        if metric == "perplexity":
+            teacher = context.task.teacher_forward(state.eager())
         train(
             model, context.task, epochs=config.finetune_epochs, learning_rate=RECOVERY_LEARNING_RATE[metric],
-            batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, masks=masks, seed=context.seed,
+            batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, alpha=1.0 if metric == "perplexity" else 0.0,
+            masks=masks, seed=context.seed,
             on_epoch=lambda epoch, loss: context.reporter.update(
                 0.2 + 0.7 * epoch / config.finetune_epochs, f"recovery fine-tune epoch {epoch}/{config.finetune_epochs}, loss {loss:.4f}"
             ),
@@ -80,6 +91,38 @@ def _prune_channels(model: nn.Module, config: PruneConfig, keep: list[str], cont
         _accumulate_gradients(model, context)
     pruner.step()
     model.zero_grad(set_to_none=True)
+
+
+def is_decoder(model: nn.Module) -> bool:
+    from slimserve.models.decoder import DecoderLM
+
+    return isinstance(model, DecoderLM)
+
+
+def _prune_decoder(model: nn.Module, config: PruneConfig, keep: list[str], context: StepContext) -> None:
+    from slimserve.compression import decoder_surgery
+
+    if config.method == "unstructured":
+        raise SpecDoesNotFit(f"{context.where}.method: decoders are pruned structured or depth, not unstructured")
+    if config.method == "depth":
+        batches = [batch.inputs for batch in itertools.islice(context.task.batches("train", 8), DEPTH_BATCHES)]
+        influence = decoder_surgery.block_influence(model, batches)
+        for index in range(len(model.layers)):
+            if _kept(f"layers.{index}", keep):
+                influence[index] = float("inf")
+        removed = decoder_surgery.prune_depth(model, config.amount, influence)
+        context.reporter.update(0.2, f"removed layers {removed}")
+        return
+    if keep:
+        raise SpecDoesNotFit(
+            f"{context.where}.keepLayers: a decoder's layers share one head count and MLP width, so structured "
+            "pruning treats them alike; keepLayers applies to depth pruning"
+        )
+    if config.importance == "taylor":
+        _accumulate_gradients(model, context)
+    decoder_surgery.prune_width(model, config.amount, decoder_surgery.taylor if config.importance == "taylor" else decoder_surgery.magnitude)
+    model.zero_grad(set_to_none=True)
+    context.reporter.update(0.2, f"{model.config.num_kv_heads} key/value groups, MLP width {model.config.intermediate_size} per layer")
 
 
 def _prune_encoder(model: nn.Module, config: PruneConfig, keep: list[str], context: StepContext) -> None:
