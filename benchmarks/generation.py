@@ -1,0 +1,295 @@
+"""Generation benchmark: SlimServe's continuous batching against Hugging Face `transformers` `generate`, side
+by side in one run.
+
+The same requests (prompt and output lengths varied, greedy) go
+- to `slimserve serve` of the decoder, through its streaming /v1/completions, from an asyncio client at
+  concurrency 1, 8 and 32 (tokens/s over the run; time to first token from each request's send to its first
+  text);
+- to `transformers` `generate` in this process, one request at a time, and statically batched by 32 (left
+  padded, each batch running to its longest output); its TTFT is the request's own wait inside `generate`.
+Same weights, same torch threads. Targets at concurrency 32: >= 3x one-at-a-time and >= 1.3x static batching.
+`--artifact URI` (repeatable) adds a row per compressed decoder artifact (int8, int4) at concurrency 1 and
+32, as a ratio of the fp32 server's tokens/s.
+
+    .venv/bin/python benchmarks/generation.py                    # builtin://tiny-lm (a random Llama if absent)
+    .venv/bin/python benchmarks/generation.py --quick            # fewer requests
+    .venv/bin/python benchmarks/generation.py --artifact file:///tmp/tiny-lm-int8 --artifact file:///tmp/tiny-lm-int4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+CONCURRENCY = (1, 8, 32)
+STATIC_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    max_tokens: int
+
+
+@dataclass
+class Result:
+    tokens: int  # generated
+    ttft_s: float
+
+
+# --- the model and the requests ---------------------------------------------------------------------
+def model_directory(uri: str, scratch: Path) -> Path:
+    """The Hugging Face directory of `uri` (both sides load it); builtin://tiny-lm's package files, or a
+    random Llama of its shape when those are not there yet."""
+    if uri != "builtin://tiny-lm":
+        return Path(uri.removeprefix("file://"))
+    from slimserve.models.decoder import tiny_lm_dir
+
+    if (tiny_lm_dir() / "config.json").is_file():
+        return tiny_lm_dir()
+    print("builtin://tiny-lm has no files here: a random Llama of its shape (no eos) stands in", flush=True)
+    return random_llama(scratch / "random-llama")
+
+
+def random_llama(directory: Path) -> Path:
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = 4096
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=704, max_position_embeddings=512, bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer = Tokenizer(models.WordLevel({"<pad>": 0, **{f"w{i}": i for i in range(1, vocab)}}, unk_token="<pad>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def make_requests(directory: Path, count: int, seed: int) -> list[Request]:
+    """Prompts of 8 to 96 tokens (decoded from random ids of the vocabulary), 16 to 128 tokens out."""
+    from slimserve.models.decoder import Tokenizer
+
+    tokenizer = Tokenizer.from_directory(directory)
+    rng = random.Random(seed)
+    ids = range(3, tokenizer.vocab_size)
+    return [Request(tokenizer.decode(rng.sample(ids, rng.randint(8, 96))), rng.randint(16, 128)) for _ in range(count)]
+
+
+# --- SlimServe --------------------------------------------------------------------------------------
+class Server:
+    def __init__(self, uri: str, threads: int, log: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            self.port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "slimserve.cli.main", "serve", "--artifact", uri, "--model-name", "bench",
+                   "--host", HOST, "--http-port", str(self.port), "--grpc-port", "0", "--torch-threads", str(threads),
+                   "--max-sequences", str(max(CONCURRENCY)), "--no-access-log", "--log-level", "WARNING"]
+        self.log = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{self.port}/v2/health/ready", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server not ready: {log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def stream_completion(client, port: int, request: Request) -> Result:
+    body = {"model": "bench", "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    sent, first, tokens = time.perf_counter(), None, 0
+    async with client.stream("POST", f"http://{HOST}:{port}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if first is None and event["choices"] and event["choices"][0]["text"]:
+                first = time.perf_counter()
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return Result(tokens, (first or time.perf_counter()) - sent)
+
+
+def run_server(port: int, requests: list[Request], concurrency: int) -> tuple[list[Result], float]:
+    import httpx
+
+    async def main() -> tuple[list[Result], float]:
+        pending = iter(requests)
+        results: list[Result] = []
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            await stream_completion(client, port, Request(requests[0].prompt, 4))  # warm up the connection
+
+            async def worker() -> None:
+                for request in pending:
+                    results.append(await stream_completion(client, port, request))
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return results, time.perf_counter() - started
+
+    return asyncio.run(main())
+
+
+# --- transformers -----------------------------------------------------------------------------------
+class FirstToken:
+    """A `generate` streamer that notes when the first new token comes (its first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.calls, self.at = 0, None
+
+    def put(self, _value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def run_transformers(directory: Path, requests: list[Request], batch: int) -> tuple[list[Result], float]:
+    """`generate` over the requests, `batch` at a time (left padded; a batch runs to its longest output)."""
+    import torch
+    import transformers
+
+    from slimserve.models.decoder import Tokenizer
+
+    tokenizer = Tokenizer.from_directory(directory)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    eos = set([eos] if isinstance(eos, int) else eos or [])
+    results, seconds = [], 0.0
+    with torch.inference_mode():
+        model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=2, do_sample=False)  # warm up
+        for start in range(0, len(requests), batch):
+            group = requests[start:start + batch]
+            prompts = [tokenizer.encode(r.prompt) for r in group]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            streamer = FirstToken()
+            if batch > 1:  # a batch's first tokens: its prefill, timed on its own (streamers take one row)
+                began = time.perf_counter()
+                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=0)
+                streamer.at = time.perf_counter()
+                ttft = streamer.at - began
+            began = time.perf_counter()
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(r.max_tokens for r in group),
+                                 do_sample=False, pad_token_id=0, streamer=streamer if batch == 1 else None)
+            seconds += time.perf_counter() - began
+            if batch == 1:
+                ttft = streamer.at - began
+            for row, request in zip(out[:, width:].tolist(), group):
+                useful = row[:request.max_tokens]
+                ended = next((i for i, token in enumerate(useful) if token in eos), len(useful))
+                results.append(Result(ended, ttft))
+    return results, seconds
+
+
+# --- the table --------------------------------------------------------------------------------------
+def summarize(label: str, results: list[Result], seconds: float) -> dict:
+    ttfts = sorted(r.ttft_s for r in results)
+    return {"row": label, "requests": len(results), "tokens": sum(r.tokens for r in results), "seconds": seconds,
+            "tokens_per_s": sum(r.tokens for r in results) / seconds,
+            "ttft_p50_ms": 1000 * statistics.median(ttfts),
+            "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'row':<44} {'requests':>8} {'tokens':>7} {'tokens/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}")
+    for row in rows:
+        print(f"{row['row']:<44} {row['requests']:>8} {row['tokens']:>7} {row['tokens_per_s']:>9.1f} "
+              f"{row['ttft_p50_ms']:>12.1f} {row['ttft_p99_ms']:>12.1f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="builtin://tiny-lm", help="a decoder: builtin://tiny-lm or file://HF-DIR")
+    parser.add_argument("--artifact", action="append", default=[], help="a compressed decoder artifact to add a row for")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of transformers")
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    scratch = Path(tempfile.mkdtemp(prefix="slimserve-generation-"))
+    directory = model_directory(args.model, scratch)
+    counts = {1: 4, 8: 16, 32: 32} if args.quick else {1: 8, 8: 32, 32: 64}
+    requests = make_requests(directory, max(counts.values()), args.seed)
+    uri = args.model if args.model.startswith("builtin://") and directory.name != "random-llama" else f"file://{directory}"
+
+    rows = []
+    server = Server(uri, args.threads, scratch / "server.log")
+    try:
+        for concurrency in CONCURRENCY:
+            results, seconds = run_server(server.port, requests[:counts[concurrency]], concurrency)
+            rows.append(summarize(f"slimserve c{concurrency}", results, seconds))
+            print_table(rows[-1:])
+    finally:
+        server.stop()
+    single = requests[:counts[8]]  # one at a time: a rate, so fewer requests do
+    rows.append(summarize("transformers generate, one at a time", *run_transformers(directory, single, 1)))
+    print_table(rows[-1:])
+    static = summarize(f"transformers generate, static batch {STATIC_BATCH}",
+                       *run_transformers(directory, requests[:counts[32]], STATIC_BATCH))
+    rows.append(static)
+    for artifact in args.artifact:
+        server = Server(artifact, args.threads, scratch / f"server-{len(rows)}.log")
+        try:
+            for concurrency in (1, 32):
+                results, seconds = run_server(server.port, requests[:counts[concurrency]], concurrency)
+                rows.append(summarize(f"{artifact.rstrip('/').rsplit('/', 1)[-1]} c{concurrency}", results, seconds))
+        finally:
+            server.stop()
+    print_table(rows)
+
+    by_name = {row["row"]: row for row in rows}
+    c32 = by_name["slimserve c32"]["tokens_per_s"]
+    print(f"\nat concurrency 32: {c32 / by_name['transformers generate, one at a time']['tokens_per_s']:.2f}x "
+          f"one-at-a-time (target >= 3), {c32 / static['tokens_per_s']:.2f}x static batching (target >= 1.3)")
+    for artifact_row in rows[len(CONCURRENCY) + 2:]:
+        base = by_name[f"slimserve c{artifact_row['row'].rsplit('c', 1)[1]}"]["tokens_per_s"]
+        print(f"{artifact_row['row']}: {artifact_row['tokens_per_s'] / base:.2f}x the fp32 server's tokens/s")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
