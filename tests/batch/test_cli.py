@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from slimserve.api.workload import PVC_ROOT
 from slimserve.batch.output import read_records
 from slimserve.cli.main import main
 from slimserve.local.plan import plan_from_file
@@ -44,6 +45,27 @@ def test_a_batch_chained_after_a_compression_job_scores_with_its_artifact():
     assert name == "digits-labels" and spec.model.uri == "pvc://models/digits-int8"
 
 
-def test_a_file_without_a_batch_inference_is_refused(capsys):
+@pytest.fixture
+def own_pvc_root(monkeypatch):
+    """In process, `slimserve batch` and `run` set the claims' root for their shards: not for later tests."""
+    monkeypatch.delenv(PVC_ROOT.name, raising=False)
+
+
+def test_a_file_without_a_batch_inference_is_refused(capsys, own_pvc_root):
     assert main(["batch", "--spec", str(EXAMPLES / "quickstart.yaml")]) == 2
     assert "no BatchInference in the file (found: CompressionJob, ModelService)" in capsys.readouterr().err
+
+
+def test_slimserve_run_scores_a_files_batch_inference(tmp_path, capfd, own_pvc_root):
+    datasets = tmp_path / "pvc" / "datasets"
+    datasets.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "data" / "digits.npy", datasets)
+    manifest = tmp_path / "batch.yaml"
+    manifest.write_text(json.dumps({
+        "apiVersion": "slimserve.io/v1alpha1", "kind": "BatchInference", "metadata": {"name": "labels"},
+        "spec": {"model": {"uri": "builtin://digits-cnn"}, "input": {"uri": "pvc://datasets/digits.npy"},
+                 "output": {"uri": "pvc://datasets/labels/"}, "shards": 2, "batchSize": 50},
+    }))
+    assert main(["run", "-f", str(manifest), "--workdir", str(tmp_path), "--once"]) == 0
+    assert "100 records in 2 shards" in capfd.readouterr().out
+    assert [record["id"] for record in read_records(datasets / "labels")] == list(range(100))
