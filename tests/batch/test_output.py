@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from slimserve.batch.errors import OutputConflict, RecordError
+from slimserve.batch.errors import DatasetError, OutputConflict, RecordError
 from slimserve.batch.runner import Shard, run_shard
 from tests.batch.conftest import digits_spec, write_jsonl
 
@@ -62,3 +62,14 @@ def test_a_malformed_record_fails_its_shard_and_keeps_what_was_written(tmp_path,
         score(spec, "run-1", index=1, shards=2)
     assert sorted(path.name for path in out.iterdir()) == ["part-00000.json", "part-00000.jsonl"]
     assert (out / "part-00000.jsonl").read_bytes() == written
+
+
+def test_ids_of_mixed_types_are_refused_for_parquet_naming_the_id_field(tmp_path, digits):
+    rows = [{"input": row.tolist(), "key": key} for row, key in zip(digits[:4], ["a", 3, "c", "d"])]
+    write_jsonl(tmp_path / "in" / "a.jsonl", rows)
+    spec = digits_spec(f"file://{tmp_path}/in/a.jsonl", f"file://{tmp_path}/out/", batchSize=2,
+                       input={"uri": f"file://{tmp_path}/in/a.jsonl", "idField": "key"},
+                       output={"uri": f"file://{tmp_path}/out/", "format": "parquet"})
+    with pytest.raises(DatasetError, match=r"spec.input.idField: its values cannot make one Parquet column"):
+        score(spec, "run-1")
+    assert not list((tmp_path / "out").iterdir())  # nothing published, no staging file left

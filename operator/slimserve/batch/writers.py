@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from slimserve.batch.errors import DatasetError
+
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
 
@@ -44,11 +46,13 @@ class ParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = {"id": pa.array(list(ids)), **{name: _column(outputs[name]) for name in self._names}}
-        table = pa.table(columns)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._path, table.schema)
-        self._writer.write_table(table.cast(self._writer.schema))
+        try:
+            table = pa.table({"id": pa.array(list(ids)), **{name: _column(outputs[name]) for name in self._names}})
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self._path, table.schema)
+            self._writer.write_table(table.cast(self._writer.schema))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise DatasetError(f"spec.input.idField: its values cannot make one Parquet column (mixed types?): {exc}") from None
         self.records += len(ids)
 
     def close(self) -> None:

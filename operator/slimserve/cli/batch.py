@@ -114,16 +114,17 @@ def _run_shard() -> int:
         outcome = run_shard(shard, json_lines(sys.stdout), reporter)
         if reporter is not None:
             reporter.finished(outcome.entry())
-    except SlimServeError as exc:
-        message = f"{exc.reason}: {exc}"
-        if reporter is not None and exc.reason != "StaleGeneration":
+    except Exception as exc:  # a SlimServeError names its reason; anything else is a bug, said in one line too
+        reason = exc.reason if isinstance(exc, SlimServeError) else "InternalError"
+        message = str(exc) if isinstance(exc, SlimServeError) else f"{type(exc).__name__}: {exc}"
+        if reporter is not None and reason != "StaleGeneration":
             failed = ShardProgress(generation=0, state="Failed", records_done=shard.records_done,
-                                   records_total=shard.records_total, message=message[:4000])
+                                   records_total=shard.records_total, message=f"{reason}: {message}"[:4000])
             try:
                 reporter.finished(failed)
             except SlimServeError:
                 pass  # the termination message still says why
-        return _fail(exc.reason, str(exc), EXIT_FAILED)
+        return _fail(reason, message, EXIT_FAILED)
     return 0
 
 
