@@ -166,7 +166,7 @@ def _wait_for(server, name: str, wanted: float, timeout_s: float = 20) -> dict[s
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     before = metric_samples(server.http_url)["slimserve_generated_tokens_total"]
     connection, _response = _open_stream(server)
-    assert metric_samples(server.http_url)["slimserve_running_sequences"] == 1
+    _wait_for(server, "slimserve_running_sequences", 1)
     connection.close()
     after = _wait_for(server, "slimserve_running_sequences", 0)
     assert after["slimserve_generated_tokens_total"] - before < LONG  # cut short, not run to max_tokens

@@ -243,6 +243,7 @@ class GenerationEngine:
                 admitted.append(sequence)
             self.metrics.waiting_sequences.set(len(self._waiting))
         self._running.extend(admitted)
+        self.metrics.running_sequences.set(len(self._running))  # before their first tokens go out
         return admitted
 
     def _advance(self, sequences: list[Sequence], logits: torch.Tensor) -> None:
