@@ -76,8 +76,9 @@ class ModelState:
         return eager_forward(self.model)
 
     def served(self) -> Forward:
-        """The forward the server will run: optimized once for quantized models, eager for float ones."""
-        if self.quantization is None:
+        """The forward the server will run: optimized once for quantized models, eager for float ones and for
+        families the server runs eager (decoders)."""
+        if self.quantization is None or self.family.served_eager:
             return self.eager()
         if self._optimized is None:
             from slimserve.quant import optimize_for_inference

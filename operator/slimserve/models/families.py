@@ -22,7 +22,10 @@ from slimserve.models.torch_servables import ClassifierServable, EmbeddingServab
 
 class ModelFamily(ABC):
     name: str
-    metric: str  # "accuracy" (classifiers) or "cosine" (embedding models)
+    metric: str  # "accuracy" (classifiers), "cosine" (embedding models) or "perplexity" (decoders)
+    # The server runs the model's own modules (a decoder's prefill and decode steps), never a compiled forward:
+    # the compression engine scores its candidates that way too.
+    served_eager: bool = False
 
     @abstractmethod
     def build(self, recipe: dict[str, Any], assets: Path | None = None) -> nn.Module:
