@@ -13,7 +13,24 @@ from slimserve.models.servable import ModelInfo, Servable, TensorSpec
 if TYPE_CHECKING:
     from slimserve.api.storage import S3Spec
 
-__all__ = ["ModelInfo", "Servable", "TensorSpec", "load_servable"]
+__all__ = ["ModelInfo", "Servable", "TensorSpec", "load_servable", "servable_artifact"]
+
+
+def servable_artifact(
+    uri: str, *, s3: "S3Spec | None" = None, expected_digest: str | None = None, allow_outside_budget: bool = False,
+):
+    """The verified artifact at `uri` (`expected_digest` pins its manifest digest), refused (ArtifactError,
+    reason OutsideBudget) when its compression missed the accuracy budget unless `allow_outside_budget`."""
+    from slimserve.artifacts import ArtifactError, load_artifact
+
+    artifact = load_artifact(uri, s3=s3, expected_digest=expected_digest)
+    if not artifact.manifest.within_budget and not allow_outside_budget:
+        raise ArtifactError(
+            f"{uri}: its compression missed the accuracy budget (withinBudget: false in manifest.json); it is "
+            "served only when allowed (--allow-outside-budget, a ModelService's spec.model.allowOutsideBudget)",
+            reason="OutsideBudget",
+        )
+    return artifact
 
 
 def load_servable(
@@ -31,7 +48,6 @@ def load_servable(
     """
     from dataclasses import replace
 
-    from slimserve.artifacts import ArtifactError, load_artifact
     from slimserve.models.device import on_device, precision, resolve_device, to_device
     from slimserve.models.families import eager_forward
     from slimserve.models.loading import BUILTIN_SCHEME, load_builtin, rebuild_artifact
@@ -41,13 +57,7 @@ def load_servable(
         loaded = load_builtin(uri)
         info = loaded.family.info(loaded.recipe, name=loaded.name, version="builtin")
     else:
-        artifact = load_artifact(uri, s3=s3, expected_digest=expected_digest)
-        if not artifact.manifest.within_budget and not allow_outside_budget:
-            raise ArtifactError(
-                f"{uri}: its compression missed the accuracy budget (withinBudget: false in manifest.json); it is "
-                "served only when allowed (--allow-outside-budget, a ModelService's spec.model.allowOutsideBudget)",
-                reason="OutsideBudget",
-            )
+        artifact = servable_artifact(uri, s3=s3, expected_digest=expected_digest, allow_outside_budget=allow_outside_budget)
         loaded = rebuild_artifact(artifact)
         info = loaded.family.info(
             artifact.manifest.recipe, name=loaded.name, version=artifact.digest.removeprefix("sha256:")[:12],

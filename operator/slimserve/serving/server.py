@@ -87,7 +87,9 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     generation = None  # a decoder's: the generation engine and its routes
     if model is None and serves_decoder(config.artifact):
-        model = ServedModel(config.artifact, config.model_name, decoder_loader(config.device))
+        model = ServedModel(config.artifact, config.model_name, decoder_loader(
+            config.device, config.artifact_digest, allow_outside_budget=config.allow_outside_budget
+        ))
         generation = Generation(model)
     model = model or ServedModel(
         config.artifact, config.model_name, artifact_loader(

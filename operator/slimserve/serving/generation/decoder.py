@@ -64,22 +64,41 @@ def refusal(name: str) -> str:
             "/generate_stream), or the OpenAI-compatible /v1/completions and /v1/chat/completions")
 
 
-def decoder_loader(device: str):
-    """A ServedModel loader: the decoder of a URI on the device the policy picks (`models.device`)."""
+def decoder_loader(device: str, expected_digest: str | None = None, allow_outside_budget: bool = False):
+    """A ServedModel loader: the decoder of a URI on the device the policy picks (`models.device`); an
+    artifact is verified and allowed first (`models.servable_artifact`)."""
 
     def load(uri: str) -> DecoderServable:
         from slimserve.models.decoder import load_decoder
         from slimserve.models.device import precision, resolve_device
+        from slimserve.models.loading import BUILTIN_SCHEME
 
         target = resolve_device(device)
+        version = "builtin" if uri.startswith(BUILTIN_SCHEME) else _artifact_version(uri, expected_digest,
+                                                                                      allow_outside_budget)
         loaded = load_decoder(uri)
         loaded.model.to(target)
         signature = (TensorSpec(TEXT_INPUT, "BYTES", (-1,)),), (TensorSpec(TEXT_OUTPUT, "BYTES", (-1,)),)
-        info = ModelInfo(loaded.name, "builtin" if uri.startswith("builtin://") else "1", inputs=signature[0],
-                         outputs=signature[1], device=str(target), precision=precision(loaded.model))
+        info = ModelInfo(loaded.name, version, inputs=signature[0], outputs=signature[1], device=str(target),
+                         precision=precision(loaded.model, getattr(loaded, "quantization", None)))
         return DecoderServable(info, loaded)
 
     return load
+
+
+def _artifact_version(uri: str, expected_digest: str | None, allow_outside_budget: bool) -> str:
+    """An artifact's version (its digest's first 12 hex digits, as other models'), once verified and allowed;
+    "1" for a Hugging Face directory."""
+    from slimserve.artifacts import ArtifactError
+    from slimserve.artifacts.storage import local_path
+    from slimserve.models import servable_artifact
+
+    if not (local_path(uri) / "manifest.json").is_file():
+        if expected_digest:
+            raise ArtifactError(f"{uri}: not an artifact, so it has no digest to pin ({expected_digest})")
+        return "1"
+    artifact = servable_artifact(uri, expected_digest=expected_digest, allow_outside_budget=allow_outside_budget)
+    return artifact.digest.removeprefix("sha256:")[:12]
 
 
 def start_engine(servable: DecoderServable, options: GenerationOptions, metrics: GenerationMetrics) -> GenerationEngine:
