@@ -1,35 +1,45 @@
 """Payload logging: inference requests and responses as CloudEvents to an HTTP sink, in KServe's logger format.
 
 Each logged request makes up to two events, binary content mode (attributes in `ce-*` headers, the payload
-as the body): `org.kubeflow.serving.inference.request` and `.response`, both with `ce-id` = the request id,
-and the extensions KServe's logger sets (`inferenceservicename`, `namespace`, `component`, `endpoint`), so a
-sink written for KServe reads them as they are. REST payloads go as received and sent (JSON or the binary
-tensor extension, with their content type); gRPC and gRPC-Web ones as the bytes of the
+as the body), one HTTP request each: `org.kubeflow.serving.inference.request` and `.response`, both with
+`ce-id` = the request id, and the extensions KServe's logger sets (`inferenceservicename`, `namespace`,
+`component`, `endpoint`), so a sink written for KServe reads them as they are. REST payloads go as received and
+sent (JSON or the binary tensor extension, with their content type); gRPC and gRPC-Web ones as the bytes of the
 `inference.ModelInferRequest` received and the `ModelInferResponse` sent (`application/x-protobuf`).
 
 As KServe's logger, which sits behind whatever authenticates: a request refused by auth is not logged; one
 that fails is logged without a response.
 
 Inference never waits for the sink: the endpoint samples the request (by request id, so a request and its
-response are logged together or not at all), then puts references to the payloads' bytes on a bounded
-queue - no copy, no encoding on the event loop. One sender thread posts them over a kept-alive connection,
-each socket operation bounded by `timeout_s`; an event's headers are the CloudEvents SDK's for its type and
-content type, made once, with its id and time filled in. A full queue drops the event; a refused, failing or
-slow sink fails it; both are counted (`slimserve_payload_log_events_total{outcome}`), never a request's error.
+response are logged together or not at all), appends references to the payloads' bytes to a bounded deque and
+wakes the sender if it sleeps - no copy and no encoding on the event loop. One sender thread takes what has gathered
+and writes it as pipelined HTTP/1.1 requests on one kept-alive connection, in one scatter write (the payloads
+referenced, not copied), then counts the replies as `httptools` parses them: per event, one small head made
+from its kind's template (the CloudEvents SDK's headers, made once) instead of a request and a reply round
+trip. Each socket operation is bounded by `timeout_s`.
+
+Delivery is at most once. A sink that ends the connection with `Connection: close` has, by HTTP's rules, not
+taken the requests after that reply: they go again on a new connection. One that drops the connection
+mid-pipeline may or may not have taken the unanswered ones: they count as failed, never sent twice. A full
+queue drops the new event; a refused, failing or slow sink fails it; all are counted
+(`slimserve_payload_log_events_total{outcome}`), never a request's error.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import http.client
 import logging
-import queue
+import re
+import select
+import socket
+import ssl
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections import deque
 from urllib.parse import urlsplit
 
+import httptools
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
@@ -41,8 +51,12 @@ log = logging.getLogger(__name__)
 REQUEST_EVENT = "org.kubeflow.serving.inference.request"
 RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
 MAX_QUEUED = 10_000  # events waiting for the sender; past this, new ones are dropped
-MAX_SINK_REPLY_BYTES = 64 * 1024  # read (and ignore) at most this much of a sink's reply
+MAX_PIPELINED = 64  # events written before their replies are read
+MAX_PIPELINED_BYTES = 4 * 1024 * 1024  # payload bytes written before the replies are read (one event at least)
+MAX_SINK_REPLY_BYTES = 64 * 1024  # read (and ignore) at most this much of a sink's reply, per event
 _SAMPLING_SCALE = 2**64
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # what may go into a header as it is: no CR, LF or other controls
+_STARTED_EVENTS = ("ce-id", "ce-time")  # the headers of each event's own; the rest come from its kind's template
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -53,14 +67,8 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest) < rate * _SAMPLING_SCALE
 
 
-@dataclass(frozen=True, slots=True)
-class _Queued:
-    event_type: str
-    request_id: str
-    model: str
-    payload: bytes
-    content_type: str
-    time_s: float  # when the request was answered (time.time())
+# A queued event: (type, request id, model, payload bytes, content type, time.time() when the request was answered)
+_Event = tuple[str, str, str, bytes, str, float]
 
 
 class PayloadLogger:
@@ -68,13 +76,16 @@ class PayloadLogger:
 
     def __init__(self, settings: PayloadLogSettings, metrics: ServerMetrics, max_queued: int = MAX_QUEUED) -> None:
         self.settings = settings
-        self._events = metrics.payload_log_events
+        self._sent, self._failed, self._dropped = (metrics.payload_log_events.labels(outcome)
+                                                   for outcome in ("sent", "failed", "dropped"))
         self._log_requests = settings.mode in ("all", "request")
         self._log_responses = settings.mode in ("all", "response")
-        self._queue: queue.Queue[_Queued | None] = queue.Queue(max_queued)
+        self._max_queued = max_queued
+        self._pending: deque[_Event] = deque()  # appended on the event loop, taken by the sender
+        self._wake = threading.Event()
+        self._closing = False
         self._sink = _Sink(settings.url, settings.timeout_s)
-        self._source = _source(settings)
-        self._headers: dict[tuple[str, str, str], dict[str, str]] = {}  # the sender's, by type, content type, model
+        self._heads = _Heads(settings, self._sink.request_line)
         self._sender = threading.Thread(target=self._send_until_closed, name="slimserve-payload-log", daemon=True)
         self._sender.start()
 
@@ -87,64 +98,114 @@ class PayloadLogger:
             return
         now = time.time()
         if self._log_requests:
-            self._put(_Queued(REQUEST_EVENT, request_id, model, request, request_type, now))
+            self._put((REQUEST_EVENT, request_id, model, request, request_type, now))
         if self._log_responses and response is not None:
-            self._put(_Queued(RESPONSE_EVENT, request_id, model, response, response_type, now))
+            self._put((RESPONSE_EVENT, request_id, model, response, response_type, now))
+        if not self._wake.is_set():  # the sender clears it before it takes: a set one is still to be seen
+            self._wake.set()
 
     @property
     def queued(self) -> int:
         """Events waiting for the sender."""
-        return self._queue.qsize()
+        return len(self._pending)
 
-    def _put(self, event: _Queued) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self._events.labels("dropped").inc()
+    def _put(self, event: _Event) -> None:
+        if len(self._pending) >= self._max_queued:
+            self._dropped.inc()
+        else:
+            self._pending.append(event)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (for at most about `timeout_s`), then stop the sender."""
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            pass
+        self._closing = True
+        self._wake.set()
         self._sender.join(timeout_s)
+        self._sink.close()
 
     def _send_until_closed(self) -> None:
-        while (event := self._queue.get()) is not None:
+        while not self._closing or self._pending:
+            self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                self._send(self._take())
+
+    def _take(self) -> list[_Event]:
+        """The oldest events, up to MAX_PIPELINED of them and MAX_PIPELINED_BYTES of payload (one at least)."""
+        batch = [self._pending.popleft()]
+        size = len(batch[0][3])
+        while self._pending and len(batch) < MAX_PIPELINED and size + len(self._pending[0][3]) <= MAX_PIPELINED_BYTES:
+            event = self._pending.popleft()
+            batch.append(event)
+            size += len(event[3])
+        return batch
+
+    def _send(self, batch: list[_Event]) -> None:
+        messages = []
+        for event in batch:
             try:
-                status = self._sink.post(*self._encode(event))
-            except Exception as error:  # noqa: BLE001 - a sink failure must never end the sender
-                self._events.labels("failed").inc()
-                log.debug("payload log: event %s not sent: %s", event.request_id, error)
-                continue
-            self._events.labels("sent" if 200 <= status < 300 else "failed").inc()
+                messages.append((self._heads.head(event), event[3]))
+            except ValueError as error:  # a header value that may not go on the wire as it is
+                self._failed.inc()
+                log.debug("payload log: event %s not sent: %s", event[1], error)
+        while messages:
+            try:
+                statuses, untaken = self._sink.exchange(messages)
+            except OSError as error:  # unreachable, reset, timed out: the unanswered ones may have been taken
+                statuses, untaken = getattr(error, "statuses", []), 0
+                self._failed.inc(len(messages) - len(statuses))
+                log.debug("payload log: %d of %d events not sent: %s", len(messages) - len(statuses), len(messages),
+                          error)
+            ok = sum(200 <= status < 300 for status in statuses)
+            self._sent.inc(ok)
+            self._failed.inc(len(statuses) - ok)
+            # A sink that closed with `Connection: close` took nothing after that reply: send the rest again.
+            messages = messages[len(messages) - untaken:] if untaken else []
 
-    def _encode(self, event: _Queued) -> tuple[dict[str, str], bytes]:
-        kind = (event.event_type, event.content_type, event.model)
-        template = self._headers.get(kind)
+
+class _Heads:
+    """Each event's HTTP request head: its kind's template (request line, Host, the CloudEvents SDK's headers for
+    its type, content type and model), then its own id, time and length."""
+
+    def __init__(self, settings: PayloadLogSettings, request_line: bytes) -> None:
+        self._settings = settings
+        self._source = _source(settings)
+        self._request_line = request_line
+        self._templates: dict[tuple[str, str, str], bytes] = {}
+
+    def head(self, event: _Event) -> bytes:
+        event_type, request_id, model, payload, content_type, time_s = event
+        kind = (event_type, content_type, model)
+        template = self._templates.get(kind)
         if template is None:
-            template = self._headers[kind] = self._template(*kind)
-        headers = dict(template)
-        headers[_ID_HEADER] = event.request_id
-        headers[_TIME_HEADER] = _rfc3339(event.time_s)
-        return headers, event.payload
+            template = self._templates[kind] = self._template(*kind)
+        if not _HEADER_VALUE.fullmatch(request_id):
+            raise ValueError(f"request id {request_id!r} cannot be a header value")
+        return b"%sce-id: %s\r\nce-time: %s\r\ncontent-length: %d\r\n\r\n" % (
+            template, request_id.encode(), _rfc3339(time_s), len(payload))
 
-    def _template(self, event_type: str, content_type: str, model: str) -> dict[str, str]:
-        """The binary-mode headers of an event of this kind, as the CloudEvents SDK makes and checks them."""
+    def _template(self, event_type: str, content_type: str, model: str) -> bytes:
         attributes = {
             "id": "template", "source": self._source, "type": event_type, "datacontenttype": content_type,
-            "inferenceservicename": self.settings.service or model, "namespace": self.settings.namespace,
+            "inferenceservicename": self._settings.service or model, "namespace": self._settings.namespace,
             "component": "predictor", "endpoint": "default",
         }
-        return to_binary_event(CloudEvent(attributes, b"")).headers
+        headers = to_binary_event(CloudEvent(attributes, b"")).headers
+        lines = [f"{name}: {value}\r\n" for name, value in headers.items() if name not in _STARTED_EVENTS]
+        for line in lines:
+            if not _HEADER_VALUE.fullmatch(line[:-2]):
+                raise ValueError(f"header {line[:-2]!r} cannot go on the wire as it is")
+        return self._request_line + "".join(lines).encode()
 
 
-_ID_HEADER, _TIME_HEADER = "ce-id", "ce-time"
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
 
 
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def _rfc3339(seconds: float) -> bytes:
+    """RFC 3339 in UTC to the microsecond, as the CloudEvents SDK writes ce-time."""
+    whole = int(seconds)
+    return b"%s.%06dZ" % (_second(whole), int((seconds - whole) * 1_000_000))
 
 
 def _source(settings: PayloadLogSettings) -> str:
@@ -154,33 +215,121 @@ def _source(settings: PayloadLogSettings) -> str:
     return "/slimserve"
 
 
+class _Replies:
+    """The sink's replies to a pipeline of requests, parsed by `httptools`: their statuses, in order, and whether
+    the sink said it closes the connection after the last of them."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.closing = False
+        self.started = False  # a reply's head has arrived, its body not all of it
+        self._parser = httptools.HttpResponseParser(self)
+
+    def feed(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_headers_complete(self) -> None:
+        self.started = True
+
+    def on_message_complete(self) -> None:
+        self.started = False
+        self.statuses.append(self._parser.get_status_code())
+        self.closing = not self._parser.should_keep_alive()
+
+
 class _Sink:
-    """One kept-alive HTTP(S) connection to the sink, opened again after any failure."""
+    """One kept-alive HTTP(S) connection to the sink, opened again after any failure or close."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         parts = urlsplit(url)
         self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        authority = parts.netloc.rpartition("@")[2]
+        self.request_line = f"POST {path} HTTP/1.1\r\nhost: {authority}\r\n".encode()
         self._timeout_s = timeout_s
-        self._connection: http.client.HTTPConnection | None = None
+        self._tls = ssl.create_default_context() if self._https else None
+        self._socket: socket.socket | None = None
 
-    def post(self, headers: dict[str, str], body: bytes) -> int:
-        connection = self._connection or self._connect()
+    def exchange(self, messages: list[tuple[bytes, bytes]]) -> tuple[list[int], int]:
+        """Write `messages` (head, body) pipelined and read their replies: the statuses of those answered, and how
+        many after them the sink did not take (it closed with `Connection: close` first). An OSError carries the
+        statuses of the replies that came before it (`.statuses`)."""
+        replies = _Replies()
         try:
-            connection.request("POST", self._path, body, headers)
-            reply = connection.getresponse()
-            reply.read(MAX_SINK_REPLY_BYTES)
-            if not reply.isclosed():  # a longer reply than we read: do not reuse the connection
-                connection.close()
-                self._connection = None
-            return reply.status
-        except Exception:
-            connection.close()
-            self._connection = None
+            sock = self._usable() or self._connect()
+            _write(sock, [part for message in messages for part in message if part])
+            limit = MAX_SINK_REPLY_BYTES * len(messages)
+            while len(replies.statuses) < len(messages) and not replies.closing:
+                data = sock.recv(65536)
+                if not data:
+                    if replies.started:  # a reply whose body runs to the end of the connection
+                        replies.on_message_complete()
+                        replies.closing = True
+                        break
+                    raise ConnectionResetError("the sink closed the connection")
+                limit -= len(data)
+                if limit < 0:
+                    raise ConnectionAbortedError("the sink's replies are longer than payload logging reads")
+                replies.feed(data)
+        except httptools.HttpParserError as error:
+            if not replies.closing:  # bytes after the reply that closes the connection are no one's concern
+                self.close()
+                failure = ConnectionAbortedError(f"the sink's reply: {error}")
+                failure.statuses = replies.statuses  # type: ignore[attr-defined]
+                raise failure from error
+        except OSError as error:
+            self.close()
+            error.statuses = replies.statuses  # type: ignore[attr-defined]
             raise
+        if replies.closing:
+            self.close()
+            return replies.statuses, len(messages) - len(replies.statuses)
+        return replies.statuses, 0
 
-    def _connect(self) -> http.client.HTTPConnection:
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        self._connection = kind(self._host, self._port, timeout=self._timeout_s)
-        return self._connection
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def _usable(self) -> socket.socket | None:
+        """The kept-alive connection, unless the sink closed it while idle (it reads as ready: EOF or stray
+        bytes), when writing on it would lose a pipeline the sink never saw."""
+        sock = self._socket
+        if sock is None or not select.select([sock], [], [], 0)[0]:
+            return sock
+        sock.setblocking(False)
+        try:
+            sock.recv(1)  # the end of the connection, or bytes no request asked for
+        except (ssl.SSLWantReadError, BlockingIOError):  # TLS records without data (session tickets)
+            return sock
+        except OSError:
+            pass
+        finally:
+            sock.settimeout(self._timeout_s)
+        self.close()
+        return None
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self._host, self._port), timeout=self._timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+        self._socket = sock
+        return sock
+
+
+def _write(sock: socket.socket, parts: list[bytes]) -> None:
+    """All of `parts`, in order: one gathering write where the socket has one (the payloads are not copied)."""
+    if isinstance(sock, ssl.SSLSocket):  # TLS encrypts into its own buffer anyway
+        sock.sendall(b"".join(parts))
+        return
+    views = [memoryview(part) for part in parts]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first:first + 1024])  # IOV_MAX
+        while first < len(views) and sent >= len(views[first]):
+            sent -= len(views[first])
+            first += 1
+        if sent:
+            views[first] = views[first][sent:]
