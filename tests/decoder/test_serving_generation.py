@@ -53,7 +53,8 @@ def test_models_and_metadata_say_it_is_a_decoder(server, client):
 
 
 def test_completion_whole_and_streamed_agree(client):
-    whole = client.completions.create(model=MODEL, prompt="w1 w2 w3", max_tokens=12, temperature=0)
+    whole = client.completions.create(model=MODEL, prompt="w1 w2 w3", max_tokens=12, temperature=0, n=1,
+                                      presence_penalty=0, frequency_penalty=0.0, logit_bias={})  # neutral: taken
     choice = whole.choices[0]
     assert choice.finish_reason == "length" and len(choice.text.split()) == 12
     assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens) == (3, 12, 15)
@@ -110,6 +111,7 @@ def test_oip_generate_and_generate_stream(server):
     ({"prompt": "w1 " * (CONTEXT + 1)}, "prompt"),
     ({"prompt": "w1", "max_tokens": CONTEXT}, "max_tokens"),
     ({"prompt": "w1", "best_of": 2}, "best_of"),
+    ({"prompt": "w1", "presence_penalty": 0.5}, "presence_penalty"),
     ({"prompt": "w1", "temperature": "hot"}, "temperature"),
     ({"prompt": ["w1", "w2"]}, "prompt"),
     ({"prompt": "w1", "stop": ""}, "stop"),
@@ -192,3 +194,4 @@ def test_a_full_queue_is_429_and_a_long_wait_503_both_with_retry_after(server, c
             connection.close()
     _wait_for(server, "slimserve_running_sequences", 0)
     assert client.completions.create(model=MODEL, prompt="w1", max_tokens=2).choices[0].text
+

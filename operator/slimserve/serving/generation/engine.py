@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from slimserve.serving.errors import Overloaded, ServerNotReady, Unavailable
+from slimserve.serving.errors import InferenceFailed, Overloaded, ServerNotReady, Unavailable
 from slimserve.serving.generation.params import Completion, SamplingParams
 from slimserve.serving.generation.sampling import new_generator, next_tokens
 from slimserve.serving.generation.text import TextStream
@@ -200,8 +200,9 @@ class GenerationEngine:
                     self._step()
                 except Exception as error:  # noqa: BLE001 - a model failure ends the sequences it touched
                     log.exception("generation step failed")
+                    failed = InferenceFailed(f"generation failed: {type(error).__name__}: {error}")
                     for sequence in [*self._running]:
-                        self._finish(sequence, None, error)
+                        self._finish(sequence, None, failed)
         for sequence in [*self._running, *self._waiting]:
             sequence.deliver(Chunk("", len(sequence.generated), error=ServerNotReady("the server is shutting down")))
 

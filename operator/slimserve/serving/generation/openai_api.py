@@ -41,7 +41,11 @@ class _Sampling(Strict):
     top_k: Annotated[int, Field(ge=-1)] = -1  # vLLM's extension: -1 (or 0) for no limit
     seed: int | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    # OpenAI parameters taken at their neutral values only (clients often send them), refused otherwise
     n: Literal[1] = 1
+    presence_penalty: Annotated[float, Field(ge=0, le=0)] = 0
+    frequency_penalty: Annotated[float, Field(ge=0, le=0)] = 0
+    logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
