@@ -21,12 +21,9 @@ NEW_TOKENS = 32
 
 def greedy_generation(model: nn.Module, prompt: torch.Tensor, new_tokens: int = NEW_TOKENS):
     """A call generating `new_tokens` after `prompt` [T] (prefill, then one decode step per token)."""
-    from slimserve.models.decoder import KVCache
-
     device = model_device(model)
     prompt = prompt.to(device)
-    # Built here rather than by model.new_cache: a quantized embedding has no float weight to take a dtype from.
-    cache = KVCache(model.config, 1, len(prompt) + new_tokens, torch.float32, device)
+    cache = model.new_cache(1, len(prompt) + new_tokens)
     slots = torch.zeros(1, dtype=torch.long, device=device)
 
     def generate() -> None:

@@ -100,7 +100,8 @@ def _serve(plan: LocalPlan, options: RunOptions, console: Console) -> int:
         check = self_check(server.http, server.grpc_address, plan.model_name)
         _print_endpoints(console, server, plan.model_name, check)
         if not check.agree:
-            console.print("[red]self-check failed[/]: REST and gRPC answers differ")
+            answers = "/v1/completions and OIP generate" if check.completion else "REST and gRPC"
+            console.print(f"[red]self-check failed[/]: {answers} answers differ")
             return 1
         if options.once:
             return 0
@@ -116,6 +117,9 @@ def _serve(plan: LocalPlan, options: RunOptions, console: Console) -> int:
 
 
 def _print_endpoints(console: Console, server: ServerProcess, model: str, check: SelfCheck) -> None:
+    if check.completion:
+        _print_generation(console, server, model, check)
+        return
     console.print(f"REST  {server.http}/v2/models/{model}/infer")
     console.print(f"gRPC  {server.grpc_address}  (inference.GRPCInferenceService/ModelInfer)")
     console.print(f"metrics {server.http}/metrics   server log {server.log_path}")
@@ -124,6 +128,14 @@ def _print_endpoints(console: Console, server: ServerProcess, model: str, check:
     console.print(f"self-check: sent {check.request}")
     console.print(f"  REST answer: {check.rest_answer}")
     console.print(f"  gRPC answer: {check.grpc_answer}")
+
+
+def _print_generation(console: Console, server: ServerProcess, model: str, check: SelfCheck) -> None:
+    console.print(f"OpenAI  {server.http}/v1/completions  {server.http}/v1/chat/completions  (stream: true for SSE)")
+    console.print(f"OIP     {server.http}/v2/models/{model}/generate  and /generate_stream")
+    console.print(f"metrics {server.http}/metrics   server log {server.log_path}")
+    console.print(f"self-check: {check.request}")
+    console.print(check.rest_answer, markup=False, highlight=False)
 
 
 def stdout_console() -> Console:

@@ -1,4 +1,5 @@
-"""One real request to the local server, over REST and gRPC, with an input the model's signature asks for."""
+"""One real request to the local server, over REST and gRPC, with an input the model's signature asks for; for
+a decoder, one greedy completion over the OpenAI-compatible route and the OIP generate extension."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 
 SAMPLE_SENTENCE = "SlimServe makes models smaller and faster."
+SAMPLE_PROMPT = "def fibonacci(n):\n"  # builtin://tiny-lm completes Python
+COMPLETION_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -21,11 +24,30 @@ class SelfCheck:
     rest_answer: str
     grpc_answer: str
     agree: bool
+    completion: bool = False  # a decoder's: the answers are one greedy completion over /v1 and OIP generate
 
 
 def _get_json(url: str, timeout: float = 10) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def completion_check(http: str, model: str) -> SelfCheck:
+    """A greedy completion of SAMPLE_PROMPT over /v1/completions and over OIP generate: the same text twice."""
+    openai = _post_json(f"{http}/v1/completions", {
+        "model": model, "prompt": SAMPLE_PROMPT, "max_tokens": COMPLETION_TOKENS, "temperature": 0})
+    oip = _post_json(f"{http}/v2/models/{model}/generate", {
+        "text_input": SAMPLE_PROMPT, "parameters": {"max_tokens": COMPLETION_TOKENS, "temperature": 0}})
+    completion, generated = openai["choices"][0]["text"], oip["text_output"]
+    return SelfCheck(request=f"complete {SAMPLE_PROMPT!r} (greedy, {COMPLETION_TOKENS} tokens)",
+                     rest_answer=SAMPLE_PROMPT + completion, grpc_answer=SAMPLE_PROMPT + generated,
+                     agree=completion == generated, completion=True)
 
 
 def sample_input(tensor: dict[str, Any]) -> tuple[np.ndarray, str, Any]:
@@ -86,6 +108,8 @@ def grpc_infer(address: str, model: str, name: str, array: np.ndarray) -> np.nda
 
 def self_check(http: str, grpc_address: str, model: str) -> SelfCheck:
     metadata = _get_json(f"{http}/v2/models/{model}")
+    if metadata.get("parameters", {}).get("task") == "text-generation":
+        return completion_check(http, model)
     tensor = metadata["inputs"][0]
     array, described, expected = sample_input(tensor)
     output_name = metadata["outputs"][0]["name"]

@@ -210,7 +210,7 @@ class DecoderLM(nn.Module):
     def new_cache(self, max_slots: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> KVCache:
         """A cache of `max_slots` sequences of up to `max_len` tokens, attached to the model for prefill/decode."""
         self._check_length(max_len)
-        weight = self.embed_tokens.weight
+        weight = self.norm.weight  # in the activations' dtype and on their device, even when the embedding table is quantized
         self.cache = KVCache(self.config, max_slots, max_len, dtype or weight.dtype, torch.device(device or weight.device))
         return self.cache
 
