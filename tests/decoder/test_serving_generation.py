@@ -175,6 +175,18 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     assert after["slimserve_kv_cache_used_tokens"] == 0
 
 
+def test_a_client_that_leaves_before_its_whole_answer_frees_its_slot(server):
+    before = metric_samples(server.http_url)["slimserve_generated_tokens_total"]
+    host, port = server.http_url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = {"text_input": "w3", "parameters": {"max_tokens": LONG}}
+    connection.request("POST", f"/v2/models/{MODEL}/generate", json.dumps(body), {"Content-Type": "application/json"})
+    _wait_for(server, "slimserve_running_sequences", 1)
+    connection.close()
+    after = _wait_for(server, "slimserve_running_sequences", 0)
+    assert after["slimserve_generated_tokens_total"] - before < LONG
+
+
 def test_a_full_queue_is_429_and_a_long_wait_503_both_with_retry_after(server, client):
     holders = [_open_stream(server) for _ in range(SLOTS)]
     waited: list = []

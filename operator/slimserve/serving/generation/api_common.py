@@ -1,9 +1,12 @@
 """What the OpenAI and OIP generate routes share: strict pydantic models for requests (unknown fields and
-wrong types refused, nothing coerced), errors that name the field at fault, the Retry-After of a refusal."""
+wrong types refused, nothing coerced), errors that name the field at fault, the Retry-After of a refusal,
+and giving up on a generation whose client has gone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -66,3 +69,26 @@ def _path(location: Iterable, names: frozenset[str], unknown: bool) -> str:
 def retry_after(error: ServingError) -> list[tuple[bytes, bytes]]:
     """The Retry-After header of a request refused for want of capacity (429, 503); none otherwise."""
     return [(b"retry-after", str(error.retry_after_s).encode())] if isinstance(error, Overloaded) else []
+
+
+T = TypeVar("T")
+
+
+async def while_connected(receive: Callable, work: Awaitable[T]) -> T:
+    """`work`'s result, or ConnectionAbortedError once the client disconnects (its body already read), with
+    `work` cancelled: a client that gave up on an answer frees its sequence's slot at once."""
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ConnectionAbortedError("client disconnected")
+    return task.result()
+
+
+async def _disconnected(receive: Callable) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -19,7 +19,9 @@ from slimserve.serving.errors import ServingError, client_message, http_status
 from slimserve.serving.generation import sse
 from slimserve.serving.generation.engine import Chunk
 from slimserve.serving.generation.params import SamplingParams
-from slimserve.serving.generation.api_common import Strict, field_names, parse_request, retry_after, stop_sequences
+from slimserve.serving.generation.api_common import (
+    Strict, field_names, parse_request, retry_after, stop_sequences, while_connected,
+)
 from slimserve.serving.generation.service import RequestFields
 from slimserve.serving.generation.service import Generation
 from slimserve.serving.rest import HttpRequest, HttpResponse, RestApp, StreamingResponse
@@ -60,7 +62,7 @@ def add_generate_routes(app: RestApp, dataplane: DataPlane, generation: Generati
         try:
             body, stream = await start(request)
             with RequestTimer(metrics, "rest"):
-                done = await stream.complete()
+                done = await while_connected(request.receive, stream.complete())
         except ServingError as error:
             return _error_response(error)
         return HttpResponse(200, dumps({
@@ -72,7 +74,8 @@ def add_generate_routes(app: RestApp, dataplane: DataPlane, generation: Generati
         try:
             body, stream = await start(request)
             chunks = stream.chunks()
-            first = await anext(chunks)  # before the 200: a request that waited too long is still a 503
+            # before the 200: a request that waited too long is still a 503
+            first = await while_connected(request.receive, anext(chunks))
         except ServingError as error:
             return _error_response(error)
         return StreamingResponse(200, _events(_header(body.id), first, chunks), sse.CONTENT_TYPE)

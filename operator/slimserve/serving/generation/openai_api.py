@@ -19,7 +19,9 @@ from slimserve.serving.errors import ModelNotFound, ServingError, client_message
 from slimserve.serving.generation import sse
 from slimserve.serving.generation.engine import Chunk, Stream
 from slimserve.serving.generation.params import Completion, SamplingParams
-from slimserve.serving.generation.api_common import Strict, field_names, parse_request, retry_after, stop_sequences
+from slimserve.serving.generation.api_common import (
+    Strict, field_names, parse_request, retry_after, stop_sequences, while_connected,
+)
 from slimserve.serving.generation.service import RequestFields
 from slimserve.serving.generation.service import Generation
 from slimserve.serving.metrics import ServerMetrics
@@ -104,29 +106,29 @@ def add_openai_routes(app: RestApp, generation: Generation, metrics: ServerMetri
             body = parse_request(schema, await request.body(), _FIELD_NAMES)
             if body.model != generation.name:
                 raise ModelNotFound(f"model: {body.model!r} is not served here; this server serves {generation.name!r}")
-            return await run(body)
+            return await run(body, request)
         except ServingError as error:
             return error_response(error)
 
-    async def _complete(body: CompletionRequest) -> HttpResponse | StreamingResponse:
+    async def _complete(body: CompletionRequest, request: HttpRequest) -> HttpResponse | StreamingResponse:
         stream = generation.start(body.prompt_text, body.sampling(), body.max_tokens, RequestFields("prompt", "max_tokens"),
                                   COMPLETIONS_DEFAULT_MAX_TOKENS)
-        return await _reply(_Reply(False, generation.name, metrics), stream, body)
+        return await _reply(_Reply(False, generation.name, metrics), stream, body, request)
 
-    async def _chat(body: ChatRequest) -> HttpResponse | StreamingResponse:
+    async def _chat(body: ChatRequest, request: HttpRequest) -> HttpResponse | StreamingResponse:
         prompt = generation.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages])
         field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         stream = generation.start(prompt, body.sampling(), body.max_completion_tokens or body.max_tokens,
                                   RequestFields("messages", field))
-        return await _reply(_Reply(True, generation.name, metrics), stream, body)
+        return await _reply(_Reply(True, generation.name, metrics), stream, body, request)
 
-    async def _reply(reply: _Reply, stream: Stream, body: _Sampling) -> HttpResponse | StreamingResponse:
+    async def _reply(reply: _Reply, stream: Stream, body: _Sampling, request: HttpRequest) -> HttpResponse | StreamingResponse:
         if not body.stream:
             with RequestTimer(metrics, "rest"):
-                return reply.whole(await stream.complete())
+                return reply.whole(await while_connected(request.receive, stream.complete()))
         # The first chunk before the 200: a request that waited too long for a slot is still a 503.
         chunks = stream.chunks()
-        first = await anext(chunks)
+        first = await while_connected(request.receive, anext(chunks))
         events = reply.stream(first, chunks, stream.prompt_tokens, _usage_wanted(body))
         return StreamingResponse(200, events, sse.CONTENT_TYPE)
 
