@@ -59,3 +59,6 @@ def hf_decoders(tmp_path_factory) -> dict[str, tuple[Path, object]]:
         save_word_tokenizer(directory)
         made[kind] = (directory, model)
     return made
+
+
+from tests.storage.conftest import s3_env, s3_server  # noqa: E402,F401  (MinIO for the s3:// loading test)

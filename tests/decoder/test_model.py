@@ -64,3 +64,24 @@ def test_pickled_weights_and_unknown_model_types_are_refused(hf_decoders, tmp_pa
     (directory / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
     with pytest.raises(ModelLoadError, match="model.uri: .*model_type: 'falcon' is not a supported decoder"):
         load_decoder(str(directory))
+
+
+def test_sliding_window_perplexity_scores_every_token_once_with_enough_context():
+    import math
+
+    import torch.nn.functional as F
+
+    from slimserve.models.decoder import perplexity
+
+    # each layer's attention reaches 2 tokens back, two layers 4: windows of 8 every 3 tokens give each scored
+    # token (at least 5 tokens of context) all the context it uses
+    model = small_model(sliding_window=3)
+    ids = torch.randint(0, 50, (29,), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        full = math.exp(F.cross_entropy(model(ids[None])[0, :-1], ids[1:]).item())
+    assert perplexity(model, ids, window=32) == pytest.approx(full, rel=1e-5)
+    assert perplexity(model, ids, window=8, stride=3, batch_size=3) == pytest.approx(full, rel=1e-5)
+    # a window shorter than the attention's reach loses context: a different (here: any other) value
+    assert perplexity(model, ids, window=2, stride=1) != pytest.approx(full, rel=1e-3)
+    with pytest.raises(ValueError, match="stride must be at least 1 and below the window"):
+        perplexity(model, ids, window=4, stride=4)

@@ -184,6 +184,70 @@ class ExportedProgramFamily(ModelFamily):
         return (torch.rand(batch_size, features),)
 
 
+class DecoderFamily(ModelFamily):
+    """Decoder language models (`slimserve.models.decoder`): the recipe is the `DecoderConfig`, the artifact
+    carries the tokenizer, its config with the chat template and the generation config."""
+
+    name = "decoder"
+    metric = "perplexity"
+    served_eager = True
+
+    def build(self, recipe: dict[str, Any], assets: Path | None = None) -> nn.Module:
+        from slimserve.models.decoder.config import DecoderConfig
+        from slimserve.models.decoder.model import DecoderLM
+
+        try:
+            return DecoderLM(DecoderConfig.from_recipe(recipe)).eval()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"decoder recipe: {exc}") from None
+
+    def recipe_of(self, model: nn.Module) -> dict[str, Any]:
+        from slimserve.models.decoder.model import config_of
+
+        return config_of(model).to_recipe()
+
+    def signature(self, recipe: dict[str, Any]):
+        return (TensorSpec("text_input", "BYTES", (-1,)),), (TensorSpec("text_output", "BYTES", (-1,)),)
+
+    def servable(self, forward: Forward, info: ModelInfo, assets: Path | None) -> Servable:
+        from slimserve.models.decoder.config import DecoderConfig
+        from slimserve.models.decoder.directory import generation_eos_ids, tiny_lm_dir
+        from slimserve.models.decoder.servable import CompletionServable
+        from slimserve.models.decoder.tokenizer import Tokenizer
+
+        directory = assets or tiny_lm_dir()
+        tokenizer = Tokenizer.from_directory(directory)
+        config = DecoderConfig.from_recipe(self._recipe_file(directory))
+        return CompletionServable(forward, info, tokenizer, generation_eos_ids(directory, config, tokenizer), config.max_position_embeddings)
+
+    def asset_files(self, assets: Path | None) -> dict[str, bytes]:
+        from slimserve.models.decoder.directory import tiny_lm_dir
+        from slimserve.models.decoder.tokenizer import TOKENIZER_FILES
+
+        directory = assets or tiny_lm_dir()
+        return {name: (directory / name).read_bytes() for name in TOKENIZER_FILES if (directory / name).is_file()}
+
+    def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+        from slimserve.models.decoder.directory import builtin_text, tiny_lm_dir
+        from slimserve.models.decoder.tokenizer import Tokenizer
+
+        ids = Tokenizer.from_directory(assets or tiny_lm_dir()).encode(builtin_text("heldout"))
+        need = batch_size * 32
+        return (torch.tensor((ids * -(-need // len(ids)))[:need]).view(batch_size, 32),)
+
+    @staticmethod
+    def _recipe_file(directory: Path) -> dict[str, Any]:
+        """The config an artifact's manifest or a Hugging Face directory's config.json holds."""
+        import json
+
+        from slimserve.models.decoder.config import DecoderConfig
+
+        manifest = directory / "manifest.json"
+        if manifest.is_file():
+            return json.loads(manifest.read_text())["recipe"]
+        return DecoderConfig.from_hf(json.loads((directory / "config.json").read_text())).to_recipe()
+
+
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
@@ -191,6 +255,7 @@ FAMILIES: dict[str, ModelFamily] = {
         DigitsFamily("digits-mlp", digits.build_mlp, digits.mlp_recipe),
         MiniLMFamily(),
         ExportedProgramFamily(),
+        DecoderFamily(),
     )
 }
 

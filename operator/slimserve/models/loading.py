@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from slimserve.api.storage import S3Spec
 
 BUILTIN_SCHEME = "builtin://"
-BUILTIN_MODELS = ("digits-cnn", "digits-mlp", "minilm-l6")
+BUILTIN_MODELS = ("digits-cnn", "digits-mlp", "minilm-l6", "tiny-lm")
 
 
 @dataclass
@@ -52,6 +52,10 @@ def load_builtin(uri: str) -> LoadedModel:
 
         model, _ = load_minilm()
         return LoadedModel(FAMILIES["minilm"], model, name, uri, assets=minilm_files_dir())
+    elif name == "tiny-lm":
+        from slimserve.models.decoder.directory import TINY_LM, tiny_lm_dir
+
+        return load_decoder_directory(tiny_lm_dir(), uri, TINY_LM)
     else:
         raise ModelLoadError(f"model.uri: unknown builtin model {uri!r}; known: {', '.join(BUILTIN_SCHEME + n for n in BUILTIN_MODELS)}")
     return LoadedModel(FAMILIES[name], model.eval(), name, uri)
@@ -72,6 +76,10 @@ def load_model(uri: str, model_format: str = "auto", s3: "S3Spec | None" = None)
         loaded.source = uri
         return loaded
     if detected == "transformers":
+        from slimserve.models.decoder.directory import is_decoder_directory
+
+        if is_decoder_directory(path):
+            return load_decoder_directory(path, uri, path.name or "decoder")
         return load_transformers_directory(path, uri)
     if detected == "torch-export":
         return load_program(path, uri)
@@ -128,6 +136,14 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
     except RuntimeError as exc:
         raise ModelLoadError(f"model.uri: {uri}: weights do not match config.json: {' '.join(str(exc).split())[:400]}") from None
     return LoadedModel(FAMILIES["minilm"], model, path.name or "bert", uri, assets=path)
+
+
+def load_decoder_directory(path: Path, uri: str, name: str) -> LoadedModel:
+    """A Hugging Face decoder directory (gpt2, llama, mistral, qwen2; see slimserve.models.decoder)."""
+    from slimserve.models.decoder.directory import load_hf_directory
+
+    decoder = load_hf_directory(path, uri, name)
+    return LoadedModel(FAMILIES["decoder"], decoder.model, name, uri, assets=path)
 
 
 def load_program(path: Path, uri: str) -> LoadedModel:

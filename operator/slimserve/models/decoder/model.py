@@ -282,3 +282,24 @@ def scaled_init_(model: DecoderLM, seed: int) -> DecoderLM:
             if isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.zero_()
     return model
+
+
+def config_of(model: DecoderLM) -> DecoderConfig:
+    """The config of a (pruned) model, read from its layers; the model's own record is updated to match."""
+    from dataclasses import replace
+
+    layers = list(model.layers)
+
+    def one_value(name: str, values: list[int]) -> int:
+        if len(set(values)) > 1:
+            raise ValueError(f"{name} differs between layers ({values}); a decoder's layers share one value")
+        return values[0] if values else getattr(model.config, name)
+
+    model.config = replace(
+        model.config,
+        num_layers=len(layers),
+        num_heads=one_value("num_heads", [layer.self_attn.num_heads for layer in layers]),
+        num_kv_heads=one_value("num_kv_heads", [layer.self_attn.num_kv_heads for layer in layers]),
+        intermediate_size=one_value("intermediate_size", [getattr(layer.mlp.down_proj, "in_features", model.config.intermediate_size) for layer in layers]),
+    )
+    return model.config

@@ -15,14 +15,14 @@ def perplexity(model: DecoderLM, token_ids: torch.Tensor | list[int], window: in
 
     Windows of `window` tokens start every `stride` tokens (default: window // 2); each scores only the
     tokens the previous window did not, so every token is scored once, with at least window - stride
-    tokens of context after the first window.
+    tokens of context after the first window (stride < window).
     """
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     stride = stride or max(1, window // 2)
     if len(ids) < 2:
         raise ValueError("perplexity: needs at least 2 tokens")
-    if not 1 <= stride <= window:
-        raise ValueError(f"perplexity: stride must be between 1 and window ({window}), got {stride}")
+    if not 1 <= stride < window:  # a window's first token has no context in it: the one before scored it
+        raise ValueError(f"perplexity: stride must be at least 1 and below the window ({window}), got {stride}")
     spans = []  # (start, first scored target index within the window)
     scored_until = 1  # targets before this index are already scored
     start = 0
