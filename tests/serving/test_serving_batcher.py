@@ -203,21 +203,79 @@ def test_a_lone_client_after_a_crowd_waits_at_most_the_latency_window(executor):
     assert slow.calls == [4, 1, 1, 1]
 
 
-def test_a_trivially_fast_model_is_not_batched(executor):
-    calls = []
+class TinyModel:
+    """0.1 ms of CPU per call, like the digits MLP on a busy node: inline on the loop. Records each call's rows."""
 
-    def tiny(inputs):
-        calls.append(len(inputs["x"]))
-        return {"y": inputs["x"]}
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        compute(0.0001)
+        self.calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+
+def inline_batcher(model: TinyModel, executor, max_batch_size: int = 8) -> Batcher:
+    metrics = ServerMetrics()
+    caller = ModelCaller(model, executor, metrics)
+    caller.calibrate({"x": np.ones((1, 2), np.float32)})
+    assert caller.runs_inline
+    model.calls.clear()
+    return Batcher(caller, metrics, max_batch_size=max_batch_size, max_latency_s=30.0)
+
+
+def batch_tasks() -> list[asyncio.Task]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == "slimserve-batcher"]
+
+
+def test_a_fast_models_lone_requests_run_alone_in_their_own_task(executor):
+    model = TinyModel()
 
     async def scenario():
-        metrics = ServerMetrics()
-        batcher = Batcher(ModelCaller(tiny, executor, metrics), metrics, max_batch_size=8, max_latency_s=1.0)
-        for _ in range(5):  # measured: single-row calls take microseconds
-            await _submit_all(batcher, [np.ones((1, 2), np.float32)])
-        calls.clear()
-        return await _submit_all(batcher, [np.ones((1, 2), np.float32)] * 6)
+        batcher = inline_batcher(model, executor)
+        results = [await asyncio.wait_for(_submit_all(batcher, [np.ones((1, 2), np.float32)]), timeout=10)
+                   for _ in range(5)]
+        return results, batch_tasks()
+
+    results, tasks = run(scenario())
+    assert model.calls == [1] * 5  # none waited for company that was not coming (the window is 30 s)
+    assert [r[0].batch_size for r in results] == [1] * 5
+    assert tasks == []  # no hand-off to the batch task and back
+
+
+def test_a_fast_models_crowd_shares_model_calls(executor):
+    model = TinyModel()
+
+    async def scenario():
+        batcher = inline_batcher(model, executor, max_batch_size=4)
+        crowd = [np.full((1, 2), i, np.float32) for i in range(6)]
+        results = await asyncio.wait_for(_submit_all(batcher, crowd), timeout=10)
+        model.calls.append(0)  # separates the rounds
+        mixed = [np.ones((1, 2), np.float32)] * 2 + [np.ones((1, 3), np.float32)] * 2
+        await asyncio.wait_for(_submit_all(batcher, mixed), timeout=10)
+        return results
 
     results = run(scenario())
-    assert calls == [1] * 6  # each ran as it came, none waited for the others
-    assert all(r.batch_size == 1 for r in results)
+    # The first request leads: the five received with it queue behind it, four rows ride in its call and
+    # the rest in the next; requests of another inner shape get a call of their own.
+    assert model.calls == [4, 2, 0, 2, 2]
+    assert [r.batch_size for r in results] == [4, 4, 4, 4, 2, 2]
+    assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(6)]
+
+
+def test_a_cancelled_leader_leaves_no_request_behind_it(executor):
+    model = TinyModel()
+
+    async def scenario():
+        batcher = inline_batcher(model, executor)
+        leader = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1))
+        followers = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)) for _ in range(3)]
+        await asyncio.sleep(0)  # the leader yields, the followers queue behind it
+        leader.cancel()
+        results = await asyncio.wait_for(asyncio.gather(*followers), timeout=10)
+        return leader.cancelled(), results
+
+    cancelled, results = run(scenario())
+    assert cancelled
+    assert model.calls == [3]
+    assert [r.batch_size for r in results] == [3, 3, 3]

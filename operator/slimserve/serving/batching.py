@@ -16,12 +16,12 @@ Policy (per model, one batch in the model at a time):
 Where the model runs (`ModelCaller`): on one worker thread, so the loop keeps parsing the next requests
 while torch computes (it releases the GIL) - except for models whose recent calls took under
 `ModelCaller.INLINE_BELOW_S` of CPU (median), which run inline on the loop: for them the hand-off to a
-thread and back costs more than the call itself. Such models never wait for a batch to fill: requests
-queued while the loop was busy still run together, and waiting would only hold back responses the clients
-are ready to act on. And a model whose single-row call takes under `ModelCaller.NO_BATCHING_BELOW_S`
-(timed at start-up, before traffic) is not batched at all: batching can save a request at most that, less
-than its own HTTP handling, while answering a whole burst at once makes clients and server take turns
-instead of overlapping. docs/performance.md has the figures behind both thresholds.
+thread and back costs more than the call itself. Such models never wait for a batch to fill: waiting would
+only hold back responses the clients are ready to act on. A request of an inline model that finds the
+batcher idle leads: it yields to the loop once, so the requests already received reach the queue behind
+it, then runs them with its own in its task - or, when none came, runs alone, as with batching off. So a
+lone client pays one loop turn for batching, not a hand-off to the batch task and back, and a crowd still
+shares model calls. docs/performance.md has the figures behind both.
 """
 
 from __future__ import annotations
@@ -59,15 +59,15 @@ class _RecentDurations:
 
     def __init__(self, size: int = 16) -> None:
         self._samples: deque[float] = deque(maxlen=size)
+        self._median: float | None = None  # kept up to date by `add`: read on every request
 
     def add(self, seconds: float) -> None:
         self._samples.append(seconds)
+        ordered = sorted(self._samples)
+        self._median = ordered[len(ordered) // 2]
 
     def median(self) -> float | None:
-        if not self._samples:
-            return None
-        ordered = sorted(self._samples)
-        return ordered[len(ordered) // 2]
+        return self._median
 
 
 class ModelCaller:
@@ -80,44 +80,26 @@ class ModelCaller:
     """
 
     INLINE_BELOW_S = 0.0005  # typical call shorter than this: run it on the event loop
-    NO_BATCHING_BELOW_S = 0.00005  # typical single-row call shorter than this: batching cannot pay off
 
     def __init__(self, predict: Predict, executor: ThreadPoolExecutor, metrics: ServerMetrics) -> None:
         self._predict = predict
         self._executor = executor
         self._metrics = metrics
         self._calls = _RecentDurations()
-        self._single_row_calls = _RecentDurations()
-        self._quiet_single_row_s: float | None = None  # measured by `calibrate`, before any traffic
 
     def calibrate(self, inputs: Arrays, repeats: int = 10) -> float:
         """Time single-row calls before serving (on the model thread, no traffic yet); returns the median.
-
-        Whether a model is too fast to batch is decided on this quiet figure, once: under load even CPU
-        time per call grows several times over, which would flip the decision back and forth with the load
-        of the moment.
-        """
+        The first requests then already run where the model's calls belong."""
         for _ in range(repeats):
             start = time.thread_time()
             self._predict(inputs)
-            self._record(time.thread_time() - start, rows=1)
-        self._quiet_single_row_s = self._single_row_calls.median()
-        return self._quiet_single_row_s
-
-    def _record(self, cpu_seconds: float, rows: int) -> None:
-        self._calls.add(cpu_seconds)
-        if rows == 1:
-            self._single_row_calls.add(cpu_seconds)
+            self._calls.add(time.thread_time() - start)
+        return self._calls.median()
 
     @property
     def runs_inline(self) -> bool:
         typical = self._calls.median()
         return typical is not None and typical < self.INLINE_BELOW_S
-
-    @property
-    def too_fast_to_batch(self) -> bool:
-        single = self._quiet_single_row_s if self._quiet_single_row_s is not None else self._single_row_calls.median()
-        return self.runs_inline and single is not None and single < self.NO_BATCHING_BELOW_S
 
     async def __call__(self, inputs: Arrays, rows: int) -> Arrays:
         if self.runs_inline:
@@ -129,7 +111,7 @@ class ModelCaller:
         try:
             outputs = self._predict(inputs)
         finally:
-            self._record(time.thread_time() - cpu_start, rows)
+            self._calls.add(time.thread_time() - cpu_start)
             self._metrics.forward_seconds.observe(time.perf_counter() - start)
         for name, array in outputs.items():
             if array.shape[:1] != (rows,):
@@ -164,19 +146,53 @@ class Batcher:
         self._recent_requests = 1  # requests in the server (queued or just answered) when the last batch ended
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._leading = False  # a request of an inline model is gathering the requests behind it
+        self._executing = False  # a model call is under way
 
     async def submit(self, inputs: Arrays, rows: int, trace: RequestTrace = NO_TRACE) -> Arrays:
         """Run one validated request; returns its rows of the outputs."""
-        if not self._queue and self._call.too_fast_to_batch:
-            return await _run_alone(self._call, self._metrics, inputs, rows, trace)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="slimserve-batcher")
+        if not (self._leading or self._queue or self._executing or self._stopping) and self._call.runs_inline:
+            return await self._lead(inputs, rows, trace)
         future = asyncio.get_running_loop().create_future()
         trace.enqueued()
         self._queue.append(_Pending(inputs, rows, future, trace))
         self._metrics.queue_depth.set(len(self._queue))
-        self._wakeup.set()
+        if not self._leading:  # a leader takes what queues behind it
+            self._wake_runner()
         return await future
+
+    def _wake_runner(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="slimserve-batcher")
+        self._wakeup.set()
+
+    async def _lead(self, inputs: Arrays, rows: int, trace: RequestTrace) -> Arrays:
+        """An inline model's request that found the batcher idle: one loop turn lets the requests already
+        received queue behind it; then it runs them with its own, here, or runs alone when none came."""
+        self._leading = True
+        try:
+            await asyncio.sleep(0)
+        except BaseException:  # cancelled (its client went away): the batch task serves those behind it
+            if self._queue:
+                self._wake_runner()
+            raise
+        finally:
+            self._leading = False
+        if not self._queue:
+            return await _run_alone(self._call, self._metrics, inputs, rows, trace)
+        own = _Pending(inputs, rows, asyncio.get_running_loop().create_future(), trace)
+        trace.enqueued()
+        self._queue.appendleft(own)
+        if not self._call.runs_inline:  # its calls moved to the model thread meanwhile: the batch task's job
+            self._wake_runner()
+            return await own.future
+        # Inline, the calls below never suspend: no request can join, and no cancellation can strand the others.
+        batch = self._take()  # its own request first
+        self._metrics.queue_depth.set(len(self._queue))
+        await self._execute(batch, sum(pending.rows for pending in batch))
+        if self._queue:  # more queued than one batch takes: the batch task runs the rest
+            self._wake_runner()
+        return own.future.result()
 
     async def close(self) -> None:
         """Finish what is queued, then stop the loop."""
@@ -241,6 +257,7 @@ class Batcher:
         self._metrics.batch_size.observe(rows)
         for pending in batch:
             pending.trace.dequeued()
+        self._executing = True
         try:
             with batch_span([pending.trace for pending in batch], rows):
                 outputs = await self._call(inputs, rows)
@@ -250,6 +267,8 @@ class Batcher:
             else:
                 await self._execute_one_by_one(batch)
             return
+        finally:
+            self._executing = False
         start = 0
         for pending in batch:
             end = start + pending.rows
