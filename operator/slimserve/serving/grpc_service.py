@@ -195,13 +195,14 @@ def _with_status(
         start = time.perf_counter()
         # Payload-logged calls get the bytes received beside the message, and return the bytes they send.
         request, received_bytes = received if payload_log is not None else (received, None)
+        protocol = _protocol(context)
         sent = _sent_metadata(context)
         rid = request_id(sent.get(REQUEST_ID_HEADER))
         reply_metadata = ((REQUEST_ID_HEADER, rid),)
         model = getattr(request, model_field) if model_field else None
         try:
             if auth is not None:
-                await auth.check(_protocol(context), sent.get(AUTHORIZATION_HEADER), sent.get(API_KEY_HEADER))
+                await auth.check(protocol, sent.get(AUTHORIZATION_HEADER), sent.get(API_KEY_HEADER))
             if inference:
                 response, reply = await _infer(handler, request, received_bytes, context, dataplane, sent, rid, model)
             else:
@@ -210,14 +211,14 @@ def _with_status(
             code = grpc_status(error)
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("gRPC %s failed (request id %s)", method, rid)
-            metrics.count(_protocol(context), method, code.name)
-            access_log.record(rid, model, _protocol(context), code.value[0], time.perf_counter() - start)
+            metrics.count(protocol, method, code.name)
+            access_log.record(rid, model, protocol, code.value[0], time.perf_counter() - start)
             await context.abort(code, client_message(error), trailing_metadata=reply_metadata)
         await context.send_initial_metadata(reply_metadata)
         context.set_trailing_metadata(reply_metadata)
-        metrics.count(_protocol(context), method, "OK")
+        metrics.count(protocol, method, "OK")
         batch_size = response.parameters[BATCH_SIZE_PARAMETER].int64_param if inference else None
-        access_log.record(rid, model, _protocol(context), grpc.StatusCode.OK.value[0], time.perf_counter() - start,
+        access_log.record(rid, model, protocol, grpc.StatusCode.OK.value[0], time.perf_counter() - start,
                           batch_size)
         return reply
 
@@ -286,5 +287,5 @@ def _with_bytes(parse: Callable[[bytes], object]) -> Callable[[bytes], tuple[obj
 
 
 def add_inference_service(server: grpc.aio.Server, dataplane: DataPlane, auth: Auth | None = None) -> None:
-    handlers = method_handlers(dataplane, auth)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    # Registered, not generic: the core matches the method path itself, with no per-call handler lookup in Python.
+    server.add_registered_method_handlers(SERVICE_NAME, method_handlers(dataplane, auth))
