@@ -207,3 +207,28 @@ def test_a_full_queue_is_429_and_a_long_wait_503_both_with_retry_after(server, c
     _wait_for(server, "slimserve_running_sequences", 0)
     assert client.completions.create(model=MODEL, prompt="w1", max_tokens=2).choices[0].text
 
+
+def test_a_decoder_artifact_is_served_pinned_to_its_digest(server, client, tmp_path_factory):
+    from slimserve.artifacts import save_artifact
+    from slimserve.models.decoder import load_decoder
+    from slimserve.models.families import FAMILIES
+
+    source = server.artifact.removeprefix("file://")
+    loaded = load_decoder(source)
+    family = FAMILIES["decoder"]
+    uri = f"file://{tmp_path_factory.mktemp('artifacts') / 'tiny-llama-artifact'}"
+    ref = save_artifact(uri, family=family.name, recipe=family.recipe_of(loaded.model),
+                        tensors=loaded.model.state_dict(), extra_files=family.asset_files(loaded.directory),
+                        source=server.artifact)
+    pinned = ServerProcess(uri, tmp_path_factory.mktemp("logs"), "--artifact-digest", ref.digest,
+                           "--model-name", MODEL).start()
+    try:
+        metadata = json.loads(request(pinned.http_url, "GET", f"/v2/models/{MODEL}")[2])
+        assert metadata["versions"] == [ref.digest.removeprefix("sha256:")[:12]]
+        assert metadata["parameters"]["task"] == "text-generation"
+        status, answer = post_json(pinned.http_url, f"/v2/models/{MODEL}/generate",
+                                   {"text_input": "w9 w8", "parameters": {"max_tokens": 8, "temperature": 0}})
+        expected = client.completions.create(model=MODEL, prompt="w9 w8", max_tokens=8, temperature=0)
+        assert status == 200 and answer["text_output"] == expected.choices[0].text
+    finally:
+        pinned.stop()
