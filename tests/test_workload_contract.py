@@ -33,7 +33,8 @@ SERVER = ServerEnv(
     artifact="s3://models/digits", model_name="digits", host="127.0.0.1", http_port=8081, grpc_port=9001,
     batching=False, max_batch_size=16, max_latency_ms=2.5, grpc_web=True, playground=False,
     cors_origins=("https://app.example.com", "*"), shutdown_delay_s=5.0, drain_timeout_s=20.0, pvc_root="/data",
-    cache="/var/cache/slimserve", home="/tmp", artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
+    cache="/var/cache/slimserve", download_cache="/var/cache/slimserve-models", home="/tmp",
+    artifact_digest="sha256:" + "ab" * 32, metrics_port=9090,
     max_body_bytes=1 << 20, header_timeout_s=0.1, body_timeout_s=1e-3, torch_threads=2, log_level="DEBUG",
     log_format="json", access_log=False, device="cuda:1", cuda_graphs=True, allow_outside_budget=True,
     service_name="digits", service_namespace="team-a", payload_log_url="http://sink.team-a:8080/events",
@@ -233,7 +234,7 @@ def test_serve_help_names_every_variable_of_a_server_setting(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--help"])
     text = capsys.readouterr().out
-    not_settings = {"pvc_root", "cache", "home"}  # where files live, set by the operator for the storage
+    not_settings = {"pvc_root", "cache", "download_cache", "home"}  # where files live, set by the operator
     missing = [v.name for f, v in ServerEnv.VARIABLES.items() if f not in not_settings and v.name not in text]
     assert missing == []
 

@@ -232,6 +232,8 @@ class Variable:
 # Variables more than one program reads.
 PVC_ROOT = Variable(f"{PREFIX}PVC_ROOT")
 CACHE = Variable(f"{PREFIX}CACHE")
+# Where http(s):// and hf:// downloads are kept; a shared volume lets replicas download each artifact once.
+DOWNLOAD_CACHE = Variable(f"{PREFIX}DOWNLOAD_CACHE")
 HOME = Variable("HOME")  # the root file system is read-only: what writes under $HOME gets a scratch folder
 LOG_LEVEL = Variable(f"{PREFIX}LOG_LEVEL")
 LOG_FORMAT = Variable(f"{PREFIX}LOG_FORMAT", parse_log_format)  # text or JSON lines
@@ -339,6 +341,7 @@ class ServerEnv(PodEnv):
     payload_log_timeout_s: float | None = None
     tracing_endpoint: str | None = None  # OTLP/gRPC collector; unset: tracing off
     tracing_sample_rate: float | None = None
+    download_cache: str | None = None  # the mount of spec.modelCache; unset: the pod's own cache
 
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
         "artifact": Variable(f"{PREFIX}ARTIFACT"),
@@ -392,6 +395,7 @@ class ServerEnv(PodEnv):
         "payload_log_timeout_s": Variable(f"{PREFIX}PAYLOAD_LOG_TIMEOUT_S", float, format_number),
         "tracing_endpoint": Variable(f"{PREFIX}TRACING_ENDPOINT"),
         "tracing_sample_rate": Variable(f"{PREFIX}TRACING_SAMPLE_RATE", float, format_number),
+        "download_cache": DOWNLOAD_CACHE,
     }
 
 

@@ -3,6 +3,7 @@
 file:///path   a local path
 pvc://CLAIM/p  a PersistentVolumeClaim the operator mounts at $SLIMSERVE_PVC_ROOT/CLAIM/p (default /mnt/pvc)
 s3://bucket/k  an object or a prefix in an S3-compatible store (downloaded to the cache before use)
+http(s)://, hf://  read-only model sources, downloaded once into the download cache (`download_cache`)
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimserve.api.uri import LOCAL_SCHEMES, PVC, S3, STORAGE_SCHEMES, InvalidUri, StorageUri, parse_uri
+from slimserve.api.uri import (
+    DOWNLOAD_SCHEMES,
+    HF,
+    LOCAL_SCHEMES,
+    PVC,
+    S3,
+    SOURCE_SCHEMES,
+    STORAGE_SCHEMES,
+    InvalidUri,
+    StorageUri,
+    parse_uri,
+)
 from slimserve.api.workload import DEFAULTS, PVC_ROOT
 from slimserve.artifacts.cache import cache_dir
 from slimserve.artifacts.errors import StorageError
@@ -25,10 +37,10 @@ if TYPE_CHECKING:
     from slimserve.api.storage import S3Spec
 
 
-def parse_storage_uri(uri: str) -> StorageUri:
+def parse_storage_uri(uri: str, schemes: tuple[str, ...] = STORAGE_SCHEMES) -> StorageUri:
     """The parts of a file://, pvc:// or s3:// URI, by the one set of rules (`slimserve.api.uri`); else StorageError."""
     try:
-        return parse_uri(uri, STORAGE_SCHEMES)
+        return parse_uri(uri, schemes)
     except InvalidUri as exc:
         raise StorageError(str(exc)) from None
 
@@ -60,8 +72,12 @@ def local_path(uri: str) -> Path:
 
 
 def resolve_uri(uri: str, s3: "S3Spec | None" = None) -> Path:
-    """A local path holding what `uri` names: the path itself for file:// and pvc://, a cached download for s3://."""
-    if parse_storage_uri(uri).scheme in LOCAL_SCHEMES:
+    """A local path holding what `uri` names: the path itself for file:// and pvc://, a cached download for
+    s3://, http(s):// and hf://."""
+    parsed = parse_storage_uri(uri, SOURCE_SCHEMES)
+    if parsed.scheme in DOWNLOAD_SCHEMES:
+        return _download_source(parsed)
+    if parsed.scheme in LOCAL_SCHEMES:
         path = local_path(uri)
         if not path.exists():
             raise StorageError(f"{uri!r}: no such file or directory ({path})", reason="NotFound")
@@ -139,6 +155,20 @@ def _bucket_and_key(uri: str) -> tuple[str, str]:
     if parsed.scheme != S3:
         raise StorageError(f"{uri!r} is not an s3:// URI")
     return parsed.authority, parsed.path
+
+
+def _download_source(parsed: StorageUri) -> Path:
+    """An http(s):// or hf:// source, fetched once per content (a pinned digest) or per URI and endpoint."""
+    from slimserve.artifacts.download_cache import cache_key, cached_download
+
+    if parsed.scheme == HF:
+        from slimserve.artifacts.hf_source import fetch_hf, hf_endpoint
+
+        return cached_download(cache_key(HF, hf_endpoint() or "", parsed.uri), lambda directory: fetch_hf(parsed, directory))
+    from slimserve.artifacts.http_source import fetch_http
+
+    identity = ("sha256", parsed.sha256) if parsed.sha256 else ("url", parsed.http_url or "")
+    return cached_download(cache_key(*identity), lambda directory: fetch_http(parsed, directory))
 
 
 def _download_s3(uri: str, s3: "S3Spec | None") -> Path:
