@@ -13,8 +13,9 @@ GROUP = "slimserve.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Storage URIs a model or an artifact may live at. `builtin://` names a demo model shipped with SlimServe.
-MODEL_URI_PATTERN = r"^(builtin|file|pvc|s3)://[^\s]+$"
+# Storage URIs a model or an artifact may live at. `builtin://` names a demo model shipped with SlimServe;
+# http(s):// and hf:// are read-only sources (slimserve.api.uri has the rules of each).
+MODEL_URI_PATTERN = r"^(builtin|file|pvc|s3|https?|hf)://[^\s]+$"
 ARTIFACT_URI_PATTERN = r"^(file|pvc|s3)://[^\s]+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 

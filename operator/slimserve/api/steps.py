@@ -20,6 +20,26 @@ class StepConfigBase(SpecModel):
     step_kind: ClassVar[str]
 
 
+class OptimizerSpec(SpecModel):
+    """The optimizer of a training loop (recovery fine-tuning, distillation)."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = Field(
+        default="adam",
+        description="sgd, adam, adamw (decoupled weight decay) or rmsprop, as torch.optim implements them.",
+    )
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Step size, e.g. 0.01. Unset: the step's own (prune: one chosen for the model's kind; distill: its "
+            "learningRate)."
+        ),
+    )
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0, description="sgd and rmsprop: momentum, e.g. 0.9.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="Weight decay (L2; adamw: decoupled), e.g. 0.01.")
+
+
 class PruneConfig(StepConfigBase):
     """Remove a fraction of channels, attention heads, MLP neurons or layers."""
 
@@ -61,6 +81,24 @@ class PruneConfig(StepConfigBase):
             "depth pruning keeps, e.g. [\"layers.0\"] (structured pruning treats all layers alike)."
         ),
     )
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec, description="The optimizer of recovery fine-tuning (default: adam)."
+    )
+    l1_penalty: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "unstructured: train finetuneEpochs with this L1 penalty on the prunable weights first, e.g. 0.0001, so "
+            "that more weights end near zero, then zero the smallest and fine-tune again with them fixed. 0: off."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _l1_needs_training(self) -> "PruneConfig":
+        if self.l1_penalty and (self.method != "unstructured" or not self.finetune_epochs):
+            raise ValueError("l1Penalty: needs method unstructured and finetuneEpochs of at least 1")
+        return self
 
 
 class QuantizeConfig(StepConfigBase):
@@ -206,6 +244,15 @@ class DistillConfig(StepConfigBase):
     )
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Optimizer learning rate, e.g. 0.001.")
     batch_size: int = Field(default=64, ge=1, le=4096, description="Training batch size, e.g. 64.")
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec, description="The optimizer (default: adam at learningRate)."
+    )
+
+    @model_validator(mode="after")
+    def _one_learning_rate(self) -> "DistillConfig":
+        if self.optimizer.learning_rate is not None and "learning_rate" in self.model_fields_set:
+            raise ValueError("optimizer.learningRate: learningRate is set too; set one of them")
+        return self
 
 
 StepConfig = PruneConfig | QuantizeConfig | DistillConfig

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from slimserve.api.steps import DistillConfig, PruneConfig, QuantizeConfig, StepConfig
+from slimserve.api.steps import DistillConfig, OptimizerSpec, PruneConfig, QuantizeConfig, StepConfig
 from slimserve.compression.errors import BudgetExceeded
 from slimserve.compression.measure import Speed, measure_speeds
 from slimserve.compression.registry import relaxations_for, transform_for
@@ -26,15 +26,23 @@ def step_label(config: StepConfig) -> str:
 
 def describe(config: StepConfig) -> str:
     if isinstance(config, PruneConfig):
-        return f"amount {config.amount:g}"
+        l1 = f" after L1 {config.l1_penalty:g}" if config.l1_penalty else ""
+        tuned = f", fine-tuned with {_optimizer(config.optimizer)}" if config.finetune_epochs else ""
+        return f"amount {config.amount:g}{l1}{tuned}"
     if isinstance(config, QuantizeConfig):
         groups = f", groups of {config.group_size}" if config.group_size else ""
         int8 = f", {_layers(config.int8_layers, 'int8')}" if config.int8_layers else ""
         return f"{config.method}{groups}{int8}, {_layers(config.keep_float or [], 'float')}"
     if isinstance(config, DistillConfig):
         student = config.student
-        return f"student width {student.width_multiplier or 1:g}, layers {student.num_layers or 'all'}"
+        return f"student width {student.width_multiplier or 1:g}, layers {student.num_layers or 'all'}, {_optimizer(config.optimizer)}"
     return type(config).__name__
+
+
+def _optimizer(spec: OptimizerSpec) -> str:
+    """`sgd lr 0.01 momentum 0.9`: the optimizer and what the spec set of it."""
+    settings = {"lr": spec.learning_rate, "momentum": spec.momentum, "weight decay": spec.weight_decay}
+    return " ".join([spec.name, *(f"{name} {value:g}" for name, value in settings.items() if value)])
 
 
 def _layers(names: list[str], precision: str) -> str:

@@ -36,8 +36,8 @@ def distill(state: ModelState, config: DistillConfig, context: StepContext) -> M
         targets = context.teacher_outputs(state)
     context.reporter.update(0.1, f"student of {sum(p.numel() for p in student.parameters())} parameters")
     train(
-        student, context.task, epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
-        teacher_outputs=targets, temperature=config.temperature, alpha=config.alpha, seed=context.seed,
+        student, context.task, epochs=config.epochs, learning_rate=config.optimizer.learning_rate or config.learning_rate,
+        batch_size=config.batch_size, optimizer=config.optimizer, teacher_outputs=targets, temperature=config.temperature, alpha=config.alpha, seed=context.seed,
         on_epoch=lambda epoch, loss: context.reporter.update(
             0.1 + 0.8 * epoch / config.epochs, f"distillation epoch {epoch}/{config.epochs}, loss {loss:.4f}"
         ),

@@ -49,24 +49,32 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
         else:
             _prune_channels(model, config, keep, context)
     else:
+        if config.l1_penalty:  # drive the weights towards zero first, so fewer that matter fall under the cut
+            weights = list(_prunable_weights(model, keep).values())
+            _fine_tune(model, state, config, context, state.masks, l1=(config.l1_penalty, weights), phase="L1 training")
         masks = magnitude_masks(model, config.amount, keep, state.masks)
         apply_masks(model, masks)
     if config.finetune_epochs:
-        metric = context.task.metric_name
-        # Classifiers recover on their labels; embedding models on the original model's embeddings; decoders on
-        # the unpruned model's next-token distributions.
-        teacher = context.teacher_outputs(context.original) if metric == "cosine" else None
-        if metric == "perplexity":
-            teacher = context.task.teacher_forward(state.eager())
-        train(
-            model, context.task, epochs=config.finetune_epochs, learning_rate=RECOVERY_LEARNING_RATE[metric],
-            batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, alpha=1.0 if metric == "perplexity" else 0.0,
-            masks=masks, seed=context.seed,
-            on_epoch=lambda epoch, loss: context.reporter.update(
-                0.2 + 0.7 * epoch / config.finetune_epochs, f"recovery fine-tune epoch {epoch}/{config.finetune_epochs}, loss {loss:.4f}"
-            ),
-        )
+        _fine_tune(model, state, config, context, masks, phase="recovery fine-tune")
     return ModelState.of_float(model, state.family, state.assets, masks)
+
+
+def _fine_tune(model, state: ModelState, config: PruneConfig, context: StepContext, masks, *, phase: str, l1=None) -> None:
+    metric = context.task.metric_name
+    # Classifiers recover on their labels; embedding models on the original model's embeddings; decoders on
+    # the unpruned model's next-token distributions.
+    teacher = context.teacher_outputs(context.original) if metric == "cosine" else None
+    if metric == "perplexity":
+        teacher = context.task.teacher_forward(state.eager())
+    train(
+        model, context.task, epochs=config.finetune_epochs,
+        learning_rate=config.optimizer.learning_rate or RECOVERY_LEARNING_RATE[metric], optimizer=config.optimizer,
+        batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, alpha=1.0 if metric == "perplexity" else 0.0,
+        masks=masks, l1=l1, seed=context.seed,
+        on_epoch=lambda epoch, loss: context.reporter.update(
+            0.2 + 0.7 * epoch / config.finetune_epochs, f"{phase} epoch {epoch}/{config.finetune_epochs}, loss {loss:.4f}"
+        ),
+    )
 
 
 @register_relaxations(PruneConfig)
