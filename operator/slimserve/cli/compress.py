@@ -98,12 +98,14 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from slimserve.cli.logs import configure_logging, log_format_from_env
+    from slimserve.cli.malloc import limit_arenas
     from slimserve.cli.openmp import wait_passively
 
     # Warnings and errors of the libraries, bare as Python prints them unconfigured, or as JSON lines.
     configure_logging(logging.WARNING, log_format_from_env("compress"), text_format="%(message)s")
 
     wait_passively()  # before torch loads
+    limit_arenas()  # before the tokenizer's and torch's threads allocate
     from slimserve.artifacts import SlimServeError
 
     sinks = build_sinks(args)

@@ -12,6 +12,7 @@ from torchao.utils import _cpu_is_amx_tile_supported, _cpu_is_vnni_supported
 INT8_MAX = 127
 # Scales never go below this, so an all-zero row (a pruned channel, a padded token) quantizes to zeros.
 MIN_SCALE = 1e-8
+ROW_BLOCK = 4096  # rows quantized at a time by symmetric_int8_per_row
 
 
 def symmetric_int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,9 +20,15 @@ def symmetric_int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
     Returns `(int8 values shaped like weight, float32 scale per row)`: `weight ~= values * scale[:, None...]`.
     """
-    flat = weight.detach().float().reshape(weight.shape[0], -1)
-    scale = (flat.abs().amax(dim=1) / INT8_MAX).clamp(min=MIN_SCALE)
-    values = torch.round(flat / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    values = torch.empty(flat.shape, dtype=torch.int8, device=flat.device)
+    scale = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    # Blocks of rows: the float temporaries stay small however large the table (a vocabulary's embeddings).
+    for start in range(0, flat.shape[0], ROW_BLOCK):
+        rows = slice(start, start + ROW_BLOCK)
+        block = flat[rows].float()
+        scale[rows] = (block.abs().amax(dim=1) / INT8_MAX).clamp(min=MIN_SCALE)
+        values[rows] = torch.round(block / scale[rows, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return values.reshape(weight.shape), scale
 
 
