@@ -1,0 +1,57 @@
+"""A ModelService chained to a CompressionJob whose artifact missed its accuracy budget (onBudgetMiss keepBest):
+not served until the service allows it, then served with the server told so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cluster.helpers import apply, condition, exists, wait_for
+from tests.operator.test_model_service_cluster import (
+    DIGEST_A,
+    compression_job,
+    deployment_of,
+    model_service,
+    status_of,
+    wait_condition,
+)
+
+pytestmark = pytest.mark.cluster
+
+FIGURES = {"sizeBytes": 1000, "parameters": 10, "latencyP50Ms": 1.0, "throughput": 100.0, "metric": 0.9}
+
+
+def succeed_outside_budget(cp, namespace: str, job: str) -> None:
+    """What the compression pod writes when keepBest kept a candidate outside the budget."""
+    status = {
+        "phase": "Succeeded",
+        "artifact": {"uri": f"s3://artifacts/{job}", "digest": DIGEST_A, "sizeBytes": 1234, "format": "slimserve/v1"},
+        "metrics": {"baseline": FIGURES, "compressed": {**FIGURES, "metric": 0.5}, "sizeRatio": 1.0, "speedup": 1.0,
+                    "accuracyDelta": -0.4, "withinBudget": False},
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Completed", "message": "artifact written",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    }
+    cp.kubectl("patch", "-n", namespace, "compressionjob", job, "--subresource=status", "--type=merge",
+               "-p", json.dumps({"status": status}))
+
+
+def test_an_artifact_outside_its_budget_is_served_only_when_the_service_allows_it(control_plane, operator, namespace):
+    cp = control_plane
+    apply(cp, namespace, compression_job("best-effort"))
+    apply(cp, namespace, model_service("strict", model={"compressionJobRef": {"name": "best-effort"}}))
+    # The operator's own status writes for the running job come first (as in the pod's life).
+    wait_for("the service's pass over the running job", lambda: "(phase Running)" in condition(
+        status_of(cp, namespace, "strict"), "ModelAvailable").get("message", ""))
+    succeed_outside_budget(cp, namespace, "best-effort")
+    refused = wait_condition(cp, namespace, "strict", "ModelAvailable", "False", "OutsideBudget")
+    assert "allowOutsideBudget" in refused["message"] and "best-effort" in refused["message"]
+    assert condition(status_of(cp, namespace, "strict"), "Ready")["status"] == "False"
+    assert not exists(cp, namespace, "deployment", "strict")
+
+    cp.kubectl("patch", "-n", namespace, "msvc", "strict", "--type=merge", "-p",
+               json.dumps({"spec": {"model": {"allowOutsideBudget": True}}}))
+    wait_condition(cp, namespace, "strict", "ModelAvailable", "True", "CompressionSucceeded")
+    env = wait_for("the server Deployment", lambda: exists(cp, namespace, "deployment", "strict") and deployment_of(
+        cp, namespace, "strict")["spec"]["template"]["spec"]["containers"][0]["env"])
+    assert {"name": "SLIMSERVE_ALLOW_OUTSIDE_BUDGET", "value": "true"} in env
