@@ -1,5 +1,6 @@
-"""A ModelService chained to a CompressionJob whose artifact missed its accuracy budget (onBudgetMiss keepBest):
-not served until the service allows it, then served with the server told so."""
+"""Compression at scale on the API server: a ModelService chained to a CompressionJob whose artifact missed its
+accuracy budget (onBudgetMiss keepBest) is not served until the service allows it; a compression pod ended by
+a disruption is replaced without counting as a failure (the new one resumes from the checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from tests.cluster.helpers import apply, condition, exists, wait_for
+from tests.cluster.helpers import apply, condition, exists, get, wait_for
 from tests.operator.test_model_service_cluster import (
     DIGEST_A,
     compression_job,
@@ -55,3 +56,14 @@ def test_an_artifact_outside_its_budget_is_served_only_when_the_service_allows_i
     env = wait_for("the server Deployment", lambda: exists(cp, namespace, "deployment", "strict") and deployment_of(
         cp, namespace, "strict")["spec"]["template"]["spec"]["containers"][0]["env"])
     assert {"name": "SLIMSERVE_ALLOW_OUTSIDE_BUDGET", "value": "true"} in env
+
+
+def test_a_disrupted_compression_pod_is_replaced_without_counting_against_backoff_limit(control_plane, operator, namespace):
+    cp = control_plane
+    apply(cp, namespace, compression_job("evictable"))
+    wait_for("the compression Job", lambda: exists(cp, namespace, "job", "evictable-g1"))
+    job = get(cp, namespace, "job", "evictable-g1")
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]

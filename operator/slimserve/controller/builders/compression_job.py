@@ -181,6 +181,11 @@ def build_job(
         "spec": {
             "backoffLimit": spec.backoff_limit,
             "activeDeadlineSeconds": spec.active_deadline_seconds,
+            # A pod ended by an eviction, a preemption or a lost node is replaced without counting against
+            # backoffLimit; the new pod resumes after the last step checkpointed beside the output.
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+            },
             # No ttlSecondsAfterFinished: the finished Job and its pod's termination message stay readable.
             "template": {"metadata": template_metadata, "spec": pod_spec},
         },
