@@ -75,3 +75,18 @@ def test_rich_bar_summarises_the_result():
     sink.close()
     text = " ".join(stream.getvalue().split())  # the console wraps long lines
     assert "10.00x smaller" in text and "3.00x throughput" in text and "accuracy 0.9800 -> 0.9750" in text
+
+
+def test_terminal_bar_shows_the_time_left_and_where_the_run_resumed():
+    from slimserve.api.compression_job import Progress
+    from slimserve.compression.progress import eta_text
+
+    event = Progress(step="quantize/int8-dynamic", step_index=2, steps_total=4, fraction=0.6, step_eta_seconds=12.4,
+                     eta_seconds=3700.0, resumed_from="spec.steps[0] prune/structured")
+    assert eta_text(event) == "step 0:12 left, run 1:01:40 left, resumed after spec.steps[0] prune/structured"
+    assert eta_text(Progress(step="load")) == ""
+    stream = io.StringIO()
+    sink = RichProgressSink(stream)
+    sink.progress(event)
+    sink.close()
+    assert "run 1:01:40 left" in " ".join(stream.getvalue().split())
