@@ -12,11 +12,11 @@ that fails is logged without a response.
 
 Inference never waits for the sink: the endpoint samples the request (by request id, so a request and its
 response are logged together or not at all), appends references to the payloads' bytes to a bounded deque and
-wakes the sender if it sleeps - no copy and no encoding on the event loop. One sender thread takes what has gathered
-and writes it as pipelined HTTP/1.1 requests on one kept-alive connection, in one scatter write (the payloads
-referenced, not copied), then counts the replies as `httptools` parses them: per event, one small head made
-from its kind's template (the CloudEvents SDK's headers, made once) instead of a request and a reply round
-trip. Each socket operation is bounded by `timeout_s`.
+wakes the sender if it sleeps - no copy and no encoding on the event loop. One sender thread, once woken, lets
+events gather for `GATHER_S`, takes them and writes them as pipelined HTTP/1.1 requests on one kept-alive
+connection, in one scatter write (the payloads referenced, not copied), then counts the replies as `httptools`
+parses them: per event, one small head made from its kind's template (the CloudEvents SDK's headers, made once)
+instead of a request and a reply round trip. Each socket operation is bounded by `timeout_s`.
 
 Delivery is at most once. A sink that ends the connection with `Connection: close` has, by HTTP's rules, not
 taken the requests after that reply: they go again on a new connection. One that drops the connection
@@ -50,9 +50,10 @@ log = logging.getLogger(__name__)
 
 REQUEST_EVENT = "org.kubeflow.serving.inference.request"
 RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
-MAX_QUEUED = 10_000  # events waiting for the sender; past this, new ones are dropped
-MAX_PIPELINED = 64  # events written before their replies are read
-MAX_PIPELINED_BYTES = 4 * 1024 * 1024  # payload bytes written before the replies are read (one event at least)
+MAX_QUEUED = 5_000  # logged requests (up to two events each) waiting for the sender; past this, new ones are dropped
+MAX_PIPELINED = 128  # events written before their replies are read (one more when a request's two straddle it)
+MAX_PIPELINED_BYTES = 4 * 1024 * 1024  # payload bytes past which no more requests join a pipeline
+GATHER_S = 0.01  # how long the sender, woken by an event, waits for others to join it
 MAX_SINK_REPLY_BYTES = 64 * 1024  # read (and ignore) at most this much of a sink's reply, per event
 _SAMPLING_SCALE = 2**64
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # what may go into a header as it is: no CR, LF or other controls
@@ -67,8 +68,9 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest) < rate * _SAMPLING_SCALE
 
 
-# A queued event: (type, request id, model, payload bytes, content type, time.time() when the request was answered)
-_Event = tuple[str, str, str, bytes, str, float]
+# A logged request: (request id, model, time.time() when it was answered, the request's bytes and content type,
+# the response's bytes and content type); bytes None where the mode leaves that event out or the request failed.
+_Logged = tuple[str, str, float, bytes | None, str, bytes | None, str]
 
 
 class PayloadLogger:
@@ -81,7 +83,7 @@ class PayloadLogger:
         self._log_requests = settings.mode in ("all", "request")
         self._log_responses = settings.mode in ("all", "response")
         self._max_queued = max_queued
-        self._pending: deque[_Event] = deque()  # appended on the event loop, taken by the sender
+        self._pending: deque[_Logged] = deque()  # appended on the event loop, taken by the sender
         self._wake = threading.Event()
         self._closing = False
         self._sink = _Sink(settings.url, settings.timeout_s)
@@ -96,24 +98,19 @@ class PayloadLogger:
         """Queue what the mode asks for of one request: the payloads' bytes as received and sent, never copied."""
         if not sampled(request_id, self.settings.sample_rate):
             return
-        now = time.time()
-        if self._log_requests:
-            self._put((REQUEST_EVENT, request_id, model, request, request_type, now))
-        if self._log_responses and response is not None:
-            self._put((RESPONSE_EVENT, request_id, model, response, response_type, now))
+        logged = (request_id, model, time.time(), request if self._log_requests else None, request_type,
+                  response if self._log_responses else None, response_type)
+        if len(self._pending) >= self._max_queued:
+            self._dropped.inc(_events(logged))
+            return
+        self._pending.append(logged)
         if not self._wake.is_set():  # the sender clears it before it takes: a set one is still to be seen
             self._wake.set()
 
     @property
     def queued(self) -> int:
-        """Events waiting for the sender."""
+        """Logged requests waiting for the sender."""
         return len(self._pending)
-
-    def _put(self, event: _Event) -> None:
-        if len(self._pending) >= self._max_queued:
-            self._dropped.inc()
-        else:
-            self._pending.append(event)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (for at most about `timeout_s`), then stop the sender."""
@@ -126,27 +123,38 @@ class PayloadLogger:
         while not self._closing or self._pending:
             self._wake.wait()
             self._wake.clear()
+            if len(self._pending) < MAX_PIPELINED // 2 and not self._closing:
+                time.sleep(GATHER_S)  # let a few more gather: one write and one wake-up for them all
             while self._pending:
-                self._send(self._take())
+                self._send(self._messages())
 
-    def _take(self) -> list[_Event]:
-        """The oldest events, up to MAX_PIPELINED of them and MAX_PIPELINED_BYTES of payload (one at least)."""
-        batch = [self._pending.popleft()]
-        size = len(batch[0][3])
-        while self._pending and len(batch) < MAX_PIPELINED and size + len(self._pending[0][3]) <= MAX_PIPELINED_BYTES:
-            event = self._pending.popleft()
-            batch.append(event)
-            size += len(event[3])
-        return batch
-
-    def _send(self, batch: list[_Event]) -> None:
-        messages = []
-        for event in batch:
+    def _messages(self) -> list[tuple[bytes, bytes]]:
+        """(head, body) of the oldest events, up to about MAX_PIPELINED of them and MAX_PIPELINED_BYTES of payload
+        (a request's events stay together; the id and time they share are made once)."""
+        messages: list[tuple[bytes, bytes]] = []
+        size = 0
+        pending, heads = self._pending, self._heads
+        while pending and len(messages) < MAX_PIPELINED and (not messages or size < MAX_PIPELINED_BYTES):
+            request_id, model, time_s, request, request_type, response, response_type = logged = pending.popleft()
             try:
-                messages.append((self._heads.head(event), event[3]))
-            except ValueError as error:  # a header value that may not go on the wire as it is
-                self._failed.inc()
-                log.debug("payload log: event %s not sent: %s", event[1], error)
+                own = heads.own(request_id, time_s)
+            except ValueError as error:  # a request id that may not go on the wire as it is
+                self._failed.inc(_events(logged))
+                log.debug("payload log: events of %r not sent: %s", request_id, error)
+                continue
+            for event_type, payload, content_type in ((REQUEST_EVENT, request, request_type),
+                                                      (RESPONSE_EVENT, response, response_type)):
+                if payload is None:
+                    continue
+                try:
+                    messages.append((heads.head(event_type, content_type, model, own, len(payload)), payload))
+                    size += len(payload)
+                except ValueError as error:  # a content type or model that may not go on the wire as it is
+                    self._failed.inc()
+                    log.debug("payload log: event of %r not sent: %s", request_id, error)
+        return messages
+
+    def _send(self, messages: list[tuple[bytes, bytes]]) -> None:
         while messages:
             try:
                 statuses, untaken = self._sink.exchange(messages)
@@ -162,6 +170,10 @@ class PayloadLogger:
             messages = messages[len(messages) - untaken:] if untaken else []
 
 
+def _events(logged: _Logged) -> int:
+    return (logged[3] is not None) + (logged[5] is not None)
+
+
 class _Heads:
     """Each event's HTTP request head: its kind's template (request line, Host, the CloudEvents SDK's headers for
     its type, content type and model), then its own id, time and length."""
@@ -172,16 +184,18 @@ class _Heads:
         self._request_line = request_line
         self._templates: dict[tuple[str, str, str], bytes] = {}
 
-    def head(self, event: _Event) -> bytes:
-        event_type, request_id, model, payload, content_type, time_s = event
+    def own(self, request_id: str, time_s: float) -> bytes:
+        """The headers of a request's events that are theirs alone: ce-id and ce-time."""
+        if not _HEADER_VALUE.fullmatch(request_id):
+            raise ValueError(f"request id {request_id!r} cannot be a header value")
+        return b"ce-id: %s\r\nce-time: %s\r\n" % (request_id.encode(), _rfc3339(time_s))
+
+    def head(self, event_type: str, content_type: str, model: str, own: bytes, length: int) -> bytes:
         kind = (event_type, content_type, model)
         template = self._templates.get(kind)
         if template is None:
             template = self._templates[kind] = self._template(*kind)
-        if not _HEADER_VALUE.fullmatch(request_id):
-            raise ValueError(f"request id {request_id!r} cannot be a header value")
-        return b"%sce-id: %s\r\nce-time: %s\r\ncontent-length: %d\r\n\r\n" % (
-            template, request_id.encode(), _rfc3339(time_s), len(payload))
+        return b"%s%scontent-length: %d\r\n\r\n" % (template, own, length)
 
     def _template(self, event_type: str, content_type: str, model: str) -> bytes:
         attributes = {
