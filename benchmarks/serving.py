@@ -9,8 +9,9 @@ concurrency (1, 8, 32) it measures throughput, p50 and p99 of:
   with Kubernetes tokens against the test control plane (tests/cluster; every request but the first answered
   from the server's cache), against plain SlimServe.
 - when asked (`--servers ...,slimserve-payload-log,slimserve-tracing`), SlimServe logging every request and
-  response to a CloudEvents sink on loopback, and tracing every request to the tests' OpenTelemetry Collector,
-  against plain SlimServe (the payload log's sent, dropped and failed events are printed beside them).
+  response to a CloudEvents sink on loopback (benchmarks/loadgen/sink.py; its share of the CPU is in the
+  rows), and tracing every request to the tests' OpenTelemetry Collector, against plain SlimServe (the payload
+  log's sent, dropped and failed events are printed beside them).
 - when asked (`--servers ...,slimserve-tls`), SlimServe over TLS (certificates from tests/serving/tls_certs.py;
   h2load and ghz do not verify them, tritonclient does), against plain SlimServe.
 Same weights, same torch threads, same clients for every server, each a separate process: the native load
@@ -232,51 +233,21 @@ def kserve_venv(version: str = KSERVE_VERSION) -> Path:
 
 PAYLOAD_LOG, TRACING = "slimserve-payload-log", "slimserve-tracing"
 SERVER_ENV: dict[str, dict[str, str]] = {}  # server kind -> extra environment (filled by ObservabilitySinks)
+SINK_PIDS: dict[str, int] = {}  # server kind -> the sink it sends to, whose CPU share its rows report
 
 
 # --- payload log sink and trace collector -----------------------------------------------------------
-def sink_server(port: int) -> None:
-    """A CloudEvents sink that takes any POST and answers 204 at once, on asyncio (cheap per event)."""
-    import asyncio
-
-    class Sink(asyncio.Protocol):
-        def connection_made(self, transport) -> None:
-            self.transport, self.buffer, self.body_left = transport, b"", 0
-
-        def data_received(self, data: bytes) -> None:
-            self.buffer += data
-            while True:
-                if self.body_left:
-                    taken = min(self.body_left, len(self.buffer))
-                    self.buffer, self.body_left = self.buffer[taken:], self.body_left - taken
-                    if self.body_left:
-                        return
-                    self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-                head, found, rest = self.buffer.partition(b"\r\n\r\n")
-                if not found:
-                    return
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                self.buffer, self.body_left = rest, length
-                if not length:
-                    self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-
-    async def run() -> None:
-        server = await asyncio.get_running_loop().create_server(Sink, HOST, port)
-        await server.serve_forever()
-
-    asyncio.run(run())
-
-
 class ObservabilitySinks:
-    """What the payload log and tracing rows send to: the sink above (sample rate 1, every request and response)
+    """What the payload log and tracing rows send to: loadgen/sink.py (sample rate 1, every request and response)
     and the tests' OpenTelemetry Collector (tests/otelcol, built when missing; `--tracing-sample-rate`), both on loopback."""
 
     def __init__(self, kinds: list[str], log_dir: Path, tracing_sample_rate: float = 1.0) -> None:
         self.sink = self.collector = None
         if PAYLOAD_LOG in kinds:
             port = free_port()
-            self.sink = subprocess.Popen([sys.executable, __file__, "--role", "sink", "--http-port", str(port)])
+            self.sink = subprocess.Popen([sys.executable, str(Path(__file__).parent / "loadgen" / "sink.py"),
+                                          "--port", str(port)], stdout=subprocess.DEVNULL)
+            SINK_PIDS[PAYLOAD_LOG] = self.sink.pid
             SERVER_ENV[PAYLOAD_LOG] = {"SLIMSERVE_PAYLOAD_LOG_URL": f"http://{HOST}:{port}/events",
                                        "SLIMSERVE_PAYLOAD_LOG_SAMPLE_RATE": "1"}
         if TRACING in kinds:
@@ -447,9 +418,15 @@ def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_pyth
 
 def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace, client: str = "native") -> dict:
     """One measured run of a client ("native": h2load or ghz; "python": tritonclient) against `server`, with
-    the server's CPU seconds over it and whether the client was the limit (loadgen.measured)."""
+    the server's CPU seconds over it, whether the client was the limit (loadgen.measured), and the share of
+    the machine its payload log sink took, where it has one (the sink shares the cores too)."""
+    sink = SINK_PIDS.get(server.label)
     server_cpu_s = measured.process_cpu_s(server.process.pid)
+    sink_cpu_s, start = (measured.process_cpu_s(sink) if sink else 0.0), time.perf_counter()
     row = (run_native_loadgen if client == "native" else run_python_loadgen)(server, protocol, concurrency, args)
+    if sink:
+        row["sink_cpu_share"] = round((measured.process_cpu_s(sink) - sink_cpu_s)
+                                      / ((time.perf_counter() - start) * measured.cpu_count()), 3)
     return measured.mark_client_bound(row, measured.process_cpu_s(server.process.pid) - server_cpu_s)
 
 
@@ -534,7 +511,7 @@ def report(results: list[dict], bare: dict[str, dict[int, float]]) -> str:
             f"| {r['model']} | {r['protocol']} | {r['concurrency']} | {r['server']} | {rps:.0f} | "
             f"{r.get('p50_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
             f"{_ratio(rps, bare_rate)} | {_ratio(rps, kserve) if r['server'] != 'kserve' else ''} | "
-            f"{_ratio(rps, nobatch) if r['server'] == 'slimserve' else ''} | {measured.describe(r)} | "
+            f"{_ratio(rps, nobatch) if r['server'] == 'slimserve' else ''} | {described(r)} | "
             f"{r.get('python', {}).get('rps', 0):.0f} | {measured.describe(r.get('python', {}))} |"
             + (f" errors {r['errors']}" if r.get("errors") else "")
         )
@@ -544,7 +521,13 @@ def report(results: list[dict], bare: dict[str, dict[int, float]]) -> str:
 def client_summary(cell: dict, clients: list[str]) -> str:
     """The clients of a cell: the first's CPU share, each other one's throughput and CPU share."""
     extras = [f"{c} {cell[c].get('rps', 0):.0f} req/s ({measured.describe(cell[c])})" for c in clients[1:] if c in cell]
-    return "; ".join([measured.describe(cell), *extras])
+    return "; ".join([described(cell), *extras])
+
+
+def described(row: dict) -> str:
+    """The client column (loadgen.measured), with the payload log sink's CPU share where there is one."""
+    sink = f", sink {row['sink_cpu_share']:.0%} CPU" if "sink_cpu_share" in row else ""
+    return measured.describe(row) + sink
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -585,7 +568,7 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
 # --- main -----------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=("bench", "loadgen", "kserve", "sink"), default="bench")
+    parser.add_argument("--role", choices=("bench", "loadgen", "kserve"), default="bench")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--protocols", default="rest,grpc")
     parser.add_argument("--concurrency", default="1,8,32")
@@ -607,9 +590,6 @@ def main() -> int:
 
     if args.role == "loadgen":
         print(json.dumps(loadgen(args.protocol, args.url, args.model, int(args.concurrency), args.duration_s, args.max_requests)))
-        return 0
-    if args.role == "sink":
-        sink_server(args.http_port)
         return 0
     if args.role == "kserve":
         kserve_server(MODELS[args.model], args.model, args.http_port, args.grpc_port, args.threads)
