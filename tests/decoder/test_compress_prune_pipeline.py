@@ -92,3 +92,19 @@ def test_depth_pruning_keeps_to_the_perplexity_budget(self_taught, tmp_path):
     assert tried[-1]["accepted"]
     kept_layers = json.loads((tmp_path / "out" / "manifest.json").read_text())["recipe"]["num_layers"]
     assert kept_layers > 2
+
+
+def test_distilled_student_keeps_fewer_layers_narrowed_and_the_artifact_rebuilds_it(self_taught, tmp_path):
+    directory, text = self_taught
+    spec = CompressionJobSpec.model_validate({
+        "model": {"uri": f"file://{directory}"},
+        "steps": [{"distill": {"student": {"numLayers": 2, "widthMultiplier": 0.5}, "epochs": 2, "batchSize": 8}}],
+        "evaluation": {"metric": "perplexity", "maxRelativeIncrease": 10.0, "threads": 1, "dataset": {"uri": f"file://{text}"}},
+        "output": {"uri": f"file://{tmp_path / 'out'}"},
+    })
+    outcome = compress(spec, [])
+
+    recipe = json.loads((tmp_path / "out" / "manifest.json").read_text())["recipe"]
+    assert (recipe["num_layers"], recipe["num_kv_heads"], recipe["intermediate_size"]) == (2, 1, 64)
+    assert outcome.metrics.compressed.parameters < outcome.metrics.baseline.parameters / 2
+    assert load_decoder(f"file://{tmp_path / 'out'}").model.config.num_layers == 2
