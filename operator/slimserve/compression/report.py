@@ -31,7 +31,7 @@ def report_json(
 ) -> bytes:
     payload: dict[str, Any] = {
         "source": source,
-        "maxDrop": max_drop,
+        "maxRelativeIncrease" if metrics.baseline.metric_name == "perplexity" else "maxDrop": max_drop,
         "withinBudget": metrics.within_budget,
         # set when the run continued from a checkpoint: the last step it restored instead of running again
         "resumedFrom": resumed_from,
@@ -91,7 +91,9 @@ def report_figure(
         final_x = final.size_bytes / 1024.0 if axis is by_size else final.latency_p50_ms
         points[axis].append((final_x, final_x, final.metric))
         axis.scatter([final_x], [final.metric], s=120, marker="*", color="tab:blue", label="compressed, as served", zorder=3)
-        axis.axhline(baseline.metric - max_drop, linestyle="--", color="gray", linewidth=1, label="accuracy budget")
+        # a lower-is-better metric's budget (perplexity) is a relative increase: its line is above the baseline
+        budget = baseline.metric * (1 + max_drop) if baseline.metric_name == "perplexity" else baseline.metric - max_drop
+        axis.axhline(budget, linestyle="--", color="gray", linewidth=1, label="accuracy budget")
         axis.set_xscale("log")
         # 1-2-5 ticks with plain numbers: log-scale minor labels (3x10^1, 4x10^1) run into each other.
         axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
