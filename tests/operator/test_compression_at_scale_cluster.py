@@ -1,6 +1,7 @@
 """Compression at scale on the API server: a ModelService chained to a CompressionJob whose artifact missed its
 accuracy budget (onBudgetMiss keepBest) is not served until the service allows it; a compression pod ended by
-a disruption is replaced without counting as a failure (the new one resumes from the checkpoint)."""
+a disruption is replaced without counting as a failure (the new one resumes from the checkpoint); the pod's
+progress keeps its time left and resume point in the status."""
 
 from __future__ import annotations
 
@@ -67,3 +68,19 @@ def test_a_disrupted_compression_pod_is_replaced_without_counting_against_backof
     assert job["spec"]["podFailurePolicy"]["rules"] == [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     ]
+
+
+def test_the_pods_progress_with_its_time_left_and_resume_point_reaches_the_status(control_plane, operator, namespace):
+    from slimserve.api.compression_job import Progress
+    from tests.operator.test_compression_job_cluster import compression_job as job_manifest
+    from tests.operator.test_compression_job_cluster import running, sink_for
+    from tests.operator.test_compression_job_cluster import status_of as job_status
+
+    cp = control_plane
+    running(cp, namespace, job_manifest("resumed", outcome="run"))
+    event = Progress(step="quantize/int8-dynamic", step_index=2, steps_total=4, fraction=0.6, message="trying",
+                     step_fraction=0.2, step_eta_seconds=40.0, eta_seconds=95.5, resumed_from="spec.steps[0] prune/structured")
+    sink_for(cp, namespace, "resumed", min_interval_seconds=0).progress(event)
+    progress = wait_for("the progress write", lambda: job_status(cp, namespace, "resumed").get("progress"))
+    assert progress == event.to_json()  # nothing pruned by the CRD's schema
+    assert progress["resumedFrom"] == "spec.steps[0] prune/structured" and progress["etaSeconds"] == 95.5
