@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,6 +23,7 @@ class Mirror:
     files: dict[str, bytes] = field(default_factory=dict)  # path -> body
     short: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before closing, Content-Length full
     redirects: dict[str, str] = field(default_factory=dict)  # path -> Location
+    delays: dict[str, float] = field(default_factory=dict)  # path -> seconds before answering
     hf_repos: dict[str, dict[str, bytes]] = field(default_factory=dict)  # ORG/NAME -> file name -> body
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # method, path, headers
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -48,6 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.partition("?")[0]
         with mirror.lock:
             mirror.requests.append((self.command, path, dict(self.headers)))
+        time.sleep(mirror.delays.get(path, 0.0))
         if path in mirror.redirects:
             self._send(302, b"", {"Location": mirror.redirects[path]}, head)
         elif path in mirror.files:

@@ -138,3 +138,29 @@ def test_source_uri_parts():
     assert pinned.http_url == "https://mirror/m.tar.gz?token=t" and pinned.sha256 == "a" * 64
     assert parse_uri("hf://org/name@v1.0").hf_repo == ("org/name", "v1.0")
     assert parse_uri("hf://org/name").hf_repo == ("org/name", None)
+
+
+def _resolve_in_process(uri: str, cache: str, results) -> None:
+    import os
+
+    os.environ["SLIMSERVE_DOWNLOAD_CACHE"] = cache
+    results.put(str(resolve_uri(uri)))
+
+
+def test_processes_sharing_the_cache_download_once(mirror, download_cache):
+    import multiprocessing
+
+    body = save({"w": torch.randn(256, 256)})
+    mirror.files["/shared/model.safetensors"] = body
+    uri = f"{mirror.url}/shared/model.safetensors?sha256={_sha(body)}"
+    mirror.delays["/shared/model.safetensors"] = 0.5  # the second process asks while the first downloads
+    fork = multiprocessing.get_context("fork")  # the children only download: no torch, no threads of their own
+    results = fork.Queue()
+    workers = [fork.Process(target=_resolve_in_process, args=(uri, str(download_cache), results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    paths = {results.get(timeout=120) for _ in workers}
+    for worker in workers:
+        worker.join(timeout=60)
+    assert len(paths) == 1 and all(worker.exitcode == 0 for worker in workers)
+    assert mirror.gets("/shared/model.safetensors") == 1

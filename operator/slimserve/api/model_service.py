@@ -19,6 +19,7 @@ from slimserve.api.common import (
 )
 from slimserve.api.compression_job import DEFAULT_NODE_POOL
 from slimserve.api.storage import S3Spec
+from slimserve.api.uri import CLAIM_NAME_MAX, CLAIM_NAME_PATTERN
 from slimserve.api.workload import TLS_CA_FILE, TLS_CERT_FILE, TLS_CLIENT_AUTH_MODES, TLS_KEY_FILE
 from slimserve.api.workload import PAYLOAD_LOG_MODES
 from slimserve.api.workload import AUTH_API_KEYS, AUTH_KUBERNETES, CORS_ORIGIN_PATTERN, DEFAULTS
@@ -43,7 +44,14 @@ class ModelReference(SpecModel):
         default=None,
         pattern=MODEL_URI_PATTERN,
         max_length=2048,
-        description="A SlimServe artifact (file://, pvc://CLAIM/path, s3://) or a builtin:// demo model.",
+        description=(
+            "A SlimServe artifact (file://, pvc://CLAIM/path, s3://; or an archive of one at http(s)://HOST/path, "
+            "?sha256=HEX pinning its bytes; or hf://ORG/NAME[@REVISION]) or a builtin:// demo model."
+        ),
+    )
+    hf_token_secret: LocalObjectReference | None = Field(
+        default=None,
+        description="hf:// URIs: a Secret whose key HF_TOKEN is the Hub token, given to the pods as HF_TOKEN.",
     )
     compression_job_ref: LocalObjectReference | None = Field(
         default=None, description="Serve the artifact of this CompressionJob once it has succeeded."
@@ -62,6 +70,16 @@ class ModelReference(SpecModel):
         if (self.uri is None) == (self.compression_job_ref is None):
             raise ValueError("spec.model: set exactly one of uri and compressionJobRef")
         return self
+
+
+class ModelCacheSpec(SpecModel):
+    """Where the server pods keep what they download."""
+
+    claim_name: str = Field(
+        pattern=CLAIM_NAME_PATTERN,
+        max_length=CLAIM_NAME_MAX,
+        description="A PersistentVolumeClaim (ReadWriteMany across nodes) mounted read-write into every replica.",
+    )
 
 
 class AutoscalingSpec(SpecModel):
@@ -274,6 +292,13 @@ class ModelServiceSpec(SpecModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec, json_schema_extra={"default": {}}, description="Dynamic batching of requests.")
     protocols: ProtocolsSpec = Field(default_factory=ProtocolsSpec, json_schema_extra={"default": {}}, description="Extra endpoints.")
     s3: S3Spec | None = Field(default=None, description="Object-store access for an s3:// model URI.")
+    model_cache: ModelCacheSpec | None = Field(
+        default=None,
+        description=(
+            "A shared volume for http(s):// and hf:// downloads, so that replicas download the model once; "
+            "unset: each pod downloads into its own cache."
+        ),
+    )
     payload_logging: PayloadLoggingSpec | None = Field(
         default=None, description="Send inference payloads as CloudEvents to a sink; unset: off."
     )

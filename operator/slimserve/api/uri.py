@@ -35,7 +35,8 @@ _HF_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _HF_REVISION = re.compile(r"^[A-Za-z0-9._/-]+$")
 
 CLAIM_NAME_MAX = 253
-_CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+CLAIM_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a PersistentVolumeClaim name: a DNS subdomain
+_CLAIM_NAME = re.compile(CLAIM_NAME_PATTERN)
 
 
 class InvalidUri(ValueError):

@@ -54,6 +54,9 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu"
 TMP_MOUNT = "/tmp"
 CACHE_MOUNT = "/var/cache/slimserve"
 CACHE_SIZE_LIMIT = "10Gi"  # downloaded s3 artifacts live here
+MODEL_CACHE_VOLUME = "model-cache"
+MODEL_CACHE_MOUNT = "/var/cache/slimserve-models"  # spec.modelCache's claim: http(s):// and hf:// downloads
+HF_TOKEN_KEY = "HF_TOKEN"  # the key of spec.model.hfTokenSecret, and the variable huggingface_hub reads
 
 DIGEST_ANNOTATION = "slimserve.io/model-digest"
 PROMETHEUS_ANNOTATIONS = {
@@ -271,8 +274,17 @@ def server_env(
         device=pool_device(pool),
         **auth_settings(owner, spec.auth),
         **observability_settings(owner, spec),
+        download_cache=MODEL_CACHE_MOUNT if spec.model_cache else None,
     )
-    return env.to_env() + s3_env(spec)
+    return env.to_env() + s3_env(spec) + hf_token_env(spec)
+
+
+def hf_token_env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    """The Hub token by reference: it never appears in the pod template, only the Secret's name does."""
+    secret = spec.model.hf_token_secret
+    if secret is None:
+        return []
+    return [{"name": HF_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": HF_TOKEN_KEY}}}]
 
 
 # ---- auth ---------------------------------------------------------------------------------------------
@@ -423,6 +435,8 @@ def server_container(
     mounts = [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT}]
     mounts += [{"name": volume["name"], "mountPath": API_KEYS_MOUNT, "readOnly": True} for volume in api_keys_volume(spec)]
     mounts += tls_mounts(spec)
+    if spec.model_cache:
+        mounts.append({"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_MOUNT})
     claim = pvc_claim(model.uri)
     if claim:
         mounts.append({"name": "model-pvc", "mountPath": f"{config.pvc_mount_root.rstrip('/')}/{claim}", "readOnly": True})
@@ -449,11 +463,13 @@ def server_container(
     }
 
 
-def pod_volumes(model: ArtifactToServe) -> list[dict[str, Any]]:
+def pod_volumes(spec: ModelServiceSpec, model: ArtifactToServe) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE_LIMIT}},
     ]
+    if spec.model_cache:
+        volumes.append({"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.model_cache.claim_name}})
     claim = pvc_claim(model.uri)
     if claim:
         volumes.append({"name": "model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
@@ -482,7 +498,7 @@ def pod_template(
             }
         ],
         "containers": [server_container(owner, spec, model, pool, config)],
-        "volumes": pod_volumes(model) + api_keys_volume(spec) + tls_volume(spec),
+        "volumes": pod_volumes(spec, model) + api_keys_volume(spec) + tls_volume(spec),
         **pool_placement(pool, config),
     }
     if uses_kubernetes_auth(spec):
