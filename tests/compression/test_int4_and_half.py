@@ -1,5 +1,6 @@
 """int4-weight-only on torch's packed-int4 kernels and fp16 / bf16 models: numerics against a float
-reference, the device-neutral layout, artifact round trips, MiniLM, and the budget search's relaxations."""
+reference, the device-neutral layout (Linears and embedding tables), artifact round trips, MiniLM, the
+budget search's relaxations, and the precision a served model reports."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from slimserve.compression.quantize import apply_quantization
 from slimserve.models.minilm import encode, load_tokenizer
 from slimserve.quant import optimize_for_inference, quantization_state, restore_quantization
 from slimserve.quant.half import native_on
+from slimserve.compression import compress
+from slimserve.models import load_servable
+from slimserve.quant.embedding import Int4Embedding, Int8Embedding
 from slimserve.quant.int4_kernels import CPU_INT4_MAX_ROWS, int4_matmul
 from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, dequantize_int4_grouped, quantize_int4_grouped
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
@@ -59,7 +63,7 @@ def round_trip(model: nn.Module, skeleton: nn.Module, tmp_path) -> tuple[nn.Modu
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256])
-@pytest.mark.parametrize("shape", [(1, 3), (2, 5)], ids=["int4-kernel", "dense-bf16"])  # rows <= / > CPU_INT4_MAX_ROWS
+@pytest.mark.parametrize("shape", [(1, 3), (2, 5)], ids=["int4-kernel", "int8-copy"])  # rows <= / > CPU_INT4_MAX_ROWS
 def test_int4_linear_matches_dequantize_then_matmul(group_size, shape):
     torch.manual_seed(group_size)
     linear = nn.Linear(512, 96)
@@ -76,7 +80,9 @@ def test_int4_linear_matches_dequantize_then_matmul(group_size, shape):
     assert (out - reference).abs().max() <= 0.02 * reference.abs().max()
     assert cosine(out.reshape(-1, 96), reference.reshape(-1, 96)) > 0.9999
     assert cosine(out.reshape(-1, 96), linear(x).detach().reshape(-1, 96)) > 0.99  # and close to the float layer
-    assert module.dense_weight.dtype == torch.bfloat16 and "dense_weight" not in module.state_dict()
+    # above CPU_INT4_MAX_ROWS rows: the int4 weight requantized to int8 per channel, made at load, never saved
+    assert module.many_rows_weight.dtype == torch.int8 and module.many_rows_weight.shape == (96, 512)
+    assert not any(name.startswith("many_rows") for name in module.state_dict())
 
 
 def test_neutral_layout_is_two_nibbles_per_byte_with_per_group_scale_and_zero():
@@ -99,9 +105,12 @@ def test_int4_artifact_round_trip_gives_the_same_outputs_and_stores_no_device_pa
         reference = model(ids)
     quantized = apply_quantization(copy.deepcopy(model), QuantizeConfig(method="int4-weight-only", group_size=32), calibration=None)
     assert type(quantized.up) is Int4WeightOnlyLinear and type(quantized.head) is nn.Linear
+    assert type(quantized.embed) is Int4Embedding and quantized.embed.group_size == 32
     restored, tensors = round_trip(quantized, TinyEncoder().eval(), tmp_path)
-    assert not any("kernel" in name for name in tensors)  # the device's packing is derived at load
+    assert not any("kernel" in name or "many_rows" in name for name in tensors)  # the device's copies are made at load
     assert tensors["up.weight_uint4x2"].shape == (128, 32)
+    assert tensors["embed.weight_uint4x2"].shape == (100, 32) and tensors["embed.weight_scale"].shape == (100, 2)
+    assert type(restored.embed) is Int4Embedding and torch.equal(restored.embed.weight_zero, quantized.embed.weight_zero)
     with torch.inference_mode():
         out = quantized(ids)
         assert torch.equal(restored(ids), out)
@@ -114,12 +123,34 @@ def test_int8_layers_of_int4_and_their_errors():
     model = apply_quantization(TinyEncoder().eval(), QuantizeConfig(method="int4-weight-only", int8_layers=["down"]), calibration=None)
     assert type(model.up) is Int4WeightOnlyLinear and type(model.down) is Int8DynamicLinear
     assert model.up.group_size == 64  # 256 and 128 do not divide its 64 inputs
-    with pytest.raises(ValueError, match="int8Layers: 'head' is not a Linear this config quantizes"):
+    assert type(model.embed) is Int4Embedding and model.embed.group_size == 64
+    table_int8 = apply_quantization(TinyEncoder().eval(), QuantizeConfig(method="int4-weight-only", int8_layers=["embed"]), calibration=None)
+    assert type(table_int8.embed) is Int8Embedding and type(table_int8.up) is Int4WeightOnlyLinear
+    with pytest.raises(ValueError, match="int8Layers: 'head' is not a Linear or Embedding this config quantizes"):
         apply_quantization(TinyEncoder().eval(), QuantizeConfig(method="int4-weight-only", int8_layers=["head"]), calibration=None)
     with pytest.raises(ValueError, match="groupSize: only int4-weight-only"):
         QuantizeConfig(method="int8-dynamic", group_size=64)
     with pytest.raises(ValueError, match="no int4 kernel"):
         Int4WeightOnlyLinear(64, 8, True, 32)
+
+
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_int4_embedding_dequantizes_the_rows_looked_up(group_size):
+    torch.manual_seed(group_size)
+    embedding = nn.Embedding(300, 256)
+    table = Int4Embedding.from_float(embedding, group_size)
+    assert (table.weight_uint4x2.dtype, table.weight_scale.dtype, table.weight_zero.dtype) == (torch.uint8, torch.bfloat16, torch.uint8)
+    assert table.weight_uint4x2.shape == (300, 128) and table.weight_scale.shape == (300, 256 // group_size)
+    packed, scale, zero = quantize_int4_grouped(embedding.weight, group_size)  # the Linears' layout, row by row
+    assert torch.equal(table.weight_uint4x2, packed) and torch.equal(table.weight_scale, scale) and torch.equal(table.weight_zero, zero)
+    ids = torch.tensor([[0, 299, 7], [7, 7, 150]])
+    with torch.inference_mode():
+        out = table(ids)
+    assert out.shape == (2, 3, 256) and out.dtype == torch.float32
+    assert torch.equal(out, table.dequantized_weight()[ids])
+    assert cosine(out.reshape(-1, 256), embedding(ids).detach().reshape(-1, 256)) > (0.995 if group_size == 32 else 0.99)
+    with pytest.raises(ValueError, match="must be even and divide embedding_dim 256"):
+        Int4Embedding(300, 256, 96)
 
 
 def test_minilm_int4_stays_close_to_fp32(minilm_model):
@@ -153,6 +184,13 @@ def test_half_precision_round_trip_is_half_the_size_and_exact(method, tmp_path):
     # served in the half dtype where this CPU has it natively, else cast up to fp32 (the same weights)
     assert served.compute_dtype == (dtype if native_on(dtype, torch.device("cpu")) else torch.float32)
     assert cosine(served(ids), out) > 0.999
+
+
+def test_a_served_half_model_reports_the_precision_it_computes_in(tmp_path, make_spec, sink):
+    spec = make_spec(tmp_path / "out", model="builtin://digits-mlp", steps=[{"quantize": {"method": "fp16"}}])
+    servable = load_servable(compress(spec, [sink]).artifact.uri)
+    # fp16 weights; computed in fp16 only where this CPU has it natively, else cast up to fp32 when compiled
+    assert servable.info.precision == ("fp16" if native_on(torch.float16, torch.device("cpu")) else "fp32")
 
 
 def test_int4_budget_search_tries_finer_groups_first(mlp_context):

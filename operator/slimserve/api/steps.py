@@ -136,8 +136,8 @@ class QuantizeConfig(StepConfigBase):
             "int8-dynamic: int8 weights, activations quantized per batch (Linear, attention). "
             "int8-static: int8 weights and activations calibrated ahead of time (CNNs). "
             "int8-weight-only: int8 weights, float compute. "
-            "int4-weight-only: int4 weights in groups (groupSize), bf16 compute with packed-int4 kernels on CPU and GPU, "
-            "int8 embedding tables. "
+            "int4-weight-only: int4 weights and embedding tables in groups (groupSize), packed-int4 kernels on CPU and "
+            "GPU (on a CPU, calls of more than 4 rows run on an int8 copy made at load). "
             "fp16 / bf16: every weight and the compute in that 16-bit float, half the size; served in it on GPUs, "
             "in bf16 on CPUs with native bf16 (AVX512-BF16, AMX), cast up to fp32 on other CPUs."
         )
@@ -155,7 +155,8 @@ class QuantizeConfig(StepConfigBase):
         max_length=256,
         description=(
             "int4-weight-only: Linear module names stored in int8 (int8-dynamic) instead, e.g. "
-            "[\"layers.5.attention.value\"]. The accuracy-budget search adds the most sensitive layers here."
+            "[\"layers.5.attention.value\"], and embedding tables kept int8 per row. The accuracy-budget search adds "
+            "the most sensitive layers here."
         ),
     )
     algorithm: Literal["rtn", "gptq"] = Field(

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from torch import nn
+
 from slimserve.api.steps import DistillConfig, OptimizerSpec, PruneConfig, QuantizeConfig, StepConfig
 from slimserve.compression.errors import BudgetExceeded
 from slimserve.compression.measure import Speed, measure_speeds
 from slimserve.compression.registry import relaxations_for, transform_for
 from slimserve.compression.state import Candidate, ModelState, StepContext, TimeBoxExpired
+from slimserve.quant.embedding import QUANTIZED_TABLES
 
 # Metrics are rounded to 6 places in reports: a drop equal to the budget fits.
 _TOLERANCE = 1e-6
@@ -24,7 +27,8 @@ def step_label(config: StepConfig) -> str:
     return f"{config.step_kind}/kd"
 
 
-def describe(config: StepConfig) -> str:
+def describe(config: StepConfig, model: nn.Module | None = None) -> str:
+    """A candidate's config in a few words; given its quantized `model`, with its embedding tables' precision."""
     if isinstance(config, PruneConfig):
         l1 = f" after L1 {config.l1_penalty:g}" if config.l1_penalty else ""
         tuned = f", fine-tuned with {_optimizer(config.optimizer)}" if config.finetune_epochs else ""
@@ -32,7 +36,7 @@ def describe(config: StepConfig) -> str:
     if isinstance(config, QuantizeConfig):
         groups = f", groups of {config.group_size}" if config.group_size else ""
         int8 = f", {_layers(config.int8_layers, 'int8')}" if config.int8_layers else ""
-        return f"{config.method}{groups}{int8}, {_layers(config.keep_float or [], 'float')}"
+        return f"{config.method}{groups}{int8}, {_layers(config.keep_float or [], 'float')}{_tables(model)}"
     if isinstance(config, DistillConfig):
         student = config.student
         return f"student width {student.width_multiplier or 1:g}, layers {student.num_layers or 'all'}, {_optimizer(config.optimizer)}"
@@ -48,6 +52,12 @@ def _optimizer(spec: OptimizerSpec) -> str:
 def _layers(names: list[str], precision: str) -> str:
     """`2 layer(s) float (a, b)`"""
     return f"{len(names)} layer(s) {precision}" + (f" ({', '.join(names[:4])}{'...' if len(names) > 4 else ''})" if names else "")
+
+
+def _tables(model: nn.Module | None) -> str:
+    """`, tables int4+int8`: the precisions of the model's quantized embedding tables (empty: none)."""
+    kinds = sorted({m.kind.removesuffix("-embedding") for m in (model.modules() if model else ()) if isinstance(m, QUANTIZED_TABLES)})
+    return f", tables {'+'.join(kinds)}" if kinds else ""
 
 
 def within_budget(context: StepContext, metric: float) -> bool:
@@ -79,7 +89,7 @@ def run_within_budget(state: ModelState, config: StepConfig, context: StepContex
             candidate_state = transform(state, candidate_config, context)
             metric = context.task.score(candidate_state.served())
             candidate = Candidate(
-                step=label, label=describe(candidate_config), metric=metric, size_bytes=candidate_state.size_bytes(),
+                step=label, label=describe(candidate_config, candidate_state.model), metric=metric, size_bytes=candidate_state.size_bytes(),
                 parameters=candidate_state.parameters,
             )
             tried.append(candidate)

@@ -64,13 +64,15 @@ def load_servable(
             digest=artifact.digest,
         )
     model = loaded.model.to(target)
-    info = replace(info, device=str(target), precision=precision(model, loaded.quantization))
     if loaded.quantization is not None:
         from slimserve.quant import optimize_for_inference
 
         forward = optimize_for_inference(model, to_device(loaded.family.example_inputs(loaded.assets), target))
     else:
         forward = eager_forward(model)
+    # What it computes in, known once compiled: a half model is cast up where the device lacks that half.
+    compute_dtype = getattr(forward, "compute_dtype", None)
+    info = replace(info, device=str(target), precision=precision(model, loaded.quantization, compute_dtype))
     if cuda_graphs and target.type == "cuda":
         from slimserve.models.cuda_graphs import CudaGraphForward
 

@@ -104,17 +104,25 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 _FLOAT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_EMBEDDING_KIND = "int8-embedding"  # the embedding table of every quantized encoder: not the method's mark
+# The embedding tables of quantized encoders: not the method's mark.
+_EMBEDDING_KINDS = ("int8-embedding", "int4-embedding")
 
 
-def precision(model: nn.Module, quantization: Mapping[str, Any] | None = None) -> str:
-    """What a model computes in: the quantized kinds of its recipe (`int8-dynamic`), else its float dtype."""
+def precision(model: nn.Module, quantization: Mapping[str, Any] | None = None, compute_dtype: torch.dtype | None = None) -> str:
+    """What a model computes in: the quantized kinds of its recipe (`int8-dynamic`), else `compute_dtype` where
+    serving chose one (a half model cast up to fp32 on a device without that half), else its float dtype."""
     kinds = {str(entry.get("kind", "")) for entry in ((quantization or {}).get("modules") or {}).values()}
-    methods = sorted({kind.rsplit("-", 1)[0] for kind in kinds if kind and kind != _EMBEDDING_KIND})
+    methods = sorted({kind.rsplit("-", 1)[0] for kind in kinds if kind and kind not in _EMBEDDING_KINDS})
     if methods or kinds:
-        return "+".join(methods) or _EMBEDDING_KIND
+        return "+".join(methods) or "+".join(sorted(kinds))
+    if compute_dtype is not None:
+        return _float_name(compute_dtype)
     dtypes = {t.dtype for t in model.parameters() if t.is_floating_point()}
-    return "+".join(sorted(_FLOAT_NAMES.get(dtype, str(dtype).removeprefix("torch.")) for dtype in dtypes)) or "fp32"
+    return "+".join(sorted(_float_name(dtype) for dtype in dtypes)) or "fp32"
+
+
+def _float_name(dtype: torch.dtype) -> str:
+    return _FLOAT_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def to_device(inputs: Iterable[Any], device: torch.device) -> tuple[Any, ...]:

@@ -12,17 +12,22 @@ Both take bf16 activations and a bf16 `[K/group, N, 2]` table of (scale, offset)
 `(q - 8) * scale + offset`: with our zero point, `offset = (8 - zero) * scale`. Their fp32 CPU path is a
 reference loop (hundreds of times slower), so activations go through bf16 on every device.
 
-The CPU kernel is a matrix-vector kernel: it beats a dense bf16 GEMM only up to a few rows (tokens x
-batch), and an encoder's call has more. So on the CPU the module also keeps its weight expanded to bf16
-(`dense_weight`) for calls of more than `CPU_INT4_MAX_ROWS` rows, run by oneDNN's bf16 GEMM; the artifact
-stays int4. On CUDA every call runs the int4 kernel.
+The CPU kernel is a matrix-vector kernel: it beats a dense GEMM only up to a few rows (tokens x batch),
+and an encoder's call has more. So on the CPU the module also keeps a copy of its weight for calls of more
+than `CPU_INT4_MAX_ROWS` rows (`CPU_MANY_ROWS`): by default requantized to int8 per output channel and run
+as int8-dynamic runs (per-token int8 activations, oneDNN's VNNI GEMM), the fastest of the paths measured
+(benchmarks/int4_cpu_paths.py, docs/quantization.md); the artifact stays int4. On CUDA every call runs the
+int4 kernel.
 """
 
 from __future__ import annotations
 
 import torch
 
+import torch.nn.functional as F
+
 from slimserve.quant.base import BackendUnsupportedError
+from slimserve.quant.kernels import UNSIGNED_ACTIVATIONS, int8_matmul, int8_per_token, symmetric_int8_per_row
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # the group sizes both kernels accept
 TINYGEMM_MIDPOINT = 8
@@ -36,6 +41,10 @@ IN_FEATURES_MULTIPLE = 32
 # Measured (2-core AVX512-BF16 CPU, MiniLM shapes): the int4 kernel is faster than bf16 dense at 1-4 rows,
 # slower from 8 (2x at 64). docs/quantization.md has the table.
 CPU_INT4_MAX_ROWS = 4
+# What a CPU module keeps for calls of more rows: "int8" (requantized per channel), "bf16" (expanded) or
+# "int4" (none: the int4 kernel for every call). benchmarks/int4_cpu_paths.py measures the three.
+MANY_ROWS_PATHS = ("int8", "bf16", "int4")
+CPU_MANY_ROWS = "int8"
 
 
 def kernel_fits(in_features: int, out_features: int, group_size: int) -> bool:
@@ -82,3 +91,23 @@ def int4_matmul(x: torch.Tensor, weight: torch.Tensor, group_size: int, scale_of
     if x.device.type == "cuda":
         return torch.ops.aten._weight_int4pack_mm(x, weight, group_size, scale_offset)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, group_size, scale_offset)
+
+
+def many_rows_weight(weight: torch.Tensor, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(weight, per-channel scale)` that `many_rows_matmul` runs on, from the dequantized fp32 weight [N, K]:
+    int8 per output channel, or bf16 with an empty scale."""
+    if path == "int8":
+        return symmetric_int8_per_row(weight)
+    if path == "bf16":
+        return weight.to(KERNEL_DTYPE), torch.empty(0, device=weight.device)
+    raise ValueError(f"CPU_MANY_ROWS: expected int8 or bf16 for a copy, got {path!r}")
+
+
+def many_rows_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`x [M, K] @ W.T` on a `many_rows_weight` copy: int8-dynamic's math (fp32 out) or a bf16 GEMM (bf16 out)."""
+    if weight.dtype != torch.int8:
+        return F.linear(x.to(KERNEL_DTYPE), weight)
+    x_int8, x_scale = int8_per_token(x.float())
+    accumulated = int8_matmul(x_int8, weight).float()
+    # The same rescale as Int8DynamicLinear.project, so inductor's x86 pattern prepacks the weight for oneDNN.
+    return accumulated * x_scale * scale if UNSIGNED_ACTIVATIONS else accumulated * (x_scale * scale)

@@ -11,7 +11,7 @@ stores it in one device-neutral layout (docs/quantization.md):
 
 Whenever the module lands on a device (built, loaded, `.to()`), the weight is repacked for that device's
 kernel (`int4_kernels`) into non-persistent buffers, so the artifact never holds a device's packing and no
-call unpacks the weight (on a CPU, calls of many rows use the bf16 copy made there: see `int4_kernels`).
+call unpacks the weight (on a CPU, calls of many rows use the int8 copy made there: see `int4_kernels`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slimserve.quant.base import QuantizedModule, ReplacesLinear, spec_bool, spec_int
+from slimserve.quant import int4_kernels
 from slimserve.quant.int4_kernels import (
     CPU_INT4_MAX_ROWS,
-    KERNEL_DTYPE,
     KERNEL_GROUP_SIZES,
     int4_matmul,
     kernel_fits,
+    many_rows_matmul,
+    many_rows_weight,
     pack_weight,
     scales_and_offsets,
     unpack_nibbles,
@@ -67,6 +68,14 @@ def dequantize_int4_grouped(packed: torch.Tensor, scale: torch.Tensor, zero: tor
     return weight.reshape(rows, -1).to(dtype)
 
 
+def register_neutral_layout(module: nn.Module, rows: int, columns: int, group_size: int) -> None:
+    """The layout's buffers (`weight_uint4x2`, `weight_scale`, `weight_zero`) for a [rows, columns] weight."""
+    groups = columns // group_size
+    module.register_buffer("weight_uint4x2", torch.zeros(rows, columns // 2, dtype=torch.uint8))
+    module.register_buffer("weight_scale", torch.ones(rows, groups, dtype=SCALE_DTYPE))
+    module.register_buffer("weight_zero", torch.zeros(rows, groups, dtype=torch.uint8))
+
+
 class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
     kind = "int4-weight-only-linear"
 
@@ -81,15 +90,14 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
-        groups = in_features // group_size
-        self.register_buffer("weight_uint4x2", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=SCALE_DTYPE))
-        self.register_buffer("weight_zero", torch.zeros(out_features, groups, dtype=torch.uint8))
+        register_neutral_layout(self, out_features, in_features, group_size)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32) if bias else None)
         # The device's packing: derived, never saved (the artifact stays device-neutral).
         self.register_buffer("kernel_weight", torch.empty(0, dtype=torch.uint8), persistent=False)
         self.register_buffer("kernel_scale_offset", torch.empty(0, dtype=SCALE_DTYPE), persistent=False)
-        self.register_buffer("dense_weight", torch.empty(0, dtype=KERNEL_DTYPE), persistent=False)  # CPU only
+        # CPU only: the copy calls of more than CPU_INT4_MAX_ROWS rows run on (int4_kernels.CPU_MANY_ROWS)
+        self.register_buffer("many_rows_weight", torch.empty(0, dtype=torch.int8), persistent=False)
+        self.register_buffer("many_rows_scale", torch.empty(0), persistent=False)
         self.register_load_state_dict_post_hook(lambda module, _keys: module.pack_for_device())
         self.pack_for_device()
 
@@ -109,8 +117,11 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
         with torch.no_grad():
             self.kernel_weight = pack_weight(self.weight_uint4x2, device)
             self.kernel_scale_offset = scales_and_offsets(self.weight_scale, self.weight_zero, device)
-            empty = torch.empty(0, dtype=KERNEL_DTYPE, device=device)
-            self.dense_weight = self.dequantized_weight(KERNEL_DTYPE) if device.type == "cpu" else empty
+            path = int4_kernels.CPU_MANY_ROWS if device.type == "cpu" else "int4"
+            if path == "int4":  # every call on the int4 kernel
+                self.many_rows_weight = self.many_rows_scale = torch.empty(0, device=device)
+            else:
+                self.many_rows_weight, self.many_rows_scale = many_rows_weight(self.dequantized_weight(), path)
 
     def _apply(self, fn, recurse=True):  # .to(), .cuda(), .cpu(): the packing follows the device
         super()._apply(fn, recurse)
@@ -119,8 +130,8 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.dense_weight.numel() and rows.shape[0] > CPU_INT4_MAX_ROWS:
-            out = F.linear(rows.to(KERNEL_DTYPE), self.dense_weight)
+        if self.many_rows_weight.numel() and rows.shape[0] > CPU_INT4_MAX_ROWS:
+            out = many_rows_matmul(rows, self.many_rows_weight, self.many_rows_scale)
         else:
             out = int4_matmul(rows, self.kernel_weight, self.group_size, self.kernel_scale_offset)
         out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)

@@ -26,6 +26,7 @@ from torch import nn
 from slimserve.quant.fuse import apply_inference_fusions
 from slimserve.quant.sharing import copy_sharing_weights
 from slimserve.quant.half import serving_copy
+from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
 from slimserve.quant.int8_static import _Int8Static
 
@@ -73,9 +74,10 @@ def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> Optimized
     # object; past the limit dynamo would silently run it eagerly.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     bucketed = any(isinstance(m, _Int8Static) for m in model.modules())
-    if bucketed or any(isinstance(m, Int8DynamicLinear) for m in model.modules()):
+    if bucketed or any(isinstance(m, (Int8DynamicLinear, Int4WeightOnlyLinear)) for m in model.modules()):
         # Registers torchao's x86 inductor passes that lower quantize/dequantize + conv/linear and
-        # uint8 `_int_mm` + rescale to oneDNN int8 kernels with prepacked weights.
+        # uint8 `_int_mm` + rescale to oneDNN int8 kernels with prepacked weights (int4 on a CPU runs
+        # calls of many rows on an int8 copy: int4_kernels.CPU_MANY_ROWS).
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
     inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     if _batch_size(inputs) < 2:

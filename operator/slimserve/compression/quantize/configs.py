@@ -14,6 +14,7 @@ from torch import nn
 
 from slimserve.api.steps import QuantizeConfig
 from slimserve.quant.int4_kernels import KERNEL_GROUP_SIZES
+from slimserve.quant.embedding import table_group_size
 from slimserve.quant.int4_weight_only import group_size_for
 
 CONFIG_CLASSES: dict[str, type["QuantizationConfig"]] = {}
@@ -95,13 +96,14 @@ class Int8WeightOnlyConfig(WeightOnlyAlgorithm, QuantizationConfig):
 
 @dataclass(frozen=True)
 class Int4WeightOnlyConfig(WeightOnlyAlgorithm, QuantizationConfig):
-    """Grouped uint4 weights, float activations, packed-int4 kernels on CPU and CUDA. `group_size` is the
-    coarsest group a layer gets (a layer whose width it does not divide gets the next finer that does)."""
+    """Grouped uint4 weights (Linears and embedding tables), float activations, packed-int4 kernels on CPU and
+    CUDA. `group_size` is the coarsest group a layer gets (a layer whose width it does not divide gets the next
+    finer that does)."""
 
     method = "int4-weight-only"
     higher_precision_field = "int8_layers"
     group_size: int = max(KERNEL_GROUP_SIZES)
-    int8_layers: tuple[str, ...] = ()  # stored as int8-dynamic instead
+    int8_layers: tuple[str, ...] = ()  # Linears stored as int8-dynamic instead, tables as int8 per row
 
     @classmethod
     def from_spec(cls, spec: QuantizeConfig) -> "Int4WeightOnlyConfig":
@@ -115,12 +117,16 @@ class Int4WeightOnlyConfig(WeightOnlyAlgorithm, QuantizationConfig):
 
     def finer_group_sizes(self, model: nn.Module) -> tuple[int, ...]:
         shapes = [(m.in_features, m.out_features) for m in model.modules() if type(m) is nn.Linear]
-        sizes, layouts = [], {tuple(group_size_for(*shape, self.group_size) for shape in shapes)}
+        rows = [m.embedding_dim for m in model.modules() if type(m) is nn.Embedding]
+
+        def layout(largest: int) -> tuple:
+            return (*(group_size_for(*shape, largest) for shape in shapes), *(table_group_size(row, largest) for row in rows))
+
+        sizes, layouts = [], {layout(self.group_size)}
         for size in (size for size in KERNEL_GROUP_SIZES if size < self.group_size):
-            layout = tuple(group_size_for(*shape, size) for shape in shapes)
-            if layout not in layouts:  # groups of 256 and 128 are the same model when no layer takes 256
+            if layout(size) not in layouts:  # groups of 256 and 128 are the same model when no layer takes 256
                 sizes.append(size)
-                layouts.add(layout)
+                layouts.add(layout(size))
         return tuple(sizes)
 
 

@@ -5,11 +5,11 @@
 | int8-dynamic      | Int8DynamicLinear       | float                   | Int8Embedding  |
 | int8-static       | Int8StaticLinear        | Int8StaticConv2d        | Int8Embedding  |
 | int8-weight-only  | Int8WeightOnlyLinear    | Int8WeightOnlyConv2d    | Int8Embedding  |
-| int4-weight-only  | Int4WeightOnlyLinear    | float                   | Int8Embedding  |
+| int4-weight-only  | Int4WeightOnlyLinear    | float                   | Int4Embedding  |
 | fp16, bf16        | the whole model cast to the 16-bit float, its inputs and outputs fp32       |
 
-int4-weight-only stores its config's `int8_layers` as Int8DynamicLinear, and leaves a Linear float when it fits no int4 kernel (`int4_kernels.kernel_fits`); each other
-Linear gets the config's group size, or the largest one its input width takes when that is coarser.
+int4-weight-only stores its config's `int8_layers` as Int8DynamicLinear (a table: Int8Embedding), and leaves a Linear float when it fits no int4 kernel (`int4_kernels.kernel_fits`); each other
+Linear (table) gets the config's group size, or the largest one its input width (row) takes when that is coarser.
 fp16 and bf16 replace no module: the whole model is cast (`slimserve.quant.half`).
 With `algorithm: gptq` the weight-only methods' Linears get GPTQ's codes (`compression.gptq`) in the same modules.
 """
@@ -33,7 +33,7 @@ from slimserve.compression.quantize.configs import (
     QuantizationConfig,
 )
 from slimserve.compression.quantize.registry import Convert, register_model_cast, register_quantizer
-from slimserve.quant.embedding import Int8Embedding
+from slimserve.quant.embedding import Int4Embedding, Int8Embedding, table_group_size
 from slimserve.quant.half import HalfPrecision, cast_to_half
 from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, group_size_for
 from slimserve.quant.int8_dynamic import Int8DynamicLinear
@@ -87,12 +87,15 @@ def _int4_weight_only(model: nn.Module, config: Int4WeightOnlyConfig, names: lis
 
     unknown = sorted(set(config.int8_layers) - set(names))
     if unknown:
-        raise ValueError(f"int8Layers: {unknown[0]!r} is not a Linear this config quantizes")
+        raise ValueError(f"int8Layers: {unknown[0]!r} is not a Linear or Embedding this config quantizes")
     hessians = _gptq_hessians(model, config, names, calibration)
 
     def convert(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Embedding):
-            return Int8Embedding.from_float(module)
+            table_groups = table_group_size(module.embedding_dim, config.group_size)
+            if name in config.int8_layers or table_groups is None:
+                return Int8Embedding.from_float(module)
+            return Int4Embedding.from_float(module, table_groups)
         group_size = group_size_for(module.in_features, module.out_features, config.group_size)
         if name in hessians:
             if name in config.int8_layers:
