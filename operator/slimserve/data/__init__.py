@@ -2,6 +2,9 @@
 
 `sentences.txt` is the held-out evaluation set; `sentences_train.txt` is the separate split used for
 calibration, recovery fine-tuning and distillation. Both are plain text, one sentence a line.
+
+`tiny_lm/` holds the built-in decoder `builtin://tiny-lm` (weights, tokenizer, recipe and its held-out and
+training text samples); `slimserve.models.decoder` reads it.
 """
 
 from __future__ import annotations
