@@ -22,7 +22,7 @@ from slimserve.api.compression_job import EvaluationSpec
 from slimserve.api.steps import QuantizeConfig
 from slimserve.compression.measure import serialized_size
 from slimserve.compression.quantize import apply_quantization, needs_calibration
-from slimserve.compression.tasks import build_task
+from slimserve.compression.task_data import build_task
 from slimserve.models.families import eager_forward
 from slimserve.models.loading import load_model
 from slimserve.quant import quantization_state

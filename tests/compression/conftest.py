@@ -85,7 +85,7 @@ def step_context(loaded, max_drop: float = 1.0):
     from slimserve.api.compression_job import EvaluationSpec
     from slimserve.compression.progress import Reporter
     from slimserve.compression.state import ModelState, StepContext
-    from slimserve.compression.tasks import build_task
+    from slimserve.compression.task_data import build_task
 
     task = build_task(loaded, EvaluationSpec())
     original = ModelState.of_float(loaded.model, loaded.family, loaded.assets)

@@ -8,28 +8,20 @@ position, its logits computed batch by batch (a vocabulary's worth of floats per
 
 from __future__ import annotations
 
-import codecs
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from slimserve.api.compression_job import DEFAULT_MAX_RELATIVE_INCREASE
 from slimserve.compression.errors import SpecDoesNotFit
-from slimserve.compression.tasks import EVAL_BATCH, Batch, Forward, Task, as_inference, dataset_path
-
-if TYPE_CHECKING:
-    from slimserve.api.storage import S3Spec
-    from slimserve.models.loading import LoadedModel
+from slimserve.compression.tasks import EVAL_BATCH, Batch, Forward, Task, as_inference
 
 WINDOW = 128  # tokens per sequence (shorter when the model's context is)
 MAX_EVAL_WINDOWS = 64  # bounds every candidate's evaluation: 8k tokens at WINDOW 128
 MAX_TRAIN_WINDOWS = 512  # calibration, pruning scores and recovery training
 MIN_WINDOWS = 5
-MAX_TEXT_BYTES = 1 << 20  # of a text read and tokenized: more tokens than the windows above take
-BUILTIN_TEXT = "builtin://tiny-lm-text"
 
 
 class PerplexityTask(Task):
@@ -123,32 +115,3 @@ def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, reduction: str = "me
     """Cross-entropy of each position's logits against the next token."""
     vocab = logits.shape[-1]
     return F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1), reduction=reduction)
-
-
-def build_perplexity_task(loaded: "LoadedModel", uri: str | None, s3: "S3Spec | None", device: torch.device) -> PerplexityTask:
-    """The task of a decoder: the dataset's text (a UTF-8 .txt file), or the built-in held-out text."""
-    from slimserve.models.decoder import Tokenizer
-
-    tokenizer = Tokenizer.from_directory(loaded.assets)
-    window = min(WINDOW, loaded.model.config.max_position_embeddings)
-
-    def tokens(text: str) -> list[int]:
-        return tokenizer.encode(text[:MAX_TEXT_BYTES], add_special_tokens=False)
-
-    if uri is None or uri == BUILTIN_TEXT:
-        from slimserve.models.decoder.directory import builtin_text
-
-        train = cut_windows(tokens(builtin_text("train")), window, BUILTIN_TEXT, 1)
-        return PerplexityTask(train, cut_windows(tokens(builtin_text("heldout")), window, BUILTIN_TEXT, 1), device)
-    return PerplexityTask.of_text(tokens(read_text(uri, s3)), window, device, uri)
-
-
-def read_text(uri: str, s3: "S3Spec | None") -> str:
-    """At most MAX_TEXT_BYTES of a dataset's text file, cut at a whole character."""
-    path = dataset_path(uri, s3, ".txt")
-    try:
-        with path.open("rb") as file:
-            head = file.read(MAX_TEXT_BYTES)
-        return codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} is not a UTF-8 text file: {exc}", reason="InvalidDataset") from None

@@ -15,7 +15,7 @@ from slimserve.compression.measure import measure_speeds, model_metrics, untrust
 from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
 from slimserve.compression.report import report_json, report_png
 from slimserve.compression.state import Candidate, ModelState, StepContext
-from slimserve.compression.tasks import build_task
+from slimserve.compression.task_data import build_task
 from slimserve.api.workload import DEFAULTS
 from slimserve.models.device import device_label, resolve_device
 from slimserve.models.loading import load_model

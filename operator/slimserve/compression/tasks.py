@@ -1,7 +1,8 @@
 """Task data and metrics: what a model is trained, calibrated and judged on.
 
 A classifier is judged by accuracy on held-out labelled rows; an embedding model by the mean cosine
-similarity of its embeddings to the original model's on held-out sentences.
+similarity of its embeddings to the original model's on held-out sentences; a decoder by perplexity
+(`perplexity_task`). Which task a model gets, on which data: `task_data.build_task`.
 """
 
 from __future__ import annotations
@@ -9,24 +10,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slimserve.artifacts.storage import resolve_uri
-from slimserve.compression.errors import SpecDoesNotFit
 
 if TYPE_CHECKING:
-    from slimserve.api.compression_job import EvaluationSpec, S3Spec
-    from slimserve.models.loading import LoadedModel
+    from slimserve.api.compression_job import EvaluationSpec
 
 Forward = Callable[..., torch.Tensor]
 EVAL_BATCH = 64
 MAX_BATCH_TOKENS = 8192  # rows x padded length of a text batch: bounds every forward's activations
-SPLIT_SEED = 1234
 
 
 def as_inference(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -202,86 +198,3 @@ class EmbeddingTask(Task):
         if teacher is None:
             raise ValueError("embedding models train against the teacher's embeddings")
         return (1.0 - F.cosine_similarity(output, teacher, dim=1)).mean()
-
-
-def build_task(
-    loaded: "LoadedModel", evaluation: "EvaluationSpec", s3: "S3Spec | None" = None,
-    device: torch.device = torch.device("cpu"),
-) -> Task:
-    """The task of a model: its family's metric and the spec's dataset (or the builtin one), its batches on
-    `device`, where the model is."""
-    from slimserve.models.families import eager_forward
-
-    metric = loaded.family.metric
-    if evaluation.metric not in ("auto", metric):
-        raise SpecDoesNotFit(
-            f"evaluation.metric: {loaded.family.name} models are measured by {metric}, not {evaluation.metric}"
-        )
-    uri = evaluation.dataset.uri if evaluation.dataset else None
-    if evaluation.max_relative_increase is not None and metric != "perplexity":
-        raise SpecDoesNotFit(
-            f"evaluation.maxRelativeIncrease: only for perplexity; {loaded.family.name} models are measured by "
-            f"{metric}, whose budget is evaluation.maxDrop"
-        )
-    if metric == "perplexity":
-        from slimserve.compression.perplexity_task import build_perplexity_task
-
-        return build_perplexity_task(loaded, uri, s3, device)
-    if metric == "accuracy":
-        return ClassificationTask(*_labelled_rows(uri, loaded.family.name, s3), device=device)
-    train, held_out = _sentences(uri, s3)
-    from slimserve.models.minilm import load_tokenizer
-
-    return EmbeddingTask(load_tokenizer(loaded.assets), train, held_out, eager_forward(loaded.model), device=device)
-
-
-def _labelled_rows(uri: str | None, family: str, s3) -> tuple[np.ndarray, ...]:
-    if uri is None or uri == "builtin://digits":
-        if uri is None and not family.startswith("digits-"):
-            raise SpecDoesNotFit("evaluation.dataset: required for this model (no builtin dataset)", reason="MissingDataset")
-        from slimserve.models.digits import digits_data
-
-        data = digits_data()
-        return data.x_train, data.y_train, data.x_test, data.y_test
-    path = dataset_path(uri, s3, ".npz")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            if {"x_train", "y_train", "x_test", "y_test"} <= set(arrays.files):
-                return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
-            x, y = arrays["x"], arrays["y"]
-    except KeyError as exc:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} lacks array {exc.args[0]}; expected x and y", reason="InvalidDataset") from None
-    except (OSError, ValueError) as exc:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} is not a readable .npz: {exc}", reason="InvalidDataset") from None
-    if len(x) != len(y) or len(x) < 10:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri}: x and y need the same length, at least 10 rows", reason="InvalidDataset")
-    held_out = np.random.default_rng(SPLIT_SEED).permutation(len(x)) < max(1, len(x) // 5)
-    return x[~held_out], y[~held_out], x[held_out], y[held_out]
-
-
-def _sentences(uri: str | None, s3) -> tuple[list[str], list[str]]:
-    from slimserve.data import builtin_sentences
-
-    if uri is None or uri == "builtin://sentences":
-        return list(builtin_sentences("train")), list(builtin_sentences("eval"))
-    path = dataset_path(uri, s3, ".txt")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} is not a UTF-8 text file: {exc}", reason="InvalidDataset") from None
-    if len(lines) < 10:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri} has {len(lines)} sentences, need at least 10", reason="InvalidDataset")
-    # Every fifth sentence is held out; the rest calibrates and trains.
-    return [s for i, s in enumerate(lines) if i % 5], lines[::5]
-
-
-def dataset_path(uri: str, s3, suffix: str) -> Path:
-    if uri.startswith("builtin://"):
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: unknown builtin dataset {uri!r}; known: builtin://digits, builtin://sentences, builtin://tiny-lm-text")
-    try:
-        path = resolve_uri(uri, s3)
-    except Exception as exc:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {exc}", reason="MissingDataset") from None
-    if path.is_dir() or path.suffix != suffix:
-        raise SpecDoesNotFit(f"evaluation.dataset.uri: {uri}: expected a {suffix} file for this model", reason="InvalidDataset")
-    return path
