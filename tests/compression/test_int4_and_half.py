@@ -153,6 +153,18 @@ def test_int4_embedding_dequantizes_the_rows_looked_up(group_size):
         Int4Embedding(300, 256, 96)
 
 
+def test_the_search_ranks_tables_with_the_linears_and_labels_name_their_precision():
+    from slimserve.compression.budget import describe
+    from slimserve.compression.quantize import quantizable_layers
+
+    assert quantizable_layers(TinyEncoder(), "int4-weight-only") == ["embed", "up", "down"]  # what the search ranks
+    config = QuantizeConfig(method="int4-weight-only", int8_layers=["embed"])
+    model = apply_quantization(TinyEncoder().eval(), config, calibration=None)
+    assert describe(config, model) == "int4-weight-only, 1 layer(s) int8 (embed), 0 layer(s) float, tables int8"
+    assert describe(config.model_copy(update={"int8_layers": None}), apply_quantization(TinyEncoder().eval(), QuantizeConfig(
+        method="int4-weight-only"), calibration=None)).endswith("0 layer(s) float, tables int4")
+
+
 def test_minilm_int4_stays_close_to_fp32(minilm_model):
     model, tokenizer = minilm_model.model, load_tokenizer(minilm_model.assets)
     quantized = apply_quantization(copy.deepcopy(model), QuantizeConfig(method="int4-weight-only", group_size=32), calibration=None)
