@@ -17,7 +17,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import torch
@@ -75,7 +75,8 @@ class Sequence:
     prompt: list[int]
     params: SamplingParams
     text: TextStream
-    deliver: Callable[[Chunk], None]  # thread-safe: hands a chunk to the request's event loop
+    loop: asyncio.AbstractEventLoop  # the request's, where its chunks are put on `queue`
+    queue: asyncio.Queue
     arrived: float = field(default_factory=time.perf_counter)
     slot: int = -1
     generated: list[int] = field(default_factory=list)
@@ -139,6 +140,7 @@ class GenerationEngine:
         self._device = device
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
+        self._outbox: list[tuple[Sequence, Chunk]] = []  # chunks of the step under way (worker thread only)
         self.cache = model.new_cache(plan.slots, plan.max_len)  # allocated once: the memory bound
         self._wake = threading.Condition()
         self._stopping = False
@@ -158,11 +160,10 @@ class GenerationEngine:
     def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
         """Queue a checked request (prompt + max_tokens within `plan.max_len`); raises Overloaded when the
         queue is full and ServerNotReady once stopping."""
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
         sequence = Sequence(
             prompt, params, TextStream(self._tokenizer.incremental(prompt).step, params.stop),
-            lambda chunk: loop.call_soon_threadsafe(queue.put_nowait, chunk),
+            asyncio.get_running_loop(), queue,
         )
         with self._wake:
             if self._stopping:
@@ -203,8 +204,10 @@ class GenerationEngine:
                     failed = InferenceFailed(f"generation failed: {type(error).__name__}: {error}")
                     for sequence in [*self._running]:
                         self._finish(sequence, None, failed)
+                self._flush()
         for sequence in [*self._running, *self._waiting]:
-            sequence.deliver(Chunk("", len(sequence.generated), error=ServerNotReady("the server is shutting down")))
+            self._send(sequence, Chunk("", len(sequence.generated), error=ServerNotReady("the server is shutting down")))
+        self._flush()
 
     def _step(self) -> None:
         for sequence in [s for s in self._running if s.cancelled]:
@@ -234,7 +237,7 @@ class GenerationEngine:
                 if sequence.cancelled:
                     continue
                 if now - sequence.arrived > self.queue_timeout_s:
-                    sequence.deliver(Chunk("", 0, error=Unavailable(
+                    self._send(sequence, Chunk("", 0, error=Unavailable(
                         f"no sequence slot was free within {self.queue_timeout_s:g}s; retry later",
                         retry_after_s=self._retry_after(),
                     )))
@@ -271,7 +274,7 @@ class GenerationEngine:
                   or sequence.position + 1 >= self.plan.max_len):
                 self._finish(sequence, "length", text=text)
             elif text:
-                sequence.deliver(Chunk(text, len(sequence.generated)))
+                self._send(sequence, Chunk(text, len(sequence.generated)))
 
     def _finish(self, sequence: Sequence, reason: str | None, error: BaseException | None = None,
                 text: str = "") -> None:
@@ -280,12 +283,29 @@ class GenerationEngine:
         self.cache.release(sequence.slot)
         if not sequence.cancelled:
             if error is not None:
-                sequence.deliver(Chunk("", len(sequence.generated), error=error))
+                self._send(sequence, Chunk("", len(sequence.generated), error=error))
             else:
-                sequence.deliver(Chunk(text + sequence.text.finish(), len(sequence.generated), reason))
+                self._send(sequence, Chunk(text + sequence.text.finish(), len(sequence.generated), reason))
         sequence.cancelled = True
+
+    def _send(self, sequence: Sequence, chunk: Chunk) -> None:
+        self._outbox.append((sequence, chunk))
+
+    def _flush(self) -> None:
+        """Hand the step's chunks to their event loops, one wake-up per loop and step, not one per token."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Chunk]]] = {}
+        for sequence, chunk in self._outbox:
+            by_loop.setdefault(sequence.loop, []).append((sequence.queue, chunk))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
 
     def _publish_gauges(self) -> None:
         self.metrics.running_sequences.set(len(self._running))
         used = sum(len(s.prompt) + len(s.generated) for s in self._running)
         self.metrics.kv_cache_used.set(used)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
+    for queue, chunk in items:
+        queue.put_nowait(chunk)
