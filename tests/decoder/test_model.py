@@ -85,3 +85,12 @@ def test_sliding_window_perplexity_scores_every_token_once_with_enough_context()
     assert perplexity(model, ids, window=2, stride=1) != pytest.approx(full, rel=1e-3)
     with pytest.raises(ValueError, match="stride must be at least 1 and below the window"):
         perplexity(model, ids, window=4, stride=4)
+
+
+def test_half_precision_model_keeps_rope_frequencies_in_fp32():
+    model = small_model(max_position_embeddings=512)
+    positions = torch.arange(500)[None]
+    cos, sin = model._rope(positions, torch.float32)
+    model.to(torch.bfloat16)  # a cast rounds every floating buffer: the frequencies must not be one
+    half_cos, half_sin = model._rope(positions, torch.float32)
+    assert torch.equal(half_cos, cos) and torch.equal(half_sin, sin)

@@ -155,9 +155,6 @@ class DecoderLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.cache: KVCache | None = None
 
     # -- pieces shared by the three entry points -------------------------------------------------------
@@ -172,7 +169,10 @@ class DecoderLM(nn.Module):
         """cos and sin for positions [B, T] as [B, 1, T, D] (None for learned positions)."""
         if self.embed_positions is not None:
             return None
-        freqs = positions.float()[..., None] * self.inv_freq.float()
+        # computed here in fp32, not kept as a buffer: casting the model to fp16 would round a buffer too
+        dim = self.config.head_dim
+        inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))
+        freqs = positions.float()[..., None] * inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
