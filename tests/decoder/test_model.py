@@ -64,6 +64,10 @@ def test_pickled_weights_and_unknown_model_types_are_refused(hf_decoders, tmp_pa
     (directory / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
     with pytest.raises(ModelLoadError, match="model.uri: .*model_type: 'falcon' is not a supported decoder"):
         load_decoder(str(directory))
+    from slimserve.models.loading import load_model
+
+    with pytest.raises(ModelLoadError, match="model_type: 'falcon' is not a supported decoder"):  # not "only BERT"
+        load_model(f"file://{directory}")
 
 
 def test_sliding_window_perplexity_scores_every_token_once_with_enough_context():

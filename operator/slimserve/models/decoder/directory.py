@@ -41,8 +41,8 @@ def is_decoder_directory(path: Path) -> bool:
         hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    architectures = " ".join(hf.get("architectures") or [])
-    return hf.get("model_type") in MODEL_TYPES or "CausalLM" in architectures or "LMHead" in architectures
+    # "ForCausalLM", not "LMHead": BertLMHeadModel is an encoder the BERT loader takes
+    return hf.get("model_type") in MODEL_TYPES or "ForCausalLM" in " ".join(hf.get("architectures") or [])
 
 
 @dataclass
