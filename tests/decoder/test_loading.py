@@ -66,3 +66,22 @@ def test_decoder_artifact_round_trip_and_infer(hf_decoders, tmp_path):
     assert completion and completion == rebuilt.tokenizer.decode(generated[0, len(prompt):].tolist())
     with pytest.raises(ValueError, match="text_input: a prompt of 70 tokens does not fit the context of 64"):
         servable.predict({"text_input": np.array([" ".join(["w4"] * 70).encode()], dtype=object)})
+
+
+def test_sharded_checkpoints_load_and_their_index_stays_in_the_directory(hf_decoders, tmp_path):
+    import json
+
+    from slimserve.models.errors import ModelLoadError
+    from tests.decoder.conftest import save_word_tokenizer
+
+    directory = tmp_path / "sharded"
+    hf_decoders["gpt2"][1].save_pretrained(directory, max_shard_size="40KB")
+    save_word_tokenizer(directory)
+    index = directory / "model.safetensors.index.json"
+    assert len(set(json.loads(index.read_text())["weight_map"].values())) > 1
+    torch.testing.assert_close(logits_of(load_decoder(directory)), reference_logits(hf_decoders, "gpt2"), atol=2e-5, rtol=1e-4)
+
+    (tmp_path / "outside.safetensors").write_bytes((directory / sorted(directory.glob("*.safetensors"))[0].name).read_bytes())
+    (directory / index.name).write_text(json.dumps({"weight_map": {"transformer.wte.weight": "../outside.safetensors"}}))
+    with pytest.raises(ModelLoadError, match=r"names '\.\./outside\.safetensors', which is not a file beside it"):
+        load_decoder(directory)

@@ -36,11 +36,10 @@ def weight_files(directory: Path) -> list[Path]:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError, AttributeError) as exc:
             raise WeightsError(f"{index.name}: not a safetensors index ({exc})") from None
-        paths = [(directory / shard) for shard in shards]
-        for path in paths:
-            if path.parent != directory or not path.is_file():
-                raise WeightsError(f"{index.name}: names {path.name!r}, which is not a file beside it")
-        return paths
+        for shard in shards:  # a name, never a path: the shards lie beside their index
+            if (directory / shard).parent != directory or not (directory / shard).is_file():
+                raise WeightsError(f"{index.name}: names {shard!r}, which is not a file beside it")
+        return [directory / shard for shard in shards]
     if (directory / SAFETENSORS_FILE).is_file():
         return [directory / SAFETENSORS_FILE]
     pickled = [name for name in PICKLED_WEIGHTS if (directory / name).exists()]
