@@ -170,6 +170,7 @@ class Batcher:
         """An inline model's request that found the batcher idle: one loop turn lets the requests already
         received queue behind it; then it runs them with its own, here, or runs alone when none came."""
         self._leading = True
+        trace.enqueued()  # its loop turn is its queue wait
         try:
             await asyncio.sleep(0)
         except BaseException:  # cancelled (its client went away): the batch task serves those behind it
@@ -179,9 +180,9 @@ class Batcher:
         finally:
             self._leading = False
         if not self._queue:
+            trace.dequeued()
             return await _run_alone(self._call, self._metrics, inputs, rows, trace)
         own = _Pending(inputs, rows, asyncio.get_running_loop().create_future(), trace)
-        trace.enqueued()
         self._queue.appendleft(own)
         if not self._call.runs_inline:  # its calls moved to the model thread meanwhile: the batch task's job
             self._wake_runner()
