@@ -21,7 +21,7 @@ from slimserve.api.common import (
 from slimserve.api.steps import Step
 from slimserve.api.storage import ArtifactRef, S3Spec
 
-ModelFormat = Literal["auto", "transformers", "torch-export", "slimserve"]
+ModelFormat = Literal["auto", "transformers", "torch-export", "torchvision", "slimserve"]
 Metric = Literal["auto", "accuracy", "cosine", "perplexity"]
 DEFAULT_MAX_RELATIVE_INCREASE = 0.05  # the perplexity budget when evaluation.maxRelativeIncrease is unset
 DEFAULT_NODE_POOL = "cpu"
@@ -42,6 +42,8 @@ class ModelSource(SpecModel):
         default="auto",
         description=(
             "transformers: a Hugging Face directory (config.json + safetensors); torch-export: a .pt2 program; "
+            "torchvision: a directory of vision.json (architecture, num_classes, input_size, preprocessing) and "
+            "model.safetensors; "
             "slimserve: an artifact written by an earlier CompressionJob; auto: decided from the files."
         ),
     )

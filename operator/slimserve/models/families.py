@@ -184,6 +184,52 @@ class ExportedProgramFamily(ModelFamily):
         return (torch.rand(batch_size, features),)
 
 
+class VisionFamily(ModelFamily):
+    """torchvision image classifiers (`slimserve.models.vision`) with the user's weights; the recipe names the
+    architecture, input size, every layer's width and the preprocessing of encoded images, if declared."""
+
+    name = "torchvision"
+    metric = "accuracy"
+
+    def build(self, recipe: dict[str, Any], assets: Path | None = None) -> nn.Module:
+        from slimserve.models.vision import build_vision
+
+        return build_vision(recipe)
+
+    def recipe_of(self, model: nn.Module) -> dict[str, Any]:
+        from slimserve.models.vision import vision_recipe
+
+        return vision_recipe(model)
+
+    def signature(self, recipe: dict[str, Any]):
+        from slimserve.models.vision import vision_signature
+
+        return vision_signature(recipe)
+
+    def servable(self, forward: Forward, info: ModelInfo, assets: Path | None) -> Servable:
+        from slimserve.models.vision import ImageClassifierServable, Preprocessing, TensorClassifierServable
+
+        if info.inputs[0].datatype != "BYTES":
+            return TensorClassifierServable(forward, info)
+        recipe = self._saved_recipe(assets)
+        return ImageClassifierServable(forward, info, Preprocessing.from_recipe(recipe["preprocessing"], recipe["input_size"]))
+
+    def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+        return (torch.rand(batch_size, *self._saved_recipe(assets)["input_size"], generator=torch.Generator().manual_seed(0)),)
+
+    @staticmethod
+    def _saved_recipe(assets: Path | None) -> dict[str, Any]:
+        """The recipe an artifact's manifest holds, or the vision.json of a user's directory."""
+        import json
+
+        from slimserve.models.vision import CONFIG_FILE
+
+        if assets is None:
+            raise ValueError("torchvision models are rebuilt from their artifact's manifest, which is missing")
+        manifest = assets / "manifest.json"
+        return json.loads(manifest.read_text())["recipe"] if manifest.is_file() else json.loads((assets / CONFIG_FILE).read_text())
+
+
 class DecoderFamily(ModelFamily):
     """Decoder language models (`slimserve.models.decoder`): the recipe is the `DecoderConfig`, the artifact
     carries the tokenizer, its config with the chat template and the generation config."""
@@ -255,6 +301,7 @@ FAMILIES: dict[str, ModelFamily] = {
         DigitsFamily("digits-mlp", digits.build_mlp, digits.mlp_recipe),
         MiniLMFamily(),
         ExportedProgramFamily(),
+        VisionFamily(),
         DecoderFamily(),
     )
 }

@@ -83,9 +83,12 @@ def load_model(uri: str, model_format: str = "auto", s3: "S3Spec | None" = None)
         return load_transformers_directory(path, uri)
     if detected == "torch-export":
         return load_program(path, uri)
+    if detected == "torchvision":
+        return load_vision(path, uri)
     raise ModelLoadError(
         f"model.uri: cannot tell the format of {uri}; expected a SlimServe artifact (manifest.json), "
-        "a Hugging Face directory (config.json + model.safetensors) or a .pt2 file, or set model.format"
+        "a Hugging Face directory (config.json + model.safetensors), a torchvision directory (vision.json + "
+        "model.safetensors) or a .pt2 file, or set model.format"
     )
 
 
@@ -161,6 +164,18 @@ def load_program(path: Path, uri: str) -> LoadedModel:
     return LoadedModel(FAMILIES["torch-export"], set_training(module, False), path.stem, uri, assets=assets)
 
 
+def load_vision(path: Path, uri: str) -> LoadedModel:
+    """A torchvision image classifier: vision.json (architecture, num_classes, input_size, preprocessing) and
+    model.safetensors with the user's weights (see slimserve.models.vision)."""
+    from slimserve.models.vision import load_vision_directory
+
+    try:
+        model = load_vision_directory(path, uri)
+    except ValueError as exc:
+        raise ModelLoadError(f"model.uri: {exc}") from None
+    return LoadedModel(FAMILIES["torchvision"], model, model.vision_base["architecture"], uri, assets=path)
+
+
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
@@ -174,6 +189,8 @@ def _detect_format(path: Path) -> str:
             return "slimserve"
         if (path / "config.json").is_file():
             return "transformers"
+        if (path / "vision.json").is_file():
+            return "torchvision"
     elif path.suffix == ".pt2":
         return "torch-export"
     return "unknown"

@@ -45,7 +45,7 @@ from slimserve.serving.grpc_service import SERVICE_NAME, add_inference_service
 from slimserve.serving.health import ServerHealth
 from slimserve.serving.http_timeouts import TimedHttpToolsProtocol
 from slimserve.serving.metrics import ServerMetrics
-from slimserve.serving.model import ServedModel, artifact_loader, example_inputs
+from slimserve.serving.model import ServedModel, artifact_loader
 from slimserve.serving.probes import probes_only
 from slimserve.serving.rest import ASGIApp, build_app
 from slimserve.serving.tls import CertificateReloader, TlsError
@@ -153,7 +153,7 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
             generation.load(config.generation, metrics.add_generation())
         else:
             model.load(_warmup_sizes(config), mark_ready=False)
-            log.info("model call of one row: %.3f ms", 1000 * call.calibrate(example_inputs(model.info.inputs, 1)))
+            log.info("model call of one row: %.3f ms", 1000 * call.calibrate(model.example_inputs(1)))
         model.ready = True
 
     load = loop.run_in_executor(executor, prepare)
