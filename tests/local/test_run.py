@@ -40,13 +40,19 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in error_lines[0], error_lines[0]
 
 
-@pytest.mark.slow
-def test_quickstart_compresses_serves_and_answers(tmp_path: Path):
+def run_once(manifest: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """`slimserve run -f MANIFEST --once` on free ports: (the finished process, its workdir)."""
     workdir = tmp_path / "work"
     result = slimserve_run(
-        "-f", str(QUICKSTART), "--once", "--workdir", str(workdir),
+        "-f", str(manifest), "--once", "--workdir", str(workdir),
         "--http-port", str(free_port()), "--grpc-port", str(free_port()), cwd=tmp_path,
     )
+    return result, workdir
+
+
+@pytest.mark.slow
+def test_quickstart_compresses_serves_and_answers(tmp_path: Path):
+    result, workdir = run_once(QUICKSTART, tmp_path)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     # The metrics table: baseline against compressed, with the ratios.
