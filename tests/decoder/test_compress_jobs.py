@@ -1,5 +1,6 @@
-"""Pruning a decoder in a CompressionJob: grouped-query groups, neurons and layers removed, recovery by
-distillation, the perplexity budget enforced by the search, and an artifact the server's loader rebuilds."""
+"""A decoder's CompressionJob: int4 GPTQ with perplexity and tokens per second in the status; grouped-query
+groups, neurons and layers pruned, recovery by distillation, a distilled student; the perplexity budget
+enforced by the search; artifacts the server's loader rebuilds."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 
 from slimserve.api.compression_job import CompressionJobSpec
 from slimserve.compression import compress
+from slimserve.compression.perplexity_task import PerplexityTask
 from slimserve.models.decoder import load_decoder
+from slimserve.models.families import eager_forward
 
 VOCAB = 64
 
@@ -58,16 +61,39 @@ def self_taught(tmp_path_factory) -> tuple[Path, Path]:
 def _compress(directory: Path, text: Path, output: Path, step: dict, max_relative_increase: float):
     return compress(CompressionJobSpec.model_validate({
         "model": {"uri": f"file://{directory}"},
-        "steps": [{"prune": step}],
+        "steps": [step],
         "evaluation": {"metric": "perplexity", "maxRelativeIncrease": max_relative_increase, "threads": 1,
                        "dataset": {"uri": f"file://{text}"}},
         "output": {"uri": f"file://{output}"},
     }), [])
 
 
+def test_int4_gptq_job_reports_perplexity_and_tokens_per_second_and_its_artifact_rebuilds(self_taught, tmp_path):
+    directory, text = self_taught
+    output = tmp_path / "out"
+    step = {"quantize": {"method": "int4-weight-only", "algorithm": "gptq", "calibrationSamples": 16}}
+    outcome = _compress(directory, text, output, step, max_relative_increase=10.0)
+
+    baseline, compressed = outcome.metrics.baseline, outcome.metrics.compressed
+    assert baseline.metric_name == compressed.metric_name == "perplexity"
+    assert baseline.tokens_per_second > 0 and compressed.tokens_per_second > 0
+    assert compressed.size_bytes < baseline.size_bytes / 3
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["family"] == "decoder" and manifest["recipe"]["num_kv_heads"] == 2
+    kinds = {name: entry["kind"] for name, entry in manifest["quantization"]["modules"].items()}
+    # the embedding table and the output head are quantized too, each as its own module
+    assert kinds["embed_tokens"].endswith("-embedding") and "lm_head" in kinds
+    assert kinds["layers.0.self_attn.q_proj"] == "int4-weight-only-linear"
+    assert (output / "tokenizer.json").is_file()
+    # the server's loader rebuilds the model the job scored: the same perplexity on the same held-out windows
+    served = load_decoder(f"file://{output}")
+    task = PerplexityTask.of_text(served.tokenizer.encode(text.read_text(), add_special_tokens=False), 128)
+    assert task.score(eager_forward(served.model)) == pytest.approx(compressed.metric, rel=1e-5)
+
+
 def test_structured_pruning_with_recovery_shrinks_groups_and_neurons_and_the_artifact_rebuilds(self_taught, tmp_path):
     directory, text = self_taught
-    outcome = _compress(directory, text, tmp_path / "out", {"amount": 0.5, "finetuneEpochs": 1}, max_relative_increase=10.0)
+    outcome = _compress(directory, text, tmp_path / "out", {"prune": {"amount": 0.5, "finetuneEpochs": 1}}, max_relative_increase=10.0)
 
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     recipe = manifest["recipe"]
@@ -81,7 +107,7 @@ def test_structured_pruning_with_recovery_shrinks_groups_and_neurons_and_the_art
 
 def test_depth_pruning_keeps_to_the_perplexity_budget(self_taught, tmp_path):
     directory, text = self_taught
-    outcome = _compress(directory, text, tmp_path / "out", {"method": "depth", "amount": 0.5}, max_relative_increase=0.02)
+    outcome = _compress(directory, text, tmp_path / "out", {"prune": {"method": "depth", "amount": 0.5}}, max_relative_increase=0.02)
 
     baseline, compressed = outcome.metrics.baseline.metric, outcome.metrics.compressed.metric
     assert compressed <= baseline * 1.02 + 1e-6
