@@ -31,7 +31,7 @@ from slimserve.models.asset_names import PROGRAM_FILE
 
 
 class ProgramError(ValueError):
-    """A .pt2 file that cannot be loaded or is not a single-input classifier."""
+    """A .pt2 file that cannot be loaded or is not a classifier (FP32 inputs, one tensor of logits out)."""
 
     reason = "InvalidModel"
 
@@ -182,23 +182,39 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def classifier_shape(module: nn.Module) -> tuple[int, int]:
-    """(features, classes) of a program taking one FP32 [B, F] tensor and returning [B, C]."""
+def classifier_signature(module: nn.Module) -> tuple[list[tuple[str, list[int]]], int]:
+    """(inputs, classes) of a classifier program: each FP32 input's name and shape (-1 for the batch and any other
+    dynamic dimension; a single input is called `input`) and the width of the [batch, classes] logits it returns."""
     graph = getattr(module, "graph", None)
     placeholders = [node for node in graph.nodes if node.op == "placeholder"] if graph is not None else []
     user_inputs = [node for node in placeholders if not node.name.startswith(("p_", "b_", "c_"))]
-    if len(user_inputs) != 1:
-        raise ProgramError(f"expected a program with one input tensor, found {len(user_inputs)}")
-    value = user_inputs[0].meta.get("val")
-    shape = getattr(value, "shape", None)
-    if shape is None or len(shape) != 2 or not isinstance(shape[1], int) or value.dtype != torch.float32:
-        raise ProgramError(f"expected an FP32 input of shape [batch, features], found {getattr(value, 'dtype', '?')} {list(shape or [])}")
-    features = int(shape[1])
-    with torch.inference_mode():
-        out = module(torch.zeros(2, features))
+    if not user_inputs:
+        raise ProgramError("expected a program with at least one input tensor, found none")
+    inputs, examples = [], []
+    for node in user_inputs:
+        value = node.meta.get("val")
+        shape = getattr(value, "shape", None)
+        if shape is None or len(shape) < 2 or value.dtype != torch.float32:
+            raise ProgramError(
+                f"input {node.name!r}: expected an FP32 tensor of shape [batch, ...], found {getattr(value, 'dtype', '?')} {list(shape or [])}"
+            )
+        name = "input" if len(user_inputs) == 1 else node.name
+        inputs.append((name, [-1] + [dim if isinstance(dim, int) else -1 for dim in shape[1:]]))
+        examples.append(torch.zeros(2, *(dim if isinstance(dim, int) else _hint(dim) for dim in shape[1:])))
+    try:
+        with torch.inference_mode():
+            out = module(*examples)
+    except Exception as exc:  # a guard of the program (a batch it was not exported for) raises many types
+        raise ProgramError(f"the program refused a batch of 2 (export it with a dynamic batch dimension): {_one_line(exc)}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
         raise ProgramError("expected the program to return one [batch, classes] tensor of logits")
-    return features, int(out.shape[1])
+    return inputs, int(out.shape[1])
+
+
+def _hint(dim) -> int:
+    """The example size a dynamic dimension was traced with."""
+    hint = getattr(getattr(dim, "node", None), "hint", None)
+    return int(hint) if hint is not None else 1
 
 
 def program_assets(path: Path) -> Path:

@@ -146,9 +146,10 @@ class MiniLMFamily(ModelFamily):
 
 
 class ExportedProgramFamily(ModelFamily):
-    """A user's `torch.export` classifier (`.pt2`): one FP32 [-1, F] input, [-1, C] logits.
+    """A user's `torch.export` classifier (`.pt2`): FP32 inputs of any rank with a dynamic batch, [-1, C] logits.
 
-    The program is the architecture: artifacts carry it as `program.pt2` and load their weights into it.
+    The program is the architecture: artifacts carry it as `program.pt2` and load their weights into it. The
+    recipe of a program taking one [batch, features] tensor is `num_features`; of any other, its `inputs`.
     """
 
     name = "torch-export"
@@ -162,26 +163,34 @@ class ExportedProgramFamily(ModelFamily):
         return load_program_module(assets / PROGRAM_FILE)
 
     def recipe_of(self, model: nn.Module) -> dict[str, Any]:
-        from slimserve.models.exported import classifier_shape
+        from slimserve.models.exported import classifier_signature
 
-        features, classes = classifier_shape(model)
-        return {"num_features": features, "num_classes": classes, "program": PROGRAM_FILE}
+        inputs, classes = classifier_signature(model)
+        if len(inputs) == 1 and len(inputs[0][1]) == 2 and inputs[0][1][1] != -1:
+            return {"num_features": inputs[0][1][1], "num_classes": classes, "program": PROGRAM_FILE}
+        return {"inputs": [{"name": name, "shape": shape} for name, shape in inputs], "num_classes": classes, "program": PROGRAM_FILE}
 
     def signature(self, recipe: dict[str, Any]):
-        return (
-            (TensorSpec("input", "FP32", (-1, int(recipe["num_features"]))),),
-            (TensorSpec("logits", "FP32", (-1, int(recipe["num_classes"]))), TensorSpec("label", "INT64", (-1,))),
-        )
+        from slimserve.models.vision import classifier_outputs
+
+        if "inputs" in recipe:
+            inputs = tuple(TensorSpec(item["name"], "FP32", tuple(item["shape"])) for item in recipe["inputs"])
+        else:
+            inputs = (TensorSpec("input", "FP32", (-1, int(recipe["num_features"]))),)
+        return inputs, classifier_outputs(int(recipe["num_classes"]))
 
     def servable(self, forward: Forward, info: ModelInfo, assets: Path | None) -> Servable:
-        return ClassifierServable(forward, info)
+        from slimserve.models.vision import TensorClassifierServable
+
+        return TensorClassifierServable(forward, info)
 
     def asset_files(self, assets: Path | None) -> dict[str, bytes]:
         return {PROGRAM_FILE: (assets / PROGRAM_FILE).read_bytes()} if assets else {}
 
     def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
-        features = int(self.recipe_of(self.build({}, assets))["num_features"])
-        return (torch.rand(batch_size, features),)
+        inputs, _ = self.signature(self.recipe_of(self.build({}, assets)))
+        generator = torch.Generator().manual_seed(0)
+        return tuple(torch.rand(batch_size, *(1 if d == -1 else d for d in spec.shape[1:]), generator=generator) for spec in inputs)
 
 
 class VisionFamily(ModelFamily):

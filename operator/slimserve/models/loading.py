@@ -158,7 +158,7 @@ def load_program(path: Path, uri: str) -> LoadedModel:
     try:
         assets = program_assets(path)
         module = load_program_module(assets / PROGRAM_FILE)
-        FAMILIES["torch-export"].recipe_of(module)  # checks the signature: one FP32 [B, F] input, [B, C] out
+        FAMILIES["torch-export"].recipe_of(module)  # checks the signature: FP32 [B, ...] inputs, [B, C] out
     except ProgramError as exc:
         raise ModelLoadError(f"model.uri: {uri}: {exc}", reason=exc.reason) from None
     return LoadedModel(FAMILIES["torch-export"], set_training(module, False), path.stem, uri, assets=assets)
