@@ -7,9 +7,10 @@ Variants (all from the same fp32 all-MiniLM-L6-v2 weights):
 - ONNX Runtime `quantize_dynamic` (int8 weights, MatMul + Gather), on a `torch.onnx.export` of the encoder;
 - torchao `Int8DynamicActivationInt8WeightConfig` + `torch.compile`;
 - torch's eager `torch.ao.quantization.quantize_dynamic` (when this torch still has it);
-- SlimServe int4 (CPU): int4-weight-only in groups of 32 on torch's packed-int4 kernel, the Linears int4
-  hurts most in int8 (ranked as the budget search ranks them: each alone, by output cosine), int8 embedding
-  table; and SlimServe fp16 / bf16 (served in bf16 where the CPU has AVX512-BF16 or AMX, else cast up).
+- SlimServe int4 (CPU): int4-weight-only in groups of 32 on torch's packed-int4 kernel (an int8 copy for
+  calls of more than 4 rows), int4 embedding tables, the layers (Linears and tables) int4 hurts most in int8
+  (ranked as the budget search ranks them: each alone, by output cosine; the chosen ones are printed); and
+  SlimServe fp16 / bf16 (served in bf16 where the CPU has AVX512-BF16 or AMX, else cast up).
   Their batch-1 latency (one sentence) is measured side by side with SlimServe int8's.
 
 Throughput: batch 32 x 64 tokens, the same torch / ORT thread count for all, round-robin (one call of each
@@ -159,13 +160,16 @@ def int4_config(model: torch.nn.Module, sentences: list[str]) -> QuantizeConfig:
         quantized = apply_quantization(copy.deepcopy(model), config, calibration=None)
         return float((embed_all(torch_forward(quantized), sentences) * reference).sum(axis=1).mean())
 
-    linears = [n for n in quantizable_layers(model, "int4-weight-only") if isinstance(model.get_submodule(n), torch.nn.Linear)]
+    layers = quantizable_layers(model, "int4-weight-only")  # the Linears and the embedding tables
     base = QuantizeConfig(method="int4-weight-only", group_size=INT4_GROUP_SIZE)
-    damage = {n: 1 - cosine_of(base.model_copy(update={"keep_float": [o for o in linears if o != n]})) for n in linears}
-    ranked = sorted(linears, key=damage.__getitem__, reverse=True)
+    damage = {n: 1 - cosine_of(base.model_copy(update={"keep_float": [o for o in layers if o != n]})) for n in layers}
+    ranked = sorted(layers, key=damage.__getitem__, reverse=True)
     count = 0
     while cosine_of(config := base.model_copy(update={"int8_layers": ranked[:count]})) < INT4_COSINE and count < len(ranked):
         count = max(1, count * 2)
+    tables = [n for n in layers if isinstance(model.get_submodule(n), torch.nn.Embedding)]
+    print(f"int4: groups of {INT4_GROUP_SIZE}, int8 layers {config.int8_layers}; tables: "
+          + ", ".join(f"{n} {'int8' if n in config.int8_layers else 'int4'}" for n in tables))
     return config
 
 
