@@ -35,6 +35,26 @@ def test_batched_decode_of_sequences_at_different_positions_matches_forward(over
     assert cache.bytes_per_token() == 2 * 2 * kv_heads * 8 * 4  # layers x (k, v) x kv heads x head_dim x fp32
 
 
+def test_a_sequence_moved_to_a_freed_lower_slot_decodes_as_before_in_a_compact_batch():
+    model = small_model()
+    cache = model.new_cache(max_slots=3, max_len=16)
+    long, short = torch.randint(0, 50, (9,)), torch.randint(0, 50, (4,))
+    with torch.inference_mode():
+        assert [cache.acquire() for _ in range(3)] == [0, 1, 2]
+        model.prefill(short[:2], slot=0)
+        model.prefill(torch.randint(0, 50, (12,)), slot=1)  # leaves: its stale keys stay in slot 1
+        model.prefill(long[:7], slot=2)
+        cache.release(1)
+        cache.move(2, 1, 7)
+        assert cache.acquire() == 2  # the moved sequence's old slot is free again
+        # slots 0..1 in order: the step reads the cache's first two slots as they are
+        steps = [model.decode(torch.stack([short[2 + i], long[7 + i]]), torch.tensor([0, 1]), torch.tensor([2 + i, 7 + i])) for i in range(2)]
+        expected_long, expected_short = model(long[None])[0], model(short[None])[0]
+    for i, step in enumerate(steps):
+        torch.testing.assert_close(step[0], expected_short[2 + i], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(step[1], expected_long[7 + i], atol=1e-5, rtol=1e-4)
+
+
 def test_cache_hands_out_each_slot_once_and_refuses_what_does_not_fit():
     model = small_model()
     cache = model.new_cache(max_slots=2, max_len=8, dtype=torch.float16)
@@ -45,6 +65,8 @@ def test_cache_hands_out_each_slot_once_and_refuses_what_does_not_fit():
     assert cache.acquire() == first
     with pytest.raises(ValueError, match="not in use"):
         cache.release(7)
+    with pytest.raises(ValueError, match="must be in use"):
+        cache.move(first, second, 4)  # the target is taken
     with pytest.raises(ValueError, match="do not fit"):
         model.prefill(torch.zeros(9, dtype=torch.long), slot=0)
     with pytest.raises(ValueError, match="max_position_embeddings"):

@@ -8,7 +8,8 @@ as a mask.
 
 Three entry points: `forward` (a whole batch of sequences, no cache: training and perplexity), `prefill`
 (one sequence into its cache slot from position 0) and `decode` (one step for sequences in any slots at any
-positions: the continuous-batching step).
+positions: the continuous-batching step). A decode step attends over a view of the cache's first slots, never
+a copy of them: a caller that keeps its running sequences in slots 0..B-1 (`KVCache.move`) reads only those.
 """
 
 from __future__ import annotations
@@ -88,11 +89,20 @@ class Attention(nn.Module):
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         return q, k, v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output projected; `rows`: which batch rows of k and v the queries belong to (the rest
+        of k and v's batch is not attended for them), None when they match one to one."""
+        if rows is not None:  # spread the queries over k's batch (queries are small, keys and values are not)
+            spread = q.new_zeros(k.shape[0], *q.shape[1:])
+            spread[rows] = q
+            q = spread
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
+        if rows is not None:
+            out = out[rows]
         batch, _, length, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
 
@@ -110,8 +120,11 @@ class DecoderLayer(nn.Module):
 class KVCache:
     """Preallocated keys and values, [max_slots, kv_heads, max_len, head_dim] per layer.
 
-    A sequence owns one slot from its prefill to its end; `acquire` and `release` hand slots out and take
-    them back (a released slot's stale keys are never read: attention masks everything past a position).
+    A sequence owns one slot from its prefill to its end (or until `move`d); `acquire` hands out the lowest
+    free slot and `release` takes it back (a released slot's stale keys are never read: attention masks
+    everything past a position). A decode step reads the slots up to the highest one it runs, so a caller
+    keeps them compact by moving its highest sequence into a slot freed below it: one copy per exit, none
+    per step.
     """
 
     def __init__(self, config: DecoderConfig, max_slots: int, max_len: int, dtype: torch.dtype, device: torch.device):
@@ -135,13 +148,28 @@ class KVCache:
         return len(self._free)
 
     def acquire(self) -> int | None:
-        """A free slot, or None when every slot is taken."""
-        return self._free.pop() if self._free else None
+        """The lowest free slot, or None when every slot is taken."""
+        if not self._free:
+            return None
+        slot = min(self._free)
+        self._free.remove(slot)
+        return slot
 
     def release(self, slot: int) -> None:
         if not 0 <= slot < self.max_slots or slot in self._free:
             raise ValueError(f"KVCache.release: slot {slot} is not in use")
         self._free.append(slot)
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """The first `length` tokens of the sequence in slot `source` to the free slot `target`; `source` is
+        free afterwards."""
+        if target not in self._free or source in self._free or not 0 <= source < self.max_slots:
+            raise ValueError(f"KVCache.move: slot {source} must be in use and slot {target} free")
+        for tensors in (self.keys, self.values):
+            for layer in tensors:
+                layer[target, :, :length] = layer[source, :, :length]
+        self._free.remove(target)
+        self._free.append(source)
 
 
 class DecoderLM(nn.Module):
@@ -237,14 +265,24 @@ class DecoderLM(nn.Module):
         return self._logits(hidden[0, -1])
 
     def decode(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """One step: token `tokens[i]` at position `positions[i]` of the sequence in `slots[i]`; logits [B, V]."""
+        """One step: token `tokens[i]` at position `positions[i]` of the sequence in `slots[i]`; logits [B, V].
+
+        Attention reads the view `cache[:span, :, :key_length]` (span: the highest slot + 1) with a mask per
+        slot; slots 0..B-1 in order are the case without waste (a slot not stepped gets a dummy query)."""
         cache = self._cache(cache)
         key_length = int(positions.max()) + 1
         if key_length > cache.max_len:
             raise ValueError(f"decode: position {key_length - 1} is past the cache's {cache.max_len} tokens per sequence")
+        span = int(slots.max()) + 1
+        in_order = span == len(slots) and torch.equal(slots.cpu(), torch.arange(span))
+        rows = None if in_order else slots
+        slot_positions = positions
+        if rows is not None:  # a slot without a query attends to its first key only, so no row is all masked
+            slot_positions = positions.new_zeros(span)
+            slot_positions[rows] = positions
         hidden = self._embed(tokens[:, None], positions[:, None])
         rope = self._rope(positions[:, None], hidden.dtype)
-        mask = self._window_mask(positions[:, None], key_length)
+        mask = self._window_mask(slot_positions[:, None], key_length)
         for index, layer in enumerate(self.layers):
 
             def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +290,7 @@ class DecoderLM(nn.Module):
                 keys, values = cache.keys[index], cache.values[index]
                 keys[slots, :, positions] = k[:, :, 0]
                 values[slots, :, positions] = v[:, :, 0]
-                return attn.attend(q, keys[:, :, :key_length][slots], values[:, :, :key_length][slots], mask)
+                return attn.attend(q, keys[:span, :, :key_length], values[:span, :, :key_length], mask, rows)
 
             hidden = self._block(layer, hidden, attention)
         return self._logits(hidden[:, 0])

@@ -4,6 +4,10 @@ Each step: free the slots of finished or abandoned sequences, prefill newcomers 
 (their first token comes from the prefill), then one decode step for every running sequence together.
 Sequences thus join and leave the running batch between steps; none waits for a whole batch to finish.
 
+Running sequences keep the cache's slots 0..B-1 (sorted by slot, they are the decode step's batch in
+order), so a step attends over a view of the cache, not a copy: when one ends, the sequence in the highest
+slot moves into its slot (one copy per exit).
+
 The KV cache is allocated once (slots x max_len tokens, sized from a byte budget), and a request is
 admitted only if its prompt plus `max_tokens` fit one slot, so memory never grows with the load: the
 rest wait in a bounded queue (full: `Overloaded`, HTTP 429) for at most `queue_timeout_s`
@@ -217,7 +221,7 @@ class GenerationEngine:
             self.metrics.prompt_tokens.inc(len(sequence.prompt))
             self._advance([sequence], logits.unsqueeze(0))
         if self._running:
-            running = [*self._running]
+            running = sorted(self._running, key=lambda s: s.slot)
             logits = self.model.decode(
                 torch.tensor([s.generated[-1] for s in running], device=self._device),
                 torch.tensor([s.slot for s in running], device=self._device),
@@ -281,6 +285,11 @@ class GenerationEngine:
         """Take `sequence` out of the batch and free its slot; tell its client why, unless it left."""
         self._running.remove(sequence)
         self.cache.release(sequence.slot)
+        highest = max(self._running, key=lambda s: s.slot, default=None)
+        if highest is not None and highest.slot > sequence.slot:  # keep the running slots 0..B-1
+            # its last token may have been fed this step already: one position more than `position` holds
+            self.cache.move(highest.slot, sequence.slot, min(highest.position + 1, self.plan.max_len))
+            highest.slot = sequence.slot
         if not sequence.cancelled:
             if error is not None:
                 self._send(sequence, Chunk("", len(sequence.generated), error=error))
