@@ -1,9 +1,11 @@
 """int8-weight-only: int8 weights (one scale per output channel), float activations and compute.
 
-The weight is dequantized at use. This shrinks the artifact and the eager model's memory by 4x; it does
-not make a CPU faster (under torch.compile with freezing, the dequantized weight is folded into a float
-constant, so compiled speed is that of the float model). It pays off where weight bandwidth bounds the
-run time, i.e. small-batch GPU serving.
+On a CPU, calls of up to `CPU_INT8_KERNEL_MAX_ROWS` rows (a decoder's decode step: one row per running
+sequence) run on torch's weight-only int8 kernel (`aten._weight_int8pack_mm`, bf16 activations: its fp32
+path is a reference loop), which reads the int8 weight as it multiplies; where weight bandwidth bounds the
+step that is up to 4x fewer bytes than fp32. Other calls dequantize the weight at use (under
+torch.compile with freezing it is folded into a float constant, so compiled speed is that of the float
+model). The artifact and the eager model's memory shrink by 4x either way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from torch import nn
 from slimserve.quant.base import QuantizedModule, ReplacesLinear
 from slimserve.quant.conv_geometry import ConvGeometry, ReplacesConv2d
 from slimserve.quant.kernels import dequantize_per_row, symmetric_int8_per_row
+
+# Measured (benchmarks/generation.py --model-size): the kernel beats dequantize-then-matmul up to a few dozen
+# rows, and a prefill of many rows is a dense GEMM's job.
+CPU_INT8_KERNEL_MAX_ROWS = 32
+KERNEL_DTYPE = torch.bfloat16
+
+
+def int8_weight_only_matmul(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`x [M, K] @ (weight_int8 * scale).T` on the CPU kernel; bf16 [M, N]."""
+    return torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_DTYPE).contiguous(), weight_int8, scale.to(KERNEL_DTYPE))
 
 
 class _Int8Weight(QuantizedModule):
@@ -54,7 +66,12 @@ class Int8WeightOnlyLinear(ReplacesLinear, _Int8Weight):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(x.dtype), self._bias(x.dtype))
+        rows = x.reshape(-1, self.in_features)
+        if x.device.type != "cpu" or rows.shape[0] > CPU_INT8_KERNEL_MAX_ROWS:
+            return F.linear(x, self.weight(x.dtype), self._bias(x.dtype))
+        out = int8_weight_only_matmul(rows, self.weight_int8, self.weight_scale)
+        out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
 
 
 class Int8WeightOnlyConv2d(ReplacesConv2d, _Int8Weight):
