@@ -54,6 +54,8 @@ def test_reference_grpc_web_client_gets_the_rest_answer_for_a_digit(node_project
     _, server_metadata = rest_json(digits_web_server, "GET", "/v2")
     assert answer["serverMetadata"] == server_metadata
     _, model_metadata = rest_json(digits_web_server, "GET", "/v2/models/digits-mlp")
+    # REST's metadata adds `parameters` (device, precision); the protocol's gRPC message has no such field.
+    assert model_metadata.pop("parameters") == {"device": "cpu", "precision": "fp32"}
     assert answer["modelMetadata"] == model_metadata
 
     status, missing = rest_json(digits_web_server, "POST", "/v2/models/digits-mlp-missing/infer", {"inputs": inputs})
