@@ -282,14 +282,20 @@ class DecoderLM(nn.Module):
             slot_positions[rows] = positions
         hidden = self._embed(tokens[:, None], positions[:, None])
         rope = self._rope(positions[:, None], hidden.dtype)
-        mask = self._window_mask(slot_positions[:, None], key_length)
+        # made once for every layer: the additive mask SDPA would make of a boolean one, and where each new
+        # key and value goes in a layer's cache seen as rows of head_dim (index_copy_, not an index_put)
+        allowed = self._window_mask(slot_positions[:, None], key_length)
+        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(~allowed, float("-inf"))
+        kv_heads, head_dim = cache.keys[0].shape[1], cache.keys[0].shape[3]
+        heads = torch.arange(kv_heads, device=slots.device)
+        cache_rows = ((slots[:, None] * kv_heads + heads) * cache.max_len + positions[:, None]).flatten()
         for index, layer in enumerate(self.layers):
 
             def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
                 q, k, v = attn.project(x, rope)
                 keys, values = cache.keys[index], cache.values[index]
-                keys[slots, :, positions] = k[:, :, 0]
-                values[slots, :, positions] = v[:, :, 0]
+                keys.view(-1, head_dim).index_copy_(0, cache_rows, k.reshape(-1, head_dim))
+                values.view(-1, head_dim).index_copy_(0, cache_rows, v.reshape(-1, head_dim))
                 return attn.attend(q, keys[:span, :, :key_length], values[:span, :, :key_length], mask, rows)
 
             hidden = self._block(layer, hidden, attention)
