@@ -17,15 +17,20 @@ from slimserve.compression.budget import run_within_budget
 from slimserve.compression.errors import BudgetExceeded
 from slimserve.compression.quantize_step import sensitive_layers_in_float
 from slimserve.compression.quantize import apply_quantization
-from slimserve.models.minilm import encode, load_tokenizer
+from slimserve.models.minilm import MiniLMConfig, MiniLMFeedForward, encode, load_tokenizer
 from slimserve.quant import optimize_for_inference, quantization_state, restore_quantization
 from slimserve.quant.half import native_on
 from slimserve.compression import compress
 from slimserve.models import load_servable
 from slimserve.quant.embedding import Int4Embedding, Int8Embedding
 from slimserve.quant.int4_kernels import CPU_INT4_MAX_ROWS, int4_matmul
-from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, dequantize_int4_grouped, quantize_int4_grouped
-from slimserve.quant.int8_dynamic import Int8DynamicLinear
+from slimserve.quant.int4_weight_only import (
+    GeluInt4Linear,
+    Int4WeightOnlyLinear,
+    dequantize_int4_grouped,
+    quantize_int4_grouped,
+)
+from slimserve.quant.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
 
 SENTENCES = [
     "The operator reconciles each CompressionJob into a batch Job.",
@@ -172,6 +177,30 @@ def test_minilm_int4_stays_close_to_fp32(minilm_model):
     cosines = (encode(quantized, tokenizer, SENTENCES) * reference).sum(axis=1)
     # int4 with no layer in int8: the budget search moves the most sensitive ones up (benchmarks/compression_minilm.py)
     assert cosines.mean() > 0.97, cosines
+
+
+@pytest.mark.parametrize("tokens", [CPU_INT4_MAX_ROWS, 16], ids=["int4-kernel", "int8-copy"])
+def test_minilm_feed_forward_fuses_gelu_into_an_int4_output_on_its_int8_copy(tokens):
+    torch.manual_seed(0)
+    ffn = MiniLMFeedForward(MiniLMConfig(), 1536).eval()
+    ffn.output = Int4WeightOnlyLinear.from_float(ffn.output, 32)
+    hidden = torch.randn(1, tokens, 384)
+    with torch.inference_mode():
+        unfused = ffn(hidden)
+        ffn.fuse_for_inference()
+        assert type(ffn.gelu_output) is GeluInt4Linear
+        fused = ffn(hidden)
+        pre_activation = ffn.intermediate(hidden)
+        # On the copy the int4 layer computes what SlimServe int8's fused layer does with the same int8 weight.
+        int8 = Int8DynamicLinear(1536, 384, bias=True)
+        int8.weight_int8, int8.weight_scale, int8.bias = ffn.output.many_rows_weight, ffn.output.many_rows_scale, ffn.output.bias
+        int8_fused = ffn.norm(hidden + GeluInt8Linear(int8)(pre_activation))
+    if tokens > CPU_INT4_MAX_ROWS:
+        torch.testing.assert_close(fused, int8_fused, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(fused, unfused)  # GELU's scale comes from the pre-activation's bound
+        assert cosine(fused[0], unfused[0]) > 0.999
+    else:  # the int4 kernel's calls apply GELU first, as unfused
+        assert torch.equal(fused, unfused)
 
 
 @pytest.mark.parametrize("method", ["fp16", "bf16"])

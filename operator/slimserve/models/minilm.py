@@ -131,10 +131,13 @@ class MiniLMFeedForward(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def fuse_for_inference(self) -> None:
-        """GELU + int8 quantization of its output in one pass (see slimserve.quant.int8_dynamic)."""
+        """GELU + int8 quantization of its output in one pass, for an int8-dynamic output Linear or an int4 one
+        on its CPU int8 copy (see slimserve.quant.int8_dynamic, slimserve.quant.int4_weight_only)."""
+        from slimserve.quant.int4_weight_only import GeluInt4Linear, Int4WeightOnlyLinear
         from slimserve.quant.int8_dynamic import GeluInt8Linear, Int8DynamicLinear
 
-        self.gelu_output = GeluInt8Linear(self.output) if type(self.output) is Int8DynamicLinear else None
+        fused = {Int8DynamicLinear: GeluInt8Linear, Int4WeightOnlyLinear: GeluInt4Linear}.get(type(self.output))
+        self.gelu_output = fused(self.output) if fused is not None else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         pre_activation = self.intermediate(hidden)

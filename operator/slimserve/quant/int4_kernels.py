@@ -107,7 +107,11 @@ def many_rows_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor)
     """`x [M, K] @ W.T` on a `many_rows_weight` copy: int8-dynamic's math (fp32 out) or a bf16 GEMM (bf16 out)."""
     if weight.dtype != torch.int8:
         return F.linear(x.to(KERNEL_DTYPE), weight)
-    x_int8, x_scale = int8_per_token(x.float())
+    return many_rows_project(*int8_per_token(x.float()), weight, scale)
+
+
+def many_rows_project(x_int8: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp32 [M, N] of already-quantized inputs (int8 [M, K], scale [M, 1]) on an int8 `many_rows_weight` copy."""
     accumulated = int8_matmul(x_int8, weight).float()
     # The same rescale as Int8DynamicLinear.project, so inductor's x86 pattern prepacks the weight for oneDNN.
     return accumulated * x_scale * scale if UNSIGNED_ACTIVATIONS else accumulated * (x_scale * scale)

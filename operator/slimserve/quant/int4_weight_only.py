@@ -29,11 +29,13 @@ from slimserve.quant.int4_kernels import (
     int4_matmul,
     kernel_fits,
     many_rows_matmul,
+    many_rows_project,
     many_rows_weight,
     pack_weight,
     scales_and_offsets,
     unpack_nibbles,
 )
+from slimserve.quant.int8_dynamic import gelu_int8_per_token
 from slimserve.quant.kernels import MIN_SCALE
 
 UINT4_MAX = 15
@@ -130,10 +132,18 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.many_rows_weight.numel() and rows.shape[0] > CPU_INT4_MAX_ROWS:
+        if self.runs_on_copy(rows):
             out = many_rows_matmul(rows, self.many_rows_weight, self.many_rows_scale)
         else:
             out = int4_matmul(rows, self.kernel_weight, self.group_size, self.kernel_scale_offset)
+        return self.finish(out, x)
+
+    def runs_on_copy(self, rows: torch.Tensor) -> bool:
+        """Whether a call of these rows [M, in] runs on the CPU copy rather than the int4 kernel."""
+        return bool(self.many_rows_weight.numel()) and rows.shape[0] > CPU_INT4_MAX_ROWS
+
+    def finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The [M, out] product of input `x` reshaped to x's leading dimensions and dtype, plus the bias."""
         out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
@@ -154,3 +164,21 @@ class Int4WeightOnlyLinear(ReplacesLinear, QuantizedModule):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
+class GeluInt4Linear(nn.Module):
+    """`linear(gelu(x))` for an Int4WeightOnlyLinear: calls on its CPU int8 copy quantize GELU's output in one
+    pass with the bound GeluInt8Linear uses; calls on the int4 kernel (or a bf16 copy) apply GELU first.
+    Built by inference fusion (MiniLMFeedForward); the artifact keeps the plain Int4WeightOnlyLinear."""
+
+    def __init__(self, linear: Int4WeightOnlyLinear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        linear = self.linear
+        rows = x.reshape(-1, linear.in_features)
+        if not (linear.runs_on_copy(rows) and linear.many_rows_weight.dtype == torch.int8):
+            return linear(nn.functional.gelu(x))
+        out = many_rows_project(*gelu_int8_per_token(rows.float()), linear.many_rows_weight, linear.many_rows_scale)
+        return linear.finish(out, x)

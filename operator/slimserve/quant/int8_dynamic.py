@@ -94,7 +94,11 @@ class GeluInt8Linear(nn.Module):
         self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.linear.in_features).float()
-        scale = rows.amax(dim=1, keepdim=True).clamp(min=GELU_NEGATIVE_BOUND) / INT8_MAX
-        x_int8 = torch.round(torch.nn.functional.gelu(rows) / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        x_int8, scale = gelu_int8_per_token(x.reshape(-1, self.linear.in_features).float())
         return self.linear.project(x_int8, scale).reshape(*x.shape[:-1], self.linear.out_features).to(x.dtype)
+
+
+def gelu_int8_per_token(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU of fp32 rows [M, K] as int8 [M, K] and scale [M, 1], the scale bounded from the pre-activation."""
+    scale = rows.amax(dim=1, keepdim=True).clamp(min=GELU_NEGATIVE_BOUND) / INT8_MAX
+    return torch.round(torch.nn.functional.gelu(rows) / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
