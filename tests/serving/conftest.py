@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving_helpers import ERROR_SERVER_MAX_BATCH, ERROR_SERVER_MAX_BODY, ServerProcess  # noqa: E402
+from serving_helpers import ERROR_SERVER_MAX_BATCH, ERROR_SERVER_MAX_BODY, ServerProcess, compress  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +82,6 @@ def reference_model():
 @pytest.fixture(scope="session")
 def int8_artifact(tmp_path_factory) -> str:
     """An int8 artifact made by `slimserve compress` (dynamic quantization of the digits CNN)."""
-    import subprocess
-
     work = tmp_path_factory.mktemp("compress")
     uri = f"file://{work / 'digits-int8'}"
     spec = work / "job.yaml"
@@ -93,11 +91,7 @@ def int8_artifact(tmp_path_factory) -> str:
         "evaluation: {metric: accuracy, maxDrop: 0.05}\n"
         f"output: {{uri: '{uri}'}}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "slimserve.cli.main", "compress", "--spec", str(spec), "--progress", "json"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    compress(spec)
     return uri
 
 

@@ -107,6 +107,15 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def compress(spec: Path) -> None:
+    """`slimserve compress --spec SPEC` as a subprocess, as a compression pod runs it; asserts it succeeded."""
+    done = subprocess.run(
+        [sys.executable, "-m", "slimserve.cli.main", "compress", "--spec", str(spec), "--progress", "json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
 def request(
     address: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30
 ) -> tuple[int, dict[str, str], bytes]:

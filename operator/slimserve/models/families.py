@@ -303,11 +303,24 @@ class DecoderFamily(ModelFamily):
         return DecoderConfig.from_hf(json.loads((directory / "config.json").read_text())).to_recipe()
 
 
+def _digits_resnet_builder(recipe: dict[str, Any]) -> nn.Module:
+    from slimserve.models.digits_resnet import build_resnet  # torchvision is imported when the model is used
+
+    return build_resnet(recipe)
+
+
+def _digits_resnet_reader(model: nn.Module) -> dict[str, Any]:
+    from slimserve.models.digits_resnet import resnet_recipe
+
+    return resnet_recipe(model)
+
+
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
         DigitsFamily("digits-cnn", digits.build_cnn, digits.cnn_recipe),
         DigitsFamily("digits-mlp", digits.build_mlp, digits.mlp_recipe),
+        DigitsFamily("digits-resnet", _digits_resnet_builder, _digits_resnet_reader),
         MiniLMFamily(),
         ExportedProgramFamily(),
         VisionFamily(),

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from slimserve.api.storage import S3Spec
 
 BUILTIN_SCHEME = "builtin://"
-BUILTIN_MODELS = ("digits-cnn", "digits-mlp", "minilm-l6", "tiny-lm")
+BUILTIN_MODELS = ("digits-cnn", "digits-mlp", "digits-resnet", "minilm-l6", "tiny-lm")
 
 
 @dataclass
@@ -47,6 +47,10 @@ def load_builtin(uri: str) -> LoadedModel:
         model = digits.trained_builtin(name, digits.DEFAULT_CNN_RECIPE, digits.build_cnn)
     elif name == "digits-mlp":
         model = digits.trained_builtin(name, digits.DEFAULT_MLP_RECIPE, digits.build_mlp)
+    elif name == "digits-resnet":
+        from slimserve.models.digits_resnet import build_resnet, default_recipe
+
+        model = digits.trained_builtin(name, default_recipe(), build_resnet)
     elif name == "minilm-l6":
         from slimserve.models.minilm import load_minilm, minilm_files_dir
 

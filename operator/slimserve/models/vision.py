@@ -54,9 +54,12 @@ def build_vision(recipe: dict[str, Any]) -> nn.Module:
     """A freshly initialised classifier of the recipe's architecture and layer widths, in eval mode."""
     import torchvision
 
-    architecture, classes, _ = _check_recipe(recipe)
+    architecture, classes, size = _check_recipe(recipe)
     with torch.device("meta"):
         model = torchvision.models.get_model(architecture, weights=None, num_classes=classes, **ARCHITECTURES[architecture])
+        first = _first_conv_name(model)
+        if model.get_submodule(first).in_channels != size[0]:  # torchvision's architectures take RGB
+            _resize_layer(model, first, [size[0], model.get_submodule(first).out_channels])
         for name, shape in (recipe.get("layers") or {}).items():
             _resize_layer(model, name, shape)
     model.to_empty(device="cpu")
@@ -106,12 +109,12 @@ def narrow_widths(recipe: dict[str, Any], divisor: int) -> dict[str, list[int]]:
     """The recipe's layer widths with every hidden width divided by `divisor` (a small model of the architecture)."""
     import torchvision
 
-    architecture, classes, _ = _check_recipe(recipe)
+    architecture, classes, size = _check_recipe(recipe)
     with torch.device("meta"):
         model = torchvision.models.get_model(architecture, weights=None, num_classes=classes, **ARCHITECTURES[architecture])
     widths = layer_widths(model)
-    first = next(name for name, module in model.named_modules() if isinstance(module, nn.Conv2d))
-    last = _classifier_name(model)
+    first, last = _first_conv_name(model), _classifier_name(model)
+    widths[first][0] = size[0]
     kept = {(first, 0), (last, 1)}  # the image's channels and the logits
 
     def narrow(name: str, index: int, width: int) -> int:
@@ -122,6 +125,10 @@ def narrow_widths(recipe: dict[str, Any], divisor: int) -> dict[str, list[int]]:
         return width // divisor
 
     return {name: [narrow(name, index, width) for index, width in enumerate(shape)] for name, shape in widths.items()}
+
+
+def _first_conv_name(model: nn.Module) -> str:
+    return next(name for name, module in model.named_modules() if isinstance(module, nn.Conv2d))
 
 
 def _classifier_name(model: nn.Module) -> str:
