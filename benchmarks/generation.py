@@ -14,6 +14,13 @@ Same weights, same torch threads. Targets at concurrency 32: >= 3x one-at-a-time
     .venv/bin/python benchmarks/generation.py                    # builtin://tiny-lm (a random Llama if absent)
     .venv/bin/python benchmarks/generation.py --quick            # fewer requests
     .venv/bin/python benchmarks/generation.py --artifact file:///tmp/tiny-lm-int8 --artifact file:///tmp/tiny-lm-int4
+
+`--model-size base` measures instead where weight bandwidth bounds a decode step, as with the models users
+run: a random Llama of about 90M parameters (hidden 768, 12 layers), fp32 and its weight-only int8 and int4
+copies (round to nearest), generating one sequence (concurrency 1) through the server's prefill and decode
+path in this process, in interleaved rounds. Targets: int8 >= 1.4x and int4 >= 1.8x fp32 tokens/s.
+
+    .venv/bin/python benchmarks/generation.py --model-size base
 """
 
 from __future__ import annotations
@@ -219,6 +226,41 @@ def run_transformers(directory: Path, requests: list[Request], batch: int) -> tu
     return results, seconds
 
 
+# --- weight-bound decoding: quantized against fp32 at concurrency 1 ---------------------------------
+BASE_SHAPE = dict(vocab_size=4096, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12, head_dim=64,
+                  intermediate_size=2048, max_position_embeddings=512)
+
+
+def quantized_decode_rows(threads: int, quick: bool) -> list[dict]:
+    """tokens/s at concurrency 1 of a random Llama of BASE_SHAPE in fp32, int8- and int4-weight-only."""
+    import copy
+
+    import torch
+
+    from slimserve.compression.generation_speed import tokens_per_second
+    from slimserve.compression.quantize import apply_quantization
+    from slimserve.compression.quantize.configs import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+    from slimserve.models.decoder import DecoderConfig, DecoderLM
+    from slimserve.models.decoder.model import scaled_init_
+
+    fp32 = scaled_init_(DecoderLM(DecoderConfig(**BASE_SHAPE)), seed=0).eval()
+    models = {"fp32": fp32}
+    for label, config in (("int8-weight-only", Int8WeightOnlyConfig()), ("int4-weight-only", Int4WeightOnlyConfig())):
+        models[label] = apply_quantization(copy.deepcopy(fp32), config, calibration=None)
+    prompt = torch.randint(3, BASE_SHAPE["vocab_size"], (32,), generator=torch.Generator().manual_seed(0))
+    parameters = sum(p.numel() for p in fp32.parameters())
+    rates = tokens_per_second(list(models.values()), prompt, threads=threads, budget_s=5.0 if quick else 20.0)
+    return [{"row": f"{label}, {parameters / 1e6:.0f}M params, c1", "tokens_per_s": rate, "vs_fp32": rate / rates[0]}
+            for label, rate in zip(models, rates)]
+
+
+def print_quantized_decode(rows: list[dict]) -> None:
+    print(f"\n{'row':<44} {'tokens/s':>9} {'x fp32':>7}")
+    for row in rows:
+        print(f"{row['row']:<44} {row['tokens_per_s']:>9.1f} {row['vs_fp32']:>7.2f}")
+    print(f"targets: int8 >= 1.4x, int4 >= 1.8x fp32; load average {os.getloadavg()[0]:.1f}")
+
+
 # --- the table --------------------------------------------------------------------------------------
 def summarize(label: str, results: list[Result], seconds: float) -> dict:
     ttfts = sorted(r.ttft_s for r in results)
@@ -242,12 +284,20 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of transformers")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-size", choices=("serving", "base"), default="serving",
+                        help="base: weight-only int8 and int4 against fp32 at concurrency 1 on a ~90M-parameter random Llama")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.model_size == "base":
+        rows = quantized_decode_rows(args.threads, args.quick)
+        print_quantized_decode(rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
     scratch = Path(tempfile.mkdtemp(prefix="slimserve-generation-"))
     directory = model_directory(args.model, scratch)
     counts = {1: 4, 8: 16, 32: 32} if args.quick else {1: 8, 8: 32, 32: 64}
