@@ -70,9 +70,20 @@ def generate(engine: GenerationEngine, requests: list[tuple[list[int], int]], st
 def test_sequences_joining_a_running_batch_get_the_tokens_they_get_alone():
     requests = [([1, 2, 3], 20), ([4, 5], 12), ([6, 7, 8, 9], 16), ([10], 8)]  # 4 requests, 3 slots
     alone = [generate(engine(), [request], stagger=False)[0] for request in requests]
-    together = generate(engine(), requests, stagger=True)
+    batched = engine()
+    decode, stepped = batched.model.decode, []
+
+    def recording_decode(tokens, slots, positions):
+        stepped.append(slots.tolist())
+        return decode(tokens, slots, positions)
+
+    batched.model.decode = recording_decode
+    together = generate(batched, requests, stagger=True)
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.completion_tokens for c in together] == [20, 12, 16, 8]
+    # every step ran slots 0..B-1 in order (a view of the cache), also after sequences left from below
+    assert all(slots == list(range(len(slots))) for slots in stepped)
+    assert any(len(slots) == 3 for slots in stepped)  # the batch was full at times
 
 
 def test_eos_ends_a_sequence_without_its_text():
