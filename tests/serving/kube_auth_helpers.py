@@ -45,15 +45,40 @@ def token_review_binding(namespace: str) -> str:
     return f"{namespace}-token-review"
 
 
+def allow_token_reviews(control_plane, namespace: str, account: str) -> None:
+    """TokenReviews for `account`, as the chart's ClusterRoleBinding grants them (no namespaced Role can);
+    `token_review_binding` is left to delete."""
+    apply_documents(control_plane, _token_review_binding(namespace, account))
+
+
+def _token_review_binding(namespace: str, account: str) -> dict:
+    return _binding("ClusterRoleBinding", token_review_binding(namespace), None, "ClusterRole",
+                    "system:auth-delegator", account, namespace)
+
+
 def grant_reviews(control_plane, namespace: str, account: str) -> None:
     """What a server in the kubernetes mode is granted: TokenReviews (the chart's ClusterRoleBinding) and
     LocalSubjectAccessReviews in its namespace (the operator's Role); `token_review_binding` is left to delete."""
     rules = [{"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]}]
     apply_documents(
         control_plane,
-        _binding("ClusterRoleBinding", token_review_binding(namespace), None, "ClusterRole", "system:auth-delegator",
-                 account, namespace),
+        _token_review_binding(namespace, account),
         _rbac("Role", f"{account}-access-review", namespace, rules=rules),
         _binding("RoleBinding", f"{account}-access-review", namespace, "Role", f"{account}-access-review", account,
                  namespace),
     )
+
+
+def auth_namespace(control_plane, prefix: str):
+    """A namespace for a test module (a fixture's generator): deleted after it with its TokenReview grant."""
+    name = control_plane.create_namespace(prefix)
+    yield name
+    control_plane.kubectl("delete", "clusterrolebinding", token_review_binding(name), "--ignore-not-found", check=False)
+    control_plane.delete_namespace(name)
+
+
+def caller_tokens(control_plane, namespace: str, service: str) -> dict[str, str]:
+    """Tokens of a caller ("reader") with `get` on ModelService `service` and of one ("stranger") without."""
+    tokens = {account: service_account_token(control_plane, namespace, account) for account in ("reader", "stranger")}
+    allow_get(control_plane, namespace, "reader", service)
+    return tokens

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.cluster.controlplane import write_kubeconfig
-from tests.serving.kube_auth_helpers import allow_get, grant_reviews, service_account_token, token_review_binding
+from tests.serving.kube_auth_helpers import auth_namespace, caller_tokens, grant_reviews, service_account_token
 from tests.serving.serving_helpers import ServerProcess, metric_samples, request
 
 pytestmark = pytest.mark.cluster
@@ -26,19 +26,12 @@ TOKEN_REVIEWS = 'slimserve_auth_reviews_total{kind="TokenReview",outcome="answer
 
 @pytest.fixture(scope="module")
 def cluster_namespace(control_plane):
-    name = control_plane.create_namespace("serving-auth")
-    yield name
-    control_plane.kubectl("delete", "clusterrolebinding", token_review_binding(name), "--ignore-not-found", check=False)
-    control_plane.delete_namespace(name)
+    yield from auth_namespace(control_plane, "serving-auth")
 
 
 @pytest.fixture(scope="module")
 def tokens(control_plane, cluster_namespace):
-    """Tokens of a caller with `get` on the ModelService and of one without."""
-    ns = cluster_namespace
-    reader, stranger = service_account_token(control_plane, ns, "reader"), service_account_token(control_plane, ns, "stranger")
-    allow_get(control_plane, ns, "reader", SERVICE)
-    return {"reader": reader, "stranger": stranger}
+    return caller_tokens(control_plane, cluster_namespace, SERVICE)
 
 
 @pytest.fixture(scope="module")
