@@ -7,9 +7,10 @@ Variants (all from the same fp32 all-MiniLM-L6-v2 weights):
 - ONNX Runtime `quantize_dynamic` (int8 weights, MatMul + Gather), on a `torch.onnx.export` of the encoder;
 - torchao `Int8DynamicActivationInt8WeightConfig` + `torch.compile`;
 - torch's eager `torch.ao.quantization.quantize_dynamic` (when this torch still has it);
-- SlimServe int4 (CPU): int4-weight-only in groups of 32 on torch's packed-int4 kernel (an int8 copy for
-  calls of more than 4 rows), int4 embedding tables, the layers (Linears and tables) int4 hurts most in int8
-  (ranked as the budget search ranks them: each alone, by output cosine; the chosen ones are printed); and
+- SlimServe int4 gptq (CPU): int4-weight-only GPTQ (calibrated on the train split) in groups of 32 on torch's
+  packed-int4 kernel (an int8 copy for calls of more than 4 rows), int4 embedding tables, the layers (Linears
+  and tables) int4 hurts most in int8 (ranked as the budget search ranks them: each alone, by output cosine
+  with round-to-nearest; the chosen ones are printed); and
   SlimServe fp16 / bf16 (served in bf16 where the CPU has AVX512-BF16 or AMX, else cast up).
   Their batch-1 latency (one sentence) is measured side by side with SlimServe int8's.
 
@@ -65,7 +66,7 @@ from slimserve.models.minilm import MiniLMConfig, build_minilm, load_minilm, loa
 
 BATCH, SEQUENCE = 32, 64
 SLIMSERVE = "SlimServe int8"
-INT4 = "SlimServe int4 (CPU)"
+INT4 = "SlimServe int4 gptq (CPU)"
 ORT = "ONNX Runtime quantize_dynamic"
 TARGETS = {"size_x": 3.9, "speed_x": 2.1, "vs_ort_x": 1.15, "cosine": 0.995}
 
@@ -131,11 +132,13 @@ INT4_GROUP_SIZE = 32
 INT4_COSINE = 0.99  # int8 layers are added (1, 2, 4, ...) until the held-out cosine reaches this
 
 
-def saved_variant(name: str, model: torch.nn.Module, config: QuantizeConfig, workdir: Path, example: tuple) -> Variant:
+def saved_variant(
+    name: str, model: torch.nn.Module, config: QuantizeConfig, workdir: Path, example: tuple, calibration: list[tuple] | None = None
+) -> Variant:
     """A SlimServe quantize config, saved, restored onto a fresh skeleton and optimized as the server does."""
     from safetensors.torch import load_file, save_file
 
-    quantized = apply_quantization(copy.deepcopy(model), config, calibration=None)
+    quantized = apply_quantization(copy.deepcopy(model), config, calibration=calibration)
     tensors, recipe = quantization_state(quantized)
     stem = name.replace(" ", "-").replace("/", "-")
     weights, recipe_path = workdir / f"{stem}.safetensors", workdir / f"{stem}.recipe.json"
@@ -150,27 +153,45 @@ def saved_variant(name: str, model: torch.nn.Module, config: QuantizeConfig, wor
     return Variant(name, torch_forward(optimized), size, optimized.compile_seconds)
 
 
-def int4_config(model: torch.nn.Module, sentences: list[str]) -> QuantizeConfig:
-    """int4 in groups of INT4_GROUP_SIZE with the fewest most-sensitive Linears in int8 reaching INT4_COSINE."""
+def calibration_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The MiniLM task's calibration sentences (the train split, not the held-out one), in batches of BATCH."""
+    from slimserve.data import builtin_sentences
+
+    tokenizer = load_tokenizer(max_tokens=SEQUENCE)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    train = list(builtin_sentences("train"))
+    encoded = [tokenizer.encode_batch(train[i : i + BATCH]) for i in range(0, len(train), BATCH)]
+    return [(torch.tensor([e.ids for e in batch]), torch.tensor([e.attention_mask for e in batch])) for batch in encoded]
+
+
+def int4_config(model: torch.nn.Module, sentences: list[str], calibration: list[tuple]) -> QuantizeConfig:
+    """int4 GPTQ in groups of INT4_GROUP_SIZE with the fewest most-sensitive layers in int8 reaching INT4_COSINE.
+    Layers are ranked by round-to-nearest's damage (each alone: cheap), the counts tried with GPTQ."""
     from slimserve.compression.quantize import quantizable_layers
 
     reference = embed_all(torch_forward(model), sentences)
 
     def cosine_of(config: QuantizeConfig) -> float:
-        quantized = apply_quantization(copy.deepcopy(model), config, calibration=None)
+        quantized = apply_quantization(copy.deepcopy(model), config, calibration=calibration)
         return float((embed_all(torch_forward(quantized), sentences) * reference).sum(axis=1).mean())
 
     layers = quantizable_layers(model, "int4-weight-only")  # the Linears and the embedding tables
     base = QuantizeConfig(method="int4-weight-only", group_size=INT4_GROUP_SIZE)
     damage = {n: 1 - cosine_of(base.model_copy(update={"keep_float": [o for o in layers if o != n]})) for n in layers}
     ranked = sorted(layers, key=damage.__getitem__, reverse=True)
+    gptq = base.model_copy(update={"algorithm": "gptq"})
     count = 0
-    while cosine_of(config := base.model_copy(update={"int8_layers": ranked[:count]})) < INT4_COSINE and count < len(ranked):
+    while cosine_of(config := gptq.model_copy(update={"int8_layers": ranked[:count]})) < INT4_COSINE and count < len(ranked):
         count = max(1, count * 2)
     tables = [n for n in layers if isinstance(model.get_submodule(n), torch.nn.Embedding)]
-    print(f"int4: groups of {INT4_GROUP_SIZE}, int8 layers {config.int8_layers}; tables: "
+    print(f"int4 gptq: groups of {INT4_GROUP_SIZE}, int8 layers {config.int8_layers}; tables: "
           + ", ".join(f"{n} {'int8' if n in config.int8_layers else 'int4'}" for n in tables))
     return config
+
+
+def int4_variant(model: torch.nn.Module, sentences: list[str], workdir: Path, example: tuple) -> Variant:
+    calibration = calibration_batches()
+    return saved_variant(INT4, model, int4_config(model, sentences, calibration), workdir, example, calibration)
 
 
 def torchao_variant(model: torch.nn.Module, example: tuple) -> Variant:
@@ -390,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": lambda: onnxruntime_variants(model, workdir, batch, args.threads),
             "torchao": lambda: torchao_variant(model, batch),
             "eager": lambda: eager_dynamic_variant(model),
-            "int4": lambda: saved_variant(INT4, model, int4_config(model, sentences), workdir, batch),
+            "int4": lambda: int4_variant(model, sentences, workdir, batch),
             "half": lambda: [saved_variant(f"SlimServe {m}", model, QuantizeConfig(method=m), workdir, batch) for m in ("bf16", "fp16")],
         }
         for name in args.variants:
