@@ -64,10 +64,10 @@ def test_served_transformers_model_truncates_where_its_sentence_transformers_con
     assert not np.allclose(embed(8, ""), embed(8, " and a tail that still counts"))
 
 
-def test_transformers_directory_that_is_not_bert_is_refused(bert_dir, tmp_path, make_spec, sink):
+def test_transformers_directory_of_an_unsupported_family_is_refused_naming_what_is(bert_dir, tmp_path, make_spec, sink):
     config = json.loads((bert_dir / "config.json").read_text())
-    (bert_dir / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2Model"]}))
-    with pytest.raises(SlimServeError, match="only BERT-style encoders"):
+    (bert_dir / "config.json").write_text(json.dumps({**config, "model_type": "t5", "architectures": ["T5Model"]}))
+    with pytest.raises(SlimServeError, match="'t5' model; supported: BERT-style encoders and the decoders gpt2, llama"):
         compress(make_spec(tmp_path / "out", model=f"file://{bert_dir}"), [sink])
 
 

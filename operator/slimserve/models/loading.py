@@ -129,7 +129,10 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
     except ValueError as exc:
         raise ModelLoadError(f"model.uri: {uri}/config.json is not valid JSON: {exc}") from None
     if hf.get("model_type") not in ("bert",) and "Bert" not in " ".join(hf.get("architectures", [])):
-        raise ModelLoadError(f"model.uri: {uri} is a {hf.get('model_type')!r} model; only BERT-style encoders are supported")
+        from slimserve.models.decoder.config import MODEL_TYPES
+
+        raise ModelLoadError(f"model.uri: {uri} is a {hf.get('model_type')!r} model; supported: BERT-style encoders "
+                             f"and the decoders {', '.join(MODEL_TYPES)}")
     try:
         config = _config_from_hf(config_path)
     except (KeyError, TypeError, ValueError) as exc:
