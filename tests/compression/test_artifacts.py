@@ -121,8 +121,8 @@ def test_pvc_uris_map_under_the_mount_root(tmp_path, monkeypatch):
 
 
 def test_unsupported_and_missing_uris_give_clear_errors(tmp_path):
-    with pytest.raises(StorageError, match="unsupported scheme 'http'"):
-        resolve_uri("http://example.com/model")
+    with pytest.raises(StorageError, match="unsupported scheme 'gs'"):
+        resolve_uri("gs://bucket/model")
     with pytest.raises(StorageError, match="not a URI"):
         resolve_uri("/just/a/path")
     with pytest.raises(StorageError, match="no such file or directory"):

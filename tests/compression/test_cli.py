@@ -163,7 +163,7 @@ def test_tampered_artifact_as_model_source(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     "uri, fragment",
-    [("builtin://resnet", "unknown builtin model"), ("http://models/x", "spec.model.uri: String should match pattern")],
+    [("builtin://resnet", "unknown builtin model"), ("gs://models/x", "spec.model.uri: String should match pattern")],
 )
 def test_unknown_models(tmp_path, monkeypatch, capsys, uri, fragment):
     spec = {**FAST_SPEC, "model": {"uri": uri}, "output": {"uri": f"file://{tmp_path}/out"}}

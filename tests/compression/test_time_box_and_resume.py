@@ -29,7 +29,7 @@ ALL_CANDIDATES = 4
 
 def test_time_box_ends_a_hopeless_search_early_and_fails(tmp_path, make_spec, sink):
     spec = make_spec(tmp_path / "out", steps=HOPELESS_PRUNE, evaluation=dict(TIME_BOXED))
-    with pytest.raises(BudgetExceeded, match="before evaluation.maxDurationSeconds ran out; tried: amount 0.9 -> ") as raised:
+    with pytest.raises(BudgetExceeded, match="before evaluation.maxDurationSeconds ran out; tried: amount 0.9, fine-tuned with adam -> ") as raised:
         compress(spec, [sink])
     assert 1 <= str(raised.value).count(" -> ") < ALL_CANDIDATES
     assert sink.errors and sink.errors[0][0] == "AccuracyBudgetExceeded"

@@ -316,5 +316,6 @@ def test_torch_comes_from_the_index_build_arg():
         assert args == ["TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"]
         runs = " ".join(run for stage in chain for run in stage.all("RUN"))
         assert '--index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt' in runs
-        assert "requirements.py --extra models torch > /tmp/torch.txt" in runs
+        assert "requirements.py --extra models torch torchvision > /tmp/torch.txt" in runs
+        assert "${TORCH_INDEX_URL:+--except torch torchvision}" in runs
     assert not any(stage.all("ARG") for stage in lineage("operator-dependencies"))

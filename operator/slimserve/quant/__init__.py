@@ -15,6 +15,20 @@ compression engine's (`slimserve.compression.quantize`).
 
 from __future__ import annotations
 
+import logging as _logging
+
+
+class _TorchaoEnumNotice(_logging.Filter):
+    """torchao 0.18 registers its KernelPreference enum the way torch 2.14 deprecates, and torch logs a warning
+    on every import: noise on stderr, where `slimserve compress` reports failures one line per reason."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "is an Enum subclass and is now natively supported" not in str(record.msg)
+
+
+_logging.getLogger("torch.utils._pytree").addFilter(_TorchaoEnumNotice())
+
+
 from slimserve.quant.base import BackendUnsupportedError, QuantizedModule
 from slimserve.quant.optimize import OptimizedForward, optimize_for_inference
 from slimserve.quant.serialize import quantization_state, restore_quantization
