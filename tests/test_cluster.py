@@ -87,8 +87,8 @@ def test_components_are_the_pinned_kubernetes(control_plane: ControlPlane):
             assert n["status"]["allocatable"]["nvidia.com/gpu"] == "4"
             assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in n["spec"]["taints"]
         else:
-            assert n["status"]["allocatable"]["cpu"] == "8"
-            assert n["status"]["allocatable"]["memory"] == "32Gi"
+            assert n["status"]["allocatable"]["cpu"] == "64"
+            assert n["status"]["allocatable"]["memory"] == "256Gi"
     assert control_plane.helm("version", "--short").stdout.startswith("v3.")
 
 
