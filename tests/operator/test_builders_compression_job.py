@@ -209,6 +209,13 @@ def test_s3_credentials_come_from_the_named_secret_keys_only():
     assert "envFrom" not in container_of(job_for(spec))
 
 
+def test_the_hub_token_comes_from_the_named_secret_by_reference():
+    spec = make_spec(model={"uri": "hf://acme/classifier@v1", "hfTokenSecret": {"name": "hub-token"}})
+    env = env_of(job_for(spec))
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub-token", "key": "HF_TOKEN"}}}
+    assert "HF_TOKEN" not in env_of(job_for(make_spec(model={"uri": "hf://acme/classifier"})))
+
+
 def test_model_and_dataset_claims_are_read_only_and_the_output_claim_writable():
     spec = make_spec(
         model={"uri": "pvc://models/digits-cnn"},

@@ -86,6 +86,13 @@ class LocalObjectReference(SpecModel):
     )
 
 
+# hf:// sources' token, by reference: the pods get the Secret's HF_TOKEN key as HF_TOKEN (huggingface_hub's variable).
+HfTokenSecret = Annotated[
+    LocalObjectReference | None,
+    Field(description="hf:// URIs: a Secret whose key HF_TOKEN is the Hub token, given to the pods as HF_TOKEN."),
+]
+
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 

@@ -13,6 +13,7 @@ from slimserve.api.common import (
     DNS_LABEL_PATTERN,
     MODEL_URI_PATTERN,
     Condition,
+    HfTokenSecret,
     ResourceKind,
     ResourceRequirements,
     SpecModel,
@@ -35,9 +36,11 @@ class ModelSource(SpecModel):
         max_length=2048,
         description=(
             "builtin://digits-cnn or builtin://minilm-l6 (demo models shipped with SlimServe), "
-            "file:///path, pvc://CLAIM/path (mounted by the operator) or s3://bucket/key."
+            "file:///path, pvc://CLAIM/path (mounted by the operator), s3://bucket/key, "
+            "http(s)://HOST/path (?sha256=HEX pinning its bytes) or hf://ORG/NAME[@REVISION]."
         ),
     )
+    hf_token_secret: HfTokenSecret = None
     format: ModelFormat = Field(
         default="auto",
         description=(

@@ -11,6 +11,7 @@ from slimserve.api.common import (
     DNS_LABEL_PATTERN,
     MODEL_URI_PATTERN,
     Condition,
+    HfTokenSecret,
     LocalObjectReference,
     ResourceKind,
     ResourceRequirements,
@@ -49,10 +50,7 @@ class ModelReference(SpecModel):
             "?sha256=HEX pinning its bytes; or hf://ORG/NAME[@REVISION]) or a builtin:// demo model."
         ),
     )
-    hf_token_secret: LocalObjectReference | None = Field(
-        default=None,
-        description="hf:// URIs: a Secret whose key HF_TOKEN is the Hub token, given to the pods as HF_TOKEN.",
-    )
+    hf_token_secret: HfTokenSecret = None
     compression_job_ref: LocalObjectReference | None = Field(
         default=None, description="Serve the artifact of this CompressionJob once it has succeeded."
     )

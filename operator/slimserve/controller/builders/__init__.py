@@ -10,8 +10,11 @@ import hashlib
 import re
 from typing import Any
 
+from slimserve.api.common import LocalObjectReference
 from slimserve.api.workload import DEFAULTS
 from slimserve.controller.config import NodePool, OperatorConfig
+
+HF_TOKEN_KEY = "HF_TOKEN"  # the key of a model source's hfTokenSecret, and the variable huggingface_hub reads
 
 DNS_LABEL_MAX = 63
 _HASH_LENGTH = 8
@@ -75,3 +78,10 @@ def pool_placement(pool: NodePool, config: OperatorConfig) -> dict[str, Any]:
     if config.image_pull_secrets:
         placement["imagePullSecrets"] = [{"name": secret} for secret in config.image_pull_secrets]
     return placement
+
+
+def hf_token_env(secret: LocalObjectReference | None) -> list[dict[str, Any]]:
+    """The Hub token by reference: it never appears in the pod template, only the Secret's name does."""
+    if secret is None:
+        return []
+    return [{"name": HF_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": HF_TOKEN_KEY}}}]

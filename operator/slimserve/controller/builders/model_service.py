@@ -25,6 +25,7 @@ from slimserve.controller.builders import (
     DNS_LABEL_MAX,
     hardened_container_security_context,
     hardened_pod_security_context,
+    hf_token_env,
     pod_log_format,
     pool_device,
     pool_placement,
@@ -56,7 +57,6 @@ CACHE_MOUNT = "/var/cache/slimserve"
 CACHE_SIZE_LIMIT = "10Gi"  # downloaded s3 artifacts live here
 MODEL_CACHE_VOLUME = "model-cache"
 MODEL_CACHE_MOUNT = "/var/cache/slimserve-models"  # spec.modelCache's claim: http(s):// and hf:// downloads
-HF_TOKEN_KEY = "HF_TOKEN"  # the key of spec.model.hfTokenSecret, and the variable huggingface_hub reads
 
 DIGEST_ANNOTATION = "slimserve.io/model-digest"
 PROMETHEUS_ANNOTATIONS = {
@@ -276,15 +276,7 @@ def server_env(
         **observability_settings(owner, spec),
         download_cache=MODEL_CACHE_MOUNT if spec.model_cache else None,
     )
-    return env.to_env() + s3_env(spec) + hf_token_env(spec)
-
-
-def hf_token_env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
-    """The Hub token by reference: it never appears in the pod template, only the Secret's name does."""
-    secret = spec.model.hf_token_secret
-    if secret is None:
-        return []
-    return [{"name": HF_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": HF_TOKEN_KEY}}}]
+    return env.to_env() + s3_env(spec) + hf_token_env(spec.model.hf_token_secret)
 
 
 # ---- auth ---------------------------------------------------------------------------------------------
