@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,10 @@ def test_a_batch_chained_after_a_compression_job_scores_with_its_artifact():
 
 @pytest.fixture
 def own_pvc_root(monkeypatch):
-    """In process, `slimserve batch` and `run` set the claims' root for their shards: not for later tests."""
+    """In process, `slimserve batch` and `run` set the claims' root for their shards and unset it on return."""
     monkeypatch.delenv(PVC_ROOT.name, raising=False)
+    yield
+    assert PVC_ROOT.name not in os.environ  # later tests (and their subprocesses) see no leftover root
 
 
 def test_a_file_without_a_batch_inference_is_refused(capsys, own_pvc_root):

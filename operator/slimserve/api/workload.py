@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -227,6 +228,18 @@ class Variable:
 
     def entry(self, value: Any) -> dict[str, str]:
         return {"name": self.name, "value": self.format(value)}
+
+    @contextmanager
+    def defaulted(self, value: Any) -> Iterator[None]:
+        """Set in this process (and the children it starts) unless already set; as it was again on exit."""
+        if self.name in os.environ:
+            yield
+            return
+        os.environ[self.name] = self.format(value)
+        try:
+            yield
+        finally:
+            os.environ.pop(self.name, None)
 
 
 # Variables more than one program reads.

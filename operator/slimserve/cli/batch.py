@@ -67,10 +67,10 @@ def _run_locally(args: argparse.Namespace) -> int:
     from slimserve.batch.local import run_batch_locally
     from slimserve.batch.manifests import batch_from_file
 
-    os.environ.setdefault(PVC_ROOT.name, str((args.workdir / "pvc").resolve()))  # the shards inherit it
     try:
         name, spec = batch_from_file(args.spec, args.name)
-        result = run_batch_locally(spec, in_parallel=args.shards_in_parallel)
+        with PVC_ROOT.defaulted((args.workdir / "pvc").resolve()):  # the shards inherit it
+            result = run_batch_locally(spec, in_parallel=args.shards_in_parallel)
     except ManifestError as exc:
         return _fail("InvalidSpec", str(exc), EXIT_INVALID)
     except SlimServeError as exc:

@@ -7,7 +7,6 @@ same file works here and with the operator.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,11 @@ class StepLines:
 
 
 def run_plan(plan: LocalPlan, options: RunOptions, console: Console) -> int:
-    os.environ.setdefault(PVC_ROOT.name, str((options.workdir / "pvc").resolve()))
+    with PVC_ROOT.defaulted((options.workdir / "pvc").resolve()):
+        return _run_plan(plan, options, console)
+
+
+def _run_plan(plan: LocalPlan, options: RunOptions, console: Console) -> int:
     if plan.service is not None:  # fail before minutes of compression, not after
         ensure_port_free(options.host, options.http_port, "--http-port")
         ensure_port_free(options.host, options.grpc_port, "--grpc-port")
