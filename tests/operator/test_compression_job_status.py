@@ -6,16 +6,14 @@ import pytest
 
 from slimserve.controller.compression_job_status import (
     blocked_status,
-    condition_change_events,
     failure_reason,
     invalid_status,
-    is_finished,
-    may_change_status,
     pending_status,
     status_from_job,
     unblocked_status,
 )
 from slimserve.controller.conditions import find_condition
+from slimserve.controller.job_status import condition_change_events, is_finished, may_change_status
 
 
 def condition(conditions, type_):

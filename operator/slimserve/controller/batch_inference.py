@@ -46,8 +46,8 @@ from slimserve.controller.builders.compression_job import (
     parse_pod_annotations,
 )
 from slimserve.controller.compression_job_children import Blocked, Owner, apply_child, check_controlled, retry_delay
-from slimserve.controller.compression_job_status import is_finished, may_change_status
 from slimserve.controller.job_runs import for_generation, job_owner, retire_job, write_status
+from slimserve.controller.job_status import is_finished, may_change_status
 from slimserve.controller.labels import MANAGED_BY
 from slimserve.controller.model_service_reconcile import read_custom
 from slimserve.controller.model_service_status import resolve_compression_job, resolve_model_uri

@@ -15,27 +15,29 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from slimserve.controller.compression_job_status import (
+from slimserve.controller.conditions import FALSE, TRUE, UNKNOWN, set_condition
+from slimserve.controller.job_status import (
     FINAL_PHASES,
     MESSAGE_LIMIT,
     SUCCEEDED,
+    JobRun,
+    StatusPatch,
     changed_fields,
     has_started,
-    is_blocked,
     job_condition,
     terminated_state,
+    termination_detail,
     with_kstatus_conditions,
 )
-from slimserve.controller.conditions import FALSE, TRUE, UNKNOWN, set_condition
 
-# Fields of one run: cleared when a new generation starts.
-RUN_FIELDS = (
-    "progress", "recordsDone", "recordsTotal", "recordsPerSecond", "shards", "shardProgress", "output",
-    "startTime", "completionTime",
+RUN = JobRun(
+    fields=(
+        "progress", "recordsDone", "recordsTotal", "recordsPerSecond", "shards", "shardProgress", "output",
+        "startTime", "completionTime",
+    )
 )
 FAILED_SHARDS_SHOWN = 10  # in the Succeeded message; every one is in shardProgress
 
-StatusPatch = dict[str, Any]
 FailedPods = Callable[[], dict[int, dict[str, Any]]]
 
 
@@ -62,28 +64,18 @@ def pending_status(
     ):
         return None  # already started (a retried or resumed reconcile), or held up (see `unblocked_status`)
     return {
-        **_waiting_for_job(status, generation, job_name),
-        **{field: None for field in RUN_FIELDS},
+        **RUN.waiting_for_job(status, generation, job_name),
+        **RUN.cleared(),
         "shards": {"total": shards, "done": 0, "failed": 0, "running": 0},
         "modelUri": model_uri,
         "modelDigest": model_digest,
     }
 
 
-def unblocked_status(status: dict[str, Any] | None, *, generation: int, job_name: str) -> StatusPatch | None:
-    """What held the generation up is gone and its Job exists: plain Pending again, the Job's events go on."""
-    status = status or {}
-    if status.get("observedGeneration") != generation or not is_blocked(status):
-        return None
-    return _waiting_for_job(status, generation, job_name)
-
-
-def _waiting_for_job(status: dict[str, Any], generation: int, job_name: str) -> StatusPatch:
-    conditions = set_condition(
-        status.get("conditions"), SUCCEEDED, UNKNOWN, "Pending", f"waiting for Job {job_name}", generation=generation
-    )
-    conditions = with_kstatus_conditions(conditions, "Pending", generation)
-    return {"observedGeneration": generation, "phase": "Pending", "jobName": job_name, "conditions": conditions}
+unblocked_status = RUN.unblocked_status
+invalid_status = RUN.invalid_status
+# Also when the model cannot be had (its CompressionJob failed or is missing).
+blocked_status = RUN.blocked_status
 
 
 def waiting_for_model_status(
@@ -94,33 +86,7 @@ def waiting_for_model_status(
     conditions = set_condition(status.get("conditions"), SUCCEEDED, UNKNOWN, reason, message, generation=generation)
     conditions = with_kstatus_conditions(conditions, "Pending", generation)
     patch = {"observedGeneration": generation, "phase": "Pending", "jobName": None, "conditions": conditions}
-    return changed_fields(status, {**patch, **{field: None for field in RUN_FIELDS}})
-
-
-def invalid_status(status: dict[str, Any] | None, *, generation: int, message: str) -> StatusPatch | None:
-    """The spec cannot run: no Job, and the reason in the Succeeded condition."""
-    return _not_running(status, generation, phase="Invalid", job_name=None, reason="InvalidSpec", message=message)
-
-
-def blocked_status(
-    status: dict[str, Any] | None, *, generation: int, job_name: str | None, reason: str, message: str
-) -> StatusPatch | None:
-    """The Job or the pods' access cannot be made, or the model cannot be had (the CompressionJob failed or is
-    missing), until something outside the operator changes: Pending and retried, but Succeeded=False and
-    Stalled=True name the cause."""
-    return _not_running(status, generation, phase="Pending", job_name=job_name, reason=reason, message=message)
-
-
-def _not_running(
-    status: dict[str, Any] | None, generation: int, *, phase: str, job_name: str | None, reason: str, message: str
-) -> StatusPatch | None:
-    status = status or {}
-    conditions = set_condition(
-        status.get("conditions"), SUCCEEDED, FALSE, reason, message[:MESSAGE_LIMIT], generation=generation
-    )
-    conditions = with_kstatus_conditions(conditions, phase, generation)
-    patch = {"observedGeneration": generation, "phase": phase, "jobName": job_name, "conditions": conditions}
-    return changed_fields(status, {**patch, **{field: None for field in RUN_FIELDS}})
+    return changed_fields(status, {**patch, **RUN.cleared()})
 
 
 def status_from_job(
@@ -230,9 +196,7 @@ def _pod_failure(pod: dict[str, Any] | None) -> str:
     terminated = terminated_state(pod)
     if pod is None or terminated is None:
         return "the shard's pod failed after its retries"
-    detail = f"pod {pod['metadata']['name']}: {terminated.get('reason') or 'Terminated'}, exit code {terminated.get('exitCode')}"
-    text = (terminated.get("message") or "").strip()
-    return (f"{detail}: {text}" if text else detail)[:MESSAGE_LIMIT]
+    return termination_detail(pod, terminated, (terminated.get("message") or "").strip())[:MESSAGE_LIMIT]
 
 
 def _failure(failed: dict[str, Any], failed_indexes: list[int], reports: dict[str, dict[str, Any]]) -> tuple[str, str]:

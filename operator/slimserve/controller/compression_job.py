@@ -41,13 +41,12 @@ from slimserve.controller.builders.compression_job import (
 from slimserve.controller.compression_job_status import (
     blocked_status,
     invalid_status,
-    is_finished,
-    may_change_status,
     pending_status,
     status_from_job,
     unblocked_status,
 )
 from slimserve.controller.job_runs import for_generation, job_owner, retire_job, write_status
+from slimserve.controller.job_status import is_finished, may_change_status
 from slimserve.controller.labels import MANAGED_BY
 
 PLURAL = CompressionJob.plural

@@ -10,7 +10,7 @@ import kopf
 
 from slimserve.api import GROUP
 from slimserve.controller import kube
-from slimserve.controller.compression_job_status import condition_change_events
+from slimserve.controller.job_status import condition_change_events
 from slimserve.kube.status import Derive, update_status
 
 
