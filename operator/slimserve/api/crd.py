@@ -83,17 +83,25 @@ def _status_schema(model: type) -> dict[str, Any]:
     return schema
 
 
-def _condition_column(condition: str, description: str) -> dict[str, Any]:
-    return {
-        "name": condition,
-        "type": "string",
-        "jsonPath": f'.status.conditions[?(@.type=="{condition}")].status',
-        "description": description,
-    }
+# A printer column's row: (name, type, jsonPath, description[, priority]); priority 1 shows it only with
+# `kubectl get -o wide`.
+Column = tuple[Any, ...]
+_PHASE: Column = ("Phase", "string", ".status.phase", "Lifecycle phase.")
 
 
-def _age_column() -> dict[str, Any]:
-    return {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+def _condition(condition: str, description: str) -> Column:
+    return (condition, "string", f'.status.conditions[?(@.type=="{condition}")].status', description)
+
+
+def printer_columns(*rows: Column) -> list[dict[str, Any]]:
+    """A kind's `additionalPrinterColumns`: its rows, then its age."""
+    columns = []
+    for name, type_, json_path, description, *priority in rows:
+        column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
+        if priority:
+            column["priority"] = priority[0]
+        columns.append({**column, "description": description})
+    return [*columns, {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
 
 
 def build_crd(resource: type, spec: type, status: type, columns: list[dict[str, Any]]) -> dict[str, Any]:
@@ -144,44 +152,34 @@ def build_crd(resource: type, spec: type, status: type, columns: list[dict[str, 
 
 
 def compression_job_crd() -> dict[str, Any]:
-    columns = [
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
-        _condition_column("Succeeded", "True once the artifact is written within the accuracy budget."),
-        {"name": "Size-Ratio", "type": "number", "jsonPath": ".status.metrics.sizeRatio",
-         "description": "Baseline size over compressed size."},
-        {"name": "Speedup", "type": "number", "jsonPath": ".status.metrics.speedup",
-         "description": "Compressed throughput over baseline throughput."},
-        {"name": "Acc-Delta", "type": "number", "jsonPath": ".status.metrics.accuracyDelta",
-         "description": "Change of the task metric (negative is a drop)."},
-        _age_column(),
-    ]
+    columns = printer_columns(
+        _PHASE,
+        _condition("Succeeded", "True once the artifact is written within the accuracy budget."),
+        ("Size-Ratio", "number", ".status.metrics.sizeRatio", "Baseline size over compressed size."),
+        ("Speedup", "number", ".status.metrics.speedup", "Compressed throughput over baseline throughput."),
+        ("Acc-Delta", "number", ".status.metrics.accuracyDelta", "Change of the task metric (negative is a drop)."),
+    )
     return build_crd(CompressionJob, CompressionJobSpec, CompressionJobStatus, columns)
 
 
 def model_service_crd() -> dict[str, Any]:
-    columns = [
-        _condition_column("Ready", "True when the current generation is rolled out and available."),
-        {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Ready pods."},
-        {"name": "URL", "type": "string", "jsonPath": ".status.url", "description": "In-cluster REST URL."},
-        {"name": "Digest", "type": "string", "jsonPath": ".status.modelDigest", "priority": 1,
-         "description": "Digest of the served artifact."},
-        _age_column(),
-    ]
+    columns = printer_columns(
+        _condition("Ready", "True when the current generation is rolled out and available."),
+        ("Replicas", "integer", ".status.readyReplicas", "Ready pods."),
+        ("URL", "string", ".status.url", "In-cluster REST URL."),
+        ("Digest", "string", ".status.modelDigest", "Digest of the served artifact.", 1),
+    )
     return build_crd(ModelService, ModelServiceSpec, ModelServiceStatus, columns)
 
 
 def batch_inference_crd() -> dict[str, Any]:
-    columns = [
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
-        _condition_column("Succeeded", "True once every shard's part and the manifest are written."),
-        {"name": "Progress", "type": "string", "jsonPath": ".status.progress",
-         "description": "Records scored of the total, e.g. 1200/5000."},
-        {"name": "Records/s", "type": "number", "jsonPath": ".status.recordsPerSecond",
-         "description": "Records scored per second since the start."},
-        {"name": "Shards", "type": "integer", "jsonPath": ".status.shards.total", "priority": 1,
-         "description": "Shards of this generation."},
-        _age_column(),
-    ]
+    columns = printer_columns(
+        _PHASE,
+        _condition("Succeeded", "True once every shard's part and the manifest are written."),
+        ("Progress", "string", ".status.progress", "Records scored of the total, e.g. 1200/5000."),
+        ("Records/s", "number", ".status.recordsPerSecond", "Records scored per second since the start."),
+        ("Shards", "integer", ".status.shards.total", "Shards of this generation.", 1),
+    )
     return build_crd(BatchInference, BatchInferenceSpec, BatchInferenceStatus, columns)
 
 
