@@ -15,6 +15,7 @@ from slimserve.compression import compress
 from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.models import load_servable
 from slimserve.models.digits import digits_data
+from slimserve.models.loading import transformers_family
 from slimserve.models.minilm import MiniLMConfig, _hf_key, build_minilm, minilm_files_dir
 
 
@@ -69,6 +70,18 @@ def test_transformers_directory_of_an_unsupported_family_is_refused_naming_what_
     (bert_dir / "config.json").write_text(json.dumps({**config, "model_type": "t5", "architectures": ["T5Model"]}))
     with pytest.raises(SlimServeError, match="'t5' model; supported: BERT-style encoders and the decoders gpt2, llama"):
         compress(make_spec(tmp_path / "out", model=f"file://{bert_dir}"), [sink])
+
+
+@pytest.mark.parametrize(("config", "family"), [
+    ({"model_type": "bert", "architectures": ["BertLMHeadModel"]}, "BERT-style encoders"),
+    ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "the decoders gpt2, llama, mistral, qwen2"),
+    ({"architectures": ["BertModel"]}, "BERT-style encoders"),  # no model_type: the architecture tells
+    ({"architectures": ["LlamaForCausalLM"]}, "the decoders gpt2, llama, mistral, qwen2"),
+    ({"model_type": "t5", "architectures": ["T5Model"]}, None),
+])
+def test_a_transformers_directorys_family_is_its_model_type_else_its_architecture(config, family):
+    found = transformers_family(config)
+    assert (found and found.description) == family
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""Loading models: the builtin demos, user models (Hugging Face BERT directories), and SlimServe artifacts."""
+"""Loading models: the builtin demos, user models (Hugging Face directories of the families in
+`TRANSFORMERS_FAMILIES`, torch.export programs, torchvision classifiers), and SlimServe artifacts."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from slimserve.artifacts import Artifact
 from slimserve.artifacts.storage import resolve_uri
 from slimserve.models import digits
 from slimserve.models.asset_names import PROGRAM_FILE, TOKENIZER_FILE
+from slimserve.models.decoder.config import MODEL_TYPES
 from slimserve.models.errors import ModelLoadError
 from slimserve.models.families import FAMILIES, ModelFamily, family_named, set_training
 
@@ -80,10 +83,6 @@ def load_model(uri: str, model_format: str = "auto", s3: "S3Spec | None" = None)
         loaded.source = uri
         return loaded
     if detected == "transformers":
-        from slimserve.models.decoder.directory import is_decoder_directory
-
-        if is_decoder_directory(path):
-            return load_decoder_directory(path, uri, path.name or "decoder")
         return load_transformers_directory(path, uri)
     if detected == "torch-export":
         return load_program(path, uri)
@@ -117,6 +116,19 @@ def rebuild_artifact(artifact: Artifact) -> LoadedModel:
 
 
 def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
+    """A Hugging Face directory (config.json and the weights) of a family in `TRANSFORMERS_FAMILIES`."""
+    try:
+        hf = json.loads((path / "config.json").read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"model.uri: {uri}/config.json is not valid JSON: {exc}") from None
+    family = transformers_family(hf)
+    if family is None:
+        supported = " and ".join(known.description for known in TRANSFORMERS_FAMILIES)
+        raise ModelLoadError(f"model.uri: {uri} is a {hf.get('model_type')!r} model; supported: {supported}")
+    return family.load(path, uri)
+
+
+def load_encoder_directory(path: Path, uri: str) -> LoadedModel:
     """A Hugging Face BERT-style encoder directory: config.json, model.safetensors, tokenizer.json."""
     from slimserve.models.minilm import _config_from_hf, mapped_encoder
 
@@ -124,15 +136,6 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
     for required in (config_path, weights_path, path / TOKENIZER_FILE):
         if not required.is_file():
             raise ModelLoadError(f"model.uri: {uri} has no {required.name} (a transformers directory needs config.json, model.safetensors, tokenizer.json)")
-    try:
-        hf = json.loads(config_path.read_text())
-    except ValueError as exc:
-        raise ModelLoadError(f"model.uri: {uri}/config.json is not valid JSON: {exc}") from None
-    if hf.get("model_type") not in ("bert",) and "Bert" not in " ".join(hf.get("architectures", [])):
-        from slimserve.models.decoder.config import MODEL_TYPES
-
-        raise ModelLoadError(f"model.uri: {uri} is a {hf.get('model_type')!r} model; supported: BERT-style encoders "
-                             f"and the decoders {', '.join(MODEL_TYPES)}")
     try:
         config = _config_from_hf(config_path)
     except (KeyError, TypeError, ValueError) as exc:
@@ -148,12 +151,38 @@ def load_transformers_directory(path: Path, uri: str) -> LoadedModel:
     return LoadedModel(FAMILIES["minilm"], model, path.name or "bert", uri, assets=path)
 
 
-def load_decoder_directory(path: Path, uri: str, name: str) -> LoadedModel:
+def load_decoder_directory(path: Path, uri: str, name: str | None = None) -> LoadedModel:
     """A Hugging Face decoder directory (gpt2, llama, mistral, qwen2; see slimserve.models.decoder)."""
     from slimserve.models.decoder.directory import load_hf_directory
 
+    name = name or path.name or "decoder"
     decoder = load_hf_directory(path, uri, name)
     return LoadedModel(FAMILIES["decoder"], decoder.model, name, uri, assets=path)
+
+
+@dataclass(frozen=True)
+class TransformersFamily:
+    """A family of Hugging Face directories the loader takes."""
+
+    description: str  # how the error for a directory of another family names it
+    model_types: tuple[str, ...]  # config.json's model_type
+    architecture: str  # part of a class name in config.json's architectures that marks it
+    load: Callable[[Path, str], LoadedModel]
+
+
+TRANSFORMERS_FAMILIES = (
+    TransformersFamily("BERT-style encoders", ("bert",), "Bert", load_encoder_directory),
+    # "ForCausalLM", not "LMHead": BertLMHeadModel is an encoder the BERT loader takes
+    TransformersFamily(f"the decoders {', '.join(MODEL_TYPES)}", MODEL_TYPES, "ForCausalLM", load_decoder_directory),
+)
+
+
+def transformers_family(hf: dict[str, Any]) -> TransformersFamily | None:
+    """The family of a config.json: its model_type names it; without a known one, its architectures do."""
+    architectures = " ".join(hf.get("architectures") or [])
+    by_type = (family for family in TRANSFORMERS_FAMILIES if hf.get("model_type") in family.model_types)
+    by_architecture = (family for family in TRANSFORMERS_FAMILIES if family.architecture in architectures)
+    return next(by_type, None) or next(by_architecture, None)
 
 
 def load_program(path: Path, uri: str) -> LoadedModel:

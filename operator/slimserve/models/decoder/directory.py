@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from slimserve.api.uri import BUILTIN
-from slimserve.models.decoder.config import MODEL_TYPES, DecoderConfig
+from slimserve.models.decoder.config import DecoderConfig
 from slimserve.models.decoder.model import DecoderLM
 from slimserve.models.decoder.tokenizer import GENERATION_CONFIG, Tokenizer
 from slimserve.models.decoder.weights import read_state
@@ -33,16 +33,6 @@ def builtin_text(split: str) -> str:
     if split not in files:
         raise ValueError(f"split: expected one of {sorted(files)}, got {split!r}")
     return (tiny_lm_dir() / files[split]).read_text(encoding="utf-8")
-
-
-def is_decoder_directory(path: Path) -> bool:
-    """A directory whose config.json names a decoder (a supported model type or a causal LM architecture)."""
-    try:
-        hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    # "ForCausalLM", not "LMHead": BertLMHeadModel is an encoder the BERT loader takes
-    return hf.get("model_type") in MODEL_TYPES or "ForCausalLM" in " ".join(hf.get("architectures") or [])
 
 
 @dataclass
