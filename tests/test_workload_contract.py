@@ -53,7 +53,7 @@ COMPRESSOR = CompressorEnv(
 BATCH = BatchEnv(
     batch_spec='{"model":{"uri":"builtin://minilm-l6"}}', status_target="team-a/score", job_generation=3, shards=4,
     artifact_digest="sha256:" + "cd" * 32, pvc_root="/data", cache="/var/cache/slimserve", home="/tmp",
-    log_format="json", device="cuda", shard_index=2,
+    termination_log="/tmp/termination-log", log_format="json", device="cuda", shard_index=2,
 )
 OPERATOR = OperatorEnv(config="/etc/slimserve/config.yaml", watch_namespaces=("team-a", "team-b"), peering="slimserve",
                        log_level="info", log_format="json")
@@ -121,7 +121,7 @@ def test_a_value_that_cannot_be_read_names_its_variable(variable, text):
 def test_variables_that_two_programs_read_are_one_declaration():
     for name in ("pvc_root", "cache", "home", "log_format"):
         assert ServerEnv.variable(name) is CompressorEnv.variable(name) is BatchEnv.variable(name)
-    for name in ("status_target", "job_generation"):
+    for name in ("status_target", "job_generation", "termination_log"):
         assert CompressorEnv.variable(name) is BatchEnv.variable(name)
     assert ServerEnv.variable("artifact_digest") is BatchEnv.variable("artifact_digest")
     assert ServerEnv.variable("log_level") is OperatorEnv.variable("log_level")

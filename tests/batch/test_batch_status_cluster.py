@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from slimserve.api.batch_inference import BatchInferenceSpec
-from slimserve.api.workload import CompressorEnv
+from slimserve.api.workload import BatchEnv
 from slimserve.controller.builders.batch_inference import build_access, service_account_name
 from tests.batch.conftest import DIGITS, pod_container, start_pod, write_jsonl
 from tests.cluster.helpers import apply, get
@@ -19,7 +19,7 @@ from tests.operator.conftest import crds  # noqa: F401  (the CRDs on the control
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 NAME = "scores"
-TERMINATION_LOG = CompressorEnv.variable("termination_log")  # the one-line failure's file, both pods' commands
+TERMINATION_LOG = BatchEnv.variable("termination_log")  # the one-line failure's file
 
 
 def start_pods(cp, namespace: str, spec: dict, root, indexes, generation: int = 1):

@@ -255,6 +255,8 @@ DEVICE = Variable(f"{PREFIX}DEVICE", parse_device)  # the operator writes cuda o
 ARTIFACT_DIGEST = Variable(f"{PREFIX}ARTIFACT_DIGEST")  # "sha256:...": refuse any other artifact
 STATUS_TARGET = Variable(f"{PREFIX}STATUS_TARGET")  # NAMESPACE/NAME of the resource whose status a pod patches
 JOB_GENERATION = Variable(f"{PREFIX}JOB_GENERATION", parse_generation)  # a status of an older one is ignored
+# Where a failing command writes its one line (else /dev/termination-log, where Kubernetes reads it)
+TERMINATION_LOG = Variable(f"{PREFIX}TERMINATION_LOG")
 
 
 class PodEnv:
@@ -435,7 +437,7 @@ class CompressorEnv(PodEnv):
         "pvc_root": PVC_ROOT,
         "cache": CACHE,
         "home": HOME,
-        "termination_log": Variable(f"{PREFIX}TERMINATION_LOG"),
+        "termination_log": TERMINATION_LOG,
         "debug": DEBUG,
         "log_format": LOG_FORMAT,
         "device": DEVICE,
@@ -455,6 +457,7 @@ class BatchEnv(PodEnv):
     pvc_root: str | None = None
     cache: str | None = None
     home: str | None = None
+    termination_log: str | None = None  # where the one-line failure goes (default /dev/termination-log)
     log_format: str | None = None
     device: str | None = None  # cuda on a GPU pool, cpu on the others
     shard_index: int | None = None  # set by Kubernetes in each pod of an Indexed Job; the builder leaves it unset
@@ -468,6 +471,7 @@ class BatchEnv(PodEnv):
         "pvc_root": PVC_ROOT,
         "cache": CACHE,
         "home": HOME,
+        "termination_log": TERMINATION_LOG,
         "log_format": LOG_FORMAT,
         "device": DEVICE,
         "shard_index": Variable("JOB_COMPLETION_INDEX", parse_count),

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from slimserve.api.workload import PVC_ROOT, BatchEnv
+from slimserve.cli.termination import report_failure
 
 ENV_SPEC = BatchEnv.variable("batch_spec").name
 ENV_INDEX = BatchEnv.variable("shard_index").name
@@ -146,9 +147,5 @@ def _use_cpu_share() -> None:
 
 
 def _fail(reason: str, message: str, code: int) -> int:
-    from slimserve.cli.compress import _write_termination_log
-
-    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
-    print(f"slimserve batch: {reason}: {one_line}", file=sys.stderr)
-    _write_termination_log(f"{reason}: {one_line}")
+    report_failure("batch", reason, message)
     return code

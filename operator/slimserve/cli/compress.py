@@ -10,18 +10,15 @@ stderr and, in a pod, to the termination log, so Kubernetes shows the reason.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
-from pathlib import Path
 
 from slimserve.api.workload import DEFAULTS, CompressorEnv, parse_device
+from slimserve.cli.termination import report_failure
 
 ENV_SPEC = CompressorEnv.variable("job_spec").name
-ENV_TERMINATION_LOG = CompressorEnv.variable("termination_log").name
 ENV_STATUS_TARGET = CompressorEnv.variable("status_target").name  # set by the operator on the compression pod
 ENV_DEVICE = CompressorEnv.variable("device").name
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
@@ -187,19 +184,5 @@ def _job_manifest(documents: list, origin: str, name: str | None) -> dict | None
 
 
 def _fail(reason: str, message: str, code: int) -> int:
-    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
-    print(f"slimserve compress: {reason}: {one_line}", file=sys.stderr)
-    _write_termination_log(f"{reason}: {one_line}")
+    report_failure("compress", reason, message)
     return code
-
-
-def _write_termination_log(line: str) -> None:
-    """Kubernetes shows this file's content as the container's termination message."""
-    configured = CompressorEnv.from_env(only=["termination_log"]).termination_log
-    path = Path(configured or DEFAULT_TERMINATION_LOG)
-    if not configured and not (path.exists() and os.access(path, os.W_OK)):
-        return
-    try:
-        path.write_text(line[:4000] + "\n", encoding="utf-8")
-    except OSError:
-        pass  # best effort: stderr already has the reason
