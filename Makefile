@@ -59,6 +59,10 @@ dev-cluster: cluster-build
 # Debian bookworm's Python made with mmdebstrap (images/local-base.sh, kept in $(SLIMSERVE_CACHE)/images),
 # torch is PyPI's locked build (CUDA: larger than the PyTorch index's CPU build) and only the CPU targets are
 # built.
+# Each image is also tagged `content-<hash of what goes into it>` (images/build.sh), and a target whose content
+# tag the engine already holds is not built again: a warm `make images` takes seconds. IMAGES picks targets.
+#   make images IMAGES="compressor server"    (prints the content-tagged references, one a line)
+IMAGES ?= operator compressor server
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
 IMAGE_REGISTRY ?= ghcr.io/slimserve
 IMAGE_TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/slimserve/__init__.py)
@@ -90,15 +94,14 @@ endif
 .PHONY: images images-base images-check
 images: $(if $(filter local,$(BASE)),images-base)
 	@mkdir -p $(SLIMSERVE_CACHE)/podman
-	@for image in operator compressor server; do \
-	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) ."; \
-	  $(IMAGE_BUILD_ENV) $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . || exit 1; \
+	@for image in $(IMAGES); do \
+	  $(IMAGE_BUILD_ENV) images/build.sh $(CONTAINER_ENGINE) $(IMAGE_REGISTRY)/$$image $(IMAGE_TAG) \
+	    $(IMAGE_BUILD_ARGS) --target $$image || exit 1; \
 	done
 ifneq ($(BASE),local)
-	@for image in compressor server; do \
-	  echo "$(CONTAINER_ENGINE) build -f images/Dockerfile --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda ."; \
-	  $(IMAGE_BUILD_ENV) $(CONTAINER_ENGINE) build $(IMAGE_BUILD_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_CUDA_INDEX_URL) \
-	    --target $$image -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG)-cuda . || exit 1; \
+	@for image in $(filter compressor server,$(IMAGES)); do \
+	  $(IMAGE_BUILD_ENV) images/build.sh $(CONTAINER_ENGINE) $(IMAGE_REGISTRY)/$$image $(IMAGE_TAG)-cuda \
+	    $(IMAGE_BUILD_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_CUDA_INDEX_URL) --target $$image || exit 1; \
 	done
 endif
 

@@ -117,20 +117,35 @@ def test_multi_stage_with_a_slim_final_stage(image):
     base_default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE.read_text(), re.M)
     assert final.base == "${PYTHON_IMAGE}" and base_default and base_default.group(1).startswith("python:3.11-slim")
     assert "builder" not in [stage.name for stage in lineage(image)]
-    # Only the built virtual environment comes over from the builder: no compiler, no pip cache, no sources.
+    assert f"{image}-dependencies" in [stage.name for stage in lineage(image)]
+    # From the builder come only the parts of the lock and the project's venv: no compiler, no pip, no sources.
     copies = final.all("COPY")
-    assert copies == [f"--from={stage} /opt/slimserve /opt/slimserve" for stage in copied_stages(image)]
-    assert copied_stages(image) == [f"{image}-dependencies", "project"]
+    assert copies[-1] == "--from=project /opt/slimserve /opt/slimserve"
+    for copy in copies[:-1]:
+        assert re.fullmatch(r"--from=lock-parts (/src/parts/[\w-]+\.(txt|sh) )+/opt/slimserve/lock/", copy), copy
     for stage in copied_stages(image):
         assert lineage(stage)[0].name == "builder"
     for run in final.all("RUN"):
-        assert not re.search(r"\b(apt-get|apk|pip|gcc|make)\b", run), run
+        assert not re.search(r"\b(apt-get|apk|gcc|make)\b", run), run
+        # pip only from a tmpfs mount of the RUN that installs with it: no layer keeps it
+        assert not re.search(r"(?<!-)\bpip\b", run) or run.startswith("--mount=type=tmpfs,target=/opt/pip "), run
+
+
+def lock_parts() -> dict[str, str]:
+    """The parts of the lock the lock-parts stage writes: part -> the extra it is the locked selection of."""
+    run = " ".join(stages()["lock-parts"].all("RUN"))
+    return dict((part, extra) for extra, part in
+                re.findall(r"requirements\.py --lock images/requirements\.lock --extra (\S+) [^&]*> parts/([\w-]+)\.txt", run))
+
+
+def installed_parts(image: str) -> list[str]:
+    runs = " ".join(run for stage in lineage(image) for run in stage.all("RUN"))
+    return re.findall(r"install-locked\.sh /opt/slimserve/lock/([\w-]+)\.txt", runs)
 
 
 def test_each_image_installs_its_extra(image):
     """The dependencies of a target are its extra's; the project itself comes without any."""
-    runs = " ".join(run for stage in lineage(f"{image}-dependencies") for run in stage.all("RUN"))
-    extras = re.findall(r"requirements\.py --lock images/requirements\.lock --extra (\S+)", runs)
+    extras = [lock_parts()[part] for part in installed_parts(image)]
     assert EXTRAS[image] in extras
     assert set(extras) <= {EXTRAS[image], "models"}
     project = " ".join(stages()["project"].all("RUN"))
@@ -144,8 +159,8 @@ def test_pip_leaves_no_cache(image):
     """pip writes no cache; the wheelhouse install-locked.sh downloads into is a cache mount, outside the layers."""
     for stage in lineage(image) + [s for name in copied_stages(image) for s in lineage(name)]:
         for run in stage.all("RUN"):
-            if "install-locked.sh" in run:
-                assert run.startswith("--mount=type=cache,target=/var/cache/wheels,"), run
+            if re.search(r"(^|&&)\s*(--mount=\S+\s+)*\S*install-locked\.sh ", run):  # runs it
+                assert "--mount=type=cache,target=/var/cache/wheels," in run.partition(" install-locked")[0], run
             for command in re.split(r"&&|;", run):
                 if re.search(r"\bpip( --python \S+)? install\b", command):
                     assert "--no-cache-dir" in command, command
@@ -163,12 +178,13 @@ def test_every_dependency_is_hash_checked(image):
     for _, args in pip_commands:
         assert "--require-hashes" in args and "--no-deps" in args
     assert "--no-index" in pip_commands[1][1]
-    for name in copied_stages(image):
-        for stage in lineage(name):
-            for run in stage.all("RUN"):
-                for command in re.split(r"&&|;|\bthen\b", run):
-                    if re.search(r"\binstall\b", command) and "--no-deps ." not in command:
-                        assert "install-locked.sh /tmp/" in command or "-r /tmp/torch.txt" in command, command
+    for stage in lineage(image) + [s for name in copied_stages(image) for s in lineage(name)]:
+        for run in stage.all("RUN"):
+            for command in re.split(r"&&|;|\bthen\b", run):
+                if re.search(r"\bpip\b.* install\b", command) and "--no-deps ." not in command:
+                    assert "-r /opt/slimserve/lock/torch.txt" in command, command
+                elif re.search(r"\binstall-locked\.sh /", command):
+                    assert re.search(r"install-locked\.sh /(tmp|opt/slimserve/lock)/[\w-]+\.txt", command), command
 
 
 def test_runs_as_a_numeric_non_root_user(image):
@@ -239,8 +255,7 @@ def test_operator_entrypoint_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage: slimserve operator" in out.stdout
-    assert "requirements.py --lock images/requirements.lock --extra operator >" in " ".join(
-        stages()["operator-dependencies"].all("RUN"))
+    assert [lock_parts()[part] for part in installed_parts("operator")] == ["operator"]
 
 
 def test_requirements_follow_pyproject():
@@ -269,26 +284,46 @@ def test_dockerignore_keeps_the_context_small():
         assert copied in ignore
 
 
-def test_make_images_builds_every_image_with_the_engine(tmp_path):
-    """`make images` with a stand-in engine that records its arguments: five builds of one Dockerfile's
-    targets, tags from variables."""
+def stand_in_engine(tmp_path: Path, *, holds: str = "") -> tuple[Path, Path]:
+    """An engine that records its arguments; `image inspect` finds the references in `holds` only."""
+    tmp_path.mkdir(exist_ok=True)
     log = tmp_path / "calls"
     engine = tmp_path / "engine"
-    engine.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n')
+    engine.write_text(
+        f'#!/bin/sh\nif [ "$1" = image ]; then eval "ref=\\${{$#}}"\n'
+        f'  case " {holds} " in *" $ref "*) echo sha256:1; exit 0;; esac; exit 1\nfi\n'
+        f'echo "$@" >> {shlex.quote(str(log))}\n'
+    )
     engine.chmod(engine.stat().st_mode | stat.S_IEXEC)
+    return engine, log
+
+
+def make_images(engine: Path) -> subprocess.CompletedProcess:
     out = subprocess.run(
         ["make", "-s", "images", f"CONTAINER_ENGINE={engine}", "IMAGE_REGISTRY=registry.test/ml", "IMAGE_TAG=9.8.7"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_make_images_builds_every_image_with_the_engine(tmp_path):
+    """`make images` with a stand-in engine: five builds of one Dockerfile's targets, each tagged by its content
+    and then with the tag from the variables; the content-tagged references are printed."""
+    engine, log = stand_in_engine(tmp_path)
+    out = make_images(engine)
     calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    builds = [argv for argv in calls if argv[0] == "build"]
+    tags = dict(argv[1:] for argv in calls if argv[0] == "tag")
     built = {}
-    for argv in calls:
-        assert argv[0] == "build" and argv[-1] == "."
+    for argv in builds:
+        assert argv[-1] == "."
         dockerfile = argv[argv.index("-f") + 1]
         assert (REPO / dockerfile).is_file()
-        cuda = any(a.startswith("TORCH_INDEX_URL=") for a in argv)
-        built[argv[argv.index("-t") + 1]] = (dockerfile, argv[argv.index("--target") + 1], cuda)
+        cuda = any(a.startswith("TORCH_INDEX_URL=http") for a in argv)
+        content_ref = argv[argv.index("-t") + 1]
+        assert re.fullmatch(r"registry\.test/ml/\w+:content-[0-9a-f]{16}", content_ref)
+        built[tags[content_ref]] = (dockerfile, argv[argv.index("--target") + 1], cuda)
         assert "VERSION=9.8.7" in argv
     assert built == {
         "registry.test/ml/operator:9.8.7": ("images/Dockerfile", "operator", False),
@@ -297,6 +332,35 @@ def test_make_images_builds_every_image_with_the_engine(tmp_path):
         "registry.test/ml/compressor:9.8.7-cuda": ("images/Dockerfile", "compressor", True),
         "registry.test/ml/server:9.8.7-cuda": ("images/Dockerfile", "server", True),
     }
+    assert out.stdout.split() == [argv[argv.index("-t") + 1] for argv in builds]
+
+
+def test_make_images_skips_what_the_engine_holds(tmp_path):
+    """A warm `make images`: every content tag is there, so nothing is built; the tags from the variables
+    still point at them."""
+    first, _ = stand_in_engine(tmp_path / "cold")
+    content_refs = make_images(first).stdout.split()
+    engine, log = stand_in_engine(tmp_path, holds=" ".join(content_refs))
+    assert make_images(engine).stdout.split() == content_refs
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    assert [argv[0] for argv in calls] == ["tag"] * 5
+    assert {argv[2] for argv in calls} == {f"registry.test/ml/{image}:9.8.7{cuda}" for image in ("compressor", "server")
+                                           for cuda in ("", "-cuda")} | {"registry.test/ml/operator:9.8.7"}
+
+
+def test_content_tag_follows_what_is_built_not_the_build_labels(tmp_path):
+    """The content key: the same for another revision or build time, another for another torch index."""
+    engine, _ = stand_in_engine(tmp_path)
+
+    def content_ref(*args: str) -> str:
+        out = subprocess.run([str(IMAGES / "build.sh"), str(engine), "registry.test/ml/server", "1", "-f",
+                              "images/Dockerfile", "--target", "server", *args],
+                             cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+        return out.stdout.strip()
+
+    base = content_ref("--build-arg", "REVISION=abc", "--build-arg", "CREATED=2026-01-01T00:00:00Z")
+    assert content_ref("--build-arg", "REVISION=def", "--build-arg", "CREATED=2026-02-02T00:00:00Z") == base
+    assert content_ref("--build-arg", "REVISION=abc", "--build-arg", "TORCH_INDEX_URL=https://example.test") != base
 
 
 def test_chart_pulls_the_images_make_builds():
@@ -310,12 +374,15 @@ def test_chart_pulls_the_images_make_builds():
 
 def test_torch_comes_from_the_index_build_arg():
     """Both torch images get torch from TORCH_INDEX_URL, the PyTorch CPU index unless the build says otherwise."""
+    parts = stages()["lock-parts"]
+    assert parts.all("ARG") == ["TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"]
+    assert "requirements.py --extra models torch torchvision > parts/torch.txt" in " ".join(parts.all("RUN"))
+    assert "${TORCH_INDEX_URL:+--except torch torchvision} > parts/models.txt" in " ".join(parts.all("RUN"))
     for image in ("server", "compressor"):
         chain = lineage(f"{image}-dependencies")
         args = [a for stage in chain for a in stage.all("ARG")]
         assert args == ["TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"]
         runs = " ".join(run for stage in chain for run in stage.all("RUN"))
-        assert '--index-url "${TORCH_INDEX_URL}" -r /tmp/torch.txt' in runs
-        assert "requirements.py --extra models torch torchvision > /tmp/torch.txt" in runs
-        assert "${TORCH_INDEX_URL:+--except torch torchvision}" in runs
+        assert '--index-url "${TORCH_INDEX_URL}" -r /opt/slimserve/lock/torch.txt' in runs
+        assert "models" in installed_parts(image)
     assert not any(stage.all("ARG") for stage in lineage("operator-dependencies"))
