@@ -73,6 +73,16 @@ def pods_by_node(cp: ControlPlane, namespace: str, selector: str) -> dict[str, s
 # ---------------------------------------------------------------- the components
 
 
+def pods_on_gpu_nodes(cp: ControlPlane) -> list[str]:
+    """Who holds the gpu nodes: namespace/name, phase, and whether and why it is still terminating."""
+    pods = json.loads(cp.kubectl("get", "pods", "--all-namespaces", "-o", "json").stdout)["items"]
+    return [
+        f"{p['metadata']['namespace']}/{p['metadata']['name']} {p['status'].get('phase')}"
+        f" deleting={p['metadata'].get('deletionTimestamp')} finalizers={p['metadata'].get('finalizers')}"
+        for p in pods if p["spec"].get("nodeName") in GPU_NODES
+    ]
+
+
 def test_components_are_the_pinned_kubernetes(control_plane: ControlPlane):
     version = json.loads(control_plane.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"].startswith("v1.34.")
@@ -109,7 +119,10 @@ def test_gpu_pods_land_only_on_gpu_nodes_and_gpus_are_counted(control_plane: Con
     # 2 gpu nodes x 4 GPUs: 8 pods asking one GPU each fit, the ninth cannot.
     spec = {"tolerations": [GPU_TOLERATION], "containers": [container({"cpu": "100m", "nvidia.com/gpu": "1"})]}
     apply(control_plane, namespace, deployment("gpu", 9, spec))
-    wait_for("8 ready gpu pods", lambda: get(control_plane, namespace, "deployment", "gpu")["status"].get("readyReplicas") == 8)
+    try:
+        wait_for("8 ready gpu pods", lambda: get(control_plane, namespace, "deployment", "gpu")["status"].get("readyReplicas") == 8)
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}; pods on the gpu nodes: {pods_on_gpu_nodes(control_plane)}") from None
     placed = pods_by_node(control_plane, namespace, "app=gpu")
     assert sorted(placed.values()).count("") == 1, placed
     assert {n for n in placed.values() if n} == GPU_NODES
