@@ -1,7 +1,8 @@
 """The prune step: structured (channels, heads, neurons physically removed) or unstructured (global magnitude).
 
-Structured pruning of the CNN / MLP uses Torch-Pruning's dependency graph, which also shrinks every layer
-that consumes a pruned channel; the transformer encoder is pruned head by head and neuron by neuron (see
+Structured pruning of the CNN / MLP and of `torch.export` programs (given their layer modules back first, see
+`program_surgery`) uses Torch-Pruning's dependency graph, which also shrinks every layer that consumes a pruned
+channel; the transformer encoder is pruned head by head and neuron by neuron (see
 `transformer_surgery`), a decoder by grouped-query group and neuron, or layer by layer with `depth` (see
 `decoder_surgery`), and recovers by distillation on the unpruned decoder's logits. Unstructured pruning zeroes the smallest weights across all layers; it does not make
 the model faster, but the artifact stores mostly-zero tensors packed (see `slimserve.artifacts.sparse`).
@@ -16,11 +17,12 @@ import torch
 from torch import nn
 
 from slimserve.api.steps import PruneConfig
-from slimserve.compression import transformer_surgery
+from slimserve.compression import program_surgery, transformer_surgery
 from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import RECOVERY_LEARNING_RATE, apply_masks, train
 from slimserve.compression.registry import register_relaxations, register_transform
 from slimserve.compression.state import ModelState, StepContext
+from slimserve.models.exported import is_program
 
 RECOVERY_BATCH = {"accuracy": 64, "cosine": 32, "perplexity": 16}
 DEPTH_BATCHES = 4  # batches of task text whose hidden states rank a decoder's layers
@@ -39,11 +41,6 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
     elif config.method == "depth":
         raise SpecDoesNotFit(f"{context.where}.method: depth pruning is for decoders; this is a {state.family.name} model")
     elif config.method == "structured":
-        if state.family.name == "torch-export":
-            raise SpecDoesNotFit(
-                f"{context.where}.method: structured pruning needs the model's architecture; a torch-export program "
-                "can only be pruned unstructured"
-            )
         if state.family.name == "minilm":
             _prune_encoder(model, config, keep, context)
         else:
@@ -56,7 +53,10 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
         apply_masks(model, masks)
     if config.finetune_epochs:
         _fine_tune(model, state, config, context, masks, phase="recovery fine-tune")
-    return ModelState.of_float(model, state.family, state.assets, masks)
+    assets = state.assets
+    if config.method == "structured":  # a program's structure is its assets: exported again, pruned
+        model, assets = state.family.restructured(model, state.assets)
+    return ModelState.of_float(model, state.family, assets, masks)
 
 
 def _fine_tune(model, state: ModelState, config: PruneConfig, context: StepContext, masks, *, phase: str, l1=None) -> None:
@@ -87,7 +87,11 @@ def _prune_channels(model: nn.Module, config: PruneConfig, keep: list[str], cont
     import torch_pruning as tp
 
     example = context.task.sample_inputs(8)[0]
-    ignored = [module for name, module in model.named_modules() if name and (_kept(name, keep) or module is model.classifier)]
+    if is_program(model):
+        output = program_surgery.output_layer(program_surgery.with_layer_modules(model))
+    else:
+        output = model.classifier
+    ignored = [module for name, module in model.named_modules() if name and (_kept(name, keep) or module is output)]
     if config.importance == "taylor":
         importance = tp.importance.GroupTaylorImportance()
     else:

@@ -56,7 +56,8 @@ class ModelState:
         return copy.deepcopy(self.model)
 
     def quantized(self, model: nn.Module, config: "QuantizeConfig") -> "ModelState":
-        return replace(self, model=set_training(model, False), quantization=config, _optimized=None, _size_bytes=None)
+        model, assets = self.family.restructured(set_training(model, False), self.assets)
+        return replace(self, model=model, quantization=config, assets=assets, _optimized=None, _size_bytes=None)
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
         """What the artifact stores: (tensors, quantization recipe or None)."""

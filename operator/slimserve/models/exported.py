@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -26,7 +27,7 @@ from torch.export.pt2_archive._package import PT2ArchiveReader
 from torch.utils._sympy import functions as torch_sympy_functions
 
 from slimserve.artifacts.cache import cache_dir
-from slimserve.artifacts.digest import sha256_file
+from slimserve.artifacts.digest import sha256_bytes, sha256_file
 from slimserve.models.asset_names import PROGRAM_FILE
 
 
@@ -60,10 +61,13 @@ _EXPRESSION_TOKEN = re.compile(
     rf"\s+|'(?:[a-z]+[0-9]+|-?{_NUMBER})'|{_NUMBER}|[A-Za-z_][A-Za-z0-9_]*|\*\*|//|[-+*/%(),<>=!&|~^]"
 )
 _MAX_EXPRESSION = 2000
+_MAX_BATCH = 1 << 16  # the dynamic batch a changed program is exported with: 1.._MAX_BATCH rows
 
 
 def load_program_module(path: Path) -> nn.Module:
     """The program's module (a GraphModule with the program's parameters), loaded without unpickling."""
+    from slimserve.quant import int8_static  # noqa: F401  (the quantized_decomposed ops an int8 program calls)
+
     data = path.read_bytes()
     inspect_program(data, path.name)
     try:
@@ -215,6 +219,35 @@ def _hint(dim) -> int:
     """The example size a dynamic dimension was traced with."""
     hint = getattr(getattr(dim, "node", None), "hint", None)
     return int(hint) if hint is not None else 1
+
+
+def is_program(module: nn.Module) -> bool:
+    """Whether `module` is a program's module (or one rewritten from it) rather than a model's own classes."""
+    return isinstance(module, torch.fx.GraphModule)
+
+
+def export_program(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """`module` exported again as a program, with dimension 0 of every input one dynamic batch dimension."""
+    batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+    try:
+        return torch.export.export(module, examples, dynamic_shapes=tuple({0: batch} for _ in examples))
+    except Exception as exc:  # torch raises many types for a module it cannot trace
+        raise ProgramError(f"the changed program does not export with a dynamic batch: {_one_line(exc)}") from None
+
+
+def saved_program_assets(program: torch.export.ExportedProgram) -> Path:
+    """A cache folder holding `program` as `program.pt2`, keyed by its content, checked as a loaded one would be."""
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    data = buffer.getvalue()
+    inspect_program(data, PROGRAM_FILE)  # what is written is what the loader accepts
+    folder = cache_dir("programs", sha256_bytes(data)[:24])
+    target = folder / PROGRAM_FILE
+    if not target.is_file():
+        staging = folder / f".{PROGRAM_FILE}.{os.getpid()}"
+        staging.write_bytes(data)
+        staging.replace(target)
+    return folder
 
 
 def program_assets(path: Path) -> Path:

@@ -47,6 +47,11 @@ class ModelFamily(ABC):
         """Extra files an artifact of this family carries (read from `assets`)."""
         return {}
 
+    def restructured(self, model: nn.Module, assets: Path | None) -> tuple[nn.Module, Path | None]:
+        """(model, assets) after a step changed the model's structure (pruned channels, quantized): as they are,
+        except where the assets are the structure (a program)."""
+        return model, assets
+
     @abstractmethod
     def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
         """A representative batch of model inputs (for tracing, compiling and warming up)."""
@@ -187,8 +192,19 @@ class ExportedProgramFamily(ModelFamily):
     def asset_files(self, assets: Path | None) -> dict[str, bytes]:
         return {PROGRAM_FILE: (assets / PROGRAM_FILE).read_bytes()} if assets else {}
 
+    def restructured(self, model: nn.Module, assets: Path | None) -> tuple[nn.Module, Path | None]:
+        """The changed module exported again (dynamic batch) as the program its artifact carries, and that
+        program loaded back: later steps, measurements and the server all run the same program."""
+        from slimserve.models.exported import export_program, saved_program_assets
+
+        assets = saved_program_assets(export_program(model, self._random_inputs(self.recipe_of(model), 2)))
+        return set_training(self.build({}, assets), False), assets
+
     def example_inputs(self, assets: Path | None, batch_size: int = 32) -> tuple[torch.Tensor, ...]:
-        inputs, _ = self.signature(self.recipe_of(self.build({}, assets)))
+        return self._random_inputs(self.recipe_of(self.build({}, assets)), batch_size)
+
+    def _random_inputs(self, recipe: dict[str, Any], batch_size: int) -> tuple[torch.Tensor, ...]:
+        inputs, _ = self.signature(recipe)
         generator = torch.Generator().manual_seed(0)
         return tuple(torch.rand(batch_size, *(1 if d == -1 else d for d in spec.shape[1:]), generator=generator) for spec in inputs)
 

@@ -15,6 +15,14 @@ from torch import nn
 KINDS: dict[str, type["QuantizedModule"]] = {}
 
 
+def in_eval_mode(model: nn.Module) -> nn.Module:
+    """`model.eval()`; a torch.export program's module fixed its mode when exported and refuses to switch."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
+
+
 class BackendUnsupportedError(NotImplementedError):
     """The format has no kernel on this device."""
 

@@ -9,7 +9,8 @@ Shapes:
 - by default one graph serves every size: dimension 0 of every input is marked dynamic, and every
   dimension of integer inputs (token ids, attention masks); float inputs such as images keep their other
   dimensions static. Dynamo specializes sizes of 1, so a batch of one is padded to two.
-- models with int8-static modules compile per batch bucket (powers of two; the batch is padded up to its
+- models with int8-static modules, and programs quantized through pt2e (their graph calls the
+  `quantized_decomposed` ops), compile per batch bucket (powers of two; the batch is padded up to its
   bucket): oneDNN's prepacked int8 conv has no symbolic-shape (fake) kernel in this torch.
 """
 
@@ -23,6 +24,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+from slimserve.quant.base import in_eval_mode
 from slimserve.quant.fuse import apply_inference_fusions
 from slimserve.quant.sharing import copy_sharing_weights
 from slimserve.quant.half import serving_copy
@@ -65,7 +67,7 @@ class OptimizedForward:
 
 def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> OptimizedForward:
     """Compile `model` for serving and warm it up; `model` itself is left as it was (fusions apply to a copy)."""
-    model = copy_sharing_weights(model).eval()  # fusions and casts build new tensors: no second copy of the weights
+    model = in_eval_mode(copy_sharing_weights(model))  # fusions and casts build new tensors: no second copy of the weights
     model, compute_dtype = serving_copy(model, _device_of(model))
     if compute_dtype is not None:
         log.info("%s computes in %s on %s", type(model).__name__, compute_dtype, _device_of(model))
@@ -73,7 +75,7 @@ def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> Optimized
     # Each optimized model (and, bucketed, each batch bucket) is one more entry on the same forward code
     # object; past the limit dynamo would silently run it eagerly.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    bucketed = any(isinstance(m, _Int8Static) for m in model.modules())
+    bucketed = any(isinstance(m, _Int8Static) for m in model.modules()) or _calls_quantized_ops(model)
     if bucketed or any(isinstance(m, (Int8DynamicLinear, Int4WeightOnlyLinear)) for m in model.modules()):
         # Registers torchao's x86 inductor passes that lower quantize/dequantize + conv/linear and
         # uint8 `_int_mm` + rescale to oneDNN int8 kernels with prepacked weights (int4 on a CPU runs
@@ -99,6 +101,14 @@ def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> Optimized
         forward.single_graph = False
     log.info("compiled %s for inference in %.1f s", type(model).__name__, forward.compile_seconds)
     return forward
+
+
+def _calls_quantized_ops(model: nn.Module) -> bool:
+    """Whether `model` is a graph in PT2E's reference representation (a program quantized by convert_pt2e)."""
+    graph = getattr(model, "graph", None)
+    return graph is not None and any(
+        node.op == "call_function" and getattr(node.target, "namespace", None) == "quantized_decomposed" for node in graph.nodes
+    )
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -2,7 +2,8 @@
 
 - `apply_quantization(model, config, *, calibration)`: swap Linear / Conv2d / Embedding
   modules for quantized ones, or cast the whole model to fp16 / bf16 (see `methods` for which, per method);
-  `config.keep_float` names stay float.
+  `config.keep_float` names stay float. A torch.export program goes through its method's program path
+  (int8-static: PyTorch's pt2e, `program`), the same registry entry.
 - `quantizable_layers(model, method=None)`: names, for the layer-by-layer sensitivity search.
 - `needs_calibration(config)`: whether the method wants calibration batches.
 
@@ -20,6 +21,7 @@ from slimserve.compression.quantize import methods  # noqa: F401  (registers the
 from slimserve.compression.quantize.apply import install_quantized, layers_to_quantize
 from slimserve.compression.quantize.configs import QuantizationConfig, config_class_named, config_of
 from slimserve.compression.quantize.registry import quantizer_for
+from slimserve.models.families import set_training
 
 __all__ = ["QuantizationConfig", "apply_quantization", "needs_calibration", "quantizable_layers"]
 
@@ -27,7 +29,8 @@ __all__ = ["QuantizationConfig", "apply_quantization", "needs_calibration", "qua
 def apply_quantization(
     model: nn.Module, config: QuantizeConfig | QuantizationConfig, *, calibration: list[tuple] | None
 ) -> nn.Module:
-    """Quantize `model` in place (and return it, in eval mode); the forward signature is unchanged.
+    """Quantize `model` in place (and return it, in eval mode); the forward signature is unchanged. A
+    torch.export program's module is left as it was and its quantized copy returned (`quantize.program`).
 
     `config` is a quantize step's spec or a method's config (`Int8DynamicConfig()`...). `calibration`
     (tuples of forward arguments) is required by methods that calibrate (int8-static) and ignored by the
@@ -35,9 +38,8 @@ def apply_quantization(
     calibration), `BackendUnsupportedError` for a device a format has no kernel on (int4 off CPU and CUDA); the
     model is untouched then.
     """
-    model.eval()
-    install_quantized(model, config_of(config), calibration)
-    return model
+    set_training(model, False)
+    return install_quantized(model, config_of(config), calibration)
 
 
 def quantizable_layers(model: nn.Module, method: str | None = None) -> list[str]:

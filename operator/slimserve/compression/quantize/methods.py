@@ -11,6 +11,8 @@
 int4-weight-only stores its config's `int8_layers` as Int8DynamicLinear (a table: Int8Embedding), and leaves a Linear float when it fits no int4 kernel (`int4_kernels.kernel_fits`); each other
 Linear (table) gets the config's group size, or the largest one its input width (row) takes when that is coarser.
 fp16 and bf16 replace no module: the whole model is cast (`slimserve.quant.half`).
+A torch.export program has no modules to swap: int8-static quantizes its graph through pt2e (`program`); the other
+methods refuse programs.
 With `algorithm: gptq` the weight-only methods' Linears get GPTQ's codes (`compression.gptq`) in the same modules.
 """
 
@@ -32,7 +34,8 @@ from slimserve.compression.quantize.configs import (
     Int8WeightOnlyConfig,
     QuantizationConfig,
 )
-from slimserve.compression.quantize.registry import Convert, register_model_cast, register_quantizer
+from slimserve.compression.quantize.program import int8_static_program
+from slimserve.compression.quantize.registry import Convert, register_model_cast, register_program_quantizer, register_quantizer
 from slimserve.quant.embedding import Int4Embedding, Int8Embedding, table_group_size
 from slimserve.quant.half import HalfPrecision, cast_to_half
 from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear, group_size_for
@@ -121,6 +124,9 @@ def _int8_static(model: nn.Module, config: QuantizationConfig, names: list[str],
         return kind.from_float(module, ranges[name].uint8_params())
 
     return convert
+
+
+register_program_quantizer(Int8StaticConfig)(int8_static_program)  # torch.export programs: pt2e (see `program`)
 
 
 def _cast_to_half(model: nn.Module, config: HalfPrecisionConfig) -> None:

@@ -4,7 +4,7 @@ of its config (as torchao's `quantize_(model, config)` does), so no code compare
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -16,6 +16,9 @@ Convert = Callable[[str, nn.Module], nn.Module]
 Prepare = Callable[[nn.Module, QuantizationConfig, list[str], "list[tuple] | None"], Convert]
 # (model, config) -> None: a method that changes the whole model in place instead of swapping modules
 CastModel = Callable[[nn.Module, QuantizationConfig], None]
+# (program's module, config, calibration batches) -> the quantized program: a torch.export program's layers are
+# ops of its graph, not modules to swap
+QuantizeProgram = Callable[[nn.Module, QuantizationConfig, "list[tuple] | None"], nn.Module]
 
 
 def any_module(_module: nn.Module) -> bool:
@@ -29,6 +32,7 @@ class Quantizer:
     needs_calibration: bool = False
     accepts: Callable[[nn.Module], bool] = any_module  # a module of a replaced type it can still not convert
     cast_model: CastModel | None = None  # set instead of prepare: `replaces` then only names the search's layers
+    quantize_program: QuantizeProgram | None = None  # the method's path for torch.export programs, if it has one
 
     def quantizes(self, module: nn.Module) -> bool:
         return type(module) in self.replaces and self.accepts(module)
@@ -58,6 +62,16 @@ def register_model_cast(config_class: type[QuantizationConfig], *, replaces: tup
     def decorator(cast: CastModel) -> CastModel:
         _register(config_class, Quantizer(replaces, None, cast_model=cast))
         return cast
+
+    return decorator
+
+
+def register_program_quantizer(config_class: type[QuantizationConfig]) -> Callable[[QuantizeProgram], QuantizeProgram]:
+    """Give the method registered for `config_class` a path for torch.export programs."""
+
+    def decorator(quantize: QuantizeProgram) -> QuantizeProgram:
+        _QUANTIZERS[config_class] = replace(quantizer_for(config_class), quantize_program=quantize)
+        return quantize
 
     return decorator
 
