@@ -12,6 +12,7 @@ from slimserve.api.steps import DistillConfig, OptimizerSpec, PruneConfig, Quant
 from slimserve.compression.errors import BudgetExceeded
 from slimserve.compression.measure import Speed, measure_speeds
 from slimserve.compression.registry import relaxations_for, transform_for
+from slimserve.compression.resident import release_mapped_weights, trim_heap
 from slimserve.compression.state import Candidate, ModelState, StepContext, TimeBoxExpired
 from slimserve.quant.embedding import QUANTIZED_TABLES
 
@@ -87,6 +88,8 @@ def run_within_budget(state: ModelState, config: StepConfig, context: StepContex
             context.reporter.span(0.9 * (1 - 0.5**attempt), 0.9 * (1 - 0.5 ** (attempt + 1)))
             context.reporter.update(0.0, f"{label}: trying {describe(candidate_config)}")
             candidate_state = transform(state, candidate_config, context)
+            release_mapped_weights(state.model)  # read to build the candidate, not needed to score it
+            trim_heap()  # the transform's temporaries, freed but still resident in malloc's arenas
             metric = context.task.score(candidate_state.served())
             candidate = Candidate(
                 step=label, label=describe(candidate_config, candidate_state.model), metric=metric, size_bytes=candidate_state.size_bytes(),

@@ -12,6 +12,7 @@ from torch import nn
 from slimserve.compression.quantize.configs import QuantizationConfig
 from slimserve.compression.quantize.program import program_layers
 from slimserve.compression.quantize.registry import Quantizer, quantizer_for
+from slimserve.compression.resident import release_mapped_weights
 from slimserve.models.exported import is_program
 from slimserve.quant.base import install
 
@@ -49,6 +50,7 @@ def quantize_modules(model: nn.Module, config: QuantizationConfig, calibration: 
     convert = quantizer.prepare(model, config, names, calibration)
     replacements = {}
     for name in names:
+        release_mapped_weights(model)  # memory-mapped float weights: read layer by layer, not kept resident
         try:
             replacements[name] = convert(name, modules[name]).to(_device_of(modules[name]))
         except ValueError as exc:
