@@ -43,7 +43,7 @@ SERVER = ServerEnv(
     auth_mode="kubernetes", auth_api_keys_dir="/var/run/slimserve/api-keys", auth_namespace="team-a",
     auth_resource_name="digits", auth_verb="create", auth_subresource="infer", auth_audiences=("slimserve", "b"),
     auth_review_timeout_s=2.5, tls_dir="/var/run/slimserve/tls", tls_client_auth="require", probe_port=8081,
-    kv_cache_bytes=1 << 30, max_sequences=16, max_waiting=8, queue_timeout_s=12.5,
+    kv_cache_bytes=1 << 30, max_sequences=16, max_waiting=8, queue_timeout_s=12.5, context_length=2048, max_tokens=256,
 )
 COMPRESSOR = CompressorEnv(
     job_spec='{"model":{"uri":"builtin://digits-cnn"}}', status_target="team-a/digits", job_generation=7,

@@ -20,7 +20,7 @@ from slimserve.api.common import (
 )
 from slimserve.api.compression_job import DEFAULT_NODE_POOL
 from slimserve.api.storage import S3Spec
-from slimserve.api.uri import CLAIM_NAME_MAX, CLAIM_NAME_PATTERN
+from slimserve.api.uri import BUILTIN, CLAIM_NAME_MAX, CLAIM_NAME_PATTERN
 from slimserve.api.workload import TLS_CA_FILE, TLS_CERT_FILE, TLS_CLIENT_AUTH_MODES, TLS_KEY_FILE
 from slimserve.api.workload import PAYLOAD_LOG_MODES
 from slimserve.api.workload import AUTH_API_KEYS, AUTH_KUBERNETES, CORS_ORIGIN_PATTERN, DEFAULTS
@@ -135,6 +135,67 @@ class BatchingSpec(SpecModel):
         le=1000.0,
         description="Longest a request waits for a batch to fill, milliseconds, e.g. 5.",
     )
+
+
+# The builtin:// models that generate text: of all model URIs, the only ones whose family is known before a pod
+# loads them (a decoder's files, an artifact's manifest are read by the server).
+BUILTIN_DECODERS = (f"{BUILTIN}://tiny-lm",)
+MAX_CONTEXT_TOKENS = 1 << 20
+OUTPUT_FITS_CONTEXT = "spec.generation.maxTokens must be below contextLength (a prompt takes a token at least)"
+NOT_A_DECODER = (f"spec.generation: the model is not a decoder; generation settings apply to {', '.join(BUILTIN_DECODERS)} "
+                 "and Hugging Face decoders or their artifacts")
+
+
+class GenerationSpec(SpecModel):
+    """Decoders: the generation engine's bounds in each server pod (continuous batching, the KV cache, the queue)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.maxTokens) || !has(self.contextLength) || self.maxTokens < self.contextLength",
+                    "message": OUTPUT_FITS_CONTEXT,
+                    "fieldPath": ".maxTokens",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    max_sequences: int = Field(
+        default=DEFAULTS.max_sequences, ge=1, le=1024,
+        description="Most sequences generated at once: the decode step's batch and the KV cache's slots, e.g. 32.",
+    )
+    kv_cache_bytes: int = Field(
+        default=DEFAULTS.kv_cache_bytes, ge=0, le=1 << 40,
+        description="The KV cache's memory bound in bytes, allocated once at start, e.g. 2147483648; fewer slots "
+        "(or, below one, a shorter context) when maxSequences full-context sequences do not fit; 0: no bound "
+        "but maxSequences. Requests that do not fit wait; memory never grows with the load.",
+    )
+    context_length: int | None = Field(
+        default=None, ge=2, le=MAX_CONTEXT_TOKENS,
+        description="Tokens a sequence may hold, prompt and output together, e.g. 2048; at most the model's own "
+        "context (a server given more refuses to start, saying so); unset: the model's context.",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_CONTEXT_TOKENS,
+        description="Most tokens one request may generate, e.g. 512: a request asking for more is refused (400 "
+        "naming its max_tokens), one asking for none gets at most this many; unset: the rest of the context.",
+    )
+    max_waiting: int = Field(
+        default=DEFAULTS.max_waiting, ge=0, le=100_000,
+        description="Most requests waiting for a free slot, e.g. 64; one more is refused at once (429 with Retry-After).",
+    )
+    queue_timeout_seconds: int = Field(
+        default=int(DEFAULTS.queue_timeout_s), ge=1, le=3600,
+        description="Longest a request waits for a slot, in seconds, e.g. 30; then it is refused (503 with Retry-After).",
+    )
+
+    @model_validator(mode="after")
+    def _output_fits(self) -> "GenerationSpec":
+        if self.max_tokens is not None and self.context_length is not None and self.max_tokens >= self.context_length:
+            raise ValueError(OUTPUT_FITS_CONTEXT)
+        return self
 
 
 CorsOrigin = Annotated[str, StringConstraints(pattern=CORS_ORIGIN_PATTERN, max_length=253)]
@@ -271,6 +332,20 @@ class TracingSpec(SpecModel):
 class ModelServiceSpec(SpecModel):
     """Desired inference service."""
 
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.generation) || !has(self.model.uri) || !self.model.uri.startsWith('{BUILTIN}://') "
+                    f"|| self.model.uri in {list(BUILTIN_DECODERS)}",
+                    "message": NOT_A_DECODER,
+                    "fieldPath": ".generation",
+                    "reason": "FieldValueForbidden",
+                }
+            ]
+        }
+    }
+
     model: ModelReference = Field(description="The model to serve.")
     model_name: str | None = Field(
         default=None,
@@ -288,6 +363,11 @@ class ModelServiceSpec(SpecModel):
     resources: ResourceRequirements | None = Field(default=None, description="Resources of each server pod.")
     autoscaling: AutoscalingSpec | None = Field(default=None, description="Autoscaling; unset means fixed replicas.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, json_schema_extra={"default": {}}, description="Dynamic batching of requests.")
+    generation: GenerationSpec | None = Field(
+        default=None,
+        description="Decoders (text generation): sequences at once, the KV cache's memory bound, context and output "
+        "limits, the wait queue; unset: the server's defaults.",
+    )
     protocols: ProtocolsSpec = Field(default_factory=ProtocolsSpec, json_schema_extra={"default": {}}, description="Extra endpoints.")
     s3: S3Spec | None = Field(default=None, description="Object-store access for an s3:// model URI.")
     model_cache: ModelCacheSpec | None = Field(
@@ -303,6 +383,13 @@ class ModelServiceSpec(SpecModel):
     tracing: TracingSpec | None = Field(default=None, description="Export OpenTelemetry traces; unset: off.")
     tls: TlsSpec | None = Field(default=None, description="Serve over TLS from a Secret; unset: plain text.")
     auth: AuthSpec | None = Field(default=None, description="Who may call the service; unset: anyone who can reach it.")
+
+    @model_validator(mode="after")
+    def _generation_needs_a_decoder(self) -> "ModelServiceSpec":
+        uri = self.model.uri or ""
+        if self.generation is not None and uri.startswith(f"{BUILTIN}://") and uri not in BUILTIN_DECODERS:
+            raise ValueError(NOT_A_DECODER)
+        return self
 
 
 class ModelServiceStatus(StatusModel):

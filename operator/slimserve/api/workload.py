@@ -63,6 +63,8 @@ class Defaults:
     max_sequences: int = 32  # decoders: most sequences generated at once (KV cache slots)
     max_waiting: int = 64  # decoders: most generation requests waiting for a slot (more: 429)
     queue_timeout_s: float = 30.0  # decoders: longest wait for a slot (then 503)
+    context_length: int = 0  # decoders: tokens a sequence may hold, prompt and output (0: the model's context)
+    max_tokens: int = 0  # decoders: most tokens a request may generate (0: the rest of the context)
 
 
 DEFAULTS = Defaults()
@@ -337,6 +339,8 @@ class ServerEnv(PodEnv):
     max_sequences: int | None = None
     max_waiting: int | None = None
     queue_timeout_s: float | None = None
+    context_length: int | None = None
+    max_tokens: int | None = None
     tls_dir: str | None = None  # TLS_CERT_FILE, TLS_KEY_FILE (and TLS_CA_FILE): serve every port over TLS
     tls_client_auth: str | None = None
     probe_port: int | None = None  # plain HTTP: health and /metrics only, for probes when clients need certificates
@@ -391,6 +395,8 @@ class ServerEnv(PodEnv):
         "max_sequences": Variable(f"{PREFIX}MAX_SEQUENCES", int),
         "max_waiting": Variable(f"{PREFIX}MAX_WAITING", int),
         "queue_timeout_s": Variable(f"{PREFIX}QUEUE_TIMEOUT_S", float, format_number),
+        "context_length": Variable(f"{PREFIX}CONTEXT_LENGTH", int),
+        "max_tokens": Variable(f"{PREFIX}MAX_TOKENS", int),
         "tls_dir": Variable(f"{PREFIX}TLS_DIR"),
         "tls_client_auth": Variable(f"{PREFIX}TLS_CLIENT_AUTH", parse_client_auth),
         "probe_port": Variable(f"{PREFIX}PROBE_PORT", parse_port),

@@ -64,6 +64,10 @@ OPTIONS = (
     Option("--max-sequences", int, "decoders: most sequences generated at once (KV cache slots)"),
     Option("--max-waiting", int, "decoders: most requests waiting for a slot; one more gets 429 with Retry-After"),
     Option("--queue-timeout-s", float, "decoders: longest wait for a slot; then 503 with Retry-After"),
+    Option("--context-length", int,
+           "decoders: tokens a sequence may hold, prompt and output together, at most the model's; 0: the model's"),
+    Option("--max-tokens", int,
+           "decoders: most tokens one request may generate (more: 400 naming its max_tokens); 0: the rest of the context"),
     Option("--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     Option("--log-format", log_format, "text, or json: one object per line (time, level, logger, message)"),
 )
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             payload_log=payload_log_settings(args), tracing=tracing_settings(args),
             generation=GenerationOptions(
                 kv_cache_bytes=args.kv_cache_bytes, max_sequences=args.max_sequences, max_waiting=args.max_waiting,
-                queue_timeout_s=args.queue_timeout_s,
+                queue_timeout_s=args.queue_timeout_s, context_length=args.context_length, max_tokens=args.max_tokens,
             ),
         )
     except ValueError as error:

@@ -153,6 +153,10 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
             generation.load(config.generation, metrics.add_generation())
         else:
             model.load(_warmup_sizes(config), mark_ready=False)
+            if config.generation.configured and not model.generates_text:
+                raise ValueError(f"the generation settings (--max-sequences, --kv-cache-bytes, --context-length, "
+                                 f"--max-tokens, --max-waiting, --queue-timeout-s) are for decoders; model "
+                                 f"{model.name!r} is not one")
             log.info("model call of one row: %.3f ms", 1000 * call.calibrate(model.example_inputs(1)))
         model.ready = True
 

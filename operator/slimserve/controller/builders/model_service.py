@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from slimserve.api import API_VERSION
-from slimserve.api.model_service import AuthSpec, AutoscalingSpec, ModelService, ModelServiceSpec
+from slimserve.api.model_service import AuthSpec, AutoscalingSpec, GenerationSpec, ModelService, ModelServiceSpec
 from slimserve.api.uri import pvc_claim
 from slimserve.api.workload import AUTH_API_KEYS, DEFAULTS, ServerEnv
 from slimserve.controller.builders import (
@@ -274,6 +274,7 @@ def server_env(
         device=pool_device(pool),
         **auth_settings(owner, spec.auth),
         **observability_settings(owner, spec),
+        **generation_settings(spec.generation),
         download_cache=MODEL_CACHE_MOUNT if spec.model_cache else None,
     )
     return env.to_env() + s3_env(spec) + hf_token_env(spec.model.hf_token_secret)
@@ -672,6 +673,17 @@ def desired_children(
     else:
         children.delete.extend(ChildRef(*kind, auth_account_name(owner)) for kind in AUTH_ACCESS_KINDS)
     return children
+
+
+def generation_settings(generation: GenerationSpec | None) -> dict[str, Any]:
+    """A decoder server's generation bounds; none when `spec.generation` is unset (the server's defaults)."""
+    if generation is None:
+        return {}
+    return {
+        "max_sequences": generation.max_sequences, "kv_cache_bytes": generation.kv_cache_bytes,
+        "context_length": generation.context_length, "max_tokens": generation.max_tokens,  # None: not written
+        "max_waiting": generation.max_waiting, "queue_timeout_s": generation.queue_timeout_seconds,
+    }
 
 
 # ---- payload logging and tracing ----------------------------------------------------------------------

@@ -22,14 +22,15 @@ TEXT_INPUT, TEXT_OUTPUT = "text_input", "text_output"  # the generate extension'
 def serves_decoder(uri: str) -> bool:
     """Whether `uri` names a decoder: builtin://tiny-lm, or a local Hugging Face decoder directory or decoder
     artifact (s3:// artifacts are told apart once fetched, by the loader)."""
+    from slimserve.api.model_service import BUILTIN_DECODERS
     from slimserve.api.uri import LOCAL_SCHEMES
     from slimserve.artifacts import SlimServeError
     from slimserve.artifacts.storage import local_path, parse_storage_uri
-    from slimserve.models.decoder import MODEL_TYPES, TINY_LM
+    from slimserve.models.decoder import MODEL_TYPES
     from slimserve.models.loading import BUILTIN_SCHEME
 
     if uri.startswith(BUILTIN_SCHEME):
-        return uri == BUILTIN_SCHEME + TINY_LM
+        return uri in BUILTIN_DECODERS  # the one list the operator checks spec.generation against
     try:
         if parse_storage_uri(uri).scheme not in LOCAL_SCHEMES:
             return False
@@ -48,11 +49,12 @@ class DecoderServable:
 
     info: ModelInfo
     decoder: object
+    context_length: int = 0  # what a sequence may hold as served (the engine's plan); 0: the model's own
 
     @property
     def parameters(self) -> dict:
-        """What model metadata adds: a decoder, its context, where to generate."""
-        return {"task": "text-generation", "context_length": self.decoder.max_length,
+        """What model metadata adds: a decoder, its context as served, where to generate."""
+        return {"task": "text-generation", "context_length": self.context_length or self.decoder.max_length,
                 "generate": ["/v1/completions", "/v1/chat/completions", f"/v2/models/{self.info.name}/generate"]}
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -109,9 +111,10 @@ def start_engine(servable: DecoderServable, options: GenerationOptions, metrics:
     model = loaded.model
     device = next(model.parameters()).device
     per_token = model.new_cache(1, 1).bytes_per_token()
-    plan = plan_cache(per_token, loaded.max_length, options.max_sequences, options.kv_cache_bytes)
+    plan = plan_cache(per_token, options.context(loaded.max_length), options.max_sequences, options.kv_cache_bytes)
     engine = GenerationEngine(model, loaded.tokenizer, loaded.eos_token_ids, plan, metrics, options.max_waiting,
                               options.queue_timeout_s, device)
+    servable.context_length = plan.max_len
     log.info("KV cache: %d sequences of %d tokens, %.1f MiB", plan.slots, plan.max_len, plan.bytes / 2**20)
     with torch.inference_mode():  # warm-up: a prefill and a decode step, before the first request pays them
         model.prefill(torch.tensor([0, 1], device=device), 0)

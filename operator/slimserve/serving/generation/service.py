@@ -30,11 +30,13 @@ class Generation:
         self.model = model
         self._engine: GenerationEngine | None = None
         self.tokenizer = None  # models.decoder.Tokenizer: encoding, the chat template
+        self.max_tokens = 0  # most tokens a request may generate (0: the rest of the context)
 
     def load(self, options: GenerationOptions, metrics: GenerationMetrics) -> None:
         """On the model thread, once `model` is loaded: start its engine; the caller then marks it ready."""
         servable = self.model.servable
         self.tokenizer = servable.decoder.tokenizer
+        self.max_tokens = options.max_tokens
         self._engine = start_engine(servable, options, metrics)
 
     def stop(self) -> None:
@@ -72,7 +74,8 @@ class Generation:
     def start(self, prompt: str, params: SamplingParams, max_tokens: int | None, fields: RequestFields,
               default_max_tokens: int | None = None) -> Stream:
         """Queue `prompt` to be sampled as `params` say; `max_tokens` None takes `default_max_tokens`, else the
-        rest of the context. Raises InvalidInput naming the field when prompt and output cannot fit a sequence."""
+        rest of the context, within the server's limit either way. Raises InvalidInput naming the field when
+        prompt and output cannot fit a sequence, or `max_tokens` is above the limit."""
         engine = self.engine
         ids = self.tokenizer.encode(prompt)
         if not ids:
@@ -81,8 +84,12 @@ class Generation:
         if room < 1:
             raise FieldError(fields.prompt, f"the prompt is {len(ids)} tokens; this model's context holds "
                                             f"{self.max_len} tokens, prompt and output together")
+        limit = min(room, self.max_tokens) if self.max_tokens else room
         if max_tokens is None:
-            max_tokens = room if default_max_tokens is None else min(default_max_tokens, room)
+            max_tokens = limit if default_max_tokens is None else min(default_max_tokens, limit)
+        elif self.max_tokens and max_tokens > self.max_tokens:
+            raise FieldError(fields.max_tokens, f"{max_tokens} tokens are above this server's limit of "
+                                                f"{self.max_tokens} tokens per request")
         elif max_tokens > room:
             raise FieldError(fields.max_tokens, f"{max_tokens} tokens do not fit: the prompt is {len(ids)} tokens "
                                                 f"and the context {self.max_len}, so at most {room} can be generated")
