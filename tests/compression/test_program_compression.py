@@ -143,3 +143,16 @@ def test_calibration_the_program_refuses_is_a_clear_error(image_task):
         apply_quantization(loaded.model, Int8StaticConfig(), calibration=[(torch.rand(4, 64),)])
     with pytest.raises(ValueError, match="calibration: int8-static needs calibration batches"):
         apply_quantization(loaded.model, Int8StaticConfig(), calibration=[])
+
+
+def test_keep_float_leaves_the_named_convolution_float(image_task):
+    loaded = load_model(f"file://{image_task[0]}")
+    calibration = [(torch.rand(8, 3, 32, 32),)]
+
+    def quantized_weights(config: Int8StaticConfig) -> set[str]:
+        program = apply_quantization(loaded.model, config, calibration=calibration)
+        return {node.args[1].args[0].target for node in program.graph.nodes
+                if node.target == torch.ops.aten.conv2d.default and node.args[1].op == "call_function"}
+
+    assert len(quantized_weights(Int8StaticConfig())) == 6
+    assert len(quantized_weights(Int8StaticConfig(keep_float=("block1.conv1",)))) == 5
