@@ -66,6 +66,12 @@ class RequestTrace:
         """A context manager timing a model call of `rows` rows that ran these requests."""
         return NOTHING
 
+    def annotate(self, attributes: dict) -> None:
+        """Attributes of the request's outcome (token counts, why generation ended) on its span."""
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End a request whose answer outlives its handler (a generation's stream), failed when `error` is set."""
+
 
 NO_TRACE = RequestTrace()
 

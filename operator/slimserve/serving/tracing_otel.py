@@ -61,6 +61,12 @@ class _SpanTrace(RequestTrace):
             self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         self.span.end()
 
+    def annotate(self, attributes: dict) -> None:
+        self.span.set_attributes(attributes)
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.__exit__(None if error is None else type(error), error, None)
+
     def phase(self, name: str) -> _Span:
         return _Span(self._tracer.start_span(name, context=self._context))
 

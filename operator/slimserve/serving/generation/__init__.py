@@ -22,5 +22,5 @@ def add_generation_routes(app: "RestApp", dataplane: "DataPlane", generation: "G
     from slimserve.serving.generation.oip_generate import add_generate_routes
     from slimserve.serving.generation.openai_api import add_openai_routes
 
-    add_openai_routes(app, generation, dataplane.metrics)
+    add_openai_routes(app, dataplane, generation)
     add_generate_routes(app, dataplane, generation)

@@ -31,6 +31,7 @@ from slimserve.serving.generation.params import Completion, SamplingParams
 from slimserve.serving.generation.sampling import new_generator, next_tokens
 from slimserve.serving.generation.text import TextStream
 from slimserve.serving.metrics import GenerationMetrics
+from slimserve.serving.tracing import NO_TRACE, RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Sequence:
     generator: torch.Generator | None = None
     last_token_at: float = 0.0
     cancelled: bool = False
+    trace: RequestTrace = NO_TRACE  # its wait for a slot is the trace's queue_wait
 
     @property
     def position(self) -> int:
@@ -95,23 +97,34 @@ class Sequence:
 
 
 class Stream:
-    """The chunks of one generation, in order; closing it early (the client left) cancels the sequence."""
+    """The chunks of one generation, in order; closing it early (the client left) cancels the sequence. What it
+    handed out so far (`sent`, `finish_reason`, `error`) is what the request's payload log and trace report."""
 
     def __init__(self, engine: "GenerationEngine", sequence: Sequence, queue: asyncio.Queue) -> None:
         self._engine = engine
         self.sequence = sequence
         self._queue = queue
+        self.sent: list[str] = []  # the text of the chunks handed out
+        self.finish_reason: str | None = None  # once the last chunk was handed out
+        self.error: BaseException | None = None  # the generation's failure, once raised
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.sequence.prompt)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.sequence.generated)
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         try:
             while True:
                 chunk: Chunk = await self._queue.get()
                 if chunk.error is not None:
+                    self.error = chunk.error
                     raise chunk.error
+                self.sent.append(chunk.text)
+                self.finish_reason = chunk.finish_reason
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -161,13 +174,13 @@ class GenerationEngine:
             self._wake.notify()
         self._thread.join(timeout=10)
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
+    def submit(self, prompt: list[int], params: SamplingParams, trace: RequestTrace = NO_TRACE) -> Stream:
         """Queue a checked request (prompt + max_tokens within `plan.max_len`); raises Overloaded when the
         queue is full and ServerNotReady once stopping."""
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
         sequence = Sequence(
             prompt, params, TextStream(self._tokenizer.incremental(prompt).step, params.stop),
-            asyncio.get_running_loop(), queue,
+            asyncio.get_running_loop(), queue, trace=trace,
         )
         with self._wake:
             if self._stopping:
@@ -178,6 +191,7 @@ class GenerationEngine:
                     retry_after_s=self._retry_after(),
                 )
             self._waiting.append(sequence)
+            trace.enqueued()
             self.metrics.waiting_sequences.set(len(self._waiting))
             self._wake.notify()
         return Stream(self, sequence, queue)
@@ -247,6 +261,7 @@ class GenerationEngine:
                     )))
                     continue
                 sequence.slot = self.cache.acquire()
+                sequence.trace.dequeued()
                 sequence.generator = new_generator(sequence.params.seed, self._device)
                 admitted.append(sequence)
             self.metrics.waiting_sequences.set(len(self._waiting))

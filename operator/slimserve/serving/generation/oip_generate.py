@@ -22,6 +22,7 @@ from slimserve.serving.generation.params import SamplingParams
 from slimserve.serving.generation.api_common import (
     Strict, field_names, parse_request, retry_after, stop_sequences, while_connected,
 )
+from slimserve.serving.generation.observed import GENERATE_SPAN, GENERATE_STREAM_SPAN, Observed
 from slimserve.serving.generation.service import RequestFields
 from slimserve.serving.generation.service import Generation
 from slimserve.serving.rest import HttpRequest, HttpResponse, RestApp, StreamingResponse
@@ -52,33 +53,42 @@ def add_generate_routes(app: RestApp, dataplane: DataPlane, generation: Generati
     metrics = dataplane.metrics
     fields = RequestFields("text_input", "parameters.max_tokens")
 
-    async def start(request: HttpRequest):
-        dataplane.check_generation_target(request.params["name"], request.params.get("version", ""))
-        body = parse_request(GenerateRequest, await request.body(), _FIELD_NAMES)
-        stream = generation.start(body.text_input, body.sampling(), body.parameters.max_tokens, fields)
-        return body, stream
-
-    async def generate(request: HttpRequest) -> HttpResponse:
+    async def observe(request: HttpRequest, span: str, answer) -> HttpResponse | StreamingResponse:
+        """The request's answer, traced and payload-logged as an infer request is (from its body on)."""
         try:
-            body, stream = await start(request)
-            with RequestTimer(metrics, "rest"):
-                done = await while_connected(request.receive, stream.complete())
+            dataplane.check_generation_target(request.params["name"], request.params.get("version", ""))
+            observed = Observed(dataplane, request, span, generation.name, await request.body())
         except ServingError as error:
             return _error_response(error)
+        return await observed.answer(answer(request, observed), _error_response)
+
+    def start(observed: Observed) -> GenerateRequest:
+        body = parse_request(GenerateRequest, observed.body, _FIELD_NAMES)
+        observed.stream = generation.start(body.text_input, body.sampling(), body.parameters.max_tokens, fields,
+                                           trace=observed.trace)
+        return body
+
+    async def whole(request: HttpRequest, observed: Observed) -> HttpResponse:
+        body = start(observed)
+        with RequestTimer(metrics, "rest"):
+            done = await while_connected(request.receive, observed.stream.complete())
         return HttpResponse(200, dumps({
             **_header(body.id), "text_output": done.text, "finish_reason": done.finish_reason,
             "prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
         }))
 
-    async def generate_stream(request: HttpRequest) -> HttpResponse | StreamingResponse:
-        try:
-            body, stream = await start(request)
-            chunks = stream.chunks()
-            # before the 200: a request that waited too long is still a 503
-            first = await while_connected(request.receive, anext(chunks))
-        except ServingError as error:
-            return _error_response(error)
+    async def streamed(request: HttpRequest, observed: Observed) -> StreamingResponse:
+        body = start(observed)
+        chunks = observed.stream.chunks()
+        # before the 200: a request that waited too long is still a 503
+        first = await while_connected(request.receive, anext(chunks))
         return StreamingResponse(200, _events(_header(body.id), first, chunks), sse.CONTENT_TYPE)
+
+    async def generate(request: HttpRequest) -> HttpResponse | StreamingResponse:
+        return await observe(request, GENERATE_SPAN, whole)
+
+    async def generate_stream(request: HttpRequest) -> HttpResponse | StreamingResponse:
+        return await observe(request, GENERATE_STREAM_SPAN, streamed)
 
     async def _events(header: dict, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
         with RequestTimer(metrics, "rest"):

@@ -14,14 +14,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from slimserve.serving.dataplane import RequestTimer
+from slimserve.serving.dataplane import DataPlane, RequestTimer
 from slimserve.serving.errors import ModelNotFound, ServingError, client_message, http_status
 from slimserve.serving.generation import sse
-from slimserve.serving.generation.engine import Chunk, Stream
+from slimserve.serving.generation.engine import Chunk
 from slimserve.serving.generation.params import Completion, SamplingParams
 from slimserve.serving.generation.api_common import (
     Strict, field_names, parse_request, retry_after, stop_sequences, while_connected,
 )
+from slimserve.serving.generation.observed import CHAT_SPAN, COMPLETIONS_SPAN, Observed
 from slimserve.serving.generation.service import RequestFields
 from slimserve.serving.generation.service import Generation
 from slimserve.serving.metrics import ServerMetrics
@@ -88,7 +89,8 @@ class ChatRequest(_Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
-def add_openai_routes(app: RestApp, generation: Generation, metrics: ServerMetrics) -> None:
+def add_openai_routes(app: RestApp, dataplane: DataPlane, generation: Generation) -> None:
+    metrics = dataplane.metrics
     created = int(time.time())
 
     async def models(request: HttpRequest) -> HttpResponse:
@@ -96,33 +98,41 @@ def add_openai_routes(app: RestApp, generation: Generation, metrics: ServerMetri
         return HttpResponse(200, dumps({"object": "list", "data": [model]}))
 
     async def completions(request: HttpRequest) -> HttpResponse | StreamingResponse:
-        return await _answer(request, CompletionRequest, _complete)
+        return await _answer(request, CompletionRequest, _complete, COMPLETIONS_SPAN)
 
     async def chat(request: HttpRequest) -> HttpResponse | StreamingResponse:
-        return await _answer(request, ChatRequest, _chat)
+        return await _answer(request, ChatRequest, _chat, CHAT_SPAN)
 
-    async def _answer(request: HttpRequest, schema: type[_Sampling], run) -> HttpResponse | StreamingResponse:
+    async def _answer(request: HttpRequest, schema: type[_Sampling], run, span: str) -> HttpResponse | StreamingResponse:
         try:
-            body = parse_request(schema, await request.body(), _FIELD_NAMES)
-            if body.model != generation.name:
-                raise ModelNotFound(f"model: {body.model!r} is not served here; this server serves {generation.name!r}")
-            return await run(body, request)
+            raw = await request.body()
         except ServingError as error:
             return error_response(error)
+        observed = Observed(dataplane, request, span, generation.name, raw)
 
-    async def _complete(body: CompletionRequest, request: HttpRequest) -> HttpResponse | StreamingResponse:
-        stream = generation.start(body.prompt_text, body.sampling(), body.max_tokens, RequestFields("prompt", "max_tokens"),
-                                  COMPLETIONS_DEFAULT_MAX_TOKENS)
-        return await _reply(_Reply(False, generation.name, metrics), stream, body, request)
+        async def work() -> HttpResponse | StreamingResponse:
+            body = parse_request(schema, raw, _FIELD_NAMES)
+            if body.model != generation.name:
+                raise ModelNotFound(f"model: {body.model!r} is not served here; this server serves {generation.name!r}")
+            return await run(body, request, observed)
 
-    async def _chat(body: ChatRequest, request: HttpRequest) -> HttpResponse | StreamingResponse:
+        return await observed.answer(work(), error_response)
+
+    async def _complete(body: CompletionRequest, request: HttpRequest, observed: Observed) -> HttpResponse | StreamingResponse:
+        observed.stream = generation.start(body.prompt_text, body.sampling(), body.max_tokens,
+                                           RequestFields("prompt", "max_tokens"), COMPLETIONS_DEFAULT_MAX_TOKENS,
+                                           observed.trace)
+        return await _reply(_Reply(False, generation.name, metrics), observed, body, request)
+
+    async def _chat(body: ChatRequest, request: HttpRequest, observed: Observed) -> HttpResponse | StreamingResponse:
         prompt = generation.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages])
         field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        stream = generation.start(prompt, body.sampling(), body.max_completion_tokens or body.max_tokens,
-                                  RequestFields("messages", field))
-        return await _reply(_Reply(True, generation.name, metrics), stream, body, request)
+        observed.stream = generation.start(prompt, body.sampling(), body.max_completion_tokens or body.max_tokens,
+                                           RequestFields("messages", field), trace=observed.trace)
+        return await _reply(_Reply(True, generation.name, metrics), observed, body, request)
 
-    async def _reply(reply: _Reply, stream: Stream, body: _Sampling, request: HttpRequest) -> HttpResponse | StreamingResponse:
+    async def _reply(reply: _Reply, observed: Observed, body: _Sampling, request: HttpRequest) -> HttpResponse | StreamingResponse:
+        stream = observed.stream
         if not body.stream:
             with RequestTimer(metrics, "rest"):
                 return reply.whole(await while_connected(request.receive, stream.complete()))

@@ -13,6 +13,7 @@ from slimserve.serving.generation.params import SamplingParams
 from slimserve.serving.generation.api_common import FieldError
 from slimserve.serving.metrics import GenerationMetrics
 from slimserve.serving.model import ServedModel
+from slimserve.serving.tracing import NO_TRACE, RequestTrace
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Generation:
             raise FieldError("messages", str(error)) from None
 
     def start(self, prompt: str, params: SamplingParams, max_tokens: int | None, fields: RequestFields,
-              default_max_tokens: int | None = None) -> Stream:
+              default_max_tokens: int | None = None, trace: RequestTrace = NO_TRACE) -> Stream:
         """Queue `prompt` to be sampled as `params` say; `max_tokens` None takes `default_max_tokens`, else the
         rest of the context, within the server's limit either way. Raises InvalidInput naming the field when
         prompt and output cannot fit a sequence, or `max_tokens` is above the limit."""
@@ -93,4 +94,4 @@ class Generation:
         elif max_tokens > room:
             raise FieldError(fields.max_tokens, f"{max_tokens} tokens do not fit: the prompt is {len(ids)} tokens "
                                                 f"and the context {self.max_len}, so at most {room} can be generated")
-        return engine.submit(ids, replace(params, max_tokens=max_tokens))
+        return engine.submit(ids, replace(params, max_tokens=max_tokens), trace)
