@@ -432,6 +432,7 @@ BAD_VALUES = [
     ({"metrics": {"port": "9090"}}, "port"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
     ({"workloads": {"prometheusAddress": "prometheus:9090"}}, "prometheusAddress"),
+    ({"workloads": {"hubEndpoint": "hub-mirror:443"}}, "hubEndpoint"),
     ({"serviceAccount": {"create": "yes"}}, "create"),
     ({"networkPolicy": {"from": [{"podSelectors": {}}]}}, "podSelectors"),
     ({"servers": {"podMonitor": {"scheme": "ftp"}}}, "scheme"),

@@ -249,6 +249,8 @@ PVC_ROOT = Variable(f"{PREFIX}PVC_ROOT")
 CACHE = Variable(f"{PREFIX}CACHE")
 # Where http(s):// and hf:// downloads are kept; a shared volume lets replicas download each artifact once.
 DOWNLOAD_CACHE = Variable(f"{PREFIX}DOWNLOAD_CACHE")
+# The Hugging Face Hub, or a mirror speaking its API, that hf:// sources are read from (huggingface_hub's own name).
+HUB_ENDPOINT = Variable("HF_ENDPOINT")
 HOME = Variable("HOME")  # the root file system is read-only: what writes under $HOME gets a scratch folder
 LOG_LEVEL = Variable(f"{PREFIX}LOG_LEVEL")
 LOG_FORMAT = Variable(f"{PREFIX}LOG_FORMAT", parse_log_format)  # text or JSON lines

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from slimserve.api.uri import StorageUri
+from slimserve.api.workload import HUB_ENDPOINT
 from slimserve.artifacts.errors import StorageError
 
 ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "*.jinja"]
@@ -19,7 +20,7 @@ TIMEOUT_S = 60.0
 
 def hf_endpoint() -> str | None:
     """The Hub or the mirror hf:// URIs are read from; huggingface_hub's default when `HF_ENDPOINT` is unset."""
-    return os.environ.get("HF_ENDPOINT") or None
+    return HUB_ENDPOINT.read()
 
 
 def fetch_hf(source: StorageUri, directory: Path) -> Path:

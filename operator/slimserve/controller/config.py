@@ -127,6 +127,9 @@ class OperatorConfig(_ConfigModel):
     # Log format of compression and server pods; json sets SLIMSERVE_LOG_FORMAT=json on them, text (their
     # default) sets nothing, so that pod templates stay as they were.
     log_format: Literal["text", "json"] = DEFAULTS.log_format
+    # The Hugging Face Hub mirror hf:// sources are read from in compression, batch and server pods (HF_ENDPOINT);
+    # unset, the public Hub.
+    hub_endpoint: str | None = Field(default=None, pattern=r"^https?://[^/\s]+\S*$")
 
     def node_pool(self, name: str) -> NodePool:
         """The pool, or a KeyError whose message lists the known pools."""

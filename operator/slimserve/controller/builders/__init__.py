@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from slimserve.api.common import LocalObjectReference
-from slimserve.api.workload import DEFAULTS
+from slimserve.api.workload import DEFAULTS, HUB_ENDPOINT
 from slimserve.controller.config import NodePool, OperatorConfig
 
 HF_TOKEN_KEY = "HF_TOKEN"  # the key of a model source's hfTokenSecret, and the variable huggingface_hub reads
@@ -80,8 +80,10 @@ def pool_placement(pool: NodePool, config: OperatorConfig) -> dict[str, Any]:
     return placement
 
 
-def hf_token_env(secret: LocalObjectReference | None) -> list[dict[str, Any]]:
-    """The Hub token by reference: it never appears in the pod template, only the Secret's name does."""
-    if secret is None:
-        return []
-    return [{"name": HF_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": HF_TOKEN_KEY}}}]
+def hub_env(config: OperatorConfig, token_secret: LocalObjectReference | None = None) -> list[dict[str, Any]]:
+    """What an hf:// source needs: the configured Hub mirror, and the token by reference (it never appears in
+    the pod template, only the Secret's name does)."""
+    env = [HUB_ENDPOINT.entry(config.hub_endpoint)] if config.hub_endpoint else []
+    if token_secret is not None:
+        env.append({"name": HF_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": token_secret.name, "key": HF_TOKEN_KEY}}})
+    return env

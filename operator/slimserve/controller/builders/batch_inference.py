@@ -19,7 +19,7 @@ from slimserve.api import BatchInference, BatchInferenceSpec
 from slimserve.api.field_errors import field_errors
 from slimserve.api.uri import InvalidUri, parse_uri
 from slimserve.api.workload import BatchEnv, job_spec_text
-from slimserve.controller.builders import bounded_name, pod_log_format, pool_device
+from slimserve.controller.builders import bounded_name, hub_env, pod_log_format, pool_device
 from slimserve.controller.builders.compression_job import GENERATION_LABEL, InvalidSpec, status_target
 from slimserve.controller.builders.job_pod import (
     CACHE_DIR,
@@ -144,7 +144,7 @@ def build_job(
         container_name=CONTAINER_NAME,
         image=image,
         args=["batch"],
-        env=[*pod_env.to_env(), PYTHON_UNBUFFERED, *s3_credentials_env(spec.s3)],
+        env=[*pod_env.to_env(), PYTHON_UNBUFFERED, *s3_credentials_env(spec.s3), *hub_env(config)],
         resources=job_pod_resources(spec.resources, pool, config),
         claims=pvc_claims(claim_uris, writable_field="spec.output.uri"),
     )

@@ -25,7 +25,7 @@ from slimserve.api import GROUP, CompressionJob, CompressionJobSpec
 from slimserve.api.field_errors import field_errors
 from slimserve.api.uri import InvalidUri, parse_uri
 from slimserve.api.workload import CompressorEnv, job_spec_text
-from slimserve.controller.builders import bounded_name, hf_token_env, pod_log_format, pool_device
+from slimserve.controller.builders import bounded_name, hub_env, pod_log_format, pool_device
 from slimserve.controller.builders.job_pod import (
     CACHE_DIR,
     PYTHON_UNBUFFERED,
@@ -205,7 +205,7 @@ def _env(
         log_format=pod_log_format(config),
         device=device,
     )
-    return [*pod_env.to_env(), PYTHON_UNBUFFERED, *s3_credentials_env(spec.s3), *hf_token_env(spec.model.hf_token_secret)]
+    return [*pod_env.to_env(), PYTHON_UNBUFFERED, *s3_credentials_env(spec.s3), *hub_env(config, spec.model.hf_token_secret)]
 
 
 def pvc_claims(spec: CompressionJobSpec) -> dict[str, bool]:

@@ -25,7 +25,7 @@ from slimserve.controller.builders import (
     DNS_LABEL_MAX,
     hardened_container_security_context,
     hardened_pod_security_context,
-    hf_token_env,
+    hub_env,
     pod_log_format,
     pool_device,
     pool_placement,
@@ -277,7 +277,7 @@ def server_env(
         **generation_settings(spec.generation),
         download_cache=MODEL_CACHE_MOUNT if spec.model_cache else None,
     )
-    return env.to_env() + s3_env(spec) + hf_token_env(spec.model.hf_token_secret)
+    return env.to_env() + s3_env(spec) + hub_env(config, spec.model.hf_token_secret)
 
 
 # ---- auth ---------------------------------------------------------------------------------------------
