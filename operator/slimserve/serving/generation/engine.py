@@ -159,6 +159,7 @@ class GenerationEngine:
         self._running: list[Sequence] = []
         self._outbox: list[tuple[Sequence, Chunk]] = []  # chunks of the step under way (worker thread only)
         self.cache = model.new_cache(plan.slots, plan.max_len)  # allocated once: the memory bound
+        self._slots = torch.arange(plan.slots, device=device)  # the decode batch's slots, in order
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="slimserve-generation", daemon=True)
@@ -236,11 +237,10 @@ class GenerationEngine:
             self._advance([sequence], logits.unsqueeze(0))
         if self._running:
             running = sorted(self._running, key=lambda s: s.slot)
-            logits = self.model.decode(
-                torch.tensor([s.generated[-1] for s in running], device=self._device),
-                torch.tensor([s.slot for s in running], device=self._device),
-                torch.tensor([s.position for s in running], device=self._device),
-            )
+            # one small tensor per step for the tokens and positions; the slots are 0..B-1, a cached range
+            tokens, positions = torch.tensor([[s.generated[-1] for s in running], [s.position for s in running]],
+                                             device=self._device)
+            logits = self.model.decode(tokens, self._slots[:len(running)], positions)
             self._advance(running, logits)
         self._publish_gauges()
 
@@ -272,6 +272,7 @@ class GenerationEngine:
     def _advance(self, sequences: list[Sequence], logits: torch.Tensor) -> None:
         tokens = next_tokens(logits, [s.params for s in sequences], [s.generator for s in sequences])
         now = time.perf_counter()
+        self.metrics.generated_tokens.inc(sum(not s.cancelled for s in sequences))
         for sequence, token in zip(sequences, tokens):
             if sequence.cancelled:
                 continue
@@ -281,7 +282,6 @@ class GenerationEngine:
             else:
                 self.metrics.inter_token_latency.observe(now - sequence.last_token_at)
             sequence.last_token_at = now
-            self.metrics.generated_tokens.inc()
             if token in self._eos:
                 self._finish(sequence, "stop")
                 continue
