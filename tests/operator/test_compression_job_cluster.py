@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
@@ -130,6 +131,17 @@ def running(cp, namespace: str, *manifests: dict) -> None:
     apply(cp, namespace, *manifests)
     for manifest in manifests:
         wait_phase(cp, namespace, manifest["metadata"]["name"], "Running")
+
+
+def example_running(cp, namespace: str, example: Path) -> tuple[dict, dict]:
+    """An example's CompressionJob and ModelService applied, with its claim `models` bound; kwok's compression
+    pod keeps running until the test ends it. Returns both manifests."""
+    job, service = yaml.safe_load_all(example.read_text())
+    job["metadata"]["annotations"] = {POD_ANNOTATIONS_ANNOTATION: json.dumps({OUTCOME_ANNOTATION: "run"})}
+    bound_claim(cp, namespace, "models")
+    apply(cp, namespace, service)
+    running(cp, namespace, job)
+    return job, service
 
 
 # ---- the Job ------------------------------------------------------------------------------------------

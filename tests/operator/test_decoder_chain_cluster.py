@@ -7,12 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from slimserve.controller.builders.compression_job import POD_ANNOTATIONS_ANNOTATION
-from tests.cluster.controlplane import OUTCOME_ANNOTATION
-from tests.cluster.helpers import apply, get, wait_for
-from tests.operator.test_compression_job_cluster import bound_claim, pods_of_job, running, status_of
+from tests.cluster.helpers import get, wait_for
+from tests.operator.test_compression_job_cluster import example_running, pods_of_job, status_of
 from tests.operator.test_model_service_cluster import pods_of, wait_condition, wait_ready
 
 pytestmark = pytest.mark.cluster
@@ -23,12 +20,8 @@ DIGEST = "sha256:" + "c3" * 32
 
 def test_tiny_lm_example_compresses_within_a_perplexity_budget_and_serves_the_artifact(control_plane, operator, namespace):
     cp = control_plane
-    job, service = yaml.safe_load_all(EXAMPLE.read_text())
     # kwok runs no containers: the compression pod keeps running until this test writes its result
-    job["metadata"]["annotations"] = {POD_ANNOTATIONS_ANNOTATION: json.dumps({OUTCOME_ANNOTATION: "run"})}
-    bound_claim(cp, namespace, "models")
-    apply(cp, namespace, service)
-    running(cp, namespace, job)
+    example_running(cp, namespace, EXAMPLE)
     wait_condition(cp, namespace, "tiny-lm", "ModelAvailable", "False", "WaitingForCompression")
 
     (pod,) = pods_of_job(cp, namespace, "tiny-lm-int4-g1")

@@ -1,0 +1,241 @@
+"""The quick start in real containers, from the operator's own pod specs.
+
+examples/quickstart.yaml goes to the test control plane with the real operator. kwok runs no containers, so the
+test plays the kubelet with `podman kube play`: it reads back the compression Job's pod template and the
+ModelService Deployment's pod template and runs them as they are (the pod's user and group, the read-only root
+filesystem, dropped capabilities, no privilege escalation, emptyDir volumes, command, args and env), in the
+images `make images BASE=local` builds (content-tagged: a no-op when they are there; a cold build of the torch
+images is long, see docs/images.md). What only a node supplies is mapped, and nothing else changes:
+
+- the PersistentVolumeClaim `models` is a hostPath on a temporary directory owned by the pods' user, as the
+  pod's fsGroup would make it: the artifact lands where the test reads it, and goes with the test;
+- podman 4.3 makes an emptyDir a volume named after it, shared by every pod that names one alike: each is
+  renamed after its pod (`kube down` removes them with the pod);
+- the compression pod's ServiceAccount token (a TokenRequest token, the CA and the namespace, mounted where the
+  kubelet mounts them) and KUBERNETES_SERVICE_HOST/PORT; it runs in the host's network namespace to reach the
+  API server on 127.0.0.1 (it listens on nothing);
+- the server's ports are published on 127.0.0.1 only (hostIP), on free ports; podman runs no probes without
+  systemd (and would run them with curl, which the image lacks), so the test asks the readiness probe's path
+  itself, on the probe's port.
+
+The containers' limits stay at the host's hard ones (a containers.conf of the test's own: podman's defaults
+would raise nofile and nproc, which a container may not).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import resource
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from slimserve.artifacts import MANIFEST_NAME
+from slimserve.models.digits import digits_data
+from tests.cluster.controlplane import OUTCOME_ANNOTATION
+from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, get, wait_for
+from tests.operator.conftest import OperatorProcess, crds  # noqa: F401  (the CRDs on the control plane)
+from tests.operator.test_compression_job_cluster import example_running, pods_of_job, status_of
+from tests.serving.serving_helpers import HOST, free_port, request
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "quickstart.yaml"
+PODMAN = shutil.which("podman")
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+POD_USER = 65532
+HELD_OUT_ROWS = 64
+
+
+def podman(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run([PODMAN, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and out.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)}: exit {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The compressor and server images of this checkout (`make images`, which builds only an image whose
+    content tag podman lacks): image name -> content-tagged reference."""
+    if PODMAN is None:
+        pytest.skip("podman is not installed")
+    out = subprocess.run(
+        ["make", "-s", "images", "BASE=local", "CONTAINER_ENGINE=podman", "IMAGES=compressor server"],
+        cwd=REPO, capture_output=True, text=True, timeout=3600,
+    )
+    assert out.returncode == 0, out.stderr[-5000:]
+    refs = [line for line in out.stdout.split() if ":content-" in line]
+    return {ref.rsplit("/", 1)[1].split(":")[0]: ref for ref in refs}
+
+
+@pytest.fixture
+def namespace(control_plane):
+    """A namespace of its own (the session's admin operator, if a run has one, leaves it alone)."""
+    name = control_plane.create_namespace(f"{SOLO_NAMESPACE_PREFIX}containers")
+    yield name
+    control_plane.delete_namespace(name)
+
+
+@pytest.fixture
+def operator(control_plane, crds, namespace, tmp_path):  # noqa: F811
+    """The real operator as a process, acting in that namespace."""
+    proc = OperatorProcess(control_plane, tmp_path / "operator", extra_args=("--namespace", namespace)).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def podman_env(tmp_path) -> dict[str, str]:
+    """podman's environment: a containers.conf whose limits are the host's hard ones, never above them."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard_nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    nproc = hard_nproc if 0 < hard_nproc <= 32768 else 32768  # as the Makefile's builds: runc refused more
+    path = tmp_path / "containers.conf"
+    path.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n')
+    return {**os.environ, "CONTAINERS_CONF": str(path)}
+
+
+@pytest.fixture
+def play(podman_env, tmp_path):
+    """`podman kube play` a Pod; afterwards `kube down` each, and nothing of them may be left."""
+    played: list[dict] = []
+
+    def play(pod: dict) -> str:
+        path = tmp_path / f"{pod['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(pod))
+        played.append(pod)
+        podman("kube", "play", str(path), env=podman_env)
+        return pod["metadata"]["name"]
+
+    yield play
+    for pod in reversed(played):
+        name = pod["metadata"]["name"]
+        podman("kube", "down", str(tmp_path / f"{name}.yaml"), check=False, env=podman_env)
+        assert podman("pod", "exists", name, check=False).returncode == 1, f"pod {name} left behind"
+        left = podman("ps", "--all", "--quiet", "--filter", f"name=^{name}-", check=False).stdout.split()
+        assert not left, f"containers of {name} left behind: {left}"
+        for volume in pod["spec"]["volumes"]:
+            if "emptyDir" in volume:
+                assert podman("volume", "exists", volume["name"], check=False).returncode == 1, \
+                    f"volume {volume['name']} left behind"
+
+
+def playable(name: str, template: dict, *, image: str, claim_dir: Path) -> dict:
+    """The pod template as a Pod for `podman kube play`: the image built here, the claim a hostPath on
+    `claim_dir`, the emptyDirs named after the pod."""
+    spec = copy.deepcopy(template["spec"])
+    (container,) = spec["containers"]
+    container["image"] = image
+    container["imagePullPolicy"] = "Never"
+    renamed = {}
+    for volume in spec["volumes"]:
+        if "persistentVolumeClaim" in volume:
+            del volume["persistentVolumeClaim"]
+            volume["hostPath"] = {"path": str(claim_dir), "type": "Directory"}
+        elif "emptyDir" in volume:
+            renamed[volume["name"]] = volume["name"] = f"{name}-{volume['name']}"
+    for mount in container["volumeMounts"]:
+        mount["name"] = renamed.get(mount["name"], mount["name"])
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def with_service_account_token(pod: dict, cp, namespace: str, token_dir: Path) -> None:
+    """What the kubelet gives a pod that mounts its ServiceAccount's token and reaches the API server."""
+    token_dir.mkdir()
+    account = pod["spec"]["serviceAccountName"]
+    (token_dir / "token").write_text(cp.kubectl("create", "token", "-n", namespace, account).stdout.strip())
+    (token_dir / "namespace").write_text(namespace)
+    shutil.copy(cp.workdir / "pki" / "ca.crt", token_dir / "ca.crt")
+    pod["spec"]["hostNetwork"] = True
+    pod["spec"]["volumes"].append({"name": "token", "hostPath": {"path": str(token_dir), "type": "Directory"}})
+    (container,) = pod["spec"]["containers"]
+    container["volumeMounts"].append({"name": "token", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True})
+    host, port = cp.server.removeprefix("https://").rsplit(":", 1)
+    container["env"] += [{"name": "KUBERNETES_SERVICE_HOST", "value": host},
+                         {"name": "KUBERNETES_SERVICE_PORT", "value": port}]
+
+
+def exit_code(container: str) -> int:
+    return int(podman("inspect", "--format", "{{.State.ExitCode}}", container).stdout)
+
+
+def logs(container: str) -> str:
+    out = podman("logs", container, check=False)
+    return (out.stdout + out.stderr)[-5000:]
+
+
+def test_quickstart_runs_in_containers_from_the_operators_pod_specs(control_plane, operator, namespace, images, play,
+                                                                     tmp_path):
+    from tritonclient import grpc as grpcclient
+    from tritonclient import http as httpclient
+
+    cp = control_plane
+    # kwok's stand-in of the compression pod keeps running while the container below does the work
+    example_running(cp, namespace, EXAMPLE)
+    (job_object,) = get(cp, namespace, "jobs", "-l", "app.kubernetes.io/instance=digits-slim")["items"]
+    claim_dir = tmp_path / "claim-models"
+    claim_dir.mkdir()
+    os.chown(claim_dir, POD_USER, POD_USER)
+
+    # ---- the compression pod: the artifact into the claim, the result into the CompressionJob's status ----
+    compress = playable(f"{namespace}-compress", job_object["spec"]["template"], image=images["compressor"],
+                        claim_dir=claim_dir)
+    with_service_account_token(compress, cp, namespace, tmp_path / "serviceaccount")
+    compressor = f"{play(compress)}-{compress['spec']['containers'][0]['name']}"
+    assert int(podman("wait", compressor, timeout=900).stdout) == 0, logs(compressor)
+    artifact = status_of(cp, namespace, "digits-slim")["artifact"]
+    assert artifact["uri"] == "pvc://models/digits-slim"
+    assert (claim_dir / "digits-slim" / MANIFEST_NAME).is_file()
+
+    # kwok's pod completes; the operator finishes the CompressionJob and rolls out the server for its artifact
+    (kwok_pod,) = pods_of_job(cp, namespace, job_object["metadata"]["name"])
+    cp.kubectl("annotate", "-n", namespace, "pod", kwok_pod["metadata"]["name"], f"{OUTCOME_ANNOTATION}=succeed",
+               "--overwrite")
+    cp.kubectl("wait", "-n", namespace, "--for=condition=Ready", "msvc/digits", "--timeout=120s", timeout=130)
+
+    # ---- the server pod: serves the artifact from the claim, mounted read-only ----
+    template = get(cp, namespace, "deployment", "digits")["spec"]["template"]
+    serve = playable(f"{namespace}-serve", template, image=images["server"], claim_dir=claim_dir)
+    (container,) = serve["spec"]["containers"]
+    ports = {}
+    for port in container["ports"]:
+        ports[port["name"]] = port["hostPort"] = free_port()
+        port["hostIP"] = HOST
+    server = f"{play(serve)}-{container['name']}"
+
+    probe = container["readinessProbe"]["httpGet"]
+    probe_address = f"{HOST}:{ports[probe['port']]}"
+
+    def ready() -> bool:
+        assert podman("inspect", "--format", "{{.State.Running}}", server).stdout.strip() == "true", logs(server)
+        try:
+            return request(probe_address, "GET", probe["path"], timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    wait_for("the server's readiness probe", ready, timeout=180, interval=0.5)
+    model = {e["name"]: e.get("value") for e in container["env"]}["SLIMSERVE_MODEL_NAME"]
+    data = digits_data()
+    rows, digits = data.x_test[:HELD_OUT_ROWS], data.y_test[:HELD_OUT_ROWS]
+
+    rest = httpclient.InferenceServerClient(f"{HOST}:{ports['http']}")
+    rest_input = httpclient.InferInput("input", list(rows.shape), "FP32")
+    rest_input.set_data_from_numpy(rows)
+    rest_labels = rest.infer(model, [rest_input]).as_numpy("label")
+    with grpcclient.InferenceServerClient(f"{HOST}:{ports['grpc']}") as grpc:
+        grpc_input = grpcclient.InferInput("input", list(rows.shape), "FP32")
+        grpc_input.set_data_from_numpy(rows)
+        grpc_labels = grpc.infer(model, [grpc_input]).as_numpy("label")
+    np.testing.assert_array_equal(rest_labels, grpc_labels)
+    assert (rest_labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
+
+    # SIGTERM (the stop signal) drains the server, which exits 0 within the pod's grace period
+    podman("pod", "stop", "--time", str(serve["spec"]["terminationGracePeriodSeconds"]), serve["metadata"]["name"])
+    assert exit_code(server) == 0, logs(server)
