@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from slimserve.compression.resident import file_mappings, release_mapped_weights
+from slimserve.compression.resident import file_mappings, map_from_scratch_file, release_mapped_weights
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "compression_scale.py"
 BOUND = 1.5
@@ -86,3 +86,17 @@ def test_a_mapping_written_to_is_not_released(tmp_path):
         linear.weight[0, 0] = 42.0  # a private copy-on-write page: releasing it would lose the write
     assert release_mapped_weights(linear) == 0
     assert float(linear.weight[0, 0]) == 42.0
+
+
+def test_a_model_mapped_from_a_scratch_file_keeps_its_values_and_ties_and_can_be_released():
+    model = nn.Sequential(nn.Embedding(1000, 256), nn.Linear(256, 1000))
+    model[1].weight = model[0].weight  # tied
+    model.register_buffer("int8", torch.randint(-127, 127, (512, 512), dtype=torch.int8))
+    model.register_buffer("rows", model.int8[:256])  # another view of the same storage
+    expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    map_from_scratch_file(model)
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in expected.items())
+    assert model[1].weight.data_ptr() == model[0].weight.data_ptr()  # still one copy
+    model.int8.sum(), model[0].weight.sum()  # faults the pages in
+    assert release_mapped_weights(model) >= 1000 * 256 * 4 + 512 * 512
+    assert torch.equal(model.int8, expected["int8"]) and torch.equal(model[0].weight.detach(), expected["0.weight"])

@@ -12,7 +12,7 @@ from slimserve.api.steps import DistillConfig, OptimizerSpec, PruneConfig, Quant
 from slimserve.compression.errors import BudgetExceeded
 from slimserve.compression.measure import Speed, measure_speeds
 from slimserve.compression.registry import relaxations_for, transform_for
-from slimserve.compression.resident import release_mapped_weights, trim_heap
+from slimserve.compression.resident import map_from_scratch_file, release_mapped_weights, trim_heap
 from slimserve.compression.state import Candidate, ModelState, StepContext, TimeBoxExpired
 from slimserve.quant.embedding import QUANTIZED_TABLES
 
@@ -89,6 +89,8 @@ def run_within_budget(state: ModelState, config: StepConfig, context: StepContex
             context.reporter.update(0.0, f"{label}: trying {describe(candidate_config)}")
             candidate_state = transform(state, candidate_config, context)
             release_mapped_weights(state.model)  # read to build the candidate, not needed to score it
+            if candidate_state.quantization is not None:  # its compiled copy keeps prepacked weights of its own
+                map_from_scratch_file(candidate_state.model)
             trim_heap()  # the transform's temporaries, freed but still resident in malloc's arenas
             metric = context.task.score(candidate_state.served())
             candidate = Candidate(

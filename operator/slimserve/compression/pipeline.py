@@ -14,7 +14,7 @@ from slimserve.compression.checkpoint import Checkpoints, FinishedStep, checkpoi
 from slimserve.compression.measure import measure_speeds, model_metrics, untrusted_speeds
 from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
 from slimserve.compression.report import report_json, report_png
-from slimserve.compression.resident import release_mapped_weights
+from slimserve.compression.resident import release_mapped_weights, trim_heap
 from slimserve.compression.state import Candidate, ModelState, StepContext
 from slimserve.compression.task_data import build_task
 from slimserve.api.workload import DEFAULTS
@@ -92,6 +92,7 @@ def _run(
         checkpoints.save(index, kept[-1], context.candidates, context.within_budget)
 
     reporter.begin(len(spec.steps) + 1, "write", "measuring the original and the compressed models side by side")
+    trim_heap()  # what scoring the candidates freed, before the original's weights are read again
     baseline, results, speed_warning = _measure_side_by_side(original, kept, context)
     generation = task.tokens_per_second([original.model, *(step.state.model for step in kept)], threads)
     release_mapped_weights(original.model)  # measured; writing needs only the compressed model

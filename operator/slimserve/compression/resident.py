@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import os
 import re
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -93,6 +94,36 @@ def release_mapped_weights(model: nn.Module) -> int:
             if libc.madvise(ctypes.c_void_p(mapping.start), ctypes.c_size_t(mapping.end - mapping.start), MADV_DONTNEED) == 0:
                 released += mapping.resident_bytes
     return released
+
+
+def map_from_scratch_file(model: nn.Module) -> nn.Module:
+    """Move `model`'s parameters and buffers into a scratch safetensors file and map them back from it (the
+    same values; tied tensors still share one copy), so that `release_mapped_weights` can drop the pages of those a
+    compiled copy does not read (it keeps its own prepacked constants). The file is unlinked at once: its
+    pages live as long as the mapping. Returns `model`."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    if any(tensor.device.type != "cpu" for tensor in state.values()):
+        return model  # device memory: nothing resident to release
+    stored_as: dict[str, str] = {}  # name -> the name its tensor is stored under (itself, or a tied one's)
+    first_view: dict[tuple, str] = {}
+    to_store: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, tensor in state.items():
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        stored_as[name] = first_view.setdefault(view, name)
+        if stored_as[name] == name:  # safetensors stores no two tensors over one storage: other views are copied
+            shared = view[0] in storages or not tensor.is_contiguous()
+            to_store[name] = tensor.detach().clone(memory_format=torch.contiguous_format) if shared else tensor.detach()
+            storages.add(view[0])
+    with tempfile.NamedTemporaryFile(prefix="slimserve-candidate-", suffix=".safetensors") as scratch:
+        save_file(to_store, scratch.name)
+        with safe_open(scratch.name, framework="pt") as stored:
+            mapped = {name: stored.get_tensor(name) for name in stored.keys()}
+    model.load_state_dict({name: mapped[stored_as[name]] for name in state}, strict=True, assign=True)
+    return model
 
 
 def trim_heap() -> bool:

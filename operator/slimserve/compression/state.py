@@ -13,7 +13,7 @@ from torch import nn
 
 from slimserve.compression.measure import Speed, count_parameters, serialized_size, speed_json
 from slimserve.compression.progress import Reporter
-from slimserve.compression.resident import trim_heap
+from slimserve.compression.resident import release_mapped_weights, trim_heap
 from slimserve.compression.tasks import Forward, Task
 from slimserve.models.device import host_tensors, model_device, to_device
 from slimserve.models.families import ModelFamily, eager_forward, set_training
@@ -87,6 +87,7 @@ class ModelState:
 
             example = to_device(self.family.example_inputs(self.assets), model_device(self.model))
             self._optimized = optimize_for_inference(self.model, example)
+            release_mapped_weights(self.model)  # the compiled copy reads again only what it did not prepack
             trim_heap()  # the compiler's working memory, freed but still resident in malloc's arenas
         return self._optimized
 
