@@ -18,6 +18,8 @@ images is long, see docs/images.md). What only a node supplies is mapped, and no
   systemd (and would run them with curl, which the image lacks), so the test asks the readiness probe's path
   itself, on the probe's port.
 
+The operator image, too, runs outside the cluster against the control plane and reconciles a ModelService.
+
 The containers' limits stay at the host's hard ones (a containers.conf of the test's own: podman's defaults
 would raise nofile and nproc, which a container may not).
 """
@@ -39,7 +41,7 @@ from slimserve.artifacts import MANIFEST_NAME
 from slimserve.models.digits import digits_data
 from tests.cluster.controlplane import OUTCOME_ANNOTATION
 from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, get, wait_for
-from tests.operator.conftest import OperatorProcess, crds  # noqa: F401  (the CRDs on the control plane)
+from tests.operator.conftest import TEST_OPERATOR_CONFIG, OperatorProcess, crds  # noqa: F401  (crds: the CRDs)
 from tests.operator.test_compression_job_cluster import example_running, pods_of_job, status_of
 from tests.serving.serving_helpers import HOST, free_port, request
 
@@ -62,12 +64,12 @@ def podman(*args: str, check: bool = True, timeout: float = 300, env: dict | Non
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, str]:
-    """The compressor and server images of this checkout (`make images`, which builds only an image whose
+    """The images of this checkout (`make images`, which builds only an image whose
     content tag podman lacks): image name -> content-tagged reference."""
     if PODMAN is None:
         pytest.skip("podman is not installed")
     out = subprocess.run(
-        ["make", "-s", "images", "BASE=local", "CONTAINER_ENGINE=podman", "IMAGES=compressor server"],
+        ["make", "-s", "images", "BASE=local", "CONTAINER_ENGINE=podman", "IMAGES=operator compressor server"],
         cwd=REPO, capture_output=True, text=True, timeout=3600,
     )
     assert out.returncode == 0, out.stderr[-5000:]
@@ -166,6 +168,22 @@ def exit_code(container: str) -> int:
     return int(podman("inspect", "--format", "{{.State.ExitCode}}", container).stdout)
 
 
+@pytest.fixture
+def run(podman_env):
+    """`podman run --detach` a container; afterwards it is removed, with its anonymous volumes."""
+    names: list[str] = []
+
+    def run(name: str, *args: str) -> str:
+        names.append(name)
+        podman("run", "--detach", "--name", name, *args, env=podman_env)
+        return name
+
+    yield run
+    for name in names:
+        podman("rm", "--force", "--volumes", name, check=False)
+        assert podman("container", "exists", name, check=False).returncode == 1, f"container {name} left behind"
+
+
 def logs(container: str) -> str:
     out = podman("logs", container, check=False)
     return (out.stdout + out.stderr)[-5000:]
@@ -239,3 +257,40 @@ def test_quickstart_runs_in_containers_from_the_operators_pod_specs(control_plan
     # SIGTERM (the stop signal) drains the server, which exits 0 within the pod's grace period
     podman("pod", "stop", "--time", str(serve["spec"]["terminationGracePeriodSeconds"]), serve["metadata"]["name"])
     assert exit_code(server) == 0, logs(server)
+
+
+def test_the_operator_image_reconciles_a_model_service(control_plane, crds, namespace, images, run, tmp_path):  # noqa: F811
+    """The operator image as the chart runs it (read-only root, user 65532), outside the cluster: the host's
+    network, the control plane's kubeconfig and the operator configuration mounted read-only; liveness on
+    loopback."""
+    cp = control_plane
+    config = tmp_path / "operator"
+    config.mkdir()
+    shutil.copy(cp.kubeconfig, config / "kubeconfig")
+    (config / "operator.yaml").write_text(yaml.safe_dump(TEST_OPERATOR_CONFIG))
+    for path in config.iterdir():
+        os.chown(path, POD_USER, POD_USER)
+    liveness = f"{HOST}:{free_port()}"
+    operator = run(
+        f"{namespace}-operator", "--network", "host", "--read-only", "--user", str(POD_USER),
+        "--volume", f"{config}:/etc/slimserve:ro",
+        "--env", "KUBECONFIG=/etc/slimserve/kubeconfig", "--env", "SLIMSERVE_OPERATOR_CONFIG=/etc/slimserve/operator.yaml",
+        images["operator"], "--namespace", namespace, "--liveness", f"http://{liveness}/healthz",
+    )
+
+    def live() -> bool:
+        assert podman("inspect", "--format", "{{.State.Running}}", operator).stdout.strip() == "true", logs(operator)
+        try:
+            return request(liveness, "GET", "/healthz", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    wait_for("the operator's liveness endpoint", live, timeout=60, interval=0.5)
+    cp.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump({
+        "apiVersion": "slimserve.io/v1alpha1", "kind": "ModelService", "metadata": {"name": "digits"},
+        "spec": {"model": {"uri": "builtin://digits-mlp"}},
+    }))
+    uid = get(cp, namespace, "modelservice", "digits")["metadata"]["uid"]
+    cp.kubectl("wait", "-n", namespace, "--for=condition=Ready", "msvc/digits", "--timeout=60s", timeout=70)
+    (owner,) = get(cp, namespace, "deployment", "digits")["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("ModelService", uid, True), logs(operator)
