@@ -138,7 +138,8 @@ class Checkpoints:
 
     def _restore(self, entry: dict[str, Any], original: ModelState) -> FinishedStep:
         from slimserve.api.steps import QuantizeConfig
-        from slimserve.models.families import family_named, set_training
+        from slimserve.models.families import family_named
+        from slimserve.quant.base import set_training
 
         weights = self.directory / Path(entry["file"]).name
         if sha256_file(weights) != entry["sha256"]:

@@ -10,7 +10,7 @@ from torch import nn
 from slimserve.api.steps import OptimizerSpec
 from slimserve.compression.tasks import Batch, Task
 from slimserve.models.device import model_device
-from slimserve.models.families import set_training
+from slimserve.quant.base import set_training
 
 # Step sizes for recovery fine-tuning: small for pretrained transformers, larger for small CNNs / MLPs.
 RECOVERY_LEARNING_RATE = {"accuracy": 3e-3, "cosine": 2e-4, "perplexity": 5e-4}

@@ -16,7 +16,8 @@ from slimserve.compression.progress import Reporter
 from slimserve.compression.resident import release_mapped_weights, trim_heap
 from slimserve.compression.tasks import Forward, Task
 from slimserve.models.device import host_tensors, model_device, to_device
-from slimserve.models.families import ModelFamily, eager_forward, set_training
+from slimserve.models.families import ModelFamily, eager_forward
+from slimserve.quant.base import set_training
 
 if TYPE_CHECKING:
     from slimserve.api.steps import QuantizeConfig

@@ -18,6 +18,7 @@ from slimserve.models import digits
 from slimserve.models.asset_names import PROGRAM_FILE, TOKENIZER_FILE
 from slimserve.models.servable import ModelInfo, Servable, TensorSpec
 from slimserve.models.torch_servables import ClassifierServable, EmbeddingServable, Forward
+from slimserve.quant.base import set_training
 
 
 class ModelFamily(ABC):
@@ -350,15 +351,6 @@ def family_named(name: str) -> ModelFamily:
         return FAMILIES[name]
     except KeyError:
         raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
-
-
-def set_training(model: nn.Module, training: bool) -> nn.Module:
-    """`model.train(training)`; exported programs fixed their mode when exported and refuse to switch."""
-    try:
-        model.train(training)
-    except NotImplementedError:
-        pass
-    return model
 
 
 def eager_forward(model: nn.Module) -> Forward:

@@ -19,7 +19,8 @@ from slimserve.models import digits
 from slimserve.models.asset_names import PROGRAM_FILE, TOKENIZER_FILE
 from slimserve.models.decoder.config import MODEL_TYPES
 from slimserve.models.errors import ModelLoadError
-from slimserve.models.families import FAMILIES, ModelFamily, family_named, set_training
+from slimserve.models.families import FAMILIES, ModelFamily, family_named
+from slimserve.quant.base import set_training
 
 if TYPE_CHECKING:
     from slimserve.api.storage import S3Spec

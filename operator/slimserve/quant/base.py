@@ -15,12 +15,13 @@ from torch import nn
 KINDS: dict[str, type["QuantizedModule"]] = {}
 
 
-def in_eval_mode(model: nn.Module) -> nn.Module:
-    """`model.eval()`; a torch.export program's module fixed its mode when exported and refuses to switch."""
+def set_training(model: nn.Module, training: bool) -> nn.Module:
+    """`model.train(training)`; a torch.export program's module fixed its mode when exported and refuses to switch."""
     try:
-        return model.eval()
+        model.train(training)
     except NotImplementedError:
-        return model
+        pass
+    return model
 
 
 class BackendUnsupportedError(NotImplementedError):

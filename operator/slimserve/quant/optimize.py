@@ -24,7 +24,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
-from slimserve.quant.base import in_eval_mode
+from slimserve.quant.base import set_training
 from slimserve.quant.fuse import apply_inference_fusions
 from slimserve.quant.sharing import copy_sharing_weights
 from slimserve.quant.half import serving_copy
@@ -67,7 +67,7 @@ class OptimizedForward:
 
 def optimize_for_inference(model: nn.Module, example_inputs: tuple) -> OptimizedForward:
     """Compile `model` for serving and warm it up; `model` itself is left as it was (fusions apply to a copy)."""
-    model = in_eval_mode(copy_sharing_weights(model))  # fusions and casts build new tensors: no second copy of the weights
+    model = set_training(copy_sharing_weights(model), False)  # fusions and casts build new tensors: no second copy of the weights
     model, compute_dtype = serving_copy(model, _device_of(model))
     if compute_dtype is not None:
         log.info("%s computes in %s on %s", type(model).__name__, compute_dtype, _device_of(model))

@@ -16,7 +16,7 @@ from torch import nn
 # Every kind a recipe may name registers itself on import: restoring must know them all, whatever else
 # the process happened to import.
 from slimserve.quant import embedding, int4_weight_only, int8_dynamic, int8_static, int8_weight_only  # noqa: F401
-from slimserve.quant.base import QuantizedModule, in_eval_mode, install, kind_named
+from slimserve.quant.base import QuantizedModule, install, kind_named, set_training
 from slimserve.quant.half import HalfPrecision, cast_to_half, half_precision_of
 
 RECIPE_FORMAT = "slimserve.quantization"
@@ -72,7 +72,7 @@ def restore_quantization(skeleton: nn.Module, recipe: dict[str, Any], tensors: d
             raise ValueError(f"recipe.half.keep_float: {exc}") from None
     _check_tensors(skeleton, tensors)
     skeleton.load_state_dict(tensors, strict=True)
-    return in_eval_mode(skeleton)
+    return set_training(skeleton, False)
 
 
 def _checked_entries(recipe: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,7 @@ from slimserve.compression.quantize import methods  # noqa: F401  (registers the
 from slimserve.compression.quantize.apply import install_quantized, layers_to_quantize
 from slimserve.compression.quantize.configs import QuantizationConfig, config_class_named, config_of
 from slimserve.compression.quantize.registry import quantizer_for
-from slimserve.models.families import set_training
+from slimserve.quant.base import set_training
 
 __all__ = ["QuantizationConfig", "apply_quantization", "needs_calibration", "quantizable_layers"]
 
