@@ -50,6 +50,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quickstart.yaml"
 PODMAN = shutil.which("podman")
+# What a first build of the torch images takes in podman's store (their layers and buildah's working copies).
+FIRST_BUILD_DISK = 30 * 2**30
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 POD_USER = 65532
 HELD_OUT_ROWS = 64
@@ -68,6 +70,12 @@ def images() -> dict[str, str]:
     content tag podman lacks): image name -> content-tagged reference."""
     if PODMAN is None:
         pytest.skip("podman is not installed")
+    first_build = not podman("images", "-q", "ghcr.io/slimserve/server").stdout.strip()
+    store = podman("info", "--format", "{{.Store.GraphRoot}}").stdout.strip()
+    free = shutil.disk_usage(store).free
+    if first_build and free < FIRST_BUILD_DISK:
+        pytest.skip(f"a first build of the torch images needs {FIRST_BUILD_DISK / 2**30:.0f} GiB free in {store}; "
+                    f"{free / 2**30:.1f} GiB are")
     out = subprocess.run(
         ["make", "-s", "images", "BASE=local", "CONTAINER_ENGINE=podman", "IMAGES=operator compressor server"],
         cwd=REPO, capture_output=True, text=True, timeout=3600,
