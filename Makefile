@@ -7,7 +7,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test cluster-build dev-cluster web-deps
+.PHONY: venv demo test cluster-build dev-cluster web-deps node-deps
 
 venv: $(VENV_STAMP)
 
@@ -24,7 +24,7 @@ demo: venv
 	$(VENV)/bin/slimserve run -f examples/quickstart.yaml
 
 # Everything: unit tests, the compression engine, the server, and the operator on a real control plane.
-test: venv cluster-build web-deps
+test: venv cluster-build web-deps node-deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # The binaries of the local test cluster (kube-apiserver, etcd, kwok, helm, ...), built from
@@ -36,6 +36,11 @@ cluster-build:
 # ${SLIMSERVE_CACHE:-~/.cache/slimserve}, and Debian's Chromium; a no-op once installed.
 web-deps:
 	tests/web/install.sh
+
+# What the real node of the test cluster (tests/realnode) runs on: Debian's containerd, runc, CNI plugins,
+# conntrack and iptables; a no-op once installed.
+node-deps:
+	tests/realnode/install.sh
 
 # The benchmarks this machine can run (serving against KServe with native load generators, gRPC-Web,
 # compression), one JSON file per run in $(SLIMSERVE_CACHE)/bench/ and a Markdown report with plots beside it.
