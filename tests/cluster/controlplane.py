@@ -49,7 +49,7 @@ NODES_MANIFEST = HERE / "kwok" / "nodes.yaml"
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
 NODE_COUNT = 5  # kwok/nodes.yaml: 3 in pool cpu, 2 in pool gpu
-SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_CIDR = "198.19.0.0/16"  # within 198.18.0.0/15, which no other network uses (tests/realnode routes it)
 CLUSTER_CIDR = "10.244.0.0/16"
 WORKDIR_PREFIX = "slimserve-cluster-"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -6,16 +6,6 @@
 # configuration and state directories. A second run only checks and exits.
 set -euo pipefail
 
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-
-apt_install() { # apt_install PKG...: refreshes the package lists only when a package is not known yet
-  export DEBIAN_FRONTEND=noninteractive
-  if ! as_root apt-get install -y --no-install-recommends "$@"; then
-    as_root apt-get update
-    as_root apt-get install -y --no-install-recommends "$@"
-  fi
-}
-
 need=()
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
@@ -25,6 +15,8 @@ done
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v iptables >/dev/null || need+=(iptables)
 if [[ ${#need[@]} -gt 0 ]]; then
-  apt_install "${need[@]}"
+  sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 echo "node runtime: $(containerd --version 2>/dev/null | cut -d' ' -f3), runc $(runc --version 2>/dev/null | awk 'NR==1{print $3}')" >&2

@@ -1,0 +1,44 @@
+"""The real node fixture: one kubelet on containerd joined to the session's control plane as pool `real`."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.containers.test_quickstart_in_containers import images  # noqa: F401  (the fixture)
+
+from .node import RealNode, cache_dir, cannot_run
+
+# Imported images stay in containerd's store (in the cache) and must leave this much of the disk free.
+MIN_FREE_DISK = 10 * 2**30
+
+
+@pytest.fixture(scope="session")
+def real_node(control_plane) -> Iterator[RealNode]:
+    reason = cannot_run()
+    if reason:
+        pytest.skip(reason)
+    node = RealNode.join(control_plane)
+    try:
+        yield node
+    finally:
+        node.leave()
+    left = node.leftovers()
+    assert not left, "the real node left behind:\n" + "\n".join(left)
+
+
+@pytest.fixture(scope="session")
+def node_images(real_node, images) -> dict[str, str]:
+    """The images of this checkout (podman's, content-tagged) in the node's containerd: a warm run imports nothing."""
+    real_node.remove_images_except(images.values())  # earlier builds' images: containerd frees their layers
+    wanted = [ref for ref in images.values() if ref not in real_node.images()]
+    if wanted:
+        free = shutil.disk_usage(cache_dir()).free
+        need = real_node.podman_layer_bytes(*wanted) * 2 + MIN_FREE_DISK  # the layers and their snapshots
+        if free < need:
+            pytest.skip(f"importing {wanted} into containerd needs {need / 2**30:.1f} GiB free; "
+                        f"{free / 2**30:.1f} GiB are")
+        real_node.import_from_podman(*wanted)
+    return images

@@ -1,0 +1,523 @@
+"""A real node for the local control plane: containerd, a kubelet and kube-proxy as local processes.
+
+``RealNode.join(control_plane)`` starts containerd (its own configuration, socket and state; its content store
+and snapshots in a cache outside the repository, so imported images stay), pre-creates the pods' bridge, and
+starts the kubelet (node ``real-0``, label ``slimserve.io/pool=real``, taint ``slimserve.io/pool=real:NoSchedule``
+so that only pods tolerating it land there) and kube-proxy (iptables, so Services route). Pods get addresses in
+POD_CIDR; the control plane's Services are in its SERVICE_CIDR; both lie in 198.18.0.0/15, which no other network
+uses. Pods reach the API server (which listens on loopback) through the ``kubernetes`` Service, whose endpoint is
+a relay on the bridge's address.
+
+``leave()`` drains the node, stops the processes, removes what they made (pod sandboxes and their network
+namespaces, mounts, the bridge, kube-proxy's and the CNI plugin's iptables rules, cgroups) and ``leftovers()``
+lists anything still there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _free_port, _Process
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+BUILD_SCRIPT = REPO / "tests" / "cluster" / "build.sh"
+NODE_BINARIES = ("kubelet", "kube-proxy")
+RUNTIME_BINARIES = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "conntrack")
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CNI_PLUGINS = ("bridge", "host-local", "loopback")
+
+NODE_NAME = "real-0"
+POOL = "real"
+POOL_LABEL = "slimserve.io/pool"
+TAINT = {"key": POOL_LABEL, "value": POOL, "effect": "NoSchedule"}
+TOLERATION = {"key": POOL_LABEL, "operator": "Equal", "value": POOL, "effect": "NoSchedule"}
+POD_CIDR = "198.18.0.0/24"
+GATEWAY = "198.18.0.1"
+BRIDGE = "slimrealnode0"
+CNI_NETWORK = "slimserve-realnode"
+CGROUP_ROOT = "slimserve-realnode"
+SANDBOX_IMAGE = "localhost/slimserve/pause:catatonit"
+CONTAINERD_NAMESPACE = "k8s.io"
+IMAGE_PREFIX = "ghcr.io/slimserve/"  # the images `make images` builds
+WORKDIR_PREFIX = "slimserve-realnode-"
+# Whatever names these in iptables, routes or mounts was made for the node.
+MARKERS = ("KUBE-", CNI_NETWORK, BRIDGE, *(cidr.rsplit(".", 2)[0] + "." for cidr in (POD_CIDR, SERVICE_CIDR)))
+
+
+def node_bin_dir() -> Path:
+    out = subprocess.run(["bash", str(BUILD_SCRIPT), "--print-node-bin-dir"], check=True, text=True,
+                         capture_output=True)
+    return Path(out.stdout.strip())
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLIMSERVE_CACHE", Path.home() / ".cache" / "slimserve")) / "realnode"
+
+
+def cannot_run() -> str | None:
+    """Why a real node cannot run on this machine, or None."""
+    if os.geteuid() != 0:
+        return "a real node needs root (containerd, network namespaces, iptables)"
+    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").is_file():
+        return "no cgroup hierarchy to run pods in"
+    try:
+        probe = Path(tempfile.mkdtemp(dir="/sys/fs/cgroup/memory" if Path("/sys/fs/cgroup/memory").is_dir()
+                                      else "/sys/fs/cgroup"))
+        probe.rmdir()
+    except OSError as error:
+        return f"cannot create cgroups: {error}"
+    missing = [b for b in RUNTIME_BINARIES if shutil.which(b) is None]
+    missing += [f"CNI plugin {p}" for p in CNI_PLUGINS if not (CNI_BIN_DIR / p).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)} (tests/realnode/install.sh installs them)"
+    if any(not (node_bin_dir() / b).is_file() for b in NODE_BINARIES):
+        return "kubelet and kube-proxy are not built (tests/cluster/build.sh)"
+    return None
+
+
+def run(*argv: str, check: bool = True, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise ClusterError(f"{' '.join(argv)}: exit {out.returncode}\n{out.stdout.decode(errors='replace')}\n"
+                           f"{out.stderr.decode(errors='replace')}")
+    return out
+
+
+class Relay:
+    """A TCP relay from the bridge's address to the API server on loopback, so that pods reach it."""
+
+    def __init__(self, listen_host: str, target: tuple[str, int]):
+        self.target = target
+        self.server = socket.create_server((listen_host, 0))
+        self.port = self.server.getsockname()[1]
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True, name="realnode-relay").start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.server.close()
+
+
+class RealNode:
+    name = NODE_NAME
+
+    def __init__(self, control_plane, workdir: Path):
+        self.cp = control_plane
+        self.workdir = workdir
+        self.bin_dir = node_bin_dir()
+        self.processes: list[_Process] = []
+        self.relay: Relay | None = None
+        self.socket = workdir / "containerd.sock"
+
+    # ------------------------------------------------------------ start
+
+    @classmethod
+    def join(cls, control_plane, timeout: float = 120) -> "RealNode":
+        node = cls(control_plane, Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)))
+        try:
+            node._start(timeout)
+        except BaseException:
+            node.leave()
+            raise
+        return node
+
+    def _spawn(self, name: str, argv: list[str]) -> _Process:
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        proc = _Process(name, argv, self.workdir / "logs" / f"{name}.log")
+        self.processes.append(proc)
+        return proc
+
+    def _start(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._bridge()
+        self._containerd()
+        self._wait("containerd", lambda: self.ctr("version", check=False).returncode == 0, deadline)
+        self.import_sandbox_image()
+        host, port = self.cp.server.removeprefix("https://").rsplit(":", 1)
+        self.relay = Relay(GATEWAY, (host, int(port)))
+        self._api_endpoint(self.relay.port)
+        self._cgroups()
+        self._kubelet()
+        self._kube_proxy()
+        self._wait(f"node {self.name} to be Ready", self._ready, deadline)
+
+    def _bridge(self) -> None:
+        """The pods' bridge with the gateway address, made before the first pod so the relay can listen on it."""
+        run("ip", "link", "add", BRIDGE, "type", "bridge")
+        run("ip", "addr", "add", f"{GATEWAY}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE)
+        run("ip", "link", "set", BRIDGE, "up")
+        cni = self.workdir / "cni"
+        cni.mkdir()
+        (cni / "10-slimserve.conflist").write_text(json.dumps({
+            "cniVersion": "0.4.0",
+            "name": CNI_NETWORK,
+            "plugins": [{
+                "type": "bridge", "bridge": BRIDGE, "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
+                         "dataDir": str(self.workdir / "ipam")},
+            }],
+        }))
+
+    def _containerd(self) -> None:
+        root = cache_dir() / "containerd"
+        root.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "containerd.toml"
+        config.write_text(f"""version = 2
+root = "{root}"
+state = "{self.workdir / 'containerd-state'}"
+[grpc]
+  address = "{self.socket}"
+[ttrpc]
+  address = "{self.socket}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{SANDBOX_IMAGE}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{self.workdir / 'cni'}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+""")
+        self._spawn("containerd", [shutil.which("containerd"), "--config", str(config)])
+
+    def ctr(self, *args: str, check: bool = True, input: bytes | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        return run("ctr", "--address", str(self.socket), "--namespace", CONTAINERD_NAMESPACE, *args,
+                   check=check, input=input, timeout=timeout)
+
+    def images(self) -> set[str]:
+        return set(self.ctr("images", "list", "--quiet").stdout.decode().split())
+
+    def import_sandbox_image(self) -> None:
+        """The pods' sandbox: catatonit (static, from podman's dependencies) as a one-file image."""
+        if SANDBOX_IMAGE in self.images():
+            return
+        context = self.workdir / "pause"
+        context.mkdir()
+        shutil.copy("/usr/bin/catatonit", context / "catatonit")
+        (context / "Containerfile").write_text(
+            'FROM scratch\nCOPY catatonit /pause\nUSER 65535:65535\nENTRYPOINT ["/pause", "-P"]\n')
+        run("podman", "build", "--quiet", "--tag", SANDBOX_IMAGE, str(context))
+        self.import_from_podman(SANDBOX_IMAGE)
+
+    def import_from_podman(self, *refs: str) -> None:
+        """Copy podman's images into containerd's k8s.io namespace (those already there are left as they are)."""
+        wanted = [ref for ref in refs if ref not in self.images()]
+        if not wanted:
+            return
+        save = subprocess.Popen(["podman", "save", "--format", "docker-archive", "--multi-image-archive", *wanted],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out = subprocess.run(["ctr", "--address", str(self.socket), "--namespace", CONTAINERD_NAMESPACE,
+                                  "images", "import", "-"], stdin=save.stdout, capture_output=True, timeout=1800)
+        finally:
+            save.stdout.close()
+            save.wait()
+        if out.returncode != 0 or save.returncode != 0:
+            raise ClusterError(f"importing {wanted}: {out.stderr.decode(errors='replace')}"
+                               f"{save.stderr.read().decode(errors='replace')}")
+        left = [ref for ref in wanted if ref not in self.images()]
+        assert not left, f"not imported: {left}"
+
+    def remove_images_except(self, keep) -> None:
+        """Remove the project's images that are not in `keep` (and not the sandbox's)."""
+        stale = [ref for ref in self.images() if ref.startswith(IMAGE_PREFIX) and ref not in set(keep)]
+        if stale:
+            self.ctr("images", "remove", "--sync", *stale)
+
+    @staticmethod
+    def podman_layer_bytes(*refs: str) -> int:
+        """The bytes of the layers of `refs` (each shared layer once), from podman's layer store."""
+        digests = set()
+        for ref in refs:
+            out = run("podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", ref)
+            digests.update(json.loads(out.stdout))
+        store = run("podman", "info", "--format", "{{.Store.GraphRoot}}").stdout.decode().strip()
+        layers = json.loads((Path(store) / "overlay-layers" / "layers.json").read_text())
+        return sum({layer["diff-digest"]: layer.get("diff-size", 0) for layer in layers
+                    if layer.get("diff-digest") in digests}.values())
+
+    def _api_endpoint(self, port: int) -> None:
+        """The `kubernetes` Service's endpoint: the relay (the API server itself listens on loopback only)."""
+        self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes-realnode", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes",
+                                    "endpointslice.kubernetes.io/managed-by": "tests.realnode"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }))
+
+    @staticmethod
+    def _cgroups() -> None:
+        """The kubelet's cgroup root, in every hierarchy (cgroup v1; cpuset's needs its parent's cpus and mems)."""
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            if not hierarchy.is_dir() or not (hierarchy / "cgroup.procs").exists():
+                continue
+            top = hierarchy / CGROUP_ROOT
+            top.mkdir(exist_ok=True)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if (hierarchy / name).exists():
+                    (top / name).write_text((hierarchy / name).read_text())
+
+    def _kubelet(self) -> None:
+        config = self.workdir / "kubelet.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": "127.0.0.1",
+            "port": _free_port(),
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": _free_port(),
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                               "x509": {"clientCAFile": str(self.cp.workdir / "pki" / "ca.crt")}},
+            "authorization": {"mode": "Webhook"},
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/{CGROUP_ROOT}",
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "registerWithTaints": [TAINT],
+            "podLogsDir": str(self.workdir / "pod-logs"),
+            "resolvConf": "/etc/resolv.conf",
+            # The machine's disk is shared: neither evict nor collect the imported images for its use.
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "serializeImagePulls": False,
+            "maxPods": 20,
+        }))
+        self._spawn("kubelet", [
+            str(self.bin_dir / "kubelet"), f"--config={config}", f"--kubeconfig={self.cp.kubeconfig}",
+            f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'kubelet-pki'}",
+            f"--volume-plugin-dir={self.workdir / 'volume-plugins'}", f"--hostname-override={self.name}",
+            f"--node-labels={POOL_LABEL}={POOL},type={POOL}", "--v=1",
+        ])
+
+    def _kube_proxy(self) -> None:
+        config = self.workdir / "kube-proxy.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "mode": "iptables",
+            "clientConnection": {"kubeconfig": str(self.cp.kubeconfig)},
+            "hostnameOverride": self.name,
+            "clusterCIDR": POD_CIDR,
+            "bindAddress": "127.0.0.1",
+            "healthzBindAddress": f"127.0.0.1:{_free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{_free_port()}",
+            "nodePortAddresses": [f"{GATEWAY}/32"],
+            "iptables": {"localhostNodePorts": False},
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        }))
+        self._spawn("kube-proxy", [str(self.bin_dir / "kube-proxy"), f"--config={config}", "--v=1"])
+
+    def _ready(self) -> bool:
+        out = self.cp.kubectl("get", "node", self.name, "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        conditions = json.loads(out.stdout)["status"].get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def _wait(self, what: str, check, deadline: float) -> None:
+        while not check():
+            dead = [p for p in self.processes if p.popen.poll() is not None]
+            if dead:
+                raise ClusterError(f"{dead[0].name} exited {dead[0].popen.returncode} waiting for {what}:\n"
+                                   f"{dead[0].tail()}")
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {p.name}\n{p.tail(15)}" for p in self.processes)
+                raise ClusterError(f"timed out waiting for {what}\n{logs}")
+            time.sleep(0.3)
+
+    # ------------------------------------------------------------ stop
+
+    def leave(self) -> None:
+        """Drain and remove the node, stop its processes and remove all they made."""
+        self.cp.kubectl("delete", "pods", "--all-namespaces", "--field-selector", f"spec.nodeName={self.name}",
+                        "--grace-period=1", "--wait=false", check=False)
+        self._remove_containers()
+        for name in ("kube-proxy", "kubelet"):
+            self._stop(name)
+        self.cp.kubectl("delete", "node", self.name, "--ignore-not-found", "--wait=false", check=False)
+        self.cp.kubectl("delete", "endpointslice", "-n", "default", "kubernetes-realnode", "--ignore-not-found",
+                        check=False)
+        if self.relay:
+            self.relay.close()
+        self._remove_containers()
+        self._stop("containerd")
+        if (self.bin_dir / "kube-proxy").is_file():
+            run(str(self.bin_dir / "kube-proxy"), "--cleanup", check=False)
+        self._remove_rules()
+        run("ip", "link", "del", BRIDGE, check=False)
+        self._remove_cgroups()
+        for path in reversed(self.mounts()):
+            run("umount", "--lazy", path, check=False)
+        for p in self.processes:
+            p.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop(self, name: str) -> None:
+        for p in self.processes:
+            if p.name == name and p.popen.poll() is None:
+                p.signal_group(signal.SIGTERM)
+                try:
+                    p.popen.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.signal_group(signal.SIGKILL)
+                    p.popen.wait(5)
+
+    def _remove_containers(self) -> None:
+        """Wait for the kubelet to stop the pods it runs (the CRI tears down their networks); kill what is left."""
+        if not self.socket.exists():
+            return
+        containerd = next((p for p in self.processes if p.name == "containerd"), None)
+        if containerd is None or containerd.popen.poll() is not None:
+            return
+        deadline = time.monotonic() + 30
+        while self._tasks() and time.monotonic() < deadline and self._kubelet_running():
+            time.sleep(0.5)
+        for container in self._tasks():
+            self.ctr("tasks", "kill", "--signal", "SIGKILL", container, check=False)
+        deadline = time.monotonic() + 10
+        while self._tasks() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for container in self.ctr("containers", "list", "--quiet", check=False).stdout.decode().split():
+            self.ctr("tasks", "delete", "--force", container, check=False)
+            self.ctr("containers", "delete", container, check=False)
+
+    def _kubelet_running(self) -> bool:
+        return any(p.name == "kubelet" and p.popen.poll() is None for p in self.processes)
+
+    def _tasks(self) -> list[str]:
+        out = self.ctr("tasks", "list", "--quiet", check=False)
+        return out.stdout.decode().split() if out.returncode == 0 else []
+
+    def _remove_rules(self) -> None:
+        """Delete the rules and chains that name the node's networks (kube-proxy, the bridge plugin's masquerade)."""
+        for save, tool in (("iptables-save", "iptables"), ("ip6tables-save", "ip6tables")):
+            if shutil.which(save) is None:
+                continue
+            table = None
+            chains: list[tuple[str, str]] = []
+            for line in run(save, check=False).stdout.decode().splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith(":") and line[1:].startswith(("KUBE-", "CNI-")) and self._ours(table, tool,
+                                                                                                    line[1:].split()[0]):
+                    chains.append((table, line[1:].split()[0]))
+                elif line.startswith("-A ") and any(m in line for m in MARKERS):
+                    run(tool, "-w", "-t", table, "-D", *shlex.split(line[3:]), check=False)
+            for table, chain in chains:
+                run(tool, "-w", "-t", table, "-F", chain, check=False)
+            for table, chain in chains:
+                run(tool, "-w", "-t", table, "-X", chain, check=False)
+
+    def _ours(self, table: str, tool: str, chain: str) -> bool:
+        """A KUBE- chain is kube-proxy's or the kubelet's; a CNI- chain ours when its rules name our network."""
+        if chain.startswith("KUBE-"):
+            return True
+        rules = run(tool, "-w", "-t", table, "-S", chain, check=False).stdout.decode()
+        return any(m in rules for m in MARKERS)
+
+    def _remove_cgroups(self) -> None:
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            top = hierarchy / CGROUP_ROOT
+            if top.is_dir():
+                for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                    if path.is_dir():
+                        try:
+                            path.rmdir()
+                        except OSError:
+                            pass
+                try:
+                    top.rmdir()
+                except OSError:
+                    pass
+
+    # ------------------------------------------------------------ what is left
+
+    def mounts(self) -> list[str]:
+        found = []
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4]
+            if point.startswith(str(self.workdir)):
+                found.append(point)
+        return found
+
+    def leftovers(self) -> list[str]:
+        """Everything of the node still on the machine (empty after `leave()`)."""
+        left = [f"process {p.name} ({p.popen.pid})" for p in self.processes if p.popen.poll() is None]
+        shims = run("pgrep", "-f", f"containerd-shim.*{self.socket}", check=False).stdout.decode().split()
+        left += [f"containerd shim {pid}" for pid in shims]
+        left += [f"mount {m}" for m in self.mounts()]
+        if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+            left.append(f"bridge {BRIDGE}")
+        left += [f"veth {line}" for line in run("ip", "-o", "link", "show", "master", BRIDGE,
+                                                 check=False).stdout.decode().splitlines()]
+        netns = self.workdir / "containerd-state"
+        if netns.exists():
+            left.append(f"state {netns}")
+        for save in ("iptables-save", "ip6tables-save"):
+            if shutil.which(save):
+                left += [f"{save}: {line}" for line in run(save, check=False).stdout.decode().splitlines()
+                         if any(m in line for m in MARKERS)]
+        left += [f"route {line}" for line in run("ip", "route", check=False).stdout.decode().splitlines()
+                 if any(m in line for m in MARKERS)]
+        left += [f"cgroup {h / CGROUP_ROOT}" for h in Path("/sys/fs/cgroup").iterdir() if (h / CGROUP_ROOT).exists()]
+        return left

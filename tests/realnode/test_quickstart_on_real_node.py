@@ -1,0 +1,112 @@
+"""The quick start on a real node: the operator's own pods run in containers scheduled by Kubernetes.
+
+The real node (`real_node`, conftest.py) is a kubelet on containerd joined to the session's control plane as pool
+`real`, tainted so that only pods tolerating it land there. The operator, configured with that pool (its
+nodeSelector and toleration) and the images `make images BASE=local` builds (imported from podman), runs
+examples/quickstart.yaml there: the compression pod writes the artifact to the claim `models` (a hostPath
+PersistentVolume on a temporary directory), the ModelService's pod serves it, and requests from the host through
+the Service's ClusterIP (kube-proxy's rules) get the right digits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimserve.artifacts import MANIFEST_NAME
+from slimserve.models.digits import digits_data
+from tests.cluster.helpers import apply, get, wait_for, wait_for_event
+# namespace: one of its own, which the session's admin operator (if a run has one) leaves alone
+from tests.containers.test_quickstart_in_containers import POD_USER, namespace  # noqa: F401
+from tests.operator.conftest import TEST_OPERATOR_CONFIG, OperatorProcess, crds  # noqa: F401  (crds: the CRDs)
+from tests.operator.test_compression_job_cluster import wait_phase
+
+from .node import NODE_NAME, POOL, POOL_LABEL, TAINT, TOLERATION
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+HELD_OUT_ROWS = 64
+
+
+@pytest.fixture
+def operator(control_plane, crds, namespace, node_images, tmp_path):  # noqa: F811
+    """The real operator, acting in that namespace, with pool `real` and the images imported into the node."""
+    proc = OperatorProcess(control_plane, tmp_path / "operator", extra_args=("--namespace", namespace))
+    config = {
+        **TEST_OPERATOR_CONFIG,
+        "images": {name: {"repository": ref.rsplit(":", 1)[0], "tag": ref.rsplit(":", 1)[1], "pullPolicy": "Never"}
+                   for name, ref in node_images.items() if name in ("compressor", "server")},
+        "nodePools": {**TEST_OPERATOR_CONFIG["nodePools"],
+                      POOL: {"nodeSelector": {POOL_LABEL: POOL}, "tolerations": [TOLERATION]}},
+    }
+    proc.config_path.write_text(yaml.safe_dump(config))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def host_path_claim(cp, namespace: str, claim: str, directory: Path) -> None:
+    """The claim bound to a hostPath PersistentVolume on `directory`, owned by the pods' user."""
+    directory.mkdir()
+    os.chown(directory, POD_USER, POD_USER)
+    volume = f"{namespace}-{claim}"
+    apply(cp, namespace, {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "real-host",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(directory), "type": "Directory"},
+                 "claimRef": {"namespace": namespace, "name": claim}},
+    }, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "real-host", "volumeName": volume,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    wait_for(f"claim {claim} bound", lambda: get(cp, namespace, "pvc", claim).get("status", {}).get("phase") == "Bound")
+
+
+def test_the_real_node_takes_only_pods_that_tolerate_it(control_plane, real_node, namespace):
+    cp = control_plane
+    node = get(cp, "default", "node", NODE_NAME)
+    assert TAINT in node["spec"]["taints"] and node["metadata"]["labels"][POOL_LABEL] == POOL
+    # Aimed at the node but not tolerating its taint: the scheduler says why it stays Pending.
+    apply(cp, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intolerant"},
+        "spec": {"nodeSelector": {POOL_LABEL: POOL}, "containers": [{"name": "c", "image": "none"}]},
+    })
+    wait_for_event(cp, namespace, "intolerant", reason="FailedScheduling", message="untolerated taint")
+    assert not get(cp, namespace, "pod", "intolerant")["spec"].get("nodeName")
+
+
+def test_quickstart_runs_on_the_real_node(control_plane, real_node, operator, namespace, tmp_path):
+    from tritonclient import http as httpclient
+
+    cp = control_plane
+    claim_dir = tmp_path / "claim-models"
+    host_path_claim(cp, namespace, "models", claim_dir)
+    job, service = yaml.safe_load_all(EXAMPLE.read_text())
+    for manifest in (job, service):
+        manifest["spec"]["nodePool"] = POOL
+    apply(cp, namespace, job, service)
+
+    status = wait_phase(cp, namespace, "digits-slim", "Succeeded", timeout=900)
+    assert status["artifact"]["uri"] == "pvc://models/digits-slim"
+    assert (claim_dir / "digits-slim" / MANIFEST_NAME).is_file()
+    cp.kubectl("wait", "-n", namespace, "--for=condition=Ready", "msvc/digits", "--timeout=300s", timeout=310)
+    selector = get(cp, namespace, "deployment", "digits")["spec"]["selector"]["matchLabels"]
+    pods = get(cp, namespace, "pods", "-l", ",".join(f"{k}={v}" for k, v in selector.items()))["items"]
+    assert pods and {pod["spec"]["nodeName"] for pod in pods} == {NODE_NAME}
+
+    # From the host, through the Service's ClusterIP: kube-proxy routes it to the pod on the node's bridge.
+    svc = get(cp, namespace, "service", "digits")["spec"]
+    http_port = next(p["port"] for p in svc["ports"] if p["name"] == "http")
+    model = service["metadata"]["name"]
+    data = digits_data()
+    rows, digits = data.x_test[:HELD_OUT_ROWS], data.y_test[:HELD_OUT_ROWS]
+    client = httpclient.InferenceServerClient(f"{svc['clusterIP']}:{http_port}")
+    request = httpclient.InferInput("input", list(rows.shape), "FP32")
+    request.set_data_from_numpy(rows)
+    labels = client.infer(model, [request]).as_numpy("label")
+    assert (labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
