@@ -9,7 +9,7 @@ import pytest
 
 from tests.containers.test_quickstart_in_containers import images  # noqa: F401  (the fixture)
 
-from .node import RealNode, cache_dir, cannot_run
+from .node import NodeBusy, RealNode, cache_dir, cannot_run
 
 # Imported images stay in containerd's store (in the cache) and must leave this much of the disk free.
 MIN_FREE_DISK = 10 * 2**30
@@ -20,7 +20,10 @@ def real_node(control_plane) -> Iterator[RealNode]:
     reason = cannot_run()
     if reason:
         pytest.skip(reason)
-    node = RealNode.join(control_plane)
+    try:
+        node = RealNode.join(control_plane)
+    except NodeBusy as busy:
+        pytest.skip(str(busy))
     try:
         yield node
     finally:

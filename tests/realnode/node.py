@@ -15,6 +15,7 @@ lists anything still there.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -96,6 +97,10 @@ def run(*argv: str, check: bool = True, input: bytes | None = None, timeout: flo
     return out
 
 
+class NodeBusy(ClusterError):
+    """Another process runs the real node of this machine (one bridge, one containerd store)."""
+
+
 class Relay:
     """A TCP relay from the bridge's address to the API server on loopback, so that pods reach it."""
 
@@ -149,12 +154,21 @@ class RealNode:
         self.processes: list[_Process] = []
         self.relay: Relay | None = None
         self.socket = workdir / "containerd.sock"
+        self._lock = None
 
     # ------------------------------------------------------------ start
 
     @classmethod
     def join(cls, control_plane, timeout: float = 120) -> "RealNode":
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        lock = open(cache_dir() / "node.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise NodeBusy("another process runs the real node on this machine") from None
         node = cls(control_plane, Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)))
+        node._lock = lock
         try:
             node._start(timeout)
         except BaseException:
@@ -411,6 +425,8 @@ state = "{self.workdir / 'containerd-state'}"
         for p in self.processes:
             p.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._lock:
+            self._lock.close()  # releases the flock
 
     def _stop(self, name: str) -> None:
         for p in self.processes:

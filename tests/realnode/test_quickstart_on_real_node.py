@@ -5,12 +5,14 @@ The real node (`real_node`, conftest.py) is a kubelet on containerd joined to th
 nodeSelector and toleration) and the images `make images BASE=local` builds (imported from podman), runs
 examples/quickstart.yaml there: the compression pod writes the artifact to the claim `models` (a hostPath
 PersistentVolume on a temporary directory), the ModelService's pod serves it, and requests from the host through
-the Service's ClusterIP (kube-proxy's rules) get the right digits.
+the Service's ClusterIP (kube-proxy's rules) get the right digits. A spec change then rolls the pod while the
+host keeps asking: no request fails.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from tests.cluster.helpers import apply, get, wait_for, wait_for_event
 from tests.containers.test_quickstart_in_containers import POD_USER, namespace  # noqa: F401
 from tests.operator.conftest import TEST_OPERATOR_CONFIG, OperatorProcess, crds  # noqa: F401  (crds: the CRDs)
 from tests.operator.test_compression_job_cluster import wait_phase
+from tests.serving.serving_helpers import post_json
 
 from .node import NODE_NAME, POOL, POOL_LABEL, TAINT, TOLERATION
 
@@ -110,3 +113,37 @@ def test_quickstart_runs_on_the_real_node(control_plane, real_node, operator, na
     request.set_data_from_numpy(rows)
     labels = client.infer(model, [request]).as_numpy("label")
     assert (labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
+
+    # A spec change rolls the pod (a new one Ready before the old one drains): no request fails meanwhile.
+    (old_pod,) = pods
+    infer = {"inputs": [{"name": "input", "shape": [1, *rows.shape[1:]], "datatype": "FP32",
+                         "data": rows[0].ravel().tolist()}]}
+    answers, failures, stop = [], [], threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            try:
+                status, body = post_json(f"{svc['clusterIP']}:{http_port}", f"/v2/models/{model}/infer", infer,
+                                         timeout=10)
+                (answers if status == 200 else failures).append((status, body))
+            except OSError as error:
+                failures.append(error)
+
+    asker = threading.Thread(target=keep_asking, daemon=True)
+    asker.start()
+    try:
+        cp.kubectl("patch", "-n", namespace, "modelservice", "digits", "--type=merge",
+                   "-p", '{"spec": {"batching": {"maxLatencyMs": 3}}}')
+        cp.kubectl("rollout", "status", "-n", namespace, "deployment/digits", "--timeout=300s", timeout=310)
+        cp.kubectl("wait", "-n", namespace, "--for=delete", f"pod/{old_pod['metadata']['name']}", "--timeout=120s",
+                   timeout=130)
+        served_before = len(answers)
+        wait_for("an answer from the new pod", lambda: len(answers) > served_before, timeout=30)
+    finally:
+        stop.set()
+        asker.join(15)
+    (new_pod,) = get(cp, namespace, "pods", "-l", ",".join(f"{k}={v}" for k, v in selector.items()))["items"]
+    assert new_pod["metadata"]["uid"] != old_pod["metadata"]["uid"] and new_pod["spec"]["nodeName"] == NODE_NAME
+    assert not failures, f"{len(failures)} of {len(failures) + len(answers)} requests failed: {failures[:3]}"
+    labels_answered = {next(o for o in answer["outputs"] if o["name"] == "label")["data"][0] for _, answer in answers}
+    assert labels_answered == {int(digits[0])}
