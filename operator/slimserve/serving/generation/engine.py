@@ -223,18 +223,20 @@ class GenerationEngine:
                     failed = InferenceFailed(f"generation failed: {type(error).__name__}: {error}")
                     for sequence in [*self._running]:
                         self._finish(sequence, None, failed)
+                    self._publish_gauges()
                 self._flush()
         for sequence in [*self._running, *self._waiting]:
             self._send(sequence, Chunk("", len(sequence.generated), error=ServerNotReady("the server is shutting down")))
         self._flush()
 
     def _step(self) -> None:
-        for sequence in [s for s in self._running if s.cancelled]:
-            self._finish(sequence, None)
+        self._drop_cancelled()
         for sequence in self._admit():
             logits = self.model.prefill(torch.tensor(sequence.prompt, device=self._device), sequence.slot)
             self.metrics.prompt_tokens.inc(len(sequence.prompt))
             self._advance([sequence], logits.unsqueeze(0))
+        # A client may leave while its prompt is prefilled: its sequence has no token to decode.
+        self._drop_cancelled()
         if self._running:
             running = sorted(self._running, key=lambda s: s.slot)
             # one small tensor per step for the tokens and positions; the slots are 0..B-1, a cached range
@@ -243,6 +245,10 @@ class GenerationEngine:
             logits = self.model.decode(tokens, self._slots[:len(running)], positions)
             self._advance(running, logits)
         self._publish_gauges()
+
+    def _drop_cancelled(self) -> None:
+        for sequence in [s for s in self._running if s.cancelled]:
+            self._finish(sequence, None)
 
     def _admit(self) -> list[Sequence]:
         """Waiting sequences that get a slot now, in arrival order; those waiting too long are refused."""
