@@ -73,13 +73,24 @@ def last_handled(obj: dict) -> dict:
     return json.loads(recorded) if recorded else {}
 
 
+def wait_established(cp, *names: str, timeout: float = 60) -> None:
+    """Each CRD named has condition Established=True. (`kubectl wait` exits with an error, instead of waiting,
+    when it reads a CRD the API server has not yet given any condition.)"""
+    def established(name: str) -> bool:
+        crd = json.loads(cp.kubectl("get", "crd", name, "-o", "json").stdout)
+        return any(c["type"] == "Established" and c["status"] == "True" for c in crd.get("status", {}).get("conditions") or [])
+
+    for name in names:
+        wait_for(f"CRD {name} established", lambda: established(name), timeout=timeout)
+
+
 @contextlib.contextmanager
 def crd_installed(cp, path: Path) -> Iterator[str]:
     """The CRD in `path` applied and established for the block, then deleted (it is cluster-wide); its name."""
     name = next(doc for doc in yaml.safe_load_all(path.read_text()) if doc)["metadata"]["name"]
     try:
         cp.kubectl("apply", "--server-side", "-f", str(path))
-        cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        wait_established(cp, name)
         yield name
     finally:
         cp.kubectl("delete", "crd", name, "--ignore-not-found", "--wait=true", timeout=120)

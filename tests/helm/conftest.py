@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.cluster.helpers import wait_established
 from tests.helm.chart import CHART
 
 
@@ -11,6 +12,5 @@ from tests.helm.chart import CHART
 def chart_crds(control_plane) -> None:
     """The chart's CRDs (SlimServe's and Kopf's) installed and established."""
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/compressionjobs.slimserve.io", "crd/modelservices.slimserve.io", "crd/batchinferences.slimserve.io",
-                          "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")
+    wait_established(control_plane, "compressionjobs.slimserve.io", "modelservices.slimserve.io", "batchinferences.slimserve.io",
+                     "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX
+from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, wait_established
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -48,9 +48,7 @@ def _free_port() -> int:
 def crds(control_plane) -> None:
     """Both CRDs installed and established."""
     control_plane.kubectl("apply", "--server-side", "-f", str(CRDS))
-    for path in sorted(CRDS.glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    wait_established(control_plane, *(yaml.safe_load(path.read_text())["metadata"]["name"] for path in sorted(CRDS.glob("*.yaml"))))
 
 
 class OperatorProcess:

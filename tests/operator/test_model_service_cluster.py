@@ -18,7 +18,7 @@ from slimserve.controller.builders import model_service as builders
 from slimserve.controller.builders.compression_job import POD_ANNOTATIONS_ANNOTATION
 from slimserve.controller.config import OperatorConfig
 from tests.cluster.controlplane import OUTCOME_ANNOTATION
-from tests.cluster.helpers import apply, condition, events_of, exists, get, wait_for
+from tests.cluster.helpers import apply, condition, events_of, exists, get, wait_established, wait_for
 from tests.operator.conftest import TEST_OPERATOR_CONFIG
 
 pytestmark = pytest.mark.cluster
@@ -265,7 +265,7 @@ def keda_crd(control_plane):
 
     def install() -> None:
         cp.kubectl("apply", "--server-side", "-f", str(KEDA_CRD))
-        cp.kubectl("wait", "--for=condition=Established", f"crd/{KEDA_CRD_NAME}", "--timeout=60s")
+        wait_established(cp, KEDA_CRD_NAME)
 
     try:
         yield install
