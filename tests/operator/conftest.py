@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, wait_established
+from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, wait_established, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -122,11 +123,31 @@ def operator(control_plane, crds, tmp_path_factory) -> Iterator[OperatorProcess]
         extra_args=("--namespace", f"!{SOLO_NAMESPACE_PREFIX}*"),  # one Kopf pattern: all but the solo ones
     ).start()
     try:
+        _wait_handling(control_plane)
         yield proc
     finally:
         proc.stop()
         if os.environ.get("SLIMSERVE_SHOW_OPERATOR_LOG"):
             sys.stderr.write(proc.logs())
+
+
+def _wait_handling(control_plane, timeout: float = 180) -> None:
+    """Until the operator has handled a resource: live is not yet watching. With a namespace pattern Kopf watches
+    each namespace it matches, and with the hundreds earlier tests leave Terminating its first watches can take
+    a minute; a test's own timeouts should not pay for that. The probe, on an unknown node pool, is refused at once
+    and never makes a Job."""
+    namespace = control_plane.create_namespace("operator-probe")
+    try:
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "slimserve.io/v1alpha1", "kind": "CompressionJob", "metadata": {"name": "probe"},
+            "spec": {"model": {"uri": "builtin://digits-cnn"}, "nodePool": "none-such",
+                     "steps": [{"quantize": {"method": "int8-dynamic"}}], "output": {"uri": "pvc://models/probe"}},
+        }))
+        wait_for("the operator's first status write", lambda: json.loads(control_plane.kubectl(
+            "get", "-n", namespace, "compressionjob", "probe", "-o", "json").stdout).get("status", {}).get("phase"),
+            timeout=timeout)
+    finally:
+        control_plane.delete_namespace(namespace, wait=False)
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ from .node import NodeBusy, RealNode, cache_dir, cannot_run
 MIN_FREE_DISK = 10 * 2**30
 
 
-@pytest.fixture(scope="session")
+# Module scope: the node leaves the session's control plane with the last test that uses it, so later tests
+# (the kwok pools' own) see only the nodes they expect.
+@pytest.fixture(scope="module")
 def real_node(control_plane) -> Iterator[RealNode]:
     reason = cannot_run()
     if reason:
@@ -32,7 +34,7 @@ def real_node(control_plane) -> Iterator[RealNode]:
     assert not left, "the real node left behind:\n" + "\n".join(left)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def node_images(real_node, images) -> dict[str, str]:
     """The images of this checkout (podman's, content-tagged) in the node's containerd: a warm run imports nothing."""
     real_node.remove_images_except(images.values())  # earlier builds' images: containerd frees their layers
