@@ -19,7 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 
-from serving_helpers import ServerProcess  # noqa: E402
+from serving_helpers import ServerProcess, infer_labels  # noqa: E402
 
 from slimserve.compression import compress  # noqa: E402
 from slimserve.compression.quantize import apply_quantization  # noqa: E402
@@ -133,13 +133,8 @@ def test_a_residual_program_is_pruned_quantized_and_served_over_both_protocols(i
         assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
         answers = {}
         for protocol, client, url in (("rest", httpclient, server.http_url), ("grpc", grpcclient, server.grpc_url)):
-            labels = []
-            for start in range(0, len(x_test), REQUEST_ROWS):
-                rows = x_test[start:start + REQUEST_ROWS]
-                tensor = client.InferInput("input", list(rows.shape), "FP32")
-                tensor.set_data_from_numpy(rows)
-                labels.append(client.InferenceServerClient(url).infer("resnet", [tensor]).as_numpy("label"))
-            answers[protocol] = np.concatenate(labels)
+            answers[protocol] = np.concatenate([infer_labels(client, url, "resnet", x_test[start:start + REQUEST_ROWS])
+                                                for start in range(0, len(x_test), REQUEST_ROWS)])
     finally:
         server.stop()
     np.testing.assert_array_equal(answers["rest"], answers["grpc"])

@@ -43,7 +43,7 @@ from tests.cluster.controlplane import OUTCOME_ANNOTATION
 from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, get, wait_for
 from tests.operator.conftest import TEST_OPERATOR_CONFIG, OperatorProcess, crds  # noqa: F401  (crds: the CRDs)
 from tests.operator.test_compression_job_cluster import example_running, pods_of_job, status_of
-from tests.serving.serving_helpers import HOST, free_port, request
+from tests.serving.serving_helpers import HOST, free_port, infer_labels, request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -251,14 +251,8 @@ def test_quickstart_runs_in_containers_from_the_operators_pod_specs(control_plan
     data = digits_data()
     rows, digits = data.x_test[:HELD_OUT_ROWS], data.y_test[:HELD_OUT_ROWS]
 
-    rest = httpclient.InferenceServerClient(f"{HOST}:{ports['http']}")
-    rest_input = httpclient.InferInput("input", list(rows.shape), "FP32")
-    rest_input.set_data_from_numpy(rows)
-    rest_labels = rest.infer(model, [rest_input]).as_numpy("label")
-    with grpcclient.InferenceServerClient(f"{HOST}:{ports['grpc']}") as grpc:
-        grpc_input = grpcclient.InferInput("input", list(rows.shape), "FP32")
-        grpc_input.set_data_from_numpy(rows)
-        grpc_labels = grpc.infer(model, [grpc_input]).as_numpy("label")
+    rest_labels = infer_labels(httpclient, f"{HOST}:{ports['http']}", model, rows)
+    grpc_labels = infer_labels(grpcclient, f"{HOST}:{ports['grpc']}", model, rows)
     np.testing.assert_array_equal(rest_labels, grpc_labels)
     assert (rest_labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
 

@@ -25,7 +25,7 @@ from tests.cluster.helpers import apply, get, wait_for, wait_for_event
 from tests.containers.test_quickstart_in_containers import POD_USER, namespace  # noqa: F401
 from tests.operator.conftest import TEST_OPERATOR_CONFIG, OperatorProcess, crds  # noqa: F401  (crds: the CRDs)
 from tests.operator.test_compression_job_cluster import wait_phase
-from tests.serving.serving_helpers import post_json
+from tests.serving.serving_helpers import infer_labels, post_json
 
 from .node import NODE_NAME, POOL, POOL_LABEL, TAINT, TOLERATION
 
@@ -108,10 +108,7 @@ def test_quickstart_runs_on_the_real_node(control_plane, real_node, operator, na
     model = service["metadata"]["name"]
     data = digits_data()
     rows, digits = data.x_test[:HELD_OUT_ROWS], data.y_test[:HELD_OUT_ROWS]
-    client = httpclient.InferenceServerClient(f"{svc['clusterIP']}:{http_port}")
-    request = httpclient.InferInput("input", list(rows.shape), "FP32")
-    request.set_data_from_numpy(rows)
-    labels = client.infer(model, [request]).as_numpy("label")
+    labels = infer_labels(httpclient, f"{svc['clusterIP']}:{http_port}", model, rows)
     assert (labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
 
     # A spec change rolls the pod (a new one Ready before the old one drains): no request fails meanwhile.

@@ -136,6 +136,18 @@ def post_json(address: str, path: str, document: object, timeout: float = 30) ->
     return status, json.loads(body)
 
 
+def infer_labels(client_module, address: str, model: str, rows):
+    """The "label" output a classifier answers for `rows` (its FP32 "input"), through tritonclient's `http` or
+    `grpc` module."""
+    client = client_module.InferenceServerClient(address)
+    try:
+        tensor = client_module.InferInput("input", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        return client.infer(model, [tensor]).as_numpy("label")
+    finally:
+        client.close()
+
+
 def metric_samples(address: str) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value} of one scrape."""
     status, _headers, body = request(address, "GET", "/metrics")
