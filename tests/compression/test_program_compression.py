@@ -131,6 +131,7 @@ def test_a_residual_program_is_pruned_quantized_and_served_over_both_protocols(i
     try:
         metadata = httpclient.InferenceServerClient(server.http_url).get_model_metadata("resnet")
         assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+        assert metadata["parameters"]["precision"] == "int8-static"  # its int8 weights are buffers, not parameters
         answers = {}
         for protocol, client, url in (("rest", httpclient, server.http_url), ("grpc", grpcclient, server.grpc_url)):
             answers[protocol] = np.concatenate([infer_labels(client, url, "resnet", x_test[start:start + REQUEST_ROWS])

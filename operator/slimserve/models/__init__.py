@@ -72,7 +72,8 @@ def load_servable(
         forward = eager_forward(model)
     # What it computes in, known once compiled: a half model is cast up where the device lacks that half.
     compute_dtype = getattr(forward, "compute_dtype", None)
-    info = replace(info, device=str(target), precision=precision(model, loaded.quantization, compute_dtype))
+    computes_in = loaded.family.precision(model) or precision(model, loaded.quantization, compute_dtype)
+    info = replace(info, device=str(target), precision=computes_in)
     if cuda_graphs and target.type == "cuda":
         from slimserve.models.cuda_graphs import CudaGraphForward
 

@@ -77,6 +77,16 @@ def load_program_module(path: Path) -> nn.Module:
     return program.module()
 
 
+def program_precision(module: nn.Module) -> str | None:
+    """`int8-static` for a program pt2e quantized (its graph calls the quantized_decomposed ops), else None: its
+    int8 weights are buffers, so the float parameters left (biases) would read as fp32."""
+    graph = getattr(module, "graph", None)
+    calls = (node.target for node in graph.nodes if node.op == "call_function") if graph is not None else ()
+    if any(getattr(target, "namespace", None) == "quantized_decomposed" for target in calls):
+        return "int8-static"
+    return None
+
+
 def inspect_program(data: bytes, name: str) -> None:
     """Refuse, with an UnsafeProgramError naming the part, an archive whose loading would run code."""
     _check_layout(data, name)

@@ -48,6 +48,11 @@ class ModelFamily(ABC):
         """Extra files an artifact of this family carries (read from `assets`)."""
         return {}
 
+    def precision(self, model: nn.Module) -> str | None:
+        """What the model computes in where its structure says so and no quantization recipe does (a quantized
+        program); None: `models.device.precision` reads it from the recipe and the weights."""
+        return None
+
     def restructured(self, model: nn.Module, assets: Path | None) -> tuple[nn.Module, Path | None]:
         """(model, assets) after a step changed the model's structure (pruned channels, quantized): as they are,
         except where the assets are the structure (a program)."""
@@ -192,6 +197,11 @@ class ExportedProgramFamily(ModelFamily):
 
     def asset_files(self, assets: Path | None) -> dict[str, bytes]:
         return {PROGRAM_FILE: (assets / PROGRAM_FILE).read_bytes()} if assets else {}
+
+    def precision(self, model: nn.Module) -> str | None:
+        from slimserve.models.exported import program_precision
+
+        return program_precision(model)
 
     def restructured(self, model: nn.Module, assets: Path | None) -> tuple[nn.Module, Path | None]:
         """The changed module exported again (dynamic batch) as the program its artifact carries, and that
