@@ -10,14 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
 from slimserve.artifacts import ArtifactError, load_artifact
+from slimserve.artifacts.storage import local_path
 from slimserve.compression import compress
-from slimserve.compression.checkpoint import INDEX_NAME, Checkpoints, FinishedStep, checkpoint_dir, run_key
+from slimserve.compression.checkpoint import INDEX_NAME, Checkpoints, FinishedStep, LocalStore, checkpoint_dir, checkpoint_store, run_key
 from slimserve.compression.errors import BudgetExceeded
 from slimserve.models import load_servable
+from tests.storage.conftest import s3_env, s3_server  # noqa: F401  (MinIO for the s3:// output)
 
 # Removing 90% of the CNN's channels costs accuracy even after a short fine-tuning, and maxDrop 0 allows none:
 # the search would try all four amounts (0.9, then 0.675, 0.45, 0.225), each fine-tuned for three epochs,
@@ -69,9 +72,51 @@ TWO_STEPS = {
 }
 
 
-def _compress_process(tmp_path, output):
+class Output:
+    """Where a run writes its artifact, and what a test reads back of it there: a folder, or an S3 prefix."""
+
+    def __init__(self, uri: str, s3_server=None):
+        self.uri, self.server = uri, s3_server
+        self.spec = {"output": {"uri": uri}, **({"s3": {"endpoint": s3_server.endpoint}} if s3_server else {})}
+
+    def _keys(self, prefix: str) -> list[str]:
+        listed = self.server.client().list_objects_v2(Bucket=self.server.bucket, Prefix=prefix)
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+    def checkpoint_index_exists(self) -> bool:
+        store = checkpoint_store(self.uri)
+        if self.server is None:
+            return (store.directory / INDEX_NAME).is_file()
+        return bool(self._keys(store.uri.partition(f"{self.server.bucket}/")[2] + "/" + INDEX_NAME))
+
+    def checkpoint_exists(self) -> bool:
+        store = checkpoint_store(self.uri)
+        if self.server is None:
+            return store.directory.exists()
+        return bool(self._keys(store.uri.partition(f"{self.server.bucket}/")[2] + "/"))
+
+    def artifact_exists(self) -> bool:
+        if self.server is None:
+            return local_path(self.uri).exists()
+        return bool(self._keys(self.uri.partition(f"{self.server.bucket}/")[2] + "/"))
+
+    def load(self):
+        from slimserve.api.storage import S3Spec
+
+        return load_artifact(self.uri, s3=S3Spec(endpoint=self.server.endpoint) if self.server else None)
+
+
+@pytest.fixture(params=["file", "s3"])
+def output(request, tmp_path) -> Output:
+    if request.param == "file":
+        return Output(f"file://{tmp_path / 'out'}")
+    server = request.getfixturevalue("s3_env")  # credentials in the environment, as a pod gets them
+    return Output(f"s3://{server.bucket}/resume-{uuid.uuid4().hex[:8]}/out", server)
+
+
+def _compress_process(tmp_path, output: Output):
     spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps({**TWO_STEPS, "output": {"uri": f"file://{output}"}}))
+    spec_file.write_text(json.dumps({**TWO_STEPS, **output.spec}))
     env = {**os.environ, "SLIMSERVE_TERMINATION_LOG": str(tmp_path / "termination-log"), "SLIMSERVE_JOB_GENERATION": "3"}
     return subprocess.Popen(
         [sys.executable, "-m", "slimserve.cli.main", "compress", "--spec", str(spec_file), "--progress", "json"],
@@ -79,18 +124,16 @@ def _compress_process(tmp_path, output):
     )
 
 
-def test_a_run_killed_after_its_first_step_resumes_from_the_checkpoint_to_the_same_weights(tmp_path, make_spec, sink):
-    output = tmp_path / "out"
-    index = checkpoint_dir(f"file://{output}") / INDEX_NAME
+def test_a_run_killed_after_its_first_step_resumes_from_the_checkpoint_to_the_same_weights(tmp_path, output, make_spec, sink):
     killed = _compress_process(tmp_path, output)
     deadline = time.monotonic() + 240
-    while not index.is_file():  # the prune step (with its fine-tuning) has finished and been checkpointed
+    while not output.checkpoint_index_exists():  # the prune step (with its fine-tuning) has finished and been checkpointed
         assert killed.poll() is None, killed.stderr.read()
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    assert not output.exists(), "the run was killed before its artifact was written"
+    assert not output.artifact_exists(), "the run was killed before its artifact was written"
 
     resumed = _compress_process(tmp_path, output)
     stdout, stderr = resumed.communicate(timeout=300)
@@ -100,11 +143,11 @@ def test_a_run_killed_after_its_first_step_resumes_from_the_checkpoint_to_the_sa
     assert step_indexes == {0, 2, 3}  # load, the second prune, write: the first prune was not run again
     assert all(e.get("resumedFrom") == "spec.steps[0] prune/structured" for e in events if e["event"] == "progress"
                and e["step"] != "load")
-    assert not index.parent.exists()  # the artifact makes the checkpoint obsolete
+    assert not output.checkpoint_exists()  # the artifact makes the checkpoint obsolete
 
     uninterrupted = compress(make_spec(tmp_path / "whole", **{k: v for k, v in TWO_STEPS.items() if k != "model"},
                                        model=TWO_STEPS["model"]["uri"]), [sink])
-    after_resume, whole = load_artifact(f"file://{output}"), load_artifact(uninterrupted.artifact.uri)
+    after_resume, whole = output.load(), load_artifact(uninterrupted.artifact.uri)
     # The artifact's own digest covers the speeds measured at the end (and the time written), which no two
     # runs share; what the steps produced is compared: the weights file (its sha256) and the recipe.
     assert after_resume.manifest.files["weights.safetensors"] == whole.manifest.files["weights.safetensors"]
@@ -120,25 +163,25 @@ def checkpointed(tmp_path, mlp_context, make_spec):
     original, _ = mlp_context
     spec = make_spec(tmp_path / "out", model="builtin://digits-mlp")
     directory = checkpoint_dir(spec.output.uri)
-    Checkpoints(directory, run_key(spec, 1)).save(0, FinishedStep("prune/structured", original, 0.9, "amount 0.5"), [], True)
+    Checkpoints(LocalStore(directory), run_key(spec, 1)).save(0, FinishedStep("prune/structured", original, 0.9, "amount 0.5"), [], True)
     return spec, directory, original
 
 
 def test_a_checkpoint_resumes_only_for_its_own_spec_generation_and_digests(checkpointed):
     spec, directory, original = checkpointed
-    resumed = Checkpoints(directory, run_key(spec, 1)).resume(original, len(spec.steps))
+    resumed = Checkpoints(LocalStore(directory), run_key(spec, 1)).resume(original, len(spec.steps))
     assert resumed is not None and resumed.resumed_from == "spec.steps[0] prune/structured"
     restored = resumed.steps[0].state.model.state_dict()
     assert all((restored[k] == v).all() for k, v in original.model.state_dict().items())
 
-    assert Checkpoints(directory, run_key(spec, 2)).resume(original, len(spec.steps)) is None  # a newer generation
+    assert Checkpoints(LocalStore(directory), run_key(spec, 2)).resume(original, len(spec.steps)) is None  # a newer generation
     other = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"max_drop": 0.5})})
-    assert Checkpoints(directory, run_key(other, 1)).resume(original, len(spec.steps)) is None  # another spec
+    assert Checkpoints(LocalStore(directory), run_key(other, 1)).resume(original, len(spec.steps)) is None  # another spec
     weights = directory / "step-0.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    assert Checkpoints(directory, run_key(spec, 1)).resume(original, len(spec.steps)) is None  # digest mismatch
+    assert Checkpoints(LocalStore(directory), run_key(spec, 1)).resume(original, len(spec.steps)) is None  # digest mismatch
 
 
 def test_a_quantized_step_is_checkpointed_as_its_tensors_and_recipe(tmp_path, mlp_context, make_spec):
@@ -148,10 +191,10 @@ def test_a_quantized_step_is_checkpointed_as_its_tensors_and_recipe(tmp_path, ml
     original, context = mlp_context
     quantized = quantize(original, QuantizeConfig(method="int8-dynamic"), context)
     spec = make_spec(tmp_path / "out", model="builtin://digits-mlp", steps=[{"quantize": {"method": "int8-dynamic"}}])
-    checkpoints = Checkpoints(checkpoint_dir(spec.output.uri), run_key(spec, None))
+    checkpoints = Checkpoints(checkpoint_store(spec.output.uri), run_key(spec, None))
     checkpoints.save(0, FinishedStep("quantize/int8-dynamic", quantized, 0.97, "int8-dynamic"), [], False)
 
-    resumed = Checkpoints(checkpoint_dir(spec.output.uri), run_key(spec, None)).resume(original, len(spec.steps))
+    resumed = Checkpoints(checkpoint_store(spec.output.uri), run_key(spec, None)).resume(original, len(spec.steps))
     restored = resumed.steps[0].state
     assert restored.quantization == quantized.quantization and resumed.within_budget is False
     (before, recipe), (after, restored_recipe) = quantized.tensors(), restored.tensors()

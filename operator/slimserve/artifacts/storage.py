@@ -135,6 +135,62 @@ def publish_directory(local_dir: Path, uri: str, s3: "S3Spec | None" = None) -> 
         raise StorageError(f"{uri!r}: upload failed: {exc}") from exc
 
 
+def put_object(path: Path, uri: str, s3: "S3Spec | None" = None) -> None:
+    """Upload one local file as the object `uri` names (one PUT: readers see the old object or the new one)."""
+    bucket, key = _bucket_and_key(uri)
+    try:
+        s3_client(s3).upload_file(str(path), bucket, key)
+    except Exception as exc:  # botocore raises many types; all mean the same to the user
+        raise StorageError(f"{uri!r}: upload failed: {exc}") from exc
+
+
+def get_object(uri: str, destination: Path, max_bytes: int, s3: "S3Spec | None" = None) -> bool:
+    """Download the object `uri` names to `destination`, at most `max_bytes` of it (a larger one is refused);
+    False when there is no such object."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = _bucket_and_key(uri)
+    try:
+        response = s3_client(s3).get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return False
+        raise StorageError(f"{uri!r}: cannot read: {exc}") from exc
+    except Exception as exc:
+        raise StorageError(f"{uri!r}: cannot read: {exc}") from exc
+    body, written = response["Body"], 0
+    try:
+        if response["ContentLength"] > max_bytes:
+            raise StorageError(f"{uri!r}: {response['ContentLength']} bytes, more than the {max_bytes} expected")
+        with open(destination, "wb") as handle:
+            for chunk in body.iter_chunks(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:  # the object was replaced by a larger one mid-way
+                    raise StorageError(f"{uri!r}: more than the {max_bytes} bytes expected")
+                handle.write(chunk)
+    except StorageError:
+        destination.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        destination.unlink(missing_ok=True)
+        raise StorageError(f"{uri!r}: download failed: {exc}") from exc
+    finally:
+        body.close()
+    return True
+
+
+def delete_prefix(uri: str, s3: "S3Spec | None" = None) -> None:
+    """Delete every object under the s3:// prefix `uri`."""
+    bucket, prefix = _bucket_and_key(uri)
+    client = s3_client(s3)
+    try:
+        keys = _list_keys(client, bucket, prefix.rstrip("/") + "/")
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+    except Exception as exc:
+        raise StorageError(f"{uri!r}: delete failed: {exc}") from exc
+
+
 def s3_client(s3: "S3Spec | None" = None):
     """A boto3 S3 client for the spec's endpoint and region; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY."""
     import boto3

@@ -10,7 +10,7 @@ from slimserve.api.compression_job import CompressionJobSpec, CompressionMetrics
 from slimserve.artifacts import SlimServeError, save_artifact
 from slimserve.artifacts.artifact import check_output
 from slimserve.compression.budget import describe, run_within_budget, step_label, within_budget
-from slimserve.compression.checkpoint import Checkpoints, FinishedStep, checkpoint_dir, run_key
+from slimserve.compression.checkpoint import Checkpoints, FinishedStep, checkpoint_store, run_key
 from slimserve.compression.measure import measure_speeds, model_metrics, untrusted_speeds
 from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
 from slimserve.compression.report import report_json, report_png
@@ -30,7 +30,7 @@ def compress(
 ) -> CompressionOutcome:
     """Run the job; sinks get progress, then the result, or the error (which is raised again). `device` is a
     policy name (auto, cpu, cuda, cuda:N): the model, its training and its evaluation run there. Each finished
-    step is checkpointed beside a local output; a checkpoint of the same spec and `generation` (the
+    step is checkpointed beside the output; a checkpoint of the same spec and `generation` (the
     CompressionJob's) is resumed after its last finished step."""
     reporter = Reporter(sinks, steps_total=len(spec.steps) + 2)
     previous_threads = torch.get_num_threads()
@@ -67,7 +67,7 @@ def _run(
     context.candidates.append(
         Candidate("baseline", "fp32", context.baseline_metric, original.size_bytes(), original.parameters, accepted=True)
     )
-    checkpoints = Checkpoints(checkpoint_dir(output_uri), run_key(spec, generation))
+    checkpoints = Checkpoints(checkpoint_store(output_uri, spec.s3), run_key(spec, generation))
     kept: list[FinishedStep] = []
     resumed = checkpoints.resume(original, len(spec.steps))
     if resumed is not None:
