@@ -11,10 +11,13 @@ inductor's compiler are paid there (they do not grow with the number of weights)
 weights is the weights' own. Target:
 peak <= 1.5x the fp32 size; time roughly linear in parameters (seconds per million parameters in the table).
 
-There is no decoder family yet, so the decoder row (about 1B parameters) is printed as not available.
+The decoder family is measured the same way on a random-weight Llama of about 1.1B parameters (TinyLlama's
+shape: 22 layers, hidden 2048, grouped-query attention, vocabulary 32000; `--sizes decoder-1B`), with
+tiny-lm's tokenizer and the first part of its held-out text as the evaluation set (a 1B-parameter forward
+pass per window on one thread), after a one-layer warm-up of the same width.
 
-    .venv/bin/python benchmarks/compression_scale.py [--sizes 11M,22M,110M,335M] [--methods int8-dynamic,int4-weight-only]
-        [--work DIR] [--json FILE]
+    .venv/bin/python benchmarks/compression_scale.py [--sizes 11M,22M,110M,335M,decoder-1B] [--methods int8-dynamic,int4-weight-only]
+        [--work DIR] [--json FILE] [--timeout SECONDS]
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ BERT_SHAPES = {
     "110M": (12, 768, 12, 3072),
     "335M": (24, 1024, 16, 4096),
 }
+# (layers, hidden, heads, kv heads, intermediate, vocabulary) of each decoder: Llama's architecture
+DECODER_SHAPES = {
+    "decoder-tiny": (2, 256, 4, 2, 688, 32000),
+    "decoder-1B": (22, 2048, 32, 4, 5632, 32000),
+}
+DECODER_TEXT_CHARS = 12000  # of tiny-lm's held-out text: a few 128-token windows, one in five held out
 METHODS = ("int8-dynamic", "int4-weight-only")
 PEAK_TARGET = 1.5
 VOCAB = 30522  # MiniLM's tokenizer's
@@ -74,14 +83,72 @@ def write_random_bert(directory: Path, layers: int, hidden: int, heads: int, int
     return directory
 
 
-def warm_up_shape(size: str) -> tuple[int, int, int, int]:
-    """The encoder a measurement of `size` warms up with: the same width, one layer."""
-    _, hidden, heads, intermediate = BERT_SHAPES[size]
-    return 1, hidden, heads, intermediate
+def write_random_decoder(directory: Path, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int,
+                         vocab: int) -> Path:
+    """A random-weight Llama saved as Hugging Face does (config.json, model.safetensors), with tiny-lm's
+    tokenizer (its ids lie within any vocabulary of 2048 or more)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from slimserve.models.decoder.directory import tiny_lm_dir
+
+    if (directory / "model.safetensors").is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab, "hidden_size": hidden,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "intermediate_size": intermediate, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu", "bos_token_id": 0, "eos_token_id": 0,
+    }
+    head_dim, kv = hidden // heads, kv_heads * (hidden // heads)
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    for i in range(layers):
+        layer = f"model.layers.{i}"
+        shapes |= {
+            f"{layer}.self_attn.q_proj.weight": (heads * head_dim, hidden), f"{layer}.self_attn.k_proj.weight": (kv, hidden),
+            f"{layer}.self_attn.v_proj.weight": (kv, hidden), f"{layer}.self_attn.o_proj.weight": (hidden, heads * head_dim),
+            f"{layer}.mlp.gate_proj.weight": (intermediate, hidden), f"{layer}.mlp.up_proj.weight": (intermediate, hidden),
+            f"{layer}.mlp.down_proj.weight": (hidden, intermediate),
+            f"{layer}.input_layernorm.weight": (hidden,), f"{layer}.post_attention_layernorm.weight": (hidden,),
+        }
+    generator = torch.Generator().manual_seed(0)
+    tensors = {name: torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=generator) * 0.02
+               for name, shape in shapes.items()}
+    staging = directory / "model.safetensors.partial"
+    save_file(tensors, str(staging))
+    del tensors
+    (directory / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_lm_dir() / name, directory / name)
+    staging.rename(directory / "model.safetensors")
+    return directory
+
+
+def decoder_text(work: Path) -> Path:
+    """The decoders' evaluation text: the first DECODER_TEXT_CHARS characters of tiny-lm's held-out text."""
+    from slimserve.models.decoder.directory import builtin_text
+
+    path = work / "decoder-text.txt"
+    path.write_text(builtin_text("heldout")[:DECODER_TEXT_CHARS], encoding="utf-8")
+    return path
+
+
+def warm_up_shape(size: str) -> tuple[int, ...]:
+    """The model a measurement of `size` warms up with: the same width, one layer."""
+    shape = DECODER_SHAPES.get(size) or BERT_SHAPES[size]
+    return (1, *shape[1:])
+
+
+def model_name(size: str) -> str:
+    return size if size in DECODER_SHAPES else f"bert-{size}"
 
 
 def write_models(work: Path, size: str) -> tuple[Path, Path]:
-    """(the encoder of `size`, its warm-up encoder) under `work`, written once."""
+    """(the model of `size`, its warm-up model) under `work`, written once."""
+    if size in DECODER_SHAPES:
+        return (write_random_decoder(work / size, *DECODER_SHAPES[size]),
+                write_random_decoder(work / f"{size}-warm-up", *warm_up_shape(size)))
     return (write_random_bert(work / f"bert-{size}", *BERT_SHAPES[size]),
             write_random_bert(work / f"bert-{size}-warm-up", *warm_up_shape(size)))
 
@@ -147,10 +214,11 @@ def measure(models: list[Path], method: str, work: Path, warm_up: Path | None, *
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="11M,22M,110M,335M")
+    parser.add_argument("--sizes", default="11M,22M,110M,335M,decoder-1B")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "slimserve-compression-scale")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--timeout", type=float, help="seconds one measurement may take before its row says it ran out")
     args = parser.parse_args()
     models = {size: write_models(args.work, size) for size in args.sizes.split(",")}
     rows = []
@@ -158,12 +226,14 @@ def main() -> int:
         for size in args.sizes.split(","):
             try:
                 model, warm_up = models[size]
-                (row,) = measure([model], method, args.work, warm_up)
+                dataset = decoder_text(args.work) if size in DECODER_SHAPES else None
+                (row,) = measure([model], method, args.work, warm_up, dataset=dataset, timeout=args.timeout)
             except RuntimeError as exc:
                 row = {"error": str(exc).splitlines()[-1][:200]}
-            rows.append({"model": f"bert-{size}", "method": method, **row})
+            except subprocess.TimeoutExpired:
+                row = {"error": f"did not finish in {args.timeout:.0f} s"}
+            rows.append({"model": model_name(size), "method": method, **row})
             print(json.dumps(rows[-1]), flush=True)
-        rows.append({"model": "decoder-1B", "method": method, "error": "not available: no decoder family"})
     print()
     print(f"| model | method | parameters | fp32 MB | peak above baseline MB | peak / fp32 (target <= {PEAK_TARGET}) | seconds | s per M params |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

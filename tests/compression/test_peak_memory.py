@@ -100,3 +100,17 @@ def test_a_model_mapped_from_a_scratch_file_keeps_its_values_and_ties_and_can_be
     model.int8.sum(), model[0].weight.sum()  # faults the pages in
     assert release_mapped_weights(model) >= 1000 * 256 * 4 + 512 * 512
     assert torch.equal(model.int8, expected["int8"]) and torch.equal(model[0].weight.detach(), expected["0.weight"])
+
+
+def test_a_decoder_directory_loads_onto_its_files_pages_not_a_copy(tmp_path):
+    from slimserve.models.loading import load_model
+
+    directory = _benchmark().write_random_decoder(tmp_path / "decoder", 2, 256, 4, 2, 688, 4096)
+    model = load_model(f"file://{directory}").model
+    assert model.lm_head.weight is not model.embed_tokens.weight  # untied in config.json: two tables
+    for parameter in model.parameters():
+        parameter.detach().sum()  # faults every page in
+    file_bytes = (directory / "model.safetensors").stat().st_size
+    # No copy to release otherwise: a state dict copied into an initialised model lives in anonymous memory.
+    assert release_mapped_weights(model) >= file_bytes * 0.95
+    assert _resident_bytes(directory / "model.safetensors") < file_bytes * 0.05

@@ -76,11 +76,18 @@ def _read_hf_directory(directory: Path, uri: str, name: str, dtype: torch.dtype)
     if not config_path.is_file():
         raise ValueError("has no config.json (a decoder directory needs config.json, safetensors weights and tokenizer.json)")
     config = DecoderConfig.from_hf(json.loads(config_path.read_text(encoding="utf-8")))
-    model = DecoderLM(config)
+    # A skeleton on the meta device takes the safetensors' memory-mapped tensors as they are (`assign`): no
+    # random initialisation, no copy; the pages are read as the weights are used. Only tensors the Hugging
+    # Face layout stores otherwise (gpt2's transposed Conv1D weights) or in another float type are copied.
+    with torch.device("meta"):
+        model = DecoderLM(config)
+    state = {key: tensor if tensor.is_contiguous() else tensor.contiguous() for key, tensor in read_state(directory, config).items()}
     try:
-        model.load_state_dict(read_state(directory, config), strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise ValueError(f"weights do not match config.json: {' '.join(str(exc).split())[:400]}") from None
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight  # one Parameter, as the constructor ties them
     return loaded_decoder(model.to(dtype).eval(), directory, name, uri)
 
 
