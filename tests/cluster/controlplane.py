@@ -94,12 +94,49 @@ def ensure_built() -> Path:
 # ---------------------------------------------------------------- certificates
 
 
+def _signed(ca_cert, ca_key, subject, *, server: bool = False, sans: list | None = None):
+    """A new key and its certificate for `subject` (a client's, or a server's with `sans`), signed by the CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    k = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(k.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=False, key_cert_sign=False, crl_sign=False,
+                content_commitment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), k
+
+
 def _pki(directory: Path) -> dict[str, Path]:
     """A CA, the serving certificate, client certificates and the service-account key."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
@@ -153,35 +190,8 @@ def _pki(directory: Path) -> dict[str, Path]:
     files["ca.key"] = write_key("ca", ca_key)
 
     def issue(name: str, cn: str, org: str | None = None, server: bool = False, sans: list | None = None) -> None:
-        k = key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name_of(cn, org))
-            .issuer_name(ca_name)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, key_encipherment=False, key_cert_sign=False, crl_sign=False,
-                    content_commitment=False, data_encipherment=False, key_agreement=False,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        files[f"{name}.crt"] = write_cert(name, builder.sign(ca_key, hashes.SHA256()))
+        cert, k = _signed(ca_cert, ca_key, name_of(cn, org), server=server, sans=sans)
+        files[f"{name}.crt"] = write_cert(name, cert)
         files[f"{name}.key"] = write_key(name, k)
 
     service_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
@@ -617,6 +627,28 @@ class ControlPlane:
         """Run our helm against the cluster as admin."""
         argv = [str(self.bin_dir / "helm"), f"--kubeconfig={self.kubeconfig}", *args]
         return self._run(argv, check, None, timeout)
+
+    def client_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
+        """A kubeconfig that authenticates as `user` (in `group`) with a client certificate of the cluster's CA,
+        as a kubelet or kube-proxy of a real cluster does."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.x509.oid import NameOID
+
+        pki = self.workdir / "pki"
+        ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+        if group:
+            subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, group))
+        cert, key = _signed(ca_cert, ca_key, x509.Name(subject))
+        cert_path, key_path = pki / f"{name}.crt", pki / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        key_path.chmod(0o600)
+        return write_kubeconfig(self.workdir / f"{name}.kubeconfig", self.server, pki / "ca.crt", name,
+                                cert=cert_path, key=key_path)
 
     def api_client(self) -> "kubernetes.client.ApiClient":
         """A new admin ApiClient of the kubernetes package."""

@@ -36,14 +36,15 @@ def real_node(control_plane) -> Iterator[RealNode]:
 
 @pytest.fixture(scope="module")
 def node_images(real_node, images) -> dict[str, str]:
-    """The images of this checkout (podman's, content-tagged) in the node's containerd: a warm run imports nothing."""
-    real_node.remove_images_except(images.values())  # earlier builds' images: containerd frees their layers
+    """The images of this checkout (podman's, content-tagged) in the node's containerd: a warm run imports nothing,
+    a new build keeps only the layers containerd lacks (most are shared with the build before)."""
     wanted = [ref for ref in images.values() if ref not in real_node.images()]
     if wanted:
         free = shutil.disk_usage(cache_dir()).free
-        need = real_node.podman_layer_bytes(*wanted) * 2 + MIN_FREE_DISK  # the layers and their snapshots
+        need = real_node.import_disk_need(*wanted) + MIN_FREE_DISK
         if free < need:
             pytest.skip(f"importing {wanted} into containerd needs {need / 2**30:.1f} GiB free; "
                         f"{free / 2**30:.1f} GiB are")
         real_node.import_from_podman(*wanted)
+    real_node.remove_images_except(images.values())  # earlier builds': containerd frees the layers only they use
     return images

@@ -8,9 +8,14 @@ POD_CIDR; the control plane's Services are in its SERVICE_CIDR; both lie in 198.
 uses. Pods reach the API server (which listens on loopback) through the ``kubernetes`` Service, whose endpoint is
 a relay on the bridge's address.
 
+The kubelet authenticates as ``system:node:real-0`` (group ``system:nodes``, so the Node authorizer and the
+NodeRestriction admission plugin confine it to its node and what its pods reference), kube-proxy as
+``system:kube-proxy`` (the default ``system:node-proxier`` binding): client certificates of the control plane's CA.
+
 ``leave()`` drains the node, stops the processes, removes what they made (pod sandboxes and their network
 namespaces, mounts, the bridge, kube-proxy's and the CNI plugin's iptables rules, cgroups) and ``leftovers()``
-lists anything still there.
+lists anything still there. A node whose process died first (SIGKILL) leaves all that behind, recorded in a state
+file next to the lock: the next ``join()`` sweeps it, once that owner is gone.
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ IMAGE_PREFIX = "ghcr.io/slimserve/"  # the images `make images` builds
 WORKDIR_PREFIX = "slimserve-realnode-"
 # Whatever names these in iptables, routes or mounts was made for the node.
 MARKERS = ("KUBE-", CNI_NETWORK, BRIDGE, *(cidr.rsplit(".", 2)[0] + "." for cidr in (POD_CIDR, SERVICE_CIDR)))
+
+
+def pause_pod(name: str, **spec) -> dict:
+    """A pod bound to the node that runs the sandbox image's pause, which every join imports: nothing to pull."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": NODE_NAME, "tolerations": [TOLERATION], "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "pause", "image": SANDBOX_IMAGE, "imagePullPolicy": "Never"}], **spec}}
 
 
 def node_bin_dir() -> Path:
@@ -167,9 +179,15 @@ class RealNode:
         except BlockingIOError:
             lock.close()
             raise NodeBusy("another process runs the real node on this machine") from None
+        try:
+            sweep_stale(control_plane)
+        except BaseException:
+            lock.close()
+            raise
         node = cls(control_plane, Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)))
         node._lock = lock
         try:
+            node._record()
             node._start(timeout)
         except BaseException:
             node.leave()
@@ -180,7 +198,19 @@ class RealNode:
         (self.workdir / "logs").mkdir(exist_ok=True)
         proc = _Process(name, argv, self.workdir / "logs" / f"{name}.log")
         self.processes.append(proc)
+        self._record()
         return proc
+
+    def _record(self) -> None:
+        """What this node makes, for the next join to sweep should this process die before `leave()`: its owner,
+        processes and work directory (the containers' mounts and network namespaces are under it); the bridge,
+        cgroup root and iptables chains have fixed names."""
+        state = {"owner": _identity(os.getpid()), "workdir": str(self.workdir), "socket": str(self.socket),
+                 "processes": [{"name": p.name, **_identity(p.popen.pid)} for p in self.processes],
+                 "bridge": BRIDGE, "cgroupRoot": CGROUP_ROOT}
+        partial = state_file().with_suffix(".partial")
+        partial.write_text(json.dumps(state))
+        partial.replace(state_file())
 
     def _start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -192,6 +222,11 @@ class RealNode:
         self.relay = Relay(GATEWAY, (host, int(port)))
         self._api_endpoint(self.relay.port)
         self._cgroups()
+        # Identities of their own, as in a real cluster: the Node authorizer and NodeRestriction limit the kubelet
+        # to its node and what its pods reference; system:kube-proxy is bound to system:node-proxier.
+        self.kubelet_kubeconfig = self.cp.client_kubeconfig(f"kubelet-{self.name}", f"system:node:{self.name}",
+                                                            "system:nodes")
+        self.proxy_kubeconfig = self.cp.client_kubeconfig("kube-proxy", "system:kube-proxy")
         self._kubelet()
         self._kube_proxy()
         self._wait(f"node {self.name} to be Ready", self._ready, deadline)
@@ -244,6 +279,7 @@ state = "{self.workdir / 'containerd-state'}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{self.workdir / 'runc'}"
 """)
         self._spawn("containerd", [shutil.which("containerd"), "--config", str(config)])
 
@@ -287,22 +323,33 @@ state = "{self.workdir / 'containerd-state'}"
         assert not left, f"not imported: {left}"
 
     def remove_images_except(self, keep) -> None:
-        """Remove the project's images that are not in `keep` (and not the sandbox's)."""
-        stale = [ref for ref in self.images() if ref.startswith(IMAGE_PREFIX) and ref not in set(keep)]
+        """Remove the project's images that are not in `keep` (and not the sandbox's), with the references by image
+        ID (`sha256:...`) that containerd's CRI plugin adds to each image it sees, which would keep their layers."""
+        targets = {}  # reference -> its manifest's digest
+        for line in self.ctr("images", "list").stdout.decode().splitlines()[1:]:
+            ref, _kind, digest = line.split()[:3]
+            targets[ref] = digest
+        stale = {ref for ref in targets if ref.startswith(IMAGE_PREFIX) and ref not in set(keep)}
+        named = {digest for ref, digest in targets.items() if not ref.startswith("sha256:") and ref not in stale}
+        stale |= {ref for ref, digest in targets.items() if ref.startswith("sha256:") and digest not in named}
         if stale:
-            self.ctr("images", "remove", "--sync", *stale)
+            self.ctr("images", "remove", "--sync", *sorted(stale))
 
-    @staticmethod
-    def podman_layer_bytes(*refs: str) -> int:
-        """The bytes of the layers of `refs` (each shared layer once), from podman's layer store."""
+    def import_disk_need(self, *refs: str) -> int:
+        """The disk that importing podman's `refs` takes at its peak: `podman save` writes the whole archive to a
+        temporary file first, containerd reads each layer of it into an ingest file (kept only if new) and unpacks
+        the new ones into snapshots."""
+        present = set(self.ctr("content", "list", "--quiet").stdout.decode().split())
         digests = set()
         for ref in refs:
             out = run("podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", ref)
             digests.update(json.loads(out.stdout))
         store = run("podman", "info", "--format", "{{.Store.GraphRoot}}").stdout.decode().strip()
         layers = json.loads((Path(store) / "overlay-layers" / "layers.json").read_text())
-        return sum({layer["diff-digest"]: layer.get("diff-size", 0) for layer in layers
-                    if layer.get("diff-digest") in digests}.values())
+        sizes = {layer["diff-digest"]: layer.get("diff-size", 0) for layer in layers
+                 if layer.get("diff-digest") in digests}
+        new = sum(size for digest, size in sizes.items() if digest not in present)
+        return sum(sizes.values()) + max(sizes.values(), default=0) + 2 * new
 
     def _api_endpoint(self, port: int) -> None:
         """The `kubernetes` Service's endpoint: the relay (the API server itself listens on loopback only)."""
@@ -357,7 +404,7 @@ state = "{self.workdir / 'containerd-state'}"
             "maxPods": 20,
         }))
         self._spawn("kubelet", [
-            str(self.bin_dir / "kubelet"), f"--config={config}", f"--kubeconfig={self.cp.kubeconfig}",
+            str(self.bin_dir / "kubelet"), f"--config={config}", f"--kubeconfig={self.kubelet_kubeconfig}",
             f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'kubelet-pki'}",
             f"--volume-plugin-dir={self.workdir / 'volume-plugins'}", f"--hostname-override={self.name}",
             f"--node-labels={POOL_LABEL}={POOL},type={POOL}", "--v=1",
@@ -369,7 +416,7 @@ state = "{self.workdir / 'containerd-state'}"
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
             "mode": "iptables",
-            "clientConnection": {"kubeconfig": str(self.cp.kubeconfig)},
+            "clientConnection": {"kubeconfig": str(self.proxy_kubeconfig)},
             "hostnameOverride": self.name,
             "clusterCIDR": POD_CIDR,
             "bindAddress": "127.0.0.1",
@@ -415,17 +462,12 @@ state = "{self.workdir / 'containerd-state'}"
             self.relay.close()
         self._remove_containers()
         self._stop("containerd")
-        if (self.bin_dir / "kube-proxy").is_file():
-            run(str(self.bin_dir / "kube-proxy"), "--cleanup", check=False)
-        self._remove_rules()
-        run("ip", "link", "del", BRIDGE, check=False)
-        self._remove_cgroups()
-        for path in reversed(self.mounts()):
-            run("umount", "--lazy", path, check=False)
+        clear_host(self.workdir)
         for p in self.processes:
             p.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
         if self._lock:
+            if not self.leftovers():
+                state_file().unlink(missing_ok=True)
             self._lock.close()  # releases the flock
 
     def _stop(self, name: str) -> None:
@@ -464,63 +506,15 @@ state = "{self.workdir / 'containerd-state'}"
         out = self.ctr("tasks", "list", "--quiet", check=False)
         return out.stdout.decode().split() if out.returncode == 0 else []
 
-    def _remove_rules(self) -> None:
-        """Delete the rules and chains that name the node's networks (kube-proxy, the bridge plugin's masquerade)."""
-        for save, tool in (("iptables-save", "iptables"), ("ip6tables-save", "ip6tables")):
-            if shutil.which(save) is None:
-                continue
-            table = None
-            chains: list[tuple[str, str]] = []
-            for line in run(save, check=False).stdout.decode().splitlines():
-                if line.startswith("*"):
-                    table = line[1:]
-                elif line.startswith(":") and line[1:].startswith(("KUBE-", "CNI-")) and self._ours(table, tool,
-                                                                                                    line[1:].split()[0]):
-                    chains.append((table, line[1:].split()[0]))
-                elif line.startswith("-A ") and any(m in line for m in MARKERS):
-                    run(tool, "-w", "-t", table, "-D", *shlex.split(line[3:]), check=False)
-            for table, chain in chains:
-                run(tool, "-w", "-t", table, "-F", chain, check=False)
-            for table, chain in chains:
-                run(tool, "-w", "-t", table, "-X", chain, check=False)
-
-    def _ours(self, table: str, tool: str, chain: str) -> bool:
-        """A KUBE- chain is kube-proxy's or the kubelet's; a CNI- chain ours when its rules name our network."""
-        if chain.startswith("KUBE-"):
-            return True
-        rules = run(tool, "-w", "-t", table, "-S", chain, check=False).stdout.decode()
-        return any(m in rules for m in MARKERS)
-
-    def _remove_cgroups(self) -> None:
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            top = hierarchy / CGROUP_ROOT
-            if top.is_dir():
-                for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                    if path.is_dir():
-                        try:
-                            path.rmdir()
-                        except OSError:
-                            pass
-                try:
-                    top.rmdir()
-                except OSError:
-                    pass
-
     # ------------------------------------------------------------ what is left
 
     def mounts(self) -> list[str]:
-        found = []
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4]
-            if point.startswith(str(self.workdir)):
-                found.append(point)
-        return found
+        return mounts_under(self.workdir)
 
     def leftovers(self) -> list[str]:
         """Everything of the node still on the machine (empty after `leave()`)."""
         left = [f"process {p.name} ({p.popen.pid})" for p in self.processes if p.popen.poll() is None]
-        shims = run("pgrep", "-f", f"containerd-shim.*{self.socket}", check=False).stdout.decode().split()
-        left += [f"containerd shim {pid}" for pid in shims]
+        left += [f"containerd shim {pid}" for pid in shims_of(self.socket)]
         left += [f"mount {m}" for m in self.mounts()]
         if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
             left.append(f"bridge {BRIDGE}")
@@ -537,3 +531,146 @@ state = "{self.workdir / 'containerd-state'}"
                  if any(m in line for m in MARKERS)]
         left += [f"cgroup {h / CGROUP_ROOT}" for h in Path("/sys/fs/cgroup").iterdir() if (h / CGROUP_ROOT).exists()]
         return left
+
+
+# ---------------------------------------------------------------- the host: what a node leaves, and its sweep
+
+
+def state_file() -> Path:
+    """What the node of this machine made (RealNode._record), next to its lock; gone after a clean `leave()`."""
+    return cache_dir() / "node.json"
+
+
+def _identity(pid: int) -> dict:
+    """A process as its pid and start time (clock ticks after boot), which no later process of that pid shares."""
+    return {"pid": pid, "start": _start_time(pid)}
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command's parentheses
+
+
+def _alive(identity: dict) -> bool:
+    return identity.get("start") is not None and _start_time(identity["pid"]) == identity["start"]
+
+
+def shims_of(socket_path: Path | str) -> list[int]:
+    """The containerd shims that serve the containerd at `socket_path` (they outlive it)."""
+    out = run("pgrep", "-f", f"containerd-shim.*{socket_path}", check=False).stdout.decode()
+    return [int(pid) for pid in out.split()]
+
+
+def mounts_under(*roots: Path | str) -> list[str]:
+    """Mount points under `roots`, in mount order."""
+    prefixes = tuple(str(root).rstrip("/") + "/" for root in roots)
+    points = (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return [point for point in points if point.startswith(prefixes)]
+
+
+def cgroup_pids() -> set[int]:
+    """Every process in the node's cgroups: the pods' containers."""
+    pids = set()
+    for procs in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_ROOT}/**/cgroup.procs"):
+        try:
+            pids.update(int(pid) for pid in procs.read_text().split())
+        except OSError:
+            pass
+    return pids
+
+
+def sweep_stale(control_plane) -> None:
+    """Remove what a node whose owner died before `leave()` left on this machine (called with the lock held, so no
+    node is live): its processes, the shims and containers they started, mounts, the bridge, iptables chains,
+    cgroups and work directory, and in the API the Node and its pods, whose containers are gone."""
+    try:
+        state = json.loads(state_file().read_text())
+    except FileNotFoundError:
+        return
+    if _alive(state["owner"]):
+        raise NodeBusy(f"process {state['owner']['pid']} left a real node's state in {state_file()} and still runs")
+    for _ in range(3):  # a container's process may fork while its cgroup is emptied
+        for pid in cgroup_pids() | set(shims_of(state["socket"])):
+            _kill(pid)
+    for process in state["processes"]:
+        if _alive(process):
+            _kill(process["pid"])
+    control_plane.kubectl("delete", "pods", "--all-namespaces", "--field-selector", f"spec.nodeName={NODE_NAME}",
+                          "--force", "--grace-period=0", check=False)
+    control_plane.kubectl("delete", "node", NODE_NAME, "--ignore-not-found", check=False)
+    clear_host(Path(state["workdir"]), cache_dir() / "containerd")
+    state_file().unlink()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def clear_host(workdir: Path, *more_mount_roots: Path) -> None:
+    """Remove the node's host state once its processes are gone: kube-proxy's and the CNI plugin's rules, the
+    bridge (its veths went with the pods' network namespaces), cgroups, mounts and the work directory."""
+    kube_proxy = node_bin_dir() / "kube-proxy"
+    if kube_proxy.is_file():
+        run(str(kube_proxy), "--cleanup", check=False)
+    _remove_rules()
+    run("ip", "link", "del", BRIDGE, check=False)
+    for path in reversed(mounts_under(workdir, *more_mount_roots)):
+        run("umount", "--lazy", path, check=False)
+    _remove_cgroups()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _remove_rules() -> None:
+    """Delete the rules and chains that name the node's networks (kube-proxy, the bridge plugin's masquerade)."""
+    for save, tool in (("iptables-save", "iptables"), ("ip6tables-save", "ip6tables")):
+        if shutil.which(save) is None:
+            continue
+        table = None
+        chains: list[tuple[str, str]] = []
+        for line in run(save, check=False).stdout.decode().splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":") and line[1:].startswith(("KUBE-", "CNI-")) and _ours(table, tool,
+                                                                                           line[1:].split()[0]):
+                chains.append((table, line[1:].split()[0]))
+            elif line.startswith("-A ") and any(m in line for m in MARKERS):
+                run(tool, "-w", "-t", table, "-D", *shlex.split(line[3:]), check=False)
+        for table, chain in chains:
+            run(tool, "-w", "-t", table, "-F", chain, check=False)
+        for table, chain in chains:
+            run(tool, "-w", "-t", table, "-X", chain, check=False)
+
+
+def _ours(table: str, tool: str, chain: str) -> bool:
+    """A KUBE- chain is kube-proxy's or the kubelet's; a CNI- chain ours when its rules name our network."""
+    if chain.startswith("KUBE-"):
+        return True
+    rules = run(tool, "-w", "-t", table, "-S", chain, check=False).stdout.decode()
+    return any(m in rules for m in MARKERS)
+
+
+def _remove_cgroups(timeout: float = 10) -> None:
+    """Remove the node's cgroups, deepest first (a killed container's cgroup empties a moment after the kill)."""
+    deadline = time.monotonic() + timeout
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / CGROUP_ROOT
+        if not top.is_dir():
+            continue
+        for path in [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True),
+                     top]:
+            while True:
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)

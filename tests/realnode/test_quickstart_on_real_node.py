@@ -11,6 +11,7 @@ host keeps asking: no request fails.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -27,7 +28,7 @@ from tests.operator.conftest import TEST_OPERATOR_CONFIG, OperatorProcess, crds 
 from tests.operator.test_compression_job_cluster import wait_phase
 from tests.serving.serving_helpers import infer_labels, post_json
 
-from .node import NODE_NAME, POOL, POOL_LABEL, TAINT, TOLERATION
+from .node import NODE_NAME, POOL, POOL_LABEL, TAINT, TOLERATION, pause_pod
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -81,6 +82,43 @@ def test_the_real_node_takes_only_pods_that_tolerate_it(control_plane, real_node
     })
     wait_for_event(cp, namespace, "intolerant", reason="FailedScheduling", message="untolerated taint")
     assert not get(cp, namespace, "pod", "intolerant")["spec"].get("nodeName")
+
+
+def test_the_kubelet_and_kube_proxy_hold_only_their_own_rights(control_plane, real_node, namespace):
+    cp = control_plane
+    kubelet, proxy = real_node.kubelet_kubeconfig, real_node.proxy_kubeconfig
+
+    def user(kubeconfig) -> tuple[str, list[str]]:
+        info = json.loads(cp.kubectl("auth", "whoami", "-o", "json", kubeconfig=kubeconfig).stdout)["status"]
+        return info["userInfo"]["username"], info["userInfo"].get("groups", [])
+
+    name, groups = user(kubelet)
+    assert name == f"system:node:{NODE_NAME}" and "system:nodes" in groups
+    assert user(proxy)[0] == "system:kube-proxy"
+
+    # The Node authorizer: the Secret a pod on its node references, yes; any other Secret, no.
+    for secret in ("referenced", "unreferenced"):
+        cp.kubectl("create", "secret", "generic", secret, "-n", namespace, "--from-literal=key=value")
+    apply(cp, namespace, pause_pod("uses-a-secret", volumes=[{"name": "s", "secret": {"secretName": "referenced"}}]))
+    wait_for("the kubelet to read the Secret of its pod", lambda: cp.kubectl(
+        "get", "secret", "referenced", "-n", namespace, kubeconfig=kubelet, check=False).returncode == 0)
+    refused = cp.kubectl("get", "secret", "unreferenced", "-n", namespace, kubeconfig=kubelet, check=False)
+    assert refused.returncode != 0 and f"no relationship found between node '{NODE_NAME}'" in refused.stderr
+    # Its own Node object only, not even another's to read; and NodeRestriction keeps it from giving itself a
+    # label that workloads trust for placement.
+    other = get(cp, "default", "nodes", "-l", "type=kwok")["items"][0]["metadata"]["name"]
+    refused = cp.kubectl("get", "node", other, kubeconfig=kubelet, check=False)
+    assert refused.returncode != 0 and "only its own Node object" in refused.stderr
+    restricted = "node-restriction.kubernetes.io/trusted"
+    refused = cp.kubectl("label", "node", NODE_NAME, f"{restricted}=yes", kubeconfig=kubelet, check=False)
+    assert refused.returncode != 0 and f"is not allowed to modify labels: {restricted}" in refused.stderr
+
+    def can(kubeconfig, *request: str) -> str:
+        return cp.kubectl("auth", "can-i", *request, kubeconfig=kubeconfig, check=False).stdout.strip()
+
+    # kube-proxy watches Services and EndpointSlices everywhere, and reads no Secret.
+    assert can(proxy, "watch", "endpointslices.discovery.k8s.io", "--all-namespaces") == "yes"
+    assert can(proxy, "get", "secrets", "-n", namespace) == "no"
 
 
 def test_quickstart_runs_on_the_real_node(control_plane, real_node, operator, namespace, tmp_path):
