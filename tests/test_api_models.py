@@ -96,7 +96,9 @@ def test_every_spec_field_is_described(crd):
     assert not undocumented
     assert crd["spec"]["names"]["shortNames"] and crd["spec"]["names"]["categories"] == ["slimserve"]
     assert {c["name"] for c in version["additionalPrinterColumns"]} >= {"Age"}
-    assert version["subresources"] == {"status": {}}
+    scale = {"scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                       "labelSelectorPath": ".status.selector"}} if crd["spec"]["names"]["kind"] == "ModelService" else {}
+    assert version["subresources"] == {"status": {}, **scale}
 
 
 # ---- quantities -----------------------------------------------------------------------------------------

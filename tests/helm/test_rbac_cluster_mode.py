@@ -20,6 +20,7 @@ from tests.helm.rbac import (
 from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, apply, condition, crd_installed, exists, get, wait_for
 
 KEDA_CRD = Path(__file__).parents[1] / "operator" / "data" / "keda-scaledobjects-crd.yaml"
+HTTP_ADD_ON_CRD = KEDA_CRD.with_name("keda-http-httpscaledobjects-crd.yaml")
 
 pytestmark = pytest.mark.cluster
 
@@ -125,4 +126,19 @@ def test_operator_keeps_scaled_objects_right_by_listing_them(control_plane, clus
         cp.kubectl("delete", "-n", namespace, "scaledobjects.keda.sh", "bursty")
         wait_for("the ScaledObject restored", scaled_object, timeout=60)
         assert autoscaling_reason() == "ScaledObject"
+    assert cluster_mode.unexpected_refusals() == []
+
+
+def test_operator_applies_http_scaled_objects_with_the_charts_rights(control_plane, cluster_mode, namespace):
+    """The KEDA HTTP add-on with the chart's rights: found through API discovery, a service scaling from zero gets
+    its HTTPScaledObject (read by a list, never watched)."""
+    cp = control_plane
+    service = model_service("sleepy")
+    service["spec"]["autoscaling"] = {"metric": "concurrency", "minReplicas": 0, "maxReplicas": 3}
+    with crd_installed(cp, HTTP_ADD_ON_CRD):
+        assert can_i(cp, cluster_mode.kubeconfig, "list", "httpscaledobjects.http.keda.sh", "-A")
+        assert not can_i(cp, cluster_mode.kubeconfig, "watch", "httpscaledobjects.http.keda.sh", "-A")
+        apply(cp, namespace, service)
+        wait_for("the HTTPScaledObject", lambda: exists(cp, namespace, "httpscaledobjects.http.keda.sh", "sleepy"),
+                 timeout=90)
     assert cluster_mode.unexpected_refusals() == []

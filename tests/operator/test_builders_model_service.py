@@ -304,14 +304,15 @@ def test_cpu_autoscaling_leaves_replicas_to_the_hpa():
     assert deleted_kinds(result) == {"ScaledObject"} | AUTH_ACCESS
 
 
-def test_concurrency_autoscaling_with_keda_renders_a_scaled_object_that_may_scale_to_zero():
+def test_concurrency_autoscaling_with_keda_renders_a_scaled_object_that_never_scales_to_zero():
+    # At zero no pod exports the metric its trigger reads: scaling from zero is the HTTP add-on's.
     result = children(spec(autoscaling={"metric": "concurrency", "minReplicas": 0, "maxReplicas": 5, "target": 4}),
                       keda=True)
     kinds = by_kind(result)
     assert "replicas" not in kinds["Deployment"]["spec"]
     scaled = kinds["ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    assert scaled["spec"]["minReplicaCount"] == 0 and scaled["spec"]["maxReplicaCount"] == 5
+    assert scaled["spec"]["minReplicaCount"] == 1 and scaled["spec"]["maxReplicaCount"] == 5
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metadata"]["serverAddress"] == CONFIG.prometheus_address

@@ -275,7 +275,7 @@ def keda_crd(control_plane):
 
 def test_concurrency_autoscaling_needs_keda_and_follows_its_api(control_plane, operator, namespace, keda_crd):
     cp = control_plane
-    autoscaling = {"metric": "concurrency", "minReplicas": 0, "maxReplicas": 5, "target": 8}
+    autoscaling = {"metric": "concurrency", "minReplicas": 1, "maxReplicas": 5, "target": 8}
     apply(cp, namespace, model_service("bursty", autoscaling=autoscaling))
     missing = wait_condition(cp, namespace, "bursty", "AutoscalingReady", "False", "KedaNotInstalled")
     assert "KEDA" in missing["message"]
@@ -289,7 +289,7 @@ def test_concurrency_autoscaling_needs_keda_and_follows_its_api(control_plane, o
     wait_condition(cp, namespace, "bursty", "AutoscalingReady", "True", "ScaledObject")
     scaled = get(cp, namespace, "scaledobjects.keda.sh", "bursty")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "bursty"
-    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 5)
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 5)
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "8"
     assert "slimserve_inflight_requests" in trigger["metadata"]["query"]

@@ -119,3 +119,5 @@ class ResourceKind:
     singular: ClassVar[str]
     short_names: ClassVar[list[str]]
     description: ClassVar[str]
+    # The scale subresource's paths (specReplicasPath, statusReplicasPath, labelSelectorPath); None: no /scale.
+    scale: ClassVar[dict[str, str] | None] = None

@@ -129,7 +129,7 @@ def build_crd(resource: type, spec: type, status: type, columns: list[dict[str, 
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, **({"scale": dict(resource.scale)} if resource.scale else {})},
                     "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {

@@ -329,6 +329,11 @@ class TracingSpec(SpecModel):
     )
 
 
+REPLICAS_OF_AUTOSCALER = ("spec.replicas: the autoscaler sets the replicas of a ModelService with spec.autoscaling "
+                          "(kubectl scale too); change spec.autoscaling.minReplicas/maxReplicas, or remove "
+                          "spec.autoscaling to set replicas")
+
+
 class ModelServiceSpec(SpecModel):
     """Desired inference service."""
 
@@ -341,7 +346,15 @@ class ModelServiceSpec(SpecModel):
                     "message": NOT_A_DECODER,
                     "fieldPath": ".generation",
                     "reason": "FieldValueForbidden",
-                }
+                },
+                {
+                    # Also what refuses `kubectl scale` (a /scale write updates spec.replicas, and the whole
+                    # object is validated): an autoscaler owns the replicas of an autoscaled service.
+                    "rule": "!has(self.autoscaling) || !has(oldSelf.autoscaling) || self.replicas == oldSelf.replicas",
+                    "message": REPLICAS_OF_AUTOSCALER,
+                    "fieldPath": ".replicas",
+                    "reason": "FieldValueForbidden",
+                },
             ]
         }
     }
@@ -359,7 +372,11 @@ class ModelServiceSpec(SpecModel):
         max_length=63,
         description="Node pool of the server pods, as named in the operator's configuration, e.g. cpu or gpu.",
     )
-    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set, e.g. 2.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000,
+        description="Replicas when autoscaling is not set, e.g. 2; also what `kubectl scale msvc NAME --replicas N` "
+        "sets (refused while autoscaling is set).",
+    )
     resources: ResourceRequirements | None = Field(default=None, description="Resources of each server pod.")
     autoscaling: AutoscalingSpec | None = Field(default=None, description="Autoscaling; unset means fixed replicas.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, json_schema_extra={"default": {}}, description="Dynamic batching of requests.")
@@ -395,9 +412,23 @@ class ModelServiceSpec(SpecModel):
 class ModelServiceStatus(StatusModel):
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready summarises the service; also ModelAvailable.")
-    url: str | None = Field(default=None, description="In-cluster REST URL, e.g. http://NAME.NAMESPACE.svc.cluster.local:8080.")
+    url: str | None = Field(
+        default=None,
+        description="In-cluster REST URL, e.g. http://NAME.NAMESPACE.svc.cluster.local:8080; with minReplicas 0 "
+        "through the KEDA HTTP add-on, its interceptor's, which requests reach with the Host header hostHeader.",
+    )
+    host_header: str | None = Field(
+        default=None,
+        description="The Host header requests to url carry when it is the KEDA HTTP add-on's interceptor (it routes "
+        "by Host and wakes the service from zero); unset otherwise.",
+    )
     grpc_address: str | None = Field(default=None, description="In-cluster gRPC address, host:port.")
     replicas: int | None = Field(default=None, description="Pods of the current Deployment.")
+    selector: str | None = Field(
+        default=None,
+        description="Label selector of the server pods, e.g. app.kubernetes.io/instance=NAME,...: the scale "
+        "subresource's (kubectl scale, an HPA aimed at the ModelService).",
+    )
     ready_replicas: int | None = Field(default=None, description="Ready pods.")
     model_uri: str | None = Field(default=None, description="The artifact being served.")
     model_digest: str | None = Field(default=None, description="Digest of the artifact being served.")
@@ -410,6 +441,12 @@ class ModelService(SpecModel, ResourceKind):
     plural: ClassVar[str] = "modelservices"
     singular: ClassVar[str] = "modelservice"
     short_names: ClassVar[list[str]] = ["msvc"]
+    # The scale subresource: `kubectl scale msvc NAME --replicas N` sets spec.replicas.
+    scale: ClassVar[dict[str, str]] = {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
     description: ClassVar[str] = (
         "ModelService serves one model over the Open Inference Protocol (REST and gRPC) from an autoscaled "
         "Deployment on a CPU or GPU node pool."

@@ -119,6 +119,11 @@ class OperatorConfig(_ConfigModel):
     cluster_domain: str = "cluster.local"
     # Prometheus that scrapes the server pods; KEDA's concurrency trigger queries it.
     prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
+    # The KEDA HTTP add-on's interceptor proxy (its chart's Service in its namespace): where REST clients of a
+    # service that scales from zero send their requests, with the service's host in the Host header.
+    http_interceptor_address: str = Field(
+        default="http://keda-add-ons-http-interceptor-proxy.keda.svc:8080", pattern=r"^https?://[^/\s]+/?$"
+    )
     image_pull_secrets: list[str] = Field(default_factory=list)
     # CPU and memory of a compression pod whose CompressionJob names neither (per resource).
     compressor_resources: ResourceRequirements = Field(default_factory=_default_compressor_resources)

@@ -33,6 +33,7 @@ WARNING_REASONS = frozenset(
         "CompressionJobNotFound",
         "CompressionFailed",
         "KedaNotInstalled",
+        "ScaleToZeroUnavailable",
         "ProgressDeadlineExceeded",
         "ChildConflict",
         "ApplyRejected",

@@ -6,7 +6,9 @@ discovery on CRD events, which can come before discovery lists the new kind). In
 loop, every few seconds while any ModelService is known: asks API discovery whether `keda.sh/v1alpha1
 scaledobjects` is served (no rights needed, so a namespaced operator can too), lists the ScaledObjects the
 operator made, and queues a full pass for every service whose autoscaler is not what its last pass made: KEDA
-came or went, its ScaledObject was deleted or edited by hand, or one is left over from an earlier metric.
+came or went, its ScaledObject was deleted or edited by hand, or one is left over from an earlier metric. The
+same round asks whether the KEDA HTTP add-on's `http.keda.sh/v1alpha1 httpscaledobjects` is served while any
+service scales to zero, so installing (or removing) the add-on moves those services within a round.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from slimserve.controller.backoff import doubling_delay
 from slimserve.controller.builders.model_service import CHILD_SELECTOR, SCALED_OBJECT_REF, controller_owner
 from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Key, Runtime, fingerprint
+from slimserve.controller.model_service_status import HTTP_SCALED_OBJECT, SCALE_TO_ZERO_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +39,34 @@ def wants_scaled_object(runtime: Runtime, key: Key) -> bool | None:
 
 
 def keda_mismatches(runtime: Runtime, installed: bool) -> list[Key]:
-    """Services scaling on concurrency whose last pass assumed the opposite about KEDA's API."""
+    """Services scaling on concurrency whose last pass assumed the opposite about KEDA's API (one refused scale
+    to zero runs KEDA's ScaledObject from one replica, or one fixed replica without it)."""
+    refused_zero = [key for key, snapshot in list(runtime.snapshots.items())
+                    if snapshot.inputs.autoscaling is not None
+                    and snapshot.inputs.autoscaling.reason == SCALE_TO_ZERO_UNAVAILABLE
+                    and snapshot.keda_assumed not in (None, installed)]
+    return _mismatches(runtime, installed, present="ScaledObject", absent="KedaNotInstalled") + refused_zero
+
+
+def http_add_on_mismatches(runtime: Runtime, installed: bool) -> list[Key]:
+    """Services scaling to zero whose last pass assumed the opposite about the HTTP add-on's API."""
+    return _mismatches(runtime, installed, present=HTTP_SCALED_OBJECT, absent=SCALE_TO_ZERO_UNAVAILABLE)
+
+
+def _mismatches(runtime: Runtime, installed: bool, *, present: str, absent: str) -> list[Key]:
     stale = []
     for key, snapshot in list(runtime.snapshots.items()):
         verdict = snapshot.inputs.autoscaling
-        if verdict is not None and verdict.reason in ("ScaledObject", "KedaNotInstalled"):
-            if (verdict.reason == "ScaledObject") != installed:
-                stale.append(key)
+        if verdict is not None and verdict.reason in (present, absent) and (verdict.reason == present) != installed:
+            stale.append(key)
     return stale
+
+
+def scaling_to_zero(runtime: Runtime) -> bool:
+    """Whether any service's last pass depended on the HTTP add-on."""
+    reasons = (HTTP_SCALED_OBJECT, SCALE_TO_ZERO_UNAVAILABLE)
+    return any(s.inputs.autoscaling is not None and s.inputs.autoscaling.reason in reasons
+               for s in list(runtime.snapshots.values()))
 
 
 def sweep_scaled_objects(runtime: Runtime, listed: Iterable[dict[str, Any]]) -> list[Key]:
@@ -89,6 +112,8 @@ def check_keda(runtime: Runtime) -> list[Key]:
     """One round (blocking API calls): the services whose autoscaler is not what their last pass made."""
     installed = runtime.keda.refresh(runtime.api)
     stale = keda_mismatches(runtime, installed)
+    if scaling_to_zero(runtime):
+        stale += http_add_on_mismatches(runtime, runtime.http_add_on.refresh(runtime.api))
     if installed:
         namespaces = {namespace for namespace, _ in list(runtime.snapshots)}
         stale += sweep_scaled_objects(runtime, list_scaled_objects(runtime.api, namespaces))

@@ -27,12 +27,10 @@ from slimserve.api.field_errors import field_errors
 from slimserve.api.model_service import ModelService, ModelServiceSpec
 from slimserve.controller import kube
 from slimserve.kube import status as status_update
-from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children
+from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children, scales_to_zero
 from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_state import (
-    KEDA_GROUP,
-    KEDA_VERSION,
     Key,
     Runtime,
     Snapshot,
@@ -170,9 +168,12 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
         resolution = resolve_model(api, owner.namespace, spec)
         metric = spec.autoscaling.metric if spec.autoscaling else None
         keda = runtime.keda.installed(api) if metric == "concurrency" else False
-        inputs = inputs_for(owner, generation, resolution, autoscaling_verdict(metric, keda_installed=keda),
-                            config.cluster_domain, tls=spec.tls is not None)
-        desired = (owner.uid, generation, resolution.model, keda)
+        to_zero = scales_to_zero(spec)
+        http_add_on = runtime.http_add_on.installed(api) if to_zero else False
+        verdict = autoscaling_verdict(metric, keda_installed=keda, scale_to_zero=to_zero, http_add_on_installed=http_add_on)
+        inputs = inputs_for(owner, generation, resolution, verdict, config.cluster_domain, tls=spec.tls is not None,
+                            interceptor_url=config.http_interceptor_address.rstrip("/"))
+        desired = (owner.uid, generation, resolution.model, keda, http_add_on)
         if not force and known is not None and known.desired == desired and known.inputs == inputs:
             return known
         rollout: Rollout | None = None
@@ -180,11 +181,11 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
         deployment_generation = known.deployment_generation if known else 0
         replicas = known.stated_replicas if known else None
         if resolution.model is not None:
-            replicas = deployment_replicas(spec, keda)
+            replicas = deployment_replicas(spec, keda, http_add_on)
             if replicas is None and known is not None and known.stated_replicas is not None:
                 hand_over_replicas(api, owner, known.stated_replicas, spec)
             try:
-                deployment, refusals = _apply_children(runtime, api, owner, spec, pool, resolution, keda)
+                deployment, refusals = _apply_children(runtime, api, owner, spec, pool, resolution, keda, http_add_on)
             except NamespaceTerminating:
                 log.debug("%s/%s: its namespace is being deleted; leaving it be", *key)
                 return known or Snapshot(owner, inputs, previous, body_ref(body))
@@ -215,6 +216,7 @@ def _apply_children(
     pool: NodePool,
     resolution: ModelResolution,
     keda: bool,
+    http_add_on: bool,
 ) -> tuple[dict[str, Any], list[Refusal]]:
     """Apply every desired child this service controls or may create, delete the optional ones no longer
     wanted that it controls; (the live Deployment, what was refused). One refusal does not hold back the rest.
@@ -222,7 +224,8 @@ def _apply_children(
     secret_refusal = secrets_refusal(api, owner.namespace, spec)
     if secret_refusal is not None:
         return {}, [secret_refusal]  # pods that cannot serve would replace pods that do: nothing is applied
-    children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda)
+    children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda,
+                                http_add_on_installed=http_add_on)
     key = (owner.namespace, owner.name)
     deployment: dict[str, Any] = {}
     refusals: list[Refusal] = []
@@ -305,9 +308,10 @@ def _apply_child(runtime: Runtime, api: client.ApiClient, manifest: dict[str, An
     except ApiException as exc:
         if kube.namespace_terminating(exc):
             raise NamespaceTerminating(what) from exc
-        if exc.status == 404 and manifest["apiVersion"] == f"{KEDA_GROUP}/{KEDA_VERSION}":
-            runtime.keda.forget()  # KEDA was uninstalled since discovery last looked: look again, soon
-            raise kopf.TemporaryError(f"{what}: KEDA's API is gone", delay=1) from exc
+        discovery = runtime.optional_api(manifest["apiVersion"])
+        if exc.status == 404 and discovery is not None:
+            discovery.forget()  # uninstalled since discovery last looked (KEDA, its HTTP add-on): look again, soon
+            raise kopf.TemporaryError(f"{what}: the API {manifest['apiVersion']} is gone", delay=1) from exc
         raise
 
 

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from slimserve.controller import kube
 from slimserve.controller.backoff import doubling_delay
+from slimserve.controller.builders.http_scaled_object import HTTP_ADD_ON_GROUP, HTTP_ADD_ON_PLURAL, HTTP_ADD_ON_VERSION
 from slimserve.controller.builders.model_service import ChildRef, Owner
 from slimserve.controller.config import OperatorConfig
 from slimserve.controller.model_service_events import EventRecorder
@@ -56,18 +57,30 @@ class Snapshot:
     status: dict[str, Any]
     body_ref: dict[str, Any]  # apiVersion/kind/metadata, for Events
     deployment_generation: int = 0  # of the Deployment as last applied: older watch events are stale
-    desired: tuple = ()  # what the children were built from: (uid, generation, model, KEDA installed)
+    desired: tuple = ()  # what the children were built from: (uid, generation, model, KEDA, HTTP add-on installed)
     stated_replicas: int | None = None  # the Deployment's replicas as last applied; None: an autoscaler's
     refused: Verdict | None = None  # why the last pass could not apply every child (Ready says so until fixed)
 
+    @property
+    def keda_assumed(self) -> bool | None:
+        """Whether the last pass that applied found KEDA's API; None when it applied nothing."""
+        return self.desired[3] if self.desired else None
 
-class KedaDiscovery:
-    """Whether KEDA's ScaledObject API is served, by API discovery (no rights needed), cached for `ttl` seconds."""
 
-    def __init__(self, ttl: float = 10.0) -> None:
+class ApiDiscovery:
+    """Whether an optional API (KEDA's ScaledObjects, the HTTP add-on's HTTPScaledObjects) is served, by API
+    discovery (no rights needed), cached for `ttl` seconds."""
+
+    def __init__(self, group: str = KEDA_GROUP, version: str = KEDA_VERSION, plural: str = KEDA_PLURAL,
+                 ttl: float = 10.0) -> None:
+        self._group, self._version, self._plural = group, version, plural
         self._ttl = ttl
         self._lock = threading.Lock()
         self._known: tuple[float, bool] | None = None
+
+    @property
+    def api_version(self) -> str:
+        return f"{self._group}/{self._version}"
 
     def installed(self, api: client.ApiClient) -> bool:
         with self._lock:
@@ -77,11 +90,11 @@ class KedaDiscovery:
 
     def refresh(self, api: client.ApiClient) -> bool:
         try:
-            resources = client.CustomObjectsApi(api).get_api_resources(KEDA_GROUP, KEDA_VERSION)
-            found = any(r.name == KEDA_PLURAL for r in resources.resources or [])
+            resources = client.CustomObjectsApi(api).get_api_resources(self._group, self._version)
+            found = any(r.name == self._plural for r in resources.resources or [])
         except ApiException as exc:
             if exc.status != 404:
-                kube.raise_for_api_error(exc, "discovering KEDA's API")
+                kube.raise_for_api_error(exc, f"discovering the API {self._group}/{self._version}")
             found = False
         with self._lock:
             self._known = (time.monotonic(), found)
@@ -103,7 +116,10 @@ class Runtime:
     config: OperatorConfig | None = None
     api: client.ApiClient | None = None
     owned: dict[str, OwnedIndex] = field(default_factory=dict)  # kind -> Kopf index of that kind
-    keda: KedaDiscovery = field(default_factory=KedaDiscovery)
+    keda: ApiDiscovery = field(default_factory=ApiDiscovery)
+    http_add_on: ApiDiscovery = field(
+        default_factory=lambda: ApiDiscovery(HTTP_ADD_ON_GROUP, HTTP_ADD_ON_VERSION, HTTP_ADD_ON_PLURAL)
+    )
     events: EventRecorder = field(default_factory=EventRecorder)
     snapshots: dict[Key, Snapshot] = field(default_factory=dict)
     fingerprints: dict[Key, dict[ChildId, str]] = field(default_factory=dict)
@@ -161,6 +177,10 @@ class Runtime:
     def applied(self, key: Key) -> None:
         with self._guard:
             self.refused_passes.pop(key, None)
+
+    def optional_api(self, api_version: str) -> ApiDiscovery | None:
+        """The discovery of an optional API (KEDA's, its HTTP add-on's) by a child's apiVersion; None for the rest."""
+        return {self.keda.api_version: self.keda, self.http_add_on.api_version: self.http_add_on}.get(api_version)
 
     def set_scaled_objects(self, owners: set[Key]) -> None:
         with self._guard:

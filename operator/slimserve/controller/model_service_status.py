@@ -14,6 +14,8 @@ from slimserve.controller.builders.model_service import (
     ArtifactToServe,
     Owner,
     grpc_address,
+    selector_string,
+    service_host,
     service_url,
 )
 from slimserve.controller.conditions import FALSE, TRUE, find_condition, set_condition
@@ -148,12 +150,30 @@ def evaluate_rollout(deployment: dict[str, Any] | None) -> Rollout:
     return Rollout(Verdict(TRUE, "Available", f"{available} of {desired} replicas available"), replicas, ready)
 
 
-def autoscaling_verdict(metric: str | None, *, keda_installed: bool) -> Verdict | None:
+HTTP_SCALED_OBJECT = "HTTPScaledObject"
+# minReplicas 0 without the KEDA HTTP add-on: refused (Ready False), served from one replica meanwhile.
+SCALE_TO_ZERO_UNAVAILABLE = "ScaleToZeroUnavailable"
+
+
+def autoscaling_verdict(
+    metric: str | None, *, keda_installed: bool, scale_to_zero: bool = False, http_add_on_installed: bool = False
+) -> Verdict | None:
     """AutoscalingReady for the spec's metric; None without autoscaling (the condition is removed)."""
     if metric is None:
         return None
     if metric == "cpu":
         return Verdict(TRUE, "HorizontalPodAutoscaler", "a HorizontalPodAutoscaler scales on CPU utilisation")
+    if scale_to_zero and http_add_on_installed:
+        return Verdict(TRUE, HTTP_SCALED_OBJECT, "the KEDA HTTP add-on scales from zero on in-flight requests; "
+                       "clients call status.url with the Host header status.hostHeader")
+    if scale_to_zero:
+        instead = "a KEDA ScaledObject from 1 replica" if keda_installed else "1 fixed replica (KEDA is not installed)"
+        return Verdict(
+            FALSE, SCALE_TO_ZERO_UNAVAILABLE,
+            "spec.autoscaling.minReplicas 0 needs the KEDA HTTP add-on (API http.keda.sh/v1alpha1 HTTPScaledObject), "
+            "which is not installed: at zero replicas nothing would wake the service. Serving with "
+            f"{instead} meanwhile; install the add-on, or set minReplicas to 1 or more",
+        )
     if keda_installed:
         return Verdict(TRUE, "ScaledObject", "a KEDA ScaledObject scales on in-flight requests")
     return Verdict(
@@ -173,6 +193,8 @@ class StatusInputs:
     autoscaling: Verdict | None
     url: str | None
     grpc_address: str | None
+    selector: str | None = None
+    host_header: str | None = None  # when `url` is the HTTP add-on's interceptor
 
 
 def inputs_for(
@@ -182,14 +204,20 @@ def inputs_for(
     autoscaling: Verdict | None,
     cluster_domain: str,
     tls: bool = False,
+    interceptor_url: str | None = None,
 ) -> StatusInputs:
+    """`interceptor_url`: the HTTP add-on's proxy, which REST clients call (with the Host header) when the
+    service scales from zero through it."""
     served = resolution.model is not None
+    routed = served and autoscaling is not None and autoscaling.reason == HTTP_SCALED_OBJECT and interceptor_url
     return StatusInputs(
         generation=generation,
         resolution=resolution,
         autoscaling=autoscaling,
-        url=service_url(owner, cluster_domain, tls) if served else None,
+        url=(interceptor_url if routed else service_url(owner, cluster_domain, tls)) if served else None,
         grpc_address=grpc_address(owner, cluster_domain) if served else None,
+        selector=selector_string(owner),
+        host_header=service_host(owner, cluster_domain) if routed else None,
     )
 
 
@@ -214,11 +242,15 @@ def refusal_verdict(refusals: list[Refusal]) -> Verdict:
     return Verdict(FALSE, reason, "; ".join(r.message for r in refusals))
 
 
-def ready_verdict(resolution: ModelResolution, rollout: Rollout | None, refused: Verdict | None = None) -> Verdict:
+def ready_verdict(
+    resolution: ModelResolution, rollout: Rollout | None, refused: Verdict | None = None, autoscaling: Verdict | None = None
+) -> Verdict:
     if not resolution.verdict.true:
         return resolution.verdict
     if refused is not None:
         return refused
+    if autoscaling is not None and autoscaling.reason == SCALE_TO_ZERO_UNAVAILABLE:
+        return autoscaling  # the spec is refused, though a replica serves meanwhile
     if rollout is None:
         return Verdict(FALSE, "DeploymentMissing", "the server Deployment does not exist yet")
     return rollout.verdict
@@ -240,19 +272,21 @@ def compose_status(
         conditions = [c for c in conditions if c.get("type") != AUTOSCALING_READY]
     else:
         conditions = _with(conditions, AUTOSCALING_READY, inputs.autoscaling, generation)
-    conditions = _with(conditions, READY, ready_verdict(inputs.resolution, rollout, refused), generation)
+    conditions = _with(conditions, READY, ready_verdict(inputs.resolution, rollout, refused, inputs.autoscaling), generation)
     conditions = _with_stalled(conditions, generation)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": sorted(conditions, key=lambda c: c["type"]),
+        "selector": inputs.selector,
     }
     model = inputs.resolution.model
     if model is None or refused is not None:
-        for key in ("url", "grpcAddress", "modelUri", "modelDigest", "replicas", "readyReplicas"):
+        for key in ("url", "hostHeader", "grpcAddress", "modelUri", "modelDigest", "replicas", "readyReplicas"):
             status[key] = previous.get(key)
     else:
         status.update(
             url=inputs.url,
+            hostHeader=inputs.host_header,
             grpcAddress=inputs.grpc_address,
             modelUri=model.uri,
             modelDigest=model.digest,

@@ -30,6 +30,7 @@ from slimserve.controller.builders import (
     pool_device,
     pool_placement,
 )
+from slimserve.controller.builders.http_scaled_object import HTTP_SCALED_OBJECT_REF, build_http_scaled_object
 from slimserve.controller.config import NodePool, OperatorConfig
 from slimserve.controller.labels import MANAGED_BY, selector_labels, standard_labels
 
@@ -163,6 +164,11 @@ def selector_of(owner: Owner) -> dict[str, str]:
     return selector_labels(instance=owner.child_name, component=COMPONENT)
 
 
+def selector_string(owner: Owner) -> str:
+    """The server pods' selector as a label query (`status.selector`, the scale subresource's)."""
+    return ",".join(f"{key}={value}" for key, value in selector_of(owner).items())
+
+
 def _metadata(owner: Owner, name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name,
@@ -198,17 +204,33 @@ def uses_hpa(spec: ModelServiceSpec) -> bool:
     return spec.autoscaling is not None and spec.autoscaling.metric == "cpu"
 
 
-def uses_keda(spec: ModelServiceSpec, keda_installed: bool) -> bool:
-    return spec.autoscaling is not None and spec.autoscaling.metric == "concurrency" and keda_installed
+def scales_to_zero(spec: ModelServiceSpec) -> bool:
+    return spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
 
 
-def deployment_replicas(spec: ModelServiceSpec, keda_installed: bool) -> int | None:
+def uses_http_add_on(spec: ModelServiceSpec, http_add_on_installed: bool) -> bool:
+    """Scale from zero through the KEDA HTTP add-on's interceptor: the only way a request wakes a service at zero."""
+    return scales_to_zero(spec) and http_add_on_installed
+
+
+def uses_keda(spec: ModelServiceSpec, keda_installed: bool, http_add_on_installed: bool = False) -> bool:
+    """A Prometheus ScaledObject: concurrency, unless the HTTP add-on scales the service (from zero)."""
+    concurrency = spec.autoscaling is not None and spec.autoscaling.metric == "concurrency"
+    return concurrency and keda_installed and not uses_http_add_on(spec, http_add_on_installed)
+
+
+def deployment_replicas(spec: ModelServiceSpec, keda_installed: bool, http_add_on_installed: bool = False) -> int | None:
     """Replicas the operator states, or None when an autoscaler owns the field."""
     if spec.autoscaling is None:
         return spec.replicas
-    if uses_hpa(spec) or uses_keda(spec, keda_installed):
+    if uses_hpa(spec) or uses_keda(spec, keda_installed) or uses_http_add_on(spec, http_add_on_installed):
         return None
-    return max(spec.autoscaling.min_replicas, 1)  # concurrency without KEDA: run the floor, at least one
+    return floor_replicas(spec.autoscaling)  # concurrency without KEDA: run the floor
+
+
+def floor_replicas(autoscaling: AutoscalingSpec) -> int:
+    """The fewest replicas without the HTTP add-on: at least one, since nothing else wakes a service at zero."""
+    return max(autoscaling.min_replicas, 1)
 
 
 def needs_disruption_budget(spec: ModelServiceSpec) -> bool:
@@ -592,14 +614,15 @@ def _promql_string(text: str) -> str:
 
 
 def build_scaled_object(owner: Owner, autoscaling: AutoscalingSpec, prometheus_address: str) -> dict[str, Any]:
-    """KEDA ScaledObject: in-flight requests per replica from Prometheus; minReplicas 0 scales to zero."""
+    """KEDA ScaledObject: in-flight requests per replica from Prometheus. Never to zero: at zero no pod exports
+    the metric, so nothing would scale the service up again (scale from zero is the HTTP add-on's)."""
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
         "metadata": _metadata(owner, owner.child_name),
         "spec": {
             "scaleTargetRef": _scale_target(owner),
-            "minReplicaCount": autoscaling.min_replicas,
+            "minReplicaCount": floor_replicas(autoscaling),
             "maxReplicaCount": autoscaling.max_replicas,
             "pollingInterval": 15,
             "cooldownPeriod": 300,
@@ -617,6 +640,14 @@ def build_scaled_object(owner: Owner, autoscaling: AutoscalingSpec, prometheus_a
             ],
         },
     }
+
+
+def build_service_http_scaled_object(owner: Owner, autoscaling: AutoscalingSpec, cluster_domain: str) -> dict[str, Any]:
+    """The service's HTTPScaledObject: its Service's in-cluster host routed to its HTTP port (REST, gRPC-Web)."""
+    return build_http_scaled_object(
+        _metadata(owner, owner.child_name), _scale_target(owner), service=owner.service_name, port=HTTP_PORT,
+        host=service_host(owner, cluster_domain), autoscaling=autoscaling,
+    )
 
 
 def build_pdb(owner: Owner) -> dict[str, Any]:
@@ -645,25 +676,30 @@ def desired_children(
     config: OperatorConfig,
     *,
     keda_installed: bool,
+    http_add_on_installed: bool = False,
 ) -> Children:
     """Everything the ModelService should own now; optional kinds it should not own go to `delete`.
 
-    A ScaledObject is only deleted while KEDA's API exists (without it there can be none).
+    A ScaledObject (HTTPScaledObject) is only deleted while KEDA's API (the HTTP add-on's) exists: without it
+    there can be none.
     """
     children = Children()
-    children.apply.append(
-        build_deployment(owner, spec, model, pool, config, replicas=deployment_replicas(spec, keda_installed))
-    )
+    replicas = deployment_replicas(spec, keda_installed, http_add_on_installed)
+    children.apply.append(build_deployment(owner, spec, model, pool, config, replicas=replicas))
     children.apply.append(build_service(owner, tls=spec.tls is not None))
     name = owner.child_name
     if uses_hpa(spec):
         children.apply.append(build_hpa(owner, spec.autoscaling))
     else:
         children.delete.append(ChildRef(*HPA_REF, name))
-    if uses_keda(spec, keda_installed):
+    if uses_keda(spec, keda_installed, http_add_on_installed):
         children.apply.append(build_scaled_object(owner, spec.autoscaling, config.prometheus_address))
     elif keda_installed:
         children.delete.append(ChildRef(*SCALED_OBJECT_REF, name))
+    if uses_http_add_on(spec, http_add_on_installed):
+        children.apply.append(build_service_http_scaled_object(owner, spec.autoscaling, config.cluster_domain))
+    elif http_add_on_installed:
+        children.delete.append(ChildRef(*HTTP_SCALED_OBJECT_REF, name))
     if needs_disruption_budget(spec):
         children.apply.append(build_pdb(owner))
     else:

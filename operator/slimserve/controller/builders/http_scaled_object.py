@@ -1,0 +1,50 @@
+"""The KEDA HTTP add-on's HTTPScaledObject of a ModelService that scales from zero (`minReplicas: 0`).
+
+At zero pods no server exports `slimserve_inflight_requests`, so a Prometheus trigger can never wake the
+service. The add-on's interceptor can: requests reach it (its proxy Service) with the service's host in the
+Host header, it counts them for its scaler, holds them while KEDA scales the Deployment from zero, and
+forwards them to the ModelService's Service once a pod is ready. The add-on's operator makes the KEDA
+ScaledObject itself (named after the HTTPScaledObject, with its labels), so the ModelService owns no other.
+
+Pure: the object from the facts it routes and scales; `builders.model_service` supplies them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slimserve.api.model_service import AutoscalingSpec
+
+HTTP_ADD_ON_GROUP, HTTP_ADD_ON_VERSION, HTTP_ADD_ON_PLURAL = "http.keda.sh", "v1alpha1", "httpscaledobjects"
+HTTP_SCALED_OBJECT_REF = (f"{HTTP_ADD_ON_GROUP}/{HTTP_ADD_ON_VERSION}", "HTTPScaledObject")
+# How long the interceptor holds a request while the service scales from zero; then it answers 504 (the
+# add-on's "backend not ready"), where its own default would hold it until the client gives up.
+COLD_START_WAIT_SECONDS = 180
+# Seconds without requests before the add-on scales the service back to zero, as KEDA's cooldownPeriod.
+SCALE_DOWN_PERIOD_SECONDS = 300
+
+
+def build_http_scaled_object(
+    metadata: dict[str, Any],
+    target: dict[str, str],
+    *,
+    service: str,
+    port: int,
+    host: str,
+    autoscaling: AutoscalingSpec,
+) -> dict[str, Any]:
+    """Requests with Host `host` go to `service`:`port`, and in-flight requests per replica scale `target`
+    (apiVersion, kind and name of the Deployment) between autoscaling's bounds."""
+    return {
+        "apiVersion": HTTP_SCALED_OBJECT_REF[0],
+        "kind": HTTP_SCALED_OBJECT_REF[1],
+        "metadata": metadata,
+        "spec": {
+            "hosts": [host],
+            "scaleTargetRef": {**target, "service": service, "port": port},
+            "replicas": {"min": autoscaling.min_replicas, "max": autoscaling.max_replicas},
+            "scaledownPeriod": SCALE_DOWN_PERIOD_SECONDS,
+            "scalingMetric": {"concurrency": {"targetValue": autoscaling.target}},
+            "timeouts": {"conditionWait": f"{COLD_START_WAIT_SECONDS}s"},
+        },
+    }
