@@ -197,6 +197,7 @@ def test_configuration_is_what_the_operator_reads(cluster_mode):
     assert set(config.node_pools) == set(values["nodePools"])
     assert config.node_pool("gpu").gpu_resource_name == "nvidia.com/gpu"
     assert config.prometheus_address == values["workloads"]["prometheusAddress"]
+    assert config.http_interceptor_address == values["workloads"]["httpInterceptorAddress"]
 
 
 def test_node_pools_map_to_the_configuration():
@@ -433,6 +434,7 @@ BAD_VALUES = [
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
     ({"workloads": {"prometheusAddress": "prometheus:9090"}}, "prometheusAddress"),
     ({"workloads": {"hubEndpoint": "hub-mirror:443"}}, "hubEndpoint"),
+    ({"workloads": {"httpInterceptorAddress": "http://proxy.keda:8080/path"}}, "httpInterceptorAddress"),
     ({"serviceAccount": {"create": "yes"}}, "create"),
     ({"networkPolicy": {"from": [{"podSelectors": {}}]}}, "podSelectors"),
     ({"servers": {"podMonitor": {"scheme": "ftp"}}}, "scheme"),
