@@ -30,7 +30,7 @@ SOURCE = ROOT / "operator" / "slimserve"
 CONTRACT = SOURCE / "api" / "workload.py"
 
 SERVER = ServerEnv(
-    artifact="s3://models/digits", model_name="digits", host="127.0.0.1", http_port=8081, grpc_port=9001,
+    artifact="s3://models/digits", model_name="digits", model_version="canary", host="127.0.0.1", http_port=8081, grpc_port=9001,
     batching=False, max_batch_size=16, max_latency_ms=2.5, grpc_web=True, playground=False,
     cors_origins=("https://app.example.com", "*"), shutdown_delay_s=5.0, drain_timeout_s=20.0, pvc_root="/data",
     cache="/var/cache/slimserve", download_cache="/var/cache/slimserve-models", home="/tmp",

@@ -30,7 +30,7 @@ def mlp_server(server_logs):
     """The tiny digits MLP with small limits, for the error battery and the batching checks."""
     yield from _serve(
         server_logs, "builtin://digits-mlp", "--max-batch-size", str(ERROR_SERVER_MAX_BATCH),
-        "--max-body-bytes", str(ERROR_SERVER_MAX_BODY), "--max-latency-ms", "20",
+        "--max-body-bytes", str(ERROR_SERVER_MAX_BODY), "--max-latency-ms", "20", "--model-version", "canary",
     )
 
 

@@ -55,5 +55,6 @@ def test_metrics_expose_the_autoscaling_and_queue_signals(mlp_server):
     assert samples["slimserve_inflight_requests"] == 0  # nothing in flight between tests
     assert samples["slimserve_queue_depth"] == 0
     assert samples["slimserve_model_ready"] == 1
+    assert samples['slimserve_model_info{model_version="canary"}'] == 1  # a ModelService's canary pod says so
     assert samples['slimserve_requests_total{code="200",endpoint="infer",protocol="rest"}'] >= 1
     assert samples['slimserve_request_duration_seconds_count{protocol="rest"}'] >= 1

@@ -311,6 +311,7 @@ class ServerEnv(PodEnv):
 
     artifact: str | None = None  # model URI: file://, pvc://, s3:// artifact or builtin://NAME
     model_name: str | None = None
+    model_version: str | None = None  # stable or canary: which of a ModelService's models this pod serves
     host: str | None = None
     http_port: int | None = None
     grpc_port: int | None = None
@@ -367,6 +368,7 @@ class ServerEnv(PodEnv):
     VARIABLES: ClassVar[Mapping[str, Variable]] = {
         "artifact": Variable(f"{PREFIX}ARTIFACT"),
         "model_name": Variable(f"{PREFIX}MODEL_NAME"),
+        "model_version": Variable(f"{PREFIX}MODEL_VERSION"),
         "host": Variable(f"{PREFIX}HOST"),
         "http_port": Variable(f"{PREFIX}HTTP_PORT", parse_port),
         "grpc_port": Variable(f"{PREFIX}GRPC_PORT", parse_port),

@@ -42,6 +42,8 @@ OPTIONS = (
     Option("--artifact", str, "model URI: file://, pvc://, s3:// artifact or builtin://NAME (required)"),
     Option("--artifact-digest", str, "refuse the artifact unless its digest is this sha256:..."),
     Option("--model-name", str, "name in the protocol's paths (default: the model's own name)"),
+    Option("--model-version", str,
+           "which of a ModelService's models this is (stable or canary): slimserve_model_info's model_version label"),
     Option("--host", str, "address to listen on"),
     Option("--http-port", parse_port, "REST port (also /metrics)"),
     Option("--grpc-port", parse_port, "gRPC port"),
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = ServerConfig(
             artifact=args.artifact, artifact_digest=args.artifact_digest, model_name=args.model_name,
+            model_version=args.model_version,
             host=args.host, http_port=args.http_port,
             grpc_port=args.grpc_port, metrics_port=args.metrics_port, batching=args.batching,
             max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,

@@ -17,6 +17,7 @@ class ServerConfig:
     artifact: str
     artifact_digest: str | None = None  # "sha256:...": refuse an artifact whose manifest digest differs
     model_name: str | None = None  # name in the protocol's paths; defaults to the model's own name
+    model_version: str | None = None  # stable or canary (a ModelService's canary): slimserve_model_info's label
     host: str = DEFAULTS.host
     http_port: int = DEFAULTS.http_port
     grpc_port: int = DEFAULTS.grpc_port

@@ -12,6 +12,11 @@ Names (the operator and dashboards depend on them):
 - slimserve_gpu_memory_allocated_bytes{device}, slimserve_gpu_memory_reserved_bytes{device}: the CUDA
   allocator's memory, read at each scrape; only a server whose model runs on a GPU has them
 - slimserve_payload_log_events_total{outcome}: payload log events sent, dropped (queue full) or failed (sink)
+- slimserve_model_info{model_version}: always 1; model_version is stable or canary in a ModelService's
+  pods (empty elsewhere). An info series rather than a label on every series, as Prometheus' own *_info
+  series are: a canary promoted or rolled back changes one series, and queries join it where they split by
+  version: `sum by (model_version) (rate(slimserve_requests_total[5m]) * on (pod) group_left (model_version)
+  slimserve_model_info)`
 
 A server of a decoder model also has (`GenerationMetrics`):
 - slimserve_time_to_first_token_seconds, slimserve_inter_token_latency_seconds: per sequence, from its arrival
@@ -71,6 +76,12 @@ class ServerMetrics:
                 ("device",), registry=self.registry,
             )
             gauge.labels(str(device)).set_function(lambda index=index: gpu_memory_bytes(device)[index])
+
+    def describe_model(self, version: str | None) -> None:
+        """The slimserve_model_info series of the model this server serves."""
+        info = Gauge("slimserve_model_info", "The version of the model served (stable or canary).",
+                     ("model_version",), registry=self.registry)
+        info.labels(version or "").set(1)
 
     def count(self, protocol: str, endpoint: str, code: str) -> None:
         self.requests.labels(protocol, endpoint, code).inc()

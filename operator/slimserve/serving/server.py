@@ -98,6 +98,7 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimserve-model")
     metrics = ServerMetrics()
+    metrics.describe_model(config.model_version)
     call = ModelCaller(model.predict, executor, metrics)
     access_log = AccessLog(config.access_log)
     dataplane = build_dataplane(config, model, call, metrics, access_log)
