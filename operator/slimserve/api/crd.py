@@ -167,6 +167,7 @@ def model_service_crd() -> dict[str, Any]:
         _condition("Ready", "True when the current generation is rolled out and available."),
         ("Replicas", "integer", ".status.readyReplicas", "Ready pods."),
         ("URL", "string", ".status.url", "In-cluster REST URL."),
+        ("Canary", "integer", ".status.canary.trafficPercent", "Share of the traffic the candidate model gets now."),
         ("Digest", "string", ".status.modelDigest", "Digest of the served artifact.", 1),
     )
     return build_crd(ModelService, ModelServiceSpec, ModelServiceStatus, columns)

@@ -329,6 +329,56 @@ class TracingSpec(SpecModel):
     )
 
 
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+CANARY_EQUALS_STABLE = "spec.canary.model: the candidate is the model spec.model already serves; name another uri or compressionJobRef"
+CANARY_NEEDS_REPLICAS = ("spec.canary: a canary needs stable replicas to split traffic with; set spec.autoscaling.minReplicas "
+                         "to 1 or more while it runs")
+CANARY_FULL_NEEDS_GATEWAY = ("spec.canary.trafficPercent: 100 with spec.autoscaling needs spec.canary.gateway (the autoscaler "
+                             "keeps stable replicas); promote by moving the candidate into spec.model instead")
+
+
+class GatewayReference(SpecModel):
+    """A Gateway API Gateway (an HTTPRoute parentRef) that routes the service's HTTP traffic by weight."""
+
+    name: str = Field(pattern=SECRET_NAME_PATTERN, max_length=253, description="The Gateway's name, e.g. public.")
+    namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL_PATTERN, max_length=63,
+        description="The Gateway's namespace; unset: the ModelService's (the Gateway must allow routes from it).",
+    )
+    section_name: str | None = Field(
+        default=None, pattern=DNS_LABEL_PATTERN, max_length=253,
+        description="One listener of the Gateway, e.g. http; unset: every listener that accepts the route.",
+    )
+
+
+class CanarySpec(SpecModel):
+    """A candidate model served beside spec.model, with a share of the traffic.
+
+    Without a gateway the one Service selects the pods of both versions and the share is a replica proportion:
+    stable runs round(total*(100-trafficPercent)/100) replicas and the canary the rest (at least 1 when
+    trafficPercent > 0), of spec.replicas, or with spec.autoscaling of the stable replicas the autoscaler runs
+    (the autoscaler scales the stable Deployment; the canary follows it). Limits: the share moves in steps of
+    1/replicas (20% needs 5 replicas in all; 1 replica in all serves 0% or 100%); Service load balancing picks a
+    pod per connection, not per request, so a client that keeps its connection alive stays on one version; with an
+    autoscaler the share is exact only after the canary has followed the stable's scale. With a gateway, an
+    HTTPRoute splits HTTP (REST) requests by weight whatever the replicas; gRPC still goes through the Service.
+    Promote: trafficPercent 100, then move the candidate into spec.model and remove spec.canary. Roll back:
+    trafficPercent 0, or remove spec.canary. The side gaining traffic is scaled up and Ready before the other is
+    scaled down."""
+
+    model: ModelReference = Field(description="The candidate model, as spec.model: a uri or a compressionJobRef.")
+    traffic_percent: int = Field(
+        ge=0, le=100,
+        description="Share of the traffic the candidate receives, 0-100, e.g. 20 (see the limits of the replica "
+        "proportion above).",
+    )
+    gateway: GatewayReference | None = Field(
+        default=None,
+        description="Split HTTP traffic with Gateway API HTTPRoute weights: an owned HTTPRoute attached to this "
+        "Gateway, with a Service per version as its backends; unset: split by replica proportion on the Service.",
+    )
+
+
 REPLICAS_OF_AUTOSCALER = ("spec.replicas: the autoscaler sets the replicas of a ModelService with spec.autoscaling "
                           "(kubectl scale too); change spec.autoscaling.minReplicas/maxReplicas, or remove "
                           "spec.autoscaling to set replicas")
@@ -345,6 +395,28 @@ class ModelServiceSpec(SpecModel):
                     f"|| self.model.uri in {list(BUILTIN_DECODERS)}",
                     "message": NOT_A_DECODER,
                     "fieldPath": ".generation",
+                    "reason": "FieldValueForbidden",
+                },
+                {
+                    "rule": "!has(self.canary) || !((has(self.model.uri) && has(self.canary.model.uri) "
+                    "&& self.model.uri == self.canary.model.uri) || (has(self.model.compressionJobRef) "
+                    "&& has(self.canary.model.compressionJobRef) "
+                    "&& self.model.compressionJobRef.name == self.canary.model.compressionJobRef.name))",
+                    "message": CANARY_EQUALS_STABLE,
+                    "fieldPath": ".canary.model",
+                    "reason": "FieldValueDuplicate",
+                },
+                {
+                    "rule": "!has(self.canary) || !has(self.autoscaling) || self.autoscaling.minReplicas > 0",
+                    "message": CANARY_NEEDS_REPLICAS,
+                    "fieldPath": ".canary",
+                    "reason": "FieldValueForbidden",
+                },
+                {
+                    "rule": "!has(self.canary) || !has(self.autoscaling) || has(self.canary.gateway) "
+                    "|| self.canary.trafficPercent < 100",
+                    "message": CANARY_FULL_NEEDS_GATEWAY,
+                    "fieldPath": ".canary.trafficPercent",
                     "reason": "FieldValueForbidden",
                 },
                 {
@@ -400,6 +472,10 @@ class ModelServiceSpec(SpecModel):
     tracing: TracingSpec | None = Field(default=None, description="Export OpenTelemetry traces; unset: off.")
     tls: TlsSpec | None = Field(default=None, description="Serve over TLS from a Secret; unset: plain text.")
     auth: AuthSpec | None = Field(default=None, description="Who may call the service; unset: anyone who can reach it.")
+    canary: CanarySpec | None = Field(
+        default=None,
+        description="A candidate model beside spec.model with a share of the traffic (canary rollout); unset: none.",
+    )
 
     @model_validator(mode="after")
     def _generation_needs_a_decoder(self) -> "ModelServiceSpec":
@@ -407,6 +483,37 @@ class ModelServiceSpec(SpecModel):
         if self.generation is not None and uri.startswith(f"{BUILTIN}://") and uri not in BUILTIN_DECODERS:
             raise ValueError(NOT_A_DECODER)
         return self
+
+    @model_validator(mode="after")
+    def _canary_rules(self) -> "ModelServiceSpec":
+        canary = self.canary
+        if canary is None:
+            return self
+        same_uri = self.model.uri is not None and self.model.uri == canary.model.uri
+        stable_job, canary_job = self.model.compression_job_ref, canary.model.compression_job_ref
+        if same_uri or (stable_job is not None and canary_job is not None and stable_job.name == canary_job.name):
+            raise ValueError(CANARY_EQUALS_STABLE)
+        if self.autoscaling is not None and self.autoscaling.min_replicas == 0:
+            raise ValueError(CANARY_NEEDS_REPLICAS)
+        if self.autoscaling is not None and canary.gateway is None and canary.traffic_percent == 100:
+            raise ValueError(CANARY_FULL_NEEDS_GATEWAY)
+        return self
+
+
+class CanaryStatus(StatusModel):
+    """The candidate beside the stable model, and the traffic split now."""
+
+    model_uri: str | None = Field(default=None, description="The candidate's artifact.")
+    model_digest: str | None = Field(default=None, description="Digest of the candidate's artifact.")
+    replicas: int | None = Field(default=None, description="Pods of the canary Deployment.")
+    ready_replicas: int | None = Field(default=None, description="Ready canary pods.")
+    stable_replicas: int | None = Field(default=None, description="Replicas the stable Deployment is asked for now.")
+    traffic_percent: int | None = Field(
+        default=None,
+        description="Share of the traffic the candidate gets now: the HTTPRoute's weight with a gateway, else its "
+        "share of the ready pods behind the Service.",
+    )
+    message: str | None = Field(default=None, description="Why the split is not yet the one asked for, if it is not.")
 
 
 class ModelServiceStatus(StatusModel):
@@ -432,6 +539,7 @@ class ModelServiceStatus(StatusModel):
     ready_replicas: int | None = Field(default=None, description="Ready pods.")
     model_uri: str | None = Field(default=None, description="The artifact being served.")
     model_digest: str | None = Field(default=None, description="Digest of the artifact being served.")
+    canary: CanaryStatus | None = Field(default=None, description="The canary, while spec.canary is set.")
 
 
 class ModelService(SpecModel, ResourceKind):

@@ -28,6 +28,7 @@ _PLURALS: dict[tuple[str, str], str] = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("http.keda.sh/v1alpha1", "HTTPScaledObject"): "httpscaledobjects",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",

@@ -26,8 +26,10 @@ from slimserve.controller.builders.model_service import (
     CHILD_LABELS,
     HPA_REF,
     PDB_REF,
+    child_name,
     controller_owner,
 )
+from slimserve.controller.model_service_canary import CanaryWaiting
 from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, ChildrenRefused, reconcile
 from slimserve.controller.model_service_state import Runtime, fingerprint
 from slimserve.controller.model_service_status import resolve_compression_job
@@ -67,9 +69,9 @@ def reconcile_model_service(body: kopf.Body, memo: Any, **_: Any) -> None:
     # reason refused children are retried from the work queue, with the back-off the refusal asks for.
     try:
         reconcile(memo.model_services, body)
-    except ChildrenRefused as refused:
+    except (ChildrenRefused, CanaryWaiting) as retry:  # a canary waits for the side gaining traffic the same way
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        runtime_of.queue_full_pass(memo.model_services, key, refused.delay)
+        runtime_of.queue_full_pass(memo.model_services, key, retry.delay)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -82,9 +84,10 @@ async def forget_deleted_model_service(type: str | None, namespace: str, name: s
 async def model_service_dependencies(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple, Any]:
     """("job", namespace, job) -> names of the services serving that CompressionJob's artifact."""
     keys: dict[tuple, Any] = {}
-    job = (spec.get("model") or {}).get("compressionJobRef")
-    if job and job.get("name"):
-        keys[("job", namespace, job["name"])] = name
+    for model in (spec.get("model"), (spec.get("canary") or {}).get("model")):
+        job = (model or {}).get("compressionJobRef")
+        if job and job.get("name"):
+            keys[("job", namespace, job["name"])] = name
     return keys
 
 
@@ -116,6 +119,11 @@ async def follow_compression_job(
 # ---- children -----------------------------------------------------------------------------------------
 
 
+def has_canary(runtime: Runtime, key: tuple[str, str]) -> bool:
+    snapshot = runtime.snapshots.get(key)
+    return snapshot is not None and bool(snapshot.status.get("canary"))
+
+
 def observe_child(runtime: Runtime, api_version: str, kind: str, type: str | None, obj: dict[str, Any]) -> None:
     """Restore a child deleted or edited by hand; feed Deployment progress to the status."""
     meta = obj.get("metadata") or {}
@@ -131,6 +139,8 @@ def observe_child(runtime: Runtime, api_version: str, kind: str, type: str | Non
     if known is not None and known != fingerprint(obj):
         log.info("%s %s/%s was changed by someone else; restoring it", kind, meta["namespace"], meta["name"])
         runtime_of.queue_full_pass(runtime, key)
+    elif kind == "Deployment" and (meta["name"] != child_name(owner) or has_canary(runtime, key)):
+        runtime_of.queue_full_pass(runtime, key)  # a canary's replicas follow both Deployments' progress
     elif kind == "Deployment":
         runtime.note_deployment(key, obj)
         runtime_of.queue_status_pass(runtime, key)

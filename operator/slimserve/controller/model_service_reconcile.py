@@ -24,11 +24,18 @@ from pydantic import ValidationError
 
 from slimserve.api import GROUP, VERSION
 from slimserve.api.field_errors import field_errors
-from slimserve.api.model_service import ModelService, ModelServiceSpec
+from slimserve.api.model_service import ModelReference, ModelService, ModelServiceSpec
 from slimserve.controller import kube
 from slimserve.kube import status as status_update
 from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children, scales_to_zero
 from slimserve.controller.config import NodePool
+from slimserve.controller.model_service_canary import (
+    CanaryPass,
+    canary_children,
+    canary_status,
+    plan_pass,
+    raise_if_waiting,
+)
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_state import (
     Key,
@@ -129,11 +136,16 @@ def spec_error(exc: ValidationError) -> str:
 
 
 def resolve_model(api: client.ApiClient, namespace: str, spec: ModelServiceSpec) -> ModelResolution:
-    if spec.model.uri:
-        return resolve_model_uri(spec.model.uri)
-    job_name = spec.model.compression_job_ref.name
+    return resolve_reference(api, namespace, spec.model)
+
+
+def resolve_reference(api: client.ApiClient, namespace: str, model: ModelReference) -> ModelResolution:
+    """spec.model's or spec.canary.model's artifact, or why there is none yet."""
+    if model.uri:
+        return resolve_model_uri(model.uri)
+    job_name = model.compression_job_ref.name
     return resolve_compression_job(
-        job_name, read_custom(api, COMPRESSION_JOBS, namespace, job_name), allow_outside_budget=spec.model.allow_outside_budget
+        job_name, read_custom(api, COMPRESSION_JOBS, namespace, job_name), allow_outside_budget=model.allow_outside_budget
     )
 
 
@@ -180,12 +192,17 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
         refused: Verdict | None = None
         deployment_generation = known.deployment_generation if known else 0
         replicas = known.stated_replicas if known else None
+        canary: CanaryPass | None = None
         if resolution.model is not None:
             replicas = deployment_replicas(spec, keda, http_add_on)
+            canary = plan_pass(api, owner, spec, replicas, previous,
+                               lambda model: resolve_reference(api, owner.namespace, model))
+            replicas = canary.plan.stable if canary else replicas
             if replicas is None and known is not None and known.stated_replicas is not None:
                 hand_over_replicas(api, owner, known.stated_replicas, spec)
             try:
-                deployment, refusals = _apply_children(runtime, api, owner, spec, pool, resolution, keda, http_add_on)
+                deployment, refusals = _apply_children(runtime, api, owner, spec, pool, resolution, keda, http_add_on,
+                                                       replicas, canary)
             except NamespaceTerminating:
                 log.debug("%s/%s: its namespace is being deleted; leaving it be", *key)
                 return known or Snapshot(owner, inputs, previous, body_ref(body))
@@ -195,9 +212,12 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
                 deployment_generation = deployment.get("metadata", {}).get("generation", 0)
                 rollout = evaluate_rollout(deployment)
         status = compose_status(previous, inputs, rollout, refused)
-        # A refused pass has not reached what it was built from: the next one must apply again.
+        if canary is not None:
+            status["canary"] = canary_status(spec, canary)
+        waiting = canary is not None and canary.plan.waiting
+        # A refused (or held) pass has not reached what it was built from: the next one must apply again.
         snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation,
-                            () if refused else desired, replicas, refused)
+                            () if refused or waiting else desired, replicas, refused)
         publish(runtime, api, owner, snapshot.body_ref, previous, status)
         runtime.snapshots[key] = snapshot
         if refused is not None:
@@ -205,6 +225,7 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
             log.warning("%s/%s: %s; retrying in %gs", *key, refused.message, delay)
             raise ChildrenRefused(refused.message, delay=delay)
         runtime.applied(key)
+        raise_if_waiting(canary)
         return snapshot
 
 
@@ -217,15 +238,22 @@ def _apply_children(
     resolution: ModelResolution,
     keda: bool,
     http_add_on: bool,
+    replicas: int | None,
+    canary: CanaryPass | None,
 ) -> tuple[dict[str, Any], list[Refusal]]:
     """Apply every desired child this service controls or may create, delete the optional ones no longer
-    wanted that it controls; (the live Deployment, what was refused). One refusal does not hold back the rest.
+    wanted that it controls; (the live stable Deployment, what was refused). One refusal does not hold back
+    the rest. `replicas`: the stable Deployment's (None: an autoscaler's).
     """
     secret_refusal = secrets_refusal(api, owner.namespace, spec)
     if secret_refusal is not None:
         return {}, [secret_refusal]  # pods that cannot serve would replace pods that do: nothing is applied
     children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda,
-                                http_add_on_installed=http_add_on)
+                                http_add_on_installed=http_add_on, replicas=replicas)
+    if canary is not None:
+        extra = canary_children(owner, spec, canary, pool, runtime.config)
+        children.apply += extra.apply
+        children.delete += extra.delete
     key = (owner.namespace, owner.name)
     deployment: dict[str, Any] = {}
     refusals: list[Refusal] = []
@@ -241,10 +269,10 @@ def _apply_children(
             refusals.append(refusal_of(exc, f"applying {manifest['kind']} {manifest['metadata']['name']}"))
             continue
         runtime.remember_child(key, (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]), live)
-        if manifest["kind"] == "Deployment":
+        if manifest["kind"] == "Deployment" and manifest["metadata"]["name"] == owner.child_name:
             deployment = live
     for ref in children.delete:
-        if not runtime.exists(ref, owner):
+        if not ref.look and not runtime.exists(ref, owner):
             continue
         try:
             kube.delete_controlled(api, ref.api_version, ref.kind, owner.namespace, ref.name, owner.uid)

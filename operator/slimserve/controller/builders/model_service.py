@@ -13,6 +13,7 @@ import json
 import hashlib
 import re
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 import kopf
@@ -60,6 +61,11 @@ MODEL_CACHE_VOLUME = "model-cache"
 MODEL_CACHE_MOUNT = "/var/cache/slimserve-models"  # spec.modelCache's claim: http(s):// and hf:// downloads
 
 DIGEST_ANNOTATION = "slimserve.io/model-digest"
+URI_ANNOTATION = "slimserve.io/model-uri"
+# Which model a pod serves while a canary runs: stable (spec.model) or canary (spec.canary.model); its
+# slimserve_model_info says so too. Without a canary the pods carry no version (nothing rolls on upgrade).
+VERSION_LABEL = "slimserve.io/model-version"
+STABLE, CANARY = "stable", "canary"
 PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(HTTP_PORT),
@@ -133,6 +139,7 @@ class ChildRef:
     api_version: str
     kind: str
     name: str
+    look: bool = False  # deleting it reads whether it exists: no index or record of this process covers it
 
 
 @dataclass
@@ -178,6 +185,13 @@ def _metadata(owner: Owner, name: str, annotations: dict[str, str] | None = None
     }
     if annotations:
         meta["annotations"] = annotations
+    return meta
+
+
+def child_metadata(owner: Owner, name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A child's metadata with labels beyond the standard ones (a version's)."""
+    meta = _metadata(owner, name)
+    meta["labels"] = {**meta["labels"], **(extra_labels or {})}
     return meta
 
 
@@ -267,12 +281,14 @@ def container_resources(spec: ModelServiceSpec, pool: NodePool) -> dict[str, Any
 
 
 def server_env(
-    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
+    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig,
+    version: str | None = None,
 ) -> list[dict[str, Any]]:
     batching, protocols = spec.batching, spec.protocols
     env = ServerEnv(
         artifact=model.uri,
         model_name=model_name(owner, spec),
+        model_version=version,
         host=DEFAULTS.host,
         http_port=HTTP_PORT,
         grpc_port=GRPC_PORT,
@@ -444,7 +460,8 @@ def _http_probe(path: str, spec: ModelServiceSpec, *, period: int, failures: int
 
 
 def server_container(
-    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
+    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig,
+    version: str | None = None,
 ) -> dict[str, Any]:
     image = config.images.server_gpu if pool.has_gpu else config.images.server
     mounts = [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT}]
@@ -460,7 +477,7 @@ def server_container(
         "image": image.reference,
         "imagePullPolicy": image.pull_policy,
         "command": ["slimserve", "serve"],
-        "env": server_env(owner, spec, model, pool, config),
+        "env": server_env(owner, spec, model, pool, config, version),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -492,9 +509,14 @@ def pod_volumes(spec: ModelServiceSpec, model: ArtifactToServe) -> list[dict[str
 
 
 def pod_template(
-    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig
+    owner: Owner, spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool, config: OperatorConfig,
+    version: str | None = None,
 ) -> dict[str, Any]:
     annotations = prometheus_annotations(spec)
+    labels = labels_of(owner)
+    if version is not None:
+        annotations[URI_ANNOTATION] = model.uri
+        labels[VERSION_LABEL] = version
     if model.digest:
         annotations[DIGEST_ANNOTATION] = model.digest  # a new artifact changes the template: a rollout
     pod_spec: dict[str, Any] = {
@@ -512,7 +534,7 @@ def pod_template(
                 "matchLabelKeys": ["pod-template-hash"],  # spread each rollout's pods, not old and new together
             }
         ],
-        "containers": [server_container(owner, spec, model, pool, config)],
+        "containers": [server_container(owner, spec, model, pool, config, version)],
         "volumes": pod_volumes(spec, model) + api_keys_volume(spec) + tls_volume(spec),
         **pool_placement(pool, config),
     }
@@ -520,7 +542,7 @@ def pod_template(
         # Also the deprecated serviceAccount, which the API server fills from serviceAccountName: stated, an
         # apply that stops stating both removes both; left to the API server, it would put the name back.
         pod_spec["serviceAccountName"] = pod_spec["serviceAccount"] = auth_account_name(owner)
-    return {"metadata": {"labels": labels_of(owner), "annotations": annotations}, "spec": pod_spec}
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
 
 # ---- children -----------------------------------------------------------------------------------------
@@ -534,13 +556,20 @@ def build_deployment(
     config: OperatorConfig,
     *,
     replicas: int | None,
+    version: str | None | EllipsisType = ...,
 ) -> dict[str, Any]:
-    """The server Deployment; `replicas` None leaves the field to the autoscaler (HPA or KEDA)."""
+    """The server Deployment; `replicas` None leaves the field to the autoscaler (HPA or KEDA). `version`: the
+    pods' (by default stable while a canary runs, else none).
+
+    Its selector (immutable) has no version: it also matches a canary's pods, which their own ReplicaSet
+    controls, so neither Deployment takes the other's pods."""
+    if version is ...:
+        version = STABLE if spec.canary is not None else None
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_of(owner)},
         "revisionHistoryLimit": 3,
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "template": pod_template(owner, spec, model, pool, config),
+        "template": pod_template(owner, spec, model, pool, config, version),
     }
     if replicas is not None:
         deployment_spec["replicas"] = replicas
@@ -676,15 +705,17 @@ def desired_children(
     config: OperatorConfig,
     *,
     keda_installed: bool,
+    replicas: int | None | EllipsisType = ...,
     http_add_on_installed: bool = False,
 ) -> Children:
     """Everything the ModelService should own now; optional kinds it should not own go to `delete`.
 
     A ScaledObject (HTTPScaledObject) is only deleted while KEDA's API (the HTTP add-on's) exists: without it
-    there can be none.
+    there can be none. `replicas`: the Deployment's, when not the spec's (`deployment_replicas`): a canary's plan.
     """
     children = Children()
-    replicas = deployment_replicas(spec, keda_installed, http_add_on_installed)
+    if replicas is ...:
+        replicas = deployment_replicas(spec, keda_installed, http_add_on_installed)
     children.apply.append(build_deployment(owner, spec, model, pool, config, replicas=replicas))
     children.apply.append(build_service(owner, tls=spec.tls is not None))
     name = owner.child_name
