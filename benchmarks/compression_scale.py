@@ -175,6 +175,34 @@ def _spec(model: Path, method: str, output: Path, dataset: Path | None = None) -
     }
 
 
+class ProgressLog:
+    """Each progress event of a measured compression as a line of `path`: the wall and CPU seconds since it
+    began, so a run that does not finish still says how far it got and at what cost."""
+
+    def __init__(self, path: Path):
+        self.path, self.wall, self.cpu = path, time.perf_counter(), time.process_time()
+        path.write_text("")
+
+    def progress(self, event) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({
+                "wallSeconds": round(time.perf_counter() - self.wall, 1), "cpuSeconds": round(time.process_time() - self.cpu, 1),
+                "step": event.step, "fraction": round(event.fraction, 3), "peakBytes": _status_kib("VmHWM"),
+            }) + "\n")
+
+    def result(self, result) -> None:
+        pass
+
+    def error(self, reason: str, message: str) -> None:
+        pass
+
+
+def last_progress(work: Path, model: Path, method: str) -> dict | None:
+    path = work / f"{model.name}-{method}.progress"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else None
+
+
 def child(models: list[Path], method: str, work: Path, warm_up: Path | None, dataset: Path | None = None) -> list[dict]:
     """Compressions one after the other in this process, each measured on its own: its peak resident memory
     above the resident set before it. `dataset`: evaluation sentences (default: the builtin ones)."""
@@ -189,7 +217,8 @@ def child(models: list[Path], method: str, work: Path, warm_up: Path | None, dat
         baseline = _status_kib("VmRSS")
         _reset_peak()
         start = time.perf_counter()
-        outcome = compress(CompressionJobSpec.model_validate(_spec(model, method, work / f"{model.name}-{method}", dataset)), [])
+        progress = ProgressLog(work / f"{model.name}-{method}.progress")
+        outcome = compress(CompressionJobSpec.model_validate(_spec(model, method, work / f"{model.name}-{method}", dataset)), [progress])
         seconds = time.perf_counter() - start
         peak = _status_kib("VmHWM")
         fp32 = (model / "model.safetensors").stat().st_size
@@ -231,7 +260,10 @@ def main() -> int:
             except RuntimeError as exc:
                 row = {"error": str(exc).splitlines()[-1][:200]}
             except subprocess.TimeoutExpired:
-                row = {"error": f"did not finish in {args.timeout:.0f} s"}
+                reached = last_progress(args.work, model, method)
+                row = {"error": f"did not finish in {args.timeout:.0f} s" + (
+                    f"; reached {reached['step']} ({reached['fraction']:.0%} of the run) after {reached['wallSeconds']:.0f} s, "
+                    f"{reached['cpuSeconds']:.0f} CPU s" if reached else "")}
             rows.append({"model": model_name(size), "method": method, **row})
             print(json.dumps(rows[-1]), flush=True)
     print()
