@@ -10,8 +10,10 @@ if [[ ! -x "$out/kstatus" ]]; then
   GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
   [[ -x "$GO" ]] || { echo "go not found (set GO=/path/to/go)" >&2; exit 1; }
   mkdir -p "$out"
+  stage="$(mktemp -d "$out/.stage.XXXXXX")"  # two test workers may build it at once: each in its own folder
   (cd "$here" && GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 \
-    "$GO" build -trimpath -ldflags="-s -w" -o "$out/kstatus.tmp" .)
-  mv "$out/kstatus.tmp" "$out/kstatus"
+    "$GO" build -trimpath -ldflags="-s -w" -o "$stage/kstatus" .) || { rm -rf "$stage"; exit 1; }
+  mv "$stage/kstatus" "$out/kstatus"
+  rm -rf "$stage"
 fi
 echo "$out/kstatus"
