@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from slimserve.models.decoder import DecoderConfig, DecoderLM, load_decoder
+from slimserve.models.decoder.model import PromptChunk
 from slimserve.models.errors import ModelLoadError
 
 
@@ -33,6 +34,26 @@ def test_batched_decode_of_sequences_at_different_positions_matches_forward(over
         torch.testing.assert_close(step[1], expected_short[2 + i], atol=1e-5, rtol=1e-4)
     kv_heads = model.config.num_kv_heads
     assert cache.bytes_per_token() == 2 * 2 * kv_heads * 8 * 4  # layers x (k, v) x kv heads x head_dim x fp32
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 3}, {"model_type": "gpt2", "num_kv_heads": 4, "hidden_act": "gelu_new"}])
+def test_one_step_decodes_and_prefills_prompts_in_chunks_as_forward_does(overrides):
+    model = small_model(**overrides)
+    model.new_cache(max_slots=3, max_len=16)
+    running, chunked, whole = torch.randint(0, 50, (6,)), torch.randint(0, 50, (11,)), torch.randint(0, 50, (5,))
+    with torch.inference_mode():
+        model.prefill(torch.randint(0, 50, (14,)), slot=1)  # stale keys under the chunked prompt's later chunks
+        model.prefill(running[:4], slot=0)
+        first = model.step(running[4:5], torch.tensor([0]), torch.tensor([4]),
+                           [PromptChunk(chunked[:4], slot=1), PromptChunk(whole, slot=2)])
+        # the chunked prompt goes on from position 4 in two chunks, beside a decode step each time
+        second = model.step(running[5:6], torch.tensor([0]), torch.tensor([5]), [PromptChunk(chunked[4:9], 1, start=4)])
+        third = model.step(whole[:0], whole[:0], whole[:0], [PromptChunk(chunked[9:], 1, start=9)])
+        expected = [model(t[None])[0] for t in (running, chunked, whole)]
+    assert first.shape[0] == 3 and second.shape[0] == 2 and third.shape[0] == 1
+    for got, want in [(first[0], expected[0][4]), (first[1], expected[1][3]), (first[2], expected[2][4]),
+                      (second[0], expected[0][5]), (second[1], expected[1][8]), (third[0], expected[1][10])]:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_a_sequence_moved_to_a_freed_lower_slot_decodes_as_before_in_a_compact_batch():

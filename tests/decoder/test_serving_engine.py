@@ -1,6 +1,6 @@
-"""The generation engine in process, on a real DecoderLM: sequences that join a running batch get the tokens
-they get alone, eos ends a sequence, a stop sequence is held back until it cannot match, and the cache plan
-honours its byte budget."""
+"""The generation engine in process, on a real DecoderLM: sequences that join a running batch, their prompts
+prefilled together and in chunks beside decoding, get the tokens they get alone, eos ends a sequence, a stop
+sequence is held back until it cannot match, and the cache plan honours its byte budget."""
 
 from __future__ import annotations
 
@@ -37,14 +37,26 @@ def word_tokenizer() -> Tokenizer:
     return Tokenizer(backend)
 
 
-def engine(eos: list[int] = (), slots: int = 3) -> GenerationEngine:
+def engine(eos: list[int] = (), slots: int = 3, step_tokens: int = 512) -> GenerationEngine:
     torch.manual_seed(0)
     config = DecoderConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                            intermediate_size=40, max_position_embeddings=64)
     model = DecoderLM(config).to(torch.float64).eval()  # float64: batched and alone agree to the last bit
     plan = plan_cache(model.new_cache(1, 1).bytes_per_token(), 64, slots)
     return GenerationEngine(model, word_tokenizer(), list(eos), plan, ServerMetrics().add_generation(),
-                            max_waiting=8, queue_timeout_s=30, device=torch.device("cpu"))
+                            max_waiting=8, queue_timeout_s=30, device=torch.device("cpu"), step_tokens=step_tokens)
+
+
+def recording_steps(engine: GenerationEngine) -> list[tuple[list[int], list[tuple[int, int, int]]]]:
+    """Each model step the engine runs: its decoding slots, and its prompt chunks as (slot, start, end)."""
+    step, steps = engine.model.step, []
+
+    def recording_step(tokens, slots, positions, chunks=()):
+        steps.append((slots.tolist(), [(chunk.slot, chunk.start, chunk.end) for chunk in chunks]))
+        return step(tokens, slots, positions, chunks)
+
+    engine.model.step = recording_step
+    return steps
 
 
 def generate(engine: GenerationEngine, requests: list[tuple[list[int], int]], stagger: bool) -> list:
@@ -71,19 +83,31 @@ def test_sequences_joining_a_running_batch_get_the_tokens_they_get_alone():
     requests = [([1, 2, 3], 20), ([4, 5], 12), ([6, 7, 8, 9], 16), ([10], 8)]  # 4 requests, 3 slots
     alone = [generate(engine(), [request], stagger=False)[0] for request in requests]
     batched = engine()
-    decode, stepped = batched.model.decode, []
-
-    def recording_decode(tokens, slots, positions):
-        stepped.append(slots.tolist())
-        return decode(tokens, slots, positions)
-
-    batched.model.decode = recording_decode
+    steps = recording_steps(batched)
     together = generate(batched, requests, stagger=True)
+    stepped = [slots for slots, _ in steps]
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.completion_tokens for c in together] == [20, 12, 16, 8]
     # every step ran slots 0..B-1 in order (a view of the cache), also after sequences left from below
     assert all(slots == list(range(len(slots))) for slots in stepped)
     assert any(len(slots) == 3 for slots in stepped)  # the batch was full at times
+
+
+def test_prompts_prefilled_together_and_in_chunks_beside_decoding_get_the_tokens_they_get_alone():
+    # different lengths, more than the slots: some join together, later ones as slots free up; a step takes
+    # at most 10 tokens, so the longer prompts are prefilled in chunks over several steps, beside decoding
+    requests = [([1, 2, 3], 9), ([4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], 6), ([16, 17], 12),
+                ([18, 19, 20, 21, 22, 23, 24], 5), ([25], 7), ([26, 27, 28, 29, 30, 31, 32, 33, 34], 8)]
+    alone = [generate(engine(), [request], stagger=False)[0] for request in requests]
+    batched = engine(slots=4, step_tokens=10)
+    steps = recording_steps(batched)
+    together = generate(batched, requests, stagger=False)
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.completion_tokens for c in together] == [max_tokens for _, max_tokens in requests]
+    assert all(len(slots) + sum(end - start for _, start, end in chunks) <= 10 for slots, chunks in steps)
+    assert any(len(chunks) > 1 for _, chunks in steps)  # prompts prefilled together
+    assert any(start > 0 for _, chunks in steps for _, start, _ in chunks)  # a prompt went on in a later step
+    assert any(slots and chunks for slots, chunks in steps)  # a prompt prefilled beside decoding
 
 
 def test_eos_ends_a_sequence_without_its_text():

@@ -6,15 +6,20 @@ the same names at load), so quantizers and pruners replace or shrink ordinary mo
 `scaled_dot_product_attention` with grouped-query heads (`enable_gqa`) and, for mistral, the sliding window
 as a mask.
 
-Three entry points: `forward` (a whole batch of sequences, no cache: training and perplexity), `prefill`
-(one sequence into its cache slot from position 0) and `decode` (one step for sequences in any slots at any
-positions: the continuous-batching step). A decode step attends over a view of the cache's first slots, never
-a copy of them: a caller that keeps its running sequences in slots 0..B-1 (`KVCache.move`) reads only those.
+Entry points: `forward` (a whole batch of sequences, no cache: training and perplexity) and `step`, the
+continuous-batching step: one token for each running sequence in any slot at any position, and chunks of
+newcomers' prompts, in one forward (their tokens share every Linear; attention is per part). `prefill` (one
+prompt into its slot) and `decode` (the running sequences alone) are its two halves. Decoding attends over a
+view of the cache's first slots, never a copy of them: a caller that keeps its running sequences in slots
+0..B-1 (`KVCache.move`) reads only those.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +96,18 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention output projected; `rows`: which batch rows of k and v the queries belong to (the rest
-        of k and v's batch is not attended for them), None when they match one to one."""
+        """Attention output projected."""
+        return self.output(self.heads(q, k, v, mask, rows))
+
+    def output(self, heads: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs [B, H, T, D] projected: [B, T, hidden]."""
+        batch, _, length, _ = heads.shape
+        return self.o_proj(heads.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+
+    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Each head's output [B, H, T, D]; `rows`: which batch rows of k and v the queries belong to (the
+        rest of k and v's batch is not attended for them), None when they match one to one."""
         if rows is not None:  # spread the queries over k's batch (queries are small, keys and values are not)
             spread = q.new_zeros(k.shape[0], *q.shape[1:])
             spread[rows] = q
@@ -101,10 +116,7 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
-        if rows is not None:
-            out = out[rows]
-        batch, _, length, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+        return out if rows is None else out[rows]
 
 
 class DecoderLayer(nn.Module):
@@ -115,6 +127,20 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = norm()
         self.mlp = MLP(config)
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """Prompt tokens [T] of the sequence in cache slot `slot`, at positions start..start+T-1: those before
+    `start` are in the cache already (a prompt prefilled over several steps)."""
+
+    tokens: torch.Tensor
+    slot: int
+    start: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.tokens.shape[0]
 
 
 class KVCache:
@@ -244,61 +270,53 @@ class DecoderLM(nn.Module):
 
     def prefill(self, input_ids: torch.Tensor, slot: int, cache: KVCache | None = None) -> torch.Tensor:
         """Run one sequence [T] into cache slot `slot` from position 0; the logits [V] after its last token."""
-        cache = self._cache(cache)
-        length = input_ids.shape[0]
-        if not 1 <= length <= cache.max_len:
-            raise ValueError(f"prefill: {length} tokens do not fit a cache of {cache.max_len} per sequence")
-        positions = torch.arange(length, device=input_ids.device)[None]
-        hidden = self._embed(input_ids[None], positions)
-        rope = self._rope(positions, hidden.dtype)
-        windowed = self.config.sliding_window is not None and length > self.config.sliding_window
-        mask = self._window_mask(positions, length) if windowed else None
-        for index, layer in enumerate(self.layers):
-
-            def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-                q, k, v = attn.project(x, rope)
-                cache.keys[index][slot, :, :length] = k[0]
-                cache.values[index][slot, :, :length] = v[0]
-                return attn.attend(q, k, v, mask)
-
-            hidden = self._block(layer, hidden, attention)
-        return self._logits(hidden[0, -1])
+        none = input_ids.new_empty(0)
+        return self.step(none, none, none, [PromptChunk(input_ids, slot)], cache)[0]
 
     def decode(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """One step: token `tokens[i]` at position `positions[i]` of the sequence in `slots[i]`; logits [B, V].
+        """One step: token `tokens[i]` at position `positions[i]` of the sequence in `slots[i]`; logits [B, V]."""
+        return self.step(tokens, slots, positions, (), cache)
 
-        Attention reads the view `cache[:span, :, :key_length]` (span: the highest slot + 1) with a mask per
-        slot; slots 0..B-1 in order are the case without waste (a slot not stepped gets a dummy query)."""
+    def step(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+             chunks: Sequence[PromptChunk] = (), cache: KVCache | None = None) -> torch.Tensor:
+        """One forward: token `tokens[i]` at position `positions[i]` of the sequence in `slots[i]` (decoding),
+        and each prompt chunk into its slot; logits [B + len(chunks), V]: the decoded tokens', then each
+        chunk's last token's.
+
+        All the step's tokens go through every Linear as one batch [N, 1, hidden]. Decoding attends over the
+        view `cache[:span, :, :key_length]` (span: the highest slot + 1) with a mask per slot; slots 0..B-1 in
+        order are the case without waste (a slot not stepped gets a dummy query). A chunk from position 0
+        attends over its own keys, a later one over its slot's cached keys too."""
         cache = self._cache(cache)
-        key_length = int(positions.max()) + 1
-        if key_length > cache.max_len:
-            raise ValueError(f"decode: position {key_length - 1} is past the cache's {cache.max_len} tokens per sequence")
-        span = int(slots.max()) + 1
-        in_order = span == len(slots) and torch.equal(slots.cpu(), torch.arange(span))
-        rows = None if in_order else slots
-        slot_positions = positions
-        if rows is not None:  # a slot without a query attends to its first key only, so no row is all masked
-            slot_positions = positions.new_zeros(span)
-            slot_positions[rows] = positions
-        hidden = self._embed(tokens[:, None], positions[:, None])
-        rope = self._rope(positions[:, None], hidden.dtype)
-        # made once for every layer: the additive mask SDPA would make of a boolean one, and where each new
-        # key and value goes in a layer's cache seen as rows of head_dim (index_copy_, not an index_put)
-        allowed = self._window_mask(slot_positions[:, None], key_length)
-        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(~allowed, float("-inf"))
-        kv_heads, head_dim = cache.keys[0].shape[1], cache.keys[0].shape[3]
-        heads = torch.arange(kv_heads, device=slots.device)
-        cache_rows = ((slots[:, None] * kv_heads + heads) * cache.max_len + positions[:, None]).flatten()
+        for chunk in chunks:
+            if chunk.tokens.shape[0] < 1 or chunk.start < 0 or chunk.end > cache.max_len:
+                raise ValueError(f"prefill: {chunk.tokens.shape[0]} tokens from position {chunk.start} do not fit a cache "
+                                 f"of {cache.max_len} per sequence")
+        device = self.norm.weight.device
+        chunk_positions = [torch.arange(chunk.start, chunk.end, device=device) for chunk in chunks]
+        all_positions = torch.cat([positions, *chunk_positions])
+        hidden = self._embed(torch.cat([tokens, *(chunk.tokens for chunk in chunks)])[:, None], all_positions[:, None])
+        rope = self._rope(all_positions[:, None], hidden.dtype)
+        decoding = _Decoding(self, cache, slots, positions, hidden.dtype) if tokens.shape[0] else None
+        prefills = [_Prefill(self, cache, chunk, at) for chunk, at in zip(chunks, chunk_positions)]
         for index, layer in enumerate(self.layers):
 
             def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-                q, k, v = attn.project(x, rope)
-                keys, values = cache.keys[index], cache.values[index]
-                keys.view(-1, head_dim).index_copy_(0, cache_rows, k.reshape(-1, head_dim))
-                values.view(-1, head_dim).index_copy_(0, cache_rows, v.reshape(-1, head_dim))
-                return attn.attend(q, keys[:span, :, :key_length], values[:span, :, :key_length], mask, rows)
+                q, k, v = attn.project(x, rope)  # [N, heads, 1, D]: a token per batch row
+                parts, offset = [], tokens.shape[0]
+                if decoding is not None:
+                    parts.append(decoding.attend(attn, index, q[:offset], k[:offset], v[:offset]))
+                for prefill in prefills:
+                    rows = slice(offset, offset + prefill.length)
+                    parts.append(prefill.attend(attn, index, q[rows], k[rows], v[rows]))
+                    offset += prefill.length
+                return attn.output(torch.cat(parts) if len(parts) > 1 else parts[0])
 
             hidden = self._block(layer, hidden, attention)
+        if chunks:  # the decoded tokens' rows and each chunk's last
+            ends = itertools.accumulate((chunk.tokens.shape[0] for chunk in chunks), initial=tokens.shape[0])
+            last = [*range(tokens.shape[0]), *(end - 1 for end in itertools.islice(ends, 1, None))]
+            hidden = hidden[torch.tensor(last, device=device)]
         return self._logits(hidden[:, 0])
 
     def _cache(self, cache: KVCache | None) -> KVCache:
@@ -310,6 +328,60 @@ class DecoderLM(nn.Module):
     def _check_length(self, length: int) -> None:
         if length > self.config.max_position_embeddings:
             raise ValueError(f"{length} tokens exceed the model's context of {self.config.max_position_embeddings} (max_position_embeddings)")
+
+
+class _Decoding:
+    """A step's decoding part, made once for every layer: the additive mask SDPA would make of a boolean
+    one, and where each new key and value goes in a layer's cache seen as rows of head_dim (index_copy_,
+    not an index_put)."""
+
+    def __init__(self, model: DecoderLM, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+        self.cache = cache
+        self.key_length = int(positions.max()) + 1
+        if self.key_length > cache.max_len:
+            raise ValueError(f"decode: position {self.key_length - 1} is past the cache's {cache.max_len} tokens per sequence")
+        self.span = int(slots.max()) + 1
+        in_order = self.span == len(slots) and torch.equal(slots.cpu(), torch.arange(self.span))
+        self.rows = None if in_order else slots
+        slot_positions = positions
+        if self.rows is not None:  # a slot without a query attends to its first key only, so no row is all masked
+            slot_positions = positions.new_zeros(self.span)
+            slot_positions[self.rows] = positions
+        allowed = model._window_mask(slot_positions[:, None], self.key_length)
+        self.mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+        kv_heads = cache.keys[0].shape[1]
+        heads = torch.arange(kv_heads, device=slots.device)
+        self.cache_rows = ((slots[:, None] * kv_heads + heads) * cache.max_len + positions[:, None]).flatten()
+
+    def attend(self, attn: Attention, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        head_dim = keys.shape[3]
+        keys.view(-1, head_dim).index_copy_(0, self.cache_rows, k.reshape(-1, head_dim))
+        values.view(-1, head_dim).index_copy_(0, self.cache_rows, v.reshape(-1, head_dim))
+        span, length = self.span, self.key_length
+        return attn.heads(q, keys[:span, :, :length], values[:span, :, :length], self.mask, self.rows)
+
+
+class _Prefill:
+    """A step's prompt chunk: its keys and values go to its slot; from position 0 it attends over them
+    alone (causal), later over the slot's cached keys up to its end."""
+
+    def __init__(self, model: DecoderLM, cache: KVCache, chunk: PromptChunk, positions: torch.Tensor):
+        self.cache, self.chunk, self.length = cache, chunk, chunk.tokens.shape[0]
+        window = model.config.sliding_window
+        windowed = window is not None and chunk.end > window
+        self.mask = model._window_mask(positions[None], chunk.end) if chunk.start or windowed else None
+
+    def attend(self, attn: Attention, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v [T, heads, 1, D] (a token per row); the heads' outputs in the same layout."""
+        q, k, v = (t.transpose(0, 2) for t in (q, k, v))  # [1, heads, T, D]
+        slot, start, end = self.chunk.slot, self.chunk.start, self.chunk.end
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys[slot, :, start:end] = k[0]
+        values[slot, :, start:end] = v[0]
+        if start:
+            k, v = keys[slot:slot + 1, :, :end], values[slot:slot + 1, :, :end]
+        return attn.heads(q, k, v, self.mask).transpose(0, 2)
 
 
 def scaled_init_(model: DecoderLM, seed: int) -> DecoderLM:

@@ -1,8 +1,11 @@
 """The continuous-batching engine: one worker thread runs the model, one step at a time.
 
-Each step: free the slots of finished or abandoned sequences, prefill newcomers into free KV cache slots
-(their first token comes from the prefill), then one decode step for every running sequence together.
-Sequences thus join and leave the running batch between steps; none waits for a whole batch to finish.
+Each step: free the slots of finished or abandoned sequences, then one forward of the model for one token of
+every decoding sequence and chunks of the prompts still to prefill, newcomers taking free KV cache slots (a
+sequence's first token comes from its prompt's last chunk). Decoding goes first: the prompt tokens a step
+takes are bounded by what is left of `step_tokens` (chunked prefill), so a burst of long prompts delays the
+running sequences' next tokens by one bounded step, not by its whole prefill. Sequences thus join and leave
+the running batch between steps; none waits for a whole batch to finish.
 
 Running sequences keep the cache's slots 0..B-1 (sorted by slot, they are the decode step's batch in
 order), so a step attends over a view of the cache, not a copy: when one ends, the sequence in the highest
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from slimserve.models.decoder.model import PromptChunk
 from slimserve.serving.errors import InferenceFailed, Overloaded, ServerNotReady, Unavailable
 from slimserve.serving.generation.params import Completion, SamplingParams
 from slimserve.serving.generation.sampling import new_generator, next_tokens
@@ -34,6 +38,8 @@ from slimserve.serving.metrics import GenerationMetrics
 from slimserve.serving.tracing import NO_TRACE, RequestTrace
 
 log = logging.getLogger(__name__)
+
+STEP_TOKENS = 512  # tokens a step runs at most, decoding first: what a burst of prompts may add to one step
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,16 @@ class Sequence:
     queue: asyncio.Queue
     arrived: float = field(default_factory=time.perf_counter)
     slot: int = -1
+    prefilled: int = 0  # prompt tokens in the cache so far
     generated: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     last_token_at: float = 0.0
     cancelled: bool = False
     trace: RequestTrace = NO_TRACE  # its wait for a slot is the trace's queue_wait
+
+    @property
+    def decoding(self) -> bool:
+        return self.prefilled == len(self.prompt)
 
     @property
     def position(self) -> int:
@@ -146,12 +157,14 @@ class GenerationEngine:
     def __init__(
         self, model, tokenizer, eos_token_ids: list[int], plan: CachePlan,
         metrics: GenerationMetrics, max_waiting: int, queue_timeout_s: float, device: torch.device,
+        step_tokens: int = STEP_TOKENS,
     ) -> None:
         self.model = model
         self.plan = plan
         self.metrics = metrics
         self.max_waiting = max_waiting
         self.queue_timeout_s = queue_timeout_s
+        self.step_tokens = max(step_tokens, 2 * plan.slots)  # a full batch's decoding leaves room for prompts
         self._tokenizer = tokenizer
         self._eos = frozenset(eos_token_ids)
         self._device = device
@@ -231,31 +244,50 @@ class GenerationEngine:
 
     def _step(self) -> None:
         self._drop_cancelled()
-        for sequence in self._admit():
-            logits = self.model.prefill(torch.tensor(sequence.prompt, device=self._device), sequence.slot)
-            self.metrics.prompt_tokens.inc(len(sequence.prompt))
-            self._advance([sequence], logits.unsqueeze(0))
-        # A client may leave while its prompt is prefilled: its sequence has no token to decode.
-        self._drop_cancelled()
-        if self._running:
-            running = sorted(self._running, key=lambda s: s.slot)
-            # one small tensor per step for the tokens and positions; the slots are 0..B-1, a cached range
-            tokens, positions = torch.tensor([[s.generated[-1] for s in running], [s.position for s in running]],
-                                             device=self._device)
-            logits = self.model.decode(tokens, self._slots[:len(running)], positions)
-            self._advance(running, logits)
+        decoding = sorted((s for s in self._running if s.decoding), key=lambda s: s.slot)
+        chunks = self._prompt_chunks(self.step_tokens - len(decoding))
+        if decoding or chunks:
+            # one small tensor per step for the tokens and positions; slots 0..B-1 are a cached range
+            tokens, positions = torch.tensor([[s.generated[-1] for s in decoding], [s.position for s in decoding]],
+                                             dtype=torch.long, device=self._device)
+            # sorted and distinct, they are 0..B-1 unless a sequence still prefilling holds a slot below
+            in_order = not decoding or decoding[-1].slot == len(decoding) - 1
+            slots = self._slots[:len(decoding)] if in_order else torch.tensor([s.slot for s in decoding], device=self._device)
+            logits = self.model.step(tokens, slots, positions, [chunk for _, chunk in chunks])
+            for sequence, chunk in chunks:
+                sequence.prefilled = chunk.end
+            self.metrics.prompt_tokens.inc(sum(chunk.tokens.shape[0] for _, chunk in chunks))
+            # the rows of the decoding sequences, then of the prompts this step finished (their first token)
+            rows = [*range(len(decoding)), *(row for row, (s, _) in enumerate(chunks, len(decoding)) if s.decoding)]
+            stepped = [*decoding, *(s for s, _ in chunks if s.decoding)]
+            self._advance(stepped, logits if len(rows) == logits.shape[0] else logits[rows])
         self._publish_gauges()
+
+    def _prompt_chunks(self, budget: int) -> list[tuple[Sequence, PromptChunk]]:
+        """The prompt tokens this step prefills, at most `budget`: those of prompts begun earlier first, then
+        of newcomers given a slot now, in arrival order; a prompt longer than what is left goes in chunks."""
+        chunks = []
+        prefilling = [s for s in self._running if not s.decoding]  # in arrival order: `_admit` appends
+        for sequence in prefilling + self._admit(budget - sum(len(s.prompt) - s.prefilled for s in prefilling)):
+            if budget <= 0:
+                break
+            end = min(len(sequence.prompt), sequence.prefilled + budget)
+            tokens = torch.tensor(sequence.prompt[sequence.prefilled:end], device=self._device)
+            chunks.append((sequence, PromptChunk(tokens, sequence.slot, sequence.prefilled)))
+            budget -= end - sequence.prefilled
+        return chunks
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.cancelled]:
             self._finish(sequence, None)
 
-    def _admit(self) -> list[Sequence]:
-        """Waiting sequences that get a slot now, in arrival order; those waiting too long are refused."""
+    def _admit(self, budget: int) -> list[Sequence]:
+        """Waiting sequences that get a slot now, in arrival order, while `budget` prompt tokens are left for
+        them (the last may take it all and go on in the next steps); those waiting too long are refused."""
         admitted = []
         now = time.perf_counter()
         with self._wake:
-            while self._waiting and (self.cache.free_slots or self._waiting[0].cancelled
+            while self._waiting and ((self.cache.free_slots and budget > 0) or self._waiting[0].cancelled
                                      or now - self._waiting[0].arrived > self.queue_timeout_s):
                 sequence = self._waiting.popleft()
                 if sequence.cancelled:
@@ -270,6 +302,7 @@ class GenerationEngine:
                 sequence.trace.dequeued()
                 sequence.generator = new_generator(sequence.params.seed, self._device)
                 admitted.append(sequence)
+                budget -= len(sequence.prompt)
             self.metrics.waiting_sequences.set(len(self._waiting))
         self._running.extend(admitted)
         self.metrics.running_sequences.set(len(self._running))  # before their first tokens go out
