@@ -18,6 +18,7 @@ from tests.helm.rbac import (
     model_service, release_fixture,
 )
 from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, apply, condition, crd_installed, exists, get, wait_for
+from tests.operator.test_model_service_canary_cluster import httproute_crd_path
 
 KEDA_CRD = Path(__file__).parents[1] / "operator" / "data" / "keda-scaledobjects-crd.yaml"
 HTTP_ADD_ON_CRD = KEDA_CRD.with_name("keda-http-httpscaledobjects-crd.yaml")
@@ -77,10 +78,8 @@ def test_operator_is_refused_everything_else(control_plane, cluster_mode, namesp
                  "-n", namespace)
     assert can_i(control_plane, kubeconfig, "get", "secrets", "-n", namespace)  # a TLS Secret's metadata, by name
     for request in (("list", "secrets", "-n", namespace), ("watch", "secrets", "-A"), ("delete", "nodes"),
-                    # Rights the operator does not use: it never deletes a Deployment or a Service (the garbage
-                    # collector does), only watches and patches its peering object, and finds CRDs through API
-                    # discovery.
-                    ("delete", "deployments.apps", "-n", namespace), ("delete", "services", "-n", namespace),
+                    # Rights the operator does not use: it only watches and patches its peering object, and
+                    # finds CRDs through API discovery.
                     ("get", "clusterkopfpeerings.kopf.dev"),
                     ("list", "customresourcedefinitions.apiextensions.k8s.io"), ("list", "namespaces"),
                     ("create", "clusterrolebindings"), ("update", "configmaps", "-n", namespace),
@@ -141,4 +140,24 @@ def test_operator_applies_http_scaled_objects_with_the_charts_rights(control_pla
         apply(cp, namespace, service)
         wait_for("the HTTPScaledObject", lambda: exists(cp, namespace, "httpscaledobjects.http.keda.sh", "sleepy"),
                  timeout=90)
+    assert cluster_mode.unexpected_refusals() == []
+
+
+def test_operator_runs_and_removes_a_canary_with_the_charts_rights(control_plane, cluster_mode, namespace):
+    """A canary beside the autoscaled stable Deployment, with a Gateway: its Deployment, per-version Services and
+    HTTPRoute are applied, and deleted when spec.canary goes (the only Deployments and Services it deletes)."""
+    cp = control_plane
+    service = model_service("ranker")
+    service["spec"]["canary"] = {"model": {"uri": "builtin://digits-mlp"}, "trafficPercent": 50,
+                                 "gateway": {"name": "public"}}
+    with crd_installed(cp, httproute_crd_path()):
+        apply(cp, namespace, service)
+        wait_for("the canary's children", lambda: exists(cp, namespace, "httproutes.gateway.networking.k8s.io", "ranker")
+                 and exists(cp, namespace, "deployment", "ranker-canary") and exists(cp, namespace, "service", "ranker-canary"),
+                 timeout=90)
+        cp.kubectl("patch", "-n", namespace, "modelservice", "ranker", "--type=merge", "-p", '{"spec": {"canary": null}}')
+        wait_for("the canary's children deleted", lambda: not any(
+            exists(cp, namespace, kind, name) for kind, name in (("httproutes.gateway.networking.k8s.io", "ranker"),
+                                                                ("deployment", "ranker-canary"), ("service", "ranker-canary"),
+                                                                ("service", "ranker-stable"))), timeout=90)
     assert cluster_mode.unexpected_refusals() == []

@@ -26,11 +26,16 @@ GATEWAY_API_MODULE, GATEWAY_API_VERSION = "sigs.k8s.io/gateway-api", "v1.4.1"
 HTTPROUTE_CRD = "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"
 
 
-@pytest.fixture(scope="module")
-def httproute_crd(control_plane, crds) -> None:
+def httproute_crd_path() -> Path:
+    """The HTTPRoute CRD file in the Go module cache (downloaded through the module proxy the first time)."""
     found = subprocess.run(["go", "mod", "download", "-json", f"{GATEWAY_API_MODULE}@{GATEWAY_API_VERSION}"],
                            capture_output=True, text=True, timeout=300, check=True, cwd="/")
-    control_plane.kubectl("apply", "--server-side", "-f", str(Path(json.loads(found.stdout)["Dir"]) / HTTPROUTE_CRD))
+    return Path(json.loads(found.stdout)["Dir"]) / HTTPROUTE_CRD
+
+
+@pytest.fixture(scope="module")
+def httproute_crd(control_plane, crds) -> None:
+    control_plane.kubectl("apply", "--server-side", "-f", str(httproute_crd_path()))
     wait_established(control_plane, "httproutes.gateway.networking.k8s.io")
 
 
