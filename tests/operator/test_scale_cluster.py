@@ -12,7 +12,7 @@ import pytest
 from slimserve.api.model_service import REPLICAS_OF_AUTOSCALER
 from slimserve.controller.builders.http_scaled_object import COLD_START_WAIT_SECONDS
 from slimserve.controller.config import OperatorConfig
-from tests.cluster.helpers import apply, crd_installed, exists, get, wait_for, wait_for_event
+from tests.cluster.helpers import apply, crd_installed, events_of, exists, get, wait_for, wait_for_event
 from tests.operator.test_model_service_cluster import (
     KEDA_CRD,
     deployment_of,
@@ -34,6 +34,28 @@ def scale(cp, namespace: str, name: str, replicas: int, check: bool = True):
     return cp.kubectl("scale", "-n", namespace, f"msvc/{name}", f"--replicas={replicas}", check=check)
 
 
+def patch_autoscaling(cp, namespace: str, name: str, **fields) -> None:
+    cp.kubectl("patch", "-n", namespace, "msvc", name, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": fields}}))
+
+
+def controller_kind(cp, namespace: str, name: str) -> str | None:
+    """Kind of the controller of the ScaledObject `name`; None while there is none (it may go between two reads)."""
+    found = cp.kubectl("get", "-n", namespace, SCALED_OBJECTS, name, "-o", "json", check=False)
+    owners = json.loads(found.stdout)["metadata"].get("ownerReferences", []) if found.returncode == 0 else []
+    return next((ref["kind"] for ref in owners if ref.get("controller")), None)
+
+
+def add_ons_scaled_object(http_scaled_object: dict) -> dict:
+    """The ScaledObject the add-on's operator makes for an HTTPScaledObject (its controller is not run here)."""
+    meta = http_scaled_object["metadata"]
+    owner = {"apiVersion": "http.keda.sh/v1alpha1", "kind": "HTTPScaledObject", "name": meta["name"],
+             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": meta["name"], "labels": meta["labels"], "ownerReferences": [owner]},
+            "spec": {"scaleTargetRef": {"name": meta["name"]}, "minReplicaCount": 0,
+                     "triggers": [{"type": "external-push", "metadata": {"scalerAddress": "keda-add-ons-http-external-scaler.keda:9090"}}]}}
+
+
 def test_kubectl_scale_sets_replicas_and_is_refused_while_autoscaling(control_plane, operator, namespace):
     cp = control_plane
     apply(cp, namespace, model_service("scalable", replicas=1))
@@ -49,8 +71,7 @@ def test_kubectl_scale_sets_replicas_and_is_refused_while_autoscaling(control_pl
     pods = get(cp, namespace, "pods", "-l", selector)["items"]
     assert len(pods) == 3  # the selector the scale subresource hands to an HPA selects the server pods
 
-    cp.kubectl("patch", "-n", namespace, "msvc", "scalable", "--type=merge",
-               "-p", json.dumps({"spec": {"autoscaling": {"metric": "cpu", "minReplicas": 2, "maxReplicas": 4}}}))
+    patch_autoscaling(cp, namespace, "scalable", metric="cpu", minReplicas=2, maxReplicas=4)
     refused = scale(cp, namespace, "scalable", 5, check=False)
     assert refused.returncode != 0 and REPLICAS_OF_AUTOSCALER in refused.stderr, refused.stderr
     # A patch of spec.replicas is the same write, refused the same way.
@@ -104,6 +125,19 @@ def test_scale_from_zero_needs_the_http_add_on_and_follows_its_api(control_plane
             assert status["url"] == OperatorConfig().http_interceptor_address
             assert status["hostHeader"] == host
             assert status["grpcAddress"] == f"{host}:9000"
+
+            # The add-on's operator makes a ScaledObject named after the HTTPScaledObject, which it controls. Raising
+            # minReplicas to 1 deletes the HTTPScaledObject, and the service's own ScaledObject waits for the garbage
+            # collector to remove the add-on's instead of calling it a conflict.
+            apply(cp, namespace, add_ons_scaled_object(routed))
+            patch_autoscaling(cp, namespace, "sleepy", minReplicas=1)
+            wait_condition(cp, namespace, "sleepy", "AutoscalingReady", "True", "ScaledObject")
+            wait_for("the service's own ScaledObject", lambda: controller_kind(cp, namespace, "sleepy") == "ModelService")
+            wait_ready(cp, namespace, "sleepy")
+            assert not exists(cp, namespace, HTTP_SCALED_OBJECTS, "sleepy")
+            assert "ChildConflict" not in {reason for _, reason, _ in events_of(cp, namespace, "sleepy", "ModelService")}
+            patch_autoscaling(cp, namespace, "sleepy", minReplicas=0)
+            wait_condition(cp, namespace, "sleepy", "AutoscalingReady", "True", "HTTPScaledObject")
 
         # The add-on uninstalled: refused again, and KEDA's ScaledObject (from one replica) back.
         wait_condition(cp, namespace, "sleepy", "Ready", "False", "ScaleToZeroUnavailable")

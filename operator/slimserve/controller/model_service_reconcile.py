@@ -27,6 +27,7 @@ from slimserve.api.field_errors import field_errors
 from slimserve.api.model_service import ModelReference, ModelService, ModelServiceSpec
 from slimserve.controller import kube
 from slimserve.kube import status as status_update
+from slimserve.controller.builders.http_scaled_object import HTTP_SCALED_OBJECT_REF
 from slimserve.controller.builders.model_service import Owner, deployment_replicas, desired_children, scales_to_zero
 from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_canary import (
@@ -181,7 +182,8 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
         metric = spec.autoscaling.metric if spec.autoscaling else None
         keda = runtime.keda.installed(api) if metric == "concurrency" else False
         to_zero = scales_to_zero(spec)
-        http_add_on = runtime.http_add_on.installed(api) if to_zero else False
+        # Asked whatever the spec: an HTTPScaledObject of an earlier spec is deleted only while its API is known.
+        http_add_on = runtime.http_add_on.installed(api)
         verdict = autoscaling_verdict(metric, keda_installed=keda, scale_to_zero=to_zero, http_add_on_installed=http_add_on)
         inputs = inputs_for(owner, generation, resolution, verdict, config.cluster_domain, tls=spec.tls is not None,
                             interceptor_url=config.http_interceptor_address.rstrip("/"))
@@ -263,7 +265,7 @@ def _apply_children(
         try:
             live = _apply_child(runtime, api, manifest, owner)
         except kube.ChildConflict as conflict:
-            refusals.append(Refusal(CHILD_CONFLICT, str(conflict)))
+            refusals.append(conflict_refusal(conflict, owner))
             continue
         except (ApiException, urllib3.exceptions.HTTPError) as exc:
             refusals.append(refusal_of(exc, f"applying {manifest['kind']} {manifest['metadata']['name']}"))
@@ -286,6 +288,17 @@ def _apply_children(
 
 def scales_deployment(manifest: dict[str, Any]) -> bool:
     return (manifest.get("spec") or {}).get("scaleTargetRef", {}).get("kind") == "Deployment"
+
+
+def conflict_refusal(conflict: kube.ChildConflict, owner: Owner) -> Refusal:
+    """Someone else's object holds a child's name: a conflict, unless it is the ScaledObject the KEDA HTTP add-on
+    made for this service's HTTPScaledObject (named after it), which the garbage collector removes once the
+    HTTPScaledObject is deleted (a service no longer scaling from zero): then it is a wait."""
+    holder = next((ref for ref in ((conflict.live or {}).get("metadata") or {}).get("ownerReferences") or []
+                   if ref.get("controller")), {})
+    if (holder.get("apiVersion"), holder.get("kind")) == HTTP_SCALED_OBJECT_REF and holder.get("name") == owner.child_name:
+        return Refusal(APPLY_FAILED, f"{conflict}: the KEDA HTTP add-on's, removed with that HTTPScaledObject; waiting")
+    return Refusal(CHILD_CONFLICT, str(conflict))
 
 
 def refusal_of(exc: ApiException | urllib3.exceptions.HTTPError, what: str) -> Refusal:
