@@ -143,3 +143,9 @@ def test_scale_from_zero_needs_the_http_add_on_and_follows_its_api(control_plane
         wait_condition(cp, namespace, "sleepy", "Ready", "False", "ScaleToZeroUnavailable")
         wait_for("the ScaledObject back", lambda: exists(cp, namespace, SCALED_OBJECTS, "sleepy"))
         assert "hostHeader" not in status_of(cp, namespace, "sleepy")
+
+        # Moved to the cpu metric: an HPA, and the ScaledObject of the earlier metric deleted.
+        patch_autoscaling(cp, namespace, "sleepy", metric="cpu", minReplicas=1)
+        wait_condition(cp, namespace, "sleepy", "AutoscalingReady", "True", "HorizontalPodAutoscaler")
+        wait_for("the ScaledObject deleted", lambda: not exists(cp, namespace, SCALED_OBJECTS, "sleepy"))
+        assert exists(cp, namespace, "hpa", "sleepy")

@@ -180,9 +180,10 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
             _reject(runtime, api, body, "UnknownNodePool", f"spec.nodePool: {exc.args[0]}")
         resolution = resolve_model(api, owner.namespace, spec)
         metric = spec.autoscaling.metric if spec.autoscaling else None
-        keda = runtime.keda.installed(api) if metric == "concurrency" else False
+        # Both asked whatever the spec: a ScaledObject or HTTPScaledObject of an earlier spec is deleted only while
+        # its API is known (discovery is cached for seconds).
+        keda = runtime.keda.installed(api)
         to_zero = scales_to_zero(spec)
-        # Asked whatever the spec: an HTTPScaledObject of an earlier spec is deleted only while its API is known.
         http_add_on = runtime.http_add_on.installed(api)
         verdict = autoscaling_verdict(metric, keda_installed=keda, scale_to_zero=to_zero, http_add_on_installed=http_add_on)
         inputs = inputs_for(owner, generation, resolution, verdict, config.cluster_domain, tls=spec.tls is not None,
