@@ -6,8 +6,10 @@ VENV := .venv
 # The venv is reinstalled only when pyproject.toml changes; pip's own cache keeps that fast.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers, each with its own control plane and operator (0: one process, no workers).
+PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test cluster-build dev-cluster web-deps node-deps
+.PHONY: venv demo test cluster-build dev-cluster web-deps node-deps autoscaling-build
 
 venv: $(VENV_STAMP)
 
@@ -24,8 +26,8 @@ demo: venv
 	$(VENV)/bin/slimserve run -f examples/quickstart.yaml
 
 # Everything: unit tests, the compression engine, the server, and the operator on a real control plane.
-test: venv cluster-build web-deps node-deps
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+test: venv cluster-build web-deps node-deps autoscaling-build
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The binaries of the local test cluster (kube-apiserver, etcd, kwok, helm, ...), built from
 # their pinned Go modules into ${SLIMSERVE_CACHE:-~/.cache/slimserve}; a no-op once built.
@@ -41,6 +43,11 @@ web-deps:
 # conntrack and iptables; a no-op once installed.
 node-deps:
 	tests/realnode/install.sh
+
+# What the real-node autoscaling tests run beside the node: metrics-server, KEDA and the KEDA HTTP add-on, built
+# from their pinned Go modules into $(SLIMSERVE_CACHE); a no-op once built.
+autoscaling-build:
+	tests/autoscaling/build.sh
 
 # The benchmarks this machine can run (serving against KServe with native load generators, gRPC-Web,
 # compression), one JSON file per run in $(SLIMSERVE_CACHE)/bench/ and a Markdown report with plots beside it.
