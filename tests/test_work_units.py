@@ -1,0 +1,79 @@
+"""How `make test`'s two workers share the suite (tests/work_units.py), played on xdist's own scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from tests.conftest import pytest_xdist_make_scheduler
+from tests.work_units import MACHINE_WIDE_UNIT, machine_wide_first, unit_of
+
+TESTS = Path(__file__).resolve().parent
+
+
+class Worker:
+    """What the scheduler asks of a worker: run these tests (indices into its collection), shut down."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.gateway = SimpleNamespace(id=name)
+        self.sent: list[int] = []
+        self.shutting_down = False
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        self.sent.extend(indices)
+
+    def send_runtest_all(self) -> None:
+        raise AssertionError("a scope scheduler hands out units, never everything")
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def test_the_real_node_and_podman_tests_are_one_unit_and_every_other_module_its_own():
+    machine_wide = [p.relative_to(TESTS.parent).as_posix() for d in ("realnode", "containers")
+                    for p in sorted((TESTS / d).glob("test_*.py"))]
+    assert len(machine_wide) >= 2  # the real node's and the containers' modules
+    assert {unit_of(f"{module}::test_x") for module in machine_wide} == {MACHINE_WIDE_UNIT}
+    assert unit_of("tests/operator/test_scale_cluster.py::test_a[1]") == "tests/operator/test_scale_cluster.py"
+    assert unit_of("tests/test_cluster.py::test_b") == "tests/test_cluster.py"
+
+
+def test_two_workers_get_whole_units_and_the_machine_wide_one_first(request, monkeypatch):
+    monkeypatch.setattr(request.config.option, "tx", ["2*popen"])
+    collected = sorted([  # as a worker orders its collection
+        "tests/batch/test_a.py::test_1", "tests/batch/test_a.py::test_2", "tests/batch/test_a.py::test_3",
+        "tests/containers/test_c.py::test_1",
+        "tests/operator/test_o.py::test_1", "tests/operator/test_o.py::test_2", "tests/operator/test_o.py::test_3",
+        "tests/realnode/test_r.py::test_1", "tests/realnode/test_s.py::test_1",
+        "tests/serving/test_s.py::test_1", "tests/serving/test_s.py::test_2",
+    ], key=machine_wide_first)
+    scheduler = pytest_xdist_make_scheduler(request.config, None)
+    workers = [Worker("gw0"), Worker("gw1")]
+    for worker in workers:
+        scheduler.add_node(worker)
+        scheduler.add_node_collection(worker, collected)
+    scheduler.schedule()
+    done = {worker.name: 0 for worker in workers}
+    while any(done[worker.name] < len(worker.sent) for worker in workers):  # each worker runs what it was sent
+        for worker in workers:
+            while done[worker.name] < len(worker.sent):
+                scheduler.mark_test_complete(worker, worker.sent[done[worker.name]])
+                done[worker.name] += 1
+    assert scheduler.tests_finished
+
+    ran = {worker.name: [collected[i] for i in worker.sent] for worker in workers}
+    assert sorted(sum(ran.values(), [])) == sorted(collected)  # each test once
+    machine_wide = [test for test in collected if unit_of(test) == MACHINE_WIDE_UNIT]
+    assert len(machine_wide) == 3 and ran["gw0"][:3] == machine_wide  # the whole unit, handed out first
+    units = [{unit_of(test) for test in tests} for tests in ran.values()]
+    assert not units[0] & units[1]  # a unit's tests stay together on one worker, in order
+    for tests in ran.values():
+        for unit in {unit_of(t) for t in tests}:
+            mine = [t for t in tests if unit_of(t) == unit]
+            assert mine == [t for t in collected if unit_of(t) == unit]
+
+
+def test_without_loadscope_xdist_schedules_as_asked(request, monkeypatch):
+    monkeypatch.setattr(request.config.option, "dist", "load")
+    assert pytest_xdist_make_scheduler(request.config, None) is None
