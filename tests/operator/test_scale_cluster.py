@@ -139,6 +139,11 @@ def test_scale_from_zero_needs_the_http_add_on_and_follows_its_api(control_plane
             patch_autoscaling(cp, namespace, "sleepy", minReplicas=0)
             wait_condition(cp, namespace, "sleepy", "AutoscalingReady", "True", "HTTPScaledObject")
 
+            # Deleted by hand: a round of the operator's KEDA loop lists it missing and restores it.
+            wait_for("the HTTPScaledObject", lambda: exists(cp, namespace, HTTP_SCALED_OBJECTS, "sleepy"))
+            cp.kubectl("delete", "-n", namespace, HTTP_SCALED_OBJECTS, "sleepy")
+            wait_for("the HTTPScaledObject restored", lambda: exists(cp, namespace, HTTP_SCALED_OBJECTS, "sleepy"))
+
         # The add-on uninstalled: refused again, and KEDA's ScaledObject (from one replica) back.
         wait_condition(cp, namespace, "sleepy", "Ready", "False", "ScaleToZeroUnavailable")
         wait_for("the ScaledObject back", lambda: exists(cp, namespace, SCALED_OBJECTS, "sleepy"))

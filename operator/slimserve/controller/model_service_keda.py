@@ -7,21 +7,23 @@ loop, every few seconds while any ModelService is known: asks API discovery whet
 scaledobjects` is served (no rights needed, so a namespaced operator can too), lists the ScaledObjects the
 operator made, and queues a full pass for every service whose autoscaler is not what its last pass made: KEDA
 came or went, its ScaledObject was deleted or edited by hand, or one is left over from an earlier metric. The
-same round asks whether the KEDA HTTP add-on's `http.keda.sh/v1alpha1 httpscaledobjects` is served while any
-service scales to zero, so installing (or removing) the add-on moves those services within a round.
+KEDA HTTP add-on's `http.keda.sh/v1alpha1 httpscaledobjects` (services scaling from zero) are looked after the
+same way in the same round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slimserve.controller.backoff import doubling_delay
-from slimserve.controller.builders.model_service import CHILD_SELECTOR, SCALED_OBJECT_REF, controller_owner
+from slimserve.controller.builders.model_service import CHILD_SELECTOR, controller_owner
+from slimserve.controller.builders.http_scaled_object import HTTP_ADD_ON_GROUP, HTTP_ADD_ON_PLURAL, HTTP_ADD_ON_VERSION
 from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Key, Runtime, fingerprint
 from slimserve.controller.model_service_status import HTTP_SCALED_OBJECT, SCALE_TO_ZERO_UNAVAILABLE
 
@@ -31,11 +33,28 @@ log = logging.getLogger(__name__)
 FAILED_ROUND_CAP = 60.0
 
 
-def wants_scaled_object(runtime: Runtime, key: Key) -> bool | None:
-    """Whether the last pass of this service made a ScaledObject; None when it has had none (or no autoscaling)."""
+@dataclass(frozen=True)
+class ListedKind:
+    """A child kind Kopf does not watch, listed every round instead; `reason`: the AutoscalingReady reason of a
+    service that has one."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    reason: str
+
+
+SCALED_OBJECTS = ListedKind(KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, "ScaledObject", "ScaledObject")
+HTTP_SCALED_OBJECTS = ListedKind(HTTP_ADD_ON_GROUP, HTTP_ADD_ON_VERSION, HTTP_ADD_ON_PLURAL, "HTTPScaledObject",
+                                 HTTP_SCALED_OBJECT)
+
+
+def wants_scaled_object(runtime: Runtime, key: Key, kind: ListedKind = SCALED_OBJECTS) -> bool | None:
+    """Whether the last pass of this service made a child of `kind`; None when it has had none (or no autoscaling)."""
     snapshot = runtime.snapshots.get(key)
     verdict = snapshot.inputs.autoscaling if snapshot else None
-    return None if verdict is None else verdict.reason == "ScaledObject"
+    return None if verdict is None else verdict.reason == kind.reason
 
 
 def keda_mismatches(runtime: Runtime, installed: bool) -> list[Key]:
@@ -62,40 +81,35 @@ def _mismatches(runtime: Runtime, installed: bool, *, present: str, absent: str)
     return stale
 
 
-def scaling_to_zero(runtime: Runtime) -> bool:
-    """Whether any service's last pass depended on the HTTP add-on."""
-    reasons = (HTTP_SCALED_OBJECT, SCALE_TO_ZERO_UNAVAILABLE)
-    return any(s.inputs.autoscaling is not None and s.inputs.autoscaling.reason in reasons
-               for s in list(runtime.snapshots.values()))
-
-
-def sweep_scaled_objects(runtime: Runtime, listed: Iterable[dict[str, Any]]) -> list[Key]:
-    """Record which services have a ScaledObject; the services whose ScaledObject is missing, edited or stale."""
+def sweep_scaled_objects(runtime: Runtime, listed: Iterable[dict[str, Any]], kind: ListedKind = SCALED_OBJECTS) -> list[Key]:
+    """Record which services have a child of `kind` (a ScaledObject); the services whose one is missing, edited or
+    stale."""
     present: dict[Key, dict[str, Any]] = {}
     for item in listed:
         meta = item.get("metadata") or {}
         owner = controller_owner(meta)
         if owner:
             present[(meta.get("namespace"), owner)] = item
-    runtime.set_scaled_objects(set(present))
-    stale = [key for key in list(runtime.snapshots) if wants_scaled_object(runtime, key) and key not in present]
+    runtime.set_scaled_objects(set(present), kind.kind)
+    stale = [key for key in list(runtime.snapshots) if wants_scaled_object(runtime, key, kind) and key not in present]
     for key, item in present.items():
-        wanted = wants_scaled_object(runtime, key)
+        wanted = wants_scaled_object(runtime, key, kind)
         if key in runtime.snapshots and not wanted:
             stale.append(key)  # left from an earlier metric (or a pass while KEDA was away)
         elif wanted:
-            known = runtime.child_fingerprint(key, (*SCALED_OBJECT_REF, item["metadata"]["name"]))
+            known = runtime.child_fingerprint(key, (f"{kind.group}/{kind.version}", kind.kind, item["metadata"]["name"]))
             if known is not None and known != fingerprint(item):
                 stale.append(key)  # edited by hand
     return stale
 
 
-def list_scaled_objects(api: client.ApiClient, namespaces: set[str]) -> list[dict[str, Any]]:
-    """The operator's ScaledObjects: one list over the cluster, or per namespace without cluster-wide rights."""
+def list_scaled_objects(api: client.ApiClient, namespaces: set[str], kind: ListedKind = SCALED_OBJECTS) -> list[dict[str, Any]]:
+    """The operator's children of `kind` (ScaledObjects): one list over the cluster, or per namespace without
+    cluster-wide rights."""
     objects = client.CustomObjectsApi(api)
     try:
         return objects.list_cluster_custom_object(
-            KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL, label_selector=CHILD_SELECTOR
+            kind.group, kind.version, kind.plural, label_selector=CHILD_SELECTOR
         ).get("items") or []
     except ApiException as exc:
         if exc.status != 403:
@@ -103,22 +117,21 @@ def list_scaled_objects(api: client.ApiClient, namespaces: set[str]) -> list[dic
     items: list[dict[str, Any]] = []
     for namespace in sorted(namespaces):
         items += objects.list_namespaced_custom_object(
-            KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, label_selector=CHILD_SELECTOR
+            kind.group, kind.version, namespace, kind.plural, label_selector=CHILD_SELECTOR
         ).get("items") or []
     return items
 
 
 def check_keda(runtime: Runtime) -> list[Key]:
     """One round (blocking API calls): the services whose autoscaler is not what their last pass made."""
-    installed = runtime.keda.refresh(runtime.api)
-    stale = keda_mismatches(runtime, installed)
-    if scaling_to_zero(runtime):
-        stale += http_add_on_mismatches(runtime, runtime.http_add_on.refresh(runtime.api))
-    if installed:
-        namespaces = {namespace for namespace, _ in list(runtime.snapshots)}
-        stale += sweep_scaled_objects(runtime, list_scaled_objects(runtime.api, namespaces))
-    else:
-        runtime.set_scaled_objects(set())  # without the API there are none
+    keda, add_on = runtime.keda.refresh(runtime.api), runtime.http_add_on.refresh(runtime.api)
+    stale = keda_mismatches(runtime, keda) + http_add_on_mismatches(runtime, add_on)
+    namespaces = {namespace for namespace, _ in list(runtime.snapshots)}
+    for kind, installed in ((SCALED_OBJECTS, keda), (HTTP_SCALED_OBJECTS, add_on)):
+        if installed:
+            stale += sweep_scaled_objects(runtime, list_scaled_objects(runtime.api, namespaces, kind), kind)
+        else:
+            runtime.set_scaled_objects(set(), kind.kind)  # without the API there are none
     return list(dict.fromkeys(stale))
 
 

@@ -125,7 +125,8 @@ class Runtime:
     fingerprints: dict[Key, dict[ChildId, str]] = field(default_factory=dict)
     latest_deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     full_pass_wanted: set[Key] = field(default_factory=set)
-    scaled_objects: set[Key] = field(default_factory=set)  # services with a ScaledObject, as last listed
+    # Kind (ScaledObject, HTTPScaledObject: not watched) -> the services with one, as last listed.
+    listed: dict[str, set[Key]] = field(default_factory=dict)
     refused_passes: dict[Key, int] = field(default_factory=dict)  # passes refused in a row, for the back-off
     # Passes asked for by watches of other objects, and the loops beside the handlers: made on start.
     queue: WorkQueue[Key] | None = None
@@ -159,8 +160,7 @@ class Runtime:
             children = self.fingerprints.setdefault(key, {})
             if live is None:
                 children.pop(child, None)
-                if child[1] == "ScaledObject":
-                    self.scaled_objects.discard(key)
+                self.listed.get(child[1], set()).discard(key)
             else:
                 children[child] = fingerprint(live)
 
@@ -182,17 +182,21 @@ class Runtime:
         """The discovery of an optional API (KEDA's, its HTTP add-on's) by a child's apiVersion; None for the rest."""
         return {self.keda.api_version: self.keda, self.http_add_on.api_version: self.http_add_on}.get(api_version)
 
-    def set_scaled_objects(self, owners: set[Key]) -> None:
+    @property
+    def scaled_objects(self) -> set[Key]:
+        return self.listed.get("ScaledObject", set())
+
+    def set_scaled_objects(self, owners: set[Key], kind: str = "ScaledObject") -> None:
         with self._guard:
-            self.scaled_objects = owners
+            self.listed[kind] = owners
 
     def exists(self, ref: ChildRef, owner: Owner) -> bool:
-        """Whether the optional child may exist: seen (Kopf's index of its kind, or the last list of
-        ScaledObjects, which Kopf does not watch) or applied by this process."""
+        """Whether the optional child may exist: seen (Kopf's index of its kind, or the last list of its kind, for
+        the (HTTP)ScaledObjects Kopf does not watch) or applied by this process."""
         key = (owner.namespace, owner.name)
         index = self.owned.get(ref.kind)
         with self._guard:
-            listed = ref.kind == "ScaledObject" and key in self.scaled_objects
+            listed = key in self.listed.get(ref.kind, set())
         seen = listed or (index is not None and bool(index.get(key)))
         return seen or self.child_fingerprint(key, (ref.api_version, ref.kind, ref.name)) is not None
 
@@ -202,6 +206,7 @@ class Runtime:
             self.fingerprints.pop(key, None)
             self.full_pass_wanted.discard(key)
             self.latest_deployments.pop(key, None)
-            self.scaled_objects.discard(key)
+            for owners in self.listed.values():
+                owners.discard(key)
             self.refused_passes.pop(key, None)
             self._locks.pop(key, None)
