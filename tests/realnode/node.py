@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -36,6 +37,8 @@ from pathlib import Path
 import yaml
 
 from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _free_port, _Process
+
+from .podman_store import PodmanStore
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -304,23 +307,28 @@ state = "{self.workdir / 'containerd-state'}"
         self.import_from_podman(SANDBOX_IMAGE)
 
     def import_from_podman(self, *refs: str) -> None:
-        """Copy podman's images into containerd's k8s.io namespace (those already there are left as they are)."""
+        """Copy podman's images into containerd's k8s.io namespace (those already there are left as they are): an
+        OCI layout of them, read from podman's store, with only the layers containerd lacks."""
         wanted = [ref for ref in refs if ref not in self.images()]
         if not wanted:
             return
-        save = subprocess.Popen(["podman", "save", "--format", "docker-archive", "--multi-image-archive", *wanted],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            out = subprocess.run(["ctr", "--address", str(self.socket), "--namespace", CONTAINERD_NAMESPACE,
-                                  "images", "import", "-"], stdin=save.stdout, capture_output=True, timeout=1800)
-        finally:
-            save.stdout.close()
-            save.wait()
-        if out.returncode != 0 or save.returncode != 0:
-            raise ClusterError(f"importing {wanted}: {out.stderr.decode(errors='replace')}"
-                               f"{save.stderr.read().decode(errors='replace')}")
+        with tempfile.TemporaryFile() as errors:
+            importer = subprocess.Popen(["ctr", "--address", str(self.socket), "--namespace", CONTAINERD_NAMESPACE,
+                                         "images", "import", "-"], stdin=subprocess.PIPE, stdout=errors, stderr=errors)
+            try:
+                with tarfile.open(fileobj=importer.stdin, mode="w|") as archive:
+                    PodmanStore().write_oci_layout(archive, wanted, skip=self._content())
+            finally:
+                importer.stdin.close()
+                importer.wait(1800)
+            errors.seek(0)
+            if importer.returncode != 0:
+                raise ClusterError(f"importing {wanted}: {errors.read().decode(errors='replace')}")
         left = [ref for ref in wanted if ref not in self.images()]
         assert not left, f"not imported: {left}"
+
+    def _content(self) -> set[str]:
+        return set(self.ctr("content", "list", "--quiet").stdout.decode().split())
 
     def remove_images_except(self, keep) -> None:
         """Remove the project's images that are not in `keep` (and not the sandbox's), with the references by image
@@ -336,20 +344,9 @@ state = "{self.workdir / 'containerd-state'}"
             self.ctr("images", "remove", "--sync", *sorted(stale))
 
     def import_disk_need(self, *refs: str) -> int:
-        """The disk that importing podman's `refs` takes at its peak: `podman save` writes the whole archive to a
-        temporary file first, containerd reads each layer of it into an ingest file (kept only if new) and unpacks
-        the new ones into snapshots."""
-        present = set(self.ctr("content", "list", "--quiet").stdout.decode().split())
-        digests = set()
-        for ref in refs:
-            out = run("podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", ref)
-            digests.update(json.loads(out.stdout))
-        store = run("podman", "info", "--format", "{{.Store.GraphRoot}}").stdout.decode().strip()
-        layers = json.loads((Path(store) / "overlay-layers" / "layers.json").read_text())
-        sizes = {layer["diff-digest"]: layer.get("diff-size", 0) for layer in layers
-                 if layer.get("diff-digest") in digests}
-        new = sum(size for digest, size in sizes.items() if digest not in present)
-        return sum(sizes.values()) + max(sizes.values(), default=0) + 2 * new
+        """The disk that importing podman's `refs` takes: the layers containerd lacks, and their snapshots."""
+        present = self._content()
+        return 2 * sum(size for digest, size in PodmanStore().layer_sizes(*refs).items() if digest not in present)
 
     def _api_endpoint(self, port: int) -> None:
         """The `kubernetes` Service's endpoint: the relay (the API server itself listens on loopback only)."""

@@ -16,6 +16,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -122,6 +123,7 @@ def test_the_kubelet_and_kube_proxy_hold_only_their_own_rights(control_plane, re
 
 
 def test_quickstart_runs_on_the_real_node(control_plane, real_node, operator, namespace, tmp_path):
+    from tritonclient import grpc as grpcclient
     from tritonclient import http as httpclient
 
     cp = control_plane
@@ -142,12 +144,16 @@ def test_quickstart_runs_on_the_real_node(control_plane, real_node, operator, na
 
     # From the host, through the Service's ClusterIP: kube-proxy routes it to the pod on the node's bridge.
     svc = get(cp, namespace, "service", "digits")["spec"]
-    http_port = next(p["port"] for p in svc["ports"] if p["name"] == "http")
+    ports = {p["name"]: p["port"] for p in svc["ports"]}
+    http_port = ports["http"]
     model = service["metadata"]["name"]
     data = digits_data()
     rows, digits = data.x_test[:HELD_OUT_ROWS], data.y_test[:HELD_OUT_ROWS]
     labels = infer_labels(httpclient, f"{svc['clusterIP']}:{http_port}", model, rows)
     assert (labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
+    # gRPC (HTTP/2) through the same ClusterIP: the same digits
+    np.testing.assert_array_equal(infer_labels(grpcclient, f"{svc['clusterIP']}:{ports['grpc']}", model, rows),
+                                  labels)
 
     # A spec change rolls the pod (a new one Ready before the old one drains): no request fails meanwhile.
     (old_pod,) = pods
