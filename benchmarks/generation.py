@@ -8,6 +8,9 @@ The same requests (prompt and output lengths varied, greedy) go
 - to `transformers` `generate` in this process, one request at a time, and statically batched by 32 (left
   padded, each batch running to its longest output); its TTFT is the request's own wait inside `generate`.
 Same weights, same torch threads. Targets at concurrency 32: >= 3x one-at-a-time and >= 1.3x static batching.
+Each row also gives tokens per CPU second (the server's process and the client's, or `generate`'s): on a
+machine shared with other work, a server whose threads hand each step to one another waits for the CPU at
+every hand-off, so tokens/s there measures the machine's load as much as the server.
 `--artifact URI` (repeatable) adds a row per compressed decoder artifact (int8, int4) at concurrency 1 and
 32, as a ratio of the fp32 server's tokens/s.
 
@@ -55,6 +58,12 @@ class Request:
 class Result:
     tokens: int  # generated
     ttft_s: float
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the model and the requests ---------------------------------------------------------------------
@@ -150,10 +159,13 @@ async def stream_completion(client, port: int, request: Request) -> Result:
     return Result(tokens, (first or time.perf_counter()) - sent)
 
 
-def run_server(port: int, requests: list[Request], concurrency: int) -> tuple[list[Result], float]:
+def run_server(server: Server, requests: list[Request], concurrency: int) -> tuple[list[Result], float, float]:
+    """The results, the seconds and the CPU seconds (the server's and this client's) of the requests."""
     import httpx
 
-    async def main() -> tuple[list[Result], float]:
+    port = server.port
+
+    async def main() -> tuple[list[Result], float, float]:
         pending = iter(requests)
         results: list[Result] = []
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -164,9 +176,10 @@ def run_server(port: int, requests: list[Request], concurrency: int) -> tuple[li
                 for request in pending:
                     results.append(await stream_completion(client, port, request))
 
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time() + process_cpu_s(server.process.pid)
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return results, time.perf_counter() - started
+            cpu = time.process_time() + process_cpu_s(server.process.pid) - cpu
+            return results, time.perf_counter() - started, cpu
 
     return asyncio.run(main())
 
@@ -187,7 +200,7 @@ class FirstToken:
         pass
 
 
-def run_transformers(directory: Path, requests: list[Request], batch: int) -> tuple[list[Result], float]:
+def run_transformers(directory: Path, requests: list[Request], batch: int) -> tuple[list[Result], float, float]:
     """`generate` over the requests, `batch` at a time (left padded; a batch runs to its longest output)."""
     import torch
     import transformers
@@ -198,7 +211,7 @@ def run_transformers(directory: Path, requests: list[Request], batch: int) -> tu
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     eos = model.generation_config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else eos or [])
-    results, seconds = [], 0.0
+    results, seconds, cpu = [], 0.0, 0.0
     with torch.inference_mode():
         model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=2, do_sample=False)  # warm up
         for start in range(0, len(requests), batch):
@@ -213,17 +226,18 @@ def run_transformers(directory: Path, requests: list[Request], batch: int) -> tu
                 model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=0)
                 streamer.at = time.perf_counter()
                 ttft = streamer.at - began
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(r.max_tokens for r in group),
                                  do_sample=False, pad_token_id=0, streamer=streamer if batch == 1 else None)
             seconds += time.perf_counter() - began
+            cpu += time.process_time() - cpu_began
             if batch == 1:
                 ttft = streamer.at - began
             for row, request in zip(out[:, width:].tolist(), group):
                 useful = row[:request.max_tokens]
                 ended = next((i for i, token in enumerate(useful) if token in eos), len(useful))
                 results.append(Result(ended, ttft))
-    return results, seconds
+    return results, seconds, cpu
 
 
 # --- weight-bound decoding: quantized against fp32 at concurrency 1 ---------------------------------
@@ -262,19 +276,21 @@ def print_quantized_decode(rows: list[dict]) -> None:
 
 
 # --- the table --------------------------------------------------------------------------------------
-def summarize(label: str, results: list[Result], seconds: float) -> dict:
+def summarize(label: str, results: list[Result], seconds: float, cpu_s: float) -> dict:
     ttfts = sorted(r.ttft_s for r in results)
     return {"row": label, "requests": len(results), "tokens": sum(r.tokens for r in results), "seconds": seconds,
-            "tokens_per_s": sum(r.tokens for r in results) / seconds,
+            "tokens_per_s": sum(r.tokens for r in results) / seconds, "cpu_s": cpu_s,
+            "tokens_per_cpu_s": sum(r.tokens for r in results) / cpu_s,
             "ttft_p50_ms": 1000 * statistics.median(ttfts),
             "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]}
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'row':<44} {'requests':>8} {'tokens':>7} {'tokens/s':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}")
+    print(f"\n{'row':<44} {'requests':>8} {'tokens':>7} {'tokens/s':>9} {'tokens/CPU-s':>13} {'TTFT p50 ms':>12} "
+          f"{'TTFT p99 ms':>12}")
     for row in rows:
         print(f"{row['row']:<44} {row['requests']:>8} {row['tokens']:>7} {row['tokens_per_s']:>9.1f} "
-              f"{row['ttft_p50_ms']:>12.1f} {row['ttft_p99_ms']:>12.1f}")
+              f"{row['tokens_per_cpu_s']:>13.1f} {row['ttft_p50_ms']:>12.1f} {row['ttft_p99_ms']:>12.1f}")
 
 
 def main() -> int:
@@ -308,8 +324,7 @@ def main() -> int:
     server = Server(uri, args.threads, scratch / "server.log")
     try:
         for concurrency in CONCURRENCY:
-            results, seconds = run_server(server.port, requests[:counts[concurrency]], concurrency)
-            rows.append(summarize(f"slimserve c{concurrency}", results, seconds))
+            rows.append(summarize(f"slimserve c{concurrency}", *run_server(server, requests[:counts[concurrency]], concurrency)))
             print_table(rows[-1:])
     finally:
         server.stop()
@@ -323,16 +338,18 @@ def main() -> int:
         server = Server(artifact, args.threads, scratch / f"server-{len(rows)}.log")
         try:
             for concurrency in (1, 32):
-                results, seconds = run_server(server.port, requests[:counts[concurrency]], concurrency)
-                rows.append(summarize(f"{artifact.rstrip('/').rsplit('/', 1)[-1]} c{concurrency}", results, seconds))
+                rows.append(summarize(f"{artifact.rstrip('/').rsplit('/', 1)[-1]} c{concurrency}",
+                                      *run_server(server, requests[:counts[concurrency]], concurrency)))
         finally:
             server.stop()
     print_table(rows)
 
     by_name = {row["row"]: row for row in rows}
-    c32 = by_name["slimserve c32"]["tokens_per_s"]
-    print(f"\nat concurrency 32: {c32 / by_name['transformers generate, one at a time']['tokens_per_s']:.2f}x "
-          f"one-at-a-time (target >= 3), {c32 / static['tokens_per_s']:.2f}x static batching (target >= 1.3)")
+    alone = by_name["transformers generate, one at a time"]
+    for rate, what in (("tokens_per_s", "tokens/s"), ("tokens_per_cpu_s", "tokens per CPU second")):
+        c32 = by_name["slimserve c32"][rate]
+        print(f"\nat concurrency 32, {what}: {c32 / alone[rate]:.2f}x one-at-a-time (target >= 3), "
+              f"{c32 / static[rate]:.2f}x static batching (target >= 1.3); load average {os.getloadavg()[0]:.1f}")
     for artifact_row in rows[len(CONCURRENCY) + 2:]:
         base = by_name[f"slimserve c{artifact_row['row'].rsplit('c', 1)[1]}"]["tokens_per_s"]
         print(f"{artifact_row['row']}: {artifact_row['tokens_per_s'] / base:.2f}x the fp32 server's tokens/s")

@@ -7,9 +7,10 @@ takes are bounded by what is left of `step_tokens` (chunked prefill), so a burst
 running sequences' next tokens by one bounded step, not by its whole prefill. Sequences thus join and leave
 the running batch between steps; none waits for a whole batch to finish.
 
-Running sequences keep the cache's slots 0..B-1 (sorted by slot, they are the decode step's batch in
-order), so a step attends over a view of the cache, not a copy: when one ends, the sequence in the highest
-slot moves into its slot (one copy per exit).
+Running sequences keep the cache's slots 0..B-1 (sorted by slot, the decoding ones are the step's decode
+batch in order, the prompts still prefilling above them), so a step attends over a view of the cache, not a
+copy: when one ends, the sequence in the highest slot moves into its slot (one copy per exit). Only when that
+one was still prefilling does the decode batch have a gap until it decodes too (a dummy query fills it).
 
 The KV cache is allocated once (slots x max_len tokens, sized from a byte budget), and a request is
 admitted only if its prompt plus `max_tokens` fit one slot, so memory never grows with the load: the
