@@ -77,7 +77,9 @@ def test_operator_is_refused_everything_else(control_plane, cluster_mode, namesp
     assert can_i(control_plane, kubeconfig, "patch", "compressionjobs.slimserve.io", "--subresource=status",
                  "-n", namespace)
     assert can_i(control_plane, kubeconfig, "get", "secrets", "-n", namespace)  # a TLS Secret's metadata, by name
+    assert can_i(control_plane, kubeconfig, "get", "persistentvolumeclaims", "-n", namespace)  # a cache claim's
     for request in (("list", "secrets", "-n", namespace), ("watch", "secrets", "-A"), ("delete", "nodes"),
+                    ("list", "persistentvolumeclaims", "-n", namespace), ("create", "persistentvolumeclaims", "-n", namespace),
                     # Rights the operator does not use: it only watches and patches its peering object, and
                     # finds CRDs through API discovery.
                     ("get", "clusterkopfpeerings.kopf.dev"),

@@ -463,7 +463,8 @@ class ModelServiceSpec(SpecModel):
         default=None,
         description=(
             "A shared volume for http(s):// and hf:// downloads, so that replicas download the model once; "
-            "unset: each pod downloads into its own cache."
+            "unset: the node pool's cache claim if the operator's configuration gives the pool one, else each pod "
+            "downloads into its own cache. A claim that does not exist holds the rollout (ModelCacheClaimMissing)."
         ),
     )
     payload_logging: PayloadLoggingSpec | None = Field(

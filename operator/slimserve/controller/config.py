@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from slimserve.api.common import ResourceRequirements
+from slimserve.api.uri import CLAIM_NAME_MAX, CLAIM_NAME_PATTERN
 from slimserve.api.workload import DEFAULTS, OperatorEnv
 
 CONFIG_ENV = OperatorEnv.variable("config").name
@@ -44,6 +45,12 @@ class Images(_ConfigModel):
     server_gpu: Image = Image(repository="ghcr.io/slimserve/server", tag="0.1.0-cuda")
 
 
+class PoolModelCache(_ConfigModel):
+    """A download cache the server pods of a pool share: the claim of this name in each ModelService's namespace."""
+
+    claim_name: str = Field(pattern=CLAIM_NAME_PATTERN, max_length=CLAIM_NAME_MAX)
+
+
 class NodePool(_ConfigModel):
     """Where a pool's pods go and what they may ask for."""
 
@@ -52,6 +59,8 @@ class NodePool(_ConfigModel):
     # Extended resource a pod of this pool requests (e.g. nvidia.com/gpu); None for CPU pools.
     gpu_resource_name: str | None = None
     gpus_per_pod: int = Field(default=1, ge=1)
+    # Mounted by the pool's ModelServices that set no spec.modelCache; a namespace without the claim is refused.
+    model_cache: PoolModelCache | None = None
 
     @property
     def has_gpu(self) -> bool:

@@ -21,6 +21,7 @@ _PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Pod"): "pods",
     ("v1", "Secret"): "secrets",  # metadata only (read_metadata)
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",  # metadata only (read_metadata)
     ("v1", "Service"): "services",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("apps/v1", "Deployment"): "deployments",

@@ -38,6 +38,7 @@ WARNING_REASONS = frozenset(
         "ChildConflict",
         "ApplyRejected",
         "ApplyFailed",
+        "ModelCacheClaimMissing",
     }
 )
 

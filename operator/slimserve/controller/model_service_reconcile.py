@@ -62,6 +62,7 @@ from slimserve.controller.model_service_status import (
     resolve_model_uri,
     status_differs,
 )
+from slimserve.controller.model_service_cache import model_cache_refusal
 from slimserve.controller.model_service_secrets import secrets_refusal
 
 log = logging.getLogger(__name__)
@@ -248,9 +249,9 @@ def _apply_children(
     wanted that it controls; (the live stable Deployment, what was refused). One refusal does not hold back
     the rest. `replicas`: the stable Deployment's (None: an autoscaler's).
     """
-    secret_refusal = secrets_refusal(api, owner.namespace, spec)
-    if secret_refusal is not None:
-        return {}, [secret_refusal]  # pods that cannot serve would replace pods that do: nothing is applied
+    mount_refusal = secrets_refusal(api, owner.namespace, spec) or model_cache_refusal(api, owner.namespace, spec, pool)
+    if mount_refusal is not None:
+        return {}, [mount_refusal]  # pods that cannot serve would replace pods that do: nothing is applied
     children = desired_children(owner, spec, resolution.model, pool, runtime.config, keda_installed=keda,
                                 http_add_on_installed=http_add_on, replicas=replicas)
     if canary is not None:

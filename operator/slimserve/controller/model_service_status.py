@@ -36,6 +36,8 @@ TLS_SECRET_INVALID = "TLSSecretInvalid"
 # The same for spec.auth.apiKeysSecret: missing, or without a key entry (a server would refuse to start).
 API_KEYS_SECRET_MISSING = "APIKeysSecretMissing"
 API_KEYS_SECRET_INVALID = "APIKeysSecretInvalid"
+# The download cache's claim (spec.modelCache's, or the node pool's) does not exist: the pods would stay Pending.
+MODEL_CACHE_CLAIM_MISSING = "ModelCacheClaimMissing"
 STALLED_REASONS = frozenset(
     {"InvalidSpec", "UnknownNodePool", "CompressionFailed", "ProgressDeadlineExceeded", CHILD_CONFLICT, APPLY_REJECTED}
 )
@@ -228,7 +230,7 @@ def _with(conditions: list[dict[str, Any]], type_: str, verdict: Verdict, genera
 @dataclass(frozen=True)
 class Refusal:
     """A child the pass could not apply: `reason` one of CHILD_CONFLICT, APPLY_REJECTED, APPLY_FAILED, or one of
-    the mounted Secrets' (TLS, API keys: nothing was applied)."""
+    the mounts' (the TLS and API-key Secrets, the download cache's claim: nothing was applied)."""
 
     reason: str
     message: str
@@ -237,7 +239,7 @@ class Refusal:
 def refusal_verdict(refusals: list[Refusal]) -> Verdict:
     """Ready=False for the pass's refused applies: the reason needing the most attention, every message."""
     order = (CHILD_CONFLICT, APPLY_REJECTED, TLS_SECRET_MISSING, TLS_SECRET_INVALID, API_KEYS_SECRET_MISSING,
-             API_KEYS_SECRET_INVALID, APPLY_FAILED)
+             API_KEYS_SECRET_INVALID, MODEL_CACHE_CLAIM_MISSING, APPLY_FAILED)
     reason = min((r.reason for r in refusals), key=order.index)
     return Verdict(FALSE, reason, "; ".join(r.message for r in refusals))
 

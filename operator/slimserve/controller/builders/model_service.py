@@ -58,7 +58,7 @@ TMP_MOUNT = "/tmp"
 CACHE_MOUNT = "/var/cache/slimserve"
 CACHE_SIZE_LIMIT = "10Gi"  # downloaded s3 artifacts live here
 MODEL_CACHE_VOLUME = "model-cache"
-MODEL_CACHE_MOUNT = "/var/cache/slimserve-models"  # spec.modelCache's claim: http(s):// and hf:// downloads
+MODEL_CACHE_MOUNT = "/var/cache/slimserve-models"  # spec.modelCache's or the pool's claim: http(s):// and hf:// downloads
 
 DIGEST_ANNOTATION = "slimserve.io/model-digest"
 URI_ANNOTATION = "slimserve.io/model-uri"
@@ -313,7 +313,7 @@ def server_env(
         **auth_settings(owner, spec.auth),
         **observability_settings(owner, spec),
         **generation_settings(spec.generation),
-        download_cache=MODEL_CACHE_MOUNT if spec.model_cache else None,
+        download_cache=MODEL_CACHE_MOUNT if model_cache_claim(spec, pool) else None,
     )
     return env.to_env() + s3_env(spec) + hub_env(config, spec.model.hf_token_secret)
 
@@ -467,7 +467,7 @@ def server_container(
     mounts = [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "cache", "mountPath": CACHE_MOUNT}]
     mounts += [{"name": volume["name"], "mountPath": API_KEYS_MOUNT, "readOnly": True} for volume in api_keys_volume(spec)]
     mounts += tls_mounts(spec)
-    if spec.model_cache:
+    if model_cache_claim(spec, pool):
         mounts.append({"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_MOUNT})
     claim = pvc_claim(model.uri)
     if claim:
@@ -495,13 +495,21 @@ def server_container(
     }
 
 
-def pod_volumes(spec: ModelServiceSpec, model: ArtifactToServe) -> list[dict[str, Any]]:
+def model_cache_claim(spec: ModelServiceSpec, pool: NodePool) -> str | None:
+    """The claim the server pods share downloads through: spec.modelCache's, else the node pool's, else none."""
+    if spec.model_cache:
+        return spec.model_cache.claim_name
+    return pool.model_cache.claim_name if pool.model_cache else None
+
+
+def pod_volumes(spec: ModelServiceSpec, model: ArtifactToServe, pool: NodePool) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE_LIMIT}},
     ]
-    if spec.model_cache:
-        volumes.append({"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.model_cache.claim_name}})
+    cache_claim = model_cache_claim(spec, pool)
+    if cache_claim:
+        volumes.append({"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_claim}})
     claim = pvc_claim(model.uri)
     if claim:
         volumes.append({"name": "model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
@@ -535,7 +543,7 @@ def pod_template(
             }
         ],
         "containers": [server_container(owner, spec, model, pool, config, version)],
-        "volumes": pod_volumes(spec, model) + api_keys_volume(spec) + tls_volume(spec),
+        "volumes": pod_volumes(spec, model, pool) + api_keys_volume(spec) + tls_volume(spec),
         **pool_placement(pool, config),
     }
     if uses_kubernetes_auth(spec):
