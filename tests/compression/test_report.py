@@ -7,12 +7,13 @@ import io
 import json
 from itertools import combinations
 
+import torch
 from matplotlib.text import Text
 from rich.console import Console
 
 from slimserve.api.compression_job import CompressionMetrics, ModelMetrics, StepResult
 from slimserve.compression import compress
-from slimserve.compression.measure import MAX_TRUSTED_SPREAD, Figure, Speed
+from slimserve.compression.measure import MAX_TRUSTED_SPREAD, SPARSE_SPEEDUP_MARGIN, Figure, Speed, sparsity_metrics
 from slimserve.compression.report import report_figure, report_json, text_box
 from slimserve.compression.state import Candidate
 from slimserve.local.summary import metrics_table
@@ -47,6 +48,42 @@ def test_kept_candidates_show_the_figures_of_the_status_and_the_table(tmp_path, 
         assert f"{candidate['latencyP50Ms']:.3f} ±{candidate['latencySpread'] / 2:.0%}" in row
         assert f"{candidate['throughput']:,.0f} ±{candidate['throughputSpread'] / 2:.0%}" in row
     assert "interquartile range" in table
+
+
+def test_an_l1_trained_magnitude_pruned_model_reports_its_zeros_and_measured_speed_against_dense(
+    tmp_path, make_spec, sink
+):
+    spec = make_spec(tmp_path / "out", model="builtin://digits-mlp", steps=[{"prune": {
+        "method": "unstructured", "amount": 0.7, "finetuneEpochs": 1, "l1Penalty": 1e-4}}], evaluation={"maxDrop": 0.05})
+    metrics = compress(spec, [sink]).metrics
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+
+    sparsity = metrics.sparsity
+    assert report["metrics"]["sparsity"] == sparsity.to_json()
+    assert sparsity.step == "prune/unstructured" and 0.5 < sparsity.zero_fraction < 0.8
+    assert sparsity.packed_size_bytes == metrics.compressed.size_bytes < 0.7 * sparsity.dense_size_bytes
+    # Same shapes before and after: the ratio is of the two figures measured side by side in this run.
+    assert sparsity.speedup == round(metrics.compressed.throughput / metrics.baseline.throughput, 4)
+    verdict = "faster: " if sparsity.faster else "not faster (dense kernels): "
+    assert sparsity.statement.startswith(f"{verdict}{sparsity.speedup:.2f}x the throughput of the dense model")
+    assert sparsity.statement in " ".join(_render(metrics_table("digits", metrics, report)).split())  # caption wraps
+    assert sparsity.statement in report_figure(metrics, [], max_drop=0.05).get_suptitle()
+
+
+def test_a_run_without_unstructured_pruning_reports_no_sparsity():
+    metrics = CompressionMetrics(baseline=_metrics(1.0), compressed=_metrics(1.0), size_ratio=1.0, speedup=1.0,
+                                 accuracy_delta=0.0)
+    assert metrics.sparsity is None and "sparsity" not in metrics.to_json()
+
+
+def test_zeros_are_faster_only_beyond_the_margin_of_a_quiet_machine():
+    tensors = {"w": torch.tensor([[0.0, 1.0], [0.0, 0.0]]), "b": torch.zeros(2)}  # biases do not count
+    dense = _metrics(1.0)
+    for throughput, faster in ((900.0 * (1 + SPARSE_SPEEDUP_MARGIN) + 1, True), (905.0, False)):
+        pruned = ModelMetrics(**{**dense.model_dump(), "throughput": throughput})
+        found = sparsity_metrics("prune/unstructured", tensors, packed_size_bytes=10, pruned=pruned, dense=dense)
+        assert (found.faster, found.zero_fraction, found.dense_size_bytes) == (faster, 0.75, 24)
+        assert found.statement.startswith("faster" if faster else "not faster (dense kernels)")
 
 
 def _metrics(latency_ms: float) -> ModelMetrics:

@@ -222,6 +222,23 @@ class StepResult(StatusModel):
     note: str = Field(default="", description="What the step did, e.g. the prune amount kept by the budget search.")
 
 
+class SparsityMetrics(StatusModel):
+    """What unstructured pruning bought: zeros stored compactly, and whether they made inference faster."""
+
+    step: str = Field(description="The unstructured prune step measured, e.g. prune/unstructured.")
+    zero_fraction: float = Field(description="Share of the model's weight elements that are zero after it, 0..1.")
+    packed_size_bytes: int = Field(description="The weights as the artifact stores them (zeros packed as a bitmask).")
+    dense_size_bytes: int = Field(description="The same weights stored dense.")
+    speedup: float = Field(
+        description="Throughput of the pruned model over the same model before pruning (dense), measured side by "
+        "side in this run."
+    )
+    faster: bool = Field(description="Whether the zeros made inference measurably faster.")
+    statement: str = Field(
+        description="The verdict in words, e.g. not faster (dense kernels): 0.99x the throughput of the dense model."
+    )
+
+
 class CompressionMetrics(StatusModel):
     baseline: ModelMetrics = Field(description="The original model.")
     compressed: ModelMetrics = Field(description="The compressed model.")
@@ -232,6 +249,9 @@ class CompressionMetrics(StatusModel):
     within_budget: bool = Field(
         default=True,
         description="False when a step missed evaluation.maxDrop and evaluation.onBudgetMiss kept its best candidate.",
+    )
+    sparsity: SparsityMetrics | None = Field(
+        default=None, description="Set when a step pruned unstructured: its zeros, packed size and measured speed."
     )
 
 

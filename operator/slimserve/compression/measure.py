@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from slimserve.api.compression_job import ModelMetrics
+from slimserve.api.compression_job import ModelMetrics, SparsityMetrics
 from slimserve.artifacts.artifact import write_weights
 from slimserve.compression.tasks import Task, as_inference
 
@@ -24,6 +24,9 @@ Forward = Callable[..., torch.Tensor]
 THROUGHPUT_BATCH = 32
 WARMUP_CALLS = 3
 MIN_ROUNDS, MAX_ROUNDS = 7, 25
+# Unstructured zeros are "faster" only beyond this share over the dense model's throughput: two runs of one model
+# on a quiet machine differ by about as much.
+SPARSE_SPEEDUP_MARGIN = 0.05
 # A figure whose rounds spread wider than this (interquartile range over median) is reported as not to be
 # trusted: the machine was too busy, or too unsteady, for a comparison of speeds.
 MAX_TRUSTED_SPREAD = 0.25
@@ -204,3 +207,28 @@ def model_metrics(speed: Speed, task: Task, *, size_bytes: int, parameters: int,
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def zero_fraction(tensors: dict[str, torch.Tensor]) -> float:
+    """Share of zero elements among the weight matrices and kernels (tensors of two or more dimensions)."""
+    weights = [t for t in tensors.values() if t.dim() >= 2]
+    total = sum(t.numel() for t in weights)
+    return sum(t.numel() - int(torch.count_nonzero(t)) for t in weights) / total if total else 0.0
+
+
+def sparsity_metrics(
+    step: str, tensors: dict[str, torch.Tensor], *, packed_size_bytes: int, pruned: ModelMetrics, dense: ModelMetrics
+) -> SparsityMetrics:
+    """The zeros of an unstructured prune step, stored and served: `pruned` and `dense` (the model before the
+    step, same shapes) measured side by side. Dense kernels multiply a zero like any weight, so the verdict is
+    taken from the measurement, never assumed."""
+    dense_size = sum(t.numel() * t.element_size() for t in tensors.values())
+    speedup = round(pruned.throughput / dense.throughput, 4)
+    faster = speedup >= 1 + SPARSE_SPEEDUP_MARGIN
+    if faster:
+        statement = f"faster: {speedup:.2f}x the throughput of the dense model"
+    else:
+        statement = (f"not faster (dense kernels): {speedup:.2f}x the throughput of the dense model; the zeros make "
+                     f"the weights {packed_size_bytes / dense_size:.0%} of their dense size")
+    return SparsityMetrics(step=step, zero_fraction=round(zero_fraction(tensors), 4), packed_size_bytes=packed_size_bytes,
+                           dense_size_bytes=dense_size, speedup=speedup, faster=faster, statement=statement)

@@ -6,12 +6,12 @@ import time
 
 import torch
 
-from slimserve.api.compression_job import CompressionJobSpec, CompressionMetrics, ModelMetrics, StepResult
+from slimserve.api.compression_job import CompressionJobSpec, CompressionMetrics, ModelMetrics, SparsityMetrics, StepResult
 from slimserve.artifacts import SlimServeError, save_artifact
 from slimserve.artifacts.artifact import check_output
 from slimserve.compression.budget import describe, run_within_budget, step_label, within_budget
 from slimserve.compression.checkpoint import Checkpoints, FinishedStep, checkpoint_store, run_key
-from slimserve.compression.measure import measure_speeds, model_metrics, untrusted_speeds
+from slimserve.compression.measure import measure_speeds, model_metrics, sparsity_metrics, untrusted_speeds
 from slimserve.compression.progress import CompressionOutcome, ProgressSink, Reporter
 from slimserve.compression.report import report_json, report_png
 from slimserve.compression.resident import release_mapped_weights, trim_heap
@@ -110,6 +110,7 @@ def _run(
         accuracy_delta=round(compressed.metric - baseline.metric, 6),
         steps=results,
         within_budget=context.within_budget,
+        sparsity=_unstructured_sparsity(kept, baseline, results),
     )
     tensors, quantization = state.tensors()
     inputs, outputs = state.family.signature(state.recipe)
@@ -157,6 +158,19 @@ def _measure_side_by_side(
         for step, speed in zip(kept, speeds[1:])
     ]
     return baseline, results, untrusted_speeds(["baseline", *(step.label for step in kept)], speeds)
+
+
+def _unstructured_sparsity(
+    kept: list[FinishedStep], baseline: ModelMetrics, results: list[StepResult]
+) -> SparsityMetrics | None:
+    """The last unstructured prune step's zeros against the model it pruned (the step before it, or the original)."""
+    pruned = [index for index, step in enumerate(kept) if step.label == "prune/unstructured"]
+    if not pruned:
+        return None
+    index = pruned[-1]
+    step = kept[index]
+    return sparsity_metrics(step.label, step.state.tensors()[0], packed_size_bytes=step.state.size_bytes(),
+                            pruned=results[index].metrics, dense=results[index - 1].metrics if index else baseline)
 
 
 def _spec_json(spec) -> dict:

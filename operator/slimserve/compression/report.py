@@ -109,6 +109,8 @@ def report_figure(
         f"{metrics.size_ratio:.2f}x smaller, {metrics.speedup:.2f}x throughput, "
         f"{baseline.metric_name} {baseline.metric:.4f} -> {final.metric:.4f} (green: kept, red: over budget)"
     )
+    if metrics.sparsity is not None:
+        title += f"\n{metrics.sparsity.step}, {metrics.sparsity.zero_fraction:.0%} zeros: {metrics.sparsity.statement}"
     if speed_warning:
         title += f"\nspeeds NOT to be trusted: rounds spread more than {MAX_TRUSTED_SPREAD:.0%} (a busy machine)"
     figure.suptitle(title, fontsize=9, color="black" if not speed_warning else "tab:red")

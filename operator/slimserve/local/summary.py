@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from slimserve.api.compression_job import CompressionMetrics, ModelMetrics
+from slimserve.api.compression_job import CompressionMetrics, ModelMetrics, SparsityMetrics
 
 
 def _size(num_bytes: int) -> str:
@@ -36,7 +36,8 @@ def metrics_table(title: str, metrics: CompressionMetrics, report: dict[str, Any
     speeds = kept if len(kept) == len(metrics.steps) + 1 else [None] * (len(metrics.steps) + 1)
     base, comp = metrics.baseline, metrics.compressed
     generative = base.tokens_per_second is not None  # a decoder: its generation speed is a column of its own
-    table = Table(title=title, title_justify="left", caption=_caption(report, speeds[0]), caption_justify="left")
+    caption = _caption(report, speeds[0], metrics.sparsity)
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     tokens_column = [("tokens/s (1 sequence)", "right")] if generative else []
     for header, justify in (("model", "left"), ("size", "right"), ("parameters", "right"),
                             ("p50 ms (batch 1)", "right"), ("samples/s (batch 32)", "right"), *tokens_column, (name, "right")):
@@ -61,10 +62,12 @@ def metrics_table(title: str, metrics: CompressionMetrics, report: dict[str, Any
     return table
 
 
-def _caption(report: dict[str, Any] | None, speed: dict[str, Any] | None) -> Text | None:
+def _caption(report: dict[str, Any] | None, speed: dict[str, Any] | None, sparsity: SparsityMetrics | None) -> Text | None:
     if speed is None:
         return None
     caption = Text(f"±: half the interquartile range of {speed['rounds']} rounds alternating the models, over the median")
+    if sparsity is not None:
+        caption.append(f"\n{sparsity.step} left {sparsity.zero_fraction:.0%} of the weights zero: {sparsity.statement}")
     warning = report.get("speed", {}).get("warning")
     if warning:
         caption.append(f"\nWARNING: {warning}", style="bold red")
