@@ -211,6 +211,8 @@ def _pki(directory: Path) -> dict[str, Path]:
     issue("controller-manager", "system:kube-controller-manager")
     issue("scheduler", "system:kube-scheduler")
     issue("kwok", "kwok-controller", "system:masters")
+    # The aggregator's client certificate towards extension API servers (metrics-server, KEDA's metrics adapter).
+    issue("front-proxy-client", "front-proxy-client")
 
     sa_key = key()
     files["sa.key"] = write_key("sa", sa_key)
@@ -342,6 +344,17 @@ class _Process:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM to the group, SIGKILL after `grace` seconds."""
+        if self.popen.poll() is not None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait(5)
+
     def tail(self, lines: int = 30) -> str:
         try:
             text = self.log.read_text(errors="replace").splitlines()
@@ -461,6 +474,15 @@ class ControlPlane:
             # The "kubernetes" Service cannot point at a loopback address; nothing here needs its endpoints.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            # Aggregated APIs (metrics.k8s.io, external.metrics.k8s.io): the aggregator proxies as front-proxy-client
+            # and passes the user in request headers the extension server trusts from that name only.
+            f"--proxy-client-cert-file={pki['front-proxy-client.crt']}",
+            f"--proxy-client-key-file={pki['front-proxy-client.key']}",
+            f"--requestheader-client-ca-file={pki['ca.crt']}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             "--v=1",
         )
         self._spawn(
@@ -478,6 +500,9 @@ class ControlPlane:
             # Each controller fetches its own token at start; the default 20 QPS makes that take seconds.
             "--kube-api-qps=200",
             "--kube-api-burst=400",
+            # HPAs act within seconds rather than minutes, so autoscaling tests see load and idleness quickly.
+            "--horizontal-pod-autoscaler-sync-period=5s",
+            "--horizontal-pod-autoscaler-downscale-stabilization=20s",
             "--leader-elect=false",
             "--secure-port=0",
             "--v=1",

@@ -469,13 +469,8 @@ state = "{self.workdir / 'containerd-state'}"
 
     def _stop(self, name: str) -> None:
         for p in self.processes:
-            if p.name == name and p.popen.poll() is None:
-                p.signal_group(signal.SIGTERM)
-                try:
-                    p.popen.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.signal_group(signal.SIGKILL)
-                    p.popen.wait(5)
+            if p.name == name:
+                p.stop()
 
     def _remove_containers(self) -> None:
         """Wait for the kubelet to stop the pods it runs (the CRI tears down their networks); kill what is left."""
