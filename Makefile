@@ -26,7 +26,7 @@ demo: venv
 	$(VENV)/bin/slimserve run -f examples/quickstart.yaml
 
 # Everything: unit tests, the compression engine, the server, and the operator on a real control plane.
-test: venv cluster-build web-deps node-deps autoscaling-build
+test: venv cluster-build web-deps node-deps
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The binaries of the local test cluster (kube-apiserver, etcd, kwok, helm, ...), built from
@@ -44,8 +44,9 @@ web-deps:
 node-deps:
 	tests/realnode/install.sh
 
-# What the real-node autoscaling tests run beside the node: metrics-server, KEDA and the KEDA HTTP add-on, built
-# from their pinned Go modules into $(SLIMSERVE_CACHE); a no-op once built.
+# What autoscaling on the real node runs beside it: metrics-server, KEDA and the KEDA HTTP add-on, built from their
+# pinned Go modules into $(SLIMSERVE_CACHE); a no-op once built. Not a step of `make test` while no test uses them
+# (KEDA's operator alone takes most of an hour to build cold on two cores).
 autoscaling-build:
 	tests/autoscaling/build.sh
 
