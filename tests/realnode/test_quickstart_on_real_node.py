@@ -37,18 +37,22 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
 HELD_OUT_ROWS = 64
 
 
-@pytest.fixture
-def operator(control_plane, crds, namespace, node_images, tmp_path):  # noqa: F811
-    """The real operator, acting in that namespace, with pool `real` and the images imported into the node."""
-    proc = OperatorProcess(control_plane, tmp_path / "operator", extra_args=("--namespace", namespace))
-    config = {
+def real_pool_config(node_images: dict[str, str]) -> dict:
+    """The operator's configuration with pool `real` and the images imported into the node (never pulled)."""
+    return {
         **TEST_OPERATOR_CONFIG,
         "images": {name: {"repository": ref.rsplit(":", 1)[0], "tag": ref.rsplit(":", 1)[1], "pullPolicy": "Never"}
                    for name, ref in node_images.items() if name in ("compressor", "server")},
         "nodePools": {**TEST_OPERATOR_CONFIG["nodePools"],
                       POOL: {"nodeSelector": {POOL_LABEL: POOL}, "tolerations": [TOLERATION]}},
     }
-    proc.config_path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture
+def operator(control_plane, crds, namespace, node_images, tmp_path):  # noqa: F811
+    """The real operator, acting in that namespace, with pool `real` and the images imported into the node."""
+    proc = OperatorProcess(control_plane, tmp_path / "operator", extra_args=("--namespace", namespace))
+    proc.config_path.write_text(yaml.safe_dump(real_pool_config(node_images)))
     proc.start()
     yield proc
     proc.stop()
