@@ -41,6 +41,7 @@ def test_the_real_node_and_podman_tests_are_one_unit_and_every_other_module_its_
 
 def test_two_workers_get_whole_units_and_the_machine_wide_one_first(request, monkeypatch):
     monkeypatch.setattr(request.config.option, "tx", ["2*popen"])
+    monkeypatch.setattr(request.config.option, "dist", "loadscope")  # as pyproject asks; inside a worker it reads "no"
     collected = sorted([  # as a worker orders its collection
         "tests/batch/test_a.py::test_1", "tests/batch/test_a.py::test_2", "tests/batch/test_a.py::test_3",
         "tests/containers/test_c.py::test_1",
