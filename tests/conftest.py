@@ -11,7 +11,7 @@ if _ROOT not in sys.path:  # so "tests.cluster" imports however pytest is starte
 
 # The local Kubernetes control plane: control_plane (session), namespace (per test).
 from tests.cluster.fixtures import control_plane, namespace  # noqa: E402,F401
-from tests.work_units import machine_wide_first, module_scheduling  # noqa: E402
+from tests.work_units import hand_out_order, module_scheduling  # noqa: E402
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -22,7 +22,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput"):  # an xdist worker: its collection order is the order units are handed out
-        items.sort(key=lambda item: machine_wide_first(item.nodeid))
+        items.sort(key=lambda item: hand_out_order(item.nodeid))
     _skip_gpu_tests_without_a_gpu(items)
 
 

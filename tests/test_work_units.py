@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tests.conftest import pytest_xdist_make_scheduler
-from tests.work_units import MACHINE_WIDE_UNIT, machine_wide_first, unit_of
+from tests.work_units import MACHINE_WIDE_UNIT, hand_out_order, unit_of
 
 TESTS = Path(__file__).resolve().parent
 
@@ -39,7 +39,7 @@ def test_the_real_node_and_podman_tests_are_one_unit_and_every_other_module_its_
     assert unit_of("tests/test_cluster.py::test_b") == "tests/test_cluster.py"
 
 
-def test_two_workers_get_whole_units_and_the_machine_wide_one_first(request, monkeypatch):
+def test_two_workers_get_whole_units_the_machine_wide_one_first_and_the_operators_next(request, monkeypatch):
     monkeypatch.setattr(request.config.option, "tx", ["2*popen"])
     monkeypatch.setattr(request.config.option, "dist", "loadscope")  # as pyproject asks; inside a worker it reads "no"
     collected = sorted([  # as a worker orders its collection
@@ -48,7 +48,7 @@ def test_two_workers_get_whole_units_and_the_machine_wide_one_first(request, mon
         "tests/operator/test_o.py::test_1", "tests/operator/test_o.py::test_2", "tests/operator/test_o.py::test_3",
         "tests/realnode/test_r.py::test_1", "tests/realnode/test_s.py::test_1",
         "tests/serving/test_s.py::test_1", "tests/serving/test_s.py::test_2",
-    ], key=machine_wide_first)
+    ], key=hand_out_order)
     scheduler = pytest_xdist_make_scheduler(request.config, None)
     workers = [Worker("gw0"), Worker("gw1")]
     for worker in workers:
@@ -67,6 +67,8 @@ def test_two_workers_get_whole_units_and_the_machine_wide_one_first(request, mon
     assert sorted(sum(ran.values(), [])) == sorted(collected)  # each test once
     machine_wide = [test for test in collected if unit_of(test) == MACHINE_WIDE_UNIT]
     assert len(machine_wide) == 3 and ran["gw0"][:3] == machine_wide  # the whole unit, handed out first
+    operators = [test for test in collected if test.startswith("tests/operator/")]
+    assert ran["gw1"][:3] == operators  # the other worker's session operator starts before namespaces pile up
     units = [{unit_of(test) for test in tests} for tests in ran.values()]
     assert not units[0] & units[1]  # a unit's tests stay together on one worker, in order
     for tests in ran.values():

@@ -2,13 +2,16 @@
 
 A unit is a test module, so that its module fixtures are made once and its tests run in order on one worker. The
 real node and the podman images are one per machine: the tests under MACHINE_WIDE_DIRS make one unit together,
-handed out first (the workers order it first), so that this longest unit never ends the run alone.
+handed out first (the workers order it first), so that this longest unit never ends the run alone. The operator's
+modules come next: a worker's session operator starts with its first one, and watching every namespace the
+worker's earlier tests left Terminating, one started late took minutes to handle its first resource.
 """
 
 from __future__ import annotations
 
 MACHINE_WIDE_UNIT = "machine-wide"
 MACHINE_WIDE_DIRS = ("tests/containers/", "tests/realnode/")
+OPERATOR_DIR = "tests/operator/"  # the session operator's tests (tests/operator/conftest.py)
 
 
 def unit_of(nodeid: str) -> str:
@@ -17,9 +20,11 @@ def unit_of(nodeid: str) -> str:
     return MACHINE_WIDE_UNIT if module.startswith(MACHINE_WIDE_DIRS) else module
 
 
-def machine_wide_first(nodeid: str) -> bool:
-    """A sort key that puts the machine-wide unit's tests first and keeps the others' order."""
-    return unit_of(nodeid) != MACHINE_WIDE_UNIT
+def hand_out_order(nodeid: str) -> int:
+    """A sort key: the machine-wide unit's tests first, then the operator's, then the rest, each in its order."""
+    if unit_of(nodeid) == MACHINE_WIDE_UNIT:
+        return 0
+    return 1 if nodeid.startswith(OPERATOR_DIR) else 2
 
 
 def module_scheduling(config, log):

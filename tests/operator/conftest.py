@@ -131,7 +131,7 @@ def operator(control_plane, crds, tmp_path_factory) -> Iterator[OperatorProcess]
             sys.stderr.write(proc.logs())
 
 
-def _wait_handling(control_plane, timeout: float = 180) -> None:
+def _wait_handling(control_plane, timeout: float = 300) -> None:
     """Until the operator has handled a resource: live is not yet watching. With a namespace pattern Kopf watches
     each namespace it matches, and with the hundreds earlier tests leave Terminating its first watches can take
     a minute; a test's own timeouts should not pay for that. The probe, on an unknown node pool, is refused at once
