@@ -13,13 +13,22 @@ from slimserve.api.batch_inference import BatchInferenceSpec
 from slimserve.api.workload import BatchEnv
 from slimserve.controller.builders.batch_inference import build_access, service_account_name
 from tests.batch.conftest import DIGITS, pod_container, start_pod, write_jsonl
-from tests.cluster.helpers import apply, get
+from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, apply, get
 from tests.operator.conftest import crds  # noqa: F401  (the CRDs on the control plane)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 NAME = "scores"
 TERMINATION_LOG = BatchEnv.variable("termination_log")  # the one-line failure's file
+
+
+@pytest.fixture
+def namespace(control_plane):
+    """A solo namespace: the pods this test plays must be the BatchInference's only writers, and a session operator
+    (started by this worker's operator tests) would reconcile it in any other."""
+    name = control_plane.create_namespace(f"{SOLO_NAMESPACE_PREFIX}batch-status")
+    yield name
+    control_plane.delete_namespace(name, wait=False)
 
 
 def start_pods(cp, namespace: str, spec: dict, root, indexes, generation: int = 1):
