@@ -154,7 +154,8 @@ def test_removing_the_canary_scales_the_stable_up_before_the_canary_goes(control
     rolled_out = [d for d in stable if d["spec"]["replicas"] == 2 and all(
         (d.get("status") or {}).get(field, 0) == 2 for field in ("replicas", "updatedReplicas", "availableReplicas"))]
     assert rolled_out, [d.get("status") for d in stable]
-    assert "canary" not in status_of(cp, namespace, "embed")
+    # The status write follows the deletion (the next pass sees the Deployment gone).
+    wait_for("status.canary gone", lambda: "canary" not in status_of(cp, namespace, "embed"))
 
 
 def test_a_named_gateway_gets_an_httproute_with_weighted_backends(control_plane, operator, httproute_crd, namespace):
