@@ -16,7 +16,8 @@ from slimserve.api.model_service import ModelServiceSpec
 from slimserve.controller import kube
 from slimserve.controller.builders.model_service import model_cache_claim
 from slimserve.controller.config import NodePool
-from slimserve.controller.model_service_status import APPLY_REJECTED, MODEL_CACHE_CLAIM_MISSING, Refusal
+from slimserve.controller.model_service_secrets import read_refusal
+from slimserve.controller.model_service_status import MODEL_CACHE_CLAIM_MISSING, Refusal
 
 
 def cache_field(spec: ModelServiceSpec) -> str:
@@ -35,10 +36,7 @@ def model_cache_refusal(api: client.ApiClient, namespace: str, spec: ModelServic
     try:
         found = kube.read_metadata(api, "v1", "PersistentVolumeClaim", namespace, claim)
     except ApiException as exc:
-        if exc.status == 403:  # the operator's rights: the chart grants get on persistentvolumeclaims
-            return Refusal(APPLY_REJECTED, f"{what}: {kube.api_message(exc)}")
-        kube.raise_for_api_error(exc, what)
-        raise
+        return read_refusal(exc, what)
     if found is None:
         state = "does not exist"
     elif (found.get("metadata") or {}).get("deletionTimestamp"):

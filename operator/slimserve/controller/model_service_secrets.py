@@ -48,6 +48,15 @@ def data_keys(metadata: dict[str, Any]) -> set[str] | None:
     return keys
 
 
+def read_refusal(exc: ApiException, what: str) -> Refusal:
+    """A read of what the pods need refused by the operator's rights (403: the chart grants `get`) is a refusal
+    in status; any other API error is raised as `kube.raise_for_api_error` says."""
+    if exc.status == 403:
+        return Refusal(APPLY_REJECTED, f"{what}: {kube.api_message(exc)}")
+    kube.raise_for_api_error(exc, what)
+    raise exc
+
+
 def secret_refusal(
     api: client.ApiClient, namespace: str, field: str, name: str, reasons: tuple[str, str],
     problem: Callable[[set[str]], str | None],
@@ -59,11 +68,7 @@ def secret_refusal(
     try:
         found = kube.read_metadata(api, "v1", "Secret", namespace, name)
     except ApiException as exc:
-        what = f"reading the metadata of Secret {namespace}/{name}"
-        if exc.status == 403:  # the operator's rights: the chart grants get on secrets
-            return Refusal(APPLY_REJECTED, f"{what}: {kube.api_message(exc)}")
-        kube.raise_for_api_error(exc, what)
-        raise
+        return read_refusal(exc, f"reading the metadata of Secret {namespace}/{name}")
     missing_reason, invalid_reason = reasons
     if found is None:
         return Refusal(missing_reason, f"{field}: Secret {name!r} does not exist in namespace {namespace!r}; "
