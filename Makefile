@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # make test's pytest-xdist workers, each with its own control plane and operator (0: one process, no workers).
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test cluster-build dev-cluster web-deps node-deps autoscaling-build
+.PHONY: venv demo test cluster-build dev-cluster web-deps node-deps container-deps autoscaling-build
 
 venv: $(VENV_STAMP)
 
@@ -26,7 +26,7 @@ demo: venv
 	$(VENV)/bin/slimserve run -f examples/quickstart.yaml
 
 # Everything: unit tests, the compression engine, the server, and the operator on a real control plane.
-test: venv cluster-build web-deps node-deps
+test: venv cluster-build web-deps node-deps container-deps
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The binaries of the local test cluster (kube-apiserver, etcd, kwok, helm, ...), built from
@@ -43,6 +43,11 @@ web-deps:
 # conntrack and iptables; a no-op once installed.
 node-deps:
 	tests/realnode/install.sh
+
+# What the container tests (tests/containers) build and run the images with: Debian's podman, and mmdebstrap for
+# the local base image; a no-op once installed.
+container-deps:
+	tests/containers/install.sh
 
 # What autoscaling on the real node runs beside it: metrics-server, KEDA and the KEDA HTTP add-on, built from their
 # pinned Go modules into $(SLIMSERVE_CACHE); a no-op once built. Not a step of `make test` while no test uses them
