@@ -217,6 +217,16 @@ def test_refused_children_are_a_warning_until_an_apply_succeeds():
     assert find_condition(recovered["conditions"], "Stalled")["status"] == "False"
 
 
+@pytest.mark.parametrize("reason", ["TLSSecretMissing", "TLSSecretInvalid", "APIKeysSecretMissing",
+                                    "APIKeysSecretInvalid", "ModelCacheClaimMissing"])
+def test_a_missing_secret_or_claim_is_a_warning_event(reason):
+    served = compose_status(None, inputs(resolve_model_uri("file:///m")), evaluate_rollout(deployment()))
+    refused = compose_status(served, inputs(resolve_model_uri("file:///m")), None,
+                             refusal_verdict([Refusal(reason, "Secret team-a/certs not found")]))
+    assert [(e.type, e.reason) for e in transition_events(served, refused)] == [("Warning", reason)]
+    assert [(e.type, e.reason) for e in transition_events(None, refused)] == [("Warning", reason)]
+
+
 def test_refused_passes_back_off_up_to_a_cap_and_start_over_once_applied():
     runtime = Runtime()
     key = ("team-a", "digits")

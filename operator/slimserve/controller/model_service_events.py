@@ -20,6 +20,16 @@ from kubernetes.client.exceptions import ApiException
 from slimserve.controller import kube
 from slimserve.controller.conditions import TRUE, condition_changed, find_condition, now_rfc3339
 from slimserve.controller.labels import MANAGED_BY
+from slimserve.controller.model_service_status import (
+    API_KEYS_SECRET_INVALID,
+    API_KEYS_SECRET_MISSING,
+    APPLY_FAILED,
+    APPLY_REJECTED,
+    CHILD_CONFLICT,
+    MODEL_CACHE_CLAIM_MISSING,
+    TLS_SECRET_INVALID,
+    TLS_SECRET_MISSING,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +45,14 @@ WARNING_REASONS = frozenset(
         "KedaNotInstalled",
         "ScaleToZeroUnavailable",
         "ProgressDeadlineExceeded",
-        "ChildConflict",
-        "ApplyRejected",
-        "ApplyFailed",
-        "ModelCacheClaimMissing",
+        CHILD_CONFLICT,
+        APPLY_REJECTED,
+        APPLY_FAILED,
+        MODEL_CACHE_CLAIM_MISSING,
+        TLS_SECRET_MISSING,
+        TLS_SECRET_INVALID,
+        API_KEYS_SECRET_MISSING,
+        API_KEYS_SECRET_INVALID,
     }
 )
 
