@@ -132,6 +132,13 @@ def test_tls_is_refused_naming_the_field_before_compressing(tmp_path: Path):
     assert "CompressionJob" not in result.stdout
 
 
+def test_a_canary_is_refused_naming_the_field(tmp_path: Path):
+    path = with_service_field(tmp_path, "canary", "{model: {uri: 'builtin://digits-cnn'}, trafficPercent: 20}")
+    with pytest.raises(PlanError, match=r"ModelService digits: spec\.canary is not served by slimserve run "
+                                         r"\(splitting traffic .*slimserve serve URI for the candidate"):
+        plan_from_file(path)
+
+
 def test_auth_is_refused_naming_the_field(tmp_path: Path):
     path = with_service_field(tmp_path, "auth", "{mode: apiKeys, apiKeysSecret: {name: digits-keys}}")
     with pytest.raises(PlanError, match=r"ModelService digits: spec\.auth is not served by slimserve run .*"

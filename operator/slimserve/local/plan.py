@@ -60,19 +60,24 @@ def plan_from_file(path: str | Path) -> LocalPlan:
 
 
 # What a ModelService asks for that only a cluster can give: Secrets (and, for kubernetes auth, the API server)
-# do not exist here, and serving without them would answer in plain text, or to anyone, where the file said not.
+# do not exist here, and serving without them would answer in plain text, or to anyone, where the file said not;
+# a canary's traffic split is a cluster's Service or Gateway, and serving the stable model alone would drop the
+# candidate the file names. Field -> (its path, why it cannot be honoured here, what to try locally instead).
 _CLUSTER_ONLY = {
-    "tls": ("spec.tls", "its Secret", "slimserve serve --tls-dir DIR"),
-    "auth": ("spec.auth", "its Secret or API server", "slimserve serve --auth-mode apiKeys --auth-api-keys-dir DIR"),
+    "tls": ("spec.tls", "its Secret exists only in a cluster, and the server would not serve without it",
+            "slimserve serve --tls-dir DIR"),
+    "auth": ("spec.auth", "its Secret or API server exists only in a cluster, and the server would not serve "
+             "without it", "slimserve serve --auth-mode apiKeys --auth-api-keys-dir DIR"),
+    "canary": ("spec.canary", "splitting traffic between two models takes a cluster's Service or Gateway",
+               "slimserve serve URI for the candidate"),
 }
 
 
 def refuse_cluster_only_fields(service: ModelService) -> None:
     """PlanError naming the first field set that `slimserve run` cannot honour, rather than serving without it."""
-    for attribute, (field, needs, instead) in _CLUSTER_ONLY.items():
+    for attribute, (field, why, instead) in _CLUSTER_ONLY.items():
         if getattr(service.spec, attribute) is not None:
             raise PlanError(
-                f"ModelService {service.metadata['name']}: {field} is not served by slimserve run ({needs} exists "
-                f"only in a cluster, and the server would not serve without it): remove it from the file to run "
-                f"locally, or try it with `{instead}`"
+                f"ModelService {service.metadata['name']}: {field} is not served by slimserve run ({why}): "
+                f"remove it from the file to run locally, or try it with `{instead}`"
             )
