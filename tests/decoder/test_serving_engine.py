@@ -5,11 +5,13 @@ sequence is held back until it cannot match, and the cache plan honours its byte
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
 
 from slimserve.models.decoder import DecoderConfig, DecoderLM, Tokenizer
+from slimserve.serving.errors import InferenceFailed
 from slimserve.serving.generation.engine import GenerationEngine, plan_cache
 from slimserve.serving.generation.params import SamplingParams
 from slimserve.serving.generation.text import TextStream
@@ -108,6 +110,59 @@ def test_prompts_prefilled_together_and_in_chunks_beside_decoding_get_the_tokens
     assert any(len(chunks) > 1 for _, chunks in steps)  # prompts prefilled together
     assert any(start > 0 for _, chunks in steps for _, start, _ in chunks)  # a prompt went on in a later step
     assert any(slots and chunks for slots, chunks in steps)  # a prompt prefilled beside decoding
+
+
+def generated_unread(engine: GenerationEngine, prompt: list[int], max_tokens: int) -> list:
+    """The batches a reader gets that starts reading only once the engine is done with its request."""
+
+    async def run():
+        engine.start()
+        try:
+            stream = engine.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=0))
+            deadline = time.monotonic() + 60
+            while not stream.sequence.cancelled:  # set by the engine once the sequence has left the batch
+                assert time.monotonic() < deadline, "the sequence did not end"
+                await asyncio.sleep(0.005)
+        finally:
+            engine.stop()  # its thread has handed every chunk to this loop once it is joined
+        batches = []
+        try:
+            async for batch in stream.batches():
+                batches.append(batch)
+        except InferenceFailed as error:
+            batches.append(error)
+        return batches, stream
+
+    return asyncio.run(run())
+
+
+def test_a_reader_slower_than_the_steps_gets_the_chunks_that_came_meanwhile_in_one_batch():
+    alone = generate(engine(), [([1, 2, 3], 12)], stagger=False)[0]
+    batches, stream = generated_unread(engine(), [1, 2, 3], 12)
+    assert len(batches) == 1 and len(batches[0]) > 1
+    assert "".join(chunk.text for chunk in batches[0]) == alone.text
+    assert batches[0][-1].finish_reason == "length" and batches[0][-1].completion_tokens == 12
+    assert "".join(stream.sent) == alone.text and stream.finish_reason == "length"
+
+
+def test_a_failed_step_is_raised_after_the_chunks_that_came_before_it():
+    alone = generate(engine(), [([1, 2, 3], 12)], stagger=False)[0]
+    failing = engine()
+    step, calls = failing.model.step, []
+
+    def third_step_fails(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise RuntimeError("the device went away")
+        return step(*args)
+
+    failing.model.step = third_step_fails
+    batches, stream = generated_unread(failing, [1, 2, 3], 12)
+    assert [type(item) for item in batches] == [list, InferenceFailed]
+    text = "".join(chunk.text for chunk in batches[0])
+    assert alone.text.startswith(text) and len(text.split()) == 2  # the two steps' tokens (words) before the failure
+    assert "device went away" in str(batches[1]) and stream.error is batches[1]
+    assert stream.sent == [chunk.text for chunk in batches[0]] and stream.finish_reason is None
 
 
 def test_eos_ends_a_sequence_without_its_text():

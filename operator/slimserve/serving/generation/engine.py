@@ -87,8 +87,8 @@ class Sequence:
     prompt: list[int]
     params: SamplingParams
     text: TextStream
-    loop: asyncio.AbstractEventLoop  # the request's, where its chunks are put on `queue`
-    queue: asyncio.Queue
+    loop: asyncio.AbstractEventLoop  # the request's, where its chunks are put in `mailbox`
+    mailbox: "Mailbox"
     arrived: float = field(default_factory=time.perf_counter)
     slot: int = -1
     prefilled: int = 0  # prompt tokens in the cache so far
@@ -108,14 +108,40 @@ class Sequence:
         return len(self.prompt) + len(self.generated) - 1
 
 
+class Mailbox:
+    """Where the engine leaves a sequence's chunks, on the request's event loop: the reader takes all that
+    came since it last looked, so one that is slower than the steps gets several at once (one write to its
+    client), and a step wakes each reader once, not once per chunk."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._chunks: list[Chunk] = []
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, chunk: Chunk) -> None:
+        self._chunks.append(chunk)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> list[Chunk]:
+        """The chunks come so far, in order (at least one: waits for it)."""
+        while not self._chunks:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunks, self._chunks = self._chunks, []
+        return chunks
+
+
 class Stream:
     """The chunks of one generation, in order; closing it early (the client left) cancels the sequence. What it
     handed out so far (`sent`, `finish_reason`, `error`) is what the request's payload log and trace report."""
 
-    def __init__(self, engine: "GenerationEngine", sequence: Sequence, queue: asyncio.Queue) -> None:
+    def __init__(self, engine: "GenerationEngine", sequence: Sequence) -> None:
         self._engine = engine
         self.sequence = sequence
-        self._queue = queue
         self.sent: list[str] = []  # the text of the chunks handed out
         self.finish_reason: str | None = None  # once the last chunk was handed out
         self.error: BaseException | None = None  # the generation's failure, once raised
@@ -128,20 +154,37 @@ class Stream:
     def completion_tokens(self) -> int:
         return len(self.sequence.generated)
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
+    async def batches(self) -> AsyncIterator[list[Chunk]]:
+        """The chunks in order, those that came together in one list; the generation's failure is raised
+        after the chunks that came before it."""
         try:
             while True:
-                chunk: Chunk = await self._queue.get()
-                if chunk.error is not None:
-                    self.error = chunk.error
-                    raise chunk.error
-                self.sent.append(chunk.text)
-                self.finish_reason = chunk.finish_reason
-                yield chunk
-                if chunk.finish_reason is not None:
+                chunks = await self.sequence.mailbox.take()
+                last = chunks[-1]  # a failure or a finish reason is a sequence's last chunk: nothing follows it
+                if last.error is not None:
+                    if len(chunks) > 1:
+                        yield self._handed_out(chunks[:-1])
+                    self.error = last.error
+                    raise last.error
+                yield self._handed_out(chunks)
+                if last.finish_reason is not None:
                     return
         finally:
             self._engine.cancel(self.sequence)
+
+    def _handed_out(self, chunks: list[Chunk]) -> list[Chunk]:
+        self.sent.extend(chunk.text for chunk in chunks)
+        self.finish_reason = chunks[-1].finish_reason
+        return chunks
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()
 
     async def complete(self) -> Completion:
         parts, chunk = [], None
@@ -192,10 +235,10 @@ class GenerationEngine:
     def submit(self, prompt: list[int], params: SamplingParams, trace: RequestTrace = NO_TRACE) -> Stream:
         """Queue a checked request (prompt + max_tokens within `plan.max_len`); raises Overloaded when the
         queue is full and ServerNotReady once stopping."""
-        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
         sequence = Sequence(
-            prompt, params, TextStream(self._tokenizer.incremental(prompt).step, params.stop),
-            asyncio.get_running_loop(), queue, trace=trace,
+            prompt, params, TextStream(self._tokenizer.incremental(prompt).step, params.stop), loop, Mailbox(loop),
+            trace=trace,
         )
         with self._wake:
             if self._stopping:
@@ -209,7 +252,7 @@ class GenerationEngine:
             trace.enqueued()
             self.metrics.waiting_sequences.set(len(self._waiting))
             self._wake.notify()
-        return Stream(self, sequence, queue)
+        return Stream(self, sequence)
 
     def cancel(self, sequence: Sequence) -> None:
         """Forget `sequence` (its client left): its slot is free before the next step."""
@@ -357,12 +400,12 @@ class GenerationEngine:
 
     def _flush(self) -> None:
         """Hand the step's chunks to their event loops, one wake-up per loop and step, not one per token."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Chunk]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Mailbox, Chunk]]] = {}
         for sequence, chunk in self._outbox:
-            by_loop.setdefault(sequence.loop, []).append((sequence.queue, chunk))
+            by_loop.setdefault(sequence.loop, []).append((sequence.mailbox, chunk))
         self._outbox.clear()
         for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, items)
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _publish_gauges(self) -> None:
         self.metrics.running_sequences.set(len(self._running))
@@ -370,6 +413,6 @@ class GenerationEngine:
         self.metrics.kv_cache_used.set(used)
 
 
-def _put_all(items: list[tuple[asyncio.Queue, Chunk]]) -> None:
-    for queue, chunk in items:
-        queue.put_nowait(chunk)
+def _deliver(items: list[tuple[Mailbox, Chunk]]) -> None:
+    for mailbox, chunk in items:
+        mailbox.put(chunk)

@@ -79,10 +79,10 @@ def add_generate_routes(app: RestApp, dataplane: DataPlane, generation: Generati
 
     async def streamed(request: HttpRequest, observed: Observed) -> StreamingResponse:
         body = start(observed)
-        chunks = observed.stream.chunks()
+        batches = observed.stream.batches()
         # before the 200: a request that waited too long is still a 503
-        first = await while_connected(request.receive, anext(chunks))
-        return StreamingResponse(200, _events(_header(body.id), first, chunks), sse.CONTENT_TYPE)
+        first = await while_connected(request.receive, anext(batches))
+        return StreamingResponse(200, _events(_header(body.id), first, batches), sse.CONTENT_TYPE)
 
     async def generate(request: HttpRequest) -> HttpResponse | StreamingResponse:
         return await observe(request, GENERATE_SPAN, whole)
@@ -90,19 +90,25 @@ def add_generate_routes(app: RestApp, dataplane: DataPlane, generation: Generati
     async def generate_stream(request: HttpRequest) -> HttpResponse | StreamingResponse:
         return await observe(request, GENERATE_STREAM_SPAN, streamed)
 
-    async def _events(header: dict, first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
+    async def _events(header: dict, first: list[Chunk], rest: AsyncIterator[list[Chunk]]) -> AsyncGenerator[bytes, None]:
+        """An event per piece of text, the last with its finish reason; those of chunks that came together in one write."""
+        text_event = sse.text_events(lambda text: {**header, "text_output": text})
         with RequestTimer(metrics, "rest"):
-            chunk = first
+            chunks = first
             try:
                 while True:
-                    if chunk.text or chunk.finish_reason is not None:
-                        event = {**header, "text_output": chunk.text}
-                        if chunk.finish_reason is not None:
-                            event |= {"finish_reason": chunk.finish_reason, "completion_tokens": chunk.completion_tokens}
-                        yield sse.event(event)
-                    if chunk.finish_reason is not None:
+                    last = chunks[-1]
+                    events = [text_event(chunk.text) for chunk in chunks if chunk.text and chunk is not last]
+                    if last.finish_reason is not None:
+                        events.append(sse.event({**header, "text_output": last.text, "finish_reason": last.finish_reason,
+                                                 "completion_tokens": last.completion_tokens}))
+                    elif last.text:
+                        events.append(text_event(last.text))
+                    if events:
+                        yield b"".join(events)
+                    if last.finish_reason is not None:
                         return
-                    chunk = await anext(rest)
+                    chunks = await anext(rest)
             except ServingError as error:
                 yield sse.event({"error": client_message(error)})
             finally:

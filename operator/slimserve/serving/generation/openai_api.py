@@ -137,9 +137,9 @@ def add_openai_routes(app: RestApp, dataplane: DataPlane, generation: Generation
             with RequestTimer(metrics, "rest"):
                 return reply.whole(await while_connected(request.receive, stream.complete()))
         # The first chunk before the 200: a request that waited too long for a slot is still a 503.
-        chunks = stream.chunks()
-        first = await while_connected(request.receive, anext(chunks))
-        events = reply.stream(first, chunks, stream.prompt_tokens, _usage_wanted(body))
+        batches = stream.batches()
+        first = await while_connected(request.receive, anext(batches))
+        events = reply.stream(first, batches, stream.prompt_tokens, _usage_wanted(body))
         return StreamingResponse(200, events, sse.CONTENT_TYPE)
 
     app.add_route("POST", "/v1/completions", completions, name="completions")
@@ -172,34 +172,41 @@ class _Reply:
         choice |= {"finish_reason": done.finish_reason, "logprobs": None}
         return HttpResponse(200, dumps(self.document([choice], _usage(done.prompt_tokens, done.completion_tokens))))
 
-    def _piece(self, text: str, finish_reason: str | None) -> bytes:
+    def _chunk_document(self, text: str, finish_reason: str | None) -> dict:
         if self.chat:
             content = {"delta": {"content": text} if text or finish_reason is None else {}}
         else:
             content = {"text": text, "logprobs": None}
-        return sse.event(self.document([{"index": 0, **content, "finish_reason": finish_reason}], chunk=True))
+        return self.document([{"index": 0, **content, "finish_reason": finish_reason}], chunk=True)
 
-    async def stream(self, first: Chunk, rest: AsyncIterator[Chunk], prompt_tokens: int,
+    async def stream(self, first: list[Chunk], rest: AsyncIterator[list[Chunk]], prompt_tokens: int,
                      with_usage: bool) -> AsyncGenerator[bytes, None]:
-        """SSE events: a chunk per piece of text, one with the finish reason, the usage if asked, [DONE]."""
+        """SSE events: a chunk per piece of text, one with the finish reason, the usage if asked, [DONE]. The
+        events of the chunks that came together go out in one write."""
+        text_event = sse.text_events(lambda text: self._chunk_document(text, None))
         with RequestTimer(self.metrics, "rest"):
+            events = []
             if self.chat:
                 opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                yield sse.event(self.document([opening], chunk=True))
-            chunk = first
+                events.append(sse.event(self.document([opening], chunk=True)))
+            chunks = first
             try:
                 while True:
-                    if chunk.text:
-                        yield self._piece(chunk.text, None)
-                    if chunk.finish_reason is not None:
-                        yield self._piece("", chunk.finish_reason)
+                    events.extend(text_event(chunk.text) for chunk in chunks if chunk.text)
+                    last = chunks[-1]
+                    if last.finish_reason is not None:
+                        events.append(sse.event(self._chunk_document("", last.finish_reason)))
                         if with_usage:
-                            usage = _usage(prompt_tokens, chunk.completion_tokens)
-                            yield sse.event(self.document([], usage, chunk=True))
+                            usage = _usage(prompt_tokens, last.completion_tokens)
+                            events.append(sse.event(self.document([], usage, chunk=True)))
+                        yield b"".join(events)
                         break
-                    chunk = await anext(rest)
+                    if events:
+                        yield b"".join(events)
+                        events = []
+                    chunks = await anext(rest)
             except ServingError as error:  # after the 200 went out: the error is the stream's last event
-                yield sse.event(_error_document(error))
+                yield b"".join([*events, sse.event(_error_document(error))])
             finally:
                 await rest.aclose()
         yield sse.DONE
