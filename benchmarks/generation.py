@@ -142,44 +142,89 @@ class Server:
             self.process.kill()
 
 
-async def stream_completion(client, port: int, request: Request) -> Result:
+class Connection:
+    """One keep-alive HTTP/1.1 connection of the client, one request at a time, a streamed answer's body handed
+    out as it comes. The client shares the machine with the server, so it is lean: asyncio's streams, and
+    httptools (the parser uvicorn serves with, in C) to undo the chunked framing, not a general-purpose
+    client's Python per line."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._body: list[bytes] = []
+        self._complete = False
+
+    @classmethod
+    async def open(cls, port: int) -> "Connection":
+        return cls(*await asyncio.open_connection(HOST, port))
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def on_body(self, body: bytes) -> None:  # httptools' callbacks
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    async def post(self, path: str, body: bytes):
+        """The answer's body, as it arrives; RuntimeError when the status is not 200."""
+        import httptools
+
+        self._writer.write(b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+                           b"content-length: %d\r\n\r\n%s" % (path.encode(), HOST.encode(), len(body), body))
+        parser, self._complete = httptools.HttpResponseParser(self), False
+        while not self._complete:
+            data = await self._reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            parser.feed_data(data)
+            if parser.get_status_code() != 200:
+                raise RuntimeError(f"HTTP {parser.get_status_code()}: {b''.join(self._body)[:500]!r}")
+            if self._body:
+                yield b"".join(self._body)
+                self._body.clear()
+
+
+async def stream_completion(connection: Connection, request: Request) -> Result:
     body = {"model": "bench", "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
-    sent, first, tokens = time.perf_counter(), None, 0
-    async with client.stream("POST", f"http://{HOST}:{port}/v1/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
+    sent, first, tokens, unparsed = time.perf_counter(), None, 0, b""
+    async for data in connection.post("/v1/completions", json.dumps(body).encode()):
+        *events, unparsed = (unparsed + data).split(b"\n\n")
+        for event in events:
+            if not event.startswith(b"data: {"):
                 continue
-            event = json.loads(line[6:])
-            if first is None and event["choices"] and event["choices"][0]["text"]:
+            document = json.loads(event[6:])
+            if first is None and document["choices"] and document["choices"][0]["text"]:
                 first = time.perf_counter()
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
+            if document.get("usage"):
+                tokens = document["usage"]["completion_tokens"]
     return Result(tokens, (first or time.perf_counter()) - sent)
 
 
 def run_server(server: Server, requests: list[Request], concurrency: int) -> tuple[list[Result], float, float]:
-    """The results, the seconds and the CPU seconds (the server's and this client's) of the requests."""
-    import httpx
-
+    """The results, the seconds and the CPU seconds (the server's and this client's) of the requests, from
+    `concurrency` connections each sending its next request once its answer ended."""
     port = server.port
 
     async def main() -> tuple[list[Result], float, float]:
         pending = iter(requests)
         results: list[Result] = []
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-            await stream_completion(client, port, Request(requests[0].prompt, 4))  # warm up the connection
+        connections = [await Connection.open(port) for _ in range(concurrency)]
+        try:
+            await stream_completion(connections[0], Request(requests[0].prompt, 4))  # warm up
 
-            async def worker() -> None:
+            async def worker(connection: Connection) -> None:
                 for request in pending:
-                    results.append(await stream_completion(client, port, request))
+                    results.append(await stream_completion(connection, request))
 
             started, cpu = time.perf_counter(), time.process_time() + process_cpu_s(server.process.pid)
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker(connection) for connection in connections))
             cpu = time.process_time() + process_cpu_s(server.process.pid) - cpu
             return results, time.perf_counter() - started, cpu
+        finally:
+            for connection in connections:
+                connection.close()
 
     return asyncio.run(main())
 
