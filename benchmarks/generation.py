@@ -60,10 +60,34 @@ class Result:
     ttft_s: float
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_s(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user + system) a process (or one of its threads) has used so far, from /proc."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuSplit:
+    """Where a server run's CPU seconds went: the server's main thread (its event loop: HTTP and the SSE
+    events), its other threads (the generation engine's worker, which runs the model), and the client."""
+
+    event_loop: float = 0.0
+    server_workers: float = 0.0
+    client: float = 0.0
+
+    @classmethod
+    def now(cls, server_pid: int) -> "CpuSplit":
+        whole, main = process_cpu_s(server_pid), process_cpu_s(server_pid, thread=server_pid)
+        return cls(main, whole - main, time.process_time())
+
+    def __sub__(self, other: "CpuSplit") -> "CpuSplit":
+        return CpuSplit(self.event_loop - other.event_loop, self.server_workers - other.server_workers,
+                        self.client - other.client)
+
+    @property
+    def total(self) -> float:
+        return self.event_loop + self.server_workers + self.client
 
 
 # --- the model and the requests ---------------------------------------------------------------------
@@ -202,12 +226,12 @@ async def stream_completion(connection: Connection, request: Request) -> Result:
     return Result(tokens, (first or time.perf_counter()) - sent)
 
 
-def run_server(server: Server, requests: list[Request], concurrency: int) -> tuple[list[Result], float, float]:
-    """The results, the seconds and the CPU seconds (the server's and this client's) of the requests, from
-    `concurrency` connections each sending its next request once its answer ended."""
+def run_server(server: Server, requests: list[Request], concurrency: int) -> tuple[list[Result], float, float, CpuSplit]:
+    """The results, the seconds and the CPU seconds (the server's and this client's, and where they went) of
+    the requests, from `concurrency` connections each sending its next request once its answer ended."""
     port = server.port
 
-    async def main() -> tuple[list[Result], float, float]:
+    async def main() -> tuple[list[Result], float, float, CpuSplit]:
         pending = iter(requests)
         results: list[Result] = []
         connections = [await Connection.open(port) for _ in range(concurrency)]
@@ -218,10 +242,10 @@ def run_server(server: Server, requests: list[Request], concurrency: int) -> tup
                 for request in pending:
                     results.append(await stream_completion(connection, request))
 
-            started, cpu = time.perf_counter(), time.process_time() + process_cpu_s(server.process.pid)
+            started, cpu = time.perf_counter(), CpuSplit.now(server.process.pid)
             await asyncio.gather(*(worker(connection) for connection in connections))
-            cpu = time.process_time() + process_cpu_s(server.process.pid) - cpu
-            return results, time.perf_counter() - started, cpu
+            cpu = CpuSplit.now(server.process.pid) - cpu
+            return results, time.perf_counter() - started, cpu.total, cpu
         finally:
             for connection in connections:
                 connection.close()
@@ -321,9 +345,13 @@ def print_quantized_decode(rows: list[dict]) -> None:
 
 
 # --- the table --------------------------------------------------------------------------------------
-def summarize(label: str, results: list[Result], seconds: float, cpu_s: float) -> dict:
+def summarize(label: str, results: list[Result], seconds: float, cpu_s: float, split: CpuSplit | None = None) -> dict:
     ttfts = sorted(r.ttft_s for r in results)
-    return {"row": label, "requests": len(results), "tokens": sum(r.tokens for r in results), "seconds": seconds,
+    tokens = sum(r.tokens for r in results)
+    per_token = {} if split is None else {"cpu_ms_per_token": {
+        "event_loop": 1000 * split.event_loop / tokens, "server_workers": 1000 * split.server_workers / tokens,
+        "client": 1000 * split.client / tokens}}
+    return per_token | {"row": label, "requests": len(results), "tokens": sum(r.tokens for r in results), "seconds": seconds,
             "tokens_per_s": sum(r.tokens for r in results) / seconds, "cpu_s": cpu_s,
             "tokens_per_cpu_s": sum(r.tokens for r in results) / cpu_s,
             "ttft_p50_ms": 1000 * statistics.median(ttfts),
@@ -395,6 +423,10 @@ def main() -> int:
         c32 = by_name["slimserve c32"][rate]
         print(f"\nat concurrency 32, {what}: {c32 / alone[rate]:.2f}x one-at-a-time (target >= 3), "
               f"{c32 / static[rate]:.2f}x static batching (target >= 1.3); load average {os.getloadavg()[0]:.1f}")
+    split = by_name["slimserve c32"]["cpu_ms_per_token"]
+    print(f"CPU ms per token at concurrency 32: the server's worker threads (the engine, the model) "
+          f"{split['server_workers']:.3f}, its event loop {split['event_loop']:.3f}, the client {split['client']:.3f}; "
+          f"static batching {1000 / static['tokens_per_cpu_s']:.3f}")
     for artifact_row in rows[len(CONCURRENCY) + 2:]:
         base = by_name[f"slimserve c{artifact_row['row'].rsplit('c', 1)[1]}"]["tokens_per_s"]
         print(f"{artifact_row['row']}: {artifact_row['tokens_per_s'] / base:.2f}x the fp32 server's tokens/s")
