@@ -217,13 +217,19 @@ def test_optimized_forward_matches_eager_for_any_batch(method, digits, trained_s
     forward = optimize_for_inference(quantized, (x_test[:16],))
     assert forward.compile_seconds > 0 and forward.single_graph
     with torch.inference_mode():
-        for batch in (1, 3, 16, 37):  # 1 is padded to 2; bucketed (static) models pad up to a power of two
+        for batch in (1, 3, 16, 37):  # dynamic graphs pad 1 to 2; bucketed (static) ones pad up to a power of two
             expected = quantized(x_test[:batch])
             got = forward(x_test[:batch])
             assert got.shape == expected.shape
             # same int8 arithmetic; float rescale and accumulation order may differ slightly
             np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-2, rtol=1e-3)
             assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+
+
+def test_static_graphs_pad_a_batch_up_to_its_power_of_two_and_a_single_row_not_at_all():
+    from slimserve.quant.optimize import _bucket
+
+    assert [_bucket(batch) for batch in (1, 2, 3, 16, 17, 37, 64)] == [1, 2, 4, 16, 32, 64, 64]
 
 
 def test_inference_fusions_compute_the_same_outputs():

@@ -11,7 +11,8 @@ Shapes:
   dimensions static. Dynamo specializes sizes of 1, so a batch of one is padded to two.
 - models with int8-static modules, and programs quantized through pt2e (their graph calls the
   `quantized_decomposed` ops), compile per batch bucket (powers of two; the batch is padded up to its
-  bucket): oneDNN's prepacked int8 conv has no symbolic-shape (fake) kernel in this torch.
+  bucket): oneDNN's prepacked int8 conv has no symbolic-shape (fake) kernel in this torch. Their graphs are
+  static, so a single request is its own bucket rather than paying for a padded second row.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _batch_size(inputs: tuple) -> int:
 
 
 def _bucket(batch: int) -> int:
-    return max(2, 1 << (batch - 1).bit_length())
+    return 1 << (batch - 1).bit_length()
 
 
 def _pad_batch(tensor: torch.Tensor, size: int) -> torch.Tensor:
