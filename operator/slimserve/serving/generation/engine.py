@@ -124,7 +124,7 @@ class Mailbox:
             self._waiter.set_result(None)
 
     async def take(self) -> list[Chunk]:
-        """The chunks come so far, in order (at least one: waits for it)."""
+        """The chunks that came so far, in order (at least one: waits for it)."""
         while not self._chunks:
             self._waiter = self._loop.create_future()
             try:
