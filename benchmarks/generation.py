@@ -2,15 +2,17 @@
 by side in one run.
 
 The same requests (prompt and output lengths varied, greedy) go
-- to `slimserve serve` of the decoder, through its streaming /v1/completions, from an asyncio client at
-  concurrency 1, 8 and 32 (tokens/s over the run; time to first token from each request's send to its first
-  text);
+- to `slimserve serve` of the decoder, through its streaming /v1/completions, from a lean asyncio client
+  (one keep-alive connection per concurrent request) at concurrency 1, 8 and 32 (tokens/s over the run; time
+  to first token from each request's send to its first text);
 - to `transformers` `generate` in this process, one request at a time, and statically batched by 32 (left
   padded, each batch running to its longest output); its TTFT is the request's own wait inside `generate`.
 Same weights, same torch threads. Targets at concurrency 32: >= 3x one-at-a-time and >= 1.3x static batching.
 Each row also gives tokens per CPU second (the server's process and the client's, or `generate`'s): on a
 machine shared with other work, a server whose threads hand each step to one another waits for the CPU at
-every hand-off, so tokens/s there measures the machine's load as much as the server.
+every hand-off, so tokens/s there measures the machine's load as much as the server. At concurrency 32 the
+run's CPU per token is split between the server's worker threads (the engine and its model), its event loop
+and the client.
 `--artifact URI` (repeatable) adds a row per compressed decoder artifact (int8, int4) at concurrency 1 and
 32, as a ratio of the fp32 server's tokens/s.
 
