@@ -31,9 +31,9 @@ class Worker:
 
 
 def test_the_real_node_and_podman_tests_are_one_unit_and_every_other_module_its_own():
-    machine_wide = [p.relative_to(TESTS.parent).as_posix() for d in ("realnode", "containers")
+    machine_wide = [p.relative_to(TESTS.parent).as_posix() for d in ("realnode", "containers", "autoscaling")
                     for p in sorted((TESTS / d).glob("test_*.py"))]
-    assert len(machine_wide) >= 2  # the real node's and the containers' modules
+    assert len(machine_wide) >= 3  # the real node's, the containers' and the autoscaling modules
     assert {unit_of(f"{module}::test_x") for module in machine_wide} == {MACHINE_WIDE_UNIT}
     assert unit_of("tests/operator/test_scale_cluster.py::test_a[1]") == "tests/operator/test_scale_cluster.py"
     assert unit_of("tests/test_cluster.py::test_b") == "tests/test_cluster.py"

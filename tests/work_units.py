@@ -1,7 +1,8 @@
 """How `pytest -n N` (make test: two workers) hands out the suite: in units of work, one worker each.
 
 A unit is a test module, so that its module fixtures are made once and its tests run in order on one worker. The
-real node and the podman images are one per machine: the tests under MACHINE_WIDE_DIRS make one unit together,
+real node and the podman images are one per machine: the tests under MACHINE_WIDE_DIRS (the autoscaling ones run
+beside the real node) make one unit together,
 handed out first (the workers order it first), so that this longest unit never ends the run alone. The operator's
 modules come next: a worker's session operator starts with its first one, and watching every namespace the
 worker's earlier tests left Terminating, one started late took minutes to handle its first resource.
@@ -10,7 +11,7 @@ worker's earlier tests left Terminating, one started late took minutes to handle
 from __future__ import annotations
 
 MACHINE_WIDE_UNIT = "machine-wide"
-MACHINE_WIDE_DIRS = ("tests/containers/", "tests/realnode/")
+MACHINE_WIDE_DIRS = ("tests/containers/", "tests/realnode/", "tests/autoscaling/")
 OPERATOR_DIR = "tests/operator/"  # the session operator's tests (tests/operator/conftest.py)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import shutil
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -68,8 +70,23 @@ def with_hosts(hosts: Path, argv: list[str]) -> list[str]:
             'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *argv]
 
 
+def serves_tls(cp, host: str, port: int, server_name: str) -> bool:
+    """Whether `host`:`port` completes a TLS handshake as `server_name` with a certificate of the cluster's CA."""
+    context = ssl.create_default_context(cafile=str(cp.workdir / "pki" / "ca.crt"))
+    try:
+        with socket.create_connection((host, port), timeout=2) as raw, \
+                context.wrap_socket(raw, server_hostname=server_name):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
 def aggregated_api(cp, process: _Process, *, name: str, namespace: str, group: str, version: str, port: int) -> None:
-    """The APIService for group/version, served by `process` listening on the bridge's address:`port`."""
+    """The APIService for group/version, served by `process` listening on the bridge's address:`port`.
+
+    The APIService is made only once kube-proxy routes the Service's ClusterIP to the listener: the aggregator keeps
+    its connection for the availability check alive, and one made before the route existed went out of the host's
+    default route and stayed there (here a 404 from the network's egress for every later check)."""
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
          "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port, "protocol": "TCP"}]}},
@@ -79,6 +96,11 @@ def aggregated_api(cp, process: _Process, *, name: str, namespace: str, group: s
                                  "endpointslice.kubernetes.io/managed-by": "tests.autoscaling"}},
          "addressType": "IPv4", "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": True}}],
          "ports": [{"name": "https", "port": port, "protocol": "TCP"}]},
+    ]))
+    cluster_ip = yaml.safe_load(cp.kubectl("get", "service", "-n", namespace, name, "-o", "json").stdout)["spec"]["clusterIP"]
+    wait_for(f"kube-proxy to route {cluster_ip}:443 to {process.name}",
+             lambda: serves_tls(cp, cluster_ip, 443, f"{name}.{namespace}.svc"), timeout=60, interval=0.5)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
         {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": f"{version}.{group}"},
          "spec": {"group": group, "version": version, "groupPriorityMinimum": 100, "versionPriority": 100,
                   "service": {"name": name, "namespace": namespace, "port": 443},
