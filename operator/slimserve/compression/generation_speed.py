@@ -15,6 +15,7 @@ from torch import nn
 
 from slimserve.compression.measure import MAX_ROUNDS, MIN_ROUNDS, interleaved_rounds
 from slimserve.models.device import model_device
+from slimserve.models.torch_threads import torch_threads
 
 NEW_TOKENS = 32
 
@@ -39,9 +40,7 @@ def tokens_per_second(
     models: Sequence[nn.Module], prompt: torch.Tensor, *, threads: int, budget_s: float = 3.0, new_tokens: int = NEW_TOKENS
 ) -> list[float]:
     """Median tokens per second of each model generating `new_tokens` after `prompt`, in interleaved rounds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         calls = [greedy_generation(model, prompt, new_tokens) for model in models]
         with torch.inference_mode():
             for call in calls:  # warm-up: allocations and first-call work stay out of the rounds
@@ -50,6 +49,4 @@ def tokens_per_second(
                 [lambda *_inputs, call=call: call() for call in calls], (), calls=1, min_rounds=MIN_ROUNDS,
                 max_rounds=MAX_ROUNDS, budget_s=budget_s * len(models), clock=time.perf_counter,
             )
-    finally:
-        torch.set_num_threads(previous)
     return [round(new_tokens / statistics.median(times), 2) for times in rounds]

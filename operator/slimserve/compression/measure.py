@@ -19,6 +19,7 @@ import torch
 from slimserve.api.compression_job import ModelMetrics, SparsityMetrics
 from slimserve.artifacts.artifact import write_weights
 from slimserve.compression.tasks import Task, as_inference
+from slimserve.models.torch_threads import torch_threads
 
 Forward = Callable[..., torch.Tensor]
 THROUGHPUT_BATCH = 32
@@ -141,9 +142,7 @@ def measure_speeds(
     """Latency and throughput of each forward, measured side by side in interleaved rounds, at `threads`
     CPU threads: the one measurement behind every speed figure a run reports (`budget_s` per forward and
     figure)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         single = as_inference(task.sample_inputs(1))
         batch = as_inference(task.sample_inputs(THROUGHPUT_BATCH))
         rows = int(batch[0].shape[0])
@@ -156,8 +155,6 @@ def measure_speeds(
                                          budget_s=budget, clock=clock)
             batch_time = interleaved_rounds(forwards, batch, calls=3, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
                                             budget_s=budget, clock=clock)
-    finally:
-        torch.set_num_threads(previous)
     return [
         Speed(Figure.of(times).scaled(1000.0), Figure.of([rows / t for t in batch_times]))
         for times, batch_times in zip(latency, batch_time)
