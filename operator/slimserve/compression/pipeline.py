@@ -20,6 +20,7 @@ from slimserve.compression.task_data import build_task
 from slimserve.api.workload import DEFAULTS
 from slimserve.models.device import device_label, resolve_device
 from slimserve.models.loading import load_model
+from slimserve.models.torch_threads import torch_threads
 
 SEED = 0
 
@@ -33,18 +34,15 @@ def compress(
     step is checkpointed beside the output; a checkpoint of the same spec and `generation` (the
     CompressionJob's) is resumed after its last finished step."""
     reporter = Reporter(sinks, steps_total=len(spec.steps) + 2)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.evaluation.threads)
     try:
-        outcome = _run(spec, reporter, output_uri or spec.output.uri, device, generation)
+        with torch_threads(spec.evaluation.threads):
+            outcome = _run(spec, reporter, output_uri or spec.output.uri, device, generation)
     except SlimServeError as exc:
         reporter.error(exc.reason, str(exc))
         raise
     except Exception as exc:  # a bug, still reported so the job's status says why it failed
         reporter.error("InternalError", f"{type(exc).__name__}: {exc}")
         raise
-    finally:
-        torch.set_num_threads(previous_threads)
     reporter.result(outcome)
     return outcome
 
