@@ -2,9 +2,11 @@
 
 Plain nn.Linear / nn.Embedding modules named like Llama's in `transformers` (`layers.N.self_attn.q_proj`,
 `layers.N.mlp.down_proj`, `lm_head`; gpt2's fused, transposed Conv1D weights are split and transposed into
-the same names at load), so quantizers and pruners replace or shrink ordinary modules. Attention is
+the same names at load), so quantizers and pruners replace or shrink ordinary modules. Without autograd, the
+Linears that read the same input (q, k and v; gate and up) run as one matrix product over their weights laid
+end to end (`RowBlocks`): the modules and their parameters stay, as views of the fused tensor. Attention is
 `scaled_dot_product_attention` with grouped-query heads (`enable_gqa`) and, for mistral, the sliding window
-as a mask.
+as a mask; a decode step's single-token queries attend over the cache with two batched matrix products.
 
 Entry points: `forward` (a whole batch of sequences, no cache: training and perplexity) and `step`, the
 continuous-batching step: one token for each running sequence in any slot at any position, and chunks of
@@ -35,10 +37,57 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In fp32 whatever the model's dtype, as transformers computes it
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # normalized in fp32 whatever the model's dtype, then scaled in its dtype, as transformers does
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+
+
+class RowBlocks:
+    """Linears that read the same input, run as one: their weights (and biases) made row blocks of one tensor,
+    one matrix product computes all their outputs side by side.
+
+    Each Linear keeps its parameters (state-dict names, surgery, quantizers and optimizers see them as before);
+    fusing turns their data into views of the fused tensor, in place. A Linear replaced since (pruned,
+    quantized, cast or moved) no longer lies there: the next call fuses again, or gives None while they are not
+    all plain Linears alike. Linears with hooks (calibration observing their inputs) are not fused, and neither
+    is anything autograd records, so training sees the modules' own calls."""
+
+    def __init__(self, *names: str):
+        self.names = names
+        self.addresses: tuple[int, ...] = ()
+
+    def weights(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if torch.is_grad_enabled():
+            return None
+        linears = [getattr(owner, name) for name in self.names]
+        if not all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in linears):
+            return None
+        if _addresses(linears) != self.addresses and not self._fuse(linears):
+            return None
+        first, rows = linears[0], sum(m.out_features for m in linears)
+        weight = first.weight.as_strided((rows, first.in_features), (first.in_features, 1))
+        return weight, None if first.bias is None else first.bias.as_strided((rows,), (1,))
+
+    def _fuse(self, linears: list[nn.Linear]) -> bool:
+        first = linears[0]
+        alike = all(m.in_features == first.in_features and m.weight.dtype == first.weight.dtype and m.weight.device == first.weight.device
+                    and (m.bias is None) == (first.bias is None) for m in linears)
+        self.addresses = ()
+        if not alike:
+            return False
+        with torch.inference_mode(False), torch.no_grad():  # the parameters stay ordinary tensors
+            for kind in ("weight",) if first.bias is None else ("weight", "bias"):
+                parameters = [getattr(m, kind) for m in linears]
+                fused = torch.cat([parameter.detach() for parameter in parameters])
+                for parameter, block in zip(parameters, fused.split([p.shape[0] for p in parameters])):
+                    parameter.data = block
+        self.addresses = _addresses(linears)
+        return True
+
+
+def _addresses(linears: list[nn.Linear]) -> tuple[int, ...]:
+    return tuple(m.weight.data_ptr() for m in linears) + tuple(m.bias.data_ptr() for m in linears if m.bias is not None)
 
 
 def _activation(name: str):
@@ -59,16 +108,21 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(hidden, inner, bias=bias)
         self.down_proj = nn.Linear(inner, hidden, bias=bias)
         self.act = _activation(config.hidden_act)
+        self.gate_up = RowBlocks("gate_proj", "up_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(self.act(self.up_proj(x)))
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        fused = self.gate_up.weights(self)
+        if fused is None:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, *fused).split((self.gate_proj.out_features, self.up_proj.out_features), dim=-1)
+        return self.down_proj(self.act(gate) * up)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: x * cos + rotate_half(x) * sin, with rotate_half's negation folded into `signed_sin`."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class Attention(nn.Module):
@@ -80,43 +134,33 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=config.o_bias)
+        self.qkv = RowBlocks("q_proj", "k_proj", "v_proj")
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None):
-        """q [B, H, T, D], k and v [B, KV, T, D], RoPE applied when given (cos, sin [B or 1, 1, T, D])."""
-        batch, length, _ = x.shape
-
-        def heads(t: torch.Tensor, count: int) -> torch.Tensor:
-            return t.view(batch, length, count, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj(x), self.num_heads), heads(self.k_proj(x), self.num_kv_heads), heads(self.v_proj(x), self.num_kv_heads)
+        """For x [..., hidden]: q [..., H, D], k and v [..., KV, D], RoPE applied when given (cos and signed
+        sin [..., 1, D]); q and k rotated together."""
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        fused = self.qkv.weights(self)
+        if fused is not None:
+            qkv = F.linear(x, *fused).unflatten(-1, (heads + 2 * kv_heads, dim))
+            qk, v = qkv[..., :heads + kv_heads, :], qkv[..., heads + kv_heads:, :]
+        else:
+            qk = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1).unflatten(-1, (heads + kv_heads, dim))
+            v = self.v_proj(x).unflatten(-1, (kv_heads, dim))
         if rope is not None:
-            cos, sin = rope
-            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        return q, k, v
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-               rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention output projected."""
-        return self.output(self.heads(q, k, v, mask, rows))
+            qk = _rotate(qk, *rope)
+        return qk[..., :heads, :], qk[..., heads:, :], v
 
     def output(self, heads: torch.Tensor) -> torch.Tensor:
-        """The heads' outputs [B, H, T, D] projected: [B, T, hidden]."""
-        batch, _, length, _ = heads.shape
-        return self.o_proj(heads.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+        """The heads' outputs [..., H, D] projected: [..., hidden]."""
+        return self.o_proj(heads.flatten(-2))
 
-    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-              rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Each head's output [B, H, T, D]; `rows`: which batch rows of k and v the queries belong to (the
-        rest of k and v's batch is not attended for them), None when they match one to one."""
-        if rows is not None:  # spread the queries over k's batch (queries are small, keys and values are not)
-            spread = q.new_zeros(k.shape[0], *q.shape[1:])
-            spread[rows] = q
-            q = spread
-        out = F.scaled_dot_product_attention(
+    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Each head's output [B, H, T, D] for q [B, H, T, D], k and v [B, KV, T', D]."""
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
-        return out if rows is None else out[rows]
 
 
 class DecoderLayer(nn.Module):
@@ -220,15 +264,16 @@ class DecoderLM(nn.Module):
         return hidden
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
-        """cos and sin for positions [B, T] as [B, 1, T, D] (None for learned positions)."""
+        """cos and sin for positions [...] as [..., 1, D], for queries and keys [..., heads, D]; sin's first
+        half negated (see `_rotate`). None for learned positions."""
         if self.embed_positions is not None:
             return None
         # computed here in fp32, not kept as a buffer: casting the model to fp16 would round a buffer too
         dim = self.config.head_dim
         inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))
-        freqs = positions.float()[..., None] * inv_freq
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        freqs = positions.float()[..., None, None] * inv_freq
+        sin = freqs.sin()
+        return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
     def _window_mask(self, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:
         """[B, 1, Tq, key_length]: a query sees keys at or before its position (and within the window)."""
@@ -257,8 +302,13 @@ class DecoderLM(nn.Module):
         rope = self._rope(positions[:1], hidden.dtype)
         windowed = self.config.sliding_window is not None and length > self.config.sliding_window
         mask = self._window_mask(positions[:1], length) if windowed else None
+
+        def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = (t.transpose(1, 2) for t in attn.project(x, rope))  # [B, heads, T, D]
+            return attn.output(attn.heads(q, k, v, mask).transpose(1, 2))
+
         for layer in self.layers:
-            hidden = self._block(layer, hidden, lambda attn, x: attn.attend(*attn.project(x, rope), mask))
+            hidden = self._block(layer, hidden, attention)
         return self._logits(hidden)
 
     def new_cache(self, max_slots: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> KVCache:
@@ -283,7 +333,7 @@ class DecoderLM(nn.Module):
         and each prompt chunk into its slot; logits [B + len(chunks), V]: the decoded tokens', then each
         chunk's last token's.
 
-        All the step's tokens go through every Linear as one batch [N, 1, hidden]. Decoding attends over the
+        All the step's tokens go through every Linear as one batch [N, hidden]. Decoding attends over the
         view `cache[:span, :, :key_length]` (span: the highest slot + 1) with a mask per slot; slots 0..B-1 in
         order are the case without waste (a slot not stepped gets a dummy query). A chunk from position 0
         attends over its own keys, a later one over its slot's cached keys too."""
@@ -295,14 +345,14 @@ class DecoderLM(nn.Module):
         device = self.norm.weight.device
         chunk_positions = [torch.arange(chunk.start, chunk.end, device=device) for chunk in chunks]
         all_positions = torch.cat([positions, *chunk_positions])
-        hidden = self._embed(torch.cat([tokens, *(chunk.tokens for chunk in chunks)])[:, None], all_positions[:, None])
-        rope = self._rope(all_positions[:, None], hidden.dtype)
+        hidden = self._embed(torch.cat([tokens, *(chunk.tokens for chunk in chunks)]), all_positions)
+        rope = self._rope(all_positions, hidden.dtype)
         decoding = _Decoding(self, cache, slots, positions, hidden.dtype) if tokens.shape[0] else None
         prefills = [_Prefill(self, cache, chunk, at) for chunk, at in zip(chunks, chunk_positions)]
         for index, layer in enumerate(self.layers):
 
             def attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-                q, k, v = attn.project(x, rope)  # [N, heads, 1, D]: a token per batch row
+                q, k, v = attn.project(x, rope)  # [N, heads, D]: a token per row
                 parts, offset = [], tokens.shape[0]
                 if decoding is not None:
                     parts.append(decoding.attend(attn, index, q[:offset], k[:offset], v[:offset]))
@@ -317,7 +367,7 @@ class DecoderLM(nn.Module):
             ends = itertools.accumulate((chunk.tokens.shape[0] for chunk in chunks), initial=tokens.shape[0])
             last = [*range(tokens.shape[0]), *(end - 1 for end in itertools.islice(ends, 1, None))]
             hidden = hidden[torch.tensor(last, device=device)]
-        return self._logits(hidden[:, 0])
+        return self._logits(hidden)
 
     def _cache(self, cache: KVCache | None) -> KVCache:
         cache = cache or self.cache
@@ -331,9 +381,13 @@ class DecoderLM(nn.Module):
 
 
 class _Decoding:
-    """A step's decoding part, made once for every layer: the additive mask SDPA would make of a boolean
-    one, and where each new key and value goes in a layer's cache seen as rows of head_dim (index_copy_,
-    not an index_put)."""
+    """A step's decoding part, made once for every layer: the additive mask, and where each new key and value
+    goes in a layer's cache seen as rows of head_dim (index_copy_, not an index_put).
+
+    A query is one token, so attention is two batched matrix products over the cache view, a (query heads of
+    a key/value head) x head_dim by head_dim x keys product per sequence and key/value head, with the
+    softmax between: a few operations where SDPA's CPU kernel, made for long queries, costs more per call
+    than this work."""
 
     def __init__(self, model: DecoderLM, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
         self.cache = cache
@@ -347,19 +401,32 @@ class _Decoding:
         if self.rows is not None:  # a slot without a query attends to its first key only, so no row is all masked
             slot_positions = positions.new_zeros(self.span)
             slot_positions[self.rows] = positions
-        allowed = model._window_mask(slot_positions[:, None], self.key_length)
-        self.mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+        allowed = model._window_mask(slot_positions[:, None], self.key_length)  # [span, 1, 1, keys]
         kv_heads = cache.keys[0].shape[1]
+        # one row per (slot, key/value head), as the products below batch them
+        allowed = allowed.expand(self.span, kv_heads, 1, self.key_length).reshape(self.span * kv_heads, 1, self.key_length)
+        self.mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
         heads = torch.arange(kv_heads, device=slots.device)
         self.cache_rows = ((slots[:, None] * kv_heads + heads) * cache.max_len + positions[:, None]).flatten()
 
     def attend(self, attn: Attention, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [B, H, D], k and v [B, KV, D]; the heads' outputs [B, H, D]."""
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        head_dim = keys.shape[3]
+        _, kv_heads, _, head_dim = keys.shape
         keys.view(-1, head_dim).index_copy_(0, self.cache_rows, k.reshape(-1, head_dim))
         values.view(-1, head_dim).index_copy_(0, self.cache_rows, v.reshape(-1, head_dim))
         span, length = self.span, self.key_length
-        return attn.heads(q, keys[:span, :, :length], values[:span, :, :length], self.mask, self.rows)
+        if self.rows is not None:  # spread the queries over the slots (queries are small, keys and values are not)
+            spread = q.new_zeros(span, *q.shape[1:])
+            spread[self.rows] = q
+            q = spread
+        # views: a slot's key/value heads are consecutive in the cache, so [span, KV] folds into one batch dim
+        keys, values = keys[:span, :, :length].flatten(0, 1), values[:span, :, :length].flatten(0, 1)
+        grouped = q.reshape(span * kv_heads, -1, head_dim)  # a key/value head's query heads are consecutive
+        scores = torch.baddbmm(self.mask, grouped, keys.transpose(1, 2), alpha=head_dim ** -0.5)
+        weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.softmax(-1, dtype=torch.float32).to(scores.dtype)
+        out = torch.bmm(weights, values).view(span, -1, head_dim)
+        return out if self.rows is None else out[self.rows]
 
 
 class _Prefill:
@@ -373,15 +440,15 @@ class _Prefill:
         self.mask = model._window_mask(positions[None], chunk.end) if chunk.start or windowed else None
 
     def attend(self, attn: Attention, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v [T, heads, 1, D] (a token per row); the heads' outputs in the same layout."""
-        q, k, v = (t.transpose(0, 2) for t in (q, k, v))  # [1, heads, T, D]
+        """q, k, v [T, heads, D] (a token per row); the heads' outputs in the same layout."""
+        q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))  # [1, heads, T, D]
         slot, start, end = self.chunk.slot, self.chunk.start, self.chunk.end
         keys, values = self.cache.keys[layer], self.cache.values[layer]
         keys[slot, :, start:end] = k[0]
         values[slot, :, start:end] = v[0]
         if start:
             k, v = keys[slot:slot + 1, :, :end], values[slot:slot + 1, :, :end]
-        return attn.heads(q, k, v, self.mask).transpose(0, 2)
+        return attn.heads(q, k, v, self.mask)[0].transpose(0, 1)
 
 
 def scaled_init_(model: DecoderLM, seed: int) -> DecoderLM:
