@@ -6,23 +6,32 @@ Service whose endpoint is metrics-server's listener on the node's bridge address
 host) reaches through the ClusterIP as kube-proxy routes it. Its serving certificate is issued by the cluster's CA,
 which the APIService trusts; it trusts the kubelet's self-signed serving certificate, and reaches the kubelet (on
 loopback) by the node's host name, which only its own mount namespace's /etc/hosts resolves.
+
+``keda_http_add_on(control_plane, namespace, ...)`` installs KEDA's CRDs (from its pinned module) and the HTTP add-on's,
+and runs KEDA's operator and the add-on's operator, interceptor and scaler (``KedaHttpAddOn``) in a network namespace
+of their own, acting in `namespace` only.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
+import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from tests.cluster.controlplane import ClusterError, _free_port, _Process, _signed
-from tests.cluster.helpers import wait_for
-from tests.realnode.node import GATEWAY, POOL, POOL_LABEL, RealNode
+from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _free_port, _Process, _signed
+from tests.cluster.helpers import crd_installed, wait_for
+from tests.realnode.node import GATEWAY, POOL, POOL_LABEL, RealNode, run
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
 METRICS_API = "v1beta1.metrics.k8s.io"
@@ -39,8 +48,9 @@ def missing(*names: str) -> str | None:
     absent = [name for name in names if not binary(name).is_file()]
     if absent:
         return f"{', '.join(absent)} not built (tests/autoscaling/build.sh)"
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is missing"
+    absent = [tool for tool in ("unshare", "nsenter") if shutil.which(tool) is None]
+    if absent:
+        return f"{', '.join(absent)} (util-linux) missing"
     return None
 
 
@@ -141,22 +151,32 @@ METRICS_SERVER_RBAC = [
 ]
 
 
-class MetricsServer:
+class _HostComponent:
+    """Started by `start(...)` (its constructor's arguments); what a failed start made is stopped again."""
+
+    @classmethod
+    def start(cls, *args):
+        component = cls(*args)
+        try:
+            component._start()
+        except BaseException:
+            component.stop()
+            raise
+        return component
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class MetricsServer(_HostComponent):
     """metrics-server scraping the real node's kubelet, served to the cluster as metrics.k8s.io."""
 
     def __init__(self, cp, node: RealNode, workdir: Path):
         self.cp, self.node, self.workdir = cp, node, workdir
         self.process: _Process | None = None
-
-    @classmethod
-    def start(cls, cp, node: RealNode, workdir: Path) -> "MetricsServer":
-        server = cls(cp, node, workdir)
-        try:
-            server._start()
-        except BaseException:
-            server.stop()
-            raise
-        return server
 
     def _start(self) -> None:
         w = self.workdir
@@ -194,3 +214,206 @@ class MetricsServer:
         if self.process is not None:
             self.process.stop()
             self.process.close()
+
+
+# ---------------------------------------------------------------- KEDA and its HTTP add-on
+
+TOOLS = Path(__file__).resolve().parent / "tools"
+KEDA_NETNS = "slimserve-keda"
+# A point-to-point link from the host into that namespace, outside the pods' network (so that kube-proxy
+# masquerades its traffic to a Service, as it does the host's) and inside 198.18.0.0/15, which no other network uses.
+KEDA_LINK, KEDA_HOST_ADDRESS, KEDA_ADDRESS = "slimkeda0", "198.18.1.1", "198.18.1.2"
+INTERCEPTOR_ADMIN_SERVICE = "keda-http-interceptor-admin"
+SCALER_SERVICE = "keda-http-scaler"
+# How long the interceptor holds a request while the service scales from zero, and how long it then waits for the
+# response's headers: at v0.8 their defaults (1.5 s and 0.5 s) are shorter than any pod's start or a first answer.
+INTERCEPTOR_HOLD_SECONDS = 300
+INTERCEPTOR_ENV = {"KEDA_CONDITION_WAIT_TIMEOUT": f"{INTERCEPTOR_HOLD_SECONDS}s", "KEDA_RESPONSE_HEADER_TIMEOUT": "60s"}
+
+
+def module_dir(project: str, module: str) -> Path:
+    """The source of `module` at the version tests/autoscaling/tools/<project> pins (the one build.sh built), from
+    the Go module cache (downloaded when absent, checked against go.sum)."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    out = subprocess.run([go, "mod", "download", "-json", module], cwd=TOOLS / project, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly"})
+    if out.returncode != 0:
+        raise ClusterError(f"go mod download {module}: {out.stdout}{out.stderr}")
+    return Path(json.loads(out.stdout)["Dir"])
+
+
+def keda_crds() -> list[Path]:
+    """KEDA's CRDs (ScaledObject, ScaledJob, the trigger authentications, the event sources): its operator watches
+    them all."""
+    return sorted((module_dir("keda", "github.com/kedacore/keda/v2") / "config" / "crd" / "bases").glob("*.yaml"))
+
+
+def netns_exec(argv: list[str]) -> list[str]:
+    return ["nsenter", f"--net=/run/netns/{KEDA_NETNS}", *argv]
+
+
+def in_netns_kubeconfig(cp, name: str, user: str, group: str) -> Path:
+    """A client kubeconfig whose server is the `kubernetes` Service's ClusterIP (the API server listens on the host's
+    loopback; kube-proxy routes the ClusterIP to the real node's relay), which its certificate names."""
+    path = cp.client_kubeconfig(name, user, group)
+    config = yaml.safe_load(path.read_text())
+    service_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://{service_ip}:443"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def sweep_keda_netns() -> None:
+    """Remove the namespace a KEDA whose owner died left (called with the real node's lock held)."""
+    if run("ip", "netns", "pids", KEDA_NETNS, check=False).returncode != 0:
+        return
+    for pid in run("ip", "netns", "pids", KEDA_NETNS, check=False).stdout.decode().split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    run("ip", "netns", "del", KEDA_NETNS, check=False)
+    run("ip", "link", "del", KEDA_LINK, check=False)
+
+
+class KedaHttpAddOn(_HostComponent):
+    """KEDA's operator and the KEDA HTTP add-on (operator, interceptor, scaler) as host processes beside the real node,
+    acting in one namespace of the cluster.
+
+    Their listeners bind every address (the add-on's interceptor and scaler cannot be told otherwise), so they run in
+    a network namespace of their own: its loopback, and a link to the host at KEDA_ADDRESS, nothing else. From there
+    the API server is the `kubernetes` Service's ClusterIP, a ModelService's Service its ClusterIP (the interceptor
+    dials `SERVICE.NAMESPACE`, which only its /etc/hosts resolves: `route()` adds each), and the add-on's scaler
+    `SCALER_SERVICE.NAMESPACE` is its loopback (KEDA's /etc/hosts). The scaler finds the interceptor, as in a
+    cluster, by the Endpoints of its admin Service, here KEDA_ADDRESS. They act with the cluster's admin rights: the
+    upstream charts' RBAC is not what the tests check."""
+
+    def __init__(self, cp, namespace: str, workdir: Path):
+        self.cp, self.namespace, self.workdir = cp, namespace, workdir
+        self.processes: list[_Process] = []
+        self.proxy_port = self.admin_port = self.scaler_port = 0
+        self.interceptor_hosts = workdir / "interceptor-hosts"
+
+    @property
+    def proxy_address(self) -> str:
+        return f"{KEDA_ADDRESS}:{self.proxy_port}"
+
+    def _network(self) -> None:
+        sweep_keda_netns()
+        run("ip", "netns", "add", KEDA_NETNS)
+        run("ip", "link", "add", KEDA_LINK, "type", "veth", "peer", "name", "eth0", "netns", KEDA_NETNS)
+        run("ip", "addr", "add", f"{KEDA_HOST_ADDRESS}/30", "dev", KEDA_LINK)
+        run("ip", "link", "set", KEDA_LINK, "up")
+        for argv in (["ip", "addr", "add", f"{KEDA_ADDRESS}/30", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                     ["ip", "link", "set", "lo", "up"], ["ip", "route", "add", "default", "via", KEDA_HOST_ADDRESS]):
+            run(*netns_exec(argv))
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], hosts: Path | None = None) -> None:
+        argv = with_hosts(hosts, argv) if hosts else argv
+        process = _Process(name, netns_exec(argv), self.workdir / f"{name}.log", {**os.environ, **env})
+        self.processes.append(process)
+
+    def _start(self) -> None:
+        w, ns = self.workdir, self.namespace
+        w.mkdir(parents=True, exist_ok=True)
+        self._network()
+        kubeconfig = in_netns_kubeconfig(self.cp, "keda", "system:slimserve-test:keda", "system:masters")
+        # Ports inside the namespace: any free ones (nothing else listens there).
+        self.proxy_port, self.admin_port, self.scaler_port, grpc_port, *probes = range(18080, 18087)
+        self.cp.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": INTERCEPTOR_ADMIN_SERVICE},
+             "spec": {"ports": [{"name": "admin", "port": self.admin_port, "protocol": "TCP"}]}},
+            # The scaler reads the interceptors' addresses from the Endpoints (not EndpointSlices) at v0.8.
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": INTERCEPTOR_ADMIN_SERVICE},
+             "subsets": [{"addresses": [{"ip": KEDA_ADDRESS}],
+                          "ports": [{"name": "admin", "port": self.admin_port, "protocol": "TCP"}]}]},
+        ]))
+        base = {"KUBECONFIG": str(kubeconfig)}
+        self.interceptor_hosts.write_text("127.0.0.1 localhost\n")
+        self._spawn("keda-http-interceptor", [str(binary("keda-http-interceptor"))], {
+            **base, **INTERCEPTOR_ENV, "KEDA_HTTP_CURRENT_NAMESPACE": ns, "KEDA_HTTP_WATCH_NAMESPACE": ns,
+            "KEDA_HTTP_PROXY_PORT": str(self.proxy_port), "KEDA_HTTP_ADMIN_PORT": str(self.admin_port),
+            "KEDA_HTTP_OTEL_PROM_EXPORTER_ENABLED": "false"}, hosts=self.interceptor_hosts)
+        self._spawn("keda-http-scaler", [str(binary("keda-http-scaler"))], {
+            **base, "KEDA_HTTP_SCALER_PORT": str(self.scaler_port), "KEDA_HTTP_SCALER_TARGET_ADMIN_NAMESPACE": ns,
+            "KEDA_HTTP_SCALER_TARGET_ADMIN_SERVICE": INTERCEPTOR_ADMIN_SERVICE,
+            "KEDA_HTTP_SCALER_TARGET_ADMIN_DEPLOYMENT": "keda-http-interceptor",
+            "KEDA_HTTP_SCALER_TARGET_ADMIN_PORT": str(self.admin_port)})
+        # The add-on's operator makes each HTTPScaledObject's ScaledObject, whose trigger names the scaler as
+        # SCALER_SERVICE.NAMESPACE:PORT.
+        self._spawn("keda-http-operator", [str(binary("keda-http-operator")), "--metrics-bind-address=0",
+                                           f"--health-probe-bind-address=127.0.0.1:{probes[0]}"], {
+            **base, "KEDAHTTP_OPERATOR_EXTERNAL_SCALER_SERVICE": SCALER_SERVICE,
+            "KEDAHTTP_OPERATOR_EXTERNAL_SCALER_PORT": str(self.scaler_port),
+            "KEDA_HTTP_OPERATOR_NAMESPACE": ns, "KEDA_HTTP_OPERATOR_WATCH_NAMESPACE": ns})
+        # KEDA's gRPC metrics service (for its metrics adapter, not run) serves TLS from --cert-dir.
+        certs = w / "keda-certs"
+        serving_certificate(self.cp, "tls", "keda-operator", certs)
+        shutil.copy(self.cp.workdir / "pki" / "ca.crt", certs / "ca.crt")
+        keda_hosts = w / "keda-hosts"
+        keda_hosts.write_text(f"127.0.0.1 localhost {SCALER_SERVICE}.{ns}\n")
+        self._spawn("keda-operator", [
+            str(binary("keda-operator")), f"--cert-dir={certs}", f"--metrics-bind-address=127.0.0.1:{probes[1]}",
+            f"--health-probe-bind-address=127.0.0.1:{probes[2]}",
+            f"--metrics-service-bind-address=127.0.0.1:{grpc_port}", "--zap-log-level=info"],
+            {**base, "WATCH_NAMESPACE": ns, "KEDA_CLUSTER_OBJECT_NAMESPACE": ns, "POD_NAMESPACE": ns},
+            hosts=keda_hosts)
+        for process in self.processes:
+            if process.popen.poll() is not None:
+                raise ClusterError(f"{process.name} exited {process.popen.returncode}:\n{process.tail()}")
+
+    def check_running(self) -> None:
+        dead = [p for p in self.processes if p.popen.poll() is not None]
+        if dead:
+            raise ClusterError("\n".join(f"{p.name} exited {p.popen.returncode}:\n{p.tail()}" for p in dead))
+
+    def route(self, service: str, cluster_ip: str) -> None:
+        """Let the interceptor resolve `service`.NAMESPACE, as a cluster's DNS would (it re-reads /etc/hosts)."""
+        with open(self.interceptor_hosts, "a") as hosts:  # the same file: the bind mount shows the new line
+            hosts.write(f"{cluster_ip} {service}.{self.namespace}\n")
+
+    def logs(self, lines: int = 20) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail(lines)}" for p in self.processes)
+
+    def stop(self) -> None:
+        # Their objects go while the controllers that put finalizers on them still run; what another writer made
+        # meanwhile loses its finalizers, so that deleting the CRDs does not wait on controllers that are gone.
+        kinds = ("httpscaledobjects.http.keda.sh", "scaledobjects.keda.sh")
+        if self.processes:
+            for kind in kinds:
+                self.cp.kubectl("delete", kind, "--all", "-n", self.namespace, "--ignore-not-found", "--wait=true",
+                                "--timeout=60s", check=False, timeout=90)
+        for process in reversed(self.processes):
+            process.stop()
+            process.close()
+        for kind in kinds:
+            names = self.cp.kubectl("get", kind, "-n", self.namespace, "-o", "name", check=False).stdout.split()
+            for name in names:
+                self.cp.kubectl("patch", "-n", self.namespace, name, "--type=merge", "-p",
+                                '{"metadata": {"finalizers": null}}', check=False)
+        sweep_keda_netns()
+
+    def leftovers(self) -> list[str]:
+        left = [f"process {p.name} ({p.popen.pid})" for p in self.processes if p.popen.poll() is None]
+        if run("ip", "netns", "pids", KEDA_NETNS, check=False).returncode == 0:
+            left.append(f"network namespace {KEDA_NETNS}")
+        if run("ip", "link", "show", KEDA_LINK, check=False).returncode == 0:
+            left.append(f"link {KEDA_LINK}")
+        return left
+
+
+@contextlib.contextmanager
+def keda_http_add_on(cp, namespace: str, workdir: Path, http_add_on_crd: Path) -> Iterator[KedaHttpAddOn]:
+    """KEDA's and the add-on's CRDs installed, and their processes running, for the block; then none of either."""
+    with contextlib.ExitStack() as installed:
+        for crd in [*keda_crds(), http_add_on_crd]:
+            installed.enter_context(crd_installed(cp, crd))
+        components = KedaHttpAddOn.start(cp, namespace, workdir)
+        try:
+            yield components
+        finally:
+            components.stop()
+    left = components.leftovers()
+    if left:
+        raise ClusterError("KEDA left behind:\n" + "\n".join(left))

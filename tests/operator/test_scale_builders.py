@@ -45,7 +45,6 @@ def test_scale_to_zero_with_the_add_on_is_an_http_scaled_object_instead_of_a_sca
             "replicas": {"min": 0, "max": 5},
             "scaledownPeriod": 300,
             "scalingMetric": {"concurrency": {"targetValue": 4}},
-            "timeouts": {"conditionWait": "180s"},
         },
     }
     assert ("ScaledObject" in deleted_kinds(result)) == keda  # only while KEDA's API exists

@@ -6,6 +6,10 @@ Host header, it counts them for its scaler, holds them while KEDA scales the Dep
 forwards them to the ModelService's Service once a pod is ready. The add-on's operator makes the KEDA
 ScaledObject itself (named after the HTTPScaledObject, with its labels), so the ModelService owns no other.
 
+Only fields that every supported add-on version (v0.8 to v0.15) declares: an API server prunes a field its CRD
+lacks without a word, so a newer field (`timeouts`, `coldStartTimeoutFailoverRef`) would seem set and do nothing.
+How long the interceptor holds a request at zero replicas is therefore its own setting (docs/autoscaling.md).
+
 Pure: the object from the facts it routes and scales; `builders.model_service` supplies them.
 """
 
@@ -17,9 +21,6 @@ from slimserve.api.model_service import AutoscalingSpec
 
 HTTP_ADD_ON_GROUP, HTTP_ADD_ON_VERSION, HTTP_ADD_ON_PLURAL = "http.keda.sh", "v1alpha1", "httpscaledobjects"
 HTTP_SCALED_OBJECT_REF = (f"{HTTP_ADD_ON_GROUP}/{HTTP_ADD_ON_VERSION}", "HTTPScaledObject")
-# How long the interceptor holds a request while the service scales from zero; then it answers 504 (the
-# add-on's "backend not ready"), where its own default would hold it until the client gives up.
-COLD_START_WAIT_SECONDS = 180
 # Seconds without requests before the add-on scales the service back to zero, as KEDA's cooldownPeriod.
 SCALE_DOWN_PERIOD_SECONDS = 300
 
@@ -45,6 +46,5 @@ def build_http_scaled_object(
             "replicas": {"min": autoscaling.min_replicas, "max": autoscaling.max_replicas},
             "scaledownPeriod": SCALE_DOWN_PERIOD_SECONDS,
             "scalingMetric": {"concurrency": {"targetValue": autoscaling.target}},
-            "timeouts": {"conditionWait": f"{COLD_START_WAIT_SECONDS}s"},
         },
     }
