@@ -12,6 +12,14 @@ Parts (--part, every one by default):
 
     .venv/bin/python benchmarks/scale_from_zero.py --part canary
 
+- from-zero: KEDA's operator and the KEDA HTTP add-on beside the node (tests/autoscaling/components.py) and a
+  ModelService with minReplicas 0 (the builtin digits MLP on a small pod). Once KEDA has scaled it to zero, one
+  request through the interceptor. Printed: the seconds from that request to its answer, when the Deployment was
+  scaled to 1 and when its pod was ready (from the request, polled every quarter second), and the median time of a
+  request once the pod runs, with the ratio of the two. Needs `make autoscaling-build`.
+
+    .venv/bin/python benchmarks/scale_from_zero.py --part from-zero
+
 Needs root, the node's binaries (tests/cluster/build.sh) and podman (`make images BASE=local`). The real node is
 one per machine (a lock): while another process holds it, this waits (up to --wait seconds).
 """
@@ -20,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,8 +44,11 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
+from tests.autoscaling.components import keda_http_add_on, missing  # noqa: E402
+from tests.autoscaling.test_http_add_on_versions import SUPPORTED  # noqa: E402
+from tests.autoscaling.wake import at_zero, infer, route_to, to_zero_service  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
-from tests.cluster.helpers import apply, wait_established  # noqa: E402
+from tests.cluster.helpers import apply, exists, get, wait_established, wait_for  # noqa: E402
 from tests.operator.conftest import CRDS, OperatorProcess  # noqa: E402
 from tests.operator.test_compression_job_cluster import wait_phase  # noqa: E402
 from tests.realnode.canary_traffic import (  # noqa: E402
@@ -54,6 +67,7 @@ from tests.realnode.test_quickstart_on_real_node import host_path_claim, real_po
 
 NODE_POLL_SECONDS = 30
 SPLIT_REQUESTS = 500
+WARM_REQUESTS = 20
 
 
 @dataclass
@@ -142,7 +156,76 @@ def canary_rollouts(cluster: RealCluster) -> None:
             print(f"    {failure}")
 
 
-PARTS: dict[str, Callable[[RealCluster], None]] = {"canary": canary_rollouts}
+# ---- from zero ------------------------------------------------------------------------------------------
+
+
+class DeploymentTimeline(threading.Thread):
+    """When a Deployment's replicas were first asked for (KEDA's scale) and first ready, polled from the start."""
+
+    def __init__(self, cp: ControlPlane, namespace: str, name: str):
+        super().__init__(daemon=True)
+        self.cp, self.namespace, self.name = cp, namespace, name
+        self.start_time = time.monotonic()
+        self.scaled: float | None = None
+        self.ready: float | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set() and self.ready is None:
+            deployment = get(self.cp, self.namespace, "deployment", self.name)
+            now = time.monotonic() - self.start_time
+            if self.scaled is None and deployment["spec"].get("replicas", 0) >= 1:
+                self.scaled = now
+            if deployment.get("status", {}).get("readyReplicas", 0) >= 1:
+                self.ready = now
+            self._done.wait(0.25)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(10)
+
+
+def from_zero(cluster: RealCluster) -> None:
+    """Seconds from the first request at zero replicas to its answer, through the KEDA HTTP add-on's interceptor,
+    beside a request's once a pod runs."""
+    cp, namespace = cluster.cp, cluster.namespace
+    reason = missing("keda-operator", "keda-http-operator", "keda-http-interceptor", "keda-http-scaler")
+    if reason:
+        print(f"not measured: {reason}")
+        return
+    name = "sleepy"
+    with keda_http_add_on(cp, namespace, cluster.workdir / "keda", SUPPORTED["v0.8.0"]) as keda:
+        apply(cp, namespace, to_zero_service(name))
+        wait_for("KEDA to scale the service to zero", lambda: exists(cp, namespace, "deployment", name)
+                 and at_zero(cp, namespace, name), timeout=600, interval=1)
+        host = route_to(keda, cp, namespace, name)
+        timeline = DeploymentTimeline(cp, namespace, name)
+        timeline.start()
+        code, headers, answer = infer(keda, host, name)
+        first = time.monotonic() - timeline.start_time
+        timeline.stop()
+        if code != 200:
+            print(f"the first request failed after {first:.1f} s: {code} {answer!r:.300}\n{keda.logs()}")
+            return
+        cold_start = headers.get("x-keda-http-cold-start")
+        warm = []
+        for _ in range(WARM_REQUESTS):
+            start = time.monotonic()
+            code, headers, answer = infer(keda, host, name)
+            assert code == 200 and headers.get("x-keda-http-cold-start") == "false" and answer["outputs"], (code, headers)
+            warm.append(time.monotonic() - start)
+        warm_median = statistics.median(warm)
+        rows = [("first request at zero replicas", first, f"(the interceptor's cold start header: {cold_start})"),
+                ("  the Deployment scaled to 1 at", timeline.scaled, "(KEDA, woken by the add-on's scaler)"),
+                ("  its pod ready at", timeline.ready, "(scheduled, started, model loaded, probe passed)"),
+                (f"a request with the pod running (median of {WARM_REQUESTS})", warm_median, "")]
+        for label, seconds, note in rows:
+            print(f"{label:<52} {seconds if seconds is not None else float('nan'):>9.4f} s  {note}")
+        print(f"{'ratio first / running':<52} {first / warm_median:>9.0f}x", flush=True)
+        cp.kubectl("delete", "-n", namespace, "modelservice", name, "--wait=true", timeout=120)
+
+
+PARTS: dict[str, Callable[[RealCluster], None]] = {"canary": canary_rollouts, "from-zero": from_zero}
 
 
 def main() -> None:
