@@ -56,18 +56,22 @@ class RowBlocks:
     def __init__(self, *names: str):
         self.names = names
         self.addresses: tuple[int, ...] = ()
+        self.sizes: tuple[int, ...] = ()  # the Linears' output widths, as fused
 
     def weights(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The fused weight and bias (None without biases), or None when the Linears are not to be fused."""
         if torch.is_grad_enabled():
             return None
-        linears = [getattr(owner, name) for name in self.names]
+        # read through the modules' dicts: this runs for every layer at every step
+        linears = [owner._modules[name] for name in self.names]
         if not all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in linears):
             return None
         if _addresses(linears) != self.addresses and not self._fuse(linears):
             return None
-        first, rows = linears[0], sum(m.out_features for m in linears)
-        weight = first.weight.as_strided((rows, first.in_features), (first.in_features, 1))
-        return weight, None if first.bias is None else first.bias.as_strided((rows,), (1,))
+        first, rows = linears[0]._parameters, sum(m.out_features for m in linears)
+        weight = first["weight"]
+        fused = weight.as_strided((rows, weight.shape[1]), (weight.shape[1], 1))
+        return fused, None if first["bias"] is None else first["bias"].as_strided((rows,), (1,))
 
     def _fuse(self, linears: list[nn.Linear]) -> bool:
         first = linears[0]
@@ -82,12 +86,12 @@ class RowBlocks:
                 fused = torch.cat([parameter.detach() for parameter in parameters])
                 for parameter, block in zip(parameters, fused.split([p.shape[0] for p in parameters])):
                     parameter.data = block
-        self.addresses = _addresses(linears)
+        self.addresses, self.sizes = _addresses(linears), tuple(m.out_features for m in linears)
         return True
 
 
 def _addresses(linears: list[nn.Linear]) -> tuple[int, ...]:
-    return tuple(m.weight.data_ptr() for m in linears) + tuple(m.bias.data_ptr() for m in linears if m.bias is not None)
+    return tuple(t.data_ptr() for m in linears for t in (m._parameters["weight"], m._parameters["bias"]) if t is not None)
 
 
 def _activation(name: str):
@@ -116,7 +120,8 @@ class MLP(nn.Module):
         fused = self.gate_up.weights(self)
         if fused is None:
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-        gate, up = F.linear(x, *fused).split((self.gate_proj.out_features, self.up_proj.out_features), dim=-1)
+        both, (gate_width, up_width) = F.linear(x, *fused), self.gate_up.sizes
+        gate, up = both.chunk(2, dim=-1) if gate_width == up_width else both.split((gate_width, up_width), dim=-1)
         return self.down_proj(self.act(gate) * up)
 
 
