@@ -2,14 +2,13 @@
 host processes beside it (tests/autoscaling/components.py), and a ModelService with `autoscaling.minReplicas: 0`
 owns an HTTPScaledObject. With no request KEDA scales it to zero; a request sent to the interceptor with the
 service's host wakes it (the interceptor holds the request until a pod is ready) and is answered by that pod; with no
-more requests the add-on scales it back to zero after the HTTPScaledObject's scaledownPeriod.
+more requests the add-on scales it back to zero after its scale-down delay (the HTTPScaledObject's scaledownPeriod).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from slimserve.controller.builders.http_scaled_object import SCALE_DOWN_PERIOD_SECONDS
 from tests.autoscaling.components import keda_http_add_on, missing
 from tests.cluster.helpers import apply, exists, wait_for
 from tests.operator.conftest import crds  # noqa: F401  (the operator fixture's)
@@ -19,7 +18,7 @@ from tests.realnode.node import NODE_NAME
 from tests.realnode.test_quickstart_on_real_node import namespace, operator  # noqa: F401
 
 from .test_http_add_on_versions import SUPPORTED
-from .wake import at_zero, infer, replicas, route_to, server_pods, to_zero_service
+from .wake import SCALE_DOWN_DELAY_SECONDS, at_zero, infer, replicas, route_to, server_pods, to_zero_service
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -66,5 +65,5 @@ def test_a_service_at_zero_wakes_for_a_request_and_goes_back_to_zero(control_pla
     code, headers, _ = infer(keda, host, SERVICE)
     assert code == 200 and headers.get("x-keda-http-cold-start") == "false"
 
-    # No more requests: after the scaledownPeriod without one, back to zero.
-    waiting("the service back at zero", lambda: at_zero(cp, namespace, SERVICE), SCALE_DOWN_PERIOD_SECONDS + 180)
+    # No more requests: after the scale-down delay without one, back to zero.
+    waiting("the service back at zero", lambda: at_zero(cp, namespace, SERVICE), SCALE_DOWN_DELAY_SECONDS + 180)

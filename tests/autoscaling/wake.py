@@ -15,12 +15,17 @@ from tests.serving.serving_helpers import request
 from .components import INTERCEPTOR_HOLD_SECONDS, KedaHttpAddOn
 
 
+# How long such a service waits without requests before its last replica goes (the autoscalers' default is 300 s).
+SCALE_DOWN_DELAY_SECONDS = 20
+
+
 def to_zero_service(name: str) -> dict:
-    """The builtin digits MLP on one small pod of pool `real` at most, none without requests."""
+    """The builtin digits MLP on one small pod of pool `real` at most, none without requests for a while."""
     return {
         "apiVersion": "slimserve.io/v1alpha1", "kind": "ModelService", "metadata": {"name": name},
         "spec": {"model": {"uri": CANDIDATE_URI}, "nodePool": POOL, "resources": SMALL_POD,
-                 "autoscaling": {"metric": "concurrency", "minReplicas": 0, "maxReplicas": 1, "target": 1}},
+                 "autoscaling": {"metric": "concurrency", "minReplicas": 0, "maxReplicas": 1, "target": 1,
+                                 "scaleDownDelaySeconds": SCALE_DOWN_DELAY_SECONDS}},
     }
 
 

@@ -57,6 +57,28 @@ def test_scale_to_zero_without_the_add_on_never_reaches_zero():
     assert by_kind(children(TO_ZERO, keda=False, add_on=False))["Deployment"]["spec"]["replicas"] == 1
 
 
+def test_the_scale_down_delay_reaches_every_autoscaler():
+    delay = {"scaleDownDelaySeconds": 45}
+    to_zero = by_kind(children({**TO_ZERO, **delay}, keda=True, add_on=True))["HTTPScaledObject"]
+    assert to_zero["spec"]["scaledownPeriod"] == 45
+    prometheus = by_kind(children({**TO_ZERO, "minReplicas": 1, **delay}, keda=True, add_on=False))["ScaledObject"]
+    assert prometheus["spec"]["cooldownPeriod"] == 45
+    assert prometheus["spec"]["advanced"] == {
+        "horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 45}}}}
+    hpa = by_kind(children({"metric": "cpu", "minReplicas": 1, "maxReplicas": 3, **delay}, keda=False, add_on=False))
+    assert hpa["HorizontalPodAutoscaler"]["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 45}}
+    # Unset: each autoscaler keeps its own default (no behavior, KEDA's 300 s).
+    assert "behavior" not in by_kind(children({"metric": "cpu"}, keda=False, add_on=False))["HorizontalPodAutoscaler"]["spec"]
+    default = by_kind(children({**TO_ZERO, "minReplicas": 1}, keda=True, add_on=False))["ScaledObject"]["spec"]
+    assert default["cooldownPeriod"] == 300 and "advanced" not in default
+
+
+@pytest.mark.parametrize("seconds", [-1, 3601])
+def test_a_scale_down_delay_out_of_range_is_refused(seconds):
+    with pytest.raises(ValidationError, match="scaleDownDelaySeconds"):
+        spec(autoscaling={**TO_ZERO, "scaleDownDelaySeconds": seconds})
+
+
 def test_a_floor_above_zero_deletes_the_http_scaled_object_and_uses_prometheus():
     result = children({**TO_ZERO, "minReplicas": 2}, keda=True, add_on=True)
     assert by_kind(result)["ScaledObject"]["spec"]["minReplicaCount"] == 2

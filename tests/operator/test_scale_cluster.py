@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slimserve.api.model_service import REPLICAS_OF_AUTOSCALER
-from slimserve.controller.builders.http_scaled_object import SCALE_DOWN_PERIOD_SECONDS
+from slimserve.controller.builders.http_scaled_object import DEFAULT_SCALE_DOWN_DELAY_SECONDS
 from slimserve.controller.config import OperatorConfig
 from tests.cluster.helpers import apply, crd_installed, events_of, exists, get, wait_for, wait_for_event
 from tests.operator.test_model_service_cluster import (
@@ -114,7 +114,7 @@ def test_scale_from_zero_needs_the_http_add_on_and_follows_its_api(control_plane
                 "apiVersion": "apps/v1", "kind": "Deployment", "name": "sleepy", "service": "sleepy", "port": 8080}
             assert routed["spec"]["replicas"] == {"min": 0, "max": 5}
             assert routed["spec"]["scalingMetric"] == {"concurrency": {"targetValue": 8}}
-            assert routed["spec"]["scaledownPeriod"] == SCALE_DOWN_PERIOD_SECONDS
+            assert routed["spec"]["scaledownPeriod"] == DEFAULT_SCALE_DOWN_DELAY_SECONDS
             (owner,) = routed["metadata"]["ownerReferences"]
             assert (owner["kind"], owner["name"], owner["controller"]) == ("ModelService", "sleepy", True)
             wait_for("the Prometheus ScaledObject deleted", lambda: not exists(cp, namespace, SCALED_OBJECTS, "sleepy"))

@@ -114,6 +114,16 @@ class AutoscalingSpec(SpecModel):
         le=10000,
         description="Target per replica: CPU utilisation percent (cpu), or in-flight requests (concurrency), e.g. 70.",
     )
+    scale_down_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds the load must stay low before replicas are removed, e.g. 60: the HorizontalPodAutoscaler's "
+            "scale-down stabilization window (KEDA's too), and with minReplicas 0 the wait before the last replica "
+            "goes (KEDA's cooldownPeriod, the HTTP add-on's scaledownPeriod). Unset: the autoscalers' own, 300."
+        ),
+    )
 
     @model_validator(mode="after")
     def _range(self) -> "AutoscalingSpec":

@@ -21,8 +21,14 @@ from slimserve.api.model_service import AutoscalingSpec
 
 HTTP_ADD_ON_GROUP, HTTP_ADD_ON_VERSION, HTTP_ADD_ON_PLURAL = "http.keda.sh", "v1alpha1", "httpscaledobjects"
 HTTP_SCALED_OBJECT_REF = (f"{HTTP_ADD_ON_GROUP}/{HTTP_ADD_ON_VERSION}", "HTTPScaledObject")
-# Seconds without requests before the add-on scales the service back to zero, as KEDA's cooldownPeriod.
-SCALE_DOWN_PERIOD_SECONDS = 300
+# Seconds without requests before the last replica goes, unless the spec says: KEDA's and the add-on's default.
+DEFAULT_SCALE_DOWN_DELAY_SECONDS = 300
+
+
+def scale_down_delay(autoscaling: AutoscalingSpec) -> int:
+    """Seconds of low load before scaling to zero (KEDA's cooldownPeriod, the add-on's scaledownPeriod)."""
+    delay = autoscaling.scale_down_delay_seconds
+    return DEFAULT_SCALE_DOWN_DELAY_SECONDS if delay is None else delay
 
 
 def build_http_scaled_object(
@@ -44,7 +50,7 @@ def build_http_scaled_object(
             "hosts": [host],
             "scaleTargetRef": {**target, "service": service, "port": port},
             "replicas": {"min": autoscaling.min_replicas, "max": autoscaling.max_replicas},
-            "scaledownPeriod": SCALE_DOWN_PERIOD_SECONDS,
+            "scaledownPeriod": scale_down_delay(autoscaling),
             "scalingMetric": {"concurrency": {"targetValue": autoscaling.target}},
         },
     }

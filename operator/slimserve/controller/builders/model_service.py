@@ -31,7 +31,7 @@ from slimserve.controller.builders import (
     pool_device,
     pool_placement,
 )
-from slimserve.controller.builders.http_scaled_object import HTTP_SCALED_OBJECT_REF, build_http_scaled_object
+from slimserve.controller.builders.http_scaled_object import HTTP_SCALED_OBJECT_REF, build_http_scaled_object, scale_down_delay
 from slimserve.controller.config import NodePool, OperatorConfig
 from slimserve.controller.labels import MANAGED_BY, selector_labels, standard_labels
 
@@ -626,8 +626,16 @@ def build_hpa(owner: Owner, autoscaling: AutoscalingSpec) -> dict[str, Any]:
                     "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": autoscaling.target}},
                 }
             ],
+            **_scale_down_behavior(autoscaling),
         },
     }
+
+
+def _scale_down_behavior(autoscaling: AutoscalingSpec) -> dict[str, Any]:
+    """An HPA's `behavior` with the spec's scale-down delay; none (the controller's default) when it is unset."""
+    if autoscaling.scale_down_delay_seconds is None:
+        return {}
+    return {"behavior": {"scaleDown": {"stabilizationWindowSeconds": autoscaling.scale_down_delay_seconds}}}
 
 
 def inflight_query(owner: Owner) -> str:
@@ -662,7 +670,9 @@ def build_scaled_object(owner: Owner, autoscaling: AutoscalingSpec, prometheus_a
             "minReplicaCount": floor_replicas(autoscaling),
             "maxReplicaCount": autoscaling.max_replicas,
             "pollingInterval": 15,
-            "cooldownPeriod": 300,
+            "cooldownPeriod": scale_down_delay(autoscaling),
+            **({"advanced": {"horizontalPodAutoscalerConfig": _scale_down_behavior(autoscaling)}}
+               if autoscaling.scale_down_delay_seconds is not None else {}),
             "triggers": [
                 {
                     "type": "prometheus",
