@@ -9,6 +9,7 @@
 #   -scaler                            request while its target scales from zero; the scaler KEDA asks)
 #
 # Usage: build.sh                  build what is missing
+#        build.sh NAME...           build what is missing of those components only
 #        build.sh --print-bin NAME  print NAME's path and exit (builds nothing)
 #        build.sh --check           exit 0 when every binary is present, 1 otherwise
 set -euo pipefail
@@ -46,5 +47,7 @@ case "${1:-}" in
       [[ -x "$(each --print-bin "$name")" ]] || exit 1
     done ;;
   "") start=$SECONDS; each build; echo "autoscaling components ready ($((SECONDS - start))s)" >&2 ;;
-  *) echo "usage: $0 [--print-bin NAME|--check]" >&2; exit 2 ;;
+  -*) echo "usage: $0 [NAME...|--print-bin NAME|--check]" >&2; exit 2 ;;
+  *) start=$SECONDS; for name in "$@"; do each build "$name"; done
+     echo "$* ready ($((SECONDS - start))s)" >&2 ;;
 esac
