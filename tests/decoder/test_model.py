@@ -207,3 +207,13 @@ def test_fused_projections_leave_hooks_and_training_the_modules_own():
     after = _decoded(model, ids)
     torch.testing.assert_close(after, _unfused_logits(model, ids)[-1], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(after, before, atol=1e-3)
+
+
+def test_a_model_made_in_inference_mode_fuses_its_inference_tensors():
+    with torch.inference_mode():
+        model = small_model()
+    ids = torch.randint(0, 50, (9,), generator=torch.Generator().manual_seed(7))
+    expected = _unfused_logits(small_model(), ids)[-1]  # the same weights as ordinary tensors (same seed)
+    torch.testing.assert_close(_decoded(model, ids), expected, atol=1e-5, rtol=1e-4)
+    attention = model.layers[0].self_attn
+    assert attention.q_proj.weight.untyped_storage().data_ptr() == attention.v_proj.weight.untyped_storage().data_ptr()

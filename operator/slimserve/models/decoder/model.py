@@ -80,7 +80,8 @@ class RowBlocks:
         self.addresses = ()
         if not alike:
             return False
-        with torch.inference_mode(False), torch.no_grad():  # the parameters stay ordinary tensors
+        # the parameters stay what they were: ordinary tensors, or inference tensors of a model made in inference mode
+        with torch.inference_mode(first.weight.is_inference()), torch.no_grad():
             for kind in ("weight",) if first.bias is None else ("weight", "bias"):
                 parameters = [getattr(m, kind) for m in linears]
                 fused = torch.cat([parameter.detach() for parameter in parameters])
