@@ -2,9 +2,7 @@
 
 Plain nn.Linear / nn.Embedding modules named like Llama's in `transformers` (`layers.N.self_attn.q_proj`,
 `layers.N.mlp.down_proj`, `lm_head`; gpt2's fused, transposed Conv1D weights are split and transposed into
-the same names at load), so quantizers and pruners replace or shrink ordinary modules. Without autograd, the
-Linears that read the same input (q, k and v; gate and up) run as one matrix product over their weights laid
-end to end (`RowBlocks`): the modules and their parameters stay, as views of the fused tensor. Attention is
+the same names at load), so quantizers and pruners replace or shrink ordinary modules. Attention is
 `scaled_dot_product_attention` with grouped-query heads (`enable_gqa`) and, for mistral, the sliding window
 as a mask; a decode step's single-token queries attend over the cache with two batched matrix products.
 
@@ -43,58 +41,6 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
-class RowBlocks:
-    """Linears that read the same input, run as one: their weights (and biases) made row blocks of one tensor,
-    one matrix product computes all their outputs side by side.
-
-    Each Linear keeps its parameters (state-dict names, surgery, quantizers and optimizers see them as before);
-    fusing turns their data into views of the fused tensor, in place. A Linear replaced since (pruned,
-    quantized, cast or moved) no longer lies there: the next call fuses again, or gives None while they are not
-    all plain Linears alike. Linears with hooks (calibration observing their inputs) are not fused, and neither
-    is anything autograd records, so training sees the modules' own calls."""
-
-    def __init__(self, *names: str):
-        self.names = names
-        self.addresses: tuple[int, ...] = ()
-        self.sizes: tuple[int, ...] = ()  # the Linears' output widths, as fused
-
-    def weights(self, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The fused weight and bias (None without biases), or None when the Linears are not to be fused."""
-        if torch.is_grad_enabled():
-            return None
-        # read through the modules' dicts: this runs for every layer at every step
-        linears = [owner._modules[name] for name in self.names]
-        if not all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in linears):
-            return None
-        if _addresses(linears) != self.addresses and not self._fuse(linears):
-            return None
-        first, rows = linears[0]._parameters, sum(m.out_features for m in linears)
-        weight = first["weight"]
-        fused = weight.as_strided((rows, weight.shape[1]), (weight.shape[1], 1))
-        return fused, None if first["bias"] is None else first["bias"].as_strided((rows,), (1,))
-
-    def _fuse(self, linears: list[nn.Linear]) -> bool:
-        first = linears[0]
-        alike = all(m.in_features == first.in_features and m.weight.dtype == first.weight.dtype and m.weight.device == first.weight.device
-                    and (m.bias is None) == (first.bias is None) for m in linears)
-        self.addresses = ()
-        if not alike:
-            return False
-        # the parameters stay what they were: ordinary tensors, or inference tensors of a model made in inference mode
-        with torch.inference_mode(first.weight.is_inference()), torch.no_grad():
-            for kind in ("weight",) if first.bias is None else ("weight", "bias"):
-                parameters = [getattr(m, kind) for m in linears]
-                fused = torch.cat([parameter.detach() for parameter in parameters])
-                for parameter, block in zip(parameters, fused.split([p.shape[0] for p in parameters])):
-                    parameter.data = block
-        self.addresses, self.sizes = _addresses(linears), tuple(m.out_features for m in linears)
-        return True
-
-
-def _addresses(linears: list[nn.Linear]) -> tuple[int, ...]:
-    return tuple(t.data_ptr() for m in linears for t in (m._parameters["weight"], m._parameters["bias"]) if t is not None)
-
-
 def _activation(name: str):
     if name == "silu":
         return F.silu
@@ -113,17 +59,11 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(hidden, inner, bias=bias)
         self.down_proj = nn.Linear(inner, hidden, bias=bias)
         self.act = _activation(config.hidden_act)
-        self.gate_up = RowBlocks("gate_proj", "up_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(self.act(self.up_proj(x)))
-        fused = self.gate_up.weights(self)
-        if fused is None:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-        both, (gate_width, up_width) = F.linear(x, *fused), self.gate_up.sizes
-        gate, up = both.chunk(2, dim=-1) if gate_width == up_width else both.split((gate_width, up_width), dim=-1)
-        return self.down_proj(self.act(gate) * up)
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -140,19 +80,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=config.o_bias)
-        self.qkv = RowBlocks("q_proj", "k_proj", "v_proj")
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None):
         """For x [..., hidden]: q [..., H, D], k and v [..., KV, D], RoPE applied when given (cos and signed
         sin [..., 1, D]); q and k rotated together."""
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        fused = self.qkv.weights(self)
-        if fused is not None:
-            qkv = F.linear(x, *fused).unflatten(-1, (heads + 2 * kv_heads, dim))
-            qk, v = qkv[..., :heads + kv_heads, :], qkv[..., heads + kv_heads:, :]
-        else:
-            qk = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1).unflatten(-1, (heads + kv_heads, dim))
-            v = self.v_proj(x).unflatten(-1, (kv_heads, dim))
+        qk = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1).unflatten(-1, (heads + kv_heads, dim))
+        v = self.v_proj(x).unflatten(-1, (kv_heads, dim))
         if rope is not None:
             qk = _rotate(qk, *rope)
         return qk[..., :heads, :], qk[..., heads:, :], v
