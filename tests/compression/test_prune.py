@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from slimserve.api.steps import PruneConfig
 from slimserve.compression.errors import SpecDoesNotFit
+from slimserve.compression.finetune import train
 from slimserve.compression.registry import apply_step
 
 
@@ -46,6 +48,44 @@ def test_recovery_fine_tune_regains_accuracy(cnn_context):
     tuned = context.task.score(apply_step(original, PruneConfig(amount=0.7, finetune_epochs=3), context).eager())
     assert tuned > untuned + 0.1
     assert tuned > 0.85
+
+
+def test_classifier_recovery_learns_the_original_models_logits_and_labels(cnn_context, monkeypatch):
+    original, context = cnn_context
+    task = context.task
+    expected = task.outputs(original.eager(), "train")
+    seen = []
+    real_loss = task.loss
+
+    def recording_loss(output, batch, teacher, temperature, alpha):
+        seen.append((batch.index.clone(), teacher, temperature, alpha))
+        return real_loss(output, batch, teacher, temperature, alpha)
+
+    monkeypatch.setattr(task, "loss", recording_loss)
+    apply_step(original, PruneConfig(amount=0.5, finetune_epochs=1), context)
+    assert seen
+    for index, teacher, temperature, alpha in seen:
+        assert torch.equal(teacher, expected[index])  # the unpruned model's logits for these very rows
+        assert 0.0 < alpha < 1.0 and temperature > 1.0  # soft targets and the labels both count
+
+
+def test_training_anneals_the_step_size_to_zero_when_asked(cnn_context):
+    original, context = cnn_context
+    rates = []
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: rates.append(optimizer.param_groups[0]["lr"])
+    )
+    try:
+        train(original.float_copy(), context.task, epochs=2, learning_rate=0.01, batch_size=64, cosine=True)
+        cosine = list(rates)
+        rates.clear()
+        train(original.float_copy(), context.task, epochs=2, learning_rate=0.01, batch_size=64)
+    finally:
+        hook.remove()
+    assert cosine[0] == pytest.approx(0.01)
+    assert all(later < earlier for earlier, later in zip(cosine, cosine[1:]))
+    assert cosine[-1] < 0.0005
+    assert rates == [0.01] * len(cosine)  # without it the step size stays as given
 
 
 def test_unstructured_prune_zeroes_weights_and_packs_them(mlp_context):

@@ -49,16 +49,20 @@ def train(
     masks: dict[str, torch.Tensor] | None = None,
     optimizer: OptimizerSpec | None = None,
     l1: tuple[float, list[torch.Tensor]] | None = None,
+    cosine: bool = False,
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """`optimizer` (default Adam) over the training split; the loss is the task's (labels and/or the teacher's
-    outputs), plus `l1`'s penalty times the L1 norm of its weights when given. Runs where the model is: the
+    outputs), plus `l1`'s penalty times the L1 norm of its weights when given; with `cosine` the step size anneals
+    from `learning_rate` to zero over the run, batch by batch. Runs where the model is: the
     task's batches come there, the teacher's outputs are moved there once. `teacher_outputs` is a tensor indexed
     by the batches' positions, or a function computing a batch's (for outputs too large to keep, a decoder's
     logits)."""
     generator = torch.Generator().manual_seed(seed)
     step = build_optimizer(model.parameters(), optimizer or OptimizerSpec(), learning_rate)
+    batches_per_epoch = -(-task.split_size("train") // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(step, epochs * batches_per_epoch) if cosine else None
     if isinstance(teacher_outputs, torch.Tensor):
         teacher_outputs = teacher_outputs.to(model_device(model))
     set_training(model, True)
@@ -73,6 +77,8 @@ def train(
                 step.zero_grad(set_to_none=True)
                 loss.backward()
                 step.step()
+                if schedule is not None:
+                    schedule.step()
                 if masks:
                     apply_masks(model, masks)
                 total += float(loss.detach()) * len(batch.index)

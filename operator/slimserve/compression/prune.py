@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from slimserve.api.steps import PruneConfig
+from slimserve.api.steps import DistillConfig, PruneConfig
 from slimserve.compression import program_surgery, transformer_surgery
 from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import RECOVERY_LEARNING_RATE, apply_masks, train
@@ -24,9 +24,11 @@ from slimserve.compression.registry import register_relaxations, register_transf
 from slimserve.compression.state import ModelState, StepContext
 from slimserve.models.exported import is_program
 
-RECOVERY_BATCH = {"accuracy": 64, "cosine": 32, "perplexity": 16}
+RECOVERY_BATCH = {"accuracy": 32, "cosine": 32, "perplexity": 16}
 DEPTH_BATCHES = 4  # batches of task text whose hidden states rank a decoder's layers
 IMPORTANCE_BATCHES = 4  # batches of task data whose gradients score channels for taylor importance
+RECOVERY_TEMPERATURE = DistillConfig.model_fields["temperature"].default
+RECOVERY_DISTILLATION_WEIGHT = DistillConfig.model_fields["alpha"].default
 _GENTLER = (0.75, 0.5, 0.25)  # the budget search retries at these fractions of the asked amount
 
 
@@ -61,16 +63,22 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
 
 def _fine_tune(model, state: ModelState, config: PruneConfig, context: StepContext, masks, *, phase: str, l1=None) -> None:
     metric = context.task.metric_name
-    # Classifiers recover on their labels; embedding models on the original model's embeddings; decoders on
-    # the unpruned model's next-token distributions.
-    teacher = context.teacher_outputs(context.original) if metric == "cosine" else None
+    # Classifiers recover on their labels and the original model's logits (Hinton's loss, at the distill
+    # step's default temperature and weight: the soft outputs carry how the original ranks the other classes);
+    # embedding models on the original model's embeddings; decoders on the unpruned model's next-token
+    # distributions.
+    teacher = context.teacher_outputs(context.original) if metric in ("accuracy", "cosine") else None
     if metric == "perplexity":
         teacher = context.task.teacher_forward(state.eager())
+    alpha = {"accuracy": RECOVERY_DISTILLATION_WEIGHT, "perplexity": 1.0}.get(metric, 0.0)
+    temperature = RECOVERY_TEMPERATURE if metric == "accuracy" else 1.0
+    # A classifier's step size anneals to zero (cosine), so that its last epochs settle instead of ending
+    # wherever the last full-size step left the weights.
     train(
         model, context.task, epochs=config.finetune_epochs,
         learning_rate=config.optimizer.learning_rate or RECOVERY_LEARNING_RATE[metric], optimizer=config.optimizer,
-        batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, alpha=1.0 if metric == "perplexity" else 0.0,
-        masks=masks, l1=l1, seed=context.seed,
+        batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, temperature=temperature, alpha=alpha,
+        masks=masks, l1=l1, cosine=metric == "accuracy", seed=context.seed,
         on_epoch=lambda epoch, loss: context.reporter.update(
             0.2 + 0.7 * epoch / config.finetune_epochs, f"{phase} epoch {epoch}/{config.finetune_epochs}, loss {loss:.4f}"
         ),
