@@ -17,12 +17,14 @@ Variants (all of the same model):
 Speed: torchvision's ResNet-18 with random weights (1000 classes) on `--size` pixel images, images/s at batch 1 and
 64, the same thread count for every variant, round-robin (one call of each variant per round) so that load from
 other processes hits all alike; medians. Size: the bytes each stores (the .pt2 program, the .onnx file, the fp32
-state_dict). Top-1: the same pipeline on builtin://digits-resnet (pruned, fine-tuned 3 epochs, int8) on the
+state_dict). Top-1: builtin://digits-resnet through the prune step of a CompressionJob (`--prune` of its channels,
+`--finetune-epochs` of its recovery: the unpruned model's logits and the labels), then int8 as above, on the
 held-out digits, against fp32 and ONNX Runtime int8 of the fp32 model.
 
 Target: pruned + int8 at least 2x ONNX Runtime int8's images/s at batch 64, its top-1 within 1 point of fp32's.
 
-    .venv/bin/python benchmarks/compression_cnn.py [--size 112] [--threads 2] [--rounds 5] [--prune 0.5] [--json FILE]
+    .venv/bin/python benchmarks/compression_cnn.py [--size 112] [--threads 2] [--rounds 5] [--prune 0.5]
+        [--finetune-epochs 10] [--json FILE]
 """
 
 from __future__ import annotations
@@ -192,24 +194,31 @@ def speed(args, folder: Path) -> dict[str, dict]:
 
 
 def top1(args, folder: Path) -> dict[str, float]:
-    from slimserve.models import digits
+    """Top-1 on the held-out digits of builtin://digits-resnet as a CompressionJob's prune step leaves it (channels
+    pruned, then its recovery: `--finetune-epochs` of the unpruned model's logits and the labels), int8 through
+    the same program path as the speed rows; beside fp32 and ONNX Runtime int8 of the unpruned model."""
+    from slimserve.api.compression_job import EvaluationSpec
+    from slimserve.api.steps import PruneConfig
+    from slimserve.compression.progress import Reporter
+    from slimserve.compression.registry import apply_step
+    from slimserve.compression.state import ModelState, StepContext
+    from slimserve.compression.task_data import build_task
     from slimserve.models.loading import load_builtin
 
-    data = digits.digits_data()
-    model = load_builtin("builtin://digits-resnet").model.eval()
-    x_test, y_test = torch.from_numpy(data.x_test), data.y_test
-    calibration = [torch.from_numpy(data.x_train[i : i + 64]) for i in range(0, 64 * CALIBRATION_BATCHES, 64)]
-    pruned = copy.deepcopy(model)
-    prune_channels(pruned, calibration[0], args.prune, pruned.classifier)
-    torch.manual_seed(0)
-    digits.train_classifier(pruned, data, epochs=3)
-    ours, _ = served_int8_program(pruned.eval(), calibration, folder, "digits-resnet-int8")
+    loaded = load_builtin("builtin://digits-resnet")
+    model = loaded.model.eval()
+    evaluation = EvaluationSpec(max_drop=0.01, threads=args.threads)
+    task = build_task(loaded, evaluation)
+    original = ModelState.of_float(model, loaded.family, loaded.assets)
+    fp32 = task.score(original.eager())
+    context = StepContext(task, Reporter([], 1), args.threads, task.budget(evaluation), fp32, original)
+    torch.manual_seed(0)  # as the pipeline seeds its first step
+    step = PruneConfig(method="structured", amount=args.prune, finetune_epochs=args.finetune_epochs)
+    pruned = apply_step(original, step, context).model.eval()
+    calibration = [batch for (batch,) in task.calibration(64 * CALIBRATION_BATCHES, 64)]
+    ours, _ = served_int8_program(pruned, calibration, folder, "digits-resnet-int8")
     ort_forward = onnx_int8(model, calibration, folder, "digits-resnet", args.threads)[0]["spin"]
-
-    def accuracy(forward: Callable) -> float:
-        return float((forward(x_test).argmax(1).numpy() == y_test).mean())
-
-    return {"fp32": accuracy(eager(model)), OURS: accuracy(ours), ORT_INT8: accuracy(ort_forward)}
+    return {"fp32": fp32, "pruned (fp32)": task.score(eager(pruned)), OURS: task.score(ours), ORT_INT8: task.score(ort_forward)}
 
 
 def main() -> None:
@@ -218,6 +227,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prune", type=float, default=0.5)
+    parser.add_argument("--finetune-epochs", type=int, default=10, help="the prune step's finetuneEpochs for the top-1")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
