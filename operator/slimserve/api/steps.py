@@ -69,8 +69,9 @@ class PruneConfig(StepConfigBase):
         ge=0,
         le=100,
         description=(
-            "Epochs of recovery fine-tuning on the task data after pruning, e.g. 5. 0 skips it. Decoders recover "
-            "by distillation: the pruned model learns the unpruned model's next-token distributions."
+            "Epochs of recovery fine-tuning on the task data after pruning, e.g. 5. 0 skips it. Classifiers learn "
+            "the labels and the unpruned model's logits, with a cosine step size; decoders recover by distillation: "
+            "the pruned model learns the unpruned model's next-token distributions."
         ),
     )
     keep_layers: list[str] | None = Field(
