@@ -73,3 +73,24 @@ def test_fp32_artifact_serves_like_the_builtin(tmp_path, digits_cnn):
 def test_unknown_builtin_is_refused():
     with pytest.raises(SlimServeError, match="unknown builtin model 'builtin://resnet'"):
         load_servable("builtin://resnet")
+
+
+def test_builtin_training_does_not_depend_on_the_callers_threads(tmp_path, monkeypatch):
+    """The demo models are trained and cached on each machine: their weights must not depend on its cores."""
+    import torch
+
+    from slimserve.models import digits
+
+    monkeypatch.setattr(digits, "TRAIN_EPOCHS", 1)
+    weights = []
+    for threads in (2, 1):
+        monkeypatch.setenv("SLIMSERVE_CACHE", str(tmp_path / f"cache-{threads}"))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            model = digits.trained_builtin("digits-cnn", digits.DEFAULT_CNN_RECIPE, digits.build_cnn)
+        finally:
+            torch.set_num_threads(previous)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        assert list((tmp_path / f"cache-{threads}" / "models").glob("digits-cnn-*.safetensors"))  # trained, not read
+    assert torch.equal(weights[0], weights[1])

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from slimserve.artifacts.cache import cache_dir
+from slimserve.models.torch_threads import torch_threads
 
 NUM_FEATURES = 64
 NUM_CLASSES = 10
@@ -25,6 +26,8 @@ SPLIT_SEED = 20240611
 HELD_OUT_FRACTION = 0.2
 TRAIN_EPOCHS = 25
 TRAIN_SEED = 7
+# The demo models train on one thread, so that their weights are the same on every machine with this torch.
+TRAIN_THREADS = 1
 
 DEFAULT_CNN_RECIPE: dict[str, Any] = {"channels": [16, 32, 64], "num_classes": NUM_CLASSES}
 DEFAULT_MLP_RECIPE: dict[str, Any] = {"hidden": [128], "num_classes": NUM_CLASSES}
@@ -147,7 +150,7 @@ def train_classifier(
 def trained_builtin(name: str, recipe: dict[str, Any], builder) -> nn.Module:
     """A trained fp32 demo model, cached as safetensors under the cache dir keyed by a hash of its recipe."""
     key = json.dumps({"model": name, "recipe": recipe, "epochs": TRAIN_EPOCHS, "seed": TRAIN_SEED,
-                      "split": SPLIT_SEED}, sort_keys=True)
+                      "split": SPLIT_SEED, "threads": TRAIN_THREADS}, sort_keys=True)
     path = cache_dir("models") / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
     model = builder(recipe)
     if path.is_file():
@@ -158,7 +161,8 @@ def trained_builtin(name: str, recipe: dict[str, Any], builder) -> nn.Module:
             path.unlink(missing_ok=True)
     torch.manual_seed(TRAIN_SEED)
     model = builder(recipe)
-    train_classifier(model, digits_data(), epochs=TRAIN_EPOCHS)
+    with torch_threads(TRAIN_THREADS):
+        train_classifier(model, digits_data(), epochs=TRAIN_EPOCHS)
     staging = path.with_name(f".{path.name}.{torch.randint(0, 1 << 30, ()).item()}")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging))
     staging.replace(path)
