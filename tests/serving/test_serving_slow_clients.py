@@ -187,7 +187,10 @@ def test_a_dripping_body_and_a_stall_after_a_kept_alive_request_are_cut_off(stal
     kept_alive.sendall(f"POST {INFER} HTTP/1.1\r\nHost: ".encode())  # the next request's headers, half of them
 
     # A body sent one byte at a time never completes: the deadline counts from the headers, not per byte.
-    dripping, headers_sent = _stall_in_body(stall_server, INFER, "application/json"), time.monotonic()
+    # Timed from before the headers go: the server's deadline starts when they arrive, earlier than the
+    # `100 Continue` that _stall_in_body waits for comes back.
+    headers_sent = time.monotonic()
+    dripping = _stall_in_body(stall_server, INFER, "application/json")
     dripping.settimeout(0.25)
     answer = b""
     try:
