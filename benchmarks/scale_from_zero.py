@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from tests.autoscaling.components import keda_http_add_on, missing  # noqa: E402
+from tests.autoscaling.components import HTTP_ADD_ON_VERSION, KEDA_HTTP_BINARIES, keda_http_add_on, missing  # noqa: E402
 from tests.autoscaling.test_http_add_on_versions import SUPPORTED  # noqa: E402
 from tests.autoscaling.wake import at_zero, infer, route_to, to_zero_service  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
@@ -189,12 +189,12 @@ def from_zero(cluster: RealCluster) -> None:
     """Seconds from the first request at zero replicas to its answer, through the KEDA HTTP add-on's interceptor,
     beside a request's once a pod runs."""
     cp, namespace = cluster.cp, cluster.namespace
-    reason = missing("keda-operator", "keda-http-operator", "keda-http-interceptor", "keda-http-scaler")
+    reason = missing(*KEDA_HTTP_BINARIES)
     if reason:
         print(f"not measured: {reason}")
         return
     name = "sleepy"
-    with keda_http_add_on(cp, namespace, cluster.workdir / "keda", SUPPORTED["v0.8.0"]) as keda:
+    with keda_http_add_on(cp, namespace, cluster.workdir / "keda", SUPPORTED[HTTP_ADD_ON_VERSION]) as keda:
         apply(cp, namespace, to_zero_service(name))
         wait_for("KEDA to scale the service to zero", lambda: exists(cp, namespace, "deployment", name)
                  and at_zero(cp, namespace, name), timeout=600, interval=1)

@@ -231,6 +231,20 @@ INTERCEPTOR_HOLD_SECONDS = 300
 INTERCEPTOR_ENV = {"KEDA_CONDITION_WAIT_TIMEOUT": f"{INTERCEPTOR_HOLD_SECONDS}s", "KEDA_RESPONSE_HEADER_TIMEOUT": "60s"}
 
 
+def pinned_version(project: str, module: str) -> str:
+    """The version of `module` that tests/autoscaling/tools/<project>/go.mod requires (what build.sh builds)."""
+    for line in (TOOLS / project / "go.mod").read_text().splitlines():
+        words = line.split()
+        if words[:2] == ["require", module]:
+            return words[2]
+    raise ClusterError(f"{module} is not required by {TOOLS / project / 'go.mod'}")
+
+
+# What scale from zero runs beside the node, and the add-on's version (its CRD is vendored per version).
+KEDA_HTTP_BINARIES = ("keda-operator", "keda-http-operator", "keda-http-interceptor", "keda-http-scaler")
+HTTP_ADD_ON_VERSION = pinned_version("http-add-on", "github.com/kedacore/http-add-on")
+
+
 def module_dir(project: str, module: str) -> Path:
     """The source of `module` at the version tests/autoscaling/tools/<project> pins (the one build.sh built), from
     the Go module cache (downloaded when absent, checked against go.sum)."""
@@ -266,9 +280,10 @@ def in_netns_kubeconfig(cp, name: str, user: str, group: str) -> Path:
 
 def sweep_keda_netns() -> None:
     """Remove the namespace a KEDA whose owner died left (called with the real node's lock held)."""
-    if run("ip", "netns", "pids", KEDA_NETNS, check=False).returncode != 0:
+    pids = run("ip", "netns", "pids", KEDA_NETNS, check=False)
+    if pids.returncode != 0:
         return
-    for pid in run("ip", "netns", "pids", KEDA_NETNS, check=False).stdout.decode().split():
+    for pid in pids.stdout.decode().split():
         try:
             os.kill(int(pid), signal.SIGKILL)
         except ProcessLookupError:
@@ -359,9 +374,7 @@ class KedaHttpAddOn(_HostComponent):
             f"--metrics-service-bind-address=127.0.0.1:{grpc_port}", "--zap-log-level=info"],
             {**base, "WATCH_NAMESPACE": ns, "KEDA_CLUSTER_OBJECT_NAMESPACE": ns, "POD_NAMESPACE": ns},
             hosts=keda_hosts)
-        for process in self.processes:
-            if process.popen.poll() is not None:
-                raise ClusterError(f"{process.name} exited {process.popen.returncode}:\n{process.tail()}")
+        self.check_running()
 
     def check_running(self) -> None:
         dead = [p for p in self.processes if p.popen.poll() is not None]

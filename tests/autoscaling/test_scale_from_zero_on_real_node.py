@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.autoscaling.components import keda_http_add_on, missing
+from tests.autoscaling.components import HTTP_ADD_ON_VERSION, KEDA_HTTP_BINARIES, keda_http_add_on, missing
 from tests.cluster.helpers import apply, exists, wait_for
 from tests.operator.conftest import crds  # noqa: F401  (the operator fixture's)
 from tests.operator.test_model_service_cluster import wait_condition
@@ -23,12 +23,11 @@ from .wake import SCALE_DOWN_DELAY_SECONDS, at_zero, infer, replicas, route_to, 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SERVICE = "sleepy"
-HTTP_ADD_ON_VERSION = "v0.8.0"  # the add-on tests/autoscaling/tools/http-add-on pins
 
 
 @pytest.fixture
 def keda(control_plane, real_node, namespace):  # noqa: F811
-    reason = missing("keda-operator", "keda-http-operator", "keda-http-interceptor", "keda-http-scaler")
+    reason = missing(*KEDA_HTTP_BINARIES)
     if reason:
         pytest.skip(reason)
     with keda_http_add_on(control_plane, namespace, real_node.workdir / "keda", SUPPORTED[HTTP_ADD_ON_VERSION]) as keda:
