@@ -639,13 +639,19 @@ def _scale_down_behavior(autoscaling: AutoscalingSpec) -> dict[str, Any]:
 
 
 def inflight_query(owner: Owner) -> str:
-    """In-flight requests summed over this Deployment's pods (Prometheus regexes match whole values).
+    """In-flight requests summed over this Deployment's pods."""
+    return f"sum({INFLIGHT_METRIC}{{{pod_matchers(owner.namespace, owner.child_name)}}})"
+
+
+def pod_matchers(namespace: str, deployment: str) -> str:
+    """PromQL label matchers of the pods of a Deployment (Prometheus regexes match whole values): its name, a
+    ReplicaSet hash and a pod suffix, as Kubernetes pod discovery labels them (namespace, pod).
 
     Label values are PromQL double-quoted strings, which read backslash escapes as Go does (`\\-` is an
     error): the regex is quoted for RE2 first, then as a string, so `a.b` reaches RE2 as `a\\.b`.
     """
-    pods = f"{_quote_regex(owner.child_name)}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}"
-    return f"sum({INFLIGHT_METRIC}{{namespace={_promql_string(owner.namespace)},pod=~{_promql_string(pods)}}})"
+    pods = f"{_quote_regex(deployment)}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}"
+    return f"namespace={_promql_string(namespace)},pod=~{_promql_string(pods)}"
 
 
 def _quote_regex(text: str) -> str:
