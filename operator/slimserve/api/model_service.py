@@ -361,6 +361,26 @@ class GatewayReference(SpecModel):
     )
 
 
+class CanaryRollbackSpec(SpecModel):
+    """When the operator takes the canary's traffic away on its error rate (see CanarySpec.rollback): judged once
+    minRequests arrived in the window, rolled back when more than maxErrorPercent of them failed."""
+
+    max_error_percent: float = Field(
+        ge=0.0, lt=100.0,
+        description="Roll back when more than this percent of the canary's inference requests in the window "
+        "failed, e.g. 5; 0 rolls back on the first failure.",
+    )
+    window_seconds: int = Field(
+        default=60, ge=10, le=3600,
+        description="Seconds of requests the error rate is measured over, e.g. 60; at least a few of Prometheus' "
+        "scrape intervals (the canary's requests before its first scrape in the window are not seen).",
+    )
+    min_requests: int = Field(
+        default=20, ge=1, le=1_000_000,
+        description="Fewest canary requests in the window before the rate is judged at all, e.g. 20.",
+    )
+
+
 class CanarySpec(SpecModel):
     """A candidate model served beside spec.model, with a share of the traffic.
 
@@ -373,7 +393,7 @@ class CanarySpec(SpecModel):
     autoscaler the share is exact only after the canary has followed the stable's scale. With a gateway, an
     HTTPRoute splits HTTP (REST) requests by weight whatever the replicas; gRPC still goes through the Service.
     Promote: trafficPercent 100, then move the candidate into spec.model and remove spec.canary. Roll back:
-    trafficPercent 0, or remove spec.canary. The side gaining traffic is scaled up and Ready before the other is
+    trafficPercent 0, or remove spec.canary; or let the operator do it on the canary's error rate (rollback). The side gaining traffic is scaled up and Ready before the other is
     scaled down."""
 
     model: ModelReference = Field(description="The candidate model, as spec.model: a uri or a compressionJobRef.")
@@ -386,6 +406,15 @@ class CanarySpec(SpecModel):
         default=None,
         description="Split HTTP traffic with Gateway API HTTPRoute weights: an owned HTTPRoute attached to this "
         "Gateway, with a Service per version as its backends; unset: split by replica proportion on the Service.",
+    )
+    rollback: CanaryRollbackSpec | None = Field(
+        default=None,
+        description="Roll the canary's traffic back by itself when its error rate exceeds maxErrorPercent: the "
+        "operator reads the canary pods' inference requests of the last windowSeconds from the Prometheus of its "
+        "configuration (prometheusAddress, KEDA's too); REST 5xx and gRPC INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, "
+        "UNKNOWN and DATA_LOSS are errors, 4xx and 429 are not. Rolled back, the canary gets no traffic, as with "
+        "trafficPercent 0 (condition CanaryRolledBack, status.canary.rolledBack), the spec unchanged, until "
+        "spec.canary's model or trafficPercent changes. Unset: only spec edits move the traffic.",
     )
 
 
@@ -511,6 +540,18 @@ class ModelServiceSpec(SpecModel):
         return self
 
 
+class CanaryRollback(StatusModel):
+    """A rollback the operator made: it holds while spec.canary names the same candidate at the same trafficPercent."""
+
+    model_uri: str | None = Field(default=None, description="The candidate's artifact that was rolled back.")
+    model_digest: str | None = Field(default=None, description="Its digest.")
+    traffic_percent: int | None = Field(default=None, description="spec.canary.trafficPercent when it was rolled back.")
+    error_percent: float | None = Field(default=None, description="The error rate measured, percent of its requests.")
+    requests: float | None = Field(default=None, description="The canary's inference requests in the window.")
+    window_seconds: int | None = Field(default=None, description="The window they were counted over.")
+    time: str | None = Field(default=None, description="When it was rolled back (RFC 3339).")
+
+
 class CanaryStatus(StatusModel):
     """The candidate beside the stable model, and the traffic split now."""
 
@@ -525,6 +566,11 @@ class CanaryStatus(StatusModel):
         "share of the ready pods behind the Service.",
     )
     message: str | None = Field(default=None, description="Why the split is not yet the one asked for, if it is not.")
+    rolled_back: CanaryRollback | None = Field(
+        default=None,
+        description="Set while the operator holds the canary's traffic at 0 after its error rate exceeded "
+        "spec.canary.rollback.maxErrorPercent: what was rolled back and what was measured.",
+    )
 
 
 class ModelServiceStatus(StatusModel):
