@@ -18,7 +18,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from slimserve.controller import kube
-from slimserve.controller.conditions import TRUE, condition_changed, find_condition, now_rfc3339
+from slimserve.controller.canary_rollback import CANARY_ROLLED_BACK, ERROR_RATE_EXCEEDED, METRICS_UNAVAILABLE
+from slimserve.controller.conditions import TRUE, UNKNOWN, condition_changed, find_condition, now_rfc3339
 from slimserve.controller.labels import MANAGED_BY
 from slimserve.controller.model_service_status import (
     API_KEYS_SECRET_INVALID,
@@ -34,7 +35,7 @@ from slimserve.controller.model_service_status import (
 log = logging.getLogger(__name__)
 
 # Condition types whose transitions are announced, in the order they are announced.
-ANNOUNCED = ("ModelAvailable", "AutoscalingReady", "Ready")
+ANNOUNCED = ("ModelAvailable", "AutoscalingReady", "Ready", CANARY_ROLLED_BACK)
 # Reasons that need someone's attention.
 WARNING_REASONS = frozenset(
     {
@@ -53,6 +54,8 @@ WARNING_REASONS = frozenset(
         TLS_SECRET_INVALID,
         API_KEYS_SECRET_MISSING,
         API_KEYS_SECRET_INVALID,
+        ERROR_RATE_EXCEEDED,
+        METRICS_UNAVAILABLE,
     }
 )
 
@@ -83,8 +86,8 @@ def transition_events(before: dict[str, Any] | None, after: dict[str, Any]) -> l
         if first and not (type_ == "Ready" and condition.get("status") == TRUE) and reason not in WARNING_REASONS:
             continue
         kind = "Warning" if reason in WARNING_REASONS else "Normal"
-        verb = "is" if condition.get("status") == TRUE else "is not"
-        message = f"{type_} {verb} true: {condition.get('message') or reason}"
+        verb = {TRUE: "is true", UNKNOWN: "is unknown"}.get(condition.get("status"), "is not true")
+        message = f"{type_} {verb}: {condition.get('message') or reason}"
         events.append(Transition(kind, reason, message[:1024]))
     return events
 
