@@ -4,7 +4,9 @@ safe order, the canary's children and its part of the status.
 Level-based like the rest of the pass: each pass reads both Deployments, asks the side gaining replicas for its
 target and holds the other until that side is Ready (`plan_replicas`); while it holds, the pass ends with
 `CanaryWaiting` and runs again after a short delay. The traffic split follows what is Ready: an HTTPRoute sends
-nothing to a side without Ready pods, and without a Gateway the share is that of the Ready pods.
+nothing to a side without Ready pods, and without a Gateway the share is that of the Ready pods. A rollback the
+operator made on the canary's error rate (status.canary.rolledBack, see `canary_rollback`) counts as
+trafficPercent 0 while the spec still asks for what was rolled back.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from slimserve.controller.builders.model_service import (
     Children,
     Owner,
 )
+from slimserve.controller.canary_rollback import rollback_conditions, rollback_holds
 from slimserve.controller.config import NodePool, OperatorConfig
 from slimserve.controller.model_service_status import ModelResolution, evaluate_rollout
 
@@ -53,12 +56,14 @@ class CanaryPass:
     """What this pass found and decided about the canary."""
 
     in_spec: bool
-    percent: int  # spec.canary.trafficPercent (0 without a canary)
+    percent: int  # spec.canary.trafficPercent (0 without a canary, or while a rollback holds)
     resolution: ModelResolution | None  # the candidate's, while spec.canary is set
     plan: ReplicaPlan
     stable: Side | None
     canary: Side | None
     canary_live: dict[str, Any] | None
+    previous_rollback: dict[str, Any] | None = None  # status.canary.rolledBack as this pass found it
+    rollback: dict[str, Any] | None = None  # the same, while it still holds
 
     @property
     def weights(self) -> tuple[int, int]:
@@ -114,21 +119,24 @@ def plan_pass(
     canary_live = _deployment(api, owner, canary_name(owner))
     stable, canary = side_of(stable_live), side_of(canary_live)
     resolution = resolve(spec.canary.model) if in_spec else None
+    previous_rollback = (previous_status.get("canary") or {}).get("rolledBack")
+    held = previous_rollback if rollback_holds(previous_rollback, spec.canary, resolution and resolution.model) else None
+    percent = 0 if not in_spec or held else spec.canary.traffic_percent
     if resolution is not None and resolution.model is None:
         # No candidate yet (its CompressionJob runs): the stable serves everything, an earlier canary stays.
         plan = ReplicaPlan(stable_replicas, None)
     else:
-        target_stable, target_canary = targets(spec, stable_replicas, stable)
+        target_stable, target_canary = targets(spec, stable_replicas, stable, percent)
         plan = plan_replicas(target_stable, target_canary, stable, canary, canary_in_spec=in_spec)
-    percent = spec.canary.traffic_percent if in_spec else 0
-    return CanaryPass(in_spec, percent, resolution, plan, stable, canary, canary_live)
+    return CanaryPass(in_spec, percent, resolution, plan, stable, canary, canary_live, previous_rollback, held)
 
 
-def targets(spec: ModelServiceSpec, stable_replicas: int | None, stable: Side | None) -> tuple[int | None, int]:
-    """(stable, canary) replicas to reach: a split of the spec's replicas, or beside the autoscaler's."""
+def targets(spec: ModelServiceSpec, stable_replicas: int | None, stable: Side | None,
+            percent: int) -> tuple[int | None, int]:
+    """(stable, canary) replicas to reach for a canary share of `percent`: a split of the spec's replicas, or
+    beside the autoscaler's."""
     if spec.canary is None:
         return stable_replicas, 0
-    percent = spec.canary.traffic_percent
     if stable_replicas is None:
         running = stable.replicas if stable else 1
         return None, follower_replicas(running, percent, spec.autoscaling.max_replicas)
@@ -170,6 +178,8 @@ def canary_status(spec: ModelServiceSpec, found: CanaryPass) -> dict[str, Any] |
     model = resolution.model if resolution else None
     share = found.weights[1] if spec.canary.gateway is not None else ready_share(found)
     message = found.plan.waiting or ("" if model is not None else resolution.verdict.message)
+    if not message and found.rollback is not None:
+        message = "rolled back on its error rate (condition CanaryRolledBack)"
     return {
         "modelUri": model.uri if model else None,
         "modelDigest": model.digest if model else None,
@@ -178,7 +188,15 @@ def canary_status(spec: ModelServiceSpec, found: CanaryPass) -> dict[str, Any] |
         "stableReplicas": found.plan.stable,
         "trafficPercent": share,
         "message": message or None,
+        "rolledBack": found.rollback,
     }
+
+
+def with_canary_status(status: dict[str, Any], spec: ModelServiceSpec, found: CanaryPass) -> dict[str, Any]:
+    """`status` with status.canary and the CanaryRolledBack condition of this pass."""
+    conditions = rollback_conditions(status.get("conditions") or [], spec.canary, found.previous_rollback,
+                                     found.rollback, status.get("observedGeneration") or 0)
+    return {**status, "canary": canary_status(spec, found), "conditions": sorted(conditions, key=lambda c: c["type"])}
 
 
 def ready_share(found: CanaryPass) -> int:
