@@ -33,9 +33,9 @@ from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_canary import (
     CanaryPass,
     canary_children,
-    canary_status,
     plan_pass,
     raise_if_waiting,
+    with_canary_status,
 )
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_state import (
@@ -217,7 +217,7 @@ def reconcile(runtime: Runtime, body: Mapping[str, Any], *, force: bool = False)
                 rollout = evaluate_rollout(deployment)
         status = compose_status(previous, inputs, rollout, refused)
         if canary is not None:
-            status["canary"] = canary_status(spec, canary)
+            status = with_canary_status(status, spec, canary)
         waiting = canary is not None and canary.plan.waiting
         # A refused (or held) pass has not reached what it was built from: the next one must apply again.
         snapshot = Snapshot(owner, inputs, status, body_ref(body), deployment_generation,
