@@ -6,6 +6,8 @@
 - Kopf indices say which services serve which CompressionJob, and which optional children (HPA, PDB) exist,
   so stale ones are deleted without listing anything.
 - KEDA is optional and Kopf does not watch it: a loop looks after ScaledObjects (`model_service_keda`).
+- A service with spec.canary.rollback gets a daemon that watches its canary's error rate
+  (`model_service_canary_rollback`); Kopf starts and stops it with the setting.
 
 The watch handlers only look at the event and queue work, so they are coroutines: no thread per event. The
 work queue, the KEDA loop and the Event poster live on the memo (`memo.model_services`) and start and stop
@@ -30,6 +32,7 @@ from slimserve.controller.builders.model_service import (
     controller_owner,
 )
 from slimserve.controller.model_service_canary import CanaryWaiting
+from slimserve.controller.model_service_canary_rollback import follow_error_rate
 from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, ChildrenRefused, reconcile
 from slimserve.controller.model_service_state import Runtime, fingerprint
 from slimserve.controller.model_service_status import resolve_compression_job
@@ -72,6 +75,16 @@ def reconcile_model_service(body: kopf.Body, memo: Any, **_: Any) -> None:
     except (ChildrenRefused, CanaryWaiting) as retry:  # a canary waits for the side gaining traffic the same way
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         runtime_of.queue_full_pass(memo.model_services, key, retry.delay)
+
+
+def _rolls_back(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("canary") or {}).get("rollback"))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_rolls_back, cancellation_timeout=10)
+async def follow_canary_error_rate(stopped: kopf.DaemonStopped, body: kopf.Body, memo: Any, **_: Any) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    await follow_error_rate(memo.model_services, key, body, stopped)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
