@@ -14,7 +14,7 @@ after the `gpu` tests and keeps the output. Every figure of a table is measured 
    concurrency 32, dynamic batching) against the bare forward of the same servable at batch 32 in this
    process (rows/s; target >= 0.8), with CUDA graphs off and on.
 
-    .venv/bin/python benchmarks/gpu.py                 # everything (a few minutes on one GPU)
+    .venv/bin/python benchmarks/gpu.py                 # everything (compiling each precision takes most of it)
     .venv/bin/python benchmarks/gpu.py --skip-server   # the forward table only
 """
 
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -97,9 +97,10 @@ def torchao_int4(model: torch.nn.Module, device: torch.device) -> Callable:
     return torch.compile(model)
 
 
-def forward_table(device: torch.device) -> list[str]:
-    lines = ["| model | precision | " + " | ".join(f"batch {b} ms (vs eager fp16)" for b in BATCHES) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in BATCHES) + " |"]
+def forward_table(device: torch.device) -> Iterator[str]:
+    """The table's lines, each as soon as it is measured: a run stopped part way keeps the rows it finished."""
+    yield "| model | precision | " + " | ".join(f"batch {b} ms (vs eager fp16)" for b in BATCHES) + " |"
+    yield "| --- | --- | " + " | ".join("---" for _ in BATCHES) + " |"
     for name, model in encoders().items():
         rows: dict[str, Callable | str] = {}
         rows["PyTorch eager fp16"] = copy.deepcopy(model).to(device).half()
@@ -109,7 +110,7 @@ def forward_table(device: torch.device) -> list[str]:
         base = {batch: cuda_ms(rows["PyTorch eager fp16"], token_batch(batch, device)) for batch in BATCHES}
         for label, forward in rows.items():
             if isinstance(forward, str):
-                lines.append(f"| {name} | {label} | not available: {forward} |" + " |" * (len(BATCHES) - 1))
+                yield f"| {name} | {label} | not available: {forward} |" + " |" * (len(BATCHES) - 1)
                 continue
             cells = []
             for batch in BATCHES:
@@ -119,9 +120,8 @@ def forward_table(device: torch.device) -> list[str]:
                     cells.append(f"failed: {type(exc).__name__}: {str(exc)[:80]}")
                     continue
                 cells.append(f"{ms:.3f} ({base[batch] / ms:.2f}x)")
-            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+            yield f"| {name} | {label} | " + " | ".join(cells) + " |"
             torch.cuda.empty_cache()
-    return lines
 
 
 def _built(build: Callable[[], Callable]) -> Callable | str:
@@ -148,7 +148,8 @@ def bare_rows_per_s(device: str, cuda_graphs: bool, seconds: float) -> float:
 
 
 def server_rows_per_s(cuda_graphs: bool, seconds: float, log_dir: Path) -> dict:
-    from serving import HOST, Server, free_port, median_round, run_loadgen
+    from loadgen.measured import median_round
+    from serving import HOST, Server, free_port, run_loadgen
 
     http_port, grpc_port = free_port(), free_port()
     log = log_dir / f"serve-graphs-{cuda_graphs}.log"
@@ -167,9 +168,9 @@ def server_rows_per_s(cuda_graphs: bool, seconds: float, log_dir: Path) -> dict:
         server.stop()
 
 
-def server_table(seconds: float) -> list[str]:
-    lines = ["| CUDA graphs | server rows/s (c=32) | bare forward rows/s (batch 32) | ratio | target |",
-             "| --- | --- | --- | --- | --- |"]
+def server_table(seconds: float) -> Iterator[str]:
+    yield "| CUDA graphs | server rows/s (c=32) | bare forward rows/s (batch 32) | ratio | target |"
+    yield "| --- | --- | --- | --- | --- |"
     with tempfile.TemporaryDirectory() as logs:
         for graphs in (False, True):
             served = server_rows_per_s(graphs, seconds, Path(logs))
@@ -177,8 +178,7 @@ def server_table(seconds: float) -> list[str]:
             rps = served.get("rps")
             ratio = f"{rps / bare:.2f}" if rps else f"failed ({served.get('failure', 'no answers')[:80]})"
             ok = "met" if rps and rps / bare >= SERVER_TARGET else "missed"
-            lines.append(f"| {'on' if graphs else 'off'} | {rps or 0:.0f} | {bare:.0f} | {ratio} | >= {SERVER_TARGET} {ok} |")
-    return lines
+            yield f"| {'on' if graphs else 'off'} | {rps or 0:.0f} | {bare:.0f} | {ratio} | >= {SERVER_TARGET} {ok} |"
 
 
 def main() -> int:
@@ -191,10 +191,12 @@ def main() -> int:
         return 0
     device = torch.device("cuda", 0)
     print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}\n")
-    print("\n".join(forward_table(device)))
+    for line in forward_table(device):
+        print(line, flush=True)
     if not args.skip_server:
         print()
-        print("\n".join(server_table(args.duration_s)))
+        for line in server_table(args.duration_s):
+            print(line, flush=True)
     return 0
 
 
