@@ -24,7 +24,7 @@ held-out digits, against fp32 and ONNX Runtime int8 of the fp32 model.
 Target: pruned + int8 at least 2x ONNX Runtime int8's images/s at batch 64, its top-1 within 1 point of fp32's.
 
     .venv/bin/python benchmarks/compression_cnn.py [--size 112] [--threads 2] [--rounds 5] [--prune 0.5]
-        [--finetune-epochs 10] [--json FILE]
+        [--finetune-epochs 10] [--prune-rounds 1] [--importance magnitude] [--json FILE]
 """
 
 from __future__ import annotations
@@ -213,7 +213,10 @@ def top1(args, folder: Path) -> dict[str, float]:
     fp32 = task.score(original.eager())
     context = StepContext(task, Reporter([], 1), args.threads, task.budget(evaluation), fp32, original)
     torch.manual_seed(0)  # as the pipeline seeds its first step
-    step = PruneConfig(method="structured", amount=args.prune, finetune_epochs=args.finetune_epochs)
+    step = PruneConfig(
+        method="structured", amount=args.prune, finetune_epochs=args.finetune_epochs, rounds=args.prune_rounds,
+        importance=args.importance,
+    )
     pruned = apply_step(original, step, context).model.eval()
     calibration = [batch for (batch,) in task.calibration(64 * CALIBRATION_BATCHES, 64)]
     ours, _ = served_int8_program(pruned, calibration, folder, "digits-resnet-int8")
@@ -228,6 +231,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prune", type=float, default=0.5)
     parser.add_argument("--finetune-epochs", type=int, default=10, help="the prune step's finetuneEpochs for the top-1")
+    parser.add_argument("--prune-rounds", type=int, default=1, help="the prune step's rounds for the top-1")
+    parser.add_argument("--importance", choices=("magnitude", "taylor"), default="magnitude", help="the prune step's importance for the top-1")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

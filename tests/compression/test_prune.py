@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from slimserve.api.steps import PruneConfig
+from slimserve.compression import compress
 from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import train
 from slimserve.compression.registry import apply_step
@@ -40,6 +43,48 @@ def test_taylor_importance_prunes_with_gradients(cnn_context):
     assert taylor.recipe == magnitude.recipe
     first_conv = lambda state: state.model.features[0].weight  # noqa: E731
     assert not torch.equal(first_conv(taylor), first_conv(magnitude))  # other channels were chosen
+
+
+def test_rounds_prune_a_share_recover_and_prune_again(cnn_context, monkeypatch):
+    original, context = cnn_context
+    from slimserve.compression import prune as prune_module
+
+    widths_at_recovery, scored_on = [], []
+    real_train, real_gradients = prune_module.train, prune_module._accumulate_gradients
+
+    def recording_train(model, *args, **kwargs):
+        widths_at_recovery.append([m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)])
+        return real_train(model, *args, **kwargs)
+
+    def recording_gradients(model, *args, **kwargs):
+        scored_on.append([m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)])
+        return real_gradients(model, *args, **kwargs)
+
+    monkeypatch.setattr(prune_module, "train", recording_train)
+    monkeypatch.setattr(prune_module, "_accumulate_gradients", recording_gradients)
+    config = PruneConfig(amount=0.5, rounds=2, finetune_epochs=1, importance="taylor")
+    pruned = apply_step(original, config, context)
+    # a quarter of each layer's channels, recovery, the next quarter scored on the recovered model, recovery
+    assert scored_on == [[16, 32, 64], [12, 24, 48]]
+    assert widths_at_recovery == [[12, 24, 48], [8, 16, 32]]
+    assert pruned.recipe["channels"] == [8, 16, 32]
+
+
+def test_rounds_need_structured_channel_pruning(minilm_context):
+    with pytest.raises(ValueError, match="rounds: pruning in rounds needs method structured"):
+        PruneConfig(method="unstructured", amount=0.5, rounds=2)
+    encoder, context = minilm_context
+    with pytest.raises(SpecDoesNotFit, match=r"rounds: pruning in rounds is for structured channel pruning"):
+        apply_step(encoder, PruneConfig(amount=0.5, rounds=2), context)
+
+
+def test_the_report_names_the_importance_and_the_rounds(tmp_path, sink, make_spec):
+    prune = {"method": "structured", "amount": 0.5, "importance": "taylor", "rounds": 2, "finetuneEpochs": 1}
+    spec = make_spec(tmp_path / "out", model="builtin://digits-mlp", steps=[{"prune": prune}], evaluation={"maxDrop": 0.5})
+    compress(spec, [sink])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    kept = [c["label"] for c in report["candidates"] if c["step"] == "prune/structured" and c["accepted"]]
+    assert kept == ["amount 0.5, taylor importance, in 2 rounds, fine-tuned with adam"]
 
 
 def test_recovery_fine_tune_regains_accuracy(cnn_context):

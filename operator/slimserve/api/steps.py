@@ -69,9 +69,19 @@ class PruneConfig(StepConfigBase):
         ge=0,
         le=100,
         description=(
-            "Epochs of recovery fine-tuning on the task data after pruning, e.g. 5. 0 skips it. Classifiers learn "
-            "the labels and the unpruned model's logits, with a cosine step size; decoders recover by distillation: "
-            "the pruned model learns the unpruned model's next-token distributions."
+            "Epochs of recovery fine-tuning on the task data after pruning (after each round, see rounds), e.g. 5. "
+            "0 skips it. Classifiers learn the labels and the unpruned model's logits, with a cosine step size; "
+            "decoders recover by distillation: the pruned model learns the unpruned model's next-token distributions."
+        ),
+    )
+    rounds: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description=(
+            "structured channel pruning (CNNs, MLPs, exported programs): remove amount in this many equal shares, "
+            "e.g. 3, each followed by finetuneEpochs of recovery and the next share scored on the recovered model. "
+            "Costs rounds times the recovery's epochs. 1: all at once."
         ),
     )
     keep_layers: list[str] | None = Field(
@@ -99,6 +109,8 @@ class PruneConfig(StepConfigBase):
     def _l1_needs_training(self) -> "PruneConfig":
         if self.l1_penalty and (self.method != "unstructured" or not self.finetune_epochs):
             raise ValueError("l1Penalty: needs method unstructured and finetuneEpochs of at least 1")
+        if self.rounds > 1 and self.method != "structured":
+            raise ValueError("rounds: pruning in rounds needs method structured")
         return self
 
 

@@ -33,7 +33,9 @@ def describe(config: StepConfig, model: nn.Module | None = None) -> str:
     if isinstance(config, PruneConfig):
         l1 = f" after L1 {config.l1_penalty:g}" if config.l1_penalty else ""
         tuned = f", fine-tuned with {_optimizer(config.optimizer)}" if config.finetune_epochs else ""
-        return f"amount {config.amount:g}{l1}{tuned}"
+        taylor = ", taylor importance" if config.importance == "taylor" else ""
+        rounds = f", in {config.rounds} rounds" if config.rounds > 1 else ""
+        return f"amount {config.amount:g}{taylor}{rounds}{l1}{tuned}"
     if isinstance(config, QuantizeConfig):
         groups = f", groups of {config.group_size}" if config.group_size else ""
         int8 = f", {_layers(config.int8_layers, 'int8')}" if config.int8_layers else ""

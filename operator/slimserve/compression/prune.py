@@ -38,22 +38,31 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
     keep = list(config.keep_layers or [])
     _check_module_names(model, keep, f"{context.where}.keepLayers")
     masks: dict[str, torch.Tensor] = {}
+    channels = config.method == "structured" and state.family.name != "minilm" and not is_decoder(model)
+    if config.rounds > 1 and not channels:
+        raise SpecDoesNotFit(
+            f"{context.where}.rounds: pruning in rounds is for structured channel pruning (CNNs, MLPs, exported "
+            f"programs); this {state.family.name} model is pruned in one round"
+        )
     if is_decoder(model):
         _prune_decoder(model, config, keep, context)
     elif config.method == "depth":
         raise SpecDoesNotFit(f"{context.where}.method: depth pruning is for decoders; this is a {state.family.name} model")
+    elif channels:
+        def recover(round_number: int) -> None:
+            _fine_tune(model, state, config, context, masks, phase=_recovery_phase(round_number, config.rounds),
+                       share=(round_number - 1, config.rounds))
+
+        _prune_channels(model, config, keep, context, recover if config.finetune_epochs else None)
     elif config.method == "structured":
-        if state.family.name == "minilm":
-            _prune_encoder(model, config, keep, context)
-        else:
-            _prune_channels(model, config, keep, context)
+        _prune_encoder(model, config, keep, context)
     else:
         if config.l1_penalty:  # drive the weights towards zero first, so fewer that matter fall under the cut
             weights = list(_prunable_weights(model, keep).values())
             _fine_tune(model, state, config, context, state.masks, l1=(config.l1_penalty, weights), phase="L1 training")
         masks = magnitude_masks(model, config.amount, keep, state.masks)
         apply_masks(model, masks)
-    if config.finetune_epochs:
+    if config.finetune_epochs and not channels:  # channel pruning recovers after each of its rounds
         _fine_tune(model, state, config, context, masks, phase="recovery fine-tune")
     assets = state.assets
     if config.method == "structured":  # a program's structure is its assets: exported again, pruned
@@ -61,7 +70,14 @@ def prune(state: ModelState, config: PruneConfig, context: StepContext) -> Model
     return ModelState.of_float(model, state.family, assets, masks)
 
 
-def _fine_tune(model, state: ModelState, config: PruneConfig, context: StepContext, masks, *, phase: str, l1=None) -> None:
+def _recovery_phase(round_number: int, rounds: int) -> str:
+    return f"round {round_number}/{rounds} recovery" if rounds > 1 else "recovery fine-tune"
+
+
+def _fine_tune(
+    model, state: ModelState, config: PruneConfig, context: StepContext, masks, *, phase: str, l1=None,
+    share: tuple[int, int] = (0, 1),
+) -> None:
     metric = context.task.metric_name
     # Classifiers recover on their labels and the original model's logits (Hinton's loss, at the distill
     # step's default temperature and weight: the soft outputs carry how the original ranks the other classes);
@@ -72,15 +88,17 @@ def _fine_tune(model, state: ModelState, config: PruneConfig, context: StepConte
         teacher = context.task.teacher_forward(state.eager())
     alpha = {"accuracy": RECOVERY_DISTILLATION_WEIGHT, "perplexity": 1.0}.get(metric, 0.0)
     temperature = RECOVERY_TEMPERATURE if metric == "accuracy" else 1.0
+    done, parts = share  # this recovery's place among the step's (one per round)
+    epochs = config.finetune_epochs
     # A classifier's step size anneals to zero (cosine), so that its last epochs settle instead of ending
     # wherever the last full-size step left the weights.
     train(
-        model, context.task, epochs=config.finetune_epochs,
+        model, context.task, epochs=epochs,
         learning_rate=config.optimizer.learning_rate or RECOVERY_LEARNING_RATE[metric], optimizer=config.optimizer,
         batch_size=RECOVERY_BATCH[metric], teacher_outputs=teacher, temperature=temperature, alpha=alpha,
         masks=masks, l1=l1, cosine=metric == "accuracy", seed=context.seed,
         on_epoch=lambda epoch, loss: context.reporter.update(
-            0.2 + 0.7 * epoch / config.finetune_epochs, f"{phase} epoch {epoch}/{config.finetune_epochs}, loss {loss:.4f}"
+            0.2 + 0.7 * (done + epoch / epochs) / parts, f"{phase} epoch {epoch}/{epochs}, loss {loss:.4f}"
         ),
     )
 
@@ -91,7 +109,10 @@ def smaller_amounts(state: ModelState, config: PruneConfig, context: StepContext
         yield config.model_copy(update={"amount": round(config.amount * fraction, 4)})
 
 
-def _prune_channels(model: nn.Module, config: PruneConfig, keep: list[str], context: StepContext) -> None:
+def _prune_channels(model: nn.Module, config: PruneConfig, keep: list[str], context: StepContext, recover=None) -> None:
+    """Torch-Pruning's dependency graph removes `config.amount` of the channels in `config.rounds` equal shares,
+    each scored anew on the model the last round's recovery (`recover`) left: what the lost channels did has
+    been taken over by the rest before the next ones are chosen."""
     import torch_pruning as tp
 
     example = context.task.sample_inputs(8)[0]
@@ -105,12 +126,16 @@ def _prune_channels(model: nn.Module, config: PruneConfig, keep: list[str], cont
     else:
         importance = tp.importance.GroupMagnitudeImportance(p=2)
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs=example, importance=importance, pruning_ratio=config.amount, ignored_layers=ignored
+        model, example_inputs=example, importance=importance, pruning_ratio=config.amount, ignored_layers=ignored,
+        iterative_steps=config.rounds,
     )
-    if config.importance == "taylor":
-        _accumulate_gradients(model, context)
-    pruner.step()
-    model.zero_grad(set_to_none=True)
+    for round_number in range(1, config.rounds + 1):
+        if config.importance == "taylor":
+            _accumulate_gradients(model, context)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        if recover is not None:
+            recover(round_number)
 
 
 def is_decoder(model: nn.Module) -> bool:
