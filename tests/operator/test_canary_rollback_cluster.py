@@ -164,6 +164,10 @@ def test_the_operator_rolls_a_failing_canary_back_and_leaves_a_healthy_one(
             assert "rolledBack" not in status_of(cp, namespace, "healthy")["canary"]
             assert get(cp, namespace, "deployment", "healthy-canary")["spec"]["replicas"] == 1
             assert set(loads[1].answers) == {200}
+            # The scale subresource's selector, an autoscaler's aimed at the ModelService, picks the stable pods only.
+            selector = status_of(cp, namespace, "healthy")["selector"]
+            selected = get(cp, namespace, "pods", "-l", selector)["items"]
+            assert [p["metadata"]["labels"]["slimserve.io/model-version"] for p in selected] == ["stable"] * 4, selector
 
             # A new trafficPercent resumes the canary: the rollback is what the spec asked for then.
             cp.kubectl("patch", "-n", namespace, "modelservice", "broken", "--type=merge",

@@ -591,7 +591,8 @@ class ModelServiceStatus(StatusModel):
     selector: str | None = Field(
         default=None,
         description="Label selector of the server pods, e.g. app.kubernetes.io/instance=NAME,...: the scale "
-        "subresource's (kubectl scale, an HPA aimed at the ModelService).",
+        "subresource's (kubectl scale, an HPA aimed at the ModelService); while spec.canary is set, of the stable "
+        "pods only (slimserve.io/model-version=stable).",
     )
     ready_replicas: int | None = Field(default=None, description="Ready pods.")
     model_uri: str | None = Field(default=None, description="The artifact being served.")

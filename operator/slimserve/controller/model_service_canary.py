@@ -35,6 +35,7 @@ from slimserve.controller.builders.canary import (
 from slimserve.controller.builders.model_service import (
     CANARY,
     STABLE,
+    VERSION_LABEL,
     ChildRef,
     Children,
     Owner,
@@ -193,10 +194,15 @@ def canary_status(spec: ModelServiceSpec, found: CanaryPass) -> dict[str, Any] |
 
 
 def with_canary_status(status: dict[str, Any], spec: ModelServiceSpec, found: CanaryPass) -> dict[str, Any]:
-    """`status` with status.canary and the CanaryRolledBack condition of this pass."""
+    """`status` with status.canary and the CanaryRolledBack condition of this pass; while spec.canary is set, the
+    scale subresource's selector (status.selector) selects the stable pods only (they carry the version label
+    then), so that an autoscaler aimed at the ModelService measures the model the replicas are for."""
     conditions = rollback_conditions(status.get("conditions") or [], spec.canary, found.previous_rollback,
                                      found.rollback, status.get("observedGeneration") or 0)
-    return {**status, "canary": canary_status(spec, found), "conditions": sorted(conditions, key=lambda c: c["type"])}
+    updated = {**status, "canary": canary_status(spec, found), "conditions": sorted(conditions, key=lambda c: c["type"])}
+    if found.in_spec and status.get("selector"):
+        updated["selector"] = f"{status['selector']},{VERSION_LABEL}={STABLE}"
+    return updated
 
 
 def ready_share(found: CanaryPass) -> int:
