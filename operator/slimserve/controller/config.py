@@ -126,7 +126,7 @@ class OperatorConfig(_ConfigModel):
     # Where the compression and server pods mount a PVC named in a pvc:// URI.
     pvc_mount_root: str = DEFAULTS.pvc_root
     cluster_domain: str = "cluster.local"
-    # Prometheus that scrapes the server pods; KEDA's concurrency trigger queries it.
+    # Prometheus that scrapes the server pods; KEDA's concurrency trigger and the canary rollback query it.
     prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
     # The KEDA HTTP add-on's interceptor proxy (its chart's Service in its namespace): where REST clients of a
     # service that scales from zero send their requests, with the service's host in the Host header.
