@@ -136,13 +136,14 @@ def test_the_operator_rolls_a_failing_canary_back_and_leaves_a_healthy_one(
         config.write_text(yaml.safe_dump({**TEST_OPERATOR_CONFIG, "prometheusAddress": f"http://{prometheus.address}"}))
         loads = [Load(broken.http_url), Load(healthy.http_url)]
         try:
-            operator_factory(extra_args=("--namespace", namespace, f"--config={config}"))
+            operator = operator_factory(extra_args=("--namespace", namespace, f"--config={config}"))
             apply(cp, namespace, model_service("broken", replicas=5, canary=canary_spec()),
                   model_service("healthy", replicas=5, canary=canary_spec()))
 
             judged = wait_for("the broken canary rolled back", lambda: rolled_back(cp, namespace, "broken"), timeout=120)
             assert judged["reason"] == "ErrorRateExceeded", judged
-            wait_for_event(cp, namespace, "broken", reason="ErrorRateExceeded", message="CanaryRolledBack is true")
+            wait_for_event(cp, namespace, "broken", reason="ErrorRateExceeded", message="CanaryRolledBack is true",
+                           timeout=120)
             wait_for("the broken canary's Deployment at 0 replicas and the stable at 5", lambda: (
                 get(cp, namespace, "deployment", "broken-canary")["spec"]["replicas"],
                 get(cp, namespace, "deployment", "broken")["spec"]["replicas"]) == (0, 5), timeout=90)
@@ -169,17 +170,31 @@ def test_the_operator_rolls_a_failing_canary_back_and_leaves_a_healthy_one(
             selected = get(cp, namespace, "pods", "-l", selector)["items"]
             assert [p["metadata"]["labels"]["slimserve.io/model-version"] for p in selected] == ["stable"] * 4, selector
 
+            # The rollback holds across a restart of the operator and a spec edit that is not the candidate's or its
+            # share, seen once the operator's pass for that edit wrote its status.
+            operator.restart()
+            tighter = {**canary_spec(), "rollback": {**ROLLBACK, "minRequests": 6}}
+            cp.kubectl("patch", "-n", namespace, "modelservice", "broken", "--type=merge",
+                       "-p", json.dumps({"spec": {"canary": tighter}}))
+            generation = get(cp, namespace, "modelservice", "broken")["metadata"]["generation"]
+            wait_for("the pass of the edit", lambda: status_of(cp, namespace, "broken")["observedGeneration"] == generation,
+                     timeout=120)
+            assert status_of(cp, namespace, "broken")["canary"]["rolledBack"] == record
+            assert rolled_back(cp, namespace, "broken")
+            assert get(cp, namespace, "deployment", "broken-canary")["spec"]["replicas"] == 0
+
             # A new trafficPercent resumes the canary: the rollback is what the spec asked for then.
             cp.kubectl("patch", "-n", namespace, "modelservice", "broken", "--type=merge",
                        "-p", json.dumps({"spec": {"canary": canary_spec(40)}}))
-            wait_for_event(cp, namespace, "broken", reason="Resumed", message="was rolled back at 20%")
+            wait_for_event(cp, namespace, "broken", reason="Resumed", message="was rolled back at 20%", timeout=120)
         finally:
             for load in loads:
                 load.stop()
 
         # Prometheus gone: the healthy canary's rate is unknown, said so, and nothing is rolled back.
         prometheus.stop()
-        wait_for_event(cp, namespace, "healthy", reason="MetricsUnavailable", message="CanaryRolledBack is unknown")
+        wait_for_event(cp, namespace, "healthy", reason="MetricsUnavailable", message="CanaryRolledBack is unknown",
+                       timeout=120)
         unknown = condition(status_of(cp, namespace, "healthy"), "CanaryRolledBack")
         assert (unknown["status"], unknown["reason"]) == ("Unknown", "MetricsUnavailable"), unknown
         assert "nothing rolled back" in unknown["message"]
