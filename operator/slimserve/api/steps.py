@@ -62,7 +62,11 @@ class PruneConfig(StepConfigBase):
     )
     importance: Literal["magnitude", "taylor"] = Field(
         default="magnitude",
-        description="How a channel's importance is scored: L2 magnitude of its weights, or first-order Taylor on task data.",
+        description=(
+            "How structured pruning scores what it removes: magnitude, the L2 norm of the weights that go with it; "
+            "taylor, weight times gradient of the task loss over a few training batches (first-order Taylor: what "
+            "removing it would cost the loss). With rounds, scored again before each round."
+        ),
     )
     finetune_epochs: int = Field(
         default=0,
