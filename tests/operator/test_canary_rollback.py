@@ -1,5 +1,6 @@
 """The canary's automatic rollback as pure functions: what Prometheus' answer measures, the decision on its edge
-cases, when a rollback holds, the condition a pass leaves, the Event, and the settings refused."""
+cases, when a rollback holds, the condition a pass leaves, the Event, the settings refused, and which canaries the
+evaluation loop judges."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from slimserve.controller.canary_rollback import (
     rollback_record,
 )
 from slimserve.controller.conditions import find_condition, set_condition
+from slimserve.controller.model_service_canary import keep_canary_status
+from slimserve.controller.model_service_canary_rollback import candidate_of
 from slimserve.controller.model_service_events import transition_events
+from slimserve.controller.model_service_state import Runtime, Snapshot
+from slimserve.controller.model_service_status import inputs_for, resolve_model_uri
 
 URI = "builtin://digits-cnn"
 
@@ -185,3 +190,47 @@ def test_bad_rollback_settings_are_refused_naming_the_field(settings, field):
     with pytest.raises(ValidationError) as refused:
         ModelServiceSpec.from_json(spec)
     assert field in str(refused.value)
+
+
+# ---- what the evaluation loop judges ----------------------------------------------------------------------
+
+
+def runtime_with(canary_status: dict, *, generation: int = 2):
+    owner = Owner(name="digits", namespace="team-a", uid="u")
+    runtime = Runtime()
+    inputs = inputs_for(owner, generation, resolve_model_uri("builtin://digits-mlp"), None, "cluster.local")
+    runtime.snapshots[("team-a", "digits")] = Snapshot(owner, inputs, {"canary": canary_status}, {})
+    return runtime
+
+
+def body(generation: int = 2, rollback_settings: dict | None = None) -> dict:
+    canary = {"model": {"uri": URI}, "trafficPercent": 20, "rollback": rollback_settings or {"maxErrorPercent": 5}}
+    return {"metadata": {"generation": generation}, "spec": {"model": {"uri": "builtin://digits-mlp"}, "canary": canary}}
+
+
+SERVING = {"modelUri": URI, "trafficPercent": 20, "readyReplicas": 1}
+
+
+def test_the_loop_judges_a_canary_that_gets_traffic_as_the_last_pass_left_it():
+    found = candidate_of(runtime_with(SERVING), ("team-a", "digits"), body())
+    assert (found.generation, found.traffic_percent, found.artifact) == (2, 20, (URI, None))
+    assert found.rollback.max_error_percent == 5
+
+
+@pytest.mark.parametrize("canary_status, spec, why", [
+    ({**SERVING, "trafficPercent": 0}, body(), "no traffic (none Ready, or trafficPercent 0)"),
+    ({**SERVING, "rolledBack": record()}, body(), "already rolled back"),
+    ({**SERVING, "modelUri": None}, body(), "no candidate resolved yet"),
+    (SERVING, body(generation=3), "a pass for a newer generation is due"),
+    (SERVING, {"metadata": {"generation": 2}, "spec": {"model": {"uri": "builtin://digits-mlp"}}}, "no canary"),
+    (SERVING, body(rollback_settings={"maxErrorPercent": 500}), "settings the pass refuses"),
+])
+def test_the_loop_leaves_alone(canary_status, spec, why):
+    assert candidate_of(runtime_with(canary_status), ("team-a", "digits"), spec) is None, why
+
+
+def test_a_status_only_pass_keeps_the_canary_and_its_rollback():
+    previous = {"selector": "a=b,slimserve.io/model-version=stable", "canary": {**SERVING, "rolledBack": record()}}
+    recomputed = {"selector": "a=b", "readyReplicas": 4}
+    assert keep_canary_status(previous, recomputed) == {**previous, "readyReplicas": 4}
+    assert keep_canary_status({"selector": "a=b"}, recomputed) == recomputed  # no canary: nothing to keep

@@ -205,6 +205,14 @@ def with_canary_status(status: dict[str, Any], spec: ModelServiceSpec, found: Ca
     return updated
 
 
+def keep_canary_status(previous: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """`status` from a pass that does not look at the canary (the status-only pass) with the canary's part of
+    `previous` kept: status.canary (and a rollback it records) and the stable-only selector."""
+    if not previous.get("canary"):
+        return status
+    return {**status, "canary": previous["canary"], "selector": previous.get("selector", status.get("selector"))}
+
+
 def ready_share(found: CanaryPass) -> int:
     """The canary's percent of the Ready pods behind the one Service, as this pass found them."""
     stable = found.stable.ready_replicas if found.stable else 0

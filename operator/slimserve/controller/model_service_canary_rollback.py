@@ -68,9 +68,11 @@ def candidate_of(runtime: Runtime, key: Key, body: Mapping[str, Any]) -> Candida
     snapshot = runtime.snapshots.get(key)
     generation = (body.get("metadata") or {}).get("generation", 0)
     if spec.canary is None or spec.canary.rollback is None or snapshot is None or snapshot.inputs.generation != generation:
+        log.debug("%s/%s: no canary to judge, or no pass for generation %s yet", *key, generation)
         return None
     canary = snapshot.status.get("canary") or {}
     if canary.get("rolledBack") or not canary.get("trafficPercent") or not canary.get("modelUri"):
+        log.debug("%s/%s: the canary is not judged now: %s", *key, canary)
         return None
     return Candidate(generation, spec.canary.rollback, spec.canary.traffic_percent, dict(canary))
 
@@ -100,7 +102,9 @@ def record_evaluation(runtime: Runtime, key: Key, candidate: Candidate, verdict:
 
 async def evaluate(runtime: Runtime, key: Key, candidate: Candidate, failures: int = 0) -> bool:
     """One evaluation; whether Prometheus answered. `failures`: evaluations in a row it did not."""
-    snapshot = runtime.snapshots[key]
+    snapshot = runtime.snapshots.get(key)
+    if snapshot is None:
+        return True  # deleted meanwhile: nothing to judge
     window = candidate.rollback.window_seconds
     address = runtime.config.prometheus_address
     try:
@@ -142,6 +146,10 @@ async def follow_error_rate(runtime: Runtime, key: Key, body: Mapping[str, Any],
         await stopped.wait(retry_delay(rollback_of(body), failures))
         if stopped:
             return
-        candidate = await asyncio.to_thread(candidate_of, runtime, key, body)
-        if candidate is not None:
-            failures = 0 if await evaluate(runtime, key, candidate, failures) else failures + 1
+        try:
+            candidate = await asyncio.to_thread(candidate_of, runtime, key, body)
+            if candidate is not None:
+                failures = 0 if await evaluate(runtime, key, candidate, failures) else failures + 1
+        except Exception:  # the API server briefly away, say: the loop goes on, backing off
+            log.exception("%s/%s: evaluating the canary's error rate failed", *key)
+            failures += 1
