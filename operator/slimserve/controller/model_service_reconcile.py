@@ -33,6 +33,7 @@ from slimserve.controller.config import NodePool
 from slimserve.controller.model_service_canary import (
     CanaryPass,
     canary_children,
+    keep_canary_status,
     plan_pass,
     raise_if_waiting,
     with_canary_status,
@@ -366,6 +367,8 @@ def refresh_status(runtime: Runtime, api: client.ApiClient, key: Key, deployment
             return
         rollout = evaluate_rollout(deployment) if snapshot.inputs.resolution.model is not None else None
         status = compose_status(snapshot.status, snapshot.inputs, rollout, snapshot.refused)
+        # Queued before this process's first full pass (at a start), it may find a canary: its part stays.
+        status = keep_canary_status(snapshot.status, status)
         publish(runtime, api, snapshot.owner, snapshot.body_ref, snapshot.status, status)
         runtime.snapshots[key] = dataclasses.replace(snapshot, status=status)
 
