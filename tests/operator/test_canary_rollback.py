@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from slimserve.api.model_service import CanaryRollbackSpec, CanarySpec, ModelServiceSpec
+from slimserve.controller.builders.canary import ReplicaPlan, Side
 from slimserve.controller.builders.model_service import ArtifactToServe, Owner
 from slimserve.controller.canary_rollback import (
     CANARY_ROLLED_BACK,
@@ -23,7 +24,7 @@ from slimserve.controller.canary_rollback import (
     rollback_record,
 )
 from slimserve.controller.conditions import find_condition, set_condition
-from slimserve.controller.model_service_canary import keep_canary_status
+from slimserve.controller.model_service_canary import CanaryPass, keep_canary_status, targets
 from slimserve.controller.model_service_canary_rollback import candidate_of
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_state import Runtime, Snapshot
@@ -234,3 +235,15 @@ def test_a_status_only_pass_keeps_the_canary_and_its_rollback():
     recomputed = {"selector": "a=b", "readyReplicas": 4}
     assert keep_canary_status(previous, recomputed) == {**previous, "readyReplicas": 4}
     assert keep_canary_status({"selector": "a=b"}, recomputed) == recomputed  # no canary: nothing to keep
+
+
+def test_a_held_rollback_routes_and_scales_as_trafficpercent_zero():
+    with_gateway = ModelServiceSpec.from_json({
+        "model": {"uri": "builtin://digits-mlp"}, "replicas": 5,
+        "canary": {"model": {"uri": URI}, "trafficPercent": 20, "gateway": {"name": "public"},
+                   "rollback": {"maxErrorPercent": 5}}})
+    assert targets(with_gateway, 5, None, 0) == (5, 0)
+    serving = Side(1, True, 1)
+    held = CanaryPass(True, 0, resolve_model_uri(URI), ReplicaPlan(5, 0), Side(5, True, 5), serving, None,
+                      record(), record())
+    assert held.weights == (100, 0)  # the HTTPRoute's, while the canary's pods still run
