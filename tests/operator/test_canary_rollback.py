@@ -4,6 +4,8 @@ evaluation loop judges."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from pydantic import ValidationError
 
@@ -12,6 +14,7 @@ from slimserve.controller.builders.canary import ReplicaPlan, Side
 from slimserve.controller.builders.model_service import ArtifactToServe, Owner
 from slimserve.controller.canary_rollback import (
     CANARY_ROLLED_BACK,
+    INFERENCE_ENDPOINTS,
     AnswerInvalid,
     Measurement,
     decide,
@@ -29,6 +32,13 @@ from slimserve.controller.model_service_canary_rollback import candidate_of
 from slimserve.controller.model_service_events import transition_events
 from slimserve.controller.model_service_state import Runtime, Snapshot
 from slimserve.controller.model_service_status import inputs_for, resolve_model_uri
+from slimserve.models.servable import ModelInfo, TensorSpec
+from slimserve.serving.batching import Batcher, ModelCaller
+from slimserve.serving.dataplane import DataPlane
+from slimserve.serving.generation import add_generation_routes
+from slimserve.serving.metrics import ServerMetrics
+from slimserve.serving.model import ServedModel
+from slimserve.serving.rest import build_app
 
 URI = "builtin://digits-cnn"
 
@@ -247,3 +257,24 @@ def test_a_held_rollback_routes_and_scales_as_trafficpercent_zero():
     held = CanaryPass(True, 0, resolve_model_uri(URI), ReplicaPlan(5, 0), Side(5, True, 5), serving, None,
                       record(), record())
     assert held.weights == (100, 0)  # the HTTPRoute's, while the canary's pods still run
+
+
+class Echo:
+    info = ModelInfo(name="echo", version="1", inputs=(TensorSpec("x", "FP32", (-1, 2)),),
+                     outputs=(TensorSpec("y", "FP32", (-1, 2)),))
+
+    def predict(self, inputs):
+        return {"y": inputs["x"]}
+
+
+def test_the_inference_endpoints_are_the_servers_inference_routes():
+    # Every POST route of a server (a decoder's too) is an inference call, and no other REST route is one.
+    metrics = ServerMetrics()
+    model = ServedModel.from_servable(Echo())
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        plane = DataPlane(model, Batcher(ModelCaller(model.predict, executor, metrics), metrics), metrics,
+                          max_batch_size=4)
+        app = build_app(plane)
+        add_generation_routes(app, plane, generation=None)
+    posted = {route.name for route in app._routes if route.method == "POST"}
+    assert set(INFERENCE_ENDPOINTS) - {"ModelInfer"} == posted  # ModelInfer: gRPC's inference method
