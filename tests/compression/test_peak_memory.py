@@ -114,3 +114,23 @@ def test_a_decoder_directory_loads_onto_its_files_pages_not_a_copy(tmp_path):
     # No copy to release otherwise: a state dict copied into an initialised model lives in anonymous memory.
     assert release_mapped_weights(model) >= file_bytes * 0.95
     assert _resident_bytes(directory / "model.safetensors") < file_bytes * 0.05
+
+
+def test_an_int4_layer_mapped_from_a_scratch_file_maps_its_device_packing_too():
+    from slimserve.quant.int4_weight_only import Int4WeightOnlyLinear
+
+    torch.manual_seed(0)
+    layer = Int4WeightOnlyLinear.from_float(nn.Linear(256, 512), group_size=64)
+    rows = torch.randn(16, 256)  # more than the int4 kernel's rows: the int8 copy computes
+    with torch.inference_mode():
+        expected = layer(rows), layer(rows[:2])
+    derived = {name: layer.get_buffer(name).clone() for name in ("kernel_weight", "many_rows_weight", "many_rows_scale")}
+    assert "many_rows_weight" not in layer.state_dict() and derived["many_rows_weight"].numel()
+    map_from_scratch_file(layer)
+    assert all(torch.equal(layer.get_buffer(name), tensor) for name, tensor in derived.items())
+    with torch.inference_mode():
+        assert torch.equal(layer(rows), expected[0]) and torch.equal(layer(rows[:2]), expected[1])
+    # Every tensor is the scratch file's pages now, the derived copies included (not rebuilt in anonymous memory).
+    assert release_mapped_weights(layer) >= sum(t.numel() * t.element_size() for t in derived.values()) * 0.9
+    with torch.inference_mode():
+        assert torch.equal(layer(rows), expected[0])

@@ -18,10 +18,11 @@ import torch
 
 from slimserve.api.compression_job import ModelMetrics, SparsityMetrics
 from slimserve.artifacts.artifact import write_weights
-from slimserve.compression.tasks import Task, as_inference
+from slimserve.compression.tasks import Task
 from slimserve.models.torch_threads import torch_threads
 
 Forward = Callable[..., torch.Tensor]
+Release = Callable[[], object]
 THROUGHPUT_BATCH = 32
 WARMUP_CALLS = 3
 MIN_ROUNDS, MAX_ROUNDS = 7, 25
@@ -45,7 +46,7 @@ def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
 def time_call(
     forward: Forward, inputs: tuple[torch.Tensor, ...], *, runs: int, clock: Callable[[], float] = time.perf_counter
 ) -> list[float]:
-    """Wall times in seconds of `runs` calls (inputs already as inference tensors, inside inference mode).
+    """Wall times in seconds of `runs` calls (without autograd, as the caller set it up).
     On a GPU each call is waited for: kernels run asynchronously, and a call returns before its work is done."""
     wait = _device_wait(inputs)
     times: list[float] = []
@@ -116,10 +117,15 @@ def interleaved_rounds(
     max_rounds: int,
     budget_s: float,
     clock: Callable[[], float] = time.perf_counter,
+    release: Sequence[Release] | None = None,
 ) -> list[list[float]]:
     """Per forward, the median call time (seconds) of each round. A round runs every forward `calls` times,
     one forward after the other, in alternating order, so a machine that gets busier or quieter slows or
-    speeds all of them alike; rounds go on until `budget_s` has passed (at least `min_rounds`)."""
+    speeds all of them alike; rounds go on until `budget_s` has passed (at least `min_rounds`).
+
+    `release`, per forward: called after each of its blocks of calls, to drop what it holds resident but
+    reads back when called (the pages of memory-mapped weights), so that the models measured side by side
+    are not resident all at once. Its next block then starts with an untimed call that reads them back."""
     per_forward: list[list[float]] = [[] for _ in forwards]
     deadline = clock() + budget_s
     for round_index in range(max_rounds):
@@ -127,7 +133,11 @@ def interleaved_rounds(
             break
         order = range(len(forwards)) if round_index % 2 == 0 else reversed(range(len(forwards)))
         for index in order:
+            if release is not None:
+                time_call(forwards[index], inputs, runs=1, clock=clock)
             per_forward[index].append(statistics.median(time_call(forwards[index], inputs, runs=calls, clock=clock)))
+            if release is not None:
+                release[index]()
     return per_forward
 
 
@@ -138,23 +148,26 @@ def measure_speeds(
     threads: int,
     budget_s: float = 3.0,
     clock: Callable[[], float] = time.perf_counter,
+    release: Sequence[Release] | None = None,
 ) -> list[Speed]:
     """Latency and throughput of each forward, measured side by side in interleaved rounds, at `threads`
     CPU threads: the one measurement behind every speed figure a run reports (`budget_s` per forward and
-    figure)."""
+    figure). `release`: as `interleaved_rounds` takes it, also called after each forward's warm-up."""
     with torch_threads(threads):
-        single = as_inference(task.sample_inputs(1))
-        batch = as_inference(task.sample_inputs(THROUGHPUT_BATCH))
+        single = task.sample_inputs(1)
+        batch = task.sample_inputs(THROUGHPUT_BATCH)
         rows = int(batch[0].shape[0])
-        with torch.inference_mode():
-            for forward in forwards:  # compile, allocate and fill caches outside the timed rounds
+        with torch.no_grad():  # plain tensors, as `Task.outputs` scores with: no second compiled graph
+            for index, forward in enumerate(forwards):  # compile, allocate and fill caches outside the timed rounds
                 time_call(forward, single, runs=WARMUP_CALLS, clock=clock)
                 time_call(forward, batch, runs=WARMUP_CALLS, clock=clock)
+                if release is not None:
+                    release[index]()
             budget = budget_s * len(forwards)
             latency = interleaved_rounds(forwards, single, calls=5, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
-                                         budget_s=budget, clock=clock)
+                                         budget_s=budget, clock=clock, release=release)
             batch_time = interleaved_rounds(forwards, batch, calls=3, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
-                                            budget_s=budget, clock=clock)
+                                            budget_s=budget, clock=clock, release=release)
     return [
         Speed(Figure.of(times).scaled(1000.0), Figure.of([rows / t for t in batch_times]))
         for times, batch_times in zip(latency, batch_time)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
@@ -90,6 +91,8 @@ def _run(
         checkpoints.save(index, kept[-1], context.candidates, context.within_budget)
 
     reporter.begin(len(spec.steps) + 1, "write", "measuring the original and the compressed models side by side")
+    for step in kept:  # sizing and checkpointing read every tensor again; the compiled copies have their own
+        release_mapped_weights(step.state.model)
     trim_heap()  # what scoring the candidates freed, before the original's weights are read again
     baseline, results, speed_warning = _measure_side_by_side(original, kept, context)
     generation = task.tokens_per_second([original.model, *(step.state.model for step in kept)], threads)
@@ -144,7 +147,11 @@ def _measure_side_by_side(
     """The baseline's and each step's metrics, their speeds from one interleaved measurement (also set on the
     kept candidates, so the report shows the status's figures), and a warning when they are too unsteady."""
     task = context.task
-    speeds = measure_speeds([original.eager(), *(step.state.served() for step in kept)], task, threads=context.threads)
+    models = [original.model, *(step.state.model for step in kept)]
+    # One model's mapped pages resident at a time: each model's are released after its turn, read back before the next.
+    release = [partial(release_mapped_weights, model) for model in models]
+    speeds = measure_speeds([original.eager(), *(step.state.served() for step in kept)], task, threads=context.threads,
+                            release=release)
     for candidate, speed in zip([c for c in context.candidates if c.accepted], speeds, strict=True):
         candidate.speed = speed
     baseline = model_metrics(

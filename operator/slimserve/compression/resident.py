@@ -99,30 +99,48 @@ def release_mapped_weights(model: nn.Module) -> int:
 def map_from_scratch_file(model: nn.Module) -> nn.Module:
     """Move `model`'s parameters and buffers into a scratch safetensors file and map them back from it (the
     same values; tied tensors still share one copy), so that `release_mapped_weights` can drop the pages of those a
-    compiled copy does not read (it keeps its own prepacked constants). The file is unlinked at once: its
-    pages live as long as the mapping. Returns `model`."""
+    compiled copy does not read (it keeps its own prepacked constants). Buffers left out of the state dict
+    move too: a module's device packing and its copies for other kernels (int4-weight-only's) are the
+    largest part of a served form. The file is unlinked at once: its pages live as long as the mapping.
+    Returns `model`."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    state = model.state_dict()
-    if any(tensor.device.type != "cpu" for tensor in state.values()):
+    # Every (module, kind, name) slot, tied ones included; assigned directly rather than by load_state_dict,
+    # whose hooks may rebuild derived buffers in anonymous memory.
+    slots = [
+        (module, kind, name, tensor)
+        for module in model.modules()
+        for kind, tensors in (("parameter", module._parameters), ("buffer", module._buffers))
+        for name, tensor in tensors.items()
+        if tensor is not None and tensor.numel()
+    ]
+    if any(tensor.device.type != "cpu" for *_, tensor in slots):
         return model  # device memory: nothing resident to release
-    stored_as: dict[str, str] = {}  # name -> the name its tensor is stored under (itself, or a tied one's)
+    stored_as: list[str] = []  # per slot, the key its tensor is stored under (its own, or a tied one's)
     first_view: dict[tuple, str] = {}
     to_store: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
-    for name, tensor in state.items():
-        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
-        stored_as[name] = first_view.setdefault(view, name)
-        if stored_as[name] == name:  # safetensors stores no two tensors over one storage: other views are copied
+    for index, (*_, tensor) in enumerate(slots):
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
+                tensor.dtype)
+        key = first_view.setdefault(view, str(index))
+        stored_as.append(key)
+        if key == str(index):  # safetensors stores no two tensors over one storage: other views are copied
             shared = view[0] in storages or not tensor.is_contiguous()
-            to_store[name] = tensor.detach().clone(memory_format=torch.contiguous_format) if shared else tensor.detach()
+            to_store[key] = tensor.detach().clone(memory_format=torch.contiguous_format) if shared else tensor.detach()
             storages.add(view[0])
     with tempfile.NamedTemporaryFile(prefix="slimserve-candidate-", suffix=".safetensors") as scratch:
         save_file(to_store, scratch.name)
+        del to_store
         with safe_open(scratch.name, framework="pt") as stored:
-            mapped = {name: stored.get_tensor(name) for name in stored.keys()}
-    model.load_state_dict({name: mapped[stored_as[name]] for name in state}, strict=True, assign=True)
+            mapped = {key: stored.get_tensor(key) for key in stored.keys()}
+    parameters: dict[str, nn.Parameter] = {}  # one Parameter per stored tensor: tied ones stay one object
+    for (module, kind, name, tensor), key in zip(slots, stored_as):
+        if kind == "parameter":
+            module._parameters[name] = parameters.setdefault(key, nn.Parameter(mapped[key], requires_grad=tensor.requires_grad))
+        else:
+            module._buffers[name] = mapped[key]
     return model
 
 

@@ -92,9 +92,11 @@ class Task(ABC):
     def outputs(self, forward: Forward, split: str, limit: int | None = None) -> torch.Tensor:
         """Model outputs over a split, in order (no autograd)."""
         chunks, seen = [], 0
-        with torch.inference_mode():
+        # Plain tensors under no_grad, as a compiled model is warmed up with (`optimize_for_inference`): an
+        # inference-mode tensor fails its guards and compiles a second graph with its own frozen weights.
+        with torch.no_grad():
             for batch in self.batches(split, EVAL_BATCH):
-                chunks.append(forward(*as_inference(batch.inputs)).float())
+                chunks.append(forward(*batch.inputs).float())
                 seen += len(batch.index)
                 if limit is not None and seen >= limit:
                     break
