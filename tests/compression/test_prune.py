@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from slimserve.api.steps import PruneConfig
@@ -13,6 +15,8 @@ from slimserve.compression import compress
 from slimserve.compression.errors import SpecDoesNotFit
 from slimserve.compression.finetune import train
 from slimserve.compression.registry import apply_step
+from slimserve.models.digits import digits_data
+from slimserve.models.exported import load_program_module
 
 
 def test_structured_prune_removes_cnn_channels(cnn_context, digits_cnn):
@@ -85,6 +89,42 @@ def test_the_report_names_the_importance_and_the_rounds(tmp_path, sink, make_spe
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     kept = [c["label"] for c in report["candidates"] if c["step"] == "prune/structured" and c["accepted"]]
     assert kept == ["amount 0.5, taylor importance, in 2 rounds, fine-tuned with adam"]
+
+
+class ResidualNet(nn.Module):
+    """A stem and one residual block on 1x8x8 images: its sum needs equal widths on both sides."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.conv1, self.conv2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image)
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_an_exported_program_is_pruned_in_rounds(tmp_path, sink, make_spec):
+    data = digits_data()
+    as_images = lambda rows: (rows / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)  # noqa: E731
+    example = torch.from_numpy(as_images(data.x_train[:4]))
+    torch.manual_seed(0)
+    program = torch.export.export(ResidualNet().eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "net.pt2"))
+    np.savez(tmp_path / "digits.npz", x_train=as_images(data.x_train), y_train=data.y_train, x_test=as_images(data.x_test), y_test=data.y_test)
+    prune = {"method": "structured", "amount": 0.5, "rounds": 2, "finetuneEpochs": 1}
+    evaluation = {"maxDrop": 1.0, "dataset": {"uri": f"file://{tmp_path / 'digits.npz'}"}}
+    spec = make_spec(tmp_path / "out", model=f"file://{tmp_path / 'net.pt2'}", steps=[{"prune": prune}], evaluation=evaluation)
+    compress(spec, [sink])
+    assert not sink.errors
+    messages = [str(getattr(event, "message", "")) for event in sink.events]
+    assert any("round 1/2 recovery epoch 1/1" in m for m in messages) and any("round 2/2 recovery epoch 1/1" in m for m in messages)
+    pruned = load_program_module(tmp_path / "out" / "program.pt2")
+    widths = [p.shape[0] for name, p in pruned.named_parameters() if p.ndim == 4]
+    assert widths == [4, 4, 4]  # half of each convolution's channels, the residual sum's widths still equal
+    assert pruned(example).shape == (4, 10)
 
 
 def test_recovery_fine_tune_regains_accuracy(cnn_context):
