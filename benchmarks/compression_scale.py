@@ -177,7 +177,8 @@ def _spec(model: Path, method: str, output: Path, dataset: Path | None = None) -
 
 class ProgressLog:
     """Each progress event of a measured compression as a line of `path`: the wall and CPU seconds since it
-    began, so a run that does not finish still says how far it got and at what cost."""
+    began, so a run that does not finish still says how far it got and at what cost, and the peak, anonymous
+    and file-backed resident bytes then, so a run says where its memory went."""
 
     def __init__(self, path: Path):
         self.path, self.wall, self.cpu = path, time.perf_counter(), time.process_time()
@@ -187,7 +188,8 @@ class ProgressLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps({
                 "wallSeconds": round(time.perf_counter() - self.wall, 1), "cpuSeconds": round(time.process_time() - self.cpu, 1),
-                "step": event.step, "fraction": round(event.fraction, 3), "peakBytes": _status_kib("VmHWM"),
+                "step": event.step, "fraction": round(event.fraction, 3), "message": event.message,
+                "peakBytes": _status_kib("VmHWM"), "anonymousBytes": _status_kib("RssAnon"), "fileBytes": _status_kib("RssFile"),
             }) + "\n")
 
     def result(self, result) -> None:

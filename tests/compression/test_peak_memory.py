@@ -1,5 +1,5 @@
-"""Peak memory of quantizing a model against the bound: at most 1.5x the fp32 weights. Measured here 1.0x:
-the fp32 weights are memory-mapped, and their pages are released as soon as they have been read (layer by
+"""Peak memory of quantizing a model against a bound tighter than the target of 1.5x the fp32 weights
+(BOUND): the fp32 weights are memory-mapped, and their pages are released as soon as they have been read (layer by
 layer while quantizing, after scoring), so the peak is the weights' own pages while the original is scored;
 a copy of the weights that comes back (a deep copy, a loaded state dict) or pages that are never released
 while the quantized model is built and scored fail it.
@@ -30,7 +30,7 @@ from torch import nn
 from slimserve.compression.resident import file_mappings, map_from_scratch_file, release_mapped_weights
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "compression_scale.py"
-BOUND = 1.5
+BOUND = 1.25  # the target is 1.5x; the margin is what a copy of a quarter of the weights would take
 SHAPE = (8, 512, 8, 2048)  # layers, hidden, heads, intermediate: about 41M parameters
 
 
@@ -41,7 +41,7 @@ def _benchmark():
     return module
 
 
-def test_quantizing_int8_dynamic_peaks_below_one_and_a_half_times_the_fp32_weights(tmp_path_factory):
+def test_quantizing_int8_dynamic_peaks_below_one_and_a_quarter_times_the_fp32_weights(tmp_path_factory):
     scale = _benchmark()
     work = tmp_path_factory.mktemp("scale")
     model = scale.write_random_bert(work / "bert-41M", *SHAPE)
