@@ -9,7 +9,8 @@ loopback) by the node's host name, which only its own mount namespace's /etc/hos
 
 ``keda_http_add_on(control_plane, namespace, ...)`` installs KEDA's CRDs (from its pinned module) and the HTTP add-on's,
 and runs KEDA's operator and the add-on's operator, interceptor and scaler (``KedaHttpAddOn``) in a network namespace
-of their own, acting in `namespace` only.
+of their own, acting in `namespace` only. ``keda_with_adapter(control_plane, namespace, ...)`` runs KEDA's operator
+and its metrics adapter there instead (``KedaWithAdapter``), the adapter registered as ``external.metrics.k8s.io``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def missing(*names: str) -> str | None:
     return None
 
 
+def skip_unless_built(*names: str) -> None:
+    """Skip the calling test, saying why, where these components cannot run."""
+    import pytest
+
+    reason = missing(*names)
+    if reason:
+        pytest.skip(reason)
+
+
 def serving_certificate(cp, name: str, dns_name: str, directory: Path) -> tuple[Path, Path]:
     """A serving certificate for `dns_name` (and the bridge's address) issued by the cluster's CA."""
     from cryptography import x509
@@ -91,8 +101,9 @@ def serves_tls(cp, host: str, port: int, server_name: str) -> bool:
         return False
 
 
-def aggregated_api(cp, process: _Process, *, name: str, namespace: str, group: str, version: str, port: int) -> None:
-    """The APIService for group/version, served by `process` listening on the bridge's address:`port`.
+def aggregated_api(cp, process: _Process, *, name: str, namespace: str, group: str, version: str, port: int,
+                   address: str = GATEWAY) -> None:
+    """The APIService for group/version, served by `process` listening on `address`:`port` (the bridge's address).
 
     The APIService is made only once kube-proxy routes the Service's ClusterIP to the listener: the aggregator keeps
     its connection for the availability check alive, and one made before the route existed went out of the host's
@@ -104,7 +115,7 @@ def aggregated_api(cp, process: _Process, *, name: str, namespace: str, group: s
          "metadata": {"name": f"{name}-host", "namespace": namespace,
                       "labels": {"kubernetes.io/service-name": name,
                                  "endpointslice.kubernetes.io/managed-by": "tests.autoscaling"}},
-         "addressType": "IPv4", "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": True}}],
+         "addressType": "IPv4", "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
          "ports": [{"name": "https", "port": port, "protocol": "TCP"}]},
     ]))
     cluster_ip = yaml.safe_load(cp.kubectl("get", "service", "-n", namespace, name, "-o", "json").stdout)["spec"]["clusterIP"]
@@ -292,27 +303,30 @@ def sweep_keda_netns() -> None:
     run("ip", "link", "del", KEDA_LINK, check=False)
 
 
-class KedaHttpAddOn(_HostComponent):
-    """KEDA's operator and the KEDA HTTP add-on (operator, interceptor, scaler) as host processes beside the real node,
-    acting in one namespace of the cluster.
+# Ports inside KEDA's network namespace: any free ones (nothing else listens there).
+KEDA_GRPC_PORT, KEDA_METRICS_PORT, KEDA_HEALTH_PORT = 18083, 18084, 18085
+ADAPTER_SECURE_PORT, ADAPTER_METRICS_PORT = 18087, 18088
+# The name KEDA's gRPC metrics service answers to (its certificate's), which the metrics adapter dials.
+KEDA_OPERATOR_HOST = "keda-operator"
+EXTERNAL_METRICS_API = "v1beta1.external.metrics.k8s.io"
+ADAPTER_SERVICE = "keda-metrics-apiserver"
 
-    Their listeners bind every address (the add-on's interceptor and scaler cannot be told otherwise), so they run in
-    a network namespace of their own: its loopback, and a link to the host at KEDA_ADDRESS, nothing else. From there
-    the API server is the `kubernetes` Service's ClusterIP, a ModelService's Service its ClusterIP (the interceptor
-    dials `SERVICE.NAMESPACE`, which only its /etc/hosts resolves: `route()` adds each), and the add-on's scaler
-    `SCALER_SERVICE.NAMESPACE` is its loopback (KEDA's /etc/hosts). The scaler finds the interceptor, as in a
-    cluster, by the Endpoints of its admin Service, here KEDA_ADDRESS. They act with the cluster's admin rights: the
-    upstream charts' RBAC is not what the tests check."""
+
+class _KedaInNetns(_HostComponent):
+    """KEDA's processes as host processes beside the real node, acting in one namespace of the cluster.
+
+    Their listeners bind every address (the HTTP add-on's interceptor and scaler, KEDA's adapter's metrics cannot be
+    told otherwise), so they run in a network namespace of their own: its loopback, and a link to the host at
+    KEDA_ADDRESS, nothing else. From there the API server is the `kubernetes` Service's ClusterIP and a Service its
+    ClusterIP; the host is KEDA_HOST_ADDRESS. They act with the cluster's admin rights: the upstream charts' RBAC is
+    not what the tests check."""
+
+    # What the processes' controllers put finalizers on: deleted while they still run.
+    OWN_KINDS: tuple[str, ...] = ("scaledobjects.keda.sh",)
 
     def __init__(self, cp, namespace: str, workdir: Path):
         self.cp, self.namespace, self.workdir = cp, namespace, workdir
         self.processes: list[_Process] = []
-        self.proxy_port = self.admin_port = self.scaler_port = 0
-        self.interceptor_hosts = workdir / "interceptor-hosts"
-
-    @property
-    def proxy_address(self) -> str:
-        return f"{KEDA_ADDRESS}:{self.proxy_port}"
 
     def _network(self) -> None:
         sweep_keda_netns()
@@ -324,18 +338,94 @@ class KedaHttpAddOn(_HostComponent):
                      ["ip", "link", "set", "lo", "up"], ["ip", "route", "add", "default", "via", KEDA_HOST_ADDRESS]):
             run(*netns_exec(argv))
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], hosts: Path | None = None) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], hosts: Path | None = None) -> _Process:
         argv = with_hosts(hosts, argv) if hosts else argv
         process = _Process(name, netns_exec(argv), self.workdir / f"{name}.log", {**os.environ, **env})
         self.processes.append(process)
+        return process
+
+    def _kubeconfig(self) -> Path:
+        return in_netns_kubeconfig(self.cp, "keda", "system:slimserve-test:keda", "system:masters")
+
+    def _keda_operator(self, kubeconfig: Path, hosts: str) -> None:
+        """KEDA's operator; its gRPC metrics service (what its metrics adapter asks) serves mutual TLS from
+        --cert-dir as KEDA_OPERATOR_HOST."""
+        w, ns = self.workdir, self.namespace
+        certs = w / "keda-certs"
+        serving_certificate(self.cp, "tls", KEDA_OPERATOR_HOST, certs)
+        shutil.copy(self.cp.workdir / "pki" / "ca.crt", certs / "ca.crt")
+        keda_hosts = w / "keda-hosts"
+        keda_hosts.write_text(hosts)
+        self._spawn("keda-operator", [
+            str(binary("keda-operator")), f"--cert-dir={certs}",
+            f"--metrics-bind-address=127.0.0.1:{KEDA_METRICS_PORT}",
+            f"--health-probe-bind-address=127.0.0.1:{KEDA_HEALTH_PORT}",
+            f"--metrics-service-bind-address=127.0.0.1:{KEDA_GRPC_PORT}", "--zap-log-level=info"],
+            {"KUBECONFIG": str(kubeconfig), "WATCH_NAMESPACE": ns, "KEDA_CLUSTER_OBJECT_NAMESPACE": ns,
+             "POD_NAMESPACE": ns},
+            hosts=keda_hosts)
+
+    def check_running(self) -> None:
+        dead = [p for p in self.processes if p.popen.poll() is not None]
+        if dead:
+            raise ClusterError("\n".join(f"{p.name} exited {p.popen.returncode}:\n{p.tail()}" for p in dead))
+
+    def logs(self, lines: int = 20) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail(lines)}" for p in self.processes)
+
+    def _unregister(self) -> None:
+        """What the cluster holds of the processes besides OWN_KINDS: gone before they stop."""
+
+    def stop(self) -> None:
+        # Their objects go while the controllers that put finalizers on them still run; what another writer made
+        # meanwhile loses its finalizers, so that deleting the CRDs does not wait on controllers that are gone.
+        if self.processes:
+            for kind in self.OWN_KINDS:
+                self.cp.kubectl("delete", kind, "--all", "-n", self.namespace, "--ignore-not-found", "--wait=true",
+                                "--timeout=60s", check=False, timeout=90)
+        self._unregister()
+        for process in reversed(self.processes):
+            process.stop()
+            process.close()
+        for kind in self.OWN_KINDS:
+            names = self.cp.kubectl("get", kind, "-n", self.namespace, "-o", "name", check=False).stdout.split()
+            for name in names:
+                self.cp.kubectl("patch", "-n", self.namespace, name, "--type=merge", "-p",
+                                '{"metadata": {"finalizers": null}}', check=False)
+        sweep_keda_netns()
+
+    def leftovers(self) -> list[str]:
+        left = [f"process {p.name} ({p.popen.pid})" for p in self.processes if p.popen.poll() is None]
+        if run("ip", "netns", "pids", KEDA_NETNS, check=False).returncode == 0:
+            left.append(f"network namespace {KEDA_NETNS}")
+        if run("ip", "link", "show", KEDA_LINK, check=False).returncode == 0:
+            left.append(f"link {KEDA_LINK}")
+        return left
+
+
+class KedaHttpAddOn(_KedaInNetns):
+    """KEDA's operator and the KEDA HTTP add-on (operator, interceptor, scaler).
+
+    The interceptor dials `SERVICE.NAMESPACE`, which only its /etc/hosts resolves (`route()` adds each), and the
+    add-on's scaler `SCALER_SERVICE.NAMESPACE` is its loopback (KEDA's /etc/hosts). The scaler finds the
+    interceptor, as in a cluster, by the Endpoints of its admin Service, here KEDA_ADDRESS."""
+
+    OWN_KINDS = ("httpscaledobjects.http.keda.sh", "scaledobjects.keda.sh")
+
+    def __init__(self, cp, namespace: str, workdir: Path):
+        super().__init__(cp, namespace, workdir)
+        self.proxy_port, self.admin_port, self.scaler_port, *_ = range(18080, KEDA_GRPC_PORT)
+        self.interceptor_hosts = workdir / "interceptor-hosts"
+
+    @property
+    def proxy_address(self) -> str:
+        return f"{KEDA_ADDRESS}:{self.proxy_port}"
 
     def _start(self) -> None:
         w, ns = self.workdir, self.namespace
         w.mkdir(parents=True, exist_ok=True)
         self._network()
-        kubeconfig = in_netns_kubeconfig(self.cp, "keda", "system:slimserve-test:keda", "system:masters")
-        # Ports inside the namespace: any free ones (nothing else listens there).
-        self.proxy_port, self.admin_port, self.scaler_port, grpc_port, *probes = range(18080, 18087)
+        kubeconfig = self._kubeconfig()
         self.cp.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": INTERCEPTOR_ADMIN_SERVICE},
              "spec": {"ports": [{"name": "admin", "port": self.admin_port, "protocol": "TCP"}]}},
@@ -358,71 +448,27 @@ class KedaHttpAddOn(_HostComponent):
         # The add-on's operator makes each HTTPScaledObject's ScaledObject, whose trigger names the scaler as
         # SCALER_SERVICE.NAMESPACE:PORT.
         self._spawn("keda-http-operator", [str(binary("keda-http-operator")), "--metrics-bind-address=0",
-                                           f"--health-probe-bind-address=127.0.0.1:{probes[0]}"], {
+                                           f"--health-probe-bind-address=127.0.0.1:{KEDA_HEALTH_PORT + 1}"], {
             **base, "KEDAHTTP_OPERATOR_EXTERNAL_SCALER_SERVICE": SCALER_SERVICE,
             "KEDAHTTP_OPERATOR_EXTERNAL_SCALER_PORT": str(self.scaler_port),
             "KEDA_HTTP_OPERATOR_NAMESPACE": ns, "KEDA_HTTP_OPERATOR_WATCH_NAMESPACE": ns})
-        # KEDA's gRPC metrics service (for its metrics adapter, not run) serves TLS from --cert-dir.
-        certs = w / "keda-certs"
-        serving_certificate(self.cp, "tls", "keda-operator", certs)
-        shutil.copy(self.cp.workdir / "pki" / "ca.crt", certs / "ca.crt")
-        keda_hosts = w / "keda-hosts"
-        keda_hosts.write_text(f"127.0.0.1 localhost {SCALER_SERVICE}.{ns}\n")
-        self._spawn("keda-operator", [
-            str(binary("keda-operator")), f"--cert-dir={certs}", f"--metrics-bind-address=127.0.0.1:{probes[1]}",
-            f"--health-probe-bind-address=127.0.0.1:{probes[2]}",
-            f"--metrics-service-bind-address=127.0.0.1:{grpc_port}", "--zap-log-level=info"],
-            {**base, "WATCH_NAMESPACE": ns, "KEDA_CLUSTER_OBJECT_NAMESPACE": ns, "POD_NAMESPACE": ns},
-            hosts=keda_hosts)
+        self._keda_operator(kubeconfig, f"127.0.0.1 localhost {SCALER_SERVICE}.{ns}\n")
         self.check_running()
-
-    def check_running(self) -> None:
-        dead = [p for p in self.processes if p.popen.poll() is not None]
-        if dead:
-            raise ClusterError("\n".join(f"{p.name} exited {p.popen.returncode}:\n{p.tail()}" for p in dead))
 
     def route(self, service: str, cluster_ip: str) -> None:
         """Let the interceptor resolve `service`.NAMESPACE, as a cluster's DNS would (it re-reads /etc/hosts)."""
         with open(self.interceptor_hosts, "a") as hosts:  # the same file: the bind mount shows the new line
             hosts.write(f"{cluster_ip} {service}.{self.namespace}\n")
 
-    def logs(self, lines: int = 20) -> str:
-        return "\n".join(f"--- {p.name}\n{p.tail(lines)}" for p in self.processes)
-
-    def stop(self) -> None:
-        # Their objects go while the controllers that put finalizers on them still run; what another writer made
-        # meanwhile loses its finalizers, so that deleting the CRDs does not wait on controllers that are gone.
-        kinds = ("httpscaledobjects.http.keda.sh", "scaledobjects.keda.sh")
-        if self.processes:
-            for kind in kinds:
-                self.cp.kubectl("delete", kind, "--all", "-n", self.namespace, "--ignore-not-found", "--wait=true",
-                                "--timeout=60s", check=False, timeout=90)
-        for process in reversed(self.processes):
-            process.stop()
-            process.close()
-        for kind in kinds:
-            names = self.cp.kubectl("get", kind, "-n", self.namespace, "-o", "name", check=False).stdout.split()
-            for name in names:
-                self.cp.kubectl("patch", "-n", self.namespace, name, "--type=merge", "-p",
-                                '{"metadata": {"finalizers": null}}', check=False)
-        sweep_keda_netns()
-
-    def leftovers(self) -> list[str]:
-        left = [f"process {p.name} ({p.popen.pid})" for p in self.processes if p.popen.poll() is None]
-        if run("ip", "netns", "pids", KEDA_NETNS, check=False).returncode == 0:
-            left.append(f"network namespace {KEDA_NETNS}")
-        if run("ip", "link", "show", KEDA_LINK, check=False).returncode == 0:
-            left.append(f"link {KEDA_LINK}")
-        return left
-
 
 @contextlib.contextmanager
-def keda_http_add_on(cp, namespace: str, workdir: Path, http_add_on_crd: Path) -> Iterator[KedaHttpAddOn]:
-    """KEDA's and the add-on's CRDs installed, and their processes running, for the block; then none of either."""
+def _keda_running(cp, component: type[_KedaInNetns], namespace: str, workdir: Path,
+                  extra_crds: tuple[Path, ...] = ()) -> Iterator:
+    """KEDA's CRDs (and `extra_crds`) installed, and `component`'s processes running, for the block; then none."""
     with contextlib.ExitStack() as installed:
-        for crd in [*keda_crds(), http_add_on_crd]:
+        for crd in [*keda_crds(), *extra_crds]:
             installed.enter_context(crd_installed(cp, crd))
-        components = KedaHttpAddOn.start(cp, namespace, workdir)
+        components = component.start(cp, namespace, workdir)
         try:
             yield components
         finally:
@@ -430,3 +476,76 @@ def keda_http_add_on(cp, namespace: str, workdir: Path, http_add_on_crd: Path) -
     left = components.leftovers()
     if left:
         raise ClusterError("KEDA left behind:\n" + "\n".join(left))
+
+
+def keda_http_add_on(cp, namespace: str, workdir: Path, http_add_on_crd: Path):
+    """KEDA's and the add-on's CRDs installed, and their processes running, for the block; then none of either."""
+    return _keda_running(cp, KedaHttpAddOn, namespace, workdir, (http_add_on_crd,))
+
+
+# ---------------------------------------------------------------- KEDA with its metrics adapter
+
+KEDA_ADAPTER_BINARIES = ("keda-operator", "keda-adapter")
+
+
+def client_certificate(cp, common_name: str, directory: Path) -> None:
+    """directory/tls.crt, tls.key: a client certificate for `common_name` issued by the cluster's CA, and its ca.crt."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    pki = cp.workdir / "pki"
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    cert, key = _signed(ca_cert, ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = directory / "tls.key"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    shutil.copy(pki / "ca.crt", directory / "ca.crt")
+
+
+class KedaWithAdapter(_KedaInNetns):
+    """KEDA's operator and its metrics adapter (keda-operator-metrics-apiserver), registered as the aggregated API
+    external.metrics.k8s.io: the HPA a ScaledObject makes reads its triggers' values there. The adapter asks the
+    operator's gRPC metrics service (mutual TLS, its client certificate of the cluster's CA), which asks the
+    trigger's source; from the namespace the host (a Prometheus listening there) is KEDA_HOST_ADDRESS."""
+
+    def _start(self) -> None:
+        w, ns = self.workdir, self.namespace
+        w.mkdir(parents=True, exist_ok=True)
+        self._network()
+        kubeconfig = self._kubeconfig()
+        self._keda_operator(kubeconfig, "127.0.0.1 localhost\n")
+        client_certificate(self.cp, "keda-metrics-apiserver", w / "adapter-grpc")
+        cert, key = serving_certificate(self.cp, ADAPTER_SERVICE, f"{ADAPTER_SERVICE}.{ns}.svc", w / "adapter-pki")
+        adapter = self._spawn("keda-adapter", [
+            str(binary("keda-adapter")), f"--secure-port={ADAPTER_SECURE_PORT}", f"--bind-address={KEDA_ADDRESS}",
+            f"--tls-cert-file={cert}", f"--tls-private-key-file={key}", f"--cert-dir={w / 'adapter-grpc'}",
+            f"--lister-kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", f"--port={ADAPTER_METRICS_PORT}",
+            f"--metrics-service-address=127.0.0.1:{KEDA_GRPC_PORT}",
+            f"--metrics-service-grpc-authority={KEDA_OPERATOR_HOST}", "--zap-log-level=info"],
+            {"KUBECONFIG": str(kubeconfig), "WATCH_NAMESPACE": ns, "POD_NAMESPACE": ns})
+        self.check_running()
+        aggregated_api(self.cp, adapter, name=ADAPTER_SERVICE, namespace=ns, group="external.metrics.k8s.io",
+                       version="v1beta1", port=ADAPTER_SECURE_PORT, address=KEDA_ADDRESS)
+
+    def _unregister(self) -> None:
+        # An APIService whose server is gone fails every client's discovery of the cluster's APIs.
+        self.cp.kubectl("delete", "apiservice", EXTERNAL_METRICS_API, "--ignore-not-found", check=False)
+        self.cp.kubectl("delete", "-n", self.namespace, f"service/{ADAPTER_SERVICE}",
+                        f"endpointslice/{ADAPTER_SERVICE}-host", "--ignore-not-found", check=False)
+
+    def leftovers(self) -> list[str]:
+        left = super().leftovers()
+        if self.cp.kubectl("get", "apiservice", EXTERNAL_METRICS_API, check=False).returncode == 0:
+            left.append(f"APIService {EXTERNAL_METRICS_API}")
+        return left
+
+
+def keda_with_adapter(cp, namespace: str, workdir: Path):
+    """KEDA's CRDs installed, and its operator and metrics adapter running, for the block; then none of either."""
+    return _keda_running(cp, KedaWithAdapter, namespace, workdir)
