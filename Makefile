@@ -56,8 +56,8 @@ metrics-server:
 
 # Everything autoscaling on the real node runs beside it: metrics-server, KEDA and the KEDA HTTP add-on; a no-op
 # once built. Not a step of `make test`: KEDA's operator alone takes most of an hour to build cold on two cores,
-# more than CI's time allows beside the rest. The scale-from-zero test runs where they are built, and skips,
-# saying so, where they are not.
+# more than CI's time allows beside the rest. The scale-from-zero and KEDA Prometheus-trigger tests run where
+# they are built, and skip, saying so, where they are not.
 autoscaling-build:
 	tests/autoscaling/build.sh
 
