@@ -52,8 +52,12 @@ class OptimizedForward:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         batch = _batch_size(inputs)
         target = _bucket(batch) if self.bucketed else max(batch, 2)
-        if target != batch:
-            inputs = tuple(_pad_batch(t, target) for t in inputs)
+        # Inputs reach the graph as the plain tensors it was compiled on, also from inside a caller's inference_mode
+        # (a padded row, a tensor made there): an inference tensor fails the graph's guards, and the second graph
+        # compiled for it holds a second frozen copy of the weights.
+        if target != batch or any(_is_inference(t) for t in inputs):
+            with torch.inference_mode(False):
+                inputs = tuple(_pad_batch(t, target) if target != batch else _plain(t) for t in inputs)
         with torch.inference_mode(), inductor_config.patch(freezing=True):
             out = self._compiled(*inputs)
         return out[:batch] if target != batch else out
@@ -129,6 +133,14 @@ def _batch_size(inputs: tuple) -> int:
 
 def _bucket(batch: int) -> int:
     return 1 << (batch - 1).bit_length()
+
+
+def _is_inference(tensor: object) -> bool:
+    return isinstance(tensor, torch.Tensor) and tensor.is_inference()
+
+
+def _plain(tensor: object) -> object:
+    return tensor.clone() if _is_inference(tensor) else tensor
 
 
 def _pad_batch(tensor: torch.Tensor, size: int) -> torch.Tensor:
