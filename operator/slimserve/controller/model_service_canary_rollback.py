@@ -56,7 +56,12 @@ class Candidate:
 
     @property
     def artifact(self) -> tuple[Any, Any]:
-        return self.canary_status.get("modelUri"), self.canary_status.get("modelDigest")
+        return artifact_of(self.canary_status)
+
+
+def artifact_of(canary_status: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The candidate a status.canary is about: its artifact's URI and digest."""
+    return canary_status.get("modelUri"), canary_status.get("modelDigest")
 
 
 def candidate_of(runtime: Runtime, key: Key, body: Mapping[str, Any]) -> Candidate | None:
@@ -86,7 +91,7 @@ def record_evaluation(runtime: Runtime, key: Key, candidate: Candidate, verdict:
         if snapshot is None or snapshot.inputs.generation != candidate.generation:
             return False
         canary = snapshot.status.get("canary") or {}
-        if canary.get("rolledBack") or (canary.get("modelUri"), canary.get("modelDigest")) != candidate.artifact:
+        if canary.get("rolledBack") or artifact_of(canary) != candidate.artifact:
             return False
         conditions = set_condition(snapshot.status.get("conditions"), CANARY_ROLLED_BACK, verdict.status,
                                    verdict.reason, verdict.message, generation=candidate.generation)
