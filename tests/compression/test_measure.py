@@ -7,13 +7,18 @@ import pytest
 import torch
 
 from slimserve.compression.measure import (
+    COSTLY_ROUNDS_S,
+    FEWEST_ROUNDS,
     MAX_TRUSTED_SPREAD,
     MIN_ROUNDS,
     THROUGHPUT_BATCH,
+    WARMUP_CALLS,
     Figure,
+    RoundPlan,
     Speed,
     interleaved_rounds,
     measure_speeds,
+    round_plan,
     untrusted_speeds,
 )
 
@@ -109,3 +114,44 @@ def test_unsteady_rounds_are_flagged_with_the_figures_named():
     warning = untrusted_speeds(["baseline", "prune/structured"], [Speed(unsteady[0], steady), Speed(steady, steady)])
     assert warning is not None and f"more than {MAX_TRUSTED_SPREAD:.0%}" in warning
     assert "baseline latency 200%" in warning and "prune/structured" not in warning
+
+
+def test_costly_models_get_fewer_calls_then_fewer_rounds_never_below_the_fewest():
+    assert round_plan(0.001, 5) == RoundPlan(5, MIN_ROUNDS)  # cheap: the usual rounds
+    cheapest_costly = COSTLY_ROUNDS_S / (5 * MIN_ROUNDS)
+    assert round_plan(cheapest_costly, 5) == RoundPlan(5, MIN_ROUNDS)
+    fewer_calls = round_plan(cheapest_costly * 2, 5)
+    assert fewer_calls.calls < 5 and fewer_calls.min_rounds == MIN_ROUNDS
+    assert fewer_calls.calls * MIN_ROUNDS * cheapest_costly * 2 <= COSTLY_ROUNDS_S
+    assert round_plan(COSTLY_ROUNDS_S / 4, 3) == RoundPlan(1, 4)  # one call a round, as many rounds as fit
+    assert round_plan(120.0, 3) == RoundPlan(1, FEWEST_ROUNDS)  # minutes a call: the fewest rounds still
+
+
+def test_a_costly_batch_is_warmed_up_and_measured_in_fewer_calls_read_back_on_one_row():
+    # A model whose batch of 32 takes 64 s (2 s a row) and a compressed one four times faster; their mapped
+    # weights are released after each block and read back by an untimed call on the single-row inputs.
+    clock = FakeClock()
+    forwards = [clock.model("base", 2.0, per_row=True), clock.model("slim", 0.5, per_row=True)]
+    released: list[str] = []
+    rows_seen: list[int] = []
+    recording = [
+        lambda x, forward=forward: (rows_seen.append(int(x.shape[0])), forward(x))[1] for forward in forwards
+    ]
+    base, slim = measure_speeds(recording, RowsTask(), threads=1, budget_s=0.0, clock=clock,
+                                release=[lambda: released.append("base"), lambda: released.append("slim")])
+    assert base.throughput.median == pytest.approx(0.5) and slim.throughput.median == pytest.approx(2.0)
+    assert base.throughput.rounds == slim.throughput.rounds == FEWEST_ROUNDS  # 64 s a call: three rounds of one
+    assert base.latency_ms.rounds == MIN_ROUNDS  # 2 s a call: seven rounds, of fewer calls than five
+    # warm-up of each model: every call of one row, two of the batch (the second too slow for a third)
+    assert rows_seen[:10] == ([1] * WARMUP_CALLS + [THROUGHPUT_BATCH] * 2) * 2 and WARMUP_CALLS > 2
+    batch_blocks = rows_seen[-2 * FEWEST_ROUNDS * 2:]
+    assert batch_blocks == [1, THROUGHPUT_BATCH] * (2 * FEWEST_ROUNDS)  # each block read back on one row first
+    assert len(released) == 2 + 2 * (MIN_ROUNDS + FEWEST_ROUNDS)
+
+
+def test_cheap_models_keep_every_warm_up_call():
+    clock = FakeClock()
+    forwards = [clock.model("base", 0.001, per_row=True)]
+    measure_speeds(forwards, RowsTask(), threads=1, budget_s=0.0, clock=clock)
+    assert clock.calls[: 2 * WARMUP_CALLS] == ["base"] * (2 * WARMUP_CALLS)
+    assert len(clock.calls) == 2 * WARMUP_CALLS + MIN_ROUNDS * (5 + 3)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from slimserve.compression.measure import MAX_ROUNDS, MIN_ROUNDS, interleaved_rounds
+from slimserve.compression.measure import MAX_ROUNDS, interleaved_rounds, round_plan, time_call
 from slimserve.models.device import model_device
 from slimserve.models.torch_threads import torch_threads
 
@@ -42,11 +42,13 @@ def tokens_per_second(
     """Median tokens per second of each model generating `new_tokens` after `prompt`, in interleaved rounds."""
     with torch_threads(threads):
         calls = [greedy_generation(model, prompt, new_tokens) for model in models]
+        forwards = [lambda *_inputs, call=call: call() for call in calls]
         with torch.inference_mode():
-            for call in calls:  # warm-up: allocations and first-call work stay out of the rounds
-                call()
+            # warm-up: allocations and first-call work stay out of the rounds; the slowest call sizes them
+            call_s = max(time_call(forward, (), runs=1)[0] for forward in forwards)
+            plan = round_plan(call_s, 1)
             rounds = interleaved_rounds(
-                [lambda *_inputs, call=call: call() for call in calls], (), calls=1, min_rounds=MIN_ROUNDS,
+                forwards, (), calls=plan.calls, min_rounds=plan.min_rounds,
                 max_rounds=MAX_ROUNDS, budget_s=budget_s * len(models), clock=time.perf_counter,
             )
     return [round(new_tokens / statistics.median(times), 2) for times in rounds]

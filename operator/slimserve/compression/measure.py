@@ -26,6 +26,11 @@ Release = Callable[[], object]
 THROUGHPUT_BATCH = 32
 WARMUP_CALLS = 3
 MIN_ROUNDS, MAX_ROUNDS = 7, 25
+# A figure's rounds of a costly model: at least MIN_ROUNDS of their calls only while that takes at most
+# COSTLY_ROUNDS_S per model; beyond it fewer calls a round, then fewer rounds, never below FEWEST_ROUNDS (a
+# batch through a billion-parameter model takes minutes on one thread: seven rounds of three would take hours).
+COSTLY_ROUNDS_S = 60.0
+FEWEST_ROUNDS = 3
 # Unstructured zeros are "faster" only beyond this share over the dense model's throughput: two runs of one model
 # on a quiet machine differ by about as much.
 SPARSE_SPEEDUP_MARGIN = 0.05
@@ -97,6 +102,23 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class RoundPlan:
+    """How many calls a round makes of each model, and how many rounds at least."""
+
+    calls: int
+    min_rounds: int
+
+
+def round_plan(call_s: float, calls: int) -> RoundPlan:
+    """`calls` a round and MIN_ROUNDS rounds, fewer of either when the slowest model's call takes `call_s`
+    seconds and they would together take longer than COSTLY_ROUNDS_S."""
+    if call_s * calls * MIN_ROUNDS <= COSTLY_ROUNDS_S:
+        return RoundPlan(calls, MIN_ROUNDS)
+    calls = max(1, min(calls, int(COSTLY_ROUNDS_S // (call_s * MIN_ROUNDS))))
+    return RoundPlan(calls, max(FEWEST_ROUNDS, min(MIN_ROUNDS, int(COSTLY_ROUNDS_S // (call_s * calls)))))
+
+
+@dataclass(frozen=True)
 class Speed:
     """Latency at batch 1 (ms) and throughput at batch THROUGHPUT_BATCH (samples/s) of one model."""
 
@@ -118,6 +140,7 @@ def interleaved_rounds(
     budget_s: float,
     clock: Callable[[], float] = time.perf_counter,
     release: Sequence[Release] | None = None,
+    read_back_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> list[list[float]]:
     """Per forward, the median call time (seconds) of each round. A round runs every forward `calls` times,
     one forward after the other, in alternating order, so a machine that gets busier or quieter slows or
@@ -125,7 +148,8 @@ def interleaved_rounds(
 
     `release`, per forward: called after each of its blocks of calls, to drop what it holds resident but
     reads back when called (the pages of memory-mapped weights), so that the models measured side by side
-    are not resident all at once. Its next block then starts with an untimed call that reads them back."""
+    are not resident all at once. Its next block then starts with an untimed call that reads them back, on
+    `read_back_inputs` (default `inputs`): a smaller batch reads the same weights for less."""
     per_forward: list[list[float]] = [[] for _ in forwards]
     deadline = clock() + budget_s
     for round_index in range(max_rounds):
@@ -134,7 +158,7 @@ def interleaved_rounds(
         order = range(len(forwards)) if round_index % 2 == 0 else reversed(range(len(forwards)))
         for index in order:
             if release is not None:
-                time_call(forwards[index], inputs, runs=1, clock=clock)
+                time_call(forwards[index], read_back_inputs or inputs, runs=1, clock=clock)
             per_forward[index].append(statistics.median(time_call(forwards[index], inputs, runs=calls, clock=clock)))
             if release is not None:
                 release[index]()
@@ -152,26 +176,41 @@ def measure_speeds(
 ) -> list[Speed]:
     """Latency and throughput of each forward, measured side by side in interleaved rounds, at `threads`
     CPU threads: the one measurement behind every speed figure a run reports (`budget_s` per forward and
-    figure). `release`: as `interleaved_rounds` takes it, also called after each forward's warm-up."""
+    figure; a costly model's rounds as `round_plan` says). `release`: as `interleaved_rounds` takes it, also
+    called after each forward's warm-up."""
     with torch_threads(threads):
         single = task.sample_inputs(1)
         batch = task.sample_inputs(THROUGHPUT_BATCH)
         rows = int(batch[0].shape[0])
         with torch.no_grad():  # plain tensors, as `Task.outputs` scores with: no second compiled graph
+            single_s, batch_s = 0.0, 0.0
             for index, forward in enumerate(forwards):  # compile, allocate and fill caches outside the timed rounds
-                time_call(forward, single, runs=WARMUP_CALLS, clock=clock)
-                time_call(forward, batch, runs=WARMUP_CALLS, clock=clock)
+                single_s = max(single_s, _warm_up(forward, single, clock))
+                batch_s = max(batch_s, _warm_up(forward, batch, clock))
                 if release is not None:
                     release[index]()
             budget = budget_s * len(forwards)
-            latency = interleaved_rounds(forwards, single, calls=5, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
-                                         budget_s=budget, clock=clock, release=release)
-            batch_time = interleaved_rounds(forwards, batch, calls=3, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS,
-                                            budget_s=budget, clock=clock, release=release)
+            plan = round_plan(single_s, 5)
+            latency = interleaved_rounds(forwards, single, calls=plan.calls, min_rounds=plan.min_rounds,
+                                         max_rounds=MAX_ROUNDS, budget_s=budget, clock=clock, release=release)
+            plan = round_plan(batch_s, 3)
+            batch_time = interleaved_rounds(forwards, batch, calls=plan.calls, min_rounds=plan.min_rounds,
+                                            max_rounds=MAX_ROUNDS, budget_s=budget, clock=clock, release=release,
+                                            read_back_inputs=single)
     return [
         Speed(Figure.of(times).scaled(1000.0), Figure.of([rows / t for t in batch_times]))
         for times, batch_times in zip(latency, batch_time)
     ]
+
+
+def _warm_up(forward: Forward, inputs: tuple[torch.Tensor, ...], clock: Callable[[], float]) -> float:
+    """WARMUP_CALLS untimed calls (the first compiles and allocates), or two when the second is so slow that
+    the rounds will be cut short; the second call's seconds."""
+    time_call(forward, inputs, runs=1, clock=clock)
+    (call_s,) = time_call(forward, inputs, runs=1, clock=clock)
+    if round_plan(call_s, 1).min_rounds == MIN_ROUNDS:
+        time_call(forward, inputs, runs=WARMUP_CALLS - 2, clock=clock)
+    return call_s
 
 
 def untrusted_speeds(names: Sequence[str], speeds: Sequence[Speed]) -> str | None:
