@@ -124,7 +124,17 @@ def _compress_process(tmp_path, output: Output):
     )
 
 
-def test_a_run_killed_after_its_first_step_resumes_from_the_checkpoint_to_the_same_weights(tmp_path, output, make_spec, sink):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The same spec's artifact from a run that was not killed: made once, for every kind of output."""
+    from tests.compression.conftest import RecordingSink, job_spec
+
+    spec = job_spec(tmp_path_factory.mktemp("uninterrupted") / "whole", model=TWO_STEPS["model"]["uri"],
+                    **{k: v for k, v in TWO_STEPS.items() if k != "model"})
+    return load_artifact(compress(spec, [RecordingSink()]).artifact.uri)
+
+
+def test_a_run_killed_after_its_first_step_resumes_from_the_checkpoint_to_the_same_weights(tmp_path, output, uninterrupted):
     killed = _compress_process(tmp_path, output)
     deadline = time.monotonic() + 240
     while not output.checkpoint_index_exists():  # the prune step (with its fine-tuning) has finished and been checkpointed
@@ -145,9 +155,7 @@ def test_a_run_killed_after_its_first_step_resumes_from_the_checkpoint_to_the_sa
                and e["step"] != "load")
     assert not output.checkpoint_exists()  # the artifact makes the checkpoint obsolete
 
-    uninterrupted = compress(make_spec(tmp_path / "whole", **{k: v for k, v in TWO_STEPS.items() if k != "model"},
-                                       model=TWO_STEPS["model"]["uri"]), [sink])
-    after_resume, whole = output.load(), load_artifact(uninterrupted.artifact.uri)
+    after_resume, whole = output.load(), uninterrupted
     # The artifact's own digest covers the speeds measured at the end (and the time written), which no two
     # runs share; what the steps produced is compared: the weights file (its sha256) and the recipe.
     assert after_resume.manifest.files["weights.safetensors"] == whole.manifest.files["weights.safetensors"]
