@@ -7,7 +7,8 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
 # make test's pytest-xdist workers, each with its own control plane and operator (0: one process, no workers).
-PYTEST_WORKERS ?= 2
+# Three on two cores: much of the suite waits on pods and the API server, and the third fills that time.
+PYTEST_WORKERS ?= 3
 
 .PHONY: venv demo test cluster-build dev-cluster web-deps node-deps container-deps metrics-server autoscaling-build
 

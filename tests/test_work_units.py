@@ -1,9 +1,11 @@
-"""How `make test`'s two workers share the suite (tests/work_units.py), played on xdist's own scheduler."""
+"""How `make test`'s workers share the suite (tests/work_units.py), played on xdist's own scheduler."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from tests.conftest import pytest_xdist_make_scheduler
 from tests.work_units import MACHINE_WIDE_UNIT, hand_out_order, unit_of
@@ -39,8 +41,9 @@ def test_the_real_node_and_podman_tests_are_one_unit_and_every_other_module_its_
     assert unit_of("tests/test_cluster.py::test_b") == "tests/test_cluster.py"
 
 
-def test_two_workers_get_whole_units_the_machine_wide_one_first_and_the_operators_next(request, monkeypatch):
-    monkeypatch.setattr(request.config.option, "tx", ["2*popen"])
+@pytest.mark.parametrize("count", [2, 3])
+def test_workers_get_whole_units_the_machine_wide_one_first_and_the_operators_next(request, monkeypatch, count):
+    monkeypatch.setattr(request.config.option, "tx", [f"{count}*popen"])
     monkeypatch.setattr(request.config.option, "dist", "loadscope")  # as pyproject asks; inside a worker it reads "no"
     collected = sorted([  # as a worker orders its collection
         "tests/batch/test_a.py::test_1", "tests/batch/test_a.py::test_2", "tests/batch/test_a.py::test_3",
@@ -50,7 +53,7 @@ def test_two_workers_get_whole_units_the_machine_wide_one_first_and_the_operator
         "tests/serving/test_s.py::test_1", "tests/serving/test_s.py::test_2",
     ], key=hand_out_order)
     scheduler = pytest_xdist_make_scheduler(request.config, None)
-    workers = [Worker("gw0"), Worker("gw1")]
+    workers = [Worker(f"gw{index}") for index in range(count)]
     for worker in workers:
         scheduler.add_node(worker)
         scheduler.add_node_collection(worker, collected)
@@ -70,7 +73,7 @@ def test_two_workers_get_whole_units_the_machine_wide_one_first_and_the_operator
     operators = [test for test in collected if test.startswith("tests/operator/")]
     assert ran["gw1"][:3] == operators  # the other worker's session operator starts before namespaces pile up
     units = [{unit_of(test) for test in tests} for tests in ran.values()]
-    assert not units[0] & units[1]  # a unit's tests stay together on one worker, in order
+    assert sum(len(u) for u in units) == len(set().union(*units))  # a unit's tests stay on one worker, in order
     for tests in ran.values():
         for unit in {unit_of(t) for t in tests}:
             mine = [t for t in tests if unit_of(t) == unit]

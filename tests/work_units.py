@@ -1,4 +1,4 @@
-"""How `pytest -n N` (make test: two workers) hands out the suite: in units of work, one worker each.
+"""How `pytest -n N` (make test: three workers) hands out the suite: in units of work, one worker each.
 
 A unit is a test module, so that its module fixtures are made once and its tests run in order on one worker. The
 real node and the podman images are one per machine: the tests under MACHINE_WIDE_DIRS (the autoscaling ones run
