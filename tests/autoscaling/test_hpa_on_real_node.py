@@ -92,3 +92,9 @@ def test_load_raises_replicas_and_idleness_lowers_them(control_plane, real_node,
     wait_for("idleness to lower the replicas to 1",
              lambda: get(cp, namespace, "deployment", "digits")["spec"]["replicas"] == 1, timeout=240, interval=2)
     assert hpa_status()["desiredReplicas"] == 1
+
+    # The replicas are the HPA's: the operator, once its status shows the Deployment's last change, has
+    # never taken them for a hand edit of its Deployment.
+    wait_for("the status to follow the Deployment", lambda: (get(cp, namespace, "msvc", "digits").get("status", {})
+                                                             .get("replicas")) == 1, timeout=120, interval=1)
+    assert f"Deployment {namespace}/digits was changed by someone else" not in operator.logs()

@@ -34,7 +34,7 @@ from slimserve.controller.builders.model_service import (
 from slimserve.controller.model_service_canary import CanaryWaiting
 from slimserve.controller.model_service_canary_rollback import follow_error_rate
 from slimserve.controller.model_service_reconcile import COMPRESSION_JOBS, ChildrenRefused, reconcile
-from slimserve.controller.model_service_state import Runtime, fingerprint
+from slimserve.controller.model_service_state import Runtime
 from slimserve.controller.model_service_status import resolve_compression_job
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,11 @@ def observe_child(runtime: Runtime, api_version: str, kind: str, type: str | Non
         log.info("%s %s/%s was deleted; reconciling its ModelService", kind, meta["namespace"], meta["name"])
         runtime_of.queue_full_pass(runtime, key)
         return
-    known = runtime.child_fingerprint(key, (api_version, kind, meta["name"]))
-    if known is not None and known != fingerprint(obj):
-        log.info("%s %s/%s was changed by someone else; restoring it", kind, meta["namespace"], meta["name"])
+    if runtime.changed_since_applied(key, (api_version, kind, meta["name"]), obj):
+        if runtime.pass_under_way(key):  # likely the pass's own apply, seen before it was remembered
+            log.debug("%s %s/%s changed during a pass; checking it again", kind, meta["namespace"], meta["name"])
+        else:
+            log.info("%s %s/%s was changed by someone else; restoring it", kind, meta["namespace"], meta["name"])
         runtime_of.queue_full_pass(runtime, key)
     elif kind == "Deployment" and (meta["name"] != child_name(owner) or has_canary(runtime, key)):
         runtime_of.queue_full_pass(runtime, key)  # a canary's replicas follow both Deployments' progress

@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from slimserve.controller.backoff import doubling_delay
 from slimserve.controller.builders.model_service import CHILD_SELECTOR, controller_owner
 from slimserve.controller.builders.http_scaled_object import HTTP_ADD_ON_GROUP, HTTP_ADD_ON_PLURAL, HTTP_ADD_ON_VERSION
-from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Key, Runtime, fingerprint
+from slimserve.controller.model_service_state import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION, Key, Runtime
 from slimserve.controller.model_service_status import HTTP_SCALED_OBJECT, SCALE_TO_ZERO_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ def sweep_scaled_objects(runtime: Runtime, listed: Iterable[dict[str, Any]], kin
         if key in runtime.snapshots and not wanted:
             stale.append(key)  # left from an earlier metric (or a pass while KEDA was away)
         elif wanted:
-            known = runtime.child_fingerprint(key, (f"{kind.group}/{kind.version}", kind.kind, item["metadata"]["name"]))
-            if known is not None and known != fingerprint(item):
+            if runtime.changed_since_applied(key, (f"{kind.group}/{kind.version}", kind.kind, item["metadata"]["name"]), item):
                 stale.append(key)  # edited by hand
     return stale
 

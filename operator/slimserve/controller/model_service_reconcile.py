@@ -273,7 +273,8 @@ def _apply_children(
         except (ApiException, urllib3.exceptions.HTTPError) as exc:
             refusals.append(refusal_of(exc, f"applying {manifest['kind']} {manifest['metadata']['name']}"))
             continue
-        runtime.remember_child(key, (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]), live)
+        runtime.remember_child(key, (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]), live,
+                               manifest)
         if manifest["kind"] == "Deployment" and manifest["metadata"]["name"] == owner.child_name:
             deployment = live
     for ref in children.delete:

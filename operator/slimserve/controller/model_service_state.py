@@ -41,11 +41,33 @@ def key_of(body: Mapping[str, Any]) -> Key:
     return meta["namespace"], meta["name"]
 
 
-def fingerprint(body: Mapping[str, Any]) -> str:
-    """What a hand edit of a child changes and its controllers leave alone: spec, labels, owners."""
+def fingerprint(body: Mapping[str, Any], spec_fields: frozenset[str] | None = None) -> str:
+    """What a hand edit of a child changes and its controllers leave alone: spec, labels, owners. With
+    `spec_fields`, only those fields of the spec: the ones the operator sets (an autoscaler sets a Deployment's
+    replicas when the operator leaves them out)."""
     meta = body.get("metadata") or {}
-    essence = {"spec": body.get("spec"), "labels": meta.get("labels"), "owners": meta.get("ownerReferences")}
+    spec = body.get("spec")
+    if spec_fields is not None and isinstance(spec, Mapping):
+        spec = {name: value for name, value in spec.items() if name in spec_fields}
+    essence = {"spec": spec, "labels": meta.get("labels"), "owners": meta.get("ownerReferences")}
     return hashlib.sha256(json.dumps(essence, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChildPrint:
+    """A child as last applied: the fingerprint of the fields the operator set."""
+
+    digest: str
+    spec_fields: frozenset[str] | None
+
+    @classmethod
+    def of(cls, live: Mapping[str, Any], manifest: Mapping[str, Any] | None) -> "ChildPrint":
+        spec = (manifest or {}).get("spec")
+        fields = frozenset(spec) if isinstance(spec, Mapping) else None
+        return cls(fingerprint(live, fields), fields)
+
+    def matches(self, body: Mapping[str, Any]) -> bool:
+        return fingerprint(body, self.spec_fields) == self.digest
 
 
 @dataclass(frozen=True)
@@ -122,7 +144,7 @@ class Runtime:
     )
     events: EventRecorder = field(default_factory=EventRecorder)
     snapshots: dict[Key, Snapshot] = field(default_factory=dict)
-    fingerprints: dict[Key, dict[ChildId, str]] = field(default_factory=dict)
+    fingerprints: dict[Key, dict[ChildId, ChildPrint]] = field(default_factory=dict)
     latest_deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     full_pass_wanted: set[Key] = field(default_factory=set)
     # Kind (ScaledObject, HTTPScaledObject: not watched) -> the services with one, as last listed.
@@ -154,19 +176,35 @@ class Runtime:
             self.full_pass_wanted.discard(key)
             return full, self.latest_deployments.pop(key, None)
 
-    def remember_child(self, key: Key, child: ChildId, live: Mapping[str, Any] | None) -> None:
-        """The child as last applied (None: deleted by the operator)."""
+    def remember_child(self, key: Key, child: ChildId, live: Mapping[str, Any] | None,
+                       manifest: Mapping[str, Any] | None = None) -> None:
+        """The child as last applied from `manifest` (None: deleted by the operator)."""
         with self._guard:
             children = self.fingerprints.setdefault(key, {})
             if live is None:
                 children.pop(child, None)
                 self.listed.get(child[1], set()).discard(key)
             else:
-                children[child] = fingerprint(live)
+                children[child] = ChildPrint.of(live, manifest)
 
-    def child_fingerprint(self, key: Key, child: ChildId) -> str | None:
+    def knows_child(self, key: Key, child: ChildId) -> bool:
         with self._guard:
-            return self.fingerprints.get(key, {}).get(child)
+            return child in self.fingerprints.get(key, {})
+
+    def changed_since_applied(self, key: Key, child: ChildId, body: Mapping[str, Any]) -> bool:
+        """Whether a child this process applied differs from it in the fields the operator set."""
+        with self._guard:
+            known = self.fingerprints.get(key, {}).get(child)
+        return known is not None and not known.matches(body)
+
+    def pass_under_way(self, key: Key) -> bool:
+        """Whether another thread is in a pass of the service now: a child it is applying can be seen changed
+        before the pass remembers what it applied."""
+        lock = self.lock(key)
+        if not lock.acquire(blocking=False):
+            return True
+        lock.release()
+        return False
 
     def refused_retry_delay(self, key: Key) -> float:
         """Seconds before retrying a pass whose children were refused: grows with each refusal in a row."""
@@ -198,7 +236,7 @@ class Runtime:
         with self._guard:
             listed = key in self.listed.get(ref.kind, set())
         seen = listed or (index is not None and bool(index.get(key)))
-        return seen or self.child_fingerprint(key, (ref.api_version, ref.kind, ref.name)) is not None
+        return seen or self.knows_child(key, (ref.api_version, ref.kind, ref.name))
 
     def forget(self, key: Key) -> None:
         with self._guard:
