@@ -8,6 +8,9 @@ The same requests (prompt and output lengths varied, greedy) go
 - to `transformers` `generate` in this process, one request at a time, and statically batched by 32 (left
   padded, each batch running to its longest output); its TTFT is the request's own wait inside `generate`.
 Same weights, same torch threads. Targets at concurrency 32: >= 3x one-at-a-time and >= 1.3x static batching.
+A run at concurrency 32 takes about a second of the server's time, so one such run moves with the machine: the
+comparison with static batching is made in `--rounds` pairs (the server at concurrency 32 and static batching,
+one after the other, in alternating order) and its ratio is the median of the pairs' ratios.
 Each row also gives tokens per CPU second (the server's process and the client's, or `generate`'s): on a
 machine shared with other work, a server whose threads hand each step to one another waits for the CPU at
 every hand-off, so tokens/s there measures the machine's load as much as the server. At concurrency 32 the
@@ -360,6 +363,30 @@ def summarize(label: str, results: list[Result], seconds: float, cpu_s: float, s
             "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]}
 
 
+def paired_rounds(server: Server, directory: Path, requests: list[Request], rounds: int,
+                  static_label: str) -> list[tuple[dict, dict]]:
+    """(the server at concurrency 32, static batching) over the same requests, `rounds` times, which one goes
+    first alternating: a machine that gets busier or quieter moves both alike."""
+    pairs = []
+    for index in range(rounds):
+        measured = {}
+        for which in (("server", "static") if index % 2 == 0 else ("static", "server")):
+            if which == "server":
+                measured[which] = summarize("slimserve c32", *run_server(server, requests, 32))
+            else:
+                measured[which] = summarize(static_label, *run_transformers(directory, requests, STATIC_BATCH))
+        pairs.append((measured["server"], measured["static"]))
+        ratio = measured["server"]["tokens_per_s"] / measured["static"]["tokens_per_s"]
+        print(f"round {index + 1}: slimserve c32 {measured['server']['tokens_per_s']:.1f} tokens/s, static batching "
+              f"{measured['static']['tokens_per_s']:.1f}: {ratio:.2f}x", flush=True)
+    return pairs
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The row of median tokens/s among `rows` (its own TTFTs and CPU split with it)."""
+    return sorted(rows, key=lambda row: row["tokens_per_s"])[len(rows) // 2]
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'row':<44} {'requests':>8} {'tokens':>7} {'tokens/s':>9} {'tokens/CPU-s':>13} {'TTFT p50 ms':>12} "
           f"{'TTFT p99 ms':>12}")
@@ -378,7 +405,11 @@ def main() -> int:
     parser.add_argument("--model-size", choices=("serving", "base"), default="serving",
                         help="base: weight-only int8 and int4 against fp32 at concurrency 1 on a ~90M-parameter random Llama")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="pairs of the concurrency-32 comparison (the server, static batching); the median ratio counts")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     import torch
 
@@ -396,18 +427,20 @@ def main() -> int:
     uri = args.model if args.model.startswith("builtin://") and directory.name != "random-llama" else f"file://{directory}"
 
     rows = []
+    static_label = f"transformers generate, static batch {STATIC_BATCH}"
     server = Server(uri, args.threads, scratch / "server.log")
     try:
         for concurrency in CONCURRENCY:
             rows.append(summarize(f"slimserve c{concurrency}", *run_server(server, requests[:counts[concurrency]], concurrency)))
             print_table(rows[-1:])
+        single = requests[:counts[8]]  # one at a time: a rate, so fewer requests do
+        rows.append(summarize("transformers generate, one at a time", *run_transformers(directory, single, 1)))
+        print_table(rows[-1:])
+        pairs = paired_rounds(server, directory, requests[:counts[32]], args.rounds, static_label)
     finally:
         server.stop()
-    single = requests[:counts[8]]  # one at a time: a rate, so fewer requests do
-    rows.append(summarize("transformers generate, one at a time", *run_transformers(directory, single, 1)))
-    print_table(rows[-1:])
-    static = summarize(f"transformers generate, static batch {STATIC_BATCH}",
-                       *run_transformers(directory, requests[:counts[32]], STATIC_BATCH))
+    static = median_row([pair[1] for pair in pairs])
+    rows[CONCURRENCY.index(32)] = median_row([pair[0] for pair in pairs])
     rows.append(static)
     for artifact in args.artifact:
         server = Server(artifact, args.threads, scratch / f"server-{len(rows)}.log")
@@ -421,10 +454,13 @@ def main() -> int:
 
     by_name = {row["row"]: row for row in rows}
     alone = by_name["transformers generate, one at a time"]
+    print(f"\n(concurrency 32 and static batching: medians of {len(pairs)} paired rounds)")
     for rate, what in (("tokens_per_s", "tokens/s"), ("tokens_per_cpu_s", "tokens per CPU second")):
         c32 = by_name["slimserve c32"][rate]
-        print(f"\nat concurrency 32, {what}: {c32 / alone[rate]:.2f}x one-at-a-time (target >= 3), "
-              f"{c32 / static[rate]:.2f}x static batching (target >= 1.3); load average {os.getloadavg()[0]:.1f}")
+        ratios = sorted(server_row[rate] / static_row[rate] for server_row, static_row in pairs)
+        print(f"at concurrency 32, {what}: {c32 / alone[rate]:.2f}x one-at-a-time (target >= 3), "
+              f"{statistics.median(ratios):.2f}x static batching (target >= 1.3; pairs {ratios[0]:.2f}x to "
+              f"{ratios[-1]:.2f}x); load average {os.getloadavg()[0]:.1f}")
     split = by_name["slimserve c32"]["cpu_ms_per_token"]
     print(f"CPU ms per token at concurrency 32: the server's worker threads (the engine, the model) "
           f"{split['server_workers']:.3f}, its event loop {split['event_loop']:.3f}, the client {split['client']:.3f}; "
