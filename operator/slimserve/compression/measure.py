@@ -204,8 +204,8 @@ def measure_speeds(
 
 
 def _warm_up(forward: Forward, inputs: tuple[torch.Tensor, ...], clock: Callable[[], float]) -> float:
-    """WARMUP_CALLS untimed calls (the first compiles and allocates), or two when the second is so slow that
-    the rounds will be cut short; the second call's seconds."""
+    """WARMUP_CALLS calls outside the rounds (the first compiles and allocates), or two when the second is so
+    slow that its rounds will be cut short; returns the second call's seconds, which size the rounds."""
     time_call(forward, inputs, runs=1, clock=clock)
     (call_s,) = time_call(forward, inputs, runs=1, clock=clock)
     if round_plan(call_s, 1).min_rounds == MIN_ROUNDS:
