@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _free_port, _Process, _signed
+from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _free_port, _Process
 from tests.cluster.helpers import crd_installed, wait_for
 from tests.realnode.node import GATEWAY, POOL, POOL_LABEL, RealNode, run
 
@@ -67,21 +67,9 @@ def skip_unless_built(*names: str) -> None:
 def serving_certificate(cp, name: str, dns_name: str, directory: Path) -> tuple[Path, Path]:
     """A serving certificate for `dns_name` (and the bridge's address) issued by the cluster's CA."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.x509.oid import NameOID
 
-    pki = cp.workdir / "pki"
-    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
-    cert, key = _signed(ca_cert, ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]),
-                        server=True, sans=[x509.DNSName(dns_name), x509.IPAddress(ipaddress.ip_address(GATEWAY))])
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    return cp.issue_certificate(directory / f"{name}.crt", directory / f"{name}.key", dns_name, server=True,
+                                sans=[x509.DNSName(dns_name), x509.IPAddress(ipaddress.ip_address(GATEWAY))])
 
 
 def with_hosts(hosts: Path, argv: list[str]) -> list[str]:
@@ -490,21 +478,8 @@ KEDA_ADAPTER_BINARIES = ("keda-operator", "keda-adapter")
 
 def client_certificate(cp, common_name: str, directory: Path) -> None:
     """directory/tls.crt, tls.key: a client certificate for `common_name` issued by the cluster's CA, and its ca.crt."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.x509.oid import NameOID
-
-    pki = cp.workdir / "pki"
-    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
-    cert, key = _signed(ca_cert, ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = directory / "tls.key"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    shutil.copy(pki / "ca.crt", directory / "ca.crt")
+    cp.issue_certificate(directory / "tls.crt", directory / "tls.key", common_name)
+    shutil.copy(cp.workdir / "pki" / "ca.crt", directory / "ca.crt")
 
 
 class KedaWithAdapter(_KedaInNetns):

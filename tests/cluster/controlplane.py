@@ -653,9 +653,10 @@ class ControlPlane:
         argv = [str(self.bin_dir / "helm"), f"--kubeconfig={self.kubeconfig}", *args]
         return self._run(argv, check, None, timeout)
 
-    def client_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
-        """A kubeconfig that authenticates as `user` (in `group`) with a client certificate of the cluster's CA,
-        as a kubelet or kube-proxy of a real cluster does."""
+    def issue_certificate(self, cert_path: Path, key_path: Path, common_name: str, *, group: str | None = None,
+                          server: bool = False, sans: list | None = None) -> tuple[Path, Path]:
+        """A new key and its certificate for `common_name` (in `group`) signed by the cluster's CA, written to
+        `cert_path` and `key_path` (PEM, the key readable by its owner only): a client's, or a server's with `sans`."""
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
         from cryptography.x509.oid import NameOID
@@ -663,15 +664,22 @@ class ControlPlane:
         pki = self.workdir / "pki"
         ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
         ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
-        subject = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
         if group:
             subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, group))
-        cert, key = _signed(ca_cert, ca_key, x509.Name(subject))
-        cert_path, key_path = pki / f"{name}.crt", pki / f"{name}.key"
+        cert, key = _signed(ca_cert, ca_key, x509.Name(subject), server=server, sans=sans)
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
         key_path.chmod(0o600)
+        return cert_path, key_path
+
+    def client_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
+        """A kubeconfig that authenticates as `user` (in `group`) with a client certificate of the cluster's CA,
+        as a kubelet or kube-proxy of a real cluster does."""
+        pki = self.workdir / "pki"
+        cert_path, key_path = self.issue_certificate(pki / f"{name}.crt", pki / f"{name}.key", user, group=group)
         return write_kubeconfig(self.workdir / f"{name}.kubeconfig", self.server, pki / "ca.crt", name,
                                 cert=cert_path, key=key_path)
 
