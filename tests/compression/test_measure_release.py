@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from slimserve.compression.measure import interleaved_rounds, measure_speeds
+from tests.compression.test_measure import RowsTask
 
 
 class ColdAfterRelease:
@@ -48,11 +49,6 @@ def test_each_model_is_released_after_its_turn_and_read_back_outside_the_timing(
     turn = lambda name: [name] * 3 + [f"release {name}"]  # noqa: E731  (one untimed call, two timed ones)
     assert fake.log == turn("base") + turn("slim") + turn("slim") + turn("base")
     assert base == [pytest.approx(0.010)] * 2 and slim == [pytest.approx(0.002)] * 2  # the cold calls are not timed
-
-
-class RowsTask:
-    def sample_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        return (torch.zeros(batch_size, 4),)
 
 
 def test_speeds_released_between_turns_match_speeds_kept_resident():
