@@ -367,14 +367,12 @@ def paired_rounds(server: Server, directory: Path, requests: list[Request], roun
                   static_label: str) -> list[tuple[dict, dict]]:
     """(the server at concurrency 32, static batching) over the same requests, `rounds` times, which one goes
     first alternating: a machine that gets busier or quieter moves both alike."""
+    runs = {"server": lambda: summarize("slimserve c32", *run_server(server, requests, 32)),
+            "static": lambda: summarize(static_label, *run_transformers(directory, requests, STATIC_BATCH))}
     pairs = []
     for index in range(rounds):
-        measured = {}
-        for which in (("server", "static") if index % 2 == 0 else ("static", "server")):
-            if which == "server":
-                measured[which] = summarize("slimserve c32", *run_server(server, requests, 32))
-            else:
-                measured[which] = summarize(static_label, *run_transformers(directory, requests, STATIC_BATCH))
+        order = ("server", "static") if index % 2 == 0 else ("static", "server")
+        measured = {which: runs[which]() for which in order}
         pairs.append((measured["server"], measured["static"]))
         ratio = measured["server"]["tokens_per_s"] / measured["static"]["tokens_per_s"]
         print(f"round {index + 1}: slimserve c32 {measured['server']['tokens_per_s']:.1f} tokens/s, static batching "
