@@ -129,12 +129,22 @@ def stranger_context(pki) -> ssl.SSLContext:
 REFUSED_BY_THE_SERVER = (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)
 
 
-def test_optional_still_refuses_a_client_certificate_of_another_ca(tls_server, pki):
+def test_optional_still_refuses_a_client_certificate_of_another_ca(tls_server, pki, reference_model):
     with pytest.raises(REFUSED_BY_THE_SERVER):
         https_get(tls_server, stranger_context(pki))
     with pytest.raises(Exception, match="connection closed"):
         http_infer(http_client(tls_server, pki, stranger_cert=True))
     assert https_get(tls_server, client_context(pki)) == 200  # the same client with the right certificate
+    # The gRPC port too: a stranger's certificate ends the handshake, the CA's is served.
+    stranger_cert, stranger_key = pki.client_files(stranger=True)
+    credentials = grpc.ssl_channel_credentials(pki.ca_file.read_bytes(), stranger_key.read_bytes(),
+                                               stranger_cert.read_bytes())
+    with grpc.secure_channel(tls_server.grpc_url, credentials) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    expected = reference_model(f"builtin://{MODEL}").predict({"input": ROWS})["logits"]
+    np.testing.assert_allclose(grpc_infer(grpc_client(tls_server, pki)), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_a_client_trusting_another_ca_fails_the_handshake_clearly(tls_server, pki):

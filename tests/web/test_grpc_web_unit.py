@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
-from slimserve.serving.web.framing import FramingError, decode_text_body, parse_timeout, status_trailers
+from slimserve.serving.grpc_calls import MalformedCall, parse_timeout, status_trailers
+from slimserve.serving.web.framing import FramingError, decode_text_body
 from slimserve.serving.web.grpc_web import GrpcWebMiddleware
 from slimserve.serving.web.options import WebOptions, add_web_arguments, parse_origins, web_options
 from tests.web.grpc_web_helpers import BINARY, TEXT, frame, parse_body
@@ -175,7 +176,7 @@ def test_decode_text_body_rejects_bad_base64(body, words):
 
 def test_parse_timeout_units():
     assert parse_timeout("2S") == 2.0 and parse_timeout("1500m") == 1.5 and parse_timeout("1H") == 3600.0
-    with pytest.raises(FramingError):
+    with pytest.raises(MalformedCall):
         parse_timeout("123456789S")  # more than 8 digits
 
 

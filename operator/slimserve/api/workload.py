@@ -36,8 +36,8 @@ class Defaults:
     max_batch_size: int = 32
     max_latency_ms: float = 5.0
     max_body_bytes: int = 64 * 1024 * 1024
-    header_timeout_s: float = 10.0  # HTTP: longest wait for a request's headers
-    body_timeout_s: float = 60.0  # HTTP: longest wait for a body after its headers
+    header_timeout_s: float = 10.0  # longest wait for a request's headers (gRPC: for a connection's HTTP/2 start)
+    body_timeout_s: float = 60.0  # longest wait for a body after its headers (gRPC: for the request message)
     drain_timeout_s: float = 20.0  # longest wait for in-flight requests after SIGTERM
     shutdown_delay_s: float = 0.0  # keep serving (reporting not ready) this long after SIGTERM
     torch_threads: int = 0  # 0: follow the container's CPU limit

@@ -52,9 +52,11 @@ OPTIONS = (
     Option("--max-latency-ms", float, "longest a batch waits for requests already arriving"),
     Option("--max-body-bytes", int, "largest request body or gRPC message"),
     Option("--header-timeout-s", float,
-           "HTTP: close a connection whose request headers are not complete within this time"),
+           "close a connection whose request headers are not complete within this time (gRPC: whose HTTP/2 "
+           "start)"),
     Option("--body-timeout-s", float,
-           "HTTP: answer 408 and close when a request body is not complete this long after its headers"),
+           "answer 408 and close when a request body is not complete this long after its headers (gRPC: end "
+           "the call with DEADLINE_EXCEEDED)"),
     Option("--drain-timeout-s", float, "after SIGTERM, longest wait for in-flight requests"),
     Option("--shutdown-delay-s", float, "after SIGTERM, keep serving (not ready) this long first"),
     Option("--torch-threads", int, "torch threads; 0 follows the container's CPU limit"),

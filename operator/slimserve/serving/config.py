@@ -26,8 +26,8 @@ class ServerConfig:
     max_batch_size: int = DEFAULTS.max_batch_size
     max_latency_ms: float = DEFAULTS.max_latency_ms
     max_body_bytes: int = DEFAULTS.max_body_bytes
-    header_timeout_s: float = DEFAULTS.header_timeout_s  # HTTP: longest wait for a request's headers
-    body_timeout_s: float = DEFAULTS.body_timeout_s  # HTTP: longest wait for a body after its headers
+    header_timeout_s: float = DEFAULTS.header_timeout_s  # longest wait for a request's headers (gRPC: HTTP/2 start)
+    body_timeout_s: float = DEFAULTS.body_timeout_s  # longest wait for a body after its headers (gRPC: the message)
     drain_timeout_s: float = DEFAULTS.drain_timeout_s  # longest wait for in-flight requests after SIGTERM
     shutdown_delay_s: float = DEFAULTS.shutdown_delay_s  # keep serving (reporting not ready) this long after SIGTERM
     torch_threads: int = DEFAULTS.torch_threads  # 0: follow the container's CPU limit

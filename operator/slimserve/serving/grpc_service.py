@@ -1,4 +1,4 @@
-"""The gRPC endpoint: service `inference.GRPCInferenceService` on a `grpc.aio` server.
+"""The gRPC endpoint: service `inference.GRPCInferenceService`, served by `grpc_server` (and gRPC-Web).
 
 Runs on the same asyncio loop as the REST app, so both protocols share one data plane and one batch
 queue. Handlers are registered with a generic handler under the standard service name, using messages
@@ -18,6 +18,7 @@ from slimserve.serving.access_log import REQUEST_ID_HEADER, request_id
 from slimserve.serving.auth import API_KEY_HEADER, AUTHORIZATION_HEADER, Auth
 from slimserve.serving.dataplane import BATCH_SIZE_PARAMETER, DataPlane, RequestTimer
 from slimserve.serving.errors import InvalidInput, client_message, grpc_status
+from slimserve.serving.grpc_calls import ServicerContext
 from slimserve.serving.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 from slimserve.serving.tensors import encode_raw
@@ -191,7 +192,7 @@ def _with_status(
     inference = method == "ModelInfer"  # traced and payload-logged
     payload_log = dataplane.payload_log if inference else None
 
-    async def call(received, context: grpc.aio.ServicerContext):
+    async def call(received, context: ServicerContext):
         start = time.perf_counter()
         # Payload-logged calls get the bytes received beside the message, and return the bytes they send.
         request, received_bytes = received if payload_log is not None else (received, None)
@@ -286,6 +287,6 @@ def _with_bytes(parse: Callable[[bytes], object]) -> Callable[[bytes], tuple[obj
     return deserialize
 
 
-def add_inference_service(server: grpc.aio.Server, dataplane: DataPlane, auth: Auth | None = None) -> None:
-    # Registered, not generic: the core matches the method path itself, with no per-call handler lookup in Python.
+def add_inference_service(server, dataplane: DataPlane, auth: Auth | None = None) -> None:
+    """Serve `inference.GRPCInferenceService` on `server` (a `grpc_server.GrpcServer`)."""
     server.add_registered_method_handlers(SERVICE_NAME, method_handlers(dataplane, auth))

@@ -16,7 +16,6 @@ import asyncio
 import collections
 from collections.abc import Iterable
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -31,7 +30,7 @@ class _StreamDone(Exception):
 class _WatchUntilDrain:
     """A Watch call's context that ends the stream after it has written a non-serving status in the drain."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, health: "ServerHealth") -> None:
+    def __init__(self, context, health: "ServerHealth") -> None:
         self._context = context
         self._health = health
 
@@ -78,7 +77,9 @@ class ServerHealth:
         self.draining = False
         self.servicer = _DrainAwareServicer(self)
 
-    def add_to(self, server: grpc.aio.Server) -> None:
+    def add_to(self, server) -> None:
+        """Serve the statuses on `server` (a `grpc_server.GrpcServer`, or anything grpcio's generated
+        registration takes)."""
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
 
     async def starting(self) -> None:

@@ -1,4 +1,4 @@
-"""One server process: REST (uvicorn) and gRPC (grpc.aio) on one asyncio loop, one model, graceful exit.
+"""One server process: REST (uvicorn) and gRPC (`grpc_server`) on one asyncio loop, one model, graceful exit.
 
 Life cycle:
 1. listen on both ports at once, live but not ready (so a liveness probe passes during a long load; gRPC
@@ -14,7 +14,7 @@ Life cycle:
 Worst-case time from SIGTERM to exit: shutdown_delay_s + drain_timeout_s + ~1 s, so set the pod's
 terminationGracePeriodSeconds above that.
 
-Why this stack (uvicorn + the lean ASGI app of `rest.py` + grpc.aio, one process, one loop) and not
+Why this stack (uvicorn + the lean ASGI app of `rest.py` + gRPC over `h2`, one process, one loop) and not
 KServe's Python model server: `benchmarks/serving.py` runs both side by side on the same model, threads
 and client, and ours serves more with less latency, mostly from batching (docs/performance.md has the
 figures). One process keeps one batch queue for both protocols.
@@ -30,7 +30,6 @@ import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import uvicorn
 
 from slimserve.serving.access_log import AccessLog
@@ -41,6 +40,7 @@ from slimserve.serving.dataplane import DataPlane
 from slimserve.serving.generation import add_generation_routes
 from slimserve.serving.generation.decoder import decoder_loader, serves_decoder
 from slimserve.serving.generation.service import Generation
+from slimserve.serving.grpc_server import GrpcServer
 from slimserve.serving.grpc_service import SERVICE_NAME, add_inference_service
 from slimserve.serving.health import ServerHealth
 from slimserve.serving.http_timeouts import TimedHttpToolsProtocol
@@ -123,23 +123,14 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
         add_generation_routes(rest_app, dataplane, generation)
     http = _http_server(config, wrap_http_app(rest_app, dataplane, config.web, config.max_body_bytes, auth),
                         tls.listening_context if tls else None)
-    grpc_server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", config.max_body_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    grpc_server = GrpcServer(config.max_body_bytes, config.header_timeout_s, config.body_timeout_s,
+                             tls.grpc_listening_context if tls else None)
     http_socket = _listen(config.host, config.http_port)
+    grpc_socket = _listen(config.host, config.grpc_port)
     add_inference_service(grpc_server, dataplane, auth)
     await health.starting()
     health.add_to(grpc_server)
-    grpc_address = f"{_grpc_host(config.host)}:{config.grpc_port}"
-    if tls is None:
-        grpc_server.add_insecure_port(grpc_address)
-    else:
-        grpc_server.add_secure_port(grpc_address, tls.grpc_credentials())
-    await grpc_server.start()
+    await grpc_server.start(grpc_socket)
     http_servers = [(http, http_socket)]
     if config.probe_port is not None:
         http_servers.append((_http_server(config, probes_only(rest_app), None), _listen(config.host, config.probe_port)))
@@ -220,17 +211,13 @@ def _warmup_sizes(config: ServerConfig) -> tuple[int, ...]:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """Bind the HTTP socket here, so a busy port fails loudly before anything starts."""
+    """Bind a port's socket here, so a busy port fails loudly before anything starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
-
-
-def _grpc_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _start_metrics_port(config: ServerConfig, dataplane: DataPlane):

@@ -6,17 +6,16 @@ resolved paths, inodes and mtimes change at once. `CertificateReloader.watch` po
 on a change it builds a whole new SSL context from the new files (which fails on an unreadable file or a key
 that does not match its certificate) and only then puts it in service:
 
-- REST/gRPC-Web: the listening context's SNI callback, run at every handshake, hands the connection the
-  current context. Loading a new pair into the listening context in place could leave it holding the new
-  certificate with the old key when the key fails, and could never drop a CA taken out of `ca.crt`.
-- gRPC: grpc's certificate-configuration fetcher, called before every handshake, returns the new pair once.
+each port's listening context (HTTP/1.1 for REST and gRPC-Web, HTTP/2 for gRPC: their ALPN differs) has an SNI
+callback, run at every handshake, that hands the connection the current context. Loading a new pair into the
+listening context in place could leave it holding the new certificate with the old key when the key fails,
+and could never drop a CA taken out of `ca.crt`.
 
 A bad new pair keeps the old one in service, logs an error and counts `slimserve_tls_reloads_total{result=
 "failed"}`; connections already open keep the certificate they shook hands with.
 
 Client certificates: `require` refuses a handshake without a certificate the CA signed, on both ports;
-`optional` verifies a certificate the client presents on the HTTP port, and gRPC (whose Python API has no
-"verify when presented") does not ask for one.
+`optional` verifies a certificate the client presents, and lets a client without one in.
 
 Light at import: the CLI reads the flags while building its parser.
 """
@@ -50,6 +49,8 @@ ENV_TLS_DIR = ServerEnv.variable("tls_dir").name
 ENV_CLIENT_AUTH = ServerEnv.variable("tls_client_auth").name
 ENV_PROBE_PORT = ServerEnv.variable("probe_port").name
 RELOAD_INTERVAL_S = 2.0
+_HTTP1, _HTTP2 = "http/1.1", "h2"
+_ALPN = (_HTTP1, _HTTP2)
 _VERIFY_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "require": ssl.CERT_REQUIRED}
 
 
@@ -136,40 +137,20 @@ class CertificateReloader:
                                ("result",), registry=registry)
         self._fingerprint = self._stat()
         pair = self._resolve()
-        self._current = self._ssl_context(pair)
-        self._grpc_config = self._grpc_configuration(pair)
-        self._grpc_served = self._grpc_config
-        # The listening context: each handshake switches to the current one (see the module docstring).
-        self.listening_context = self._ssl_context(pair)
-        self.listening_context.sni_callback = self._select_context
+        self._current = {alpn: self._ssl_context(pair, alpn) for alpn in _ALPN}
+        # The listening contexts: each handshake switches to the current one (see the module docstring).
+        self.listening_context = self._listening_context(pair, _HTTP1)
+        self.grpc_listening_context = self._listening_context(pair, _HTTP2)
         log.info("TLS on: %s (client certificates: %s)", options.directory, options.client_auth)
 
-    def _select_context(self, connection: Any, _server_name: str | None, _context: ssl.SSLContext) -> None:
-        connection.context = self._current
+    def _listening_context(self, pair: _Pair, alpn: str) -> ssl.SSLContext:
+        context = self._ssl_context(pair, alpn)
 
-    # ---- gRPC ----
+        def select(connection: Any, _server_name: str | None, _context: ssl.SSLContext) -> None:
+            connection.context = self._current[alpn]
 
-    def grpc_credentials(self):
-        import grpc
-
-        return grpc.dynamic_ssl_server_credentials(
-            self._grpc_config, self._fetch_grpc_configuration,
-            require_client_authentication=self.options.client_auth == "require",
-        )
-
-    def _fetch_grpc_configuration(self):
-        """grpc's fetcher (its threads call it before each handshake): the new pair once, else None (keep)."""
-        config = self._grpc_config
-        if config is self._grpc_served:
-            return None
-        self._grpc_served = config
-        return config
-
-    def _grpc_configuration(self, pair: _Pair):
-        import grpc
-
-        roots = pair.pem(pair.ca) if self.options.client_auth == "require" else None
-        return grpc.ssl_server_certificate_configuration([(pair.pem(pair.key), pair.pem(pair.cert))], roots)
+        context.sni_callback = select
+        return context
 
     # ---- reading and checking the files ----
 
@@ -198,10 +179,10 @@ class CertificateReloader:
             paths[name] = Path(os.path.realpath(path))
         return _Pair(paths[TLS_CERT_FILE], paths[TLS_KEY_FILE], paths.get(TLS_CA_FILE))
 
-    def _ssl_context(self, pair: _Pair) -> ssl.SSLContext:
+    def _ssl_context(self, pair: _Pair, alpn: str) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_alpn_protocols(["http/1.1"])
+        context.set_alpn_protocols([alpn])
         try:
             context.load_cert_chain(pair.cert, pair.key)
         except (OSError, ssl.SSLError) as error:
@@ -225,12 +206,12 @@ class CertificateReloader:
         self._fingerprint = fingerprint  # a bad pair is reported once, not at every poll
         try:
             pair = self._resolve()
-            context, grpc_config = self._ssl_context(pair), self._grpc_configuration(pair)
+            contexts = {alpn: self._ssl_context(pair, alpn) for alpn in _ALPN}
         except (TlsError, OSError) as error:
             self.reloads.labels("failed").inc()
             log.error("TLS certificate not reloaded, still serving the previous one: %s", error)
             return False
-        self._current, self._grpc_config = context, grpc_config
+        self._current = contexts
         self.reloads.labels("ok").inc()
         log.info("TLS certificate reloaded from %s", pair.cert)
         return True

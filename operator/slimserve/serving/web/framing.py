@@ -12,7 +12,8 @@ import binascii
 import re
 import struct
 from dataclasses import dataclass
-from urllib.parse import quote
+
+from slimserve.serving.grpc_calls import MalformedCall
 
 HEADER = struct.Struct(">BI")
 FLAG_COMPRESSED = 0x01
@@ -20,14 +21,11 @@ FLAG_TRAILERS = 0x80
 
 BINARY_CONTENT_TYPES = ("application/grpc-web", "application/grpc-web+proto")
 TEXT_CONTENT_TYPES = ("application/grpc-web-text", "application/grpc-web-text+proto")
-_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-# Up to 8 digits then one unit letter, as the gRPC spec writes a timeout.
-_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 # A padded base64 chunk ends at its '=' padding; unpadded data may only come last.
 _PADDED_CHUNK = re.compile(rb"[A-Za-z0-9+/]*={1,2}")
 
 
-class FramingError(ValueError):
+class FramingError(MalformedCall):
     """The body is not a well-formed gRPC-Web request; the message says what is wrong with it."""
 
 
@@ -106,19 +104,3 @@ def data_frame(message: bytes) -> bytes:
 def trailer_frame(trailers: list[tuple[str, str]]) -> bytes:
     block = "".join(f"{name.lower()}: {value}\r\n" for name, value in trailers).encode("ascii")
     return HEADER.pack(FLAG_TRAILERS, len(block)) + block
-
-
-def status_trailers(code: int, message: str) -> list[tuple[str, str]]:
-    """`grpc-status` and, when there is one, `grpc-message` percent-encoded as the gRPC spec asks."""
-    trailers = [("grpc-status", str(code))]
-    if message:
-        trailers.append(("grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")))
-    return trailers
-
-
-def parse_timeout(value: str) -> float:
-    """Seconds of a `grpc-timeout` header such as `1500m`; FramingError when malformed."""
-    match = _TIMEOUT.match(value.strip())
-    if not match:
-        raise FramingError(f"grpc-timeout {value!r} is not 1 to 8 digits followed by one of H M S m u n")
-    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]

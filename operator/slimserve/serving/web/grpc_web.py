@@ -16,8 +16,6 @@ on error, so a client always learns what went wrong, and a bad request never rea
 from __future__ import annotations
 
 import asyncio
-import base64
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
@@ -26,15 +24,22 @@ from typing import Any
 
 import grpc
 
+from slimserve.serving.grpc_calls import (
+    CallAborted,
+    MalformedCall,
+    ServicerContext,
+    call_metadata,
+    invoke,
+    parse_timeout,
+    status_trailers,
+    text_metadata,
+)
 from slimserve.serving.web.framing import (
     HEADER,
-    FramingError,
     WireFormat,
     data_frame,
     is_grpc_web,
-    parse_timeout,
     single_message,
-    status_trailers,
     trailer_frame,
     wire_format,
 )
@@ -47,87 +52,13 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Request headers that describe the HTTP exchange, not the call: kept out of the invocation metadata.
-_TRANSPORT_HEADERS = frozenset({
-    "host", "connection", "content-length", "content-type", "transfer-encoding", "accept", "accept-encoding",
-    "accept-language", "origin", "referer", "cookie", "user-agent", "te", "keep-alive", "grpc-timeout",
-    "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform",
-})
 _ACCEPTED = "application/grpc-web+proto or application/grpc-web-text+proto"
-
-
-class GrpcWebAbort(Exception):
-    """Raised by `WebServicerContext.abort`; ends the call with the status set on the context."""
 
 
 @dataclass(frozen=True)
 class _CallDetails(grpc.HandlerCallDetails):
     method: str
     invocation_metadata: tuple[tuple[str, str | bytes], ...]
-
-
-class WebServicerContext:
-    """The parts of `grpc.aio.ServicerContext` a unary servicer uses, for a call that came in as gRPC-Web.
-
-    `abort` raises at the call itself, so both `context.abort(...)` (sync servicers) and
-    `await context.abort(...)` (grpc.aio servicers) end the call.
-    """
-
-    protocol = "grpc-web"  # lets a servicer tell gRPC-Web calls apart (e.g. in metric labels)
-
-    def __init__(self, metadata: tuple[tuple[str, str | bytes], ...], peer: str, deadline: float | None) -> None:
-        """`deadline`: time.monotonic() by which the call must end, None for none (a sync servicer's thread
-        has no event loop to ask)."""
-        self._metadata = metadata
-        self._peer = peer
-        self._deadline = deadline
-        self._code = grpc.StatusCode.OK
-        self._details = ""
-        self.initial_metadata: list[tuple[str, str | bytes]] = []
-        self.trailing_metadata: list[tuple[str, str | bytes]] = []
-
-    def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence = ()) -> None:
-        if code == grpc.StatusCode.OK:
-            raise ValueError("abort() needs an error status, not OK")
-        self._code, self._details = code, details
-        if trailing_metadata:
-            self.trailing_metadata = list(trailing_metadata)
-        raise GrpcWebAbort(details)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def set_details(self, details: str) -> None:
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        return self._metadata
-
-    def set_trailing_metadata(self, trailing_metadata: Sequence) -> None:
-        self.trailing_metadata = list(trailing_metadata)
-
-    async def send_initial_metadata(self, initial_metadata: Sequence) -> None:
-        self.initial_metadata = list(initial_metadata)
-
-    def peer(self) -> str:
-        return self._peer
-
-    def time_remaining(self) -> float | None:
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return False
 
 
 class GrpcWebMiddleware:
@@ -191,7 +122,7 @@ class GrpcWebMiddleware:
                 deadline = time.monotonic() + parse_timeout(headers["grpc-timeout"])
             body = await _read_body(receive, self._body_limit(fmt))
             message = single_message(fmt.decode(body))
-        except FramingError as error:
+        except MalformedCall as error:
             await _respond_status(send, fmt, grpc.StatusCode.INVALID_ARGUMENT, str(error))
             return
         except _BodyTooLarge:
@@ -204,10 +135,10 @@ class GrpcWebMiddleware:
             await _respond_status(send, fmt, grpc.StatusCode.INVALID_ARGUMENT,
                                   f"request body is not a valid message for {scope['path']}: {error}")
             return
-        context = WebServicerContext(_metadata(headers), _peer(scope), deadline)
+        context = ServicerContext("grpc-web", call_metadata(headers.items()), _peer(scope), deadline)
         try:
-            response = await asyncio.wait_for(_invoke(method.unary_unary, request, context), context.time_remaining())
-        except GrpcWebAbort:
+            response = await asyncio.wait_for(invoke(method.unary_unary, request, context), context.time_remaining())
+        except CallAborted:
             await _respond_status(send, fmt, context.code(), context.details(), metadata=context.trailing_metadata)
             return
         except TimeoutError:
@@ -222,7 +153,7 @@ class GrpcWebMiddleware:
             await _respond_status(send, fmt, context.code(), context.details(), metadata=context.trailing_metadata)
             return
         payload = method.response_serializer(response) if method.response_serializer else response
-        trailers = status_trailers(0, "") + _text_metadata(context.trailing_metadata)
+        trailers = status_trailers(0, "") + text_metadata(context.trailing_metadata)
         body = fmt.encode(data_frame(payload) + trailer_frame(trailers))
         await send({
             "type": "http.response.start",
@@ -230,7 +161,7 @@ class GrpcWebMiddleware:
             "headers": [
                 (b"content-type", fmt.content_type.encode()),
                 (b"content-length", str(len(body)).encode()),
-                *_encode_headers(_text_metadata(context.initial_metadata)),
+                *_encode_headers(text_metadata(context.initial_metadata)),
             ],
         })
         await send({"type": "http.response.body", "body": body})
@@ -244,20 +175,13 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _invoke(function: Callable, request: Any, context: WebServicerContext) -> Any:
-    if inspect.iscoroutinefunction(function):
-        return await function(request, context)
-    result = await asyncio.to_thread(function, request, context)  # a sync servicer must not block the loop
-    return await result if inspect.isawaitable(result) else result
-
-
 async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
         event = await receive()
         if event["type"] == "http.disconnect":
-            raise FramingError("the client disconnected before sending the whole body")
+            raise MalformedCall("the client disconnected before sending the whole body")
         chunk = event.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -279,7 +203,7 @@ async def _respond_status(
 ) -> None:
     """A trailers-only response: the status travels in headers, the body is empty."""
     content_type = fmt.content_type if fmt is not None else "application/grpc-web+proto"
-    trailers = status_trailers(code.value[0], message) + _text_metadata(metadata)
+    trailers = status_trailers(code.value[0], message) + text_metadata(metadata)
     await send({
         "type": "http.response.start",
         "status": http_status,
@@ -291,31 +215,6 @@ async def _respond_status(
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", ())}
-
-
-def _metadata(headers: dict[str, str]) -> tuple[tuple[str, str | bytes], ...]:
-    metadata: list[tuple[str, str | bytes]] = []
-    for name, value in headers.items():
-        if name in _TRANSPORT_HEADERS or name.startswith(("access-control-", ":")):
-            continue
-        if name.endswith("-bin"):
-            try:
-                metadata.append((name, base64.b64decode(value + "=" * (-len(value) % 4))))
-            except ValueError:
-                continue  # an undecodable binary header is dropped, as grpc does
-        else:
-            metadata.append((name, value))
-    return tuple(metadata)
-
-
-def _text_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[str, str]]:
-    """Metadata as header-safe text: binary values of `-bin` keys base64-encoded."""
-    out = []
-    for name, value in metadata:
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode("ascii")
-        out.append((name.lower(), value))
-    return out
 
 
 def _encode_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,536 @@
+"""The gRPC port: gRPC over HTTP/2 on the server's asyncio loop, the HTTP/2 protocol kept by `h2`.
+
+Why not `grpc.aio`: its core runs calls on a poller thread of its own and hands every completion of a call
+(call received, message received, metadata sent, response sent) to the event loop's thread, each a GIL
+hand-off and two context switches: a call cost several times what the same data plane costs over REST, and
+no more than another Python gRPC server's (docs/performance.md has the measurements). Here a call never
+leaves the loop's thread: `h2` parses and writes the frames (HPACK, flow control, settings, stream states), and this
+module adds what gRPC puts on top of HTTP/2: the path names the method, a message is a 5-byte
+length-prefixed frame, the status travels in trailers.
+
+What it serves: the unary and server-streaming methods of the `grpc.RpcMethodHandler`s it is given (the same
+handlers gRPC-Web mounts, and grpcio-health-checking's `Health`), run with a `grpc_calls.ServicerContext`.
+Messages are not compressed (a request with another `grpc-encoding` is answered UNIMPLEMENTED, listing
+`identity`: clients then send plain messages). Bounded: a request message's size (RESOURCE_EXHAUSTED above
+it), the time from a call's headers to its whole message (`body_timeout_s`), the time a new connection has
+to start HTTP/2 (`header_timeout_s`, the TLS handshake included), the streams open at once per connection.
+A call's `grpc-timeout` is its deadline (DEADLINE_EXCEEDED); a client's reset cancels its handler.
+
+`stop(grace)`: no new connections; each connection gets a GOAWAY naming the last call it will serve, so a
+client sends new calls elsewhere, while the calls in flight finish (at most `grace` seconds: then they are
+cancelled) and their connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from slimserve.serving.grpc_calls import (
+    CallAborted,
+    MalformedCall,
+    ServicerContext,
+    call_metadata,
+    invoke,
+    parse_timeout,
+    status_trailers,
+    text_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+_PREFIX = struct.Struct(">BI")  # a message's frame: compressed flag, length
+_FLAG_COMPRESSED = 0x01
+MAX_CONCURRENT_STREAMS = 1000
+# Large enough that a request of a few MB arrives without waiting for window updates.
+_INITIAL_WINDOW = 4 * 1024 * 1024
+_MAX_HEADER_LIST_BYTES = 16 * 1024
+_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False)
+_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+
+
+class GrpcServer:
+    """A gRPC server on the running asyncio loop: register handlers, `start(sock)`, `stop(grace)`.
+
+    Registration takes what grpcio's generated `add_*_to_server` functions call, so a servicer made for
+    `grpc.aio.server()` (as grpcio-health-checking's is) is added the same way."""
+
+    def __init__(self, max_message_bytes: int, header_timeout_s: float, body_timeout_s: float,
+                 ssl_context: ssl.SSLContext | None = None, protocol: str = "grpc") -> None:
+        self.max_message_bytes = max_message_bytes
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.ssl_context = ssl_context
+        self.protocol = protocol
+        self._methods: dict[str, grpc.RpcMethodHandler] = {}
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+        self.stopping = False
+
+    # ---- registration ----
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        for name, handler in handlers.items():
+            self._methods[f"/{service}/{name}"] = handler
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
+
+    def method(self, path: str) -> grpc.RpcMethodHandler | None:
+        handler = self._methods.get(path)
+        if handler is None:
+            for generic in self._generic:
+                handler = generic.service(_CallDetails(path))
+                if handler is not None:
+                    self._methods[path] = handler
+                    break
+        return handler
+
+    # ---- life cycle ----
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), sock=sock, ssl=self.ssl_context,
+            ssl_handshake_timeout=self.header_timeout_s if self.ssl_context else None,
+        )
+
+    async def stop(self, grace_s: float) -> None:
+        """Serve the calls in flight for at most `grace_s` seconds, then cancel what is left and close."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        connections = list(self._connections)
+        for connection in connections:
+            connection.go_away()
+        waits = [connection.idle.wait() for connection in connections]
+        if waits:
+            done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=grace_s)
+            for future in pending:
+                future.cancel()
+        for connection in list(self._connections):
+            connection.abort_calls()
+            connection.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class _CallDetails(grpc.HandlerCallDetails):
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+class _Stream:
+    """One call: its request as it arrives, then the task that serves it."""
+
+    __slots__ = ("id", "method", "path", "headers", "body", "deadline", "timer", "task", "headers_sent",
+                 "window_open")
+
+    def __init__(self, stream_id: int, path: str, method: grpc.RpcMethodHandler,
+                 headers: list[tuple[str, str]], deadline: float | None) -> None:
+        self.id = stream_id
+        self.path = path
+        self.method = method
+        self.headers = headers
+        self.body = bytearray()
+        self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+        self.headers_sent = False
+        self.window_open: asyncio.Event | None = None  # set while a sender waits for flow-control window
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: GrpcServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.h2 = h2.connection.H2Connection(_H2_CONFIG)
+        self.streams: dict[int, _Stream] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self._flush_scheduled = False
+        self._last_stream_id: int | None = None  # set by go_away: later calls are refused
+        self._preface_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server._connections.add(self)
+        address = transport.get_extra_info("peername")
+        if isinstance(address, tuple):
+            family = "ipv6" if ":" in address[0] else "ipv4"
+            self.peer = f"{family}:{address[0]}:{address[1]}"
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _INITIAL_WINDOW,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: _MAX_HEADER_LIST_BYTES,
+        })
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(_INITIAL_WINDOW)
+        self._flush()
+        if self.server.header_timeout_s > 0:
+            self._preface_timer = self.loop.call_later(self.server.header_timeout_s, self._preface_overdue)
+        if self.server.stopping:
+            self.go_away()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            log.debug("gRPC connection from %s closed: %s", self.peer, error)
+            self._flush()
+            self.close()
+            return
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
+            self._preface_timer = None
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                self._data(event)
+            elif kind is h2.events.RequestReceived:
+                self._request(event.stream_id, event.headers, event.stream_ended)
+            elif kind is h2.events.StreamEnded:
+                self._request_complete(event.stream_id)
+            elif kind is h2.events.StreamReset:
+                self._reset_by_client(event.stream_id)
+            elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
+                self._open_windows()
+            elif kind is h2.events.ConnectionTerminated:
+                self.close()
+                return
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server._connections.discard(self)
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
+        self.abort_calls()
+
+    # ---- requests ----
+
+    def _request(self, stream_id: int, raw_headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        if self._last_stream_id is not None and stream_id > self._last_stream_id:
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
+        fields = dict(headers)
+        path = fields.get(":path", "")
+        failure = _refusal(fields)
+        method = None
+        if failure is None:
+            method = self.server.method(path)
+            if method is None:
+                failure = (grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
+            elif method.request_streaming:
+                failure = (grpc.StatusCode.UNIMPLEMENTED, f"{path} streams its requests; this server serves "
+                                                          f"unary requests")
+        deadline = None
+        if failure is None and "grpc-timeout" in fields:
+            try:
+                deadline = time.monotonic() + parse_timeout(fields["grpc-timeout"])
+            except MalformedCall as error:
+                failure = (grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if failure is not None:
+            extra = ((b"grpc-accept-encoding", b"identity"),) if failure[0] == grpc.StatusCode.UNIMPLEMENTED else ()
+            self._trailers_only(stream_id, *failure, extra=extra, end_upload=not ended)
+            return
+        stream = _Stream(stream_id, path, method, headers, deadline)
+        self.streams[stream_id] = stream
+        self.idle.clear()
+        if ended:
+            self._request_complete(stream_id)
+        elif self.server.body_timeout_s > 0:
+            stream.timer = self.loop.call_later(self.server.body_timeout_s, self._body_overdue, stream)
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        # Flow-control credit goes back at once: a message's size is bounded below, not by the window.
+        if event.flow_controlled_length:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream.task is not None:
+            return  # a refused call's upload, or data after the request ended
+        stream.body += event.data
+        if len(stream.body) > self.server.max_message_bytes + _PREFIX.size:
+            self._refuse(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"request message larger than the {self.server.max_message_bytes}-byte limit")
+
+    def _request_complete(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.task is not None:
+            return
+        if stream.timer is not None:
+            stream.timer.cancel()
+        try:
+            message = _single_message(stream.body)
+        except MalformedCall as error:
+            code = grpc.StatusCode.UNIMPLEMENTED if "compressed" in str(error) else grpc.StatusCode.INVALID_ARGUMENT
+            self._refuse(stream, code, str(error), upload_done=True)
+            return
+        stream.body = bytearray()
+        stream.task = self.loop.create_task(self._serve(stream, message))
+
+    def _body_overdue(self, stream: _Stream) -> None:
+        if stream.task is None and self.streams.get(stream.id) is stream:
+            self._refuse(stream, grpc.StatusCode.DEADLINE_EXCEEDED,
+                         f"request message not received within {self.server.body_timeout_s:g}s of its headers")
+            self._flush()
+
+    def _preface_overdue(self) -> None:
+        log.debug("gRPC connection from %s closed: no HTTP/2 preface within %gs", self.peer,
+                  self.server.header_timeout_s)
+        self.close()
+
+    def _reset_by_client(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if stream.timer is not None:
+            stream.timer.cancel()
+        if stream.task is not None:
+            stream.task.cancel()
+        self._maybe_idle()
+
+    # ---- serving a call ----
+
+    async def _serve(self, stream: _Stream, message: bytes) -> None:
+        method = stream.method
+        send = self._streamer(stream) if method.response_streaming else None
+        context = ServicerContext(self.server.protocol, call_metadata(stream.headers), self.peer, stream.deadline,
+                                  send)
+        try:
+            request = method.request_deserializer(message) if method.request_deserializer else message
+        except Exception as error:  # noqa: BLE001 - protobuf raises DecodeError, and others on odd input
+            self._finish(stream, context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"request is not a valid message for {stream.path}: {error}")
+            return
+        response = None
+        try:
+            async with asyncio.timeout_at(_loop_deadline(self.loop, stream.deadline)):
+                if method.unary_unary is not None:
+                    response = await invoke(method.unary_unary, request, context)
+                elif inspect.isasyncgenfunction(method.unary_stream):
+                    async for item in method.unary_stream(request, context):
+                        await send(item)
+                else:
+                    await invoke(method.unary_stream, request, context)
+        except _StreamGone:
+            return
+        except CallAborted:
+            pass
+        except TimeoutError:
+            context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+            context.set_details("Deadline Exceeded")
+        except asyncio.CancelledError:
+            self._cancelled(stream)
+            raise
+        except Exception as error:  # noqa: BLE001 - a servicer bug must not take the connection down
+            log.exception("gRPC call %s failed", stream.path)
+            context.set_code(grpc.StatusCode.UNKNOWN)
+            context.set_details(f"unexpected error in {stream.path}: {type(error).__name__}")
+        finally:
+            context.finish()
+        code = context.code()
+        if code == grpc.StatusCode.OK and response is not None:
+            self._send_headers(stream, context)
+            payload = method.response_serializer(response) if method.response_serializer else response
+            try:
+                await self._send_message(stream, payload)
+            except _StreamGone:
+                return
+        self._finish(stream, context, code, context.details())
+
+    def _streamer(self, stream: _Stream) -> Callable[[Any], Awaitable[None]]:
+        """A server-streaming call's `context.write`: headers before the first message, then each message."""
+        serialize = stream.method.response_serializer
+
+        async def send(message: Any) -> None:
+            self._send_headers(stream, None)
+            await self._send_message(stream, serialize(message) if serialize else message)
+
+        return send
+
+    def _send_headers(self, stream: _Stream, context: ServicerContext | None) -> None:
+        if stream.headers_sent or self.streams.get(stream.id) is not stream:
+            return
+        stream.headers_sent = True
+        metadata = _encoded(text_metadata(context.initial_metadata)) if context is not None else []
+        self.h2.send_headers(stream.id, [*_RESPONSE_HEADERS, *metadata])
+
+    async def _send_message(self, stream: _Stream, payload: bytes) -> None:
+        """One message on the stream, sent as the flow-control windows allow (at once, usually);
+        _StreamGone when the client reset the call or the connection closed meanwhile."""
+        view = memoryview(_PREFIX.pack(0, len(payload)) + payload)
+        while view:
+            if self.streams.get(stream.id) is not stream or self._closed:
+                raise _StreamGone()
+            size = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size, len(view))
+            if size <= 0:
+                stream.window_open = asyncio.Event()
+                self._flush()
+                await stream.window_open.wait()
+                continue
+            self.h2.send_data(stream.id, view[:size].tobytes() if size < len(view) else view.tobytes())
+            view = view[size:]
+        self._flush_soon()
+
+    def _finish(self, stream: _Stream, context: ServicerContext, code: grpc.StatusCode, details: str) -> None:
+        trailers = _encoded(status_trailers(code.value[0], details) + text_metadata(context.trailing_metadata))
+        if self.streams.get(stream.id) is not stream:
+            return  # reset by the client meanwhile
+        try:
+            if stream.headers_sent:
+                self.h2.send_headers(stream.id, trailers, end_stream=True)
+            else:  # trailers-only: the status in the response's only HEADERS frame
+                self.h2.send_headers(stream.id, [*_RESPONSE_HEADERS, *trailers], end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            pass
+        self._close_stream(stream)
+        self._flush_soon()
+
+    def _cancelled(self, stream: _Stream) -> None:
+        if self.streams.get(stream.id) is stream and not self._closed:
+            try:
+                self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
+            except h2.exceptions.StreamClosedError:
+                pass
+            self._close_stream(stream)
+            self._flush_soon()
+
+    def _refuse(self, stream: _Stream, code: grpc.StatusCode, details: str, upload_done: bool = False) -> None:
+        """End a call before it reaches its handler: the status alone, and the client told to stop sending."""
+        if stream.timer is not None:
+            stream.timer.cancel()
+        self._close_stream(stream)
+        extra = ((b"grpc-accept-encoding", b"identity"),) if code == grpc.StatusCode.UNIMPLEMENTED else ()
+        self._trailers_only(stream.id, code, details, extra=extra, end_upload=not upload_done)
+
+    def _trailers_only(self, stream_id: int, code: grpc.StatusCode, details: str,
+                       extra: tuple = (), end_upload: bool = False) -> None:
+        headers = [*_RESPONSE_HEADERS, *_encoded(status_trailers(code.value[0], details)), *extra]
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=True)
+            if end_upload:  # the client is still sending a request that will not be read
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        except h2.exceptions.StreamClosedError:
+            pass
+        self._flush_soon()
+
+    def _close_stream(self, stream: _Stream) -> None:
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not self.streams:
+            self.idle.set()
+            if self._last_stream_id is not None:
+                self._flush()
+                self.close()
+
+    def _open_windows(self) -> None:
+        for stream in self.streams.values():
+            if stream.window_open is not None:
+                stream.window_open.set()
+                stream.window_open = None
+
+    # ---- writing and closing ----
+
+    def _flush_soon(self) -> None:
+        # Responses finished in one loop turn (a batch's) leave in one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.h2.data_to_send()
+        if data and not self._closed and self.transport is not None:
+            self.transport.write(data)
+
+    def go_away(self) -> None:
+        """Tell the client the last call this connection serves; close once those are done. Written by hand:
+        h2's close_connection would also end the calls still in flight."""
+        if self._last_stream_id is not None or self._closed or self.transport is None:
+            return
+        self._last_stream_id = self.h2.highest_inbound_stream_id
+        self._flush()
+        self.transport.write(GoAwayFrame(stream_id=0, last_stream_id=self._last_stream_id, error_code=0).serialize())
+        if not self.streams:
+            self.close()
+
+    def abort_calls(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.timer is not None:
+                stream.timer.cancel()
+            if stream.task is not None:
+                stream.task.cancel()
+        self.streams.clear()
+        self.idle.set()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _StreamGone(Exception):
+    """The call's stream was reset by the client, or its connection closed, while a message waited to go."""
+
+
+def _refusal(fields: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
+    """Why a request's headers are not a gRPC call this server takes, or None."""
+    if fields.get(":method") != "POST":
+        return grpc.StatusCode.UNIMPLEMENTED, f"gRPC calls are POST requests, not {fields.get(':method')}"
+    content_type = fields.get("content-type", "")
+    if not content_type.startswith("application/grpc") or content_type.startswith("application/grpc-web"):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"content-type {content_type!r} is not application/grpc"
+    encoding = fields.get("grpc-encoding", "identity")
+    if encoding != "identity":
+        return grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported; send identity"
+    return None
+
+
+def _single_message(body: bytearray) -> bytes:
+    if len(body) < _PREFIX.size:
+        raise MalformedCall(f"truncated message: {len(body)} bytes, fewer than the {_PREFIX.size}-byte prefix")
+    flags, length = _PREFIX.unpack_from(body)
+    if flags & _FLAG_COMPRESSED:
+        raise MalformedCall("compressed message without a grpc-encoding; send identity")
+    if flags:
+        raise MalformedCall(f"unknown message flags 0x{flags:02x}")
+    available = len(body) - _PREFIX.size
+    if length != available:
+        raise MalformedCall(f"the message prefix says {length} bytes but {available} follow: a unary call "
+                            f"carries exactly one message")
+    return bytes(body[_PREFIX.size:])
+
+
+def _loop_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    return None if deadline is None else loop.time() + (deadline - time.monotonic())
+
+
+def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]

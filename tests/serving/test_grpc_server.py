@@ -1,0 +1,275 @@
+"""The gRPC port's transport (`serving.grpc_server`) against grpcio's own client: metadata both ways, every
+way a call can end (its status, deadline, the client's cancel, a reset), flow control on a message larger than
+the windows, server streaming, the size and time bounds, and a graceful stop.
+
+The server runs on an event loop of its own thread with a test service, so the blocking grpcio client and
+raw HTTP/2 connections (the `h2` library on a socket) can drive it from the test's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from slimserve.serving.grpc_server import GrpcServer
+from slimserve.serving.proto import open_inference_v2_pb2 as pb
+
+SERVICE = "test.Probe"
+MAX_MESSAGE = 1024 * 1024
+BIG_REPLY = 3 * 1024 * 1024  # far above HTTP/2's default 64 KiB stream window: the reply must be paced
+TIMEOUT_S = 0.5  # the server's header and body timeouts
+WAIT_S = 30  # how long a test waits for something it expects
+
+
+class ProbeService:
+    """Handlers that show what the transport did; their events are set from the loop's thread."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.entered = threading.Event()
+        self.release: asyncio.Event | None = None
+
+    async def echo(self, request: bytes, context) -> bytes:
+        metadata = dict(context.invocation_metadata())
+        await context.send_initial_metadata((("x-echo", metadata.get("x-in", "")),))
+        context.set_trailing_metadata((("x-trace-bin", metadata.get("x-trace-bin", b"")),))
+        return request
+
+    async def hold(self, request: bytes, context) -> bytes:
+        """Waits for `release`; notes a cancellation."""
+        self.release = asyncio.Event()
+        self.entered.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return b"released"
+
+    async def big(self, request: bytes, context) -> bytes:
+        return bytes(range(256)) * (BIG_REPLY // 256)
+
+    async def fail(self, request: bytes, context) -> bytes:
+        raise ValueError("a bug")
+
+    async def refuse(self, request: bytes, context) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: ü", trailing_metadata=(("x-why", "gone"),))
+
+    async def count(self, request: bytes, context):
+        for number in range(3):
+            yield str(number).encode()
+
+    async def infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        unary = grpc.unary_unary_rpc_method_handler
+        return {
+            "Echo": unary(self.echo), "Hold": unary(self.hold), "Big": unary(self.big), "Fail": unary(self.fail),
+            "Refuse": unary(self.refuse), "Count": grpc.unary_stream_rpc_method_handler(self.count),
+            "Infer": unary(self.infer, request_deserializer=pb.ModelInferRequest.FromString,
+                           response_serializer=pb.ModelInferResponse.SerializeToString),
+        }
+
+
+class ServerThread:
+    def __init__(self) -> None:
+        self.service = ProbeService()
+        self.loop = asyncio.new_event_loop()
+        self.server = GrpcServer(MAX_MESSAGE, header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S)
+        self.server.add_registered_method_handlers(SERVICE, self.service.handlers())
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.run(self.server.start(self.sock))
+
+    def run(self, coroutine, timeout: float = WAIT_S):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        if not self.server.stopping:
+            self.run(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT_S)
+
+
+@pytest.fixture()
+def server():
+    running = ServerThread()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _call(channel: grpc.Channel, method: str, streaming: bool = False, **serializers):
+    path = f"/{SERVICE}/{method}"
+    return channel.unary_stream(path, **serializers) if streaming else channel.unary_unary(path, **serializers)
+
+
+def _channel(server: ServerThread, **options) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{server.port}", **options)
+
+
+def test_a_call_carries_metadata_both_ways(server):
+    with _channel(server) as channel:
+        reply, call = _call(channel, "Echo").with_call(
+            b"hello", metadata=(("x-in", "abc"), ("x-trace-bin", b"\x00\xff")), timeout=WAIT_S)
+    assert reply == b"hello"
+    assert ("x-echo", "abc") in call.initial_metadata()
+    assert ("x-trace-bin", b"\x00\xff") in call.trailing_metadata()
+    assert call.code() == grpc.StatusCode.OK
+
+
+def test_a_servicer_status_a_bug_and_an_unknown_method_each_reach_the_client(server):
+    with _channel(server) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            _call(channel, "Refuse")(b"", timeout=WAIT_S)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.details() == "no such thing: ü"
+        assert ("x-why", "gone") in refused.value.trailing_metadata()
+
+        with pytest.raises(grpc.RpcError) as failed:
+            _call(channel, "Fail")(b"", timeout=WAIT_S)
+        assert failed.value.code() == grpc.StatusCode.UNKNOWN and "ValueError" in failed.value.details()
+
+        with pytest.raises(grpc.RpcError) as unknown:
+            channel.unary_unary(f"/{SERVICE}/Nothing")(b"", timeout=WAIT_S)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Nothing" in unknown.value.details()
+
+        with pytest.raises(grpc.RpcError) as garbage:
+            _call(channel, "Infer")(b"\xff\xff\xff", timeout=WAIT_S)
+        assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        # ...and the connection still serves.
+        assert _call(channel, "Echo")(b"after", timeout=WAIT_S) == b"after"
+
+
+def test_a_reply_larger_than_the_flow_control_windows_arrives_whole(server):
+    with _channel(server, options=[("grpc.max_receive_message_length", 2 * BIG_REPLY)]) as channel:
+        reply = _call(channel, "Big")(b"", timeout=WAIT_S)
+    assert reply == bytes(range(256)) * (BIG_REPLY // 256)
+
+
+def test_server_streaming_sends_each_message_then_the_status(server):
+    with _channel(server) as channel:
+        assert list(_call(channel, "Count", streaming=True)(b"", timeout=WAIT_S)) == [b"0", b"1", b"2"]
+
+
+def test_a_request_over_the_size_limit_is_refused_and_a_compressed_one_is_told_to_send_identity(server):
+    with _channel(server, options=[("grpc.max_send_message_length", 4 * MAX_MESSAGE)]) as channel:
+        with pytest.raises(grpc.RpcError) as too_large:
+            _call(channel, "Echo")(b"x" * (2 * MAX_MESSAGE), timeout=WAIT_S)
+        assert too_large.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert str(MAX_MESSAGE) in too_large.value.details()
+    with _channel(server, compression=grpc.Compression.Gzip) as channel:
+        with pytest.raises(grpc.RpcError) as compressed:
+            _call(channel, "Echo")(b"y" * 1000, timeout=WAIT_S)
+        assert compressed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "identity" in compressed.value.details()
+
+
+def test_the_deadline_and_the_clients_cancel_both_cancel_the_handler(server):
+    with _channel(server) as channel:
+        with pytest.raises(grpc.RpcError) as late:
+            _call(channel, "Hold")(b"", timeout=0.5)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert server.service.cancelled.wait(WAIT_S)
+
+        server.service.cancelled.clear()
+        server.service.entered.clear()
+        future = _call(channel, "Hold").future(b"", timeout=WAIT_S)
+        assert server.service.entered.wait(WAIT_S)
+        future.cancel()
+        assert server.service.cancelled.wait(WAIT_S)
+
+
+class RawHttp2:
+    """An HTTP/2 client connection on a plain socket, for what grpcio's client never does."""
+
+    def __init__(self, server: ServerThread) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.h2.initiate_connection()
+        self.sock.sendall(self.h2.data_to_send())
+
+    def start_call(self, method: str) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, [
+            (":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/{method}"), (":authority", "test"),
+            ("content-type", "application/grpc"), ("te", "trailers"),
+        ])
+        self.sock.sendall(self.h2.data_to_send())
+        return stream_id
+
+    def response_headers(self, stream_id: int) -> dict[str, str]:
+        """The first headers the server sends on the stream (blocks until they come)."""
+        while True:
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection before answering"
+            for event in self.h2.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
+                    return dict(event.headers)
+            self.sock.sendall(self.h2.data_to_send())
+
+
+def test_a_call_whose_message_never_comes_ends_after_the_body_timeout(server):
+    client = RawHttp2(server)
+    stream_id = client.start_call("Echo")  # headers, then silence
+    headers = client.response_headers(stream_id)
+    assert headers["grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+    assert "not received within" in headers["grpc-message"]
+    client.sock.close()
+
+
+def test_a_connection_that_never_starts_http2_is_closed(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+        received = b""
+        while chunk := sock.recv(65536):  # the server's SETTINGS, then the close
+            received += chunk
+    assert received  # it spoke HTTP/2 first, and the test's read ended because it closed
+
+
+def test_a_graceful_stop_finishes_the_call_in_flight_and_takes_no_new_one(server):
+    with _channel(server) as channel:
+        future = _call(channel, "Hold").future(b"", timeout=WAIT_S)
+        assert server.service.entered.wait(WAIT_S)
+        stopping = server.run(_begin(server.server.stop(WAIT_S)))
+        stopped = asyncio.run_coroutine_threadsafe(_finish(stopping), server.loop)
+        with pytest.raises(OSError):  # the port no longer accepts
+            socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S).close()
+        assert not stopped.done() and not future.done()
+        server.loop.call_soon_threadsafe(server.service.release.set)
+        assert future.result(WAIT_S) == b"released"
+        stopped.result(WAIT_S)
+    assert not server.service.cancelled.is_set()
+
+
+async def _begin(coroutine) -> asyncio.Task:
+    """Start `coroutine` and let it run up to its first wait (a stop: up to waiting for the calls in flight)."""
+    task = asyncio.ensure_future(coroutine)
+    await asyncio.sleep(0)
+    return task
+
+
+async def _finish(task: asyncio.Task) -> None:
+    await task
+
+
+def test_a_stop_whose_grace_runs_out_cancels_the_call(server):
+    with _channel(server) as channel:
+        future = _call(channel, "Hold").future(b"", timeout=WAIT_S)
+        assert server.service.entered.wait(WAIT_S)
+        server.run(server.server.stop(0.2))
+        assert server.service.cancelled.is_set()
+        with pytest.raises(grpc.RpcError) as ended:
+            future.result(WAIT_S)
+        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
