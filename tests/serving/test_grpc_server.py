@@ -1,6 +1,7 @@
 """The gRPC port's transport (`serving.grpc_server`) against grpcio's own client: metadata both ways, every
 way a call can end (its status, deadline, the client's cancel, a reset), flow control on a message larger than
-the windows, server streaming, the size and time bounds, and a graceful stop.
+the windows, server streaming, the size and time bounds, bytes that are not HTTP/2, and a graceful stop (its
+GOAWAY, the calls it refuses and the one it lets finish).
 
 The server runs on an event loop of its own thread with a test service, so the blocking grpcio client and
 raw HTTP/2 connections (the `h2` library on a socket) can drive it from the test's thread.
@@ -15,8 +16,10 @@ import threading
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
+from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 
 from slimserve.serving.grpc_server import GrpcServer
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
@@ -212,12 +215,16 @@ class RawHttp2:
 
     def response_headers(self, stream_id: int) -> dict[str, str]:
         """The first headers the server sends on the stream (blocks until they come)."""
+        return dict(self.next_event(stream_id, h2.events.ResponseReceived).headers)
+
+    def next_event(self, stream_id: int, *kinds: type) -> h2.events.Event:
+        """The first event of one of `kinds` on the stream (0: the connection's; blocks until it comes)."""
         while True:
             data = self.sock.recv(65536)
-            assert data, "the server closed the connection before answering"
+            assert data, "the server closed the connection first"
             for event in self.h2.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
-                    return dict(event.headers)
+                if isinstance(event, kinds) and getattr(event, "stream_id", 0) == stream_id:
+                    return event
             self.sock.sendall(self.h2.data_to_send())
 
 
@@ -228,6 +235,50 @@ def test_a_call_whose_message_never_comes_ends_after_the_body_timeout(server):
     assert headers["grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
     assert "not received within" in headers["grpc-message"]
     client.sock.close()
+
+
+def test_after_the_stop_began_an_open_connection_gets_a_goaway_and_its_new_calls_are_refused(server):
+    client = RawHttp2(server)
+    in_flight = client.start_call("Hold")  # keeps the connection open through the stop
+    client.h2.send_data(in_flight, b"\x00\x00\x00\x00\x00", end_stream=True)
+    client.sock.sendall(client.h2.data_to_send())
+    assert server.service.entered.wait(WAIT_S)
+    stopping = server.run(_begin(server.server.stop(WAIT_S)))
+    late = client.start_call("Echo")  # sent before the client reads the GOAWAY, as a busy client would
+    seen = {}
+    for frame in _frames(client.sock):  # raw frames: h2's client would refuse anything after a GOAWAY
+        seen.setdefault(type(frame), frame)
+        if isinstance(frame, RstStreamFrame) and frame.stream_id == late:
+            break
+    goaway = seen[GoAwayFrame]
+    assert goaway.error_code == 0 and goaway.last_stream_id == in_flight
+    assert seen[RstStreamFrame].error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+    server.loop.call_soon_threadsafe(server.service.release.set)  # the call in flight still ends, and then the stop
+    server.run(_finish(stopping))
+    assert not server.service.cancelled.is_set()
+
+
+def _frames(sock: socket.socket):
+    """The HTTP/2 frames arriving on `sock`, parsed one by one."""
+    buffer = b""
+    while True:
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(buffer[9:9 + length]))
+            buffer = buffer[9 + length:]
+            yield frame
+        data = sock.recv(65536)
+        assert data, "the server closed the connection first"
+        buffer += data
+
+
+def test_bytes_that_are_not_http2_close_the_connection(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while sock.recv(65536):  # the server's SETTINGS and GOAWAY, then the close
+            pass
 
 
 def test_a_connection_that_never_starts_http2_is_closed(server):
