@@ -281,8 +281,10 @@ def test_bytes_that_are_not_http2_close_the_connection(server):
             pass
 
 
-def test_a_connection_that_never_starts_http2_is_closed(server):
+@pytest.mark.parametrize("sent", [b"", b"PRI * HTTP/2.0\r\n"], ids=["silent", "half-a-preface"])
+def test_a_connection_that_never_starts_http2_is_closed(server, sent):
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+        sock.sendall(sent)
         received = b""
         while chunk := sock.recv(65536):  # the server's SETTINGS, then the close
             received += chunk

@@ -61,7 +61,10 @@ MAX_CONCURRENT_STREAMS = 1000
 # Large enough that a request of a few MB arrives without waiting for window updates.
 _INITIAL_WINDOW = 4 * 1024 * 1024
 _MAX_HEADER_LIST_BYTES = 16 * 1024
-_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False)
+# A peer's headers are validated before anything reads them; ours are not (the server writes only headers it
+# made, and outbound validation is a fifth of the cost of sending a call's reply).
+_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                       validate_outbound_headers=False, normalize_outbound_headers=False)
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 
 
@@ -109,7 +112,7 @@ class GrpcServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self), sock=sock, ssl=self.ssl_context,
-            ssl_handshake_timeout=self.header_timeout_s if self.ssl_context else None,
+            ssl_handshake_timeout=self.header_timeout_s if self.ssl_context and self.header_timeout_s > 0 else None,
         )
 
     async def stop(self, grace_s: float) -> None:
@@ -122,7 +125,7 @@ class GrpcServer:
             connection.go_away()
         waits = [connection.idle.wait() for connection in connections]
         if waits:
-            done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=grace_s)
+            _done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=grace_s)
             for future in pending:
                 future.cancel()
         for connection in list(self._connections):
@@ -203,7 +206,7 @@ class _Connection(asyncio.Protocol):
             self._flush()
             self.close()
             return
-        if self._preface_timer is not None:
+        if self._preface_timer is not None and events:  # the preface and the client's SETTINGS came whole
             self._preface_timer.cancel()
             self._preface_timer = None
         for event in events:
