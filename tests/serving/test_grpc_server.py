@@ -203,6 +203,8 @@ class RawHttp2:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.h2.initiate_connection()
         self.sock.sendall(self.h2.data_to_send())
+        self.pending: list[h2.events.Event] = []
+        self.next_event(0, h2.events.RemoteSettingsChanged)  # the server's windows, before anything is sent
 
     def start_call(self, method: str) -> int:
         stream_id = self.h2.get_next_available_stream_id()
@@ -220,12 +222,52 @@ class RawHttp2:
     def next_event(self, stream_id: int, *kinds: type) -> h2.events.Event:
         """The first event of one of `kinds` on the stream (0: the connection's; blocks until it comes)."""
         while True:
+            for index, event in enumerate(self.pending):
+                if isinstance(event, kinds) and getattr(event, "stream_id", 0) == stream_id:
+                    return self.pending.pop(index)
             data = self.sock.recv(65536)
             assert data, "the server closed the connection first"
             for event in self.h2.receive_data(data):
-                if isinstance(event, kinds) and getattr(event, "stream_id", 0) == stream_id:
-                    return event
+                if isinstance(event, h2.events.DataReceived):  # credit back at once, as a client reading would
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self.pending.append(event)
             self.sock.sendall(self.h2.data_to_send())
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """`data` on the stream, in frames no larger than the server allows."""
+        size = self.h2.max_outbound_frame_size
+        for start in range(0, len(data), size):
+            self.h2.send_data(stream_id, data[start:start + size])
+        if end:
+            self.h2.end_stream(stream_id)
+        self.sock.sendall(self.h2.data_to_send())
+
+
+def test_requests_arriving_at_once_on_a_connection_are_bounded_beyond_one_message_each(server):
+    limit = server.server.arriving_limit_bytes
+    payload = bytes(range(256)) * (MAX_MESSAGE * 3 // 4 // 256)  # under the message limit
+    message = b"\x00" + len(payload).to_bytes(4, "big") + payload
+    first_part = message[:limit // 3 + 1]  # three first parts go over the connection's limit, two do not
+    client = RawHttp2(server)
+    calls = [client.start_call("Echo") for _ in range(3)]
+    for stream_id in calls:
+        client.send(stream_id, first_part)
+    refused = client.response_headers(calls[2])
+    assert refused["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    assert f"more than {limit} bytes of requests still arriving" in refused["grpc-message"]
+    for stream_id in calls[:2]:  # the two before it still arrive whole and are served
+        client.send(stream_id, message[len(first_part):], end=True)
+    for stream_id in calls[:2]:
+        assert client.response_headers(stream_id)[":status"] == "200"
+        echoed = b""
+        while True:
+            event = client.next_event(stream_id, h2.events.DataReceived, h2.events.TrailersReceived)
+            if isinstance(event, h2.events.TrailersReceived):
+                assert dict(event.headers)["grpc-status"] == "0"
+                break
+            echoed += event.data
+        assert echoed == message
+    client.sock.close()
 
 
 def test_a_call_whose_message_never_comes_ends_after_the_body_timeout(server):

@@ -12,8 +12,10 @@ What it serves: the unary and server-streaming methods of the `grpc.RpcMethodHan
 handlers gRPC-Web mounts, and grpcio-health-checking's `Health`), run with a `grpc_calls.ServicerContext`.
 Messages are not compressed (a request with another `grpc-encoding` is answered UNIMPLEMENTED, listing
 `identity`: clients then send plain messages). Bounded: a request message's size (RESOURCE_EXHAUSTED above
-it), the time from a call's headers to its whole message (`body_timeout_s`), the time a new connection has
-to start HTTP/2 (`header_timeout_s`, the TLS handshake included), the streams open at once per connection.
+it), what one connection holds of requests still arriving (two messages' worth: RESOURCE_EXHAUSTED for the
+call that goes over), the time from a call's headers to its whole message (`body_timeout_s`), the time a new
+connection has to start HTTP/2 (`header_timeout_s`, the TLS handshake included), the streams open at once per
+connection.
 A call's `grpc-timeout` is its deadline (DEADLINE_EXCEEDED); a client's reset cancels its handler.
 
 `stop(grace)`: no new connections; each connection gets a GOAWAY naming the last call it will serve, so a
@@ -81,6 +83,9 @@ class GrpcServer:
         self.body_timeout_s = body_timeout_s
         self.ssl_context = ssl_context
         self.protocol = protocol
+        # What one connection may hold of requests still arriving: the message limit bounds one call, this the
+        # calls a client interleaves (two of the largest messages' worth).
+        self.arriving_limit_bytes = 2 * (max_message_bytes + _PREFIX.size)
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
         self._connections: set[_Connection] = set()
@@ -175,6 +180,7 @@ class _Connection(asyncio.Protocol):
         self._last_stream_id: int | None = None  # set by go_away: later calls are refused
         self._preface_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self.arriving_bytes = 0  # of the requests whose message has not arrived whole
 
     # ---- asyncio.Protocol ----
 
@@ -270,16 +276,26 @@ class _Connection(asyncio.Protocol):
             stream.timer = self.loop.call_later(self.server.body_timeout_s, self._body_overdue, stream)
 
     def _data(self, event: h2.events.DataReceived) -> None:
-        # Flow-control credit goes back at once: a message's size is bounded below, not by the window.
+        # Flow-control credit goes back at once: what a connection buffers is bounded below, not by the window.
         if event.flow_controlled_length:
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         stream = self.streams.get(event.stream_id)
         if stream is None or stream.task is not None:
             return  # a refused call's upload, or data after the request ended
         stream.body += event.data
+        self.arriving_bytes += len(event.data)
         if len(stream.body) > self.server.max_message_bytes + _PREFIX.size:
             self._refuse(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"request message larger than the {self.server.max_message_bytes}-byte limit")
+        elif self.arriving_bytes > self.server.arriving_limit_bytes:
+            self._refuse(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"this connection holds more than {self.server.arriving_limit_bytes} bytes of requests "
+                         f"still arriving; send fewer large requests at once")
+
+    def _release(self, stream: _Stream) -> None:
+        """Forget what the stream's request had buffered (handed to its handler, or dropped)."""
+        self.arriving_bytes -= len(stream.body)
+        stream.body = bytearray()
 
     def _request_complete(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
@@ -293,7 +309,7 @@ class _Connection(asyncio.Protocol):
             code = grpc.StatusCode.UNIMPLEMENTED if "compressed" in str(error) else grpc.StatusCode.INVALID_ARGUMENT
             self._refuse(stream, code, str(error), upload_done=True)
             return
-        stream.body = bytearray()
+        self._release(stream)
         stream.task = self.loop.create_task(self._serve(stream, message))
 
     def _body_overdue(self, stream: _Stream) -> None:
@@ -315,6 +331,7 @@ class _Connection(asyncio.Protocol):
             stream.timer.cancel()
         if stream.task is not None:
             stream.task.cancel()
+        self._release(stream)
         self._maybe_idle()
 
     # ---- serving a call ----
@@ -427,6 +444,7 @@ class _Connection(asyncio.Protocol):
         """End a call before it reaches its handler: the status alone, and the client told to stop sending."""
         if stream.timer is not None:
             stream.timer.cancel()
+        self._release(stream)
         self._close_stream(stream)
         extra = ((b"grpc-accept-encoding", b"identity"),) if code == grpc.StatusCode.UNIMPLEMENTED else ()
         self._trailers_only(stream.id, code, details, extra=extra, end_upload=not upload_done)
@@ -492,6 +510,7 @@ class _Connection(asyncio.Protocol):
             if stream.task is not None:
                 stream.task.cancel()
         self.streams.clear()
+        self.arriving_bytes = 0
         self.idle.set()
 
     def close(self) -> None:
