@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -52,6 +53,13 @@ def crds(control_plane) -> None:
     wait_established(control_plane, *(yaml.safe_load(path.read_text())["metadata"]["name"] for path in sorted(CRDS.glob("*.yaml"))))
 
 
+PORT_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    """The liveness port went to another process between `_free_port` and the operator's bind."""
+
+
 class OperatorProcess:
     """`slimserve operator` as a real process against the test cluster; restartable."""
 
@@ -66,9 +74,22 @@ class OperatorProcess:
         self.log_path = workdir / "operator.log"
         self.process: subprocess.Popen | None = None
         self.port = 0
+        # This process's own liveness path: another worker's operator that won the race for the same free port
+        # answers 404 there, never a 200 that would pass for this one's.
+        self.live_path = f"/healthz-{secrets.token_hex(4)}"
 
     def start(self) -> "OperatorProcess":
-        self.port = _free_port()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.port = _free_port()
+            try:
+                self._start()
+                return self
+            except _PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    raise RuntimeError(f"operator found its liveness port taken {attempt} times:\n{self.logs()}")
+        raise AssertionError("unreachable")
+
+    def _start(self) -> None:
         env = {
             **self.control_plane.env(),
             "KUBECONFIG": str(self.kubeconfig),
@@ -78,19 +99,21 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "slimserve.cli.main", "operator", "--liveness",
-             f"http://127.0.0.1:{self.port}/healthz", *self.extra_args],
+             f"http://127.0.0.1:{self.port}{self.live_path}", *self.extra_args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._wait_live()
-        return self
 
     def _wait_live(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if f"{self.port}): address already in use" in self.logs():
+                    self.process = None
+                    raise _PortTaken()
                 raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.live_path}", timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:
