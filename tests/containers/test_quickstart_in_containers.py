@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import os
 import resource
+import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -352,17 +353,18 @@ def test_the_operator_image_reconciles_a_model_service(control_plane, crds, name
     for path in config.iterdir():
         os.chown(path, POD_USER, POD_USER)
     liveness = f"{HOST}:{free_port()}"
+    live_path = f"/healthz-{secrets.token_hex(4)}"  # its own: another operator on the same port answers 404 here
     operator = run(
         f"{namespace}-operator", "--network", "host", "--read-only", "--user", str(POD_USER),
         "--volume", f"{config}:/etc/slimserve:ro",
         "--env", "KUBECONFIG=/etc/slimserve/kubeconfig", "--env", "SLIMSERVE_OPERATOR_CONFIG=/etc/slimserve/operator.yaml",
-        images["operator"], "--namespace", namespace, "--liveness", f"http://{liveness}/healthz",
+        images["operator"], "--namespace", namespace, "--liveness", f"http://{liveness}{live_path}",
     )
 
     def live() -> bool:
         assert podman("inspect", "--format", "{{.State.Running}}", operator).stdout.strip() == "true", logs(operator)
         try:
-            return request(liveness, "GET", "/healthz", timeout=2)[0] == 200
+            return request(liveness, "GET", live_path, timeout=2)[0] == 200
         except OSError:
             return False
 
