@@ -66,6 +66,7 @@ class ProbeService:
         await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: ü", trailing_metadata=(("x-why", "gone"),))
 
     async def count(self, request: bytes, context):
+        await context.send_initial_metadata((("x-count", "3"),))
         for number in range(3):
             yield str(number).encode()
 
@@ -162,9 +163,12 @@ def test_a_reply_larger_than_the_flow_control_windows_arrives_whole(server):
     assert reply == bytes(range(256)) * (BIG_REPLY // 256)
 
 
-def test_server_streaming_sends_each_message_then_the_status(server):
+def test_server_streaming_sends_its_metadata_each_message_then_the_status(server):
     with _channel(server) as channel:
-        assert list(_call(channel, "Count", streaming=True)(b"", timeout=WAIT_S)) == [b"0", b"1", b"2"]
+        call = _call(channel, "Count", streaming=True)(b"", timeout=WAIT_S)
+        assert list(call) == [b"0", b"1", b"2"]
+        assert ("x-count", "3") in call.initial_metadata()
+        assert call.code() == grpc.StatusCode.OK
 
 
 def test_a_request_over_the_size_limit_is_refused_and_a_compressed_one_is_told_to_send_identity(server):

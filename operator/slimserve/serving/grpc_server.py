@@ -32,7 +32,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -338,9 +338,14 @@ class _Connection(asyncio.Protocol):
 
     async def _serve(self, stream: _Stream, message: bytes) -> None:
         method = stream.method
-        send = self._streamer(stream) if method.response_streaming else None
+
+        async def send(message: Any) -> None:  # a server-streaming call's `context.write`
+            self._send_headers(stream, context)
+            serialize = method.response_serializer
+            await self._send_message(stream, serialize(message) if serialize else message)
+
         context = ServicerContext(self.server.protocol, call_metadata(stream.headers), self.peer, stream.deadline,
-                                  send)
+                                  send if method.response_streaming else None)
         try:
             request = method.request_deserializer(message) if method.request_deserializer else message
         except Exception as error:  # noqa: BLE001 - protobuf raises DecodeError, and others on odd input
@@ -383,21 +388,11 @@ class _Connection(asyncio.Protocol):
                 return
         self._finish(stream, context, code, context.details())
 
-    def _streamer(self, stream: _Stream) -> Callable[[Any], Awaitable[None]]:
-        """A server-streaming call's `context.write`: headers before the first message, then each message."""
-        serialize = stream.method.response_serializer
-
-        async def send(message: Any) -> None:
-            self._send_headers(stream, None)
-            await self._send_message(stream, serialize(message) if serialize else message)
-
-        return send
-
-    def _send_headers(self, stream: _Stream, context: ServicerContext | None) -> None:
+    def _send_headers(self, stream: _Stream, context: ServicerContext) -> None:
         if stream.headers_sent or self.streams.get(stream.id) is not stream:
             return
         stream.headers_sent = True
-        metadata = _encoded(text_metadata(context.initial_metadata)) if context is not None else []
+        metadata = _encoded(text_metadata(context.initial_metadata))
         self.h2.send_headers(stream.id, [*_RESPONSE_HEADERS, *metadata])
 
     async def _send_message(self, stream: _Stream, payload: bytes) -> None:
