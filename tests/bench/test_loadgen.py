@@ -1,15 +1,16 @@
-"""The command lines the benchmarks build for ghz and h2load, run for about a second each against a real
-server: their outputs parse into counts the server's own request counter agrees with, and refused requests
-are counted as errors, not as throughput."""
+"""The command lines the benchmarks build for ghz, h2load and perf_analyzer, run for about a second each against
+a real server: their outputs parse into counts the server's own counters agree with, and refused requests are
+counted as errors (or refused), not as throughput."""
 
 from __future__ import annotations
 
 import struct
 
 import numpy as np
-from loadgen import bodies, ghz, h2load
+import pytest
+from loadgen import bodies, ghz, h2load, perf_analyzer
 
-from tests.serving.serving_helpers import metric_samples
+from tests.serving.serving_helpers import ServerProcess, metric_samples
 
 MODEL = "digits-mlp"
 ROW = ("input", "FP32", np.random.default_rng(0).random((1, 64), dtype=np.float32), "logits")
@@ -77,3 +78,43 @@ def test_grpc_request_is_the_python_clients_bytes():
         theirs = _get_inference_request(MODEL, [tensor], "", "", [grpcclient.InferRequestedOutput(output)],
                                         0, False, False, 0, None, None)
         assert bodies.grpc_request(MODEL, name, datatype, array, output).SerializeToString() == theirs.SerializeToString()
+
+
+# --- perf_analyzer: OpenAI streaming ---------------------------------------------------------------
+DECODER = "tiny-lm"
+GENERATED = "slimserve_generated_tokens_total"
+
+
+@pytest.fixture(scope="module")
+def decoder_server(tmp_path_factory, load_generators):
+    if perf_analyzer.binary() is None:
+        pytest.skip("perf_analyzer is installed on x86-64 only")
+    server = ServerProcess("builtin://tiny-lm", tmp_path_factory.mktemp("bench-decoder"), "--model-name", DECODER).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def completion(model: str, index: int) -> dict:
+    return {"model": model, "prompt": f"def handler_{index}(request", "max_tokens": 6 + 3 * index, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+
+
+def test_perf_analyzer_streamed_completions(decoder_server):
+    requests = [completion(DECODER, i) for i in range(6)]
+    before = served(decoder_server, GENERATED)
+    answers, seconds, finished = perf_analyzer.run(decoder_server.http_url, "/v1/completions", DECODER, requests,
+                                                   concurrency=3)
+    # Every request sent once; the tokens its profile counts are the tokens the server says it generated.
+    assert len(answers) == len(requests)
+    assert sum(tokens for tokens, _ in answers) == served(decoder_server, GENERATED) - before
+    assert all(1 <= tokens <= max(r["max_tokens"] for r in requests) for tokens, _ in answers), answers
+    assert all(0 < ttft <= seconds for _, ttft in answers), (answers, seconds)
+    assert finished.returncode == 0 and finished.cpu_s > 0
+
+
+def test_perf_analyzer_refused_request_is_an_error(decoder_server):
+    with pytest.raises(RuntimeError, match="(?s)perf_analyzer failed.*HTTP code 404"):
+        perf_analyzer.run(decoder_server.http_url, "/v1/completions", "no-such-model",
+                          [completion("no-such-model", 0)], concurrency=1)
