@@ -2,9 +2,12 @@
 by side in one run.
 
 The same requests (prompt and output lengths varied, greedy) go
-- to `slimserve serve` of the decoder, through its streaming /v1/completions, from a lean asyncio client
-  (one keep-alive connection per concurrent request) at concurrency 1, 8 and 32 (tokens/s over the run; time
-  to first token from each request's send to its first text);
+- to `slimserve serve` of the decoder, through its streaming /v1/completions, at concurrency 1, 8 and 32
+  (tokens/s over the run; time to first token from each request's send to its first text), from perf_analyzer
+  (benchmarks/loadgen: NVIDIA's C++ load generator, installed by benchmarks/tools.sh) and, as an extra row
+  each, from a lean asyncio client (one keep-alive connection per concurrent request); each row gives its
+  client's share of the machine's CPU and is marked client-bound as the serving benchmark's rows are
+  (`--clients`: the first gives the figures the targets use);
 - to `transformers` `generate` in this process, one request at a time, and statically batched by 32 (left
   padded, each batch running to its longest output); its TTFT is the request's own wait inside `generate`.
 Same weights, same torch threads. Targets at concurrency 32: >= 3x one-at-a-time and >= 1.3x static batching.
@@ -48,9 +51,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadgen import measured, perf_analyzer  # benchmarks/loadgen: the native load generators
+
 HOST = "127.0.0.1"
 CONCURRENCY = (1, 8, 32)
 STATIC_BATCH = 32
+CLIENTS = ("perf_analyzer", "python")
+MODEL_NAME = "bench"
+COMPLETIONS = "/v1/completions"
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ class Server:
         with socket.socket() as sock:
             sock.bind((HOST, 0))
             self.port = sock.getsockname()[1]
-        command = [sys.executable, "-m", "slimserve.cli.main", "serve", "--artifact", uri, "--model-name", "bench",
+        command = [sys.executable, "-m", "slimserve.cli.main", "serve", "--artifact", uri, "--model-name", MODEL_NAME,
                    "--host", HOST, "--http-port", str(self.port), "--grpc-port", "0", "--torch-threads", str(threads),
                    "--max-sequences", str(max(CONCURRENCY)), "--no-access-log", "--log-level", "WARNING"]
         self.log = log
@@ -214,11 +222,16 @@ class Connection:
                 self._body.clear()
 
 
-async def stream_completion(connection: Connection, request: Request) -> Result:
-    body = {"model": "bench", "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": 0,
+def completion_body(request: Request) -> dict:
+    """The streamed, greedy /v1/completions request every client sends; the last event carries the usage."""
+    return {"model": MODEL_NAME, "prompt": request.prompt, "max_tokens": request.max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def stream_completion(connection: Connection, request: Request) -> Result:
+    body = completion_body(request)
     sent, first, tokens, unparsed = time.perf_counter(), None, 0, b""
-    async for data in connection.post("/v1/completions", json.dumps(body).encode()):
+    async for data in connection.post(COMPLETIONS, json.dumps(body).encode()):
         *events, unparsed = (unparsed + data).split(b"\n\n")
         for event in events:
             if not event.startswith(b"data: {"):
@@ -231,9 +244,35 @@ async def stream_completion(connection: Connection, request: Request) -> Result:
     return Result(tokens, (first or time.perf_counter()) - sent)
 
 
-def run_server(server: Server, requests: list[Request], concurrency: int) -> tuple[list[Result], float, float, CpuSplit]:
-    """The results, the seconds and the CPU seconds (the server's and this client's, and where they went) of
-    the requests, from `concurrency` connections each sending its next request once its answer ended."""
+def run_server(server: Server, requests: list[Request], concurrency: int,
+               client: str = "python") -> tuple[list[Result], float, float, CpuSplit]:
+    """The results, the seconds and the CPU seconds (the server's and the client's, and where they went) of
+    the requests, `concurrency` at a time, from `client` (one of CLIENTS)."""
+    if client == "perf_analyzer":
+        return run_server_native(server, requests, concurrency)
+    return run_server_python(server, requests, concurrency)
+
+
+def run_server_native(server: Server, requests: list[Request], concurrency: int) -> tuple[list[Result], float, float, CpuSplit]:
+    """`run_server` with perf_analyzer, after one short request to warm the server up."""
+    warm_up = json.dumps({**completion_body(Request(requests[0].prompt, 4)), "stream": False}).encode()
+    post = urllib.request.Request(f"http://{HOST}:{server.port}{COMPLETIONS}", warm_up,
+                                  {"content-type": "application/json"})
+    with urllib.request.urlopen(post, timeout=120) as answer:
+        answer.read()
+    before = CpuSplit.now(server.process.pid)
+    answers, seconds, finished = perf_analyzer.run(f"{HOST}:{server.port}", COMPLETIONS, MODEL_NAME,
+                                                   [completion_body(r) for r in requests], concurrency)
+    after = CpuSplit.now(server.process.pid)
+    if len(answers) != len(requests):
+        raise RuntimeError(f"perf_analyzer sent {len(answers)} requests, not the {len(requests)} asked for")
+    split = CpuSplit(after.event_loop - before.event_loop, after.server_workers - before.server_workers, finished.cpu_s)
+    return [Result(tokens, ttft) for tokens, ttft in answers], seconds, split.total, split
+
+
+def run_server_python(server: Server, requests: list[Request], concurrency: int) -> tuple[list[Result], float, float, CpuSplit]:
+    """`run_server` with this process's asyncio client: `concurrency` connections each sending its next request
+    once its answer ended."""
     port = server.port
 
     async def main() -> tuple[list[Result], float, float, CpuSplit]:
@@ -350,24 +389,33 @@ def print_quantized_decode(rows: list[dict]) -> None:
 
 
 # --- the table --------------------------------------------------------------------------------------
-def summarize(label: str, results: list[Result], seconds: float, cpu_s: float, split: CpuSplit | None = None) -> dict:
+def summarize(label: str, results: list[Result], seconds: float, cpu_s: float, split: CpuSplit | None = None,
+              client: str | None = None, concurrency: int | None = None) -> dict:
+    """A table row; a server row (with `split`, `client` and `concurrency`) also gets its client's CPU share
+    and mark."""
     ttfts = sorted(r.ttft_s for r in results)
     tokens = sum(r.tokens for r in results)
     per_token = {} if split is None else {"cpu_ms_per_token": {
         "event_loop": 1000 * split.event_loop / tokens, "server_workers": 1000 * split.server_workers / tokens,
         "client": 1000 * split.client / tokens}}
+    if split is not None and client is not None:
+        per_token |= measured.mark_client_bound(
+            {"client": client, "client_cpu_s": round(split.client, 3),
+             "client_cpu_share": round(split.client / (seconds * measured.cpu_count()), 3)},
+            split.event_loop + split.server_workers)
     return per_token | {"row": label, "requests": len(results), "tokens": sum(r.tokens for r in results), "seconds": seconds,
             "tokens_per_s": sum(r.tokens for r in results) / seconds, "cpu_s": cpu_s,
-            "tokens_per_cpu_s": sum(r.tokens for r in results) / cpu_s,
+            "tokens_per_cpu_s": sum(r.tokens for r in results) / cpu_s, "concurrency": concurrency,
             "ttft_p50_ms": 1000 * statistics.median(ttfts),
             "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]}
 
 
 def paired_rounds(server: Server, directory: Path, requests: list[Request], rounds: int,
-                  static_label: str) -> list[tuple[dict, dict]]:
+                  static_label: str, client: str) -> list[tuple[dict, dict]]:
     """(the server at concurrency 32, static batching) over the same requests, `rounds` times, which one goes
     first alternating: a machine that gets busier or quieter moves both alike."""
-    runs = {"server": lambda: summarize("slimserve c32", *run_server(server, requests, 32)),
+    runs = {"server": lambda: summarize("slimserve c32", *run_server(server, requests, 32, client), client=client,
+                                        concurrency=32),
             "static": lambda: summarize(static_label, *run_transformers(directory, requests, STATIC_BATCH))}
     pairs = []
     for index in range(rounds):
@@ -387,10 +435,26 @@ def median_row(rows: list[dict]) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'row':<44} {'requests':>8} {'tokens':>7} {'tokens/s':>9} {'tokens/CPU-s':>13} {'TTFT p50 ms':>12} "
-          f"{'TTFT p99 ms':>12}")
+          f"{'TTFT p99 ms':>12}  client")
     for row in rows:
         print(f"{row['row']:<44} {row['requests']:>8} {row['tokens']:>7} {row['tokens_per_s']:>9.1f} "
-              f"{row['tokens_per_cpu_s']:>13.1f} {row['ttft_p50_ms']:>12.1f} {row['ttft_p99_ms']:>12.1f}")
+              f"{row['tokens_per_cpu_s']:>13.1f} {row['ttft_p50_ms']:>12.1f} {row['ttft_p99_ms']:>12.1f}  "
+              f"{measured.describe(row)}")
+
+
+def available_clients(asked: str) -> list[str]:
+    """The clients of `--clients` this machine has, in order; perf_analyzer left out, saying so, when missing."""
+    clients = [c for c in asked.split(",") if c]
+    unknown = set(clients) - set(CLIENTS)
+    if unknown or not clients:
+        raise SystemExit(f"--clients takes some of {', '.join(CLIENTS)}, not {asked!r}")
+    if "perf_analyzer" in clients and perf_analyzer.binary() is None:
+        print("perf_analyzer is not installed (benchmarks/tools.sh installs it, on x86-64): its rows are left out",
+              flush=True)
+        clients.remove("perf_analyzer")
+    if not clients:
+        raise SystemExit("no client left to run")
+    return clients
 
 
 def main() -> int:
@@ -405,6 +469,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--rounds", type=int, default=7,
                         help="pairs of the concurrency-32 comparison (the server, static batching); the median ratio counts")
+    parser.add_argument("--clients", default=",".join(CLIENTS),
+                        help="the server's clients, of " + ", ".join(CLIENTS) + "; the first gives the figures, "
+                             "each other one an extra row per concurrency")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -416,7 +483,7 @@ def main() -> int:
         rows = quantized_decode_rows(args.threads, args.quick)
         print_quantized_decode(rows)
         if args.json:
-            args.json.write_text(json.dumps(rows, indent=2))
+            args.json.write_text(json.dumps({"model_size": "base", "rows": rows}, indent=2))
         return 0
     scratch = Path(tempfile.mkdtemp(prefix="slimserve-generation-"))
     directory = model_directory(args.model, scratch)
@@ -424,17 +491,23 @@ def main() -> int:
     requests = make_requests(directory, max(counts.values()), args.seed)
     uri = args.model if args.model.startswith("builtin://") and directory.name != "random-llama" else f"file://{directory}"
 
-    rows = []
+    clients = available_clients(args.clients)
+    client, extra_clients = clients[0], clients[1:]
+    rows, extra_rows = [], []
     static_label = f"transformers generate, static batch {STATIC_BATCH}"
     server = Server(uri, args.threads, scratch / "server.log")
     try:
         for concurrency in CONCURRENCY:
-            rows.append(summarize(f"slimserve c{concurrency}", *run_server(server, requests[:counts[concurrency]], concurrency)))
-            print_table(rows[-1:])
+            for each in clients:
+                row = summarize(f"slimserve c{concurrency}" + ("" if each == client else f", {each} client"),
+                                *run_server(server, requests[:counts[concurrency]], concurrency, each), client=each,
+                                concurrency=concurrency)
+                (rows if each == client else extra_rows).append(row)
+                print_table([row])
         single = requests[:counts[8]]  # one at a time: a rate, so fewer requests do
         rows.append(summarize("transformers generate, one at a time", *run_transformers(directory, single, 1)))
         print_table(rows[-1:])
-        pairs = paired_rounds(server, directory, requests[:counts[32]], args.rounds, static_label)
+        pairs = paired_rounds(server, directory, requests[:counts[32]], args.rounds, static_label, client)
     finally:
         server.stop()
     static = median_row([pair[1] for pair in pairs])
@@ -445,17 +518,22 @@ def main() -> int:
         try:
             for concurrency in (1, 32):
                 rows.append(summarize(f"{artifact.rstrip('/').rsplit('/', 1)[-1]} c{concurrency}",
-                                      *run_server(server, requests[:counts[concurrency]], concurrency)))
+                                      *run_server(server, requests[:counts[concurrency]], concurrency, client),
+                                      client=client, concurrency=concurrency))
         finally:
             server.stop()
-    print_table(rows)
+    print(f"\nfigures from {client}" + (f"; the rows of {', '.join(extra_clients)} follow them" if extra_clients else ""))
+    print_table(rows + extra_rows)
 
     by_name = {row["row"]: row for row in rows}
     alone = by_name["transformers generate, one at a time"]
     print(f"\n(concurrency 32 and static batching: medians of {len(pairs)} paired rounds)")
+    targets = {"client": client, "paired_rounds": len(pairs)}
     for rate, what in (("tokens_per_s", "tokens/s"), ("tokens_per_cpu_s", "tokens per CPU second")):
         c32 = by_name["slimserve c32"][rate]
         ratios = sorted(server_row[rate] / static_row[rate] for server_row, static_row in pairs)
+        targets[rate] = {"vs_one_at_a_time": c32 / alone[rate], "vs_static_batching": statistics.median(ratios),
+                         "pairs": ratios}
         print(f"at concurrency 32, {what}: {c32 / alone[rate]:.2f}x one-at-a-time (target >= 3), "
               f"{statistics.median(ratios):.2f}x static batching (target >= 1.3; pairs {ratios[0]:.2f}x to "
               f"{ratios[-1]:.2f}x); load average {os.getloadavg()[0]:.1f}")
@@ -467,7 +545,7 @@ def main() -> int:
         base = by_name[f"slimserve c{artifact_row['row'].rsplit('c', 1)[1]}"]["tokens_per_s"]
         print(f"{artifact_row['row']}: {artifact_row['tokens_per_s'] / base:.2f}x the fp32 server's tokens/s")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"model": args.model, "rows": rows + extra_rows, "targets": targets}, indent=2))
     return 0
 
 
