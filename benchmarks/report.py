@@ -4,7 +4,8 @@
 
 The page leads with the targets, then the serving figures at the highest concurrency measured (native clients,
 the Python client's throughput beside them, client-bound rows marked), then the plots: throughput against
-concurrency per server and protocol, latency percentiles, batching on and off, gRPC-Web against gRPC, and
+concurrency per server and protocol, latency percentiles, batching on and off, gRPC-Web against gRPC, a decoder's
+streamed tokens/s and time to first token against concurrency per client (transformers `generate` beside), and
 compression size, speed and accuracy. Everything else is in the JSON.
 """
 
@@ -36,6 +37,8 @@ def render(run: dict, out: Path) -> Path:
         sections.append(_serving(benchmarks["serving"], out))
     if "grpc_web" in benchmarks:
         sections.append(_grpc_web(benchmarks["grpc_web"], out))
+    if "generation" in benchmarks:
+        sections.append(_generation(benchmarks["generation"], out))
     compression = {name: benchmarks[name] for name in ("compression_digits", "compression_minilm") if name in benchmarks}
     if compression:
         sections.append(_compression(compression, out))
@@ -181,6 +184,52 @@ def _grpc_web(data: dict, out: Path) -> str:
         ax.set_xticks(range(len(native)), [r["protocol"] for r in native], fontsize=7, rotation=30)
         ax.set(title=f"concurrency {concurrency}", ylabel="req/s")
     lines += ["", _image(_save(figure, out / "grpc-web.png"), "gRPC-Web against gRPC")]
+    return "\n".join(lines)
+
+
+# --- generation -------------------------------------------------------------------------------------
+SERVER_ROW = "slimserve c"  # generation.py's rows of the server: "slimserve c8", "slimserve c8, python client"
+
+
+def _generation(data: dict, out: Path) -> str:
+    rows, targets = data["rows"], data.get("targets", {})
+    lines = ["## Generation", "", f"A decoder ({data.get('model', '?')}) streaming /v1/completions; the figures "
+             f"from {targets.get('client', '?')}, each other client's rows after them.", ""]
+    rate = targets.get("tokens_per_s")
+    if rate:
+        lines += [f"- c32 tokens/s = {rate['vs_one_at_a_time']:.2f}x transformers `generate` one request at a time "
+                  "(target >= 3x)",
+                  f"- c32 tokens/s = {rate['vs_static_batching']:.2f}x `generate` statically batched by 32 (median of "
+                  f"{targets.get('paired_rounds', '?')} paired rounds; target >= 1.3x)", ""]
+    lines += ["| row | tokens/s | TTFT p50 ms | TTFT p99 ms | client |", "|---|---|---|---|---|"]
+    lines += [f"| {r['row']} | {r['tokens_per_s']:.0f} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
+              f"{measured.describe(r)} |" for r in rows]
+    figure, (throughput, first_token) = _panels(2, "generation: the server by client (lines), transformers generate (grey)")
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["row"].startswith(SERVER_ROW) and r.get("concurrency"):
+            series.setdefault(r.get("client", "?"), []).append(r)
+    for client, points in series.items():
+        points.sort(key=lambda r: r["concurrency"])
+        x = [r["concurrency"] for r in points]
+        line, = throughput.plot(x, [r["tokens_per_s"] for r in points], marker="o", label=client)
+        first_token.plot(x, [r["ttft_p50_ms"] for r in points], marker="o", color=line.get_color(), label=f"{client} p50")
+        first_token.plot(x, [r["ttft_p99_ms"] for r in points], "--", color=line.get_color(), label=f"{client} p99")
+        bound = [r for r in points if r.get("client_bound")]
+        throughput.plot([r["concurrency"] for r in bound], [r["tokens_per_s"] for r in bound], "x", color="red",
+                        markersize=10)
+    for r in rows:
+        if not r["row"].startswith(SERVER_ROW) and r.get("concurrency") is None:
+            throughput.axhline(r["tokens_per_s"], color="grey", linestyle=":")
+            throughput.annotate(r["row"].removeprefix("transformers generate, "), (1, r["tokens_per_s"]), fontsize=6,
+                                color="grey", va="bottom")
+    concurrencies = sorted({r["concurrency"] for points in series.values() for r in points})
+    for ax, label in ((throughput, "tokens/s"), (first_token, "time to first token, ms")):
+        ax.set(xlabel="concurrency", ylabel=label, xscale="log")
+        if concurrencies:
+            ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        ax.legend(fontsize=6)
+    lines += ["", _image(_save(figure, out / "generation.png"), "generation tokens/s and time to first token")]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """`make bench`: every benchmark this machine can run, one JSON file of results per run, and its report.
 
 Runs, each in its own process: the serving benchmark (SlimServe against KServe, native clients and the
-Python one), gRPC-Web against gRPC, and the two compression benchmarks. Their JSON outputs are gathered into
+Python one), gRPC-Web against gRPC, the generation benchmark (a decoder streamed to perf_analyzer and the Python
+client, against transformers `generate`) and the two compression benchmarks. Their JSON outputs are gathered into
     ${SLIMSERVE_CACHE:-~/.cache/slimserve}/bench/<UTC time>.json
 with the commit, the machine (CPUs, load average) and any benchmark that failed, and benchmarks/report.py
 renders it beside, in the folder of the same name (report.md and PNG plots). QUICK=1 (or --quick) runs
@@ -39,6 +40,7 @@ BENCHMARKS = {
                 ["--models", "digits-mlp,minilm-l6", "--concurrency", "1,32", "--rounds", "1", "--duration-s", "0.5"]),
     "grpc_web": ("grpc_web.py", ["--concurrency", "8", "32", "--duration-s", "2", "--rounds", "1"],
                  ["--concurrency", "8", "--duration-s", "1", "--rounds", "1"]),
+    "generation": ("generation.py", ["--rounds", "3"], ["--quick", "--rounds", "1"]),
     "compression_digits": ("compression_digits.py", ["--rounds", "20"], ["--rounds", "5"]),
     "compression_minilm": ("compression_minilm.py", ["--rounds", "5", "--variants", "slimserve", *ORT],
                            ["--rounds", "3", "--variants", "slimserve"]),

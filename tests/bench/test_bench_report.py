@@ -47,6 +47,21 @@ def test_targets_and_rows_come_from_the_run(run, recorded_report):
         assert f"| digits CNN | {r['variant']} | {r['sizeRatio']:.2f}x | {r['speedup']:.2f}x | {0.0 - r['dropPoints']:+.2f} (" in text
 
 
+def test_generation_targets_and_rows_come_from_the_run(run, recorded_report):
+    generation = run["benchmarks"]["generation"]
+    text, _ = recorded_report
+    rate = generation["targets"]["tokens_per_s"]
+    assert f"c32 tokens/s = {rate['vs_one_at_a_time']:.2f}x transformers `generate` one request at a time" in text
+    assert f"c32 tokens/s = {rate['vs_static_batching']:.2f}x `generate` statically batched by 32" in text
+    assert f"the figures from {generation['targets']['client']}" in text
+    for r in generation["rows"]:
+        client = f"{r['client']} {r['client_cpu_share']:.0%} CPU" if "client" in r else "-"
+        assert (f"| {r['row']} | {r['tokens_per_s']:.0f} | {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | "
+                f"{client}") in text
+    clients = {r.get("client") for r in generation["rows"] if r.get("concurrency")}
+    assert clients == {"perf_analyzer", "python"}, "the recorded run has a native and a Python client"
+
+
 def test_client_bound_rows_and_failed_benchmarks_are_marked(run, tmp_path):
     results = run["benchmarks"]["serving"]["results"]
     top = max(r["concurrency"] for r in results)
@@ -66,7 +81,7 @@ def test_every_linked_plot_is_a_png_it_wrote(recorded_report):
     text, folder = recorded_report
     linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert set(linked) == {"serving-throughput.png", "serving-latency.png", "serving-batching.png", "grpc-web.png",
-                           "compression.png"}
+                           "generation.png", "compression.png"}
     for name in linked:
         data = (folder / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name
