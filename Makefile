@@ -62,9 +62,10 @@ metrics-server:
 autoscaling-build:
 	tests/autoscaling/build.sh
 
-# The benchmarks this machine can run (serving against KServe with native load generators, gRPC-Web,
-# compression), one JSON file per run in $(SLIMSERVE_CACHE)/bench/ and a Markdown report with plots beside it.
-# ghz and h2load come from benchmarks/tools.sh; KServe's venv is made on first use. QUICK=1: a short smoke run.
+# The benchmarks this machine can run (serving against KServe with native load generators, gRPC-Web, a decoder's
+# streamed generation, compression), one JSON file per run in $(SLIMSERVE_CACHE)/bench/ and a Markdown report with
+# plots beside it. ghz, h2load and perf_analyzer come from benchmarks/tools.sh; KServe's venv is made on first
+# use. QUICK=1: a short smoke run.
 .PHONY: bench bench-tools
 bench: venv bench-tools
 	SLIMSERVE_CACHE=$(SLIMSERVE_CACHE) QUICK=$(QUICK) $(PYTHON) benchmarks/run_all.py
