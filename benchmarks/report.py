@@ -220,9 +220,7 @@ def _generation(data: dict, out: Path) -> str:
                         markersize=10)
     for r in rows:
         if not r["row"].startswith(SERVER_ROW) and r.get("concurrency") is None:
-            throughput.axhline(r["tokens_per_s"], color="grey", linestyle=":")
-            throughput.annotate(r["row"].removeprefix("transformers generate, "), (1, r["tokens_per_s"]), fontsize=6,
-                                color="grey", va="bottom")
+            throughput.axhline(r["tokens_per_s"], color="grey", linestyle=":", label=r["row"])
     concurrencies = sorted({r["concurrency"] for points in series.values() for r in points})
     for ax, label in ((throughput, "tokens/s"), (first_token, "time to first token, ms")):
         ax.set(xlabel="concurrency", ylabel=label, xscale="log")
