@@ -14,6 +14,7 @@ import inspect
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -125,6 +126,23 @@ async def invoke(function: Callable, request: Any, context: ServicerContext) -> 
     return await result if inspect.isawaitable(result) else result
 
 
+@dataclass(frozen=True)
+class _CallDetails(grpc.HandlerCallDetails):
+    method: str
+    invocation_metadata: Metadata = ()
+
+
+def find_method(handlers: Iterable[grpc.GenericRpcHandler], path: str) -> grpc.RpcMethodHandler | None:
+    """The method handler the first of `handlers` that serves `path` has for it, or None. Asked without the
+    call's metadata, so a transport may keep the answer per path."""
+    details = _CallDetails(path)
+    for handler in handlers:
+        method = handler.service(details)
+        if method is not None:
+            return method
+    return None
+
+
 def call_metadata(headers: Iterable[tuple[str, str]]) -> Metadata:
     """The invocation metadata in a call's (lower-case) request headers: pseudo-headers and transport headers
     left out, `-bin` values base64-decoded (an undecodable one is dropped, as grpc does)."""
@@ -150,6 +168,11 @@ def text_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[str
             value = base64.b64encode(value).decode("ascii")
         out.append((name.lower(), value))
     return out
+
+
+def header_bytes(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header pairs as HTTP carries them: latin-1 bytes."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
 
 
 def status_trailers(code: int, message: str) -> list[tuple[str, str]]:

@@ -49,6 +49,8 @@ from slimserve.serving.grpc_calls import (
     MalformedCall,
     ServicerContext,
     call_metadata,
+    find_method,
+    header_bytes,
     invoke,
     parse_timeout,
     status_trailers,
@@ -104,11 +106,9 @@ class GrpcServer:
     def method(self, path: str) -> grpc.RpcMethodHandler | None:
         handler = self._methods.get(path)
         if handler is None:
-            for generic in self._generic:
-                handler = generic.service(_CallDetails(path))
-                if handler is not None:
-                    self._methods[path] = handler
-                    break
+            handler = find_method(self._generic, path)
+            if handler is not None:
+                self._methods[path] = handler
         return handler
 
     # ---- life cycle ----
@@ -138,12 +138,6 @@ class GrpcServer:
             connection.close()
         if self._server is not None:
             await self._server.wait_closed()
-
-
-class _CallDetails(grpc.HandlerCallDetails):
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata = ()
 
 
 class _Stream:
@@ -264,8 +258,7 @@ class _Connection(asyncio.Protocol):
             except MalformedCall as error:
                 failure = (grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if failure is not None:
-            extra = ((b"grpc-accept-encoding", b"identity"),) if failure[0] == grpc.StatusCode.UNIMPLEMENTED else ()
-            self._trailers_only(stream_id, *failure, extra=extra, end_upload=not ended)
+            self._trailers_only(stream_id, *failure, end_upload=not ended)
             return
         stream = _Stream(stream_id, path, method, headers, deadline)
         self.streams[stream_id] = stream
@@ -392,7 +385,7 @@ class _Connection(asyncio.Protocol):
         if stream.headers_sent or self.streams.get(stream.id) is not stream:
             return
         stream.headers_sent = True
-        metadata = _encoded(text_metadata(context.initial_metadata))
+        metadata = header_bytes(text_metadata(context.initial_metadata))
         self.h2.send_headers(stream.id, [*_RESPONSE_HEADERS, *metadata])
 
     async def _send_message(self, stream: _Stream, payload: bytes) -> None:
@@ -413,7 +406,7 @@ class _Connection(asyncio.Protocol):
         self._flush_soon()
 
     def _finish(self, stream: _Stream, context: ServicerContext, code: grpc.StatusCode, details: str) -> None:
-        trailers = _encoded(status_trailers(code.value[0], details) + text_metadata(context.trailing_metadata))
+        trailers = header_bytes(status_trailers(code.value[0], details) + text_metadata(context.trailing_metadata))
         if self.streams.get(stream.id) is not stream:
             return  # reset by the client meanwhile
         try:
@@ -441,12 +434,12 @@ class _Connection(asyncio.Protocol):
             stream.timer.cancel()
         self._release(stream)
         self._close_stream(stream)
-        extra = ((b"grpc-accept-encoding", b"identity"),) if code == grpc.StatusCode.UNIMPLEMENTED else ()
-        self._trailers_only(stream.id, code, details, extra=extra, end_upload=not upload_done)
+        self._trailers_only(stream.id, code, details, end_upload=not upload_done)
 
-    def _trailers_only(self, stream_id: int, code: grpc.StatusCode, details: str,
-                       extra: tuple = (), end_upload: bool = False) -> None:
-        headers = [*_RESPONSE_HEADERS, *_encoded(status_trailers(code.value[0], details)), *extra]
+    def _trailers_only(self, stream_id: int, code: grpc.StatusCode, details: str, end_upload: bool = False) -> None:
+        headers = [*_RESPONSE_HEADERS, *header_bytes(status_trailers(code.value[0], details))]
+        if code == grpc.StatusCode.UNIMPLEMENTED:  # also what a refused grpc-encoding needs: the one we take
+            headers.append((b"grpc-accept-encoding", b"identity"))
         try:
             self.h2.send_headers(stream_id, headers, end_stream=True)
             if end_upload:  # the client is still sending a request that will not be read
@@ -547,7 +540,3 @@ def _single_message(body: bytearray) -> bytes:
 
 def _loop_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
     return None if deadline is None else loop.time() + (deadline - time.monotonic())
-
-
-def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]

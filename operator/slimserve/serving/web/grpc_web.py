@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,6 +28,8 @@ from slimserve.serving.grpc_calls import (
     MalformedCall,
     ServicerContext,
     call_metadata,
+    find_method,
+    header_bytes,
     invoke,
     parse_timeout,
     status_trailers,
@@ -55,12 +56,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _ACCEPTED = "application/grpc-web+proto or application/grpc-web-text+proto"
 
 
-@dataclass(frozen=True)
-class _CallDetails(grpc.HandlerCallDetails):
-    method: str
-    invocation_metadata: tuple[tuple[str, str | bytes], ...]
-
-
 class GrpcWebMiddleware:
     """ASGI middleware: gRPC-Web calls of the given handlers' methods here, every other request to `app`."""
 
@@ -75,12 +70,7 @@ class GrpcWebMiddleware:
         self.max_message_bytes = max_message_bytes
 
     def _method(self, path: str) -> grpc.RpcMethodHandler | None:
-        details = _CallDetails(path, ())
-        for handler in self.handlers:
-            method = handler.service(details)
-            if method is not None:
-                return method
-        return None
+        return find_method(self.handlers, path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,7 +151,7 @@ class GrpcWebMiddleware:
             "headers": [
                 (b"content-type", fmt.content_type.encode()),
                 (b"content-length", str(len(body)).encode()),
-                *_encode_headers(text_metadata(context.initial_metadata)),
+                *header_bytes(text_metadata(context.initial_metadata)),
             ],
         })
         await send({"type": "http.response.body", "body": body})
@@ -208,17 +198,13 @@ async def _respond_status(
         "type": "http.response.start",
         "status": http_status,
         "headers": [(b"content-type", content_type.encode()), (b"content-length", b"0"),
-                    *_encode_headers(trailers), *extra],
+                    *header_bytes(trailers), *extra],
     })
     await send({"type": "http.response.body", "body": b""})
 
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", ())}
-
-
-def _encode_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
 
 
 def _peer(scope: Scope) -> str:
