@@ -266,7 +266,8 @@ def run_server_native(server: Server, requests: list[Request], concurrency: int)
     after = CpuSplit.now(server.process.pid)
     if len(answers) != len(requests):
         raise RuntimeError(f"perf_analyzer sent {len(answers)} requests, not the {len(requests)} asked for")
-    split = CpuSplit(after.event_loop - before.event_loop, after.server_workers - before.server_workers, finished.cpu_s)
+    split = after - before
+    split.client = finished.cpu_s  # the client is perf_analyzer, not this process
     return [Result(tokens, ttft) for tokens, ttft in answers], seconds, split.total, split
 
 
@@ -399,10 +400,8 @@ def summarize(label: str, results: list[Result], seconds: float, cpu_s: float, s
         "event_loop": 1000 * split.event_loop / tokens, "server_workers": 1000 * split.server_workers / tokens,
         "client": 1000 * split.client / tokens}}
     if split is not None and client is not None:
-        per_token |= measured.mark_client_bound(
-            {"client": client, "client_cpu_s": round(split.client, 3),
-             "client_cpu_share": round(split.client / (seconds * measured.cpu_count()), 3)},
-            split.event_loop + split.server_workers)
+        per_token |= measured.mark_client_bound(measured.client_columns(client, split.client, seconds),
+                                                split.event_loop + split.server_workers)
     return per_token | {"row": label, "requests": len(results), "tokens": sum(r.tokens for r in results), "seconds": seconds,
             "tokens_per_s": sum(r.tokens for r in results) / seconds, "cpu_s": cpu_s,
             "tokens_per_cpu_s": sum(r.tokens for r in results) / cpu_s, "concurrency": concurrency,
@@ -420,11 +419,11 @@ def paired_rounds(server: Server, directory: Path, requests: list[Request], roun
     pairs = []
     for index in range(rounds):
         order = ("server", "static") if index % 2 == 0 else ("static", "server")
-        measured = {which: runs[which]() for which in order}
-        pairs.append((measured["server"], measured["static"]))
-        ratio = measured["server"]["tokens_per_s"] / measured["static"]["tokens_per_s"]
-        print(f"round {index + 1}: slimserve c32 {measured['server']['tokens_per_s']:.1f} tokens/s, static batching "
-              f"{measured['static']['tokens_per_s']:.1f}: {ratio:.2f}x", flush=True)
+        pair = {which: runs[which]() for which in order}
+        pairs.append((pair["server"], pair["static"]))
+        ratio = pair["server"]["tokens_per_s"] / pair["static"]["tokens_per_s"]
+        print(f"round {index + 1}: slimserve c32 {pair['server']['tokens_per_s']:.1f} tokens/s, static batching "
+              f"{pair['static']['tokens_per_s']:.1f}: {ratio:.2f}x", flush=True)
     return pairs
 
 

@@ -31,10 +31,6 @@ class Finished:
     wall_s: float
     cpu_s: float  # user + system time of the child, all its threads
 
-    @property
-    def cpu_share(self) -> float:
-        return self.cpu_s / (self.wall_s * cpu_count()) if self.wall_s > 0 else 0.0
-
 
 def run(command: list[str], timeout_s: float, env: dict[str, str] | None = None) -> Finished:
     """Run `command` to its end (killed after `timeout_s`), with its output and its own CPU time.
@@ -53,7 +49,13 @@ def run(command: list[str], timeout_s: float, env: dict[str, str] | None = None)
 
 def client_fields(client: str, finished: Finished) -> dict:
     """The client columns of a result row."""
-    return {"client": client, "client_cpu_s": round(finished.cpu_s, 3), "client_cpu_share": round(finished.cpu_share, 3)}
+    return client_columns(client, finished.cpu_s, finished.wall_s)
+
+
+def client_columns(client: str, cpu_s: float, wall_s: float) -> dict:
+    """The client columns of a row whose client spent `cpu_s` of CPU over `wall_s` seconds."""
+    share = cpu_s / (wall_s * cpu_count()) if wall_s > 0 else 0.0
+    return {"client": client, "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(share, 3)}
 
 
 def mark_client_bound(row: dict, server_cpu_s: float | None) -> dict:
