@@ -1,7 +1,7 @@
 """The gRPC port's transport (`serving.grpc_server`) against grpcio's own client: metadata both ways, every
 way a call can end (its status, deadline, the client's cancel, a reset), flow control on a message larger than
 the windows, server streaming, the size and time bounds, bytes that are not HTTP/2, and a graceful stop (its
-GOAWAY, the calls it refuses and the one it lets finish).
+GOAWAY, the calls it refuses and the one it lets finish), each on both HTTP/2 backends (libnghttp2 and h2).
 
 The server runs on an event loop of its own thread with a test service, so the blocking grpcio client and
 raw HTTP/2 connections (the `h2` library on a socket) can drive it from the test's thread.
@@ -22,6 +22,7 @@ import pytest
 from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 
 from slimserve.serving.grpc_server import GrpcServer
+from slimserve.serving.http2 import describe, nghttp2_lib
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 
 SERVICE = "test.Probe"
@@ -84,10 +85,10 @@ class ProbeService:
 
 
 class ServerThread:
-    def __init__(self) -> None:
+    def __init__(self, http2: str) -> None:
         self.service = ProbeService()
         self.loop = asyncio.new_event_loop()
-        self.server = GrpcServer(MAX_MESSAGE, header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S)
+        self.server = GrpcServer(MAX_MESSAGE, header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S, http2=http2)
         self.server.add_registered_method_handlers(SERVICE, self.service.handlers())
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -105,9 +106,11 @@ class ServerThread:
         self.thread.join(WAIT_S)
 
 
-@pytest.fixture()
-def server():
-    running = ServerThread()
+@pytest.fixture(params=["nghttp2", "h2"])
+def server(request):
+    if request.param == "nghttp2" and nghttp2_lib.load() is None:
+        pytest.skip("libnghttp2 is not installed here (Debian: libnghttp2-14)")
+    running = ServerThread(request.param)
     try:
         yield running
     finally:
@@ -121,6 +124,17 @@ def _call(channel: grpc.Channel, method: str, streaming: bool = False, **seriali
 
 def _channel(server: ServerThread, **options) -> grpc.Channel:
     return grpc.insecure_channel(f"127.0.0.1:{server.port}", **options)
+
+
+def test_the_http2_backend_is_chosen_by_name_and_a_missing_library_is_said_at_once(monkeypatch):
+    assert GrpcServer(MAX_MESSAGE, TIMEOUT_S, TIMEOUT_S, http2="h2").http2 == "h2"
+    with pytest.raises(ValueError, match="not one of"):
+        GrpcServer(MAX_MESSAGE, TIMEOUT_S, TIMEOUT_S, http2="quic")
+    monkeypatch.setattr(nghttp2_lib, "load", lambda: None)  # a machine without libnghttp2
+    assert GrpcServer(MAX_MESSAGE, TIMEOUT_S, TIMEOUT_S).http2 == "h2"  # auto falls back to h2
+    assert "libnghttp2 not found" in describe("h2")
+    with pytest.raises(ValueError, match="libnghttp2 is not installed"):
+        GrpcServer(MAX_MESSAGE, TIMEOUT_S, TIMEOUT_S, http2="nghttp2")
 
 
 def test_a_call_carries_metadata_both_ways(server):
@@ -210,12 +224,15 @@ class RawHttp2:
         self.pending: list[h2.events.Event] = []
         self.next_event(0, h2.events.RemoteSettingsChanged)  # the server's windows, before anything is sent
 
-    def start_call(self, method: str) -> int:
+    def start_call(self, method: str, metadata: tuple[tuple[str, str], ...] = (), message: bytes | None = None) -> int:
+        """A call's headers, and its whole message in the same write when given."""
         stream_id = self.h2.get_next_available_stream_id()
         self.h2.send_headers(stream_id, [
             (":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/{method}"), (":authority", "test"),
-            ("content-type", "application/grpc"), ("te", "trailers"),
+            ("content-type", "application/grpc"), ("te", "trailers"), *metadata,
         ])
+        if message is not None:
+            self.h2.send_data(stream_id, b"\x00" + len(message).to_bytes(4, "big") + message, end_stream=True)
         self.sock.sendall(self.h2.data_to_send())
         return stream_id
 
@@ -225,9 +242,17 @@ class RawHttp2:
 
     def next_event(self, stream_id: int, *kinds: type) -> h2.events.Event:
         """The first event of one of `kinds` on the stream (0: the connection's; blocks until it comes)."""
+        return self._first(lambda event: isinstance(event, kinds) and getattr(event, "stream_id", 0) == stream_id)
+
+    def refusal(self, stream_id: int) -> h2.events.Event:
+        """How the server ended a stream it did not serve: its RST_STREAM, or a GOAWAY ending the connection."""
+        return self._first(lambda event: isinstance(event, h2.events.ConnectionTerminated) or (
+            isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id))
+
+    def _first(self, wanted) -> h2.events.Event:
         while True:
             for index, event in enumerate(self.pending):
-                if isinstance(event, kinds) and getattr(event, "stream_id", 0) == stream_id:
+                if wanted(event):
                     return self.pending.pop(index)
             data = self.sock.recv(65536)
             assert data, "the server closed the connection first"
@@ -272,6 +297,17 @@ def test_requests_arriving_at_once_on_a_connection_are_bounded_beyond_one_messag
             echoed += event.data
         assert echoed == message
     client.sock.close()
+
+
+def test_headers_over_the_announced_list_size_never_reach_a_handler(server):
+    client = RawHttp2(server)
+    stream_id = client.start_call("Hold", metadata=(("x-big", "a" * 20_000),), message=b"")  # 16 KiB announced
+    refusal = client.refusal(stream_id)  # libnghttp2 resets the stream; h2 ends the connection
+    assert isinstance(refusal, (h2.events.StreamReset, h2.events.ConnectionTerminated))
+    assert not server.service.entered.is_set()
+    client.sock.close()
+    with _channel(server) as channel:  # and the port still serves
+        assert _call(channel, "Echo")(b"still here", timeout=WAIT_S) == b"still here"
 
 
 def test_a_call_whose_message_never_comes_ends_after_the_body_timeout(server):

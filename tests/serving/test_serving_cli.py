@@ -38,7 +38,8 @@ def test_flags_win_over_environment_and_defaults_apply():
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("SLIMSERVE_HTTP_PORT", "eighty"), ("SLIMSERVE_GRPC_PORT", "70000"), ("SLIMSERVE_BATCHING", "maybe")],
+    [("SLIMSERVE_HTTP_PORT", "eighty"), ("SLIMSERVE_GRPC_PORT", "70000"), ("SLIMSERVE_BATCHING", "maybe"),
+     ("SLIMSERVE_GRPC_HTTP2", "quic")],
 )
 def test_a_bad_environment_value_names_its_variable(variable, value):
     with pytest.raises(SystemExit, match=variable):
@@ -51,6 +52,12 @@ def test_help_documents_the_environment_variables(capsys):
     text = capsys.readouterr().out
     for name in ("SLIMSERVE_ARTIFACT", "SLIMSERVE_HTTP_PORT", "SLIMSERVE_BATCHING", "SLIMSERVE_MAX_LATENCY_MS"):
         assert name in text
+
+
+def test_the_grpc_ports_http2_comes_from_the_flag_or_the_environment():
+    assert parse([], {}).grpc_http2 == "auto"
+    assert parse([], {"SLIMSERVE_GRPC_HTTP2": "H2"}).grpc_http2 == "h2"
+    assert parse(["--grpc-http2", "nghttp2"], {"SLIMSERVE_GRPC_HTTP2": "h2"}).grpc_http2 == "nghttp2"
 
 
 def test_invalid_limits_are_refused_before_loading_anything(capsys):

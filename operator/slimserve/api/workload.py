@@ -58,6 +58,7 @@ class Defaults:
     pvc_root: str = "/mnt/pvc"  # where a pod finds the claim of pvc://CLAIM/path
     device: str = "auto"  # where models run: auto (a GPU when the process sees one), cpu, cuda or cuda:N
     cuda_graphs: bool = False  # replay recorded CUDA graphs per batch size (CUDA only)
+    grpc_http2: str = "auto"  # the gRPC port's HTTP/2: auto (libnghttp2 where installed, else h2), nghttp2 or h2
     allow_outside_budget: bool = False  # load an artifact whose manifest says withinBudget: false
     kv_cache_bytes: int = 0  # decoders: the KV cache's memory bound (0: max_sequences full-context sequences)
     max_sequences: int = 32  # decoders: most sequences generated at once (KV cache slots)
@@ -131,15 +132,22 @@ def parse_origins(value: str | Iterable[str]) -> tuple[str, ...]:
 TLS_CERT_FILE = "tls.crt"
 TLS_KEY_FILE = "tls.key"
 TLS_CA_FILE = "ca.crt"  # verifies client certificates (clientAuth optional or require)
+# Whether clients must present a certificate: none, optional (verified when presented) or require.
 TLS_CLIENT_AUTH_MODES = ("none", "optional", "require")
 
 
-def parse_client_auth(text: str) -> str:
-    """A client-certificate mode: none, optional (verified when presented) or require (any case)."""
-    value = text.strip().lower()
-    if value not in TLS_CLIENT_AUTH_MODES:
-        raise ValueError(f"client auth {text!r} is not one of {', '.join(TLS_CLIENT_AUTH_MODES)}")
-    return value
+def one_of(what: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser of a lower-case name among `choices` (any case is read); its error names `what` and them."""
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{what} {text!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+parse_client_auth = one_of("client auth", TLS_CLIENT_AUTH_MODES)
 
 
 # Who may call a server: nobody is asked (none), hashed API keys from a Secret, or Kubernetes tokens and RBAC.
@@ -160,29 +168,18 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-PAYLOAD_LOG_MODES = ("all", "request", "response")
-
-
-def parse_payload_log_mode(text: str) -> str:
-    """What a payload log sends: all, request or response (any case)."""
-    value = text.strip().lower()
-    if value not in PAYLOAD_LOG_MODES:
-        raise ValueError(f"payload log mode {text!r} is not one of {', '.join(PAYLOAD_LOG_MODES)}")
-    return value
-
-
+PAYLOAD_LOG_MODES = ("all", "request", "response")  # what a payload log sends
+parse_payload_log_mode = one_of("payload log mode", PAYLOAD_LOG_MODES)
 LOG_FORMATS = ("text", "json")
-
-
-def parse_log_format(text: str) -> str:
-    """A log format name ("text" or "json", any case)."""
-    value = text.strip().lower()
-    if value not in LOG_FORMATS:
-        raise ValueError(f"log format {text!r} is not one of {', '.join(LOG_FORMATS)}")
-    return value
+parse_log_format = one_of("log format", LOG_FORMATS)
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+
+
+# The gRPC port's HTTP/2 implementations (slimserve.serving.http2).
+GRPC_HTTP2_BACKENDS = ("auto", "nghttp2", "h2")
+parse_grpc_http2 = one_of("gRPC HTTP/2 backend", GRPC_HTTP2_BACKENDS)
 
 
 def parse_device(text: str) -> str:
@@ -337,6 +334,7 @@ class ServerEnv(PodEnv):
     access_log: bool | None = None
     device: str | None = None
     cuda_graphs: bool | None = None
+    grpc_http2: str | None = None
     allow_outside_budget: bool | None = None  # serve an artifact that missed its accuracy budget
     kv_cache_bytes: int | None = None  # decoders: KV cache budget in bytes
     max_sequences: int | None = None
@@ -394,6 +392,7 @@ class ServerEnv(PodEnv):
         "access_log": Variable(f"{PREFIX}ACCESS_LOG", parse_bool, format_bool),
         "device": DEVICE,
         "cuda_graphs": Variable(f"{PREFIX}CUDA_GRAPHS", parse_bool, format_bool),
+        "grpc_http2": Variable(f"{PREFIX}GRPC_HTTP2", parse_grpc_http2),
         "allow_outside_budget": Variable(f"{PREFIX}ALLOW_OUTSIDE_BUDGET", parse_bool, format_bool),
         "kv_cache_bytes": Variable(f"{PREFIX}KV_CACHE_BYTES", int),
         "max_sequences": Variable(f"{PREFIX}MAX_SEQUENCES", int),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_device, parse_port
+from slimserve.api.workload import PREFIX, EnvError, ServerEnv, parse_device, parse_grpc_http2, parse_port
 from slimserve.cli.logs import configure_logging, log_format
 from slimserve.serving.observability import add_observability_arguments, payload_log_settings, tracing_settings
 from slimserve.serving.auth_options import add_auth_arguments, auth_config
@@ -47,6 +47,8 @@ OPTIONS = (
     Option("--host", str, "address to listen on"),
     Option("--http-port", parse_port, "REST port (also /metrics)"),
     Option("--grpc-port", parse_port, "gRPC port"),
+    Option("--grpc-http2", parse_grpc_http2,
+           "the gRPC port's HTTP/2: auto (libnghttp2 where installed, else the pure-Python h2), nghttp2 or h2"),
     Option("--metrics-port", parse_port, "also serve /metrics on this port"),
     Option("--max-batch-size", int, "most rows per model call, and per request"),
     Option("--max-latency-ms", float, "longest a batch waits for requests already arriving"),
@@ -166,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
             artifact=args.artifact, artifact_digest=args.artifact_digest, model_name=args.model_name,
             model_version=args.model_version,
             host=args.host, http_port=args.http_port,
-            grpc_port=args.grpc_port, metrics_port=args.metrics_port, batching=args.batching,
+            grpc_port=args.grpc_port, grpc_http2=args.grpc_http2, metrics_port=args.metrics_port,
+            batching=args.batching,
             max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
             max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout_s,
             body_timeout_s=args.body_timeout_s, drain_timeout_s=args.drain_timeout_s,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slimserve.api.workload import DEFAULTS
+from slimserve.api.workload import DEFAULTS, GRPC_HTTP2_BACKENDS
 from slimserve.serving.auth_options import AuthConfig
 from slimserve.serving.generation.options import GenerationOptions
 from slimserve.serving.observability import PayloadLogSettings, TracingSettings
@@ -34,6 +34,7 @@ class ServerConfig:
     access_log: bool = DEFAULTS.access_log  # one JSON line per request on stdout
     device: str = DEFAULTS.device  # auto, cpu, cuda or cuda:N (slimserve.models.device)
     cuda_graphs: bool = DEFAULTS.cuda_graphs  # replay recorded CUDA graphs (on a GPU only)
+    grpc_http2: str = DEFAULTS.grpc_http2  # the gRPC port's HTTP/2 implementation (serving.http2)
     allow_outside_budget: bool = DEFAULTS.allow_outside_budget  # load an artifact marked withinBudget: false
     warmup_batch_sizes: tuple[int, ...] = (1,)
     web: WebOptions = WebOptions()  # gRPC-Web, CORS, playground page (all off)
@@ -59,6 +60,7 @@ class ServerConfig:
             "drain_timeout_s": self.drain_timeout_s >= 0,
             "shutdown_delay_s": self.shutdown_delay_s >= 0,
             "torch_threads": self.torch_threads >= 0,
+            "grpc_http2": self.grpc_http2 in GRPC_HTTP2_BACKENDS,
         }
         for name, ok in checks.items():
             if not ok:

@@ -1,11 +1,11 @@
-"""The gRPC port: gRPC over HTTP/2 on the server's asyncio loop, the HTTP/2 protocol kept by `h2`.
+"""The gRPC port: gRPC over HTTP/2 on the server's asyncio loop, the HTTP/2 protocol kept by `serving.http2`.
 
 Why not `grpc.aio`: its core runs calls on a poller thread of its own and hands every completion of a call
 (call received, message received, metadata sent, response sent) to the event loop's thread, each a GIL
 hand-off and two context switches: a call cost several times what the same data plane costs over REST, and
 no more than another Python gRPC server's (docs/performance.md has the measurements). Here a call never
-leaves the loop's thread: `h2` parses and writes the frames (HPACK, flow control, settings, stream states), and this
-module adds what gRPC puts on top of HTTP/2: the path names the method, a message is a 5-byte
+leaves the loop's thread: an HTTP/2 session (`serving.http2`: libnghttp2 where installed, else `h2`) parses and
+writes the frames (HPACK, flow control, settings, stream states), and this module adds what gRPC puts on top of HTTP/2: the path names the method, a message is a 5-byte
 length-prefixed frame, the status travels in trailers.
 
 What it serves: the unary and server-streaming methods of the `grpc.RpcMethodHandler`s it is given (the same
@@ -36,12 +36,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 from hyperframe.frame import GoAwayFrame
 
 from slimserve.serving.grpc_calls import (
@@ -56,6 +50,8 @@ from slimserve.serving.grpc_calls import (
     status_trailers,
     text_metadata,
 )
+from slimserve.serving.http2 import BACKENDS, SessionSettings, default_backend, nghttp2_lib, open_session
+from slimserve.serving.http2 import session as http2
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +61,8 @@ MAX_CONCURRENT_STREAMS = 1000
 # Large enough that a request of a few MB arrives without waiting for window updates.
 _INITIAL_WINDOW = 4 * 1024 * 1024
 _MAX_HEADER_LIST_BYTES = 16 * 1024
-# A peer's headers are validated before anything reads them; ours are not (the server writes only headers it
-# made, and outbound validation is a fifth of the cost of sending a call's reply).
-_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                       validate_outbound_headers=False, normalize_outbound_headers=False)
+_SESSION_SETTINGS = SessionSettings(max_concurrent_streams=MAX_CONCURRENT_STREAMS, initial_window=_INITIAL_WINDOW,
+                                    max_header_list_bytes=_MAX_HEADER_LIST_BYTES, connection_window=_INITIAL_WINDOW)
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 
 
@@ -79,7 +73,13 @@ class GrpcServer:
     `grpc.aio.server()` (as grpcio-health-checking's is) is added the same way."""
 
     def __init__(self, max_message_bytes: int, header_timeout_s: float, body_timeout_s: float,
-                 ssl_context: ssl.SSLContext | None = None, protocol: str = "grpc") -> None:
+                 ssl_context: ssl.SSLContext | None = None, protocol: str = "grpc", http2: str = "auto") -> None:
+        """`http2`: the HTTP/2 backend (`serving.http2.BACKENDS`); "auto" takes libnghttp2 where it loads."""
+        self.http2 = default_backend() if http2 == "auto" else http2
+        if self.http2 == "nghttp2" and nghttp2_lib.load() is None:
+            raise ValueError("grpc_http2: nghttp2 asked for, but libnghttp2 is not installed (Debian: libnghttp2-14)")
+        if self.http2 not in BACKENDS:
+            raise ValueError(f"grpc_http2: {http2!r} is not one of {', '.join(BACKENDS)}")
         self.max_message_bytes = max_message_bytes
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
@@ -164,7 +164,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: GrpcServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
-        self.h2 = h2.connection.H2Connection(_H2_CONFIG)
+        self.session: http2.ServerSession | None = None
         self.streams: dict[int, _Stream] = {}
         self.idle = asyncio.Event()
         self.idle.set()
@@ -185,13 +185,7 @@ class _Connection(asyncio.Protocol):
         if isinstance(address, tuple):
             family = "ipv6" if ":" in address[0] else "ipv4"
             self.peer = f"{family}:{address[0]}:{address[1]}"
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _INITIAL_WINDOW,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: _MAX_HEADER_LIST_BYTES,
-        })
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(_INITIAL_WINDOW)
+        self.session = open_session(_SESSION_SETTINGS, self.server.http2)
         self._flush()
         if self.server.header_timeout_s > 0:
             self._preface_timer = self.loop.call_later(self.server.header_timeout_s, self._preface_overdue)
@@ -200,8 +194,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as error:
+            events = self.session.receive(data)
+        except http2.ProtocolFailure as error:
             log.debug("gRPC connection from %s closed: %s", self.peer, error)
             self._flush()
             self.close()
@@ -210,18 +204,19 @@ class _Connection(asyncio.Protocol):
             self._preface_timer.cancel()
             self._preface_timer = None
         for event in events:
-            kind = type(event)
-            if kind is h2.events.DataReceived:
-                self._data(event)
-            elif kind is h2.events.RequestReceived:
-                self._request(event.stream_id, event.headers, event.stream_ended)
-            elif kind is h2.events.StreamEnded:
-                self._request_complete(event.stream_id)
-            elif kind is h2.events.StreamReset:
-                self._reset_by_client(event.stream_id)
-            elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
+            kind = event[0]
+            if kind == http2.DATA:
+                self._data(event[1], event[2])
+            elif kind == http2.REQUEST:
+                self._request(event[1], event[2], event[3])
+            elif kind == http2.ENDED:
+                self._request_complete(event[1])
+            elif kind == http2.RESET:
+                self._reset_by_client(event[1])
+            elif kind == http2.WINDOW:
                 self._open_windows()
-            elif kind is h2.events.ConnectionTerminated:
+            elif kind == http2.TERMINATED:
+                self._flush()
                 self.close()
                 return
         self._flush()
@@ -237,7 +232,7 @@ class _Connection(asyncio.Protocol):
 
     def _request(self, stream_id: int, raw_headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self._last_stream_id is not None and stream_id > self._last_stream_id:
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.session.reset_stream(stream_id, http2.REFUSED_STREAM)
             return
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
         fields = dict(headers)
@@ -268,15 +263,13 @@ class _Connection(asyncio.Protocol):
         elif self.server.body_timeout_s > 0:
             stream.timer = self.loop.call_later(self.server.body_timeout_s, self._body_overdue, stream)
 
-    def _data(self, event: h2.events.DataReceived) -> None:
-        # Flow-control credit goes back at once: what a connection buffers is bounded below, not by the window.
-        if event.flow_controlled_length:
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        stream = self.streams.get(event.stream_id)
+    def _data(self, stream_id: int, data: bytes) -> None:
+        # The session credits the peer at once: what a connection buffers is bounded here, not by the window.
+        stream = self.streams.get(stream_id)
         if stream is None or stream.task is not None:
             return  # a refused call's upload, or data after the request ended
-        stream.body += event.data
-        self.arriving_bytes += len(event.data)
+        stream.body += data
+        self.arriving_bytes += len(data)
         if len(stream.body) > self.server.max_message_bytes + _PREFIX.size:
             self._refuse(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"request message larger than the {self.server.max_message_bytes}-byte limit")
@@ -386,7 +379,7 @@ class _Connection(asyncio.Protocol):
             return
         stream.headers_sent = True
         metadata = header_bytes(text_metadata(context.initial_metadata))
-        self.h2.send_headers(stream.id, [*_RESPONSE_HEADERS, *metadata])
+        self.session.send_headers(stream.id, [*_RESPONSE_HEADERS, *metadata])
 
     async def _send_message(self, stream: _Stream, payload: bytes) -> None:
         """One message on the stream, sent as the flow-control windows allow (at once, usually);
@@ -395,13 +388,14 @@ class _Connection(asyncio.Protocol):
         while view:
             if self.streams.get(stream.id) is not stream or self._closed:
                 raise _StreamGone()
-            size = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size, len(view))
+            size = min(self.session.outbound_room(stream.id), len(view))
             if size <= 0:
-                stream.window_open = asyncio.Event()
-                self._flush()
-                await stream.window_open.wait()
+                self._flush()  # what the session holds leaves as the windows allow; then wait for more room
+                if self.session.outbound_room(stream.id) <= 0:
+                    stream.window_open = asyncio.Event()
+                    await stream.window_open.wait()
                 continue
-            self.h2.send_data(stream.id, view[:size].tobytes() if size < len(view) else view.tobytes())
+            self.session.send_data(stream.id, view[:size].tobytes() if size < len(view) else view.tobytes())
             view = view[size:]
         self._flush_soon()
 
@@ -411,20 +405,17 @@ class _Connection(asyncio.Protocol):
             return  # reset by the client meanwhile
         try:
             if stream.headers_sent:
-                self.h2.send_headers(stream.id, trailers, end_stream=True)
+                self.session.send_headers(stream.id, trailers, end_stream=True)
             else:  # trailers-only: the status in the response's only HEADERS frame
-                self.h2.send_headers(stream.id, [*_RESPONSE_HEADERS, *trailers], end_stream=True)
-        except h2.exceptions.StreamClosedError:
+                self.session.send_headers(stream.id, [*_RESPONSE_HEADERS, *trailers], end_stream=True)
+        except http2.StreamClosed:
             pass
         self._close_stream(stream)
         self._flush_soon()
 
     def _cancelled(self, stream: _Stream) -> None:
         if self.streams.get(stream.id) is stream and not self._closed:
-            try:
-                self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
-            except h2.exceptions.StreamClosedError:
-                pass
+            self.session.reset_stream(stream.id, http2.CANCEL)
             self._close_stream(stream)
             self._flush_soon()
 
@@ -441,11 +432,12 @@ class _Connection(asyncio.Protocol):
         if code == grpc.StatusCode.UNIMPLEMENTED:  # also what a refused grpc-encoding needs: the one we take
             headers.append((b"grpc-accept-encoding", b"identity"))
         try:
-            self.h2.send_headers(stream_id, headers, end_stream=True)
-            if end_upload:  # the client is still sending a request that will not be read
-                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-        except h2.exceptions.StreamClosedError:
+            self.session.send_headers(stream_id, headers, end_stream=True)
+        except http2.StreamClosed:
             pass
+        else:
+            if end_upload:  # the client is still sending a request that will not be read
+                self.session.reset_stream(stream_id, http2.NO_ERROR)
         self._flush_soon()
 
     def _close_stream(self, stream: _Stream) -> None:
@@ -476,7 +468,14 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self.h2.data_to_send()
+        if self.session is None:
+            return
+        try:
+            data = self.session.data_to_send()
+        except http2.ProtocolFailure as error:  # what the session could not write: the connection is lost
+            log.debug("gRPC connection from %s closed: %s", self.peer, error)
+            self.close()
+            return
         if data and not self._closed and self.transport is not None:
             self.transport.write(data)
 
@@ -485,7 +484,7 @@ class _Connection(asyncio.Protocol):
         h2's close_connection would also end the calls still in flight."""
         if self._last_stream_id is not None or self._closed or self.transport is None:
             return
-        self._last_stream_id = self.h2.highest_inbound_stream_id
+        self._last_stream_id = self.session.last_stream_id
         self._flush()
         self.transport.write(GoAwayFrame(stream_id=0, last_stream_id=self._last_stream_id, error_code=0).serialize())
         if not self.streams:

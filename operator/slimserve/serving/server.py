@@ -14,7 +14,7 @@ Life cycle:
 Worst-case time from SIGTERM to exit: shutdown_delay_s + drain_timeout_s + ~1 s, so set the pod's
 terminationGracePeriodSeconds above that.
 
-Why this stack (uvicorn + the lean ASGI app of `rest.py` + gRPC over `h2`, one process, one loop) and not
+Why this stack (uvicorn + the lean ASGI app of `rest.py` + gRPC over HTTP/2 on the same loop, one process) and not
 KServe's Python model server: `benchmarks/serving.py` runs both side by side on the same model, threads
 and client, and ours serves more with less latency, mostly from batching (docs/performance.md has the
 figures). One process keeps one batch queue for both protocols.
@@ -41,6 +41,7 @@ from slimserve.serving.generation import add_generation_routes
 from slimserve.serving.generation.decoder import decoder_loader, serves_decoder
 from slimserve.serving.generation.service import Generation
 from slimserve.serving.grpc_server import GrpcServer
+from slimserve.serving.http2 import describe as http2_description
 from slimserve.serving.grpc_service import SERVICE_NAME, add_inference_service
 from slimserve.serving.health import ServerHealth
 from slimserve.serving.http_timeouts import TimedHttpToolsProtocol
@@ -124,7 +125,7 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     http = _http_server(config, wrap_http_app(rest_app, dataplane, config.web, config.max_body_bytes, auth),
                         tls.listening_context if tls else None)
     grpc_server = GrpcServer(config.max_body_bytes, config.header_timeout_s, config.body_timeout_s,
-                             tls.grpc_listening_context if tls else None)
+                             tls.grpc_listening_context if tls else None, http2=config.grpc_http2)
     http_socket = _listen(config.host, config.http_port)
     grpc_socket = _listen(config.host, config.grpc_port)
     add_inference_service(grpc_server, dataplane, auth)
@@ -137,7 +138,8 @@ async def serve(config: ServerConfig, model: ServedModel | None = None) -> int:
     http_tasks = [loop.create_task(server.serve(sockets=[sock]), name="slimserve-http") for server, sock in http_servers]
     tls_watch = loop.create_task(tls.watch(), name="slimserve-tls-reload") if tls else None
     metrics_server = _start_metrics_port(config, dataplane)
-    log.info("listening: REST on %s:%d, gRPC on %s:%d", config.host, config.http_port, config.host, config.grpc_port)
+    log.info("listening: REST on %s:%d, gRPC on %s:%d (HTTP/2 by %s)", config.host, config.http_port, config.host,
+             config.grpc_port, http2_description(grpc_server.http2))
 
     def prepare() -> None:  # on the model thread
         if generation is not None:
