@@ -288,6 +288,8 @@ def test_quickstart_runs_in_containers_from_the_operators_pod_specs(control_plan
     grpc_labels = infer_labels(grpcclient, f"{HOST}:{served.ports['grpc']}", served.model, rows)
     np.testing.assert_array_equal(rest_labels, grpc_labels)
     assert (rest_labels == digits).mean() >= 0.9  # the digits CNN holds ~0.97 within the job's 0.01 budget
+    started = podman("logs", served.container, check=False)
+    assert "(HTTP/2 by libnghttp2 " in started.stdout + started.stderr  # the image carries the C HTTP/2 library
     stops_cleanly(served)
 
 

@@ -134,6 +134,12 @@ def test_multi_stage_with_a_slim_final_stage(image):
         assert not re.search(r"(?<!-)\bpip\b", run) or run.startswith("--mount=type=tmpfs,target=/opt/pip "), run
 
 
+def apt_packages(install: str) -> set[str]:
+    """The packages an `apt-get install` names (the Python headers' conditional word left out)."""
+    words = re.search(r"apt-get install -y --no-install-recommends (.*?) &&", install).group(1).split()
+    return {word for word in words if not word.startswith("${")}
+
+
 def test_torch_images_carry_a_cxx_compiler(image):
     """inductor builds its CPU kernels with g++ when a model first runs (the compressor measures compiled
     candidates, the server compiles what it serves): the torch images install it, without recommends and
@@ -142,9 +148,18 @@ def test_torch_images_carry_a_cxx_compiler(image):
     if image not in TORCH_IMAGES:
         assert installs == []
         return
-    (install,) = installs
-    assert re.search(r"apt-get install -y --no-install-recommends g\+\+ ", install), install
-    assert install.endswith("rm -rf /var/lib/apt/lists/*"), install
+    for install in installs:
+        assert re.search(r"apt-get install -y --no-install-recommends \S", install), install
+        assert install.endswith("rm -rf /var/lib/apt/lists/*"), install
+    assert ["g++" in apt_packages(install) for install in installs].count(True) == 1, installs
+
+
+def test_only_the_server_image_carries_libnghttp2(image):
+    """The gRPC port's HTTP/2 runs in libnghttp2 (serving/http2): the server image installs the library and
+    nothing else beside the compiler; the other images have no use for it."""
+    packages = set().union(*(apt_packages(run) for run in final_stage(image).all("RUN") if "apt-get install" in run))
+    expected = {"operator": set(), "compressor": {"g++"}, "server": {"g++", "libnghttp2-14"}}
+    assert packages == expected[image]
 
 
 def lock_parts() -> dict[str, str]:
