@@ -52,8 +52,14 @@ def render(run: dict, out: Path) -> Path:
 def _header(run: dict) -> str:
     machine = run.get("machine", {})
     load = ", ".join(f"{x:g}" for x in machine.get("load_average", [])) or "?"
+    cpu = ""
+    if "cpu_model" in machine:  # which int8 GEMM the compression rows ran on
+        has = machine.get("cpu_int8_flags", [])
+        lacks = [flag for flag in measured.INT8_CPU_FLAGS if flag not in has]
+        cpu = f" ({machine['cpu_model']}; {', '.join(has) or 'none of ' + ', '.join(lacks)}" + \
+              (f"; no {', '.join(lacks)}" if has and lacks else "") + ")"
     return (f"# SlimServe benchmarks, {run.get('started', '?')}{' (QUICK)' if run.get('quick') else ''}\n\n"
-            f"Commit {run.get('commit', '?')}, {machine.get('cpus', '?')} CPUs, load average {load} when it started. "
+            f"Commit {run.get('commit', '?')}, {machine.get('cpus', '?')} CPUs{cpu}, load average {load} when it started. "
             f"A row is client-bound when its load generator took {machine.get('client_bound_share', measured.CLIENT_BOUND_SHARE):.0%} "
             "of the machine's CPU or as much CPU as the server: there the client set the pace.")
 

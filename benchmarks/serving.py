@@ -14,6 +14,8 @@ concurrency (1, 8, 32) it measures throughput, p50 and p99 of:
   log's sent, dropped and failed events are printed beside them).
 - when asked (`--servers ...,slimserve-tls`), SlimServe over TLS (certificates from tests/serving/tls_certs.py;
   h2load and ghz do not verify them, tritonclient does), against plain SlimServe.
+- when asked (`--servers ...,slimserve-h2`), SlimServe whose gRPC port runs HTTP/2 on the pure-Python h2
+  (`--grpc-http2 h2`, the fallback where libnghttp2 is missing), against plain SlimServe (libnghttp2 where installed).
 Same weights, same torch threads, same clients for every server, each a separate process: the native load
 generators (benchmarks/loadgen: h2load over HTTP/1.1 with the binary tensor extension, ghz over gRPC; built or
 installed by benchmarks/tools.sh) give the figures, and tritonclient (the same request bytes) an extra
@@ -64,6 +66,7 @@ SENTENCE = "the quick brown fox jumps over the lazy dog while the server batches
 AUTH_APIKEYS, AUTH_KUBERNETES = "slimserve-auth-apikeys", "slimserve-auth-kubernetes"
 AUTHORIZATION_ENV = "BENCH_AUTHORIZATION"  # the load generator's Authorization header, when set
 TLS = "slimserve-tls"
+PURE_PYTHON_HTTP2 = "slimserve-h2"
 TLS_ENV = "BENCH_TLS_CA"  # set: the Python load generator speaks TLS to a server this CA file signed
 
 
@@ -403,6 +406,8 @@ def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_pyth
                    "--torch-threads", str(threads), "--log-level", "WARNING"]
         if kind == "slimserve-nobatch":
             command.append("--no-batching")
+        if kind == PURE_PYTHON_HTTP2:
+            command += ["--grpc-http2", "h2"]
         command += auth_flags
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -555,6 +560,10 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
         rps, rate = get("slimserve", "minilm-l6", protocol, 32), bare.get("minilm-l6", {}).get(32)
         if rps and rate:
             lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.95)")
+    for model in MODELS:
+        rps, plain = get(PURE_PYTHON_HTTP2, model, "grpc", 32), get("slimserve", model, "grpc", 32)
+        if rps and plain:
+            lines.append(f"gRPC's HTTP/2 on libnghttp2 / on h2, {model}, c32 = {plain / rps:.2f}x")
     for kind, label in ((AUTH_APIKEYS, "auth apiKeys"), (AUTH_KUBERNETES, "auth kubernetes (cached)"), (TLS, "TLS on"),
                         (PAYLOAD_LOG, "payload logging on (sample rate 1)"), (TRACING, "tracing on")):
         for model in MODELS:

@@ -86,10 +86,33 @@ def process_cpu_s(pid: int) -> float:
     return total
 
 
+# CPU features that decide which int8 GEMM runs (quant/kernels.py): without them torch._int_mm takes a slow path.
+INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+
+
 def machine() -> dict:
-    """What a run's figures depend on besides the code: CPUs, the load average when it ended, the threshold."""
-    return {"cpus": cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-            "client_bound_share": CLIENT_BOUND_SHARE}
+    """What a run's figures depend on besides the code: CPUs (model, int8 features), the load average when it
+    ended, the threshold."""
+    model, flags = cpu_description()
+    return {"cpus": cpu_count(), "cpu_model": model, "cpu_int8_flags": [f for f in INT8_CPU_FLAGS if f in flags],
+            "load_average": [round(x, 2) for x in os.getloadavg()], "client_bound_share": CLIENT_BOUND_SHARE}
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The first CPU's model name and feature flags (Linux); ("?", empty) where /proc/cpuinfo is not there."""
+    model, flags = "?", set()
+    try:
+        with open(cpuinfo) as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "?":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return model, flags
 
 
 def describe(row: dict) -> str:

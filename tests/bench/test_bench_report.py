@@ -85,3 +85,17 @@ def test_every_linked_plot_is_a_png_it_wrote(recorded_report):
     for name in linked:
         data = (folder / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name
+
+
+def test_the_header_names_the_cpu_and_its_int8_features(run, tmp_path):
+    from loadgen import measured
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+                       "\nprocessor\t: 1\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    model, flags = measured.cpu_description(str(cpuinfo))
+    assert model == "Example CPU 9000" and {"avx2", "avx512_vnni"} <= flags
+    assert measured.cpu_description(str(tmp_path / "missing")) == ("?", set())
+    run["machine"].update(cpu_model=model, cpu_int8_flags=[f for f in measured.INT8_CPU_FLAGS if f in flags])
+    text, _ = rendered(run, tmp_path / "report")
+    assert "2 CPUs (Example CPU 9000; avx2, avx512f, avx512_vnni; no avx_vnni, amx_tile)" in text
