@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -253,3 +256,87 @@ def test_inference_fusions_compute_the_same_outputs():
     assert nn.functional.cosine_similarity(bounded_scale.flatten(1), exact_scale.flatten(1)).min() > 0.999
     float_reference = nn.functional.linear(nn.functional.gelu(pre_activation), output.weight_int8.float() * output.weight_scale[:, None], output.bias)
     assert nn.functional.cosine_similarity(bounded_scale.flatten(1), float_reference.flatten(1)).min() > 0.999
+
+
+def test_int8_products_are_exact_on_this_cpu_and_on_the_float_path():
+    """int8_matmul (whichever path this CPU takes) and the float path of CPUs without an int8 dot product give
+    the exact integers, compared with an int64 product: oneDNN's AVX2 kernels, which saturate pair sums of
+    full-range operands in int16, are the reason those CPUs take the float path."""
+    from slimserve.quant.kernels import int8_matmul, int8_matmul_in_float
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(-127, 128, (33, 384), dtype=torch.int8, generator=generator)
+    weight = torch.randint(-127, 128, (96, 384), dtype=torch.int8, generator=generator)
+    extreme = torch.full((2, 384), 127, dtype=torch.int8)  # the largest sums a row can make
+    x, weight = torch.cat([x, extreme, -extreme]), torch.cat([weight, extreme[:1]])
+    exact = (x.long() @ weight.long().t()).int()
+    for product in (int8_matmul_in_float(x, weight), int8_matmul(x, weight)):
+        assert product.dtype == torch.int32
+        assert torch.equal(product, exact)
+
+
+def test_int8_static_activations_leave_room_for_int16_pair_sums():
+    """oneDNN's int8 kernels on x86 CPUs without VNNI add u8 x s8 products in pairs in int16 with saturation:
+    activations at the top of their grid against the largest weights must come out of the compiled model as
+    they do eagerly (a full 8-bit grid gives 2 * 255 * 127, beyond int16)."""
+    from slimserve.compression.quantize.calibration import ActivationRange
+    from slimserve.quant.int8_static import ACTIVATION_QUANT_MAX, Int8StaticConv2d, Int8StaticLinear
+
+    calibrated = ActivationRange()
+    calibrated.observe(torch.tensor([0.0, 1.0]))
+    assert calibrated.uint8_params() == (pytest.approx(1 / ACTIVATION_QUANT_MAX), 0)
+    conv, linear = nn.Conv2d(4, 8, 3), nn.Linear(8 * 6 * 6, 5)
+    with torch.no_grad():
+        for layer in (conv, linear):
+            layer.weight.fill_(1.0)  # every weight at +127 after per-channel quantizing
+            layer.bias.zero_()
+    model = nn.Sequential(
+        Int8StaticConv2d.from_float(conv, calibrated.uint8_params()),
+        nn.Flatten(),
+        Int8StaticLinear.from_float(linear, (conv.weight.numel() // 8 / ACTIVATION_QUANT_MAX, 0)),
+    ).eval()
+    x = torch.ones(2, 4, 8, 8)  # the top of the input grid everywhere
+    with torch.inference_mode():
+        expected = model(x)
+        torch.testing.assert_close(expected, torch.full_like(expected, 36.0 * 8 * 6 * 6))
+        forward = optimize_for_inference(model, (x,))
+        assert forward.single_graph
+        for batch in (1, 2):
+            torch.testing.assert_close(forward(x[:batch]), expected[:batch], rtol=1e-3, atol=0.0)
+
+
+def test_int8_static_activations_leave_room_for_int16_pair_sums_on_avx2_kernels():
+    """The same check with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA), the kernels that saturate, whatever
+    CPU runs the suite."""
+    check = f"{__file__}::test_int8_static_activations_leave_room_for_int16_pair_sums"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", check],
+        env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
+
+
+def test_int8_static_recipes_carry_the_activation_grid_and_older_ones_keep_the_full_one(digits, trained_state):
+    from slimserve.quant.int8_static import ACTIVATION_QUANT_MAX, LEGACY_QUANT_MAX, Int8StaticLinear
+
+    x_train, _, x_test, _ = digits
+    quantized = quantize(fresh_net(trained_state), "int8-static", x_train)
+    tensors, recipe = quantization_state(quantized)
+    assert {entry["input_quant_max"] for entry in recipe["modules"].values()} == {ACTIVATION_QUANT_MAX}
+    with torch.inference_mode():
+        assert torch.equal(restore_quantization(TinyDigitsNet().eval(), recipe, tensors)(x_test), quantized(x_test))
+
+    older = json.loads(json.dumps(recipe))
+    for entry in older["modules"].values():
+        del entry["input_quant_max"]
+    restored = restore_quantization(TinyDigitsNet().eval(), older, tensors)
+    assert {module.input_quant_max for module in restored.modules() if hasattr(module, "input_quant_max")} == {LEGACY_QUANT_MAX}
+
+    older["modules"]["hidden"]["input_quant_max"] = 200
+    with pytest.raises(ValueError, match=r"hidden.*input_quant_max: expected 127 or 255, got 200"):
+        restore_quantization(TinyDigitsNet().eval(), older, tensors)
+    assert Int8StaticLinear.empty({"in_features": 2, "out_features": 3, "bias": True}).input_quant_max == LEGACY_QUANT_MAX

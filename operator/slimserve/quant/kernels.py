@@ -49,20 +49,38 @@ def _prefers_unsigned_activations() -> bool:
     return _cpu_is_vnni_supported() and not _cpu_is_amx_tile_supported()
 
 
+def _has_int8_gemm() -> bool:
+    """Whether this CPU has an int8 dot product for `torch._int_mm` (VNNI or AMX). Without one (an AVX2-only
+    x86, for example) oneDNN's int8 GEMM either takes a path many times slower than the float GEMM of the same
+    shape or adds u8 x s8 products in pairs in int16 with saturation, wrong for full-range operands
+    (docs/performance.md), so int8 products are computed in float32 there instead: exact while a row's sum
+    stays within float32's 24-bit integers, and off by a unit or two in the last place beyond."""
+    return _cpu_is_vnni_supported() or _cpu_is_amx_tile_supported()
+
+
 # Read once at import: a plain bool is a constant to torch.compile, where a call to the detection would
 # break the graph at every linear layer.
 UNSIGNED_ACTIVATIONS = _prefers_unsigned_activations()
+INT8_GEMM_ON_CPU = _has_int8_gemm()
 
 
 def int8_matmul(x_int8: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
     """`x_int8 [M, K] @ weight_int8[N, K].T` accumulated exactly in int32.
 
     `torch._int_mm` runs oneDNN's int8 GEMM on x86, and inductor keeps it as an extern kernel, fusing its
-    neighbours around it. On VNNI-without-AMX CPUs the activations are shifted to uint8 (+128, fused into
-    the quantizing kernel) and the shift removed afterwards: 128 * each weight row's sum, a constant that
-    freezing folds.
+    neighbours around it; on a CPU without VNNI or AMX the float32 GEMM does the work instead
+    (`int8_matmul_in_float`). On VNNI-without-AMX CPUs the activations are shifted to uint8 (+128, fused
+    into the quantizing kernel) and the shift removed afterwards: 128 * each weight row's sum, a constant
+    that freezing folds.
     """
+    if x_int8.device.type == "cpu" and not INT8_GEMM_ON_CPU:
+        return int8_matmul_in_float(x_int8, weight_int8)
     if x_int8.device.type != "cpu" or not UNSIGNED_ACTIVATIONS:
         return torch._int_mm(x_int8, weight_int8.t())
     x_uint8 = (x_int8.to(torch.int32) + 128).to(torch.uint8)
     return torch._int_mm(x_uint8, weight_int8.t()) - 128 * weight_int8.sum(dim=1, dtype=torch.int32)
+
+
+def int8_matmul_in_float(x_int8: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
+    """`int8_matmul` through the float32 GEMM, for CPUs without an int8 dot product (`INT8_GEMM_ON_CPU`)."""
+    return torch.mm(x_int8.float(), weight_int8.float().t()).to(torch.int32)
