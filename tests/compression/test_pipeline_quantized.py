@@ -56,8 +56,8 @@ def test_unknown_keep_float_module_is_refused(mlp_context):
 
 @pytest.mark.slow
 def test_pruned_int8_static_cnn_is_ten_times_smaller(tmp_path, make_spec, sink):
-    # 10 fine-tuning epochs: after 5 the pruned CNN sat 0.0084 under its baseline, and int8-static's 7-bit
-    # activations cost one more test sample (1/360), which the 0.01 budget could not take.
+    # 10 fine-tuning epochs, for a margin: after 5 the pruned CNN sits 0.0084 under its baseline, one test
+    # sample (1/360) from the 0.01 budget, and a sample more or less moves with the CPU's float kernels.
     steps = [{"prune": {"amount": 0.5, "finetuneEpochs": 10}}, {"quantize": {"method": "int8-static"}}]
     outcome = compress(make_spec(tmp_path / "out", steps=steps), [sink])
     assert outcome.metrics.size_ratio >= 10.0

@@ -275,26 +275,27 @@ def test_int8_products_are_exact_on_this_cpu_and_on_the_float_path():
         assert torch.equal(product, exact)
 
 
-def test_int8_static_activations_leave_room_for_int16_pair_sums():
+def test_int8_static_weights_leave_room_for_int16_pair_sums():
     """oneDNN's int8 kernels on x86 CPUs without VNNI add u8 x s8 products in pairs in int16 with saturation:
     activations at the top of their grid against the largest weights must come out of the compiled model as
-    they do eagerly (a full 8-bit grid gives 2 * 255 * 127, beyond int16)."""
+    they do eagerly (full 8-bit weights give 2 * 255 * 127, beyond int16)."""
     from slimserve.compression.quantize.calibration import ActivationRange
-    from slimserve.quant.int8_static import ACTIVATION_QUANT_MAX, Int8StaticConv2d, Int8StaticLinear
+    from slimserve.quant.int8_static import UINT8_MAX, WEIGHT_QUANT_MAX, Int8StaticConv2d, Int8StaticLinear
 
     calibrated = ActivationRange()
     calibrated.observe(torch.tensor([0.0, 1.0]))
-    assert calibrated.uint8_params() == (pytest.approx(1 / ACTIVATION_QUANT_MAX), 0)
+    assert calibrated.uint8_params() == (pytest.approx(1 / UINT8_MAX), 0)
     conv, linear = nn.Conv2d(4, 8, 3), nn.Linear(8 * 6 * 6, 5)
     with torch.no_grad():
         for layer in (conv, linear):
-            layer.weight.fill_(1.0)  # every weight at +127 after per-channel quantizing
+            layer.weight.fill_(1.0)  # every weight at the top of the int8 grid after per-channel quantizing
             layer.bias.zero_()
     model = nn.Sequential(
         Int8StaticConv2d.from_float(conv, calibrated.uint8_params()),
         nn.Flatten(),
-        Int8StaticLinear.from_float(linear, (conv.weight.numel() // 8 / ACTIVATION_QUANT_MAX, 0)),
+        Int8StaticLinear.from_float(linear, (conv.weight.numel() // 8 / UINT8_MAX, 0)),
     ).eval()
+    assert {int(layer.weight_int8.max()) for layer in (model[0], model[2])} == {WEIGHT_QUANT_MAX}
     x = torch.ones(2, 4, 8, 8)  # the top of the input grid everywhere
     with torch.inference_mode():
         expected = model(x)
@@ -305,10 +306,10 @@ def test_int8_static_activations_leave_room_for_int16_pair_sums():
             torch.testing.assert_close(forward(x[:batch]), expected[:batch], rtol=1e-3, atol=0.0)
 
 
-def test_int8_static_activations_leave_room_for_int16_pair_sums_on_avx2_kernels():
+def test_int8_static_weights_leave_room_for_int16_pair_sums_on_avx2_kernels():
     """The same check with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA), the kernels that saturate, whatever
     CPU runs the suite."""
-    check = f"{__file__}::test_int8_static_activations_leave_room_for_int16_pair_sums"
+    check = f"{__file__}::test_int8_static_weights_leave_room_for_int16_pair_sums"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", check],
         env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
@@ -318,25 +319,3 @@ def test_int8_static_activations_leave_room_for_int16_pair_sums_on_avx2_kernels(
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout
-
-
-def test_int8_static_recipes_carry_the_activation_grid_and_older_ones_keep_the_full_one(digits, trained_state):
-    from slimserve.quant.int8_static import ACTIVATION_QUANT_MAX, LEGACY_QUANT_MAX, Int8StaticLinear
-
-    x_train, _, x_test, _ = digits
-    quantized = quantize(fresh_net(trained_state), "int8-static", x_train)
-    tensors, recipe = quantization_state(quantized)
-    assert {entry["input_quant_max"] for entry in recipe["modules"].values()} == {ACTIVATION_QUANT_MAX}
-    with torch.inference_mode():
-        assert torch.equal(restore_quantization(TinyDigitsNet().eval(), recipe, tensors)(x_test), quantized(x_test))
-
-    older = json.loads(json.dumps(recipe))
-    for entry in older["modules"].values():
-        del entry["input_quant_max"]
-    restored = restore_quantization(TinyDigitsNet().eval(), older, tensors)
-    assert {module.input_quant_max for module in restored.modules() if hasattr(module, "input_quant_max")} == {LEGACY_QUANT_MAX}
-
-    older["modules"]["hidden"]["input_quant_max"] = 200
-    with pytest.raises(ValueError, match=r"hidden.*input_quant_max: expected 127 or 255, got 200"):
-        restore_quantization(TinyDigitsNet().eval(), older, tensors)
-    assert Int8StaticLinear.empty({"in_features": 2, "out_features": 3, "bias": True}).input_quant_max == LEGACY_QUANT_MAX

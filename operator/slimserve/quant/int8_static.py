@@ -1,12 +1,13 @@
 """int8-static: Conv2d and Linear with int8 weights and activations whose range is calibrated ahead of time.
 
-Activations are uint8 with one (scale, zero point) per tensor, from the min/max seen on calibration
-batches; weights are symmetric int8 per output channel (the x86 oneDNN convention: u8 activations, s8
-weights, which VNNI multiplies natively). The activations use 7 of their 8 bits (`ACTIVATION_QUANT_MAX`):
-on x86 CPUs without VNNI, oneDNN adds u8 x s8 products in pairs in int16 with saturation, so a full 8-bit
-grid can overflow there and the compiled model would disagree with the eager one (torch.ao's `reduce_range`
-for x86). The grid is the same on every CPU so that an artifact computes the same numbers wherever it is
-served; recipes written before it existed carry no `input_quant_max` and keep the full grid.
+Activations are uint8 with one (scale, zero point) per tensor, from the min/max seen on calibration batches;
+weights are symmetric int8 per output channel (the x86 oneDNN convention: u8 activations, s8 weights, which
+VNNI multiplies natively). The weights use 7 bits (`WEIGHT_QUANT_MAX`): on x86 CPUs without VNNI, oneDNN adds
+u8 x s8 products in pairs in int16 with saturation, and 2 x 255 x 63 fits where 2 x 255 x 127 does not, so the
+compiled model agrees with the eager one there too (oneDNN's guide, "Nuances of int8 computations", describes
+the overflow; a 7-bit activation grid instead cost the pruned digits CNN more accuracy). The weights are the
+same on every CPU, so an artifact computes the same numbers wherever it is served; nothing in the recipe
+changes, and artifacts written with full 8-bit weights still load (and can saturate on such CPUs).
 
 The forward is written in PT2E's reference representation (`quantized_decomposed` quantize/dequantize
 ops around a float conv / linear). Eager, it computes exactly what the integer kernel would, up to float
@@ -24,16 +25,13 @@ import torch.nn.functional as F
 import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
 from torch import nn
 
-from typing import Any
-
 from slimserve.quant.base import QuantizedModule, ReplacesLinear
 from slimserve.quant.conv_geometry import ConvGeometry, ReplacesConv2d
 from slimserve.quant.kernels import symmetric_int8_per_row
 
 _ops = torch.ops.quantized_decomposed
-UINT8_MIN = 0
-ACTIVATION_QUANT_MAX = 127  # 2 * 127 * 127 fits an int16 pair sum; 2 * 255 * 127 does not
-LEGACY_QUANT_MAX = 255
+UINT8_MIN, UINT8_MAX = 0, 255
+WEIGHT_QUANT_MAX = 63  # 2 * 255 * 63 fits an int16 pair sum; 2 * 255 * 127 does not
 
 
 class _Int8Static(QuantizedModule):
@@ -46,11 +44,10 @@ class _Int8Static(QuantizedModule):
         # Symmetric weights: zero points are all 0 and need not be stored.
         self.register_buffer("weight_zero_point", torch.zeros(weight_shape[0], dtype=torch.int64), persistent=False)
         self._input_qparams = (1.0, 0)
-        self.input_quant_max = ACTIVATION_QUANT_MAX
         self.register_load_state_dict_post_hook(lambda module, _incompatible: module._refresh_qparams())
 
     def _fill(self, module: nn.Module, input_qparams: tuple[float, int]) -> None:
-        self.weight_int8, self.weight_scale = symmetric_int8_per_row(module.weight)
+        self.weight_int8, self.weight_scale = symmetric_int8_per_row(module.weight, WEIGHT_QUANT_MAX)
         if module.bias is not None:
             self.bias = module.bias.detach().float().clone()
         scale, zero_point = input_qparams
@@ -63,9 +60,8 @@ class _Int8Static(QuantizedModule):
 
     def _dequantized_input(self, x: torch.Tensor) -> torch.Tensor:
         scale, zero_point = self._input_qparams
-        quant_max = self.input_quant_max
-        x_uint8 = _ops.quantize_per_tensor.default(x, scale, zero_point, UINT8_MIN, quant_max, torch.uint8)
-        return _ops.dequantize_per_tensor.default(x_uint8, scale, zero_point, UINT8_MIN, quant_max, torch.uint8)
+        x_uint8 = _ops.quantize_per_tensor.default(x, scale, zero_point, UINT8_MIN, UINT8_MAX, torch.uint8)
+        return _ops.dequantize_per_tensor.default(x_uint8, scale, zero_point, UINT8_MIN, UINT8_MAX, torch.uint8)
 
     def _dequantized_weight(self) -> torch.Tensor:
         return _ops.dequantize_per_channel.default(
@@ -73,25 +69,7 @@ class _Int8Static(QuantizedModule):
         )
 
 
-class _InputGridSpec:
-    """The activation grid's recipe field, around the shape's; listed first so these methods wrap the shape's."""
-
-    input_quant_max: int
-
-    def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "input_quant_max": self.input_quant_max}
-
-    @classmethod
-    def empty(cls, spec: dict[str, Any], where: str = "module"):
-        quant_max = spec.get("input_quant_max", LEGACY_QUANT_MAX)
-        if isinstance(quant_max, bool) or quant_max not in (ACTIVATION_QUANT_MAX, LEGACY_QUANT_MAX):
-            raise ValueError(f"{where}.input_quant_max: expected {ACTIVATION_QUANT_MAX} or {LEGACY_QUANT_MAX}, got {quant_max!r}")
-        module = super().empty(spec, where)
-        module.input_quant_max = quant_max
-        return module
-
-
-class Int8StaticLinear(_InputGridSpec, ReplacesLinear, _Int8Static):
+class Int8StaticLinear(ReplacesLinear, _Int8Static):
     kind = "int8-static-linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
@@ -110,7 +88,7 @@ class Int8StaticLinear(_InputGridSpec, ReplacesLinear, _Int8Static):
         return F.linear(self._dequantized_input(x.float()), self._dequantized_weight(), self.bias)
 
 
-class Int8StaticConv2d(_InputGridSpec, ReplacesConv2d, _Int8Static):
+class Int8StaticConv2d(ReplacesConv2d, _Int8Static):
     kind = "int8-static-conv2d"
 
     def __init__(self, geometry: ConvGeometry):

@@ -15,8 +15,8 @@ MIN_SCALE = 1e-8
 ROW_BLOCK = 4096  # rows quantized at a time by symmetric_int8_per_row
 
 
-def symmetric_int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize each row of `weight` (output channel / embedding row) to int8 in [-127, 127].
+def symmetric_int8_per_row(weight: torch.Tensor, quant_max: int = INT8_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize each row of `weight` (output channel / embedding row) to int8 in [-quant_max, quant_max].
 
     Returns `(int8 values shaped like weight, float32 scale per row)`: `weight ~= values * scale[:, None...]`.
     """
@@ -27,8 +27,8 @@ def symmetric_int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     for start in range(0, flat.shape[0], ROW_BLOCK):
         rows = slice(start, start + ROW_BLOCK)
         block = flat[rows].float()
-        scale[rows] = (block.abs().amax(dim=1) / INT8_MAX).clamp(min=MIN_SCALE)
-        values[rows] = torch.round(block / scale[rows, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        scale[rows] = (block.abs().amax(dim=1) / quant_max).clamp(min=MIN_SCALE)
+        values[rows] = torch.round(block / scale[rows, None]).clamp(-quant_max, quant_max).to(torch.int8)
     return values.reshape(weight.shape), scale
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimserve.quant.int8_static import ACTIVATION_QUANT_MAX, UINT8_MIN
+from slimserve.quant.int8_static import UINT8_MAX, UINT8_MIN
 from slimserve.quant.kernels import MIN_SCALE
 
 
@@ -21,13 +21,12 @@ class ActivationRange:
         self.high = max(self.high, float(x.detach().max()))
 
     def uint8_params(self) -> tuple[float, int]:
-        """(scale, zero point) of an asymmetric grid on 0..ACTIVATION_QUANT_MAX (7 bits of a uint8) covering the
-        range and representing 0 exactly."""
+        """(scale, zero point) of an asymmetric uint8 grid covering the range and exactly representing 0."""
         if self.low > self.high:
             raise ValueError("calibration never reached this layer")
         low, high = min(self.low, 0.0), max(self.high, 0.0)
-        scale = max((high - low) / (ACTIVATION_QUANT_MAX - UINT8_MIN), MIN_SCALE)
-        zero_point = int(min(max(round(UINT8_MIN - low / scale), UINT8_MIN), ACTIVATION_QUANT_MAX))
+        scale = max((high - low) / (UINT8_MAX - UINT8_MIN), MIN_SCALE)
+        zero_point = int(min(max(round(UINT8_MIN - low / scale), UINT8_MIN), UINT8_MAX))
         return scale, zero_point
 
 
