@@ -50,7 +50,7 @@ from slimserve.serving.grpc_calls import (
     status_trailers,
     text_metadata,
 )
-from slimserve.serving.http2 import BACKENDS, SessionSettings, default_backend, nghttp2_lib, open_session
+from slimserve.serving.http2 import SessionSettings, open_session, resolve_backend
 from slimserve.serving.http2 import session as http2
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,7 @@ class GrpcServer:
     def __init__(self, max_message_bytes: int, header_timeout_s: float, body_timeout_s: float,
                  ssl_context: ssl.SSLContext | None = None, protocol: str = "grpc", http2: str = "auto") -> None:
         """`http2`: the HTTP/2 backend (`serving.http2.BACKENDS`); "auto" takes libnghttp2 where it loads."""
-        self.http2 = default_backend() if http2 == "auto" else http2
-        if self.http2 == "nghttp2" and nghttp2_lib.load() is None:
-            raise ValueError("grpc_http2: nghttp2 asked for, but libnghttp2 is not installed (Debian: libnghttp2-14)")
-        if self.http2 not in BACKENDS:
-            raise ValueError(f"grpc_http2: {http2!r} is not one of {', '.join(BACKENDS)}")
+        self.http2 = resolve_backend(http2)
         self.max_message_bytes = max_message_bytes
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s

@@ -7,8 +7,9 @@ Two implementations of one interface (`session.ServerSession`):
   it): framing, HPACK, flow control and the RFC's checks of a peer's frames and headers run in C.
 - `h2_session`: the python-hyper `h2` library, pure Python; the fallback where libnghttp2 is missing.
 
-`open_session(settings, backend)` makes one; `BACKENDS` lists the choices (the server's `--grpc-http2`),
-`default_backend()` says which "auto" picks here and `describe(backend)` names it for a log line.
+`resolve_backend(name)` turns a choice of `BACKENDS` (the server's `--grpc-http2`; "auto" included) into the
+backend this machine runs, once per server; `open_session(settings, backend)` makes a session of it per
+connection, and `describe(backend)` names it for a log line.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ from slimserve.serving.http2.nghttp2_session import NgHttp2Session
 from slimserve.serving.http2.session import ServerSession, SessionSettings
 
 
-def default_backend() -> str:
-    """What "auto" picks: libnghttp2 where it loads, else h2."""
-    return "nghttp2" if nghttp2_lib.load() is not None else "h2"
+def resolve_backend(name: str) -> str:
+    """The backend `name` means here: "auto" is libnghttp2 where it loads, else h2. A name outside `BACKENDS`,
+    or nghttp2 where the library is missing, is a ValueError."""
+    if name not in BACKENDS:
+        raise ValueError(f"grpc_http2: {name!r} is not one of {', '.join(BACKENDS)}")
+    installed = nghttp2_lib.load() is not None
+    if name == "auto":
+        return "nghttp2" if installed else "h2"
+    if name == "nghttp2" and not installed:
+        raise ValueError("grpc_http2: nghttp2 asked for, but libnghttp2 is not installed (Debian: libnghttp2-14)")
+    return name
 
 
 def describe(backend: str) -> str:
@@ -34,14 +43,11 @@ def describe(backend: str) -> str:
     return "h2 (pure Python)"
 
 
-def open_session(settings: SessionSettings, backend: str = "auto") -> ServerSession:
-    """A server session with the connection preface (SETTINGS, the connection window) queued to send."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown HTTP/2 backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = default_backend()
+def open_session(settings: SessionSettings, backend: str) -> ServerSession:
+    """A session of a resolved backend ("nghttp2" or "h2", from `resolve_backend`) with the connection preface
+    (SETTINGS, the connection window) queued to send."""
     return NgHttp2Session(settings) if backend == "nghttp2" else H2Session(settings)
 
 
-__all__ = ["BACKENDS", "ServerSession", "SessionSettings", "default_backend", "describe", "nghttp2_lib",
-           "open_session"]
+__all__ = ["BACKENDS", "ServerSession", "SessionSettings", "describe", "nghttp2_lib", "open_session",
+           "resolve_backend"]

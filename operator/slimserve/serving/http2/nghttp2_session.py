@@ -29,6 +29,16 @@ _memmove = ctypes.memmove
 _FIELD_OVERHEAD = 32
 
 
+class _ArrivingHeaders:
+    """A request's header fields as nghttp2 hands them over, and their size as the SETTINGS count it."""
+
+    __slots__ = ("fields", "size")
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.size = 0
+
+
 class _Outbox:
     """A stream's response body not yet taken by nghttp2, and whether its trailers are submitted."""
 
@@ -54,8 +64,7 @@ class NgHttp2Session:
         self._lib = lib
         self._max_header_list = settings.max_header_list_bytes
         self._events: list[tuple] = []
-        self._headers: dict[int, list[tuple[bytes, bytes]]] = {}  # requests whose headers are arriving
-        self._header_bytes: dict[int, int] = {}
+        self._headers: dict[int, _ArrivingHeaders] = {}  # requests whose headers are arriving
         self._outboxes: dict[int, _Outbox] = {}
         self._resets: list[tuple[int, int]] = []  # submitted after what is queued now has been written
         self._receiving = False
@@ -119,22 +128,21 @@ class NgHttp2Session:
     def _on_begin_headers(self, _session, frame, _user) -> int:
         headers = ng.HeadersFrame.from_address(frame)
         if headers.hd.type == ng.HEADERS and headers.cat == ng.HCAT_REQUEST:
-            self._headers[headers.hd.stream_id] = []
-            self._header_bytes[headers.hd.stream_id] = 0
+            self._headers[headers.hd.stream_id] = _ArrivingHeaders()
         return 0
 
     def _on_header(self, _session, frame, name, name_length, value, value_length, _flags, _user) -> int:
         stream_id = ng.FrameHeader.from_address(frame).stream_id
-        fields = self._headers.get(stream_id)
-        if fields is None:
+        arriving = self._headers.get(stream_id)
+        if arriving is None:
             return 0  # a request's trailers: gRPC defines none, nothing reads them
-        size = self._header_bytes[stream_id] + name_length + value_length + _FIELD_OVERHEAD
+        size = arriving.size + name_length + value_length + _FIELD_OVERHEAD
         if size > self._max_header_list:
             # Over what the SETTINGS said: nghttp2 resets the stream; the port never sees the request.
-            del self._headers[stream_id], self._header_bytes[stream_id]
+            del self._headers[stream_id]
             return ng.ERR_TEMPORAL_CALLBACK_FAILURE
-        self._header_bytes[stream_id] = size
-        fields.append((name[:name_length], value[:value_length]))
+        arriving.size = size
+        arriving.fields.append((name[:name_length], value[:value_length]))
         return 0
 
     def _on_frame_recv(self, _session, frame, _user) -> int:
@@ -144,11 +152,10 @@ class NgHttp2Session:
             if hd.flags & ng.FLAG_END_STREAM:
                 self._events.append((ENDED, stream_id))
         elif kind == ng.HEADERS:
-            fields = self._headers.pop(stream_id, None)
+            arriving = self._headers.pop(stream_id, None)
             ended = bool(hd.flags & ng.FLAG_END_STREAM)
-            if fields is not None:
-                del self._header_bytes[stream_id]
-                self._events.append((REQUEST, stream_id, fields, ended))
+            if arriving is not None:
+                self._events.append((REQUEST, stream_id, arriving.fields, ended))
             elif ended:
                 self._events.append((ENDED, stream_id))
         elif kind == ng.RST_STREAM:
@@ -168,7 +175,6 @@ class NgHttp2Session:
     def _on_stream_close(self, _session, stream_id, error_code, _user) -> int:
         self._outboxes.pop(stream_id, None)
         self._headers.pop(stream_id, None)
-        self._header_bytes.pop(stream_id, None)
         if error_code and self._receiving:  # reset while reading: by the peer, or by nghttp2 for a bad frame
             self._events.append((RESET, stream_id))
         return 0
