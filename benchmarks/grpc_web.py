@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -31,8 +30,7 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
-from loadgen import ghz, h2load, measured
+from loadgen import ghz, h2load, measured, window
 
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 
@@ -125,8 +123,9 @@ class Clients:
             raise RuntimeError(f"{protocol}: HTTP {response.status} {response.getheader('grpc-message')}")
 
 
-def run_slice(clients: Clients, protocol: str, concurrency: int, seconds: float) -> list[float]:
-    latencies: list[float] = []
+def run_slice(clients: Clients, protocol: str, concurrency: int, seconds: float) -> list[tuple[float, float]]:
+    """`concurrency` threads calling for `seconds`: each answer's (time answered, latency)."""
+    answers: list[tuple[float, float]] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
@@ -135,16 +134,17 @@ def run_slice(clients: Clients, protocol: str, concurrency: int, seconds: float)
         while time.perf_counter() < stop_at:
             start = time.perf_counter()
             clients.call(protocol)
-            mine.append(time.perf_counter() - start)
+            answered = time.perf_counter()
+            mine.append((answered, answered - start))
         with lock:
-            latencies.extend(mine)
+            answers.extend(mine)
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return latencies
+    return answers
 
 
 def run_native(clients: Clients, protocol: str, concurrency: int, seconds: float) -> dict:
@@ -159,13 +159,14 @@ def run_native(clients: Clients, protocol: str, concurrency: int, seconds: float
 
 
 def run_python(clients: Clients, protocol: str, concurrency: int, seconds: float) -> dict:
-    """The Python clients of `protocol` in this process, sliced and interleaved like the native runs."""
+    """The Python clients of `protocol` in this process, sliced and interleaved like the native runs, counted
+    over the same window (loadgen.window)."""
     cpu_started, started = time.process_time(), time.perf_counter()
-    latencies = run_slice(clients, protocol, concurrency, seconds)
+    answers = run_slice(clients, protocol, concurrency, seconds)
     cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
-    ms = np.asarray(latencies) * 1000
-    return {"requests": len(ms), "errors": 0, "seconds": wall_s, "rps": len(ms) / wall_s,
-            "p50_ms": float(statistics.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "client": "python",
+    ends, latencies = zip(*answers)
+    return {"requests": len(answers), "errors": 0, "seconds": wall_s,
+            **window.steady(window.Answered.of(ends, latencies), concurrency), "client": "python",
             "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(cpu_s / (wall_s * measured.cpu_count()), 3)}
 
 

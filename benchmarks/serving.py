@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from loadgen import measured  # benchmarks/loadgen: the native load generators (imported where they run)
+from loadgen import measured, window  # benchmarks/loadgen: the native load generators (imported where they run)
 
 HOST = "127.0.0.1"
 KSERVE_VERSION = "0.21.0"
@@ -86,15 +86,15 @@ def loadgen(protocol: str, url: str, model: str, concurrency: int, duration_s: f
     warmup_s = min(0.5, duration_s / 3)
     started, cpu_started = time.perf_counter(), time.process_time()  # the client's CPU, imports left out
     if protocol == "rest":
-        latencies, errors, elapsed = _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers)
+        answers, errors, elapsed = _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers)
     else:
-        latencies, errors, elapsed = _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers)
+        answers, errors, elapsed = _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers)
     cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
-    result = {"requests": len(latencies), "errors": errors, "seconds": elapsed, "client": "python",
+    result = {"requests": len(answers), "errors": errors, "seconds": elapsed, "client": "python",
               "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(cpu_s / (wall_s * measured.cpu_count()), 3)}
-    if latencies:
-        ms = np.array(latencies) * 1000
-        result.update(rps=len(latencies) / elapsed, p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)))
+    if answers:  # (answered at, latency) pairs, counted over the same window as the native clients' logs
+        ends, seconds = zip(*answers)
+        result.update(window.steady(window.Answered.of(ends, seconds), concurrency))
     return result
 
 
@@ -108,11 +108,11 @@ def _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup
     tensor = httpclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=True)
     outputs = [httpclient.InferRequestedOutput(output, binary_data=True)]
-    latencies: list[float] = []
+    answers: list[tuple[float, float]] = []
     errors = [0]
 
     def worker(until: float, record: bool) -> None:
-        while time.perf_counter() < until and len(latencies) < max_requests:
+        while time.perf_counter() < until and len(answers) < max_requests:
             start = time.perf_counter()
             try:
                 client.infer(model, [tensor], outputs=outputs, headers=headers).as_numpy(output)
@@ -120,14 +120,15 @@ def _loadgen_http(url, model, name, datatype, array, output, concurrency, warmup
                 errors[0] += 1
                 continue
             if record:
-                latencies.append(time.perf_counter() - start)
+                answered = time.perf_counter()
+                answers.append((answered, answered - start))
 
     for record, seconds in ((False, warmup_s), (True, duration_s)):
         start = time.perf_counter()
         gevent.joinall([gevent.spawn(worker, start + seconds, record) for _ in range(concurrency)])
     elapsed = time.perf_counter() - start
     client.close()
-    return latencies, errors[0], elapsed
+    return answers, errors[0], elapsed
 
 
 def _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers):
@@ -142,12 +143,12 @@ def _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup
         tensor = grpcclient.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         outputs = [grpcclient.InferRequestedOutput(output)]
-        latencies: list[float] = []
+        answers: list[tuple[float, float]] = []
         errors = 0
 
         async def worker(until: float, record: bool) -> None:
             nonlocal errors
-            while time.perf_counter() < until and len(latencies) < max_requests:
+            while time.perf_counter() < until and len(answers) < max_requests:
                 start = time.perf_counter()
                 try:
                     (await client.infer(model, [tensor], outputs=outputs, headers=headers)).as_numpy(output)
@@ -155,14 +156,15 @@ def _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup
                     errors += 1
                     continue
                 if record:
-                    latencies.append(time.perf_counter() - start)
+                    answered = time.perf_counter()
+                    answers.append((answered, answered - start))
 
         for record, seconds in ((False, warmup_s), (True, duration_s)):
             start = time.perf_counter()
             await asyncio.gather(*(worker(start + seconds, record) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
         await client.close()
-        return latencies, errors, elapsed
+        return answers, errors, elapsed
 
     return asyncio.run(run())
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
 from slimserve.serving.proto import open_inference_v2_pb2 as pb
 
-from . import measured
+from . import measured, window
 
 TOOLS_SCRIPT = Path(__file__).resolve().parents[1] / "tools.sh"
 PACKAGE, SERVICE = "inference", "GRPCInferenceService"
@@ -70,17 +72,36 @@ def command(target: str, protoset_path: Path, request: Path, concurrency: int, d
     return [*args, target]
 
 
-def parse(stdout: str) -> dict:
-    """The result dict of one run from ghz's JSON summary (durations in nanoseconds)."""
+def parse(stdout: str, concurrency: int) -> dict:
+    """The result dict of one run from ghz's JSON report: counts from its summary, the rate and latency
+    percentiles from its per-call details (loadgen.window), counted as every client's are."""
     summary = json.loads(stdout)
     statuses = summary.get("statusCodeDistribution") or {}
     ok = int(statuses.get("OK", 0))
-    seconds = summary["total"] / 1e9
-    result = {"requests": ok, "errors": int(summary["count"]) - ok, "seconds": seconds}
+    result = {"requests": ok, "errors": int(summary["count"]) - ok, "seconds": summary["total"] / 1e9}
+    details = [d for d in summary.get("details") or [] if d.get("status") == "OK" and not d.get("error")]
+    if len(details) != ok:
+        raise ValueError(f"ghz reported {ok} OK calls but details of {len(details)}")
     if ok:
-        percentiles = {p["percentage"]: p["latency"] / 1e6 for p in summary.get("latencyDistribution") or []}
-        result.update(rps=ok / seconds, p50_ms=percentiles[50], p99_ms=percentiles[99])
+        # A detail's timestamp is when the call ended (ghz's stats handler); its latency in nanoseconds.
+        ends_ns = [_unix_ns(d["timestamp"]) for d in details]
+        origin = min(ends_ns)
+        answered = window.Answered.of([(end - origin) / 1e9 for end in ends_ns], [d["latency"] / 1e9 for d in details])
+        result.update(window.steady(answered, concurrency))
     return result
+
+
+RFC3339_NANO = re.compile(r"(?P<seconds>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d{1,9}))?(?P<zone>Z|[+-]\d\d:\d\d)")
+
+
+def _unix_ns(timestamp: str) -> int:
+    """Nanoseconds since the epoch of a Go time in JSON (RFC 3339, up to nanoseconds), exactly."""
+    match = RFC3339_NANO.fullmatch(timestamp)
+    if not match:
+        raise ValueError(f"not an RFC 3339 time: {timestamp!r}")
+    zone = "+00:00" if match["zone"] == "Z" else match["zone"]
+    seconds = int(datetime.fromisoformat(match["seconds"] + zone).timestamp())
+    return seconds * 10**9 + int((match["fraction"] or "").ljust(9, "0"))
 
 
 def run(target: str, request: bytes, concurrency: int, duration_s: float, warmup_s: float,
@@ -97,4 +118,4 @@ def run(target: str, request: bytes, concurrency: int, duration_s: float, warmup
                                 timeout_s=duration_s + 60)
         if finished.returncode != 0 or not finished.stdout.strip():
             return {"requests": 0, "errors": -1, "failure": (finished.stderr or finished.stdout)[-500:]}
-        return {**parse(finished.stdout), **measured.client_fields("ghz", finished)}
+        return {**parse(finished.stdout, concurrency), **measured.client_fields("ghz", finished)}

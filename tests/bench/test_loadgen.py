@@ -1,6 +1,7 @@
 """The command lines the benchmarks build for ghz, h2load and perf_analyzer, run for about a second each against
-a real server: their outputs parse into counts the server's own counters agree with, and refused requests are
-counted as errors (or refused), not as throughput."""
+a real server: their outputs parse into counts the server's own counters agree with, refused requests are
+counted as errors (or refused), not as throughput, and every client's rate is counted over the same steady
+window of its answers (loadgen.window)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import struct
 
 import numpy as np
 import pytest
-from loadgen import bodies, ghz, h2load, perf_analyzer
+from loadgen import bodies, ghz, h2load, perf_analyzer, window
 
 from tests.serving.serving_helpers import ServerProcess, metric_samples
 
@@ -22,11 +23,16 @@ def served(server, key: str) -> float:
     return metric_samples(server.http_url).get(key, 0.0)
 
 
-def assert_measured(result: dict, client: str) -> None:
+def assert_measured(result: dict, client: str, concurrency: int) -> None:
     assert result["errors"] == 0, result
     assert result["requests"] > 0 and result["rps"] > 0, result
     assert 0 < result["p50_ms"] <= result["p99_ms"], result
     assert result["client"] == client and 0 <= result["client_cpu_share"] <= 1, result
+    # A second of the digits MLP is hundreds of answers: counted between the first and the last round.
+    assert result["window"] == "steady", result
+    assert result["window_requests"] % concurrency == 0, result  # whole rounds, one answer per client each
+    assert result["requests"] - 3 * concurrency < result["window_requests"] <= result["requests"] - 2 * concurrency
+    assert 0 < result["window_s"] < result["seconds"], result
 
 
 def test_h2load_rest_binary_extension(bench_server):
@@ -34,9 +40,11 @@ def test_h2load_rest_binary_extension(bench_server):
     before = served(bench_server, REST_OK)
     result = h2load.run(f"http://{bench_server.http_url}/v2/models/{MODEL}/infer", body, headers,
                         concurrency=2, duration_s=1.0, warmup_s=0.2)
-    assert_measured(result, "h2load")
-    # Warm-up requests are answered but not measured: the server counted at least what h2load reports.
-    assert served(bench_server, REST_OK) - before >= result["requests"]
+    assert_measured(result, "h2load", concurrency=2)
+    # The measured run's log holds its own requests, none of the probe's before it (h2load appends to a log).
+    assert result["requests"] == result["requested"], result
+    # The probe's requests are answered but not measured: the server counted more than h2load reports.
+    assert served(bench_server, REST_OK) - before > result["requests"]
 
 
 def test_h2load_grpc_web_frames(bench_server):
@@ -44,7 +52,7 @@ def test_h2load_grpc_web_frames(bench_server):
     framed = struct.pack(">BI", 0, message.ByteSize()) + message.SerializeToString()
     result = h2load.run(f"http://{bench_server.http_url}/inference.GRPCInferenceService/ModelInfer", framed,
                         {"content-type": "application/grpc-web+proto"}, concurrency=2, duration_s=1.0, warmup_s=0.2)
-    assert_measured(result, "h2load")
+    assert_measured(result, "h2load", concurrency=2)
 
 
 def test_h2load_counts_refused_requests_as_errors(bench_server):
@@ -58,7 +66,7 @@ def test_ghz_model_infer(bench_server):
     request = bodies.grpc_request(MODEL, *ROW).SerializeToString()
     before = served(bench_server, GRPC_OK)
     result = ghz.run(bench_server.grpc_url, request, concurrency=2, duration_s=1.0, warmup_s=0.0)
-    assert_measured(result, "ghz")
+    assert_measured(result, "ghz", concurrency=2)
     assert served(bench_server, GRPC_OK) - before >= result["requests"]
 
 
@@ -66,6 +74,57 @@ def test_ghz_counts_refused_calls_as_errors(bench_server):
     request = bodies.grpc_request("no-such-model", *ROW).SerializeToString()
     result = ghz.run(bench_server.grpc_url, request, concurrency=1, duration_s=1.0, warmup_s=0.0)
     assert result["requests"] == 0 and result["errors"] > 0 and "rps" not in result, result
+
+
+# --- the steady window ------------------------------------------------------------------------------
+def batched_run(clients: int, batches: int, batch_s: float, fill_s: float, last_batch: int) -> window.Answered:
+    """A closed-loop run against a server answering `clients` requests at a time every `batch_s`: the first
+    batch late by `fill_s` (connections opening, a cold model), the last one partial (the run draining)."""
+    ends, latencies = [], []
+    for batch in range(batches):
+        answered = fill_s + (batch + 1) * batch_s
+        for _ in range(clients if batch < batches - 1 else last_batch):
+            ends.append(answered)
+            latencies.append(batch_s + (fill_s if batch == 0 else 0.0))
+    return window.Answered.of(ends, latencies)
+
+
+def test_steady_window_counts_whole_batches_between_the_runs_edges():
+    run = batched_run(clients=32, batches=12, batch_s=0.1, fill_s=0.25, last_batch=32)
+    counted = window.steady(run, concurrency=32)
+    assert counted["window"] == "steady" and counted["window_requests"] == 10 * 32
+    assert counted["rps"] == pytest.approx(320.0)  # the server's pace: 32 answers each 0.1 s
+    assert counted["p50_ms"] == counted["p99_ms"] == pytest.approx(100.0)  # the late first batch is left out
+    # Counted whole, the same answers over the run's time understate that pace by the slow first batch.
+    whole = len(run.ends_s) / (run.ends_s[-1] - (run.ends_s - run.latencies_s).min())
+    assert whole == pytest.approx(384 / 1.45) and whole < 0.9 * counted["rps"]
+
+
+def test_steady_window_leaves_a_partial_last_batch_out():
+    counted = window.steady(batched_run(clients=32, batches=12, batch_s=0.1, fill_s=0.0, last_batch=5), 32)
+    # 357 answers: the first round and the last 32 out, and 5 more, which would end the window inside a batch.
+    assert counted["rps"] == pytest.approx(320.0) and counted["window_requests"] == 9 * 32
+
+
+def test_short_run_is_counted_whole():
+    run = batched_run(clients=8, batches=2, batch_s=0.5, fill_s=0.0, last_batch=8)
+    counted = window.steady(run, concurrency=8)
+    assert counted["window"] == "whole run" and counted["window_requests"] == 16
+    assert counted["rps"] == pytest.approx(16 / 1.0)
+    assert window.steady(window.Answered.of([], []), concurrency=8) == {}
+
+
+def test_answers_must_pair_times_with_latencies():
+    with pytest.raises(ValueError, match="one row each"):
+        window.Answered.of([0.1, 0.2], [0.1])
+
+
+def test_ghz_times_parse_to_the_nanosecond():
+    assert ghz._unix_ns("1970-01-01T00:00:01.000000007Z") == 1_000_000_007
+    assert ghz._unix_ns("1970-01-01T01:00:02.5+01:00") == 2_500_000_000
+    assert ghz._unix_ns("2026-12-02T13:20:01Z") - ghz._unix_ns("2026-12-02T13:20:00.999999999Z") == 1
+    with pytest.raises(ValueError, match="RFC 3339"):
+        ghz._unix_ns("yesterday")
 
 
 def test_grpc_request_is_the_python_clients_bytes():
