@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -134,15 +136,36 @@ def uninterrupted(tmp_path_factory):
     return load_artifact(compress(spec, [RecordingSink()]).artifact.uri)
 
 
+def _kill_as_step_begins(process: subprocess.Popen, step_index: int, timeout_s: float = 240) -> None:
+    """SIGKILL `process` the moment its progress stream reports step `step_index` begun (the steps before it
+    are checkpointed by then). Read from the stream, not polled from storage: a poll's delay is of the order of
+    a short step on a fast CPU, so the step meant to be cut off could finish and be checkpointed first."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put("")  # the stream ended
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no step {step_index} within {timeout_s}s") from None
+        assert line, f"the run ended before step {step_index}: {process.stderr.read()}"
+        event = json.loads(line)
+        if event["event"] == "progress" and event["stepIndex"] == step_index:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+
+
 def test_a_run_killed_after_its_first_step_resumes_from_the_checkpoint_to_the_same_weights(tmp_path, output, uninterrupted):
     killed = _compress_process(tmp_path, output)
-    deadline = time.monotonic() + 240
-    while not output.checkpoint_index_exists():  # the prune step (with its fine-tuning) has finished and been checkpointed
-        assert killed.poll() is None, killed.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    _kill_as_step_begins(killed, step_index=2)  # the second prune's fine-tuning had just begun
+    assert output.checkpoint_index_exists()  # the first prune (with its fine-tuning) was checkpointed
     assert not output.artifact_exists(), "the run was killed before its artifact was written"
 
     resumed = _compress_process(tmp_path, output)
