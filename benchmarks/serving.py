@@ -4,7 +4,9 @@ For each model (the tiny digits MLP, the digits CNN, MiniLM-L6), each protocol (
 concurrency (1, 8, 32) it measures throughput, p50 and p99 of:
 - SlimServe with dynamic batching, and with `--no-batching`;
 - KServe's model server (PyPI `kserve`, one worker) wrapping the same `load_servable` model;
-- the bare model forward in process at the same batch size (rows/s), for the server/bare ratio;
+- the bare model forward in process at the same batch size (rows/s), for the server/bare ratio, and beside it
+  SlimServe's own count of its model calls over each run (/metrics): rows per call, and rows per second of model
+  time, which tell a model that ran slower in the server from one that waited between calls;
 - when asked (`--servers ...,slimserve-auth-apikeys,slimserve-auth-kubernetes`), SlimServe with API keys, and
   with Kubernetes tokens against the test control plane (tests/cluster; every request but the first answered
   from the server's cache), against plain SlimServe.
@@ -425,16 +427,52 @@ def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_pyth
 
 def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace, client: str = "native") -> dict:
     """One measured run of a client ("native": h2load or ghz; "python": tritonclient) against `server`, with
-    the server's CPU seconds over it, whether the client was the limit (loadgen.measured), and the share of
-    the machine its payload log sink took, where it has one (the sink shares the cores too)."""
+    the server's CPU seconds over it, whether the client was the limit (loadgen.measured), the pace of a
+    SlimServe server's model calls over it (`model_pace`), and the share of the machine its payload log sink
+    took, where it has one (the sink shares the cores too)."""
     sink = SINK_PIDS.get(server.label)
     server_cpu_s = measured.process_cpu_s(server.process.pid)
+    calls_before = model_calls(server)
     sink_cpu_s, start = (measured.process_cpu_s(sink) if sink else 0.0), time.perf_counter()
     row = (run_native_loadgen if client == "native" else run_python_loadgen)(server, protocol, concurrency, args)
+    if calls_before is not None:
+        row.update(model_pace(calls_before, model_calls(server)))
     if sink:
         row["sink_cpu_share"] = round((measured.process_cpu_s(sink) - sink_cpu_s)
                                       / ((time.perf_counter() - start) * measured.cpu_count()), 3)
     return measured.mark_client_bound(row, measured.process_cpu_s(server.process.pid) - server_cpu_s)
+
+
+# The model calls a SlimServe server counts on /metrics (serving/metrics.py): how long they took, how many, their rows.
+MODEL_CALL_SAMPLES = ("slimserve_model_forward_seconds_sum", "slimserve_batch_size_count", "slimserve_batch_size_sum")
+
+
+def model_calls(server: Server) -> dict[str, float] | None:
+    """A SlimServe server's model calls so far, from its /metrics (MODEL_CALL_SAMPLES, summed over labels);
+    None for KServe, which counts none of them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if server.label == "kserve":
+        return None
+    context = ssl.create_default_context(cafile=server.tls_ca) if server.tls_ca else None
+    with urllib.request.urlopen(f"{server.scheme}://{HOST}:{server.http_port}/metrics", timeout=10,
+                                context=context) as answer:
+        text = answer.read(16 * 2**20).decode()
+    totals = dict.fromkeys(MODEL_CALL_SAMPLES, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals
+
+
+def model_pace(before: dict[str, float], after: dict[str, float]) -> dict:
+    """How the server's model ran between two `model_calls`: rows per call, and rows per second of model time
+    (`model_rows_per_s`, the server's own counterpart of the bare forward at that batch size)."""
+    seconds, calls, rows = (after[name] - before[name] for name in MODEL_CALL_SAMPLES)
+    if calls <= 0 or seconds <= 0:
+        return {}
+    return {"rows_per_call": round(rows / calls, 2), "model_rows_per_s": round(rows / seconds, 1)}
 
 
 def run_native_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace) -> dict:
@@ -561,7 +599,11 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
     for protocol in ("rest", "grpc"):
         rps, rate = get("slimserve", "minilm-l6", protocol, 32), bare.get("minilm-l6", {}).get(32)
         if rps and rate:
-            lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.95)")
+            pace, rows = get("slimserve", "minilm-l6", protocol, 32, "model_rows_per_s"), \
+                get("slimserve", "minilm-l6", protocol, 32, "rows_per_call")
+            lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.95)"
+                         + (f"; in the server the model ran {rows:.1f} rows a call at {pace / rate:.2f} of the bare "
+                            f"forward's pace" if pace and rows else ""))
     for model in MODELS:
         rps, plain = get(PURE_PYTHON_HTTP2, model, "grpc", 32), get("slimserve", model, "grpc", 32)
         if rps and plain:

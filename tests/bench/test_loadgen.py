@@ -47,6 +47,23 @@ def test_h2load_rest_binary_extension(bench_server):
     assert served(bench_server, REST_OK) - before > result["requests"]
 
 
+def test_a_runs_model_calls_are_read_from_the_servers_metrics(bench_server):
+    import serving
+
+    server = serving.Server("slimserve", bench_server.process, bench_server.http_port, bench_server.grpc_port, MODEL,
+                            bench_server.log_path)
+    body, headers = bodies.rest_binary(*ROW)
+    before = serving.model_calls(server)
+    result = h2load.run(f"http://{bench_server.http_url}/v2/models/{MODEL}/infer", body, headers,
+                        concurrency=4, duration_s=0.5, warmup_s=0.2)
+    after = serving.model_calls(server)
+    calls, rows = (after[name] - before[name] for name in ("slimserve_batch_size_count", "slimserve_batch_size_sum"))
+    assert rows > result["requests"] and 1 <= calls <= rows  # one row a request, the probe's included
+    pace = serving.model_pace(before, after)
+    assert pace["rows_per_call"] == pytest.approx(rows / calls, abs=0.01) and pace["model_rows_per_s"] > 0
+    assert serving.model_pace(after, after) == {}  # no call in between: no pace to tell
+
+
 def test_h2load_grpc_web_frames(bench_server):
     message = bodies.grpc_request(MODEL, *ROW)
     framed = struct.pack(">BI", 0, message.ByteSize()) + message.SerializeToString()
