@@ -185,6 +185,39 @@ def test_after_a_crowd_a_slow_model_waits_for_the_crowd_to_come_back(executor):
     assert slow.calls == [4, 4]  # the returning crowd ran together, not as 1 + 3
 
 
+def test_the_wait_for_a_returning_crowd_starts_after_its_answers_are_sent(executor):
+    """Six clients answered in one batch, two in the next: the loop's own work on the six answers (encoding and
+    writing them, 2 ms each) outlasts the 5-ms window, so charged to it the six would miss the two's batch, and
+    the crowd would stay split in two round after round."""
+    slow = RecordingModel()
+
+    def predict(inputs):
+        compute(0.02)
+        return slow(inputs)
+
+    async def client(batcher, first_delay_s: float, rounds: int) -> None:
+        x = np.ones((1, 2), np.float32)
+        await asyncio.sleep(first_delay_s)
+        for _ in range(rounds):
+            await batcher.submit({"x": x}, 1)
+            time.sleep(0.002)  # the loop writes this answer
+            await asyncio.sleep(0.001)  # the client's turnaround: its next request arrives from the network
+
+    async def scenario():
+        metrics = ServerMetrics()
+        caller = ModelCaller(predict, executor, metrics)
+        caller.calibrate({"x": np.ones((1, 2), np.float32)})  # known slow: runs on the model thread
+        slow.calls.clear()
+        batcher = Batcher(caller, metrics, max_batch_size=8, max_latency_s=0.005)
+        crowd = [client(batcher, 0.0, 3) for _ in range(6)]
+        late = [client(batcher, 0.005, 3) for _ in range(2)]  # queued behind the six's call
+        await asyncio.gather(*crowd, *late)
+
+    run(scenario())
+    assert slow.calls[:2] == [6, 8], slow.calls  # the six came back into the two's batch
+    assert sum(slow.calls) == 24
+
+
 def test_a_lone_client_after_a_crowd_waits_at_most_the_latency_window(executor):
     slow = RecordingModel()
 

@@ -8,7 +8,8 @@ Policy (per model, one batch in the model at a time):
 - a request that finds the model idle runs at once, unless - for a model slow enough to run on its
   thread - fewer requests are queued than were in the server when the last batch finished (those clients
   are about to send their next request). Then the batch waits for them, at most `max_latency_s` from the
-  moment the model is free. So a lone client pays no batching delay, and a crowd keeps getting full
+  moment the model is free and the last batch's answers are sent (the loop's own work on them is not the
+  clients' delay). So a lone client pays no batching delay, and a crowd keeps getting full
   batches instead of splitting into two half-size groups that take turns;
 - requests whose non-batch dimensions differ are not merged (they cannot be concatenated);
 - if a merged batch fails, its requests are re-run one by one, so only the faulty one gets the error.
@@ -232,6 +233,13 @@ class Batcher:
         return not self._call.runs_inline and requests < self._recent_requests
 
     async def _wait_for_latecomers(self, batch: list[_Pending], rows: int) -> tuple[list[_Pending], int]:
+        # One loop turn first: the requests the last batch answered send their answers (their tasks were woken
+        # before this one), so the window is the clients' time to come back, not this loop's own work on the
+        # answers. Charged to the window, that work made a crowd's late half miss it round after round.
+        if self._expects_more(len(batch)):
+            await asyncio.sleep(0)
+            batch = self._take(batch, rows)
+            rows = sum(p.rows for p in batch)
         # From now, when the model is free: time queued behind a busy model is not a batching delay.
         deadline = time.perf_counter() + self.max_latency_s
         while rows < self.max_batch_size and self._expects_more(len(batch)) and not self._stopping:
