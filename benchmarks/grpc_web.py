@@ -166,8 +166,8 @@ def run_python(clients: Clients, protocol: str, concurrency: int, seconds: float
     cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
     ends, latencies = zip(*answers)
     return {"requests": len(answers), "errors": 0, "seconds": wall_s,
-            **window.steady(window.Answered.of(ends, latencies), concurrency), "client": "python",
-            "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(cpu_s / (wall_s * measured.cpu_count()), 3)}
+            **window.steady(window.Answered.of(ends, latencies), concurrency),
+            **measured.client_columns("python", cpu_s, wall_s)}
 
 
 def main() -> int:

@@ -92,8 +92,8 @@ def loadgen(protocol: str, url: str, model: str, concurrency: int, duration_s: f
     else:
         answers, errors, elapsed = _loadgen_grpc(url, model, name, datatype, array, output, concurrency, warmup_s, duration_s, max_requests, headers)
     cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
-    result = {"requests": len(answers), "errors": errors, "seconds": elapsed, "client": "python",
-              "client_cpu_s": round(cpu_s, 3), "client_cpu_share": round(cpu_s / (wall_s * measured.cpu_count()), 3)}
+    result = {"requests": len(answers), "errors": errors, "seconds": elapsed,
+              **measured.client_columns("python", cpu_s, wall_s)}
     if answers:  # (answered at, latency) pairs, counted over the same window as the native clients' logs
         ends, seconds = zip(*answers)
         result.update(window.steady(window.Answered.of(ends, seconds), concurrency))

@@ -229,6 +229,12 @@ class Batcher:
             rows += head.rows
         return batch
 
+    def _take_more(self, batch: list[_Pending], rows: int) -> tuple[list[_Pending], int]:
+        """`batch` with what fits of the queue added, and its rows."""
+        before = len(batch)
+        batch = self._take(batch, rows)
+        return batch, rows + sum(pending.rows for pending in batch[before:])
+
     def _expects_more(self, requests: int) -> bool:
         return not self._call.runs_inline and requests < self._recent_requests
 
@@ -238,8 +244,7 @@ class Batcher:
         # answers. Charged to the window, that work made a crowd's late half miss it round after round.
         if self._expects_more(len(batch)):
             await asyncio.sleep(0)
-            batch = self._take(batch, rows)
-            rows = sum(p.rows for p in batch)
+            batch, rows = self._take_more(batch, rows)
         # From now, when the model is free: time queued behind a busy model is not a batching delay.
         deadline = time.perf_counter() + self.max_latency_s
         while rows < self.max_batch_size and self._expects_more(len(batch)) and not self._stopping:
@@ -252,8 +257,7 @@ class Batcher:
             except TimeoutError:
                 break
             before = len(batch)
-            batch = self._take(batch, rows)
-            rows += sum(p.rows for p in batch[before:])
+            batch, rows = self._take_more(batch, rows)
             if self._queue and len(batch) == before:
                 break  # the head cannot join this batch: run what we have
         return batch, rows
