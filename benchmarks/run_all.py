@@ -36,7 +36,7 @@ from loadgen import measured  # noqa: E402
 # '.[bench]'). Each script run on its own measures more (see its --help).
 ORT = ["onnxruntime"] if importlib.util.find_spec("onnxruntime") else []
 BENCHMARKS = {
-    "serving": ("serving.py", ["--models", "digits-mlp,minilm-l6", "--rounds", "1", "--duration-s", "1"],
+    "serving": ("serving.py", ["--models", "digits-mlp,minilm-l6", "--rounds", "3", "--duration-s", "1"],
                 ["--models", "digits-mlp,minilm-l6", "--concurrency", "1,32", "--rounds", "1", "--duration-s", "0.5"]),
     "grpc_web": ("grpc_web.py", ["--concurrency", "8", "32", "--duration-s", "2", "--rounds", "1"],
                  ["--concurrency", "8", "--duration-s", "1", "--rounds", "1"]),

@@ -504,11 +504,19 @@ def run_python_loadgen(server: Server, protocol: str, concurrency: int, args: ar
 
 
 # --- bare forward ---------------------------------------------------------------------------------
+def cell_seconds(duration_s: float, concurrency: int, bare_rows_per_s: float, answers_per_client: int) -> float:
+    """Measured seconds of one cell: `duration_s`, or longer where at the bare forward's pace a batch of
+    `concurrency` rows would give each client fewer than `answers_per_client` answers: the steady window
+    (loadgen.window) leaves a run's first and last rounds out, and over a handful of batches they are most of it."""
+    return max(duration_s, answers_per_client * concurrency / bare_rows_per_s)
+
+
 class BareForward:
     """`predict` alone, in this process, at a given batch size: rows per second, measured when asked.
 
-    It is measured inside every round of every cell (the servers idle meanwhile), so it sees the same
-    machine load as the servers it is compared with; the figure used is the median over the rounds.
+    It is measured before every cell (its pace sets the cell's length, `cell_seconds`) and after each of the
+    cell's rounds (the servers idle meanwhile), so it sees the same machine load as the servers it is compared
+    with; the figure used is the median of these.
     """
 
     def __init__(self, model: str, threads: int) -> None:
@@ -629,6 +637,9 @@ def main() -> int:
     parser.add_argument("--skip-kserve", action="store_true")
     parser.add_argument("--duration-s", type=float, default=1.5, help="measured seconds per cell and round (after warm-up)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per cell; the median one is reported")
+    parser.add_argument("--answers-per-client", type=int, default=15,
+                        help="a slow model's cells run longer than --duration-s, so that at the bare forward's pace "
+                             "each client gets at least this many answers")
     parser.add_argument("--max-requests", type=int, default=20000, help="most measured requests per cell (Python client)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every server and the bare forward")
     parser.add_argument("--tracing-sample-rate", type=float, default=1.0,
@@ -678,20 +689,24 @@ def main() -> int:
         try:
             for protocol in protocols:
                 for concurrency in concurrencies:
+                    pace = forward.measure(concurrency, seconds=min(1.0, args.duration_s))
+                    seconds = cell_seconds(args.duration_s, concurrency, pace, args.answers_per_client)
+                    cell_args = argparse.Namespace(**{**vars(args), "duration_s": seconds})
                     # The first client's median round is the cell; the others' ride along under their name.
                     rounds: dict[tuple[str, str], list[dict]] = {(k, c): [] for k in servers for c in clients}
                     for round_index in range(args.rounds):
                         order = servers[round_index % len(servers):] + servers[:round_index % len(servers)]
                         for kind in order:
                             for client in clients:
-                                rounds[kind, client].append(run_loadgen(running[kind], protocol, concurrency, args, client))
+                                rounds[kind, client].append(run_loadgen(running[kind], protocol, concurrency, cell_args, client))
                         forward.measure(concurrency, seconds=min(1.0, args.duration_s))
                     for kind in servers:
                         cell = measured.median_round(rounds[kind, clients[0]])
                         cell.update({extra: measured.median_round(rounds[kind, extra]) for extra in clients[1:]})
-                        cell.update(server=kind, model=model, protocol=protocol, concurrency=concurrency)
+                        cell.update(server=kind, model=model, protocol=protocol, concurrency=concurrency,
+                                    cell_seconds=round(seconds, 2))
                         results.append(cell)
-                        print(f"{kind:18} {model:11} {protocol:5} c{concurrency:<3} "
+                        print(f"{kind:18} {model:11} {protocol:5} c{concurrency:<3} {seconds:4.1f} s "
                               f"{cell.get('rps', 0):8.0f} req/s  p50 {cell.get('p50_ms', float('nan')):7.2f} ms  "
                               f"p99 {cell.get('p99_ms', float('nan')):7.2f} ms  errors {cell.get('errors')}  "
                               + client_summary(cell, clients), flush=True)

@@ -131,6 +131,15 @@ def test_short_run_is_counted_whole():
     assert window.steady(window.Answered.of([], []), concurrency=8) == {}
 
 
+def test_a_slow_models_cells_run_until_each_client_has_had_enough_answers():
+    import serving
+
+    # A batch of 32 at 210 rows a second: 1 s would hold about six rounds, most of them the window's edges.
+    assert serving.cell_seconds(1.0, 32, 210.0, answers_per_client=15) == pytest.approx(15 * 32 / 210.0)
+    # A fast model's given duration already holds hundreds of rounds.
+    assert serving.cell_seconds(1.0, 32, 50_000.0, answers_per_client=15) == 1.0
+
+
 def test_answers_must_pair_times_with_latencies():
     with pytest.raises(ValueError, match="one row each"):
         window.Answered.of([0.1, 0.2], [0.1])
