@@ -40,7 +40,7 @@ BENCHMARKS = {
                 ["--models", "digits-mlp,minilm-l6", "--concurrency", "1,32", "--rounds", "1", "--duration-s", "0.5"]),
     "grpc_web": ("grpc_web.py", ["--concurrency", "8", "32", "--duration-s", "2", "--rounds", "1"],
                  ["--concurrency", "8", "--duration-s", "1", "--rounds", "1"]),
-    "generation": ("generation.py", ["--rounds", "3"], ["--quick", "--rounds", "1"]),
+    "generation": ("generation.py", ["--rounds", "7"], ["--quick", "--rounds", "1"]),
     "compression_digits": ("compression_digits.py", ["--rounds", "20"], ["--rounds", "5"]),
     "compression_minilm": ("compression_minilm.py", ["--rounds", "5", "--variants", "slimserve", *ORT],
                            ["--rounds", "3", "--variants", "slimserve"]),
