@@ -31,7 +31,7 @@ import report  # noqa: E402
 from loadgen import measured  # noqa: E402
 
 # benchmark -> (script, arguments of a full run, arguments of a quick one); each also gets --json PATH.
-# A full run takes 6-10 minutes on 2 cores: the models the targets name, one round per cell, the
+# A full run takes about 11 minutes on 2 cores: the models the targets name, three rounds per serving cell, the
 # torch.compile'd MiniLM against ONNX Runtime only where the bench extra is installed (pip install -e
 # '.[bench]'). Each script run on its own measures more (see its --help).
 ORT = ["onnxruntime"] if importlib.util.find_spec("onnxruntime") else []

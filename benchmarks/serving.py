@@ -58,6 +58,7 @@ import numpy as np
 from loadgen import measured, window  # benchmarks/loadgen: the native load generators (imported where they run)
 
 HOST = "127.0.0.1"
+MAX_ANSWER_BYTES = 16 * 2**20  # the most read of a server's answer to the benchmark's own GETs (/metrics, ready)
 KSERVE_VERSION = "0.21.0"
 MODELS = {
     "digits-mlp": "builtin://digits-mlp",
@@ -277,8 +278,7 @@ class ObservabilitySinks:
         server = running.get(PAYLOAD_LOG)
         if server is None:
             return
-        with urllib.request.urlopen(f"http://{HOST}:{server.http_port}/metrics", timeout=10) as answer:
-            lines = answer.read().decode().splitlines()
+        lines = server.get("/metrics", timeout_s=10)[1].decode().splitlines()
         counts = [line for line in lines if line.startswith("slimserve_payload_log_events_total")]
         print(f"payload log events of {server.model}: " + ", ".join(counts), flush=True)
 
@@ -315,18 +315,23 @@ class Server:
     def url(self, protocol: str) -> str:
         return f"{HOST}:{self.http_port if protocol == 'rest' else self.grpc_port}"
 
+    def get(self, path: str, timeout_s: float) -> tuple[int, bytes]:
+        """GET `path` from the HTTP port, as the load generators call it (its Authorization, its TLS CA): the
+        status and at most MAX_ANSWER_BYTES of the body."""
+        request = urllib.request.Request(f"{self.scheme}://{HOST}:{self.http_port}{path}",
+                                         headers={"Authorization": self.authorization} if self.authorization else {})
+        context = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as answer:
+            return answer.status, answer.read(MAX_ANSWER_BYTES)
+
     def wait_ready(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.label} exited {self.process.returncode}: {self.log.read_text()[-3000:]}")
             try:
-                ready = urllib.request.Request(f"{self.scheme}://{HOST}:{self.http_port}/v2/models/{self.model}/ready",
-                                               headers={"Authorization": self.authorization} if self.authorization else {})
-                context = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
-                with urllib.request.urlopen(ready, timeout=2, context=context) as r:
-                    if r.status == 200:
-                        return
+                if self.get(f"/v2/models/{self.model}/ready", timeout_s=2)[0] == 200:
+                    return
             except OSError:
                 pass
             time.sleep(0.3)
@@ -454,10 +459,7 @@ def model_calls(server: Server) -> dict[str, float] | None:
 
     if server.label == "kserve":
         return None
-    context = ssl.create_default_context(cafile=server.tls_ca) if server.tls_ca else None
-    with urllib.request.urlopen(f"{server.scheme}://{HOST}:{server.http_port}/metrics", timeout=10,
-                                context=context) as answer:
-        text = answer.read(16 * 2**20).decode()
+    text = server.get("/metrics", timeout_s=10)[1].decode()
     totals = dict.fromkeys(MODEL_CALL_SAMPLES, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
