@@ -58,10 +58,13 @@ def _header(run: dict) -> str:
         lacks = [flag for flag in measured.INT8_CPU_FLAGS if flag not in has]
         cpu = f" ({machine['cpu_model']}; {', '.join(has) or 'none of ' + ', '.join(lacks)}" + \
               (f"; no {', '.join(lacks)}" if has and lacks else "") + ")"
+    stolen = machine.get("steal_share")
+    steal = "" if stolen is None else (f" The hypervisor took {stolen:.0%} of the CPUs' time over the run (steal); a row "
+                                       f"says its own share from {measured.STEAL_NOTE_SHARE:.0%} on.")
     return (f"# SlimServe benchmarks, {run.get('started', '?')}{' (QUICK)' if run.get('quick') else ''}\n\n"
             f"Commit {run.get('commit', '?')}, {machine.get('cpus', '?')} CPUs{cpu}, load average {load} when it started. "
             f"A row is client-bound when its load generator took {machine.get('client_bound_share', measured.CLIENT_BOUND_SHARE):.0%} "
-            "of the machine's CPU or as much CPU as the server: there the client set the pace.")
+            "of the machine's CPU or as much CPU as the server: there the client set the pace." + steal)
 
 
 # --- serving ----------------------------------------------------------------------------------------

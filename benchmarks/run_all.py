@@ -65,6 +65,7 @@ def main() -> int:
                             text=True).stdout.strip() or "unknown"
     run = {"started": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit, "quick": args.quick,
            "machine": measured.machine(), "benchmarks": {}, "seconds": {}, "failed": {}}
+    ticks = measured.machine_ticks()
     with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as scratch:
         for name in args.only.split(","):
             script, full, quick = BENCHMARKS[name]
@@ -78,6 +79,7 @@ def main() -> int:
             else:
                 run["failed"][name] = f"exit status {done.returncode}"
     run["machine"]["load_average_after"] = measured.machine()["load_average"]
+    run["machine"]["steal_share"] = measured.steal_share(ticks, measured.machine_ticks())
     path = out_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(run, indent=2))
     page = report.render(run, path.with_suffix(""))

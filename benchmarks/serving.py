@@ -433,13 +433,16 @@ def start_server(kind: str, model: str, threads: int, log_dir: Path, kserve_pyth
 def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.Namespace, client: str = "native") -> dict:
     """One measured run of a client ("native": h2load or ghz; "python": tritonclient) against `server`, with
     the server's CPU seconds over it, whether the client was the limit (loadgen.measured), the pace of a
-    SlimServe server's model calls over it (`model_pace`), and the share of the machine its payload log sink
-    took, where it has one (the sink shares the cores too)."""
+    SlimServe server's model calls over it (`model_pace`), the share of the machine's CPU the hypervisor took
+    meanwhile (`steal_share`), and the share its payload log sink took, where it has one (the sink shares the
+    cores too)."""
     sink = SINK_PIDS.get(server.label)
     server_cpu_s = measured.process_cpu_s(server.process.pid)
     calls_before = model_calls(server)
     sink_cpu_s, start = (measured.process_cpu_s(sink) if sink else 0.0), time.perf_counter()
+    ticks = measured.machine_ticks()
     row = (run_native_loadgen if client == "native" else run_python_loadgen)(server, protocol, concurrency, args)
+    row["steal_share"] = measured.steal_share(ticks, measured.machine_ticks())
     if calls_before is not None:
         row.update(model_pace(calls_before, model_calls(server)))
     if sink:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 # A client using this share of the machine's CPU (on 2 cores: 0.8 of one) is taken as the limit of its row.
 CLIENT_BOUND_SHARE = 0.4
+# A row says how much CPU the hypervisor took from the machine while it ran (steal) from this share on: on a
+# shared virtual machine that time is lost to server and client alike, and the row is slower for it.
+STEAL_NOTE_SHARE = 0.05
 
 
 def cpu_count() -> int:
@@ -70,6 +73,27 @@ def mark_client_bound(row: dict, server_cpu_s: float | None) -> dict:
     return row
 
 
+def machine_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:
+    """(stolen, all) clock ticks of the machine's CPUs so far, from /proc/stat's `cpu` line: stolen is the time
+    the hypervisor ran something else while a CPU had work; None where that line is not there."""
+    try:
+        with open(stat) as lines:
+            fields = lines.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time stolen between two `machine_ticks` readings; None when unknown."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds so far of a running process and its descendants (a server may fork workers),
     all their threads, from /proc."""
@@ -116,10 +140,13 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
 
 
 def describe(row: dict) -> str:
-    """'ghz 24% CPU' or 'h2load 61% CPU, client-bound': a row's client, its share of the machine's CPU, the mark."""
+    """'ghz 24% CPU' or 'h2load 61% CPU, client-bound, 12% stolen': a row's client, its share of the machine's
+    CPU, the mark, and the share the hypervisor took meanwhile when it reached STEAL_NOTE_SHARE."""
     if "client" not in row:
         return "-"
-    return f"{row['client']} {row.get('client_cpu_share', 0):.0%} CPU" + (", client-bound" if row.get("client_bound") else "")
+    stolen = row.get("steal_share") or 0
+    return (f"{row['client']} {row.get('client_cpu_share', 0):.0%} CPU" + (", client-bound" if row.get("client_bound") else "")
+            + (f", {stolen:.0%} stolen" if stolen >= STEAL_NOTE_SHARE else ""))
 
 
 def median_round(rounds: list[dict]) -> dict:

@@ -99,3 +99,29 @@ def test_the_header_names_the_cpu_and_its_int8_features(run, tmp_path):
     run["machine"].update(cpu_model=model, cpu_int8_flags=[f for f in measured.INT8_CPU_FLAGS if f in flags])
     text, _ = rendered(run, tmp_path / "report")
     assert "2 CPUs (Example CPU 9000; avx2, avx512f, avx512_vnni; no avx_vnni, amx_tile)" in text
+
+
+def test_stolen_cpu_time_is_read_from_proc_stat_and_noted_on_the_rows_it_slowed(run, tmp_path):
+    from loadgen import measured
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
+    before = measured.machine_ticks(str(stat))
+    assert before == (35, 1000)
+    stat.write_text("cpu  200 0 100 1500 10 0 5 185 0 0\n")
+    assert measured.steal_share(before, measured.machine_ticks(str(stat))) == 0.15
+    assert measured.machine_ticks(str(tmp_path / "missing")) is None
+    assert measured.steal_share(None, before) is None and measured.steal_share(before, before) is None
+
+    results = run["benchmarks"]["serving"]["results"]
+    top = max(r["concurrency"] for r in results)
+    slowed, calm = [r for r in results if r["concurrency"] == top and r.get("rps")][:2]
+    slowed["steal_share"], calm["steal_share"] = 0.15, measured.STEAL_NOTE_SHARE / 2
+    run["machine"]["steal_share"] = 0.07
+    text, _ = rendered(run, tmp_path / "report")
+    assert "The hypervisor took 7% of the CPUs' time over the run (steal)" in text
+    noted = [line for line in text.splitlines() if "15% stolen" in line]
+    assert len(noted) == 1 and f"| {slowed['protocol']} | {slowed['server']} | {slowed['rps']:.0f} |" in noted[0]
+    calm_line = next(line for line in text.splitlines()
+                     if f"| {calm['protocol']} | {calm['server']} | {calm['rps']:.0f} |" in line)
+    assert "stolen" not in calm_line
