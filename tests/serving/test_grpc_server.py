@@ -408,3 +408,33 @@ def test_a_stop_whose_grace_runs_out_cancels_the_call(server):
         with pytest.raises(grpc.RpcError) as ended:
             future.result(WAIT_S)
         assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+def test_a_ping_acknowledgement_leaves_in_one_write_with_the_answer_completed_in_the_same_loop_turn(server):
+    """What a read calls for (here a PING's acknowledgement) waits for the loop's turn, so that it leaves with the
+    answers the ready tasks send: flushed at once, it went in a write of its own and, under load, took the first
+    of a batch's answers with it, a wake-up of the client for one answer."""
+    client = RawHttp2(server)
+    writes: list[bytes] = []
+
+    async def watch_writes() -> None:
+        (connection,) = server.server._connections
+        write = connection.transport.write
+        connection.transport.write = lambda data: (writes.append(bytes(data)), write(data))[1]
+
+    server.run(watch_writes())
+    client.h2.ping(b"8 bytes!")  # in the same TCP write as the call below
+    stream_id = client.start_call("Echo", message=b"hello")
+    assert client.next_event(0, h2.events.PingAckReceived).ping_data == b"8 bytes!"
+    client.next_event(stream_id, h2.events.StreamEnded)
+
+    def frame_types(data: bytes) -> list[str]:
+        types = []
+        while data:
+            frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            types.append(type(frame).__name__)
+            data = data[9 + length:]
+        return types
+
+    written = [frame_types(data) for data in writes]
+    assert written == [["PingFrame", "HeadersFrame", "DataFrame", "HeadersFrame"]], written

@@ -215,7 +215,11 @@ class _Connection(asyncio.Protocol):
                 self._flush()
                 self.close()
                 return
-        self._flush()
+        # What these frames call for (a PING or SETTINGS acknowledgement, a refusal) leaves with the responses
+        # the loop's ready tasks are about to send: flushed here, it would carry the first of a batch's
+        # answers alone, a write and a wake-up of the client of its own, and split the client's next requests
+        # into groups that take turns.
+        self._flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
