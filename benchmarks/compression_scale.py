@@ -177,8 +177,8 @@ def _spec(model: Path, method: str, output: Path, dataset: Path | None = None) -
 
 class ProgressLog:
     """Each progress event of a measured compression as a line of `path`: the wall and CPU seconds since it
-    began, so a run that does not finish still says how far it got and at what cost, and the peak, anonymous
-    and file-backed resident bytes then, so a run says where its memory went."""
+    began, so a run that does not finish still says how far it got and at what cost, and the peak, anonymous,
+    file-backed and shared-memory (tmpfs) resident bytes then, so a run says where its memory went."""
 
     def __init__(self, path: Path):
         self.path, self.wall, self.cpu = path, time.perf_counter(), time.process_time()
@@ -190,6 +190,7 @@ class ProgressLog:
                 "wallSeconds": round(time.perf_counter() - self.wall, 1), "cpuSeconds": round(time.process_time() - self.cpu, 1),
                 "step": event.step, "fraction": round(event.fraction, 3), "message": event.message,
                 "peakBytes": _status_kib("VmHWM"), "anonymousBytes": _status_kib("RssAnon"), "fileBytes": _status_kib("RssFile"),
+                "sharedMemoryBytes": _status_kib("RssShmem"),
             }) + "\n")
 
     def result(self, result) -> None:
@@ -199,10 +200,15 @@ class ProgressLog:
         pass
 
 
-def last_progress(work: Path, model: Path, method: str) -> dict | None:
+def progress_events(work: Path, model: Path, method: str) -> list[dict]:
+    """The progress events the last measurement of `model` with `method` logged, in order."""
     path = work / f"{model.name}-{method}.progress"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return json.loads(lines[-1]) if lines else None
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def last_progress(work: Path, model: Path, method: str) -> dict | None:
+    events = progress_events(work, model, method)
+    return events[-1] if events else None
 
 
 def child(models: list[Path], method: str, work: Path, warm_up: Path | None, dataset: Path | None = None) -> list[dict]:

@@ -31,6 +31,10 @@ from slimserve.compression.resident import file_mappings, map_from_scratch_file,
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "compression_scale.py"
 BOUND = 1.25  # the target is 1.5x; the margin is what a copy of a quarter of the weights would take
+# What the code holds is the same in every measurement; what else the machine does to the process's resident
+# set (pages faulted in around a read, the allocator under other processes' load) only adds: a second
+# measurement under the bound passes, a copy of the weights fails both.
+MEASUREMENTS = 2
 SHAPE = (8, 512, 8, 2048)  # layers, hidden, heads, intermediate: about 41M parameters
 
 
@@ -50,10 +54,32 @@ def test_quantizing_int8_dynamic_peaks_below_one_and_a_quarter_times_the_fp32_we
     sentences.write_text("\n".join(f"sentence number {i} about memory and models" for i in range(10)))
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
     env.pop("MALLOC_ARENA_MAX", None)
-    (result,) = scale.measure([model], "int8-dynamic", work, warm_up, dataset=sentences, timeout=600, env=env)
-    assert result["parameters"] > 40e6 and result["compressedBytes"] < result["fp32Bytes"] / 3
-    assert result["peakBytes"] - result["baselineBytes"] >= result["fp32Bytes"] * 0.9  # the weights were read
-    assert result["peakRatio"] <= BOUND, result
+    measured = []
+    for _ in range(MEASUREMENTS):
+        (result,) = scale.measure([model], "int8-dynamic", work, warm_up, dataset=sentences, timeout=600, env=env)
+        assert result["parameters"] > 40e6 and result["compressedBytes"] < result["fp32Bytes"] / 3
+        assert result["peakBytes"] - result["baselineBytes"] >= result["fp32Bytes"] * 0.9  # the weights were read
+        measured.append((result, scale.progress_events(work, model, "int8-dynamic")))
+        if result["peakRatio"] <= BOUND:
+            return
+    pytest.fail(f"peak above the baseline over {BOUND}x the fp32 weights in each of {MEASUREMENTS} measurements "
+                f"(CPU: {_cpu_kind()}):\n" + "\n".join(_where_the_memory_went(*m) for m in measured))
+
+
+def _cpu_kind() -> str:
+    from slimserve.quant.kernels import INT8_GEMM_ON_CPU, UNSIGNED_ACTIVATIONS
+
+    return f"{os.cpu_count()} CPUs, int8 GEMM {'on' if INT8_GEMM_ON_CPU else 'off'}, unsigned activations {UNSIGNED_ACTIVATIONS}"
+
+
+def _where_the_memory_went(result: dict, events: list[dict]) -> str:
+    """The result, then at each progress event the peak above the baseline and the resident set's parts, in MB."""
+    lines = [str(result)]
+    for event in events:
+        parts = "  ".join(f"{name} {event.get(f'{name}Bytes', 0) / 1e6:.0f}" for name in ("anonymous", "file", "sharedMemory"))
+        above = (event["peakBytes"] - result["baselineBytes"]) / 1e6
+        lines.append(f"  {event['wallSeconds']:6.1f} s  peak {above:+.0f}  {parts}  {event['message'][:70]}")
+    return "\n".join(lines)
 
 
 def _resident_bytes(path: Path) -> int:
