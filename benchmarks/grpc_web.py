@@ -200,10 +200,8 @@ def main() -> int:
             for _ in range(args.rounds):
                 for protocol in protocols:
                     for kind in kinds:
-                        server_cpu_s = measured.process_cpu_s(server.pid)
-                        row = runners[kind](clients, protocol, concurrency, seconds)
-                        rounds[kind, protocol].append(
-                            measured.mark_client_bound(row, measured.process_cpu_s(server.pid) - server_cpu_s))
+                        rounds[kind, protocol].append(measured.against_server(
+                            server.pid, lambda: runners[kind](clients, protocol, concurrency, seconds)))
             for kind in kinds:
                 baseline = measured.median_round(rounds[kind, "grpc"]).get("rps")
                 for protocol in protocols:

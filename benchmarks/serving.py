@@ -437,18 +437,16 @@ def run_loadgen(server: Server, protocol: str, concurrency: int, args: argparse.
     meanwhile (`steal_share`), and the share its payload log sink took, where it has one (the sink shares the
     cores too)."""
     sink = SINK_PIDS.get(server.label)
-    server_cpu_s = measured.process_cpu_s(server.process.pid)
     calls_before = model_calls(server)
     sink_cpu_s, start = (measured.process_cpu_s(sink) if sink else 0.0), time.perf_counter()
-    ticks = measured.machine_ticks()
-    row = (run_native_loadgen if client == "native" else run_python_loadgen)(server, protocol, concurrency, args)
-    row["steal_share"] = measured.steal_share(ticks, measured.machine_ticks())
+    loadgen = run_native_loadgen if client == "native" else run_python_loadgen
+    row = measured.against_server(server.process.pid, lambda: loadgen(server, protocol, concurrency, args))
     if calls_before is not None:
         row.update(model_pace(calls_before, model_calls(server)))
     if sink:
         row["sink_cpu_share"] = round((measured.process_cpu_s(sink) - sink_cpu_s)
                                       / ((time.perf_counter() - start) * measured.cpu_count()), 3)
-    return measured.mark_client_bound(row, measured.process_cpu_s(server.process.pid) - server_cpu_s)
+    return row
 
 
 # The model calls a SlimServe server counts on /metrics (serving/metrics.py): how long they took, how many, their rows.

@@ -12,6 +12,7 @@ import os
 import resource
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def mark_client_bound(row: dict, server_cpu_s: float | None) -> dict:
     row["client_bound"] = row.get("client_cpu_share", 0) >= CLIENT_BOUND_SHARE or (
         server_cpu_s is not None and cpu >= server_cpu_s)
     return row
+
+
+def against_server(server_pid: int, run: Callable[[], dict]) -> dict:
+    """The row of one measured run (`run()`) with what the machine did meanwhile: the server's CPU seconds, the
+    client marked as the limit where it was (`mark_client_bound`), and the share of the CPUs' time the
+    hypervisor took (`steal_share`). The one wrapper every benchmark's load generator runs in."""
+    server_cpu_s, ticks = process_cpu_s(server_pid), machine_ticks()
+    row = run()
+    row["steal_share"] = steal_share(ticks, machine_ticks())
+    return mark_client_bound(row, process_cpu_s(server_pid) - server_cpu_s)
 
 
 def machine_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 import pytest
-from loadgen import bodies, ghz, h2load, perf_analyzer, window
+from loadgen import bodies, ghz, h2load, measured, perf_analyzer, window
 
 from tests.serving.serving_helpers import ServerProcess, metric_samples
 
@@ -62,6 +62,18 @@ def test_a_runs_model_calls_are_read_from_the_servers_metrics(bench_server):
     pace = serving.model_pace(before, after)
     assert pace["rows_per_call"] == pytest.approx(rows / calls, abs=0.01) and pace["model_rows_per_s"] > 0
     assert serving.model_pace(after, after) == {}  # no call in between: no pace to tell
+
+
+def test_a_run_against_the_server_carries_its_cpu_and_the_machines_steal(bench_server):
+    """serving.py and grpc_web.py measure every load generator's run the same way (measured.against_server)."""
+    body, headers = bodies.rest_binary(*ROW)
+    row = measured.against_server(bench_server.process.pid, lambda: h2load.run(
+        f"http://{bench_server.http_url}/v2/models/{MODEL}/infer", body, headers, concurrency=2, duration_s=0.5,
+        warmup_s=0.1))
+    assert row["errors"] == 0 and row["server_cpu_s"] > 0, row  # the server answered: it spent CPU on it
+    assert row["client_bound"] == (row["client_cpu_share"] >= measured.CLIENT_BOUND_SHARE
+                                   or row["client_cpu_s"] >= row["server_cpu_s"]), row
+    assert 0 <= row["steal_share"] < 1, row  # /proc/stat is there on Linux
 
 
 def test_h2load_grpc_web_frames(bench_server):
