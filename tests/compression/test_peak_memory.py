@@ -76,7 +76,7 @@ def _where_the_memory_went(result: dict, events: list[dict]) -> str:
     """The result, then at each progress event the peak above the baseline and the resident set's parts, in MB."""
     lines = [str(result)]
     for event in events:
-        parts = "  ".join(f"{name} {event.get(f'{name}Bytes', 0) / 1e6:.0f}" for name in ("anonymous", "file", "sharedMemory"))
+        parts = "  ".join(f"{name} {event[f'{name}Bytes'] / 1e6:.0f}" for name in ("anonymous", "file", "sharedMemory"))
         above = (event["peakBytes"] - result["baselineBytes"]) / 1e6
         lines.append(f"  {event['wallSeconds']:6.1f} s  peak {above:+.0f}  {parts}  {event['message'][:70]}")
     return "\n".join(lines)
