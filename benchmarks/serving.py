@@ -517,31 +517,35 @@ def cell_seconds(duration_s: float, concurrency: int, bare_rows_per_s: float, an
 class BareForward:
     """`predict` alone, in this process, at a given batch size: rows per second, measured when asked.
 
-    It is measured before every cell (its pace sets the cell's length, `cell_seconds`) and after each of the
-    cell's rounds (the servers idle meanwhile), so it sees the same machine load as the servers it is compared
-    with; the figure used is the median of these.
+    A measurement is a throughput, as a server's req/s is: rows over the wall time of back-to-back calls, a
+    slow call included. It is measured for a second before every cell (its pace sets the cell's length,
+    `cell_seconds`) and for as long as a server's round after each of the cell's rounds (the servers idle
+    meanwhile), so it sees the same machine, for as long, as the servers it is compared with; the figure used
+    is the median of these.
     """
 
-    def __init__(self, model: str, threads: int) -> None:
+    def __init__(self, servable, name: str, row: np.ndarray) -> None:
+        self.servable, self.name, self.row = servable, name, row
+        self.rates: dict[int, list[float]] = {}
+
+    @classmethod
+    def of(cls, model: str, threads: int) -> BareForward:
         import torch
 
         torch.set_num_threads(threads)
         from slimserve.models import load_servable
 
-        self.servable = load_servable(MODELS[model])
-        self.name, _datatype, self.row, _output = example_input(model)
-        self.rates: dict[int, list[float]] = {}
+        name, _datatype, row, _output = example_input(model)
+        return cls(load_servable(MODELS[model]), name, row)
 
     def measure(self, batch: int, seconds: float) -> float:
         inputs = {self.name: np.repeat(self.row, batch, axis=0)}
-        self.servable.predict(inputs)
-        times = []
-        deadline = time.perf_counter() + seconds
-        while (time.perf_counter() < deadline or len(times) < 5) and len(times) < 20000:
-            start = time.perf_counter()
+        self.servable.predict(inputs)  # this batch size's first call (allocations) is not counted
+        calls, start = 0, time.perf_counter()
+        while ((elapsed := time.perf_counter() - start) < seconds or calls < 5) and calls < 20000:
             self.servable.predict(inputs)
-            times.append(time.perf_counter() - start)
-        rate = batch / statistics.median(times)
+            calls += 1
+        rate = batch * calls / elapsed
         self.rates.setdefault(batch, []).append(rate)
         return rate
 
@@ -685,7 +689,7 @@ def main() -> int:
     bare = {}
     results = []
     for model in models:
-        forward = BareForward(model, args.threads)
+        forward = BareForward.of(model, args.threads)
         # All servers of a model run at once and take turns cell by cell (order rotating each round), so
         # a burst of load from elsewhere on the machine hits them alike; a cell's figure is its median round.
         running = {kind: start_server(kind, model, args.threads, log_dir, kserve_python, auth) for kind in servers}
@@ -702,7 +706,7 @@ def main() -> int:
                         for kind in order:
                             for client in clients:
                                 rounds[kind, client].append(run_loadgen(running[kind], protocol, concurrency, cell_args, client))
-                        forward.measure(concurrency, seconds=min(1.0, args.duration_s))
+                        forward.measure(concurrency, seconds=seconds)
                     for kind in servers:
                         cell = measured.median_round(rounds[kind, clients[0]])
                         cell.update({extra: measured.median_round(rounds[kind, extra]) for extra in clients[1:]})

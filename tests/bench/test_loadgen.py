@@ -6,6 +6,7 @@ window of its answers (loadgen.window)."""
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -150,6 +151,27 @@ def test_a_slow_models_cells_run_until_each_client_has_had_enough_answers():
     assert serving.cell_seconds(1.0, 32, 210.0, answers_per_client=15) == pytest.approx(15 * 32 / 210.0)
     # A fast model's given duration already holds hundreds of rounds.
     assert serving.cell_seconds(1.0, 32, 50_000.0, answers_per_client=15) == 1.0
+
+
+def test_the_bare_forward_is_a_throughput_its_slow_calls_included():
+    import serving
+
+    class Stalling:
+        """A model whose every fourth call stalls, as a call the machine delays does."""
+
+        calls = 0
+
+        def predict(self, inputs):
+            assert inputs["input"].shape == (8, 64)
+            self.calls += 1
+            time.sleep(0.040 if self.calls % 4 == 0 else 0.005)
+
+    forward = serving.BareForward(Stalling(), "input", ROW[2])
+    rate = forward.measure(8, seconds=0.5)
+    # A mean call of 13.75 ms: about 580 rows a second. The median call (5 ms) would say 1600; the stalls
+    # count, as they do in a server's req/s. (A loaded machine only stretches the sleeps.)
+    assert 8 / 0.01375 / 2 < rate <= 8 / 0.01375 * 1.02
+    assert forward.median_rates() == {8: rate}
 
 
 def test_answers_must_pair_times_with_latencies():
