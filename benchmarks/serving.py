@@ -618,7 +618,8 @@ def targets(results: list[dict], bare: dict[str, dict[int, float]]) -> list[str]
                 get("slimserve", "minilm-l6", protocol, 32, "rows_per_call")
             lines.append(f"MiniLM, {protocol}, c32: SlimServe / bare forward at batch 32 = {rps / rate:.2f} (target >= 0.95)"
                          + (f"; in the server the model ran {rows:.1f} rows a call at {pace / rate:.2f} of the bare "
-                            f"forward's pace" if pace and rows else ""))
+                            f"forward's pace, busy {rps / pace:.2f} of the time (the rest: the loop's turnaround)"
+                            if pace and rows else ""))
     for model in MODELS:
         rps, plain = get(PURE_PYTHON_HTTP2, model, "grpc", 32), get("slimserve", model, "grpc", 32)
         if rps and plain:

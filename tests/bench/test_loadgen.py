@@ -174,6 +174,16 @@ def test_the_bare_forward_is_a_throughput_its_slow_calls_included():
     assert forward.median_rates() == {8: rate}
 
 
+def test_minilms_target_line_says_how_the_model_ran_in_the_server():
+    import serving
+
+    cell = {"server": "slimserve", "model": "minilm-l6", "protocol": "rest", "concurrency": 32, "rps": 190.0,
+            "model_rows_per_s": 200.0, "rows_per_call": 31.5}
+    assert serving.targets([cell], {"minilm-l6": {32: 210.0}}) == [
+        "MiniLM, rest, c32: SlimServe / bare forward at batch 32 = 0.90 (target >= 0.95); in the server the model "
+        "ran 31.5 rows a call at 0.95 of the bare forward's pace, busy 0.95 of the time (the rest: the loop's turnaround)"]
+
+
 def test_answers_must_pair_times_with_latencies():
     with pytest.raises(ValueError, match="one row each"):
         window.Answered.of([0.1, 0.2], [0.1])
