@@ -63,8 +63,20 @@ def _header(run: dict) -> str:
                                        f"says its own share from {measured.STEAL_NOTE_SHARE:.0%} on.")
     return (f"# SlimServe benchmarks, {run.get('started', '?')}{' (QUICK)' if run.get('quick') else ''}\n\n"
             f"Commit {run.get('commit', '?')}, {machine.get('cpus', '?')} CPUs{cpu}, load average {load} when it started. "
+            + _before_start(machine.get("before_start")) +
             f"A row is client-bound when its load generator took {machine.get('client_bound_share', measured.CLIENT_BOUND_SHARE):.0%} "
             "of the machine's CPU or as much CPU as the server: there the client set the pace." + steal)
+
+
+def _before_start(quiet: dict | None) -> str:
+    """How busy the machine was when the run started (run_all waits for it to quiet down), where recorded."""
+    if not quiet or quiet.get("busy_share") is None:
+        return ""
+    busy, waited = quiet["busy_share"], quiet["waited_s"]
+    if quiet["quiet"]:
+        return f"Its CPUs were {busy:.0%} busy just before the start ({waited:g} s watched). "
+    return (f"**Other work kept the machine busy**: its CPUs were still {busy:.0%} busy after {waited:g} s of waiting; "
+            "the figures are lower than a quiet machine's. ")
 
 
 # --- serving ----------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Runs, each in its own process: the serving benchmark (SlimServe against KServe, 
 Python one), gRPC-Web against gRPC, the generation benchmark (a decoder streamed to perf_analyzer and the Python
 client, against transformers `generate`) and the two compression benchmarks. Their JSON outputs are gathered into
     ${SLIMSERVE_CACHE:-~/.cache/slimserve}/bench/<UTC time>.json
-with the commit, the machine (CPUs, load average) and any benchmark that failed, and benchmarks/report.py
+with the commit, the machine (CPUs, load average, how busy it was at the start: the run first waits, up to
+--quiet-wait-s, for its CPUs to quiet down) and any benchmark that failed, and benchmarks/report.py
 renders it beside, in the folder of the same name (report.md and PNG plots). QUICK=1 (or --quick) runs
 shorter and fewer cells: a smoke run of the whole pipeline, not figures to quote. The load generators come
 from benchmarks/tools.sh (`make bench` runs it first).
@@ -56,15 +57,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated, of: " + ", ".join(BENCHMARKS))
     parser.add_argument("--out-dir", type=Path, default=None, help="default ${SLIMSERVE_CACHE:-~/.cache/slimserve}/bench")
+    parser.add_argument("--quiet-wait-s", type=float, default=180.0,
+                        help="wait at most this long for the machine's CPUs to be busy under "
+                             f"{measured.QUIET_SHARE:.0%} before starting (0: start at once)")
     args = parser.parse_args()
 
+    quiet = measured.wait_for_quiet(args.quiet_wait_s) if args.quiet_wait_s > 0 else None
     started = datetime.now(timezone.utc)
     out_dir = args.out_dir or cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     run = {"started": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit, "quick": args.quick,
-           "machine": measured.machine(), "benchmarks": {}, "seconds": {}, "failed": {}}
+           "machine": {**measured.machine(), "before_start": quiet}, "benchmarks": {}, "seconds": {}, "failed": {}}
     ticks = measured.machine_ticks()
     with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as scratch:
         for name in args.only.split(","):

@@ -15,12 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # A client using this share of the machine's CPU (on 2 cores: 0.8 of one) is taken as the limit of its row.
 CLIENT_BOUND_SHARE = 0.4
 # A row says how much CPU the hypervisor took from the machine while it ran (steal) from this share on: on a
 # shared virtual machine that time is lost to server and client alike, and the row is slower for it.
 STEAL_NOTE_SHARE = 0.05
+# A run starts once the machine's CPUs spent less than this share of a short window on anything: work left
+# from before (a test suite, a build) takes cores from the servers and clients alike.
+QUIET_SHARE = 0.10
 
 
 def cpu_count() -> int:
@@ -84,9 +88,16 @@ def against_server(server_pid: int, run: Callable[[], dict]) -> dict:
     return mark_client_bound(row, process_cpu_s(server_pid) - server_cpu_s)
 
 
-def machine_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:
-    """(stolen, all) clock ticks of the machine's CPUs so far, from /proc/stat's `cpu` line: stolen is the time
-    the hypervisor ran something else while a CPU had work; None where that line is not there."""
+class Ticks(NamedTuple):
+    """Clock ticks of the machine's CPUs so far, from /proc/stat's `cpu` line."""
+
+    stolen: int  # the hypervisor ran something else while a CPU had work
+    idle: int  # idle, or waiting on I/O
+    all: int
+
+
+def machine_ticks(stat: str = "/proc/stat") -> Ticks | None:
+    """The machine's `Ticks` so far; None where /proc/stat's `cpu` line is not there."""
     try:
         with open(stat) as lines:
             fields = lines.readline().split()
@@ -95,14 +106,39 @@ def machine_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:
     if not fields or fields[0] != "cpu" or len(fields) < 9:
         return None
     ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
-    return ticks[7], sum(ticks)
+    return Ticks(stolen=ticks[7], idle=ticks[3] + ticks[4], all=sum(ticks))
 
 
-def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+def steal_share(before: Ticks | None, after: Ticks | None) -> float | None:
     """The share of the machine's CPU time stolen between two `machine_ticks` readings; None when unknown."""
-    if before is None or after is None or after[1] <= before[1]:
+    if before is None or after is None or after.all <= before.all:
         return None
-    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+    return round((after.stolen - before.stolen) / (after.all - before.all), 3)
+
+
+def busy_share(before: Ticks | None, after: Ticks | None) -> float | None:
+    """The share of the machine's CPU time spent on anything (any process, the kernel, steal) between two
+    `machine_ticks` readings; None when unknown."""
+    if before is None or after is None or after.all <= before.all:
+        return None
+    return round(1 - (after.idle - before.idle) / (after.all - before.all), 3)
+
+
+def wait_for_quiet(max_wait_s: float, window_s: float = 2.0, ticks: Callable[[], Ticks | None] = machine_ticks,
+                   sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = print) -> dict:
+    """Watch the machine's CPUs in windows of `window_s` until one is busy less than QUIET_SHARE, for at most
+    `max_wait_s`: {"busy_share": of the last window, "waited_s", "quiet"}. A machine whose /proc/stat says
+    nothing is not waited for (busy_share None, quiet False)."""
+    waited = 0.0
+    while True:
+        before = ticks()
+        sleep(window_s)
+        busy, waited = busy_share(before, ticks()), waited + window_s
+        quiet = busy is not None and busy < QUIET_SHARE
+        if quiet or busy is None or waited >= max_wait_s:
+            return {"busy_share": busy, "waited_s": round(waited, 1), "quiet": quiet}
+        say(f"waiting for a quiet machine: its CPUs {busy:.0%} busy over the last {window_s:g} s "
+            f"(starting under {QUIET_SHARE:.0%}, or after {max_wait_s:g} s)")
 
 
 def process_cpu_s(pid: int) -> float:

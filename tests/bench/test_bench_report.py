@@ -107,7 +107,7 @@ def test_stolen_cpu_time_is_read_from_proc_stat_and_noted_on_the_rows_it_slowed(
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
     before = measured.machine_ticks(str(stat))
-    assert before == (35, 1000)
+    assert before == measured.Ticks(stolen=35, idle=810, all=1000)
     stat.write_text("cpu  200 0 100 1500 10 0 5 185 0 0\n")
     assert measured.steal_share(before, measured.machine_ticks(str(stat))) == 0.15
     assert measured.machine_ticks(str(tmp_path / "missing")) is None
@@ -125,3 +125,34 @@ def test_stolen_cpu_time_is_read_from_proc_stat_and_noted_on_the_rows_it_slowed(
     calm_line = next(line for line in text.splitlines()
                      if f"| {calm['protocol']} | {calm['server']} | {calm['rps']:.0f} |" in line)
     assert "stolen" not in calm_line
+
+
+def test_a_run_waits_for_a_quiet_machine_and_the_report_says_how_busy_it_was(run, tmp_path, recorded_report):
+    from loadgen import measured
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\n")
+    first = measured.machine_ticks(str(stat))
+    stat.write_text("cpu  400 0 150 1000 10 0 5 35 0 0\n")  # 400 of 600 ticks busy
+    assert measured.busy_share(first, measured.machine_ticks(str(stat))) == pytest.approx(2 / 3, abs=0.001)
+
+    # Windows of a machine that is busy 60 %, then 30 %, then 5 % of its CPU time (ticks per window: 100).
+    readings = iter([measured.Ticks(0, idle, total) for idle, total in
+                     [(0, 0), (40, 100), (40, 100), (110, 200), (110, 200), (205, 300)]])
+    said, slept = [], []
+    watch = dict(window_s=2.0, ticks=lambda: next(readings), sleep=slept.append, say=said.append)
+    assert measured.wait_for_quiet(60, **watch) == {"busy_share": 0.05, "waited_s": 6.0, "quiet": True}
+    assert slept == [2.0] * 3 and len(said) == 2 and "60% busy" in said[0] and "30% busy" in said[1]
+    readings = iter([measured.Ticks(0, 0, 0), measured.Ticks(0, 40, 100)] * 5)
+    assert measured.wait_for_quiet(4, **watch) == {"busy_share": 0.6, "waited_s": 4.0, "quiet": False}
+    assert measured.wait_for_quiet(4, window_s=0.0, ticks=lambda: None, sleep=slept.append) == \
+        {"busy_share": None, "waited_s": 0.0, "quiet": False}
+
+    run["machine"]["before_start"] = {"busy_share": 0.03, "waited_s": 4.0, "quiet": True}
+    text, _ = rendered(run, tmp_path / "quiet")
+    assert "Its CPUs were 3% busy just before the start (4 s watched)." in text
+    run["machine"]["before_start"] = {"busy_share": 0.6, "waited_s": 180.0, "quiet": False}
+    text, _ = rendered(run, tmp_path / "busy")
+    assert "**Other work kept the machine busy**: its CPUs were still 60% busy after 180 s of waiting" in text
+    older, _ = recorded_report  # recorded before runs waited: nothing said
+    assert "busy" not in older.split("\n\n")[1]
