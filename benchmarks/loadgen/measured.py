@@ -109,19 +109,24 @@ def machine_ticks(stat: str = "/proc/stat") -> Ticks | None:
     return Ticks(stolen=ticks[7], idle=ticks[3] + ticks[4], all=sum(ticks))
 
 
-def steal_share(before: Ticks | None, after: Ticks | None) -> float | None:
-    """The share of the machine's CPU time stolen between two `machine_ticks` readings; None when unknown."""
+def _ticks_between(before: Ticks | None, after: Ticks | None) -> int | None:
+    """All the CPUs' ticks between two `machine_ticks` readings; None when either is unknown or none passed."""
     if before is None or after is None or after.all <= before.all:
         return None
-    return round((after.stolen - before.stolen) / (after.all - before.all), 3)
+    return after.all - before.all
+
+
+def steal_share(before: Ticks | None, after: Ticks | None) -> float | None:
+    """The share of the machine's CPU time stolen between two `machine_ticks` readings; None when unknown."""
+    total = _ticks_between(before, after)
+    return None if total is None else round((after.stolen - before.stolen) / total, 3)
 
 
 def busy_share(before: Ticks | None, after: Ticks | None) -> float | None:
     """The share of the machine's CPU time spent on anything (any process, the kernel, steal) between two
     `machine_ticks` readings; None when unknown."""
-    if before is None or after is None or after.all <= before.all:
-        return None
-    return round(1 - (after.idle - before.idle) / (after.all - before.all), 3)
+    total = _ticks_between(before, after)
+    return None if total is None else round(1 - (after.idle - before.idle) / total, 3)
 
 
 def wait_for_quiet(max_wait_s: float, window_s: float = 2.0, ticks: Callable[[], Ticks | None] = machine_ticks,
