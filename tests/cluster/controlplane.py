@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import yaml
+
+from tests.ports import free_port as _free_port
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -251,12 +252,6 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: str, *, cert: Path
 
 
 # ---------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 try:

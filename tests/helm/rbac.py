@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +57,6 @@ def model_service(name: str) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Installed:
     """A release of the chart and the operator running with its ServiceAccount's token."""
@@ -97,8 +90,8 @@ def install_and_run(control_plane, tmp_path: Path, release: str, values: dict) -
     container = pod["containers"][0]
     kubeconfig = control_plane.service_account_kubeconfig(namespace, pod["serviceAccountName"])
     args = [a for a in container["args"] if not a.startswith(PROCESS_OWN_FLAGS)]
-    operator = OperatorProcess(control_plane, tmp_path / "operator", kubeconfig=kubeconfig,
-                               extra_args=(*args, f"--metrics-port={_free_port()}"))
+    operator = OperatorProcess(control_plane, tmp_path / "operator", kubeconfig=kubeconfig, extra_args=tuple(args),
+                               metrics=True)
     config = get(control_plane, namespace, "configmap", f"{release}-slimserve")["data"]["operator.yaml"]
     operator.config_path.write_text(config)  # the chart's configuration, not the test default
     operator.start()

@@ -99,7 +99,7 @@ def test_operator_metrics_count_handler_runs(control_plane, cluster_mode, namesp
     """The metrics endpoint the chart's Service points at serves the handler outcomes."""
     apply(control_plane, namespace, model_service("metrics-probe"))
     assert_model_service_ready(control_plane, cluster_mode, namespace, "metrics-probe")
-    port = next(a.split("=", 1)[1] for a in cluster_mode.operator.extra_args if a.startswith("--metrics-port="))
+    port = cluster_mode.operator.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'slimserve_operator_info{mode="cluster",version="0.1.0"} 1.0' in text
     assert re.search(r'slimserve_operator_handler_runs_total\{handler="reconcile_model_service",'

@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 
 from slimserve.local.plan import PlanError, plan_from_file
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples/quickstart.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def slimserve_run(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Iterator
 import pytest
 import yaml
 
+from tests import ports
 from tests.cluster.helpers import SOLO_NAMESPACE_PREFIX, wait_established, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,12 +40,6 @@ TEST_OPERATOR_CONFIG = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def crds(control_plane) -> None:
     """Both CRDs installed and established."""
@@ -57,13 +51,14 @@ PORT_ATTEMPTS = 3
 
 
 class _PortTaken(Exception):
-    """The liveness port went to another process between `_free_port` and the operator's bind."""
+    """A port went to another process between `_free_port` and the operator's bind."""
 
 
 class OperatorProcess:
     """`slimserve operator` as a real process against the test cluster; restartable."""
 
-    def __init__(self, control_plane, workdir: Path, *, kubeconfig: Path | None = None, extra_args: tuple = ()):
+    def __init__(self, control_plane, workdir: Path, *, kubeconfig: Path | None = None, extra_args: tuple = (),
+                 metrics: bool = False):
         self.control_plane = control_plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -74,19 +69,24 @@ class OperatorProcess:
         self.log_path = workdir / "operator.log"
         self.process: subprocess.Popen | None = None
         self.port = 0
+        # With `metrics`, the operator also serves /metrics on a port chosen, like the liveness one, per attempt.
+        self.metrics = metrics
+        self.metrics_port = 0
+        self._attempt_log_start = 0
         # This process's own liveness path: another worker's operator that won the race for the same free port
         # answers 404 there, never a 200 that would pass for this one's.
         self.live_path = f"/healthz-{secrets.token_hex(4)}"
 
     def start(self) -> "OperatorProcess":
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            self.port = _free_port()
+            self.port = ports.free_port()
+            self.metrics_port = ports.free_port() if self.metrics else 0
             try:
                 self._start()
                 return self
             except _PortTaken:
                 if attempt == PORT_ATTEMPTS:
-                    raise RuntimeError(f"operator found its liveness port taken {attempt} times:\n{self.logs()}")
+                    raise RuntimeError(f"operator found a port taken {attempt} times:\n{self.logs()}")
         raise AssertionError("unreachable")
 
     def _start(self) -> None:
@@ -96,10 +96,12 @@ class OperatorProcess:
             "SLIMSERVE_OPERATOR_CONFIG": str(self.config_path),
             "PYTHONUNBUFFERED": "1",
         }
+        self._attempt_log_start = len(self.logs())
         log = self.log_path.open("ab")
+        metrics_flags = [f"--metrics-port={self.metrics_port}"] if self.metrics else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "slimserve.cli.main", "operator", "--liveness",
-             f"http://127.0.0.1:{self.port}{self.live_path}", *self.extra_args],
+             f"http://127.0.0.1:{self.port}{self.live_path}", *self.extra_args, *metrics_flags],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._wait_live()
@@ -108,7 +110,9 @@ class OperatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                if f"{self.port}): address already in use" in self.logs():
+                # Kopf's liveness server and the metrics endpoint both say so when their port is taken; this
+                # attempt's own lines only, as the log is appended to across attempts and restarts.
+                if "address already in use" in self.logs()[self._attempt_log_start:].lower():
                     self.process = None
                     raise _PortTaken()
                 raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.logs()}")

@@ -13,17 +13,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.ports import free_port  # noqa: F401  (the tests import it from here)
+
 HOST = "127.0.0.1"
 # The error battery's server runs with this batch limit and body size (tests import them from here: every
 # test folder has a conftest.py, so `from conftest import` finds whichever one pytest loaded last).
 ERROR_SERVER_MAX_BATCH = 8
 ERROR_SERVER_MAX_BODY = 64 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def answers_ok_within(url: str, process: subprocess.Popen, timeout_s: float) -> bool:

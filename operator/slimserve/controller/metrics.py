@@ -7,6 +7,7 @@ needs to be instrumented and a failing controller shows up as a rising `outcome=
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 
@@ -42,7 +43,16 @@ class HandlerOutcomeCounter(logging.Handler):
 
 
 def serve_metrics(port: int, *, namespaced: bool, address: str = "0.0.0.0") -> None:
-    """Start the /metrics endpoint in a background thread and start counting handler outcomes."""
+    """Start the /metrics endpoint in a background thread and start counting handler outcomes.
+
+    A port that cannot be bound ends the process with one line naming it (`SystemExit`), not a traceback from
+    inside the WSGI server.
+    """
+    try:
+        start_http_server(port, addr=address)
+    except OSError as error:
+        reason = "address already in use" if error.errno == errno.EADDRINUSE else error.strerror
+        raise SystemExit(f"slimserve operator: cannot serve metrics on {address}:{port} (--metrics-port): "
+                         f"{reason}") from None
     INFO.labels(version=__version__, mode="namespaced" if namespaced else "cluster").set(1)
     logging.getLogger("kopf").addHandler(HandlerOutcomeCounter(level=logging.INFO))
-    start_http_server(port, addr=address)
