@@ -67,6 +67,24 @@ def test_progress_is_throttled_and_the_latest_held_back_event_is_written_on_clos
     assert len(fake_api.patches) == 3  # past the interval: written at once
 
 
+def test_the_interval_runs_from_the_end_of_a_slow_write(fake_api, monkeypatch):
+    clock = Clock()
+
+    def slow_write(*args, **kwargs):
+        clock.now += 2  # the API server took longer than the interval
+        return fake_api.update_status(*args, **kwargs)
+
+    monkeypatch.setattr(status_sink, "update_status", slow_write)
+    sink = make_sink(clock, interval=1)
+    sink.progress({"fraction": 0.1})
+    sink.progress({"fraction": 0.2})  # right after the slow write ended: held back
+    assert [p["progress"]["fraction"] for p in fake_api.patches] == [0.1]
+    sink.close()
+    clock.now += 1
+    sink.progress({"fraction": 0.3})  # an interval after the end of the last write: written at once
+    assert [p["progress"]["fraction"] for p in fake_api.patches] == [0.1, 0.2, 0.3]
+
+
 def test_result_writes_artifact_metrics_and_full_progress_at_once(fake_api):
     sink = make_sink(interval=60)
     sink.progress({"step": "quantize", "fraction": 0.1})

@@ -182,7 +182,6 @@ class KubernetesStatusSink:
     def _write(self, fields: dict[str, Any], *, required: bool) -> None:
         if self.stale:
             return
-        self._last_write = self.clock()
         try:
             _, written = update_status(
                 self.api,
@@ -201,6 +200,10 @@ class KubernetesStatusSink:
                 raise StatusSinkError(f"could not write the result to the {what}") from exc
             logger.warning("could not write progress to the %s", what)
             return
+        finally:
+            # The interval runs from the end of a write: a slow API server (the first write also connects)
+            # gets fewer writes, not one at once after each slow one.
+            self._last_write = self.clock()
         if written is not None:
             self.writes += 1
 
