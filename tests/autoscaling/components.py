@@ -30,8 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _free_port, _Process
+from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _Process
 from tests.cluster.helpers import crd_installed, wait_for
+from tests.ports import free_port
 from tests.realnode.node import GATEWAY, POOL, POOL_LABEL, RealNode, run
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
@@ -185,7 +186,7 @@ class MetricsServer(_HostComponent):
         cert, key = serving_certificate(self.cp, "metrics-server", "metrics-server.kube-system.svc", w / "pki")
         hosts = w / "hosts"
         hosts.write_text(f"127.0.0.1 localhost {self.node.name}\n")
-        port = _free_port()
+        port = free_port()
         argv = [
             str(binary("metrics-server")),
             f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable
 
 import yaml
 
-from tests.ports import free_port as _free_port
+from tests.ports import free_port
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -426,7 +426,7 @@ class ControlPlane:
         (w / "logs").mkdir()
         pki = _pki(w / "pki")
 
-        etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{api_port}"
         etcd_url = f"http://127.0.0.1:{etcd_port}"
 

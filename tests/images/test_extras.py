@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.ports import free_port as _free_port
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = REPO / "operator"
@@ -167,7 +167,7 @@ def test_blocking_is_effective():
 def test_server_serves_with_the_serve_extra_alone(tmp_path, uri, row):
     """The real server, from an empty cache (the digits model trains on first use, as in a fresh pod):
     ready, one inference, then SIGTERM and exit 0."""
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     code = blocking("serve") + (
         "from slimserve.cli.main import main\n"
         f"sys.exit(main(['serve', '--artifact', {uri!r}, '--host', '127.0.0.1', '--http-port', '{http_port}',"

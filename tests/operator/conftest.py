@@ -51,7 +51,7 @@ PORT_ATTEMPTS = 3
 
 
 class _PortTaken(Exception):
-    """A port went to another process between `_free_port` and the operator's bind."""
+    """A port went to another process between `ports.free_port` and the operator's bind."""
 
 
 class OperatorProcess:

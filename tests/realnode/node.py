@@ -36,7 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _free_port, _Process
+from tests.cluster.controlplane import SERVICE_CIDR, ClusterError, _Process
+from tests.ports import free_port
 
 from .podman_store import PodmanStore
 
@@ -378,10 +379,10 @@ state = "{self.workdir / 'containerd-state'}"
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
             "address": "127.0.0.1",
-            "port": _free_port(),
+            "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": _free_port(),
+            "healthzPort": free_port(),
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                                "x509": {"clientCAFile": str(self.cp.workdir / "pki" / "ca.crt")}},
             "authorization": {"mode": "Webhook"},
@@ -417,8 +418,8 @@ state = "{self.workdir / 'containerd-state'}"
             "hostnameOverride": self.name,
             "clusterCIDR": POD_CIDR,
             "bindAddress": "127.0.0.1",
-            "healthzBindAddress": f"127.0.0.1:{_free_port()}",
-            "metricsBindAddress": f"127.0.0.1:{_free_port()}",
+            "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
             "nodePortAddresses": [f"{GATEWAY}/32"],
             "iptables": {"localhostNodePorts": False},
             "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
