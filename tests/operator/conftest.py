@@ -58,7 +58,7 @@ class OperatorProcess:
     """`slimserve operator` as a real process against the test cluster; restartable."""
 
     def __init__(self, control_plane, workdir: Path, *, kubeconfig: Path | None = None, extra_args: tuple = (),
-                 metrics: bool = False):
+                 metrics: bool = False, wait_handling: bool = False):
         self.control_plane = control_plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +72,8 @@ class OperatorProcess:
         # With `metrics`, the operator also serves /metrics on a port chosen, like the liveness one, per attempt.
         self.metrics = metrics
         self.metrics_port = 0
+        # With `wait_handling`, every start (a restart too) returns once the operator has handled a resource.
+        self.wait_handling = wait_handling
         self._attempt_log_start = 0
         # This process's own liveness path: another worker's operator that won the race for the same free port
         # answers 404 there, never a 200 that would pass for this one's.
@@ -83,10 +85,13 @@ class OperatorProcess:
             self.metrics_port = ports.free_port() if self.metrics else 0
             try:
                 self._start()
-                return self
             except _PortTaken:
                 if attempt == PORT_ATTEMPTS:
                     raise RuntimeError(f"operator found a port taken {attempt} times:\n{self.logs()}")
+                continue
+            if self.wait_handling:
+                _wait_handling(self.control_plane)
+            return self
         raise AssertionError("unreachable")
 
     def _start(self) -> None:
@@ -148,9 +153,9 @@ def operator(control_plane, crds, tmp_path_factory) -> Iterator[OperatorProcess]
     proc = OperatorProcess(
         control_plane, tmp_path_factory.mktemp("operator"),
         extra_args=("--namespace", f"!{SOLO_NAMESPACE_PREFIX}*"),  # one Kopf pattern: all but the solo ones
+        wait_handling=True,  # its restarts within tests too
     ).start()
     try:
-        _wait_handling(control_plane)
         yield proc
     finally:
         proc.stop()
@@ -160,8 +165,10 @@ def operator(control_plane, crds, tmp_path_factory) -> Iterator[OperatorProcess]
 
 def _wait_handling(control_plane, timeout: float = 300) -> None:
     """Until the operator has handled a resource: live is not yet watching. With a namespace pattern Kopf watches
-    each namespace it matches, and with the hundreds earlier tests leave Terminating its first watches can take
-    a minute; a test's own timeouts should not pay for that. The probe, on an unknown node pool, is refused at once
+    each namespace it matches, so its first watches take time in proportion to the namespaces (the hundreds that
+    earlier tests leave behind, many Terminating): over a minute on a busy machine, at the session's start and
+    at every restart. A test's own timeouts should not pay for that; the probe's namespace, created once the
+    operator is live, is found after all the others, so its watches start last. The probe, on an unknown node pool, is refused at once
     and never makes a Job."""
     namespace = control_plane.create_namespace("operator-probe")
     try:
