@@ -163,6 +163,21 @@ def operator(control_plane, crds, tmp_path_factory) -> Iterator[OperatorProcess]
             sys.stderr.write(proc.logs())
 
 
+FAILURE_LOG_LINES = 80
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the session operator shows the end of its log: what the operator did, or why it
+    did not, is then in the report (in CI too), not only in a temporary directory."""
+    outcome = yield
+    report = outcome.get_result()
+    proc = item.funcargs.get("operator") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(proc, OperatorProcess):
+        lines = proc.logs().splitlines()[-FAILURE_LOG_LINES:]
+        report.sections.append((f"the operator's log, last {len(lines)} lines", "\n".join(lines)))
+
+
 def _wait_handling(control_plane, timeout: float = 300) -> None:
     """Until the operator has handled a resource: live is not yet watching. With a namespace pattern Kopf watches
     each namespace it matches, so its first watches take time in proportion to the namespaces (the hundreds that
