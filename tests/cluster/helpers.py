@@ -31,16 +31,25 @@ def condition(status: dict, type_: str) -> dict:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
+POLL_BACKOFF = 1.5
+POLL_GAP_CAP_S = 1.0
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.3) -> Any:
-    """Poll `check` until it returns something truthy (returned), or fail naming `what`."""
+    """Poll `check` until it returns something truthy (returned), or fail naming `what`.
+
+    The gap between polls starts at `interval` and grows to at most a second (or `interval`, if longer): most
+    checks run kubectl, a process each, and a long wait at the first gap spent a CPU the suite shares."""
     deadline = time.monotonic() + timeout
+    gap = interval
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+        time.sleep(gap)
+        gap = min(gap * POLL_BACKOFF, max(interval, POLL_GAP_CAP_S))
 
 
 def events_of(cp, namespace: str, name: str, kind: str | None = None) -> list[tuple[str, str, str]]:
