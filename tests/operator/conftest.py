@@ -180,11 +180,11 @@ def pytest_runtest_makereport(item, call):
 
 def _wait_handling(control_plane, timeout: float = 300) -> None:
     """Until the operator has handled a resource: live is not yet watching. With a namespace pattern Kopf watches
-    each namespace it matches, so its first watches take time in proportion to the namespaces (the hundreds that
-    earlier tests leave behind, many Terminating): over a minute on a busy machine, at the session's start and
-    at every restart. A test's own timeouts should not pay for that; the probe's namespace, created once the
-    operator is live, is found after all the others, so its watches start last. The probe, on an unknown node pool, is refused at once
-    and never makes a Job."""
+    each namespace it matches, and it runs no handler at all until every watch of an indexed resource has listed
+    its objects once: that takes time in proportion to the namespaces and the API server's load, at the
+    session's start and at every restart, and longer while a watch is refused and retried. A test's own
+    timeouts should not pay for that. The probe, on an unknown node pool, is refused at once and never makes
+    a Job."""
     namespace = control_plane.create_namespace("operator-probe")
     try:
         control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump({
